@@ -1,0 +1,70 @@
+"""Errors that end a command, each carrying the exit code the README documents.
+
+0 healthy; 1 failed and reverted; 2 bad input or config (nothing changed);
+3 failed and could not revert; 4 lock held by another rollout;
+5 registry or target unreachable before anything changed.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_REVERTED = 1
+EXIT_USAGE = 2
+EXIT_UNRECOVERED = 3
+EXIT_LOCKED = 4
+EXIT_UNREACHABLE = 5
+EXIT_CHANGED = 10  # `check` / `rebuild --check`: something changed, a rebuild is due
+
+
+class RolloutError(Exception):
+    """An error that ends a command with a one-line message and a documented exit code."""
+
+    exit_code = EXIT_USAGE
+
+
+class UserError(RolloutError):
+    """Bad input or configuration; nothing was changed."""
+
+    exit_code = EXIT_USAGE
+
+
+class InvalidReference(UserError, ValueError):
+    """An image reference that does not follow Docker's reference grammar."""
+
+
+class ConfigError(UserError):
+    """rollout.toml is missing, malformed, or has a wrong key or value."""
+
+
+class TagNotFound(UserError):
+    """The registry has no manifest for that tag or digest."""
+
+
+class RetagRefused(UserError):
+    """A tag recorded in the ledger now resolves to another digest."""
+
+
+class Unreachable(RolloutError):
+    """A registry or target could not be reached before anything changed."""
+
+    exit_code = EXIT_UNREACHABLE
+
+
+class RegistryUnreachable(Unreachable):
+    pass
+
+
+class RegistryAuthError(Unreachable):
+    """The registry refused our credentials (the message never contains them)."""
+
+
+class TargetUnreachable(Unreachable):
+    pass
+
+
+class LockHeld(RolloutError):
+    exit_code = EXIT_LOCKED
+
+
+class LedgerError(UserError):
+    """The ledger file is unreadable, corrupted, or from a newer schema."""
