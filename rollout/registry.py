@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
 
 from rollout.credentials import Credentials, credentials_for
 from rollout.errors import RegistryAuthError, RegistryUnreachable, TagNotFound
@@ -78,6 +78,11 @@ RETRYABLE_ERRORS = (
     requests.exceptions.ChunkedEncodingError,  # body cut short
     TransientStatus,
 )
+
+
+def is_transient(error: BaseException) -> bool:
+    # A certificate that fails verification will fail the same way next time.
+    return isinstance(error, RETRYABLE_ERRORS) and not isinstance(error, requests.exceptions.SSLError)
 
 
 def parse_challenge(header: str | None) -> Challenge | None:
@@ -218,7 +223,8 @@ class RegistryClient:
         self._timeout = timeout
         self._attempts = max(1, attempts)
         self._session = requests.Session()
-        self._session.verify = ca_bundle if ca_bundle else True
+        # Passed with every request: requests lets $REQUESTS_CA_BUNDLE override Session.verify.
+        self._verify: str | bool = ca_bundle if ca_bundle else True
         self._tokens: dict[tuple[str, str], CachedToken] = {}
         self._challenges: dict[str, Challenge] = {}
         self._credentials: dict[str, Credentials | None] = {}
@@ -285,6 +291,13 @@ class RegistryClient:
         if answer is None or answer == sent:
             raise RegistryAuthError(f"registry {ref.registry} refused {self._who(ref.registry)}")
         response = self._send(method, url, ref.registry, kind, answer)
+        if response.status_code == 401 and challenge.scheme == "bearer":
+            # The token service let us in but the registry did not: Docker Hub answers
+            # this way for repositories that do not exist as well as for private ones.
+            raise RegistryAuthError(
+                f"registry {ref.registry} refused pull access to {ref.repository} for {self._who(ref.registry)}; "
+                "the repository may not exist or need other credentials"
+            )
         if response.status_code == 401:
             raise RegistryAuthError(f"registry {ref.registry} refused {self._who(ref.registry)}")
         return self._check_forbidden(response, ref)
@@ -365,7 +378,7 @@ class RegistryClient:
         retrying = Retrying(
             stop=stop_after_attempt(self._attempts) | stop_after_delay(TOTAL_RETRY_BUDGET),
             wait=backoff,
-            retry=retry_if_exception_type(RETRYABLE_ERRORS),
+            retry=retry_if_exception(is_transient),
             before_sleep=lambda state: _log_retry(registry, state, self._timeout),
             reraise=True,
         )
@@ -386,7 +399,9 @@ class RegistryClient:
 
     def _attempt(self, method: str, url: str, kind: str, headers: dict[str, str], **extra: Any) -> requests.Response:
         self.request_counts[(method, kind)] += 1
-        response = self._session.request(method, url, headers=headers, timeout=self._timeout, **extra)
+        response = self._session.request(
+            method, url, headers=headers, timeout=self._timeout, verify=self._verify, **extra
+        )
         if response.status_code == 429 or response.status_code >= 500:
             raise TransientStatus(response)
         return response

@@ -1,0 +1,267 @@
+"""The `rollout` command: a thin layer over rollout.orchestrator, rollout.ledger and the targets.
+
+Exit codes: 0 healthy; 1 failed and reverted to a healthy entry; 2 bad input or
+config, nothing changed; 3 failed and could not revert; 4 another rollout holds
+the app's lock; 5 registry or target unreachable before anything changed;
+10 (`check`, `rebuild --check`) something changed; 130/143 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from typing import Any, Optional
+
+import typer
+
+from rollout import config as configuration
+from rollout.errors import EXIT_UNREACHABLE, RolloutError, UserError
+from rollout.output import Console, table
+
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Deploy container images by exact digest, record every deploy, revert automatically.")
+lock_app = typer.Typer(no_args_is_help=True, help="Inspect or release app locks.")
+app.add_typer(lock_app, name="lock")
+
+_state: dict[str, Any] = {}
+
+APP_NAME = re.compile(r"^(?P<app>[A-Za-z0-9][A-Za-z0-9_-]*)(?P<rest>[:@].*)?$", re.DOTALL)
+
+
+@app.callback()
+def main_options(
+    config: Optional[str] = typer.Option(None, "-c", "--config", help="rollout.toml (default $ROLLOUT_CONFIG or ./rollout.toml)"),
+) -> None:
+    _state["config"] = config
+
+
+def _config(required: bool = True) -> configuration.Config:
+    return configuration.load(_state.get("config"), required=required)
+
+
+def _ledger(cfg: configuration.Config):  # type: ignore[no-untyped-def]
+    from rollout.ledger import Ledger
+
+    return Ledger(cfg.ledger_path)
+
+
+def _registry(cfg: configuration.Config):  # type: ignore[no-untyped-def]
+    from rollout.registry import RegistryClient
+
+    return RegistryClient(docker_config=cfg.registry.docker_config, insecure=cfg.registry.insecure,
+                          ca_bundle=cfg.registry.ca_bundle)
+
+
+def _orchestrator(cfg: configuration.Config, app_cfg: configuration.AppConfig, ledger: Any, console: Console):  # type: ignore[no-untyped-def]
+    from rollout.health import verify
+    from rollout.orchestrator import Orchestrator
+    from rollout.targets import open_target
+
+    targets = [open_target(t, app_cfg) for t in app_cfg.targets]
+    return Orchestrator(app_cfg, ledger, _registry(cfg), targets,
+                        lambda watch, policy, progress: verify(watch, policy, on_progress=progress), console)
+
+
+def parse_release(text: str, cfg: configuration.Config):  # type: ignore[no-untyped-def]
+    """APP:TAG, APP@DIGEST, APP:TAG@DIGEST, or a full registry/repo:tag of a configured app."""
+    from rollout.reference import parse
+
+    match = APP_NAME.match(text)
+    if match and match["app"] in cfg.apps:
+        app_cfg = cfg.apps[match["app"]]
+        if not match["rest"]:
+            raise UserError(f"give a tag or digest: rollout deploy {app_cfg.name}:TAG")
+        return app_cfg, parse(app_cfg.image + match["rest"])
+    ref = parse(text)
+    for app_cfg in cfg.apps.values():
+        if app_cfg.image == ref.name:
+            if "@" not in text and ":" not in text.rsplit("/", 1)[-1]:
+                raise UserError(f"give a tag or digest: rollout deploy {app_cfg.name}:TAG")
+            return app_cfg, ref
+    known = ", ".join(f"{a.name} ({a.image})" for a in cfg.apps.values()) or "none"
+    raise UserError(f"{text!r} names no configured app: configured apps are {known}")
+
+
+@app.command()
+def deploy(
+    release: str = typer.Argument(..., metavar="APP:TAG", help="APP:TAG, APP@DIGEST, APP:TAG@DIGEST or REGISTRY/REPO:TAG"),
+    allow_retag: bool = typer.Option(False, "--allow-retag", help="Accept a tag that now resolves to another digest."),
+    wait: float = typer.Option(0.0, "--wait", metavar="SECONDS", help="Wait this long for another rollout's lock."),
+    reason: Optional[str] = typer.Option(None, "--reason", help="Why: recorded in the ledger."),
+) -> None:
+    """Deploy an exact digest to every target of the app, verify health, revert automatically on failure."""
+    from rollout import lock
+
+    def run(console: Console) -> int:
+        cfg = _config()
+        app_cfg, ref = parse_release(release, cfg)
+        ledger = _ledger(cfg)
+        with lock.held(ledger, app_cfg.name, wait):
+            outcome = _orchestrator(cfg, app_cfg, ledger, console).deploy(ref, allow_retag=allow_retag, reason=reason)
+        console.result(outcome.message)
+        return outcome.exit_code
+
+    _run(run)
+
+
+@app.command()
+def revert(
+    app_name: Optional[str] = typer.Argument(None, metavar="[APP]"),
+    to: Optional[str] = typer.Option(None, "--to", metavar="ID|TAG", help="Ledger entry id or tag to go back to."),
+    wait: float = typer.Option(0.0, "--wait", metavar="SECONDS", help="Wait this long for another rollout's lock."),
+    reason: Optional[str] = typer.Option(None, "--reason", help="Why: recorded in the ledger."),
+) -> None:
+    """Go back to the previous healthy release (or --to a chosen one) and verify it."""
+    from rollout import lock
+
+    def run(console: Console) -> int:
+        cfg = _config()
+        app_cfg = cfg.app(app_name)
+        ledger = _ledger(cfg)
+        target_entry = None
+        if to is not None:
+            if to.lstrip("#").isdigit():
+                target_entry = ledger.get(int(to.lstrip("#")))
+            else:
+                target_entry = ledger.healthy_with_tag(app_cfg.name, to)
+                if target_entry is None:
+                    raise UserError(f"no healthy entry of {app_cfg.name} with tag {to!r}: see `rollout history {app_cfg.name}`")
+        with lock.held(ledger, app_cfg.name, wait):
+            outcome = _orchestrator(cfg, app_cfg, ledger, console).revert(target_entry, reason=reason)
+        console.result(outcome.message)
+        return outcome.exit_code
+
+    _run(run)
+
+
+@app.command()
+def history(
+    app_name: Optional[str] = typer.Argument(None, metavar="[APP]"),
+    n: int = typer.Option(20, "-n", min=1, help="How many entries, newest first."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """The ledger's entries, newest first."""
+
+    def run(console: Console) -> int:
+        cfg = _config(required=False)
+        if app_name is not None and cfg.apps:
+            cfg.app(app_name)
+        entries = _ledger(cfg).history(app_name, n)
+        if as_json:
+            console.json([e.to_json() for e in entries])
+            return 0
+        rows = [[f"#{e.id}", e.app, e.kind, e.tag or "-", _short_digest(e.digest), e.status,
+                 f"#{e.reverts_to}" if e.reverts_to else "", e.created_at[:19].replace("T", " "), e.actor,
+                 _clip(e.error or e.reason or "")] for e in entries]
+        console.out(table(["ID", "APP", "KIND", "TAG", "DIGEST", "STATUS", "REVERTS", "CREATED (UTC)", "ACTOR", "NOTE"], rows))
+        return 0
+
+    _run(run)
+
+
+@app.command()
+def status(
+    app_name: Optional[str] = typer.Argument(None, metavar="[APP]"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """What the ledger says should run, what each target really runs, and whether they match."""
+    from rollout.targets import open_target
+
+    def run(console: Console) -> int:
+        cfg = _config()
+        apps = [cfg.app(app_name)] if app_name or len(cfg.apps) == 1 else list(cfg.apps.values())
+        ledger = _ledger(cfg)
+        reports, unreachable = [], False
+        for app_cfg in apps:
+            current = ledger.current(app_cfg.name)
+            targets = []
+            for target_cfg in app_cfg.targets:
+                item: dict[str, Any] = {"name": target_cfg.name, "image": None, "digest": None, "in_sync": False}
+                try:
+                    running = open_target(target_cfg, app_cfg).running()
+                    item.update(image=running.image, digest=running.digest,
+                                in_sync=bool(current and running.digest == current.digest))
+                except RolloutError as exc:
+                    item["error"] = str(exc)
+                    unreachable = True
+                targets.append(item)
+            reports.append({"app": app_cfg.name, "current": current.to_json() if current else None, "targets": targets})
+        if as_json:
+            console.json(reports[0] if len(reports) == 1 else reports)
+        else:
+            for report in reports:
+                current = report["current"]
+                head = (f"{report['app']}: #{current['id']} {current['tag'] or '-'} {current['digest']}"
+                        if current else f"{report['app']}: no healthy entry yet")
+                rows = [[t["name"], _short_digest(t["digest"]) if t["digest"] else "-",
+                         "in sync" if t["in_sync"] else ("UNREACHABLE" if "error" in t else "DRIFT"),
+                         t.get("error") or t["image"] or "no container"] for t in report["targets"]]
+                console.out(head + "\n" + table(["TARGET", "DIGEST", "STATE", "IMAGE"], rows))
+        return EXIT_UNREACHABLE if unreachable else 0
+
+    _run(run)
+
+
+@lock_app.command("status")
+def lock_status(app_name: Optional[str] = typer.Argument(None, metavar="[APP]"),
+                as_json: bool = typer.Option(False, "--json")) -> None:
+    """Who holds which app's lock."""
+    import time
+
+    from rollout import lock
+
+    def run(console: Console) -> int:
+        leases = lock.read(_ledger(_config(required=False)), app_name)
+        now = time.time()
+        if as_json:
+            console.json([{**l.__dict__, "stale": l.is_stale(now)} for l in leases])
+        else:
+            rows = [[l.app, l.holder, str(l.pid), l.acquired_at[:19], "stale" if l.is_stale(now) else "held"] for l in leases]
+            console.out(table(["APP", "HOLDER", "PID", "SINCE (UTC)", "STATE"], rows) if rows else "no locks held")
+        return 0
+
+    _run(run)
+
+
+@lock_app.command("release")
+def lock_release(app_name: str = typer.Argument(..., metavar="APP")) -> None:
+    """Release an app's lock by hand (when its holder is gone)."""
+    from rollout import lock
+
+    def run(console: Console) -> int:
+        lease = lock.force_release(_ledger(_config(required=False)), app_name)
+        console.result(f"released {app_name} (held by {lease.describe()})" if lease else f"{app_name} was not locked")
+        return 0
+
+    _run(run)
+
+
+def _run(command: Any) -> None:
+    console = Console()
+    try:
+        code = command(console)
+    except RolloutError as exc:
+        console.error(str(exc))
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        console.error("interrupted")
+        code = 130
+    raise typer.Exit(code)
+
+
+def _short_digest(digest: str | None) -> str:
+    return digest.split(":", 1)[-1][:12] if digest else "-"
+
+
+def _clip(text: str, width: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def main() -> None:
+    app(prog_name="rollout")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Deciding whether a new release is healthy.
+
+Healthy means: the target reports ready (running, and its own health check
+passing where it has one), the optional HTTP probe answers 2xx, and both hold
+for `stable` seconds. Failure is event-driven: a target's Watch wakes the wait
+as soon as the engine reports a crash, so a broken release is caught in the
+time it takes to crash, not at the next poll or the timeout.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Callable
+
+from rollout.config import HealthPolicy
+from rollout.targets import Watch
+
+
+@dataclass(frozen=True)
+class Verdict:
+    healthy: bool
+    reason: str
+    elapsed: float
+
+
+def http_probe(url: str, timeout: float = 2.0) -> tuple[bool, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - URL comes from the operator's config
+            return 200 <= response.status < 300, f"http {response.status}"
+    except urllib.error.HTTPError as exc:
+        return False, f"http {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return False, f"http: {reason}"
+
+
+Probe = Callable[[str, float], tuple[bool, str]]
+Progress = Callable[[str], None]
+
+
+def verify(watch: Watch, policy: HealthPolicy, *, probe: Probe = http_probe,
+           clock: Callable[[], float] = time.monotonic, on_progress: Progress | None = None) -> Verdict:
+    start = clock()
+    deadline = start + policy.timeout
+    healthy_since: float | None = None
+    while True:
+        observation = watch.observe()
+        now = clock()
+        if observation.failed:
+            return Verdict(False, observation.failed, now - start)
+        ready, detail = observation.ready, observation.detail
+        if ready and policy.http:
+            ready, probe_detail = probe(policy.http, min(2.0, max(policy.interval, 0.5)))
+            detail = f"{detail}, {probe_detail}" if detail else probe_detail
+        if ready:
+            healthy_since = now if healthy_since is None else healthy_since
+            held = now - healthy_since
+            if held >= policy.stable:
+                return Verdict(True, detail or "healthy", now - start)
+            detail = f"{detail}, stable {held:.1f}/{policy.stable:g}s"
+        else:
+            healthy_since = None
+        if now >= deadline:
+            return Verdict(False, f"not healthy within {policy.timeout:g}s ({detail or 'not ready'})", now - start)
+        if on_progress:
+            on_progress(f"{detail or 'waiting'} ({now - start:.1f}s)")
+        wake = min(policy.interval, deadline - now)
+        if healthy_since is not None:
+            wake = min(wake, healthy_since + policy.stable - now)
+        watch.wait(max(wake, 0.01))

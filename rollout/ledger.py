@@ -1,0 +1,407 @@
+"""The ledger: every deploy attempt as an immutable tag + digest, in SQLite.
+
+Rows in `entries` are written once and only their outcome (status, finished_at,
+error) moves forward; SQLite triggers refuse any change to what was deployed and
+any deletion, even from raw SQL, so the history cannot be rewritten.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import os
+import socket
+import sqlite3
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import sqlite_utils
+
+from rollout.errors import LedgerError
+
+SCHEMA_VERSION = 1
+
+PENDING, APPLYING, VERIFYING = "pending", "applying", "verifying"
+HEALTHY, FAILED, INTERRUPTED = "healthy", "failed", "interrupted"
+IN_PROGRESS = (PENDING, APPLYING, VERIFYING)
+FINISHED = (HEALTHY, FAILED, INTERRUPTED)
+
+DEPLOY, REVERT, REBUILD = "deploy", "revert", "rebuild"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    app TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    tag TEXT,
+    digest TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('deploy', 'revert', 'rebuild')),
+    status TEXT NOT NULL CHECK (status IN ('pending', 'applying', 'verifying', 'healthy', 'failed', 'interrupted')),
+    previous_id INTEGER REFERENCES entries(id),
+    reverts_to INTEGER REFERENCES entries(id),
+    actor TEXT NOT NULL,
+    reason TEXT,
+    created_at TEXT NOT NULL,
+    finished_at TEXT,
+    error TEXT,
+    build_key TEXT,
+    base_digests TEXT
+);
+CREATE INDEX IF NOT EXISTS entries_app_id ON entries (app, id);
+CREATE INDEX IF NOT EXISTS entries_app_status ON entries (app, status, id);
+CREATE TABLE IF NOT EXISTS targets (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    entry_id INTEGER NOT NULL REFERENCES entries(id),
+    target TEXT NOT NULL,
+    image_before TEXT,
+    image_after TEXT,
+    outcome TEXT NOT NULL,
+    detail TEXT,
+    updated_at TEXT NOT NULL,
+    UNIQUE (entry_id, target)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    entry_id INTEGER REFERENCES entries(id),
+    at TEXT NOT NULL,
+    event TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS events_entry ON events (entry_id);
+CREATE TABLE IF NOT EXISTS locks (
+    app TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    acquired_at TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS entries_identity_immutable
+BEFORE UPDATE OF id, app, repository, tag, digest, kind, previous_id, reverts_to, actor, created_at, build_key, base_digests ON entries
+BEGIN SELECT RAISE(ABORT, 'ledger entries are immutable: what was deployed cannot be changed'); END;
+CREATE TRIGGER IF NOT EXISTS entries_outcome_final
+BEFORE UPDATE OF status, finished_at, error ON entries
+WHEN OLD.status IN ('healthy', 'failed', 'interrupted')
+BEGIN SELECT RAISE(ABORT, 'ledger entries are immutable: a finished entry keeps its outcome'); END;
+CREATE TRIGGER IF NOT EXISTS entries_no_delete
+BEFORE DELETE ON entries
+BEGIN SELECT RAISE(ABORT, 'ledger entries cannot be deleted'); END;
+CREATE TRIGGER IF NOT EXISTS targets_no_delete
+BEFORE DELETE ON targets
+BEGIN SELECT RAISE(ABORT, 'ledger target rows cannot be deleted'); END;
+CREATE TRIGGER IF NOT EXISTS events_no_update
+BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'ledger events are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS events_no_delete
+BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'ledger events are append-only'); END;
+"""
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def default_actor() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: int
+    app: str
+    repository: str
+    tag: str | None
+    digest: str
+    kind: str
+    status: str
+    previous_id: int | None
+    reverts_to: int | None
+    actor: str
+    reason: str | None
+    created_at: str
+    finished_at: str | None
+    error: str | None
+    build_key: str | None = None
+    base_digests: dict[str, str] | None = None
+
+    @property
+    def image(self) -> str:
+        """The exact image this entry deploys: repository@digest."""
+        return f"{self.repository}@{self.digest}"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "Entry":
+        values = dict(row)
+        if values.get("base_digests"):
+            values["base_digests"] = json.loads(values["base_digests"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class TargetRow:
+    entry_id: int
+    target: str
+    image_before: str | None
+    image_after: str | None
+    outcome: str
+    detail: str | None
+    updated_at: str
+
+
+@dataclass
+class NewEntry:
+    app: str
+    repository: str
+    tag: str | None
+    digest: str
+    kind: str = DEPLOY
+    previous_id: int | None = None
+    reverts_to: int | None = None
+    reason: str | None = None
+    actor: str = field(default_factory=default_actor)
+    build_key: str | None = None
+    base_digests: dict[str, str] | None = None
+
+
+class Ledger:
+    """One SQLite file; every method is a short transaction so concurrent rollouts interleave safely."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.db = sqlite_utils.Database(_connect(self.path))
+        _ensure_schema(self.db, self.path)
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    # -- writing -------------------------------------------------------------
+
+    def record(self, new: NewEntry) -> Entry:
+        values = asdict(new)
+        if values["base_digests"] is not None:
+            values["base_digests"] = json.dumps(values["base_digests"], sort_keys=True)
+        values.update(status=PENDING, created_at=now_iso())
+        with self.transaction():
+            cursor = self.db.execute(
+                f"INSERT INTO entries ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                list(values.values()),
+            )
+            entry_id = cursor.lastrowid
+            self._event(entry_id, "recorded", {"kind": new.kind, "tag": new.tag, "digest": new.digest})
+        return self.get(entry_id)
+
+    def set_status(self, entry_id: int, status: str, error: str | None = None) -> None:
+        finished_at = now_iso() if status in FINISHED else None
+        with self.transaction():
+            self.db.execute(
+                "UPDATE entries SET status = ?, finished_at = ?, error = ? WHERE id = ?",
+                [status, finished_at, error, entry_id],
+            )
+            self._event(entry_id, f"status:{status}", {"error": error} if error else {})
+
+    def set_target(self, entry_id: int, target: str, *, outcome: str, image_before: str | None = None,
+                   image_after: str | None = None, detail: str | None = None) -> None:
+        with self.transaction():
+            existing = self.db.execute(
+                "SELECT image_before, image_after FROM targets WHERE entry_id = ? AND target = ?", [entry_id, target]
+            ).fetchone()
+            if existing:
+                self.db.execute(
+                    "UPDATE targets SET outcome = ?, detail = ?, updated_at = ?,"
+                    " image_before = COALESCE(?, image_before), image_after = COALESCE(?, image_after)"
+                    " WHERE entry_id = ? AND target = ?",
+                    [outcome, detail, now_iso(), image_before, image_after, entry_id, target],
+                )
+            else:
+                self.db.execute(
+                    "INSERT INTO targets (entry_id, target, image_before, image_after, outcome, detail, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [entry_id, target, image_before, image_after, outcome, detail, now_iso()],
+                )
+            self._event(entry_id, f"target:{outcome}", {"target": target, "detail": detail})
+
+    def event(self, entry_id: int | None, event: str, detail: dict[str, Any] | None = None) -> None:
+        with self.transaction():
+            self._event(entry_id, event, detail or {})
+
+    def _event(self, entry_id: int | None, event: str, detail: dict[str, Any]) -> None:
+        self.db.execute(
+            "INSERT INTO events (entry_id, at, event, detail) VALUES (?, ?, ?, ?)",
+            [entry_id, now_iso(), event, json.dumps(detail, sort_keys=True, default=str)],
+        )
+
+    def transaction(self) -> "_Transaction":
+        return _Transaction(self.db.conn)
+
+    # -- reading -------------------------------------------------------------
+
+    def get(self, entry_id: int) -> Entry:
+        row = self._one("SELECT * FROM entries WHERE id = ?", [entry_id])
+        if row is None:
+            raise LedgerError(f"no ledger entry #{entry_id}: see `rollout history` for the ids")
+        return Entry.from_row(row)
+
+    def find(self, entry_id: int) -> Entry | None:
+        row = self._one("SELECT * FROM entries WHERE id = ?", [entry_id])
+        return Entry.from_row(row) if row else None
+
+    def history(self, app: str | None = None, limit: int | None = None) -> list[Entry]:
+        sql = "SELECT * FROM entries"
+        params: list[Any] = []
+        if app is not None:
+            sql += " WHERE app = ?"
+            params.append(app)
+        sql += " ORDER BY id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [Entry.from_row(row) for row in self._rows(sql, params)]
+
+    def current(self, app: str) -> Entry | None:
+        """The app's newest healthy entry: what should be running now."""
+        row = self._one("SELECT * FROM entries WHERE app = ? AND status = 'healthy' ORDER BY id DESC LIMIT 1", [app])
+        return Entry.from_row(row) if row else None
+
+    def last_healthy(self, app: str, *, not_digest: str | None = None, before_id: int | None = None) -> Entry | None:
+        sql = "SELECT * FROM entries WHERE app = ? AND status = 'healthy'"
+        params: list[Any] = [app]
+        if not_digest is not None:
+            sql += " AND digest != ?"
+            params.append(not_digest)
+        if before_id is not None:
+            sql += " AND id < ?"
+            params.append(before_id)
+        row = self._one(sql + " ORDER BY id DESC LIMIT 1", params)
+        return Entry.from_row(row) if row else None
+
+    def healthy_with_tag(self, app: str, tag: str) -> Entry | None:
+        row = self._one(
+            "SELECT * FROM entries WHERE app = ? AND tag = ? AND status = 'healthy' ORDER BY id DESC LIMIT 1", [app, tag]
+        )
+        return Entry.from_row(row) if row else None
+
+    def digests_for_tag(self, app: str, tag: str) -> set[str]:
+        return {row["digest"] for row in self._rows("SELECT DISTINCT digest FROM entries WHERE app = ? AND tag = ?", [app, tag])}
+
+    def unfinished(self, app: str | None = None) -> list[Entry]:
+        sql = "SELECT * FROM entries WHERE status IN ('pending', 'applying', 'verifying')"
+        params: list[Any] = []
+        if app is not None:
+            sql += " AND app = ?"
+            params.append(app)
+        return [Entry.from_row(row) for row in self._rows(sql + " ORDER BY id", params)]
+
+    def targets(self, entry_id: int) -> list[TargetRow]:
+        rows = self._rows(
+            "SELECT entry_id, target, image_before, image_after, outcome, detail, updated_at FROM targets"
+            " WHERE entry_id = ? ORDER BY id",
+            [entry_id],
+        )
+        return [TargetRow(**row) for row in rows]
+
+    def events(self, entry_id: int) -> list[dict[str, Any]]:
+        rows = self._rows("SELECT at, event, detail FROM events WHERE entry_id = ? ORDER BY id", [entry_id])
+        return [{**row, "detail": json.loads(row["detail"])} for row in rows]
+
+    def _rows(self, sql: str, params: list[Any]) -> Iterator[dict[str, Any]]:
+        cursor = self.db.execute(sql, params)
+        columns = [c[0] for c in cursor.description]
+        for values in cursor.fetchall():
+            yield dict(zip(columns, values))
+
+    def _one(self, sql: str, params: list[Any]) -> dict[str, Any] | None:
+        return next(iter(self._rows(sql, params)), None)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT: takes the write lock up front so readers never see half an update."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.outermost = not conn.in_transaction
+
+    def __enter__(self) -> sqlite3.Connection:
+        if self.outermost:
+            self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if not self.outermost:
+            return
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    try:
+        if not path.parent.exists():
+            path.parent.mkdir(parents=True, mode=0o700)
+        if not path.exists():
+            # Created 0600 before SQLite opens it; SQLite gives -wal/-shm the same mode.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        return conn
+    except FileExistsError:
+        return _connect(path)
+    except (OSError, sqlite3.Error) as exc:
+        raise LedgerError(f"cannot open ledger {path}: {_reason(exc)}: check the path and its permissions") from exc
+
+
+def _ensure_schema(db: sqlite_utils.Database, path: Path) -> None:
+    try:
+        version = _schema_version(db)
+        if version is not None and version > SCHEMA_VERSION:
+            raise LedgerError(
+                f"ledger {path} has schema version {version}, newer than this rollout understands"
+                f" ({SCHEMA_VERSION}): upgrade rollout"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        with _Transaction(db.conn):
+            for statement in _statements(_SCHEMA):
+                db.conn.execute(statement)
+            db.conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [str(SCHEMA_VERSION)],
+            )
+    except sqlite3.DatabaseError as exc:
+        raise LedgerError(f"ledger {path} is not a readable SQLite database ({_reason(exc)}): restore it from a backup") from exc
+
+
+def _schema_version(db: sqlite_utils.Database) -> int | None:
+    if "meta" not in db.table_names():
+        return None
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row else None
+
+
+def _statements(script: str) -> list[str]:
+    """Split the schema script into statements (triggers contain ';' inside BEGIN...END)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return [s for s in statements if s]
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -1,0 +1,255 @@
+"""The rollout state machine: resolve -> record -> apply -> verify -> healthy, or failed -> revert.
+
+It only talks to interfaces (a resolver, the ledger, targets, a verifier and a
+reporter), so every path through it is unit-tested with in-memory stand-ins;
+all I/O lives in rollout.registry, rollout.ledger and rollout.targets.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from rollout import ledger as L
+from rollout.config import AppConfig, HealthPolicy
+from rollout.errors import (
+    EXIT_OK,
+    EXIT_REVERTED,
+    EXIT_UNRECOVERED,
+    RetagRefused,
+    RolloutError,
+    TargetUnreachable,
+    Unreachable,
+    UserError,
+)
+from rollout.health import Verdict
+from rollout.ledger import Entry, Ledger, NewEntry
+from rollout.reference import Reference
+from rollout.targets import Release, Running, Target, Watch
+
+
+class Resolver(Protocol):
+    def resolve(self, ref: Reference) -> str: ...
+
+
+class Reporter(Protocol):
+    def info(self, message: str) -> None: ...
+
+    def warn(self, message: str) -> None: ...
+
+    def progress(self, target: str, message: str) -> None: ...
+
+    def logs(self, target: str, text: str) -> None: ...
+
+
+Verifier = Callable[[Watch, HealthPolicy, Callable[[str], None]], Verdict]
+
+
+@dataclass
+class Outcome:
+    exit_code: int
+    entry: Entry
+    revert: Entry | None = None
+    message: str = ""
+
+
+@dataclass
+class _Attempt:
+    """Which targets an entry moved, and how each fared."""
+
+    moved: list[Target] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(f"{name}: {why}" for name, why in self.failures.items())
+
+
+class Orchestrator:
+    def __init__(self, app: AppConfig, ledger: Ledger, resolver: Resolver, targets: list[Target],
+                 verifier: Verifier, reporter: Reporter) -> None:
+        self.app = app
+        self.ledger = ledger
+        self.resolver = resolver
+        self.targets = targets
+        self.verifier = verifier
+        self.reporter = reporter
+        self.policies = {t.name: t.health for t in app.targets}
+
+    # -- public operations ---------------------------------------------------
+
+    def resolve(self, ref: Reference, *, allow_retag: bool = False) -> str:
+        """The digest to deploy for ref, refusing a tag that was re-pushed with other content."""
+        if ref.name != self.app.image:
+            raise UserError(f"{ref} is not in app {self.app.name}'s repository {self.app.image}")
+        digest = self.resolver.resolve(ref)
+        if ref.digest and digest != ref.digest:
+            raise UserError(
+                f"{ref.name}:{ref.tag} now resolves to {digest}, not the digest given ({ref.digest}):"
+                " deploy by digest alone or check the registry"
+            )
+        if ref.tag and not allow_retag:
+            recorded = self.ledger.digests_for_tag(self.app.name, ref.tag) - {digest}
+            if recorded:
+                raise RetagRefused(
+                    f"tag {ref.tag} of {self.app.name} was deployed as {sorted(recorded)[0]} but now resolves to"
+                    f" {digest}: tags are immutable here; push a new tag, or pass --allow-retag to accept it"
+                )
+        return digest
+
+    def deploy(self, ref: Reference, *, allow_retag: bool = False, reason: str | None = None,
+               kind: str = L.DEPLOY, build_key: str | None = None,
+               base_digests: dict[str, str] | None = None) -> Outcome:
+        digest = self.resolve(ref, allow_retag=allow_retag)
+        self._check_reachable()
+        current = self.ledger.current(self.app.name)
+        entry = self.ledger.record(NewEntry(
+            app=self.app.name, repository=ref.name, tag=ref.tag, digest=digest, kind=kind,
+            previous_id=current.id if current else None, reason=reason,
+            build_key=build_key, base_digests=base_digests,
+        ))
+        self.reporter.info(f"#{entry.id} {kind} {self.app.name} {_label(entry)}")
+        return self._run(entry)
+
+    def revert(self, to: Entry | None = None, *, reason: str | None = None) -> Outcome:
+        """Go back to `to`, or by default to the healthy entry before the current one with another digest."""
+        current = self.ledger.current(self.app.name)
+        if to is None:
+            if current is None:
+                raise UserError(f"{self.app.name} has no healthy entry yet: nothing to revert from")
+            to = self.ledger.last_healthy(self.app.name, not_digest=current.digest, before_id=current.id)
+            if to is None:
+                raise UserError(f"{self.app.name} has no earlier healthy entry with another digest to revert to")
+        elif to.app != self.app.name:
+            raise UserError(f"entry #{to.id} belongs to app {to.app}, not {self.app.name}")
+        elif to.status != L.HEALTHY:
+            raise UserError(f"entry #{to.id} was never healthy ({to.status}): choose a healthy entry from `rollout history`")
+        self._check_reachable()
+        entry = self.ledger.record(NewEntry(
+            app=self.app.name, repository=to.repository, tag=to.tag, digest=to.digest, kind=L.REVERT,
+            previous_id=current.id if current else None, reverts_to=to.id,
+            reason=reason or f"revert to #{to.id} requested",
+        ))
+        self.reporter.info(f"#{entry.id} revert {self.app.name} to #{to.id} {_label(to)}")
+        return self._run(entry)
+
+    # -- the state machine ---------------------------------------------------
+
+    def _run(self, entry: Entry) -> Outcome:
+        attempt = self._attempt(entry, self.targets)
+        if not attempt.failures:
+            return Outcome(EXIT_OK, self.ledger.get(entry.id), message=f"#{entry.id} healthy")
+        failed = self.ledger.get(entry.id)
+        good = self.ledger.last_healthy(self.app.name, not_digest=entry.digest)
+        if good is None:
+            for target in attempt.moved:
+                self._quietly(target.stop)
+            message = (f"#{entry.id} failed ({attempt.reason}) and there is no healthy entry to go back to:"
+                       " the failed release was stopped")
+            self.reporter.warn(message)
+            return Outcome(EXIT_UNRECOVERED, failed, message=message)
+        revert = self.ledger.record(NewEntry(
+            app=self.app.name, repository=good.repository, tag=good.tag, digest=good.digest, kind=L.REVERT,
+            previous_id=entry.id, reverts_to=good.id, reason=f"automatic revert: #{entry.id} failed: {attempt.reason}",
+        ))
+        self.reporter.warn(f"#{entry.id} failed: {attempt.reason}; reverting to #{good.id} {_label(good)} as #{revert.id}")
+        back = self._attempt(revert, attempt.moved)
+        if back.failures:
+            message = (f"REVERT FAILED: #{revert.id} could not restore #{good.id} ({back.reason});"
+                       f" {self.app.name} is not on a healthy release: act now")
+            self.reporter.warn(message)
+            return Outcome(EXIT_UNRECOVERED, failed, self.ledger.get(revert.id), message)
+        message = f"#{entry.id} failed ({attempt.reason}); reverted to #{good.id} {_label(good)}, healthy"
+        return Outcome(EXIT_REVERTED, failed, self.ledger.get(revert.id), message)
+
+    def _attempt(self, entry: Entry, targets: list[Target]) -> _Attempt:
+        """Apply one entry to targets and verify them; record every step."""
+        attempt = _Attempt()
+        release = Release(entry.id, entry.repository, entry.tag, entry.digest, _change_cause(entry))
+        self.ledger.set_status(entry.id, L.APPLYING)
+        try:
+            for target in targets:
+                target.prepare(release)
+        except RolloutError as exc:
+            # Nothing has changed yet: say so and let the caller exit 5 / 2.
+            self.ledger.set_status(entry.id, L.FAILED, error=str(exc))
+            raise
+        for target in targets:
+            try:
+                before = target.apply(release)
+            except Exception as exc:  # noqa: BLE001 - any failure mid-apply must still lead to a revert
+                attempt.moved.append(target)
+                attempt.failures[target.name] = f"apply failed: {_one_line(exc)}"
+                self.ledger.set_target(entry.id, target.name, outcome="failed", image_after=release.image,
+                                       detail=attempt.failures[target.name])
+                break
+            attempt.moved.append(target)
+            self.ledger.set_target(entry.id, target.name, outcome="applied", image_before=before,
+                                   image_after=release.image)
+        if not attempt.failures:
+            self.ledger.set_status(entry.id, L.VERIFYING)
+            for target, verdict in zip(attempt.moved, self._verify_all(attempt.moved, release)):
+                outcome = "healthy" if verdict.healthy else "failed"
+                self.ledger.set_target(entry.id, target.name, outcome=outcome,
+                                       detail=f"{verdict.reason} after {verdict.elapsed:.1f}s")
+                if not verdict.healthy:
+                    attempt.failures[target.name] = verdict.reason
+                    self.reporter.logs(target.name, self._quietly(target.logs) or "")
+        if attempt.failures:
+            self.ledger.set_status(entry.id, L.FAILED, error=attempt.reason)
+        else:
+            self.ledger.set_status(entry.id, L.HEALTHY)
+            self.reporter.info(f"#{entry.id} healthy on {', '.join(t.name for t in targets)}")
+        return attempt
+
+    def _verify_all(self, targets: list[Target], release: Release) -> list[Verdict]:
+        def one(target: Target) -> Verdict:
+            watch = target.watch(release)
+            try:
+                return self.verifier(watch, self.policies[target.name],
+                                     lambda text: self.reporter.progress(target.name, text))
+            except Exception as exc:  # noqa: BLE001 - a target we cannot watch is not healthy
+                return Verdict(False, f"cannot verify: {_one_line(exc)}", 0.0)
+            finally:
+                watch.close()
+
+        if len(targets) == 1:
+            return [one(targets[0])]
+        with ThreadPoolExecutor(max_workers=len(targets)) as pool:
+            return list(pool.map(one, targets))
+
+    def _check_reachable(self) -> dict[str, Running]:
+        running = {}
+        for target in self.targets:
+            try:
+                running[target.name] = target.running()
+            except Unreachable:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure to look is "unreachable, nothing changed"
+                raise TargetUnreachable(f"target {target.name} is unreachable: {_one_line(exc)}") from exc
+        return running
+
+    def _quietly(self, action: Callable[[], object]) -> object:
+        try:
+            return action()
+        except Exception as exc:  # noqa: BLE001 - best effort while already handling a failure
+            self.reporter.warn(f"{_one_line(exc)}")
+            return None
+
+
+def _label(entry: Entry) -> str:
+    short = entry.digest.split(":", 1)[-1][:12]
+    return f"{entry.tag or '-'} ({short})"
+
+
+def _change_cause(entry: Entry) -> str:
+    what = f"{entry.tag}@{entry.digest}" if entry.tag else entry.digest
+    if entry.kind == L.REVERT:
+        return f"rollout revert to #{entry.reverts_to} {what} (ledger #{entry.id})"
+    return f"rollout {entry.kind} {entry.app}:{what} (ledger #{entry.id})"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,90 @@
+"""The one interface every place we deploy to implements: docker hosts and Kubernetes Deployments.
+
+Backends live one module each (rollout.targets.docker, rollout.targets.kubernetes)
+and are imported only when an app uses them, so the CLI starts fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Protocol
+
+if TYPE_CHECKING:
+    from rollout.config import AppConfig, TargetConfig
+
+
+@dataclass(frozen=True)
+class Release:
+    """What a target is asked to run: one ledger entry's exact image."""
+
+    entry_id: int
+    repository: str  # fully qualified, e.g. 127.0.0.1:5000/web
+    tag: str | None
+    digest: str
+    change_cause: str
+
+    @property
+    def image(self) -> str:
+        return f"{self.repository}@{self.digest}"
+
+
+@dataclass(frozen=True)
+class Running:
+    """What a target actually runs: the image it was given and the digest behind it."""
+
+    image: str | None
+    digest: str | None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One look at a target during verification."""
+
+    ready: bool
+    failed: str | None = None
+    detail: str = ""
+
+
+class Watch(Protocol):
+    def observe(self) -> Observation: ...
+
+    def wait(self, seconds: float) -> None:
+        """Sleep up to `seconds`, returning early as soon as the target reports an event."""
+
+    def close(self) -> None: ...
+
+
+class Target(Protocol):
+    name: str
+
+    def running(self) -> Running:
+        """What runs now; raises TargetUnreachable when the target cannot be reached."""
+
+    def prepare(self, release: Release) -> None:
+        """Everything that can fail before anything changes (pull, checks)."""
+
+    def apply(self, release: Release) -> str | None:
+        """Move the target to release.image; return the image it ran before."""
+
+    def watch(self, release: Release) -> Watch: ...
+
+    def logs(self, lines: int = 20) -> str: ...
+
+    def stop(self) -> None:
+        """Stop what the last apply started (a first release failed and there is nothing to go back to)."""
+
+
+TargetFactory = Callable[["TargetConfig", "AppConfig"], Target]
+
+
+def open_target(config: "TargetConfig", app: "AppConfig") -> Target:
+    if config.kind == "docker":
+        from rollout.targets.docker import DockerTarget
+
+        return DockerTarget(config, app)
+    if config.kind == "kubernetes":
+        from rollout.targets.kubernetes import KubernetesTarget
+
+        return KubernetesTarget(config, app)
+    raise ValueError(f"unknown target kind {config.kind!r}")

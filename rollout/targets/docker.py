@@ -1,0 +1,369 @@
+"""Docker host target: one named container, moved to an exact digest.
+
+The old container is renamed and stopped, never deleted at once, so going back
+is `docker start` of a container that already exists: no pull, no create.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import queue
+import re
+import threading
+from typing import Any
+
+import docker
+import docker.errors
+
+from rollout.config import AppConfig, TargetConfig
+from rollout.errors import TargetUnreachable, UserError
+from rollout.targets import Observation, Release, Running
+
+KEEP_RETIRED = 3
+LABEL_ENTRY = "rollout.entry"
+LABEL_TAG = "rollout.tag"
+LABEL_DIGEST = "rollout.digest"
+LABEL_APP = "rollout.app"
+STOP_TIMEOUT = 10
+FAILURE_EVENTS = {"die", "oom", "restart", "health_status: unhealthy"}
+
+
+class DockerTarget:
+    def __init__(self, config: TargetConfig, app: AppConfig) -> None:
+        self.name = config.name
+        self.app = app
+        self.settings = config.settings
+        self.container_name: str = config.settings["container"]
+        self.host: str | None = config.settings.get("host") or os.environ.get("DOCKER_HOST") or None
+        self._client: docker.DockerClient | None = None
+        self._started_id: str | None = None
+
+    # -- connection --------------------------------------------------------
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            try:
+                kwargs: dict[str, Any] = {"timeout": 30}
+                if self.host and self.host.startswith("ssh://"):
+                    kwargs["use_ssh_client"] = True
+                self._client = (docker.DockerClient(base_url=self.host, **kwargs) if self.host
+                                else docker.from_env(**kwargs))
+                self._client.ping()
+            except Exception as exc:  # noqa: BLE001 - the SDK raises many kinds for "no engine"
+                self._client = None
+                raise TargetUnreachable(
+                    f"target {self.name}: Docker engine at {self.host or 'the local socket'} is unreachable"
+                    f" ({_short(exc)}): start it or fix `host`"
+                ) from None
+        return self._client
+
+    # -- Target protocol ---------------------------------------------------
+
+    def running(self) -> Running:
+        container = self._container(self.container_name)
+        if container is None:
+            return Running(None, None, "no container")
+        image = container.attrs["Config"]["Image"]
+        return Running(image, self._digest_of(container), container.status)
+
+    def prepare(self, release: Release) -> None:
+        try:
+            self.client.images.get(release.image)
+            return
+        except docker.errors.ImageNotFound:
+            pass
+        try:
+            self.client.api.pull(release.repository, tag=release.digest)
+        except docker.errors.APIError as exc:
+            raise TargetUnreachable(f"target {self.name}: cannot pull {release.image}: {_short(exc)}") from None
+
+    def apply(self, release: Release) -> str | None:
+        old = self._container(self.container_name)
+        before = old.attrs["Config"]["Image"] if old else None
+        spare = self._retired_with(release.image)
+        if old is not None:
+            self._retire(old)
+        if spare is not None:
+            spare.rename(self.container_name)
+            container = spare
+        else:
+            container = self._create(release, old)
+        self._started_id = container.id
+        container.start()
+        container.reload()
+        # The engine's own clock: events before this start (say, the die of this
+        # container's previous life, when a revert restarts it) are history.
+        self._started_at_ns = _timestamp_ns(container.attrs["State"]["StartedAt"])
+        self._prune_retired()
+        return before
+
+    def watch(self, release: Release) -> "DockerWatch":
+        if self._started_id is None:
+            raise RuntimeError("watch() before apply()")
+        return DockerWatch(self.client, self._started_id, not_before_ns=self._started_at_ns)
+
+    def logs(self, lines: int = 20) -> str:
+        if self._started_id is None:
+            return ""
+        try:
+            raw = self.client.containers.get(self._started_id).logs(tail=lines)
+        except docker.errors.NotFound:
+            return ""
+        return raw.decode("utf-8", "replace")
+
+    def stop(self) -> None:
+        if self._started_id is not None:
+            self.client.containers.get(self._started_id).stop(timeout=STOP_TIMEOUT)
+
+    # -- helpers -------------------------------------------------------------
+
+    def _container(self, name: str) -> Any:
+        try:
+            return self.client.containers.get(name)
+        except docker.errors.NotFound:
+            return None
+        except docker.errors.APIError as exc:
+            raise TargetUnreachable(f"target {self.name}: cannot inspect {name}: {_short(exc)}") from None
+
+    def _digest_of(self, container: Any) -> str | None:
+        configured = container.attrs["Config"]["Image"]
+        if "@sha256:" in configured:
+            return configured.split("@", 1)[1]
+        try:
+            repo_digests = self.client.images.get(container.attrs["Image"]).attrs.get("RepoDigests") or []
+        except docker.errors.ImageNotFound:
+            return None
+        wanted = self.app.image
+        for item in repo_digests:
+            name, _, digest = item.partition("@")
+            if name == wanted or name == self.app.repository:
+                return digest
+        return repo_digests[0].partition("@")[2] if repo_digests else None
+
+    def _retired(self) -> list[Any]:
+        prefix = f"{self.container_name}.rollout-"
+        containers = self.client.containers.list(all=True, filters={"name": prefix})
+        # The name filter matches substrings: keep exact prefix matches, newest first.
+        retired = [c for c in containers if c.name.startswith(prefix)]
+        return sorted(retired, key=lambda c: c.attrs.get("Created", ""), reverse=True)
+
+    def _retired_with(self, image: str) -> Any:
+        for container in self._retired():
+            if container.attrs["Config"]["Image"] == image:
+                return container
+        return None
+
+    def _retire(self, container: Any) -> None:
+        entry = container.labels.get(LABEL_ENTRY) or container.short_id
+        new_name = f"{self.container_name}.rollout-{entry}"
+        if self._container(new_name) is not None:
+            new_name = f"{new_name}-{container.short_id}"
+        container.rename(new_name)
+        if container.status in ("running", "restarting", "paused"):
+            container.stop(timeout=STOP_TIMEOUT)
+
+    def _prune_retired(self) -> None:
+        for container in self._retired()[KEEP_RETIRED:]:
+            image_id = container.attrs["Image"]
+            container.remove(force=True)
+            try:
+                self.client.images.remove(image_id)
+            except docker.errors.APIError:
+                pass  # still used by another container, or by a tag someone keeps
+
+    def _create(self, release: Release, old: Any) -> Any:
+        labels = {LABEL_APP: self.app.name, LABEL_ENTRY: str(release.entry_id),
+                  LABEL_TAG: release.tag or "", LABEL_DIGEST: release.digest}
+        if old is not None:
+            config, host_config = _carried_over(self.client, old)
+        else:
+            config, host_config = {}, {"NetworkMode": "default"}
+        config, host_config = self._apply_overrides(config, host_config)
+        config["Labels"] = {**config.get("Labels", {}), **labels}
+        try:
+            created = self.client.api.create_container(
+                image=release.image, name=self.container_name, host_config=host_config, **_create_kwargs(config)
+            )
+        except docker.errors.APIError as exc:
+            raise UserError(f"target {self.name}: cannot create container: {_short(exc)}") from None
+        return self.client.containers.get(created["Id"])
+
+    def _apply_overrides(self, config: dict[str, Any], host_config: dict[str, Any]) -> tuple[dict, dict]:
+        s = self.settings
+        if "command" in s:
+            config["Cmd"] = [s["command"]] if isinstance(s["command"], str) else list(s["command"])
+            if isinstance(s["command"], str):
+                config["Cmd"] = ["sh", "-c", s["command"]]
+        if "entrypoint" in s:
+            config["Entrypoint"] = [s["entrypoint"]] if isinstance(s["entrypoint"], str) else list(s["entrypoint"])
+        if "env" in s:
+            env = {k: v for k, v in (e.split("=", 1) for e in config.get("Env", []) if "=" in e)}
+            env.update({k: str(v) for k, v in s["env"].items()})
+            config["Env"] = [f"{k}={v}" for k, v in env.items()]
+        if "labels" in s:
+            config["Labels"] = {**config.get("Labels", {}), **{k: str(v) for k, v in s["labels"].items()}}
+        if "user" in s:
+            config["User"] = s["user"]
+        if "network" in s:
+            host_config["NetworkMode"] = s["network"]
+        if "restart" in s:
+            name, _, retries = s["restart"].partition(":")
+            host_config["RestartPolicy"] = {"Name": name, "MaximumRetryCount": int(retries or 0)}
+        if "volumes" in s:
+            host_config["Binds"] = list(s["volumes"])
+        if "ports" in s:
+            bindings: dict[str, list[dict[str, str]]] = {}
+            for container_port, host_port in s["ports"].items():
+                port = container_port if "/" in container_port else f"{container_port}/tcp"
+                host_ip, _, host_port_only = str(host_port).rpartition(":")
+                bindings[port] = [{"HostIp": host_ip, "HostPort": host_port_only}]
+                config.setdefault("ExposedPorts", {})[port] = {}
+            host_config["PortBindings"] = bindings
+        return config, host_config
+
+
+def _carried_over(client: docker.DockerClient, old: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The old container's own settings, minus what it inherited from its image.
+
+    What came from the old image (its default command, env, labels, health check)
+    must not override the new image's defaults; only what the operator set does.
+    """
+    config = dict(old.attrs["Config"])
+    try:
+        image_config = client.images.get(old.attrs["Image"]).attrs.get("Config") or {}
+    except docker.errors.ImageNotFound:
+        image_config = {}
+    carried: dict[str, Any] = {}
+    env_from_image = set(image_config.get("Env") or [])
+    env = [e for e in config.get("Env") or [] if e not in env_from_image]
+    if env:
+        carried["Env"] = env
+    for key in ("Cmd", "Entrypoint", "User", "WorkingDir", "Healthcheck", "StopSignal", "ExposedPorts", "Volumes"):
+        value = config.get(key)
+        if value and value != image_config.get(key):
+            carried[key] = value
+    image_labels = image_config.get("Labels") or {}
+    labels = {k: v for k, v in (config.get("Labels") or {}).items()
+              if image_labels.get(k) != v and not k.startswith("rollout.")}
+    if labels:
+        carried["Labels"] = labels
+    for key in ("Tty", "OpenStdin", "StdinOnce", "AttachStdin", "Domainname", "Hostname"):
+        if key in config and key != "Hostname":
+            carried[key] = config[key]
+    # HostConfig (mounts, ports, network mode, restart policy, log config, security options,
+    # capabilities, resources) is carried over whole: the new container gains nothing and loses nothing.
+    host_config = dict(old.attrs["HostConfig"])
+    return carried, host_config
+
+
+def _create_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+    mapping = {
+        "Cmd": "command", "Entrypoint": "entrypoint", "Env": "environment", "User": "user",
+        "WorkingDir": "working_dir", "Labels": "labels", "Healthcheck": "healthcheck",
+        "StopSignal": "stop_signal", "Tty": "tty", "OpenStdin": "stdin_open", "Domainname": "domainname",
+    }
+    kwargs = {mapping[k]: v for k, v in config.items() if k in mapping}
+    if "ExposedPorts" in config:
+        kwargs["ports"] = [tuple(p.split("/")) if "/" in p else p for p in config["ExposedPorts"]]
+        kwargs["ports"] = [(int(p[0]), p[1]) if isinstance(p, tuple) else int(p) for p in kwargs["ports"]]
+    if "Volumes" in config:
+        kwargs["volumes"] = list(config["Volumes"])
+    return kwargs
+
+
+class DockerWatch:
+    """Health of one container, woken by the engine's event stream."""
+
+    def __init__(self, client: docker.DockerClient, container_id: str, not_before_ns: int) -> None:
+        self.client = client
+        self.container_id = container_id
+        self.not_before_ns = not_before_ns
+        self.events: queue.Queue[str] = queue.Queue()
+        self.failure: str | None = None
+        self.restart_count: int | None = None
+        # Replay from a little before the start, so a crash in the first instant is not missed.
+        since = f"{not_before_ns // 1_000_000_000 - 2}"
+        self._stream = client.events(since=since, filters={"container": container_id, "type": "container"},
+                                     decode=True)
+        self._thread = threading.Thread(target=self._pump, name=f"events-{container_id[:12]}", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        try:
+            for event in self._stream:
+                status = event.get("status") or event.get("Action") or ""
+                if status in FAILURE_EVENTS and int(event.get("timeNano", 0)) >= self.not_before_ns:
+                    self.events.put(_describe_event(status, event))
+        except Exception:  # noqa: BLE001 - the stream ends when closed or when the engine goes away
+            self.events.put("")
+
+    def wait(self, seconds: float) -> None:
+        try:
+            event = self.events.get(timeout=seconds)
+        except queue.Empty:
+            return
+        if event and self.failure is None:
+            self.failure = event
+
+    def observe(self) -> Observation:
+        while not self.events.empty():
+            self.wait(0)
+        if self.failure:
+            return Observation(False, self.failure)
+        try:
+            attrs = self.client.api.inspect_container(self.container_id)
+        except docker.errors.NotFound:
+            return Observation(False, "container was removed")
+        state = attrs["State"]
+        restarts = attrs.get("RestartCount", 0)
+        if self.restart_count is None:
+            self.restart_count = restarts
+        if restarts > self.restart_count or state.get("Restarting"):
+            return Observation(False, f"container restarted (restart count {restarts})")
+        if state.get("OOMKilled"):
+            return Observation(False, "container was killed: out of memory")
+        if state.get("Status") != "running":
+            return Observation(False, f"container exited with code {state.get('ExitCode')}")
+        health = (state.get("Health") or {}).get("Status")
+        if health == "unhealthy":
+            return Observation(False, "HEALTHCHECK reports unhealthy")
+        if health == "starting":
+            return Observation(False, detail="running, HEALTHCHECK starting")
+        return Observation(True, detail="running" + (", HEALTHCHECK healthy" if health else ""))
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        except Exception:  # noqa: BLE001 - closing a dead stream is fine
+            pass
+
+
+def _describe_event(status: str, event: dict[str, Any]) -> str:
+    attributes = (event.get("Actor") or {}).get("Attributes") or {}
+    if status == "die":
+        return f"container exited with code {attributes.get('exitCode', '?')}"
+    if status == "oom":
+        return "container was killed: out of memory"
+    if status == "restart":
+        return "container restarted"
+    return "HEALTHCHECK reports unhealthy"
+
+
+def _timestamp_ns(text: str) -> int:
+    """Nanoseconds since the epoch from the engine's RFC 3339 time (nanosecond precision)."""
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text)
+    if not match:
+        return 0
+    whole, fraction, zone = match.groups()
+    seconds = dt.datetime.fromisoformat(whole + ("+00:00" if zone == "Z" else zone)).timestamp()
+    return int(seconds) * 1_000_000_000 + int((fraction or "0").ljust(9, "0")[:9])
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, docker.errors.APIError) and exc.explanation:
+        text = str(exc.explanation)
+    else:
+        text = str(exc)
+    return (text.strip().splitlines() or [type(exc).__name__])[0][:300]
