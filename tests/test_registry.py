@@ -10,7 +10,9 @@ import base64
 import json
 import logging
 import os
+import socket
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from rollout.reference import parse
 from rollout.registry import RegistryClient
 from support.proxy import Fault, RegistryProxy, start_proxy
 from support.registry_server import RegistryProcess, push_random_image, start_registry
-from support.token_server import TokenServer, start_token_server
+from support.token_server import TokenServer, make_self_signed, start_token_server
 
 USER, PASSWORD = "deployer", "correct-horse-battery-staple"
 WRONG_PASSWORD = "hunter2-wrong-horse"
@@ -322,6 +324,56 @@ def test_unknown_tag_behind_token_auth_is_tag_not_found(
         client.resolve(parse(f"{registry.host}/team/api:9.9"))
 
 
+def test_a_token_without_access_to_the_repository_is_an_auth_error(
+    tmp_path: Path, token_registry: tuple[RegistryProcess, str], token_service: TokenServer
+) -> None:
+    registry, _ = token_registry
+    token_service.denied_repositories.add("team/api")
+    try:
+        client = RegistryClient(docker_config=auths_config(tmp_path / "docker", registry.host))
+        with pytest.raises(RegistryAuthError) as raised:
+            client.resolve(parse(f"{registry.host}/team/api:3.1"))
+    finally:
+        token_service.denied_repositories.clear()
+    assert str(raised.value).startswith(f"registry {registry.host} refused pull access to team/api for user '{USER}'")
+
+
+# --- token lifetime ----------------------------------------------------------------------
+
+
+def test_an_expired_token_is_fetched_again(
+    tmp_path: Path, token_registry: tuple[RegistryProcess, str], token_service: TokenServer
+) -> None:
+    registry, digest = token_registry
+    token_service.expires_in = 1
+    try:
+        client = RegistryClient(docker_config=auths_config(tmp_path / "docker", registry.host))
+        ref = parse(f"{registry.host}/team/api:3.1")
+        before = token_service.token_requests
+        assert client.resolve(ref) == digest
+        time.sleep(1.2)
+        assert client.resolve(ref) == digest
+        assert token_service.token_requests == before + 2
+    finally:
+        token_service.expires_in = 300
+
+
+def test_a_token_without_expires_in_is_still_reused(
+    tmp_path: Path, token_registry: tuple[RegistryProcess, str], token_service: TokenServer
+) -> None:
+    registry, digest = token_registry
+    token_service.expires_in = None  # the spec says: then it lives 60 s
+    try:
+        client = RegistryClient(docker_config=auths_config(tmp_path / "docker", registry.host))
+        ref = parse(f"{registry.host}/team/api:3.1")
+        before = token_service.token_requests
+        assert client.resolve(ref) == digest
+        assert client.resolve(ref) == digest
+        assert token_service.token_requests == before + 1
+    finally:
+        token_service.expires_in = 300
+
+
 # --- where requests go (no network) ------------------------------------------------------
 
 
@@ -340,3 +392,40 @@ def test_unknown_tag_behind_token_auth_is_tag_not_found(
 def test_plain_http_only_for_loopback_or_listed_insecure(reference: str, insecure: tuple[str, ...], url: str) -> None:
     ref = parse(reference)
     assert RegistryClient(insecure=insecure).manifest_url(ref, ref.tag or "") == url
+
+
+# --- HTTPS -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RegistryProcess, str, str, Path]]:
+    """A TLS registry reachable under this machine's host name, which must not be loopback *by name*
+    (so the client picks HTTPS) but must resolve to 127.0.0.1 (tests stay on this machine)."""
+    name = socket.gethostname().lower()
+    try:
+        address = socket.gethostbyname(name)
+    except OSError:
+        pytest.skip(f"host name {name} does not resolve")
+    if not address.startswith("127.") or name == "localhost":
+        pytest.skip(f"host name {name} resolves to {address}, not to a loopback address")
+    directory = tmp_path_factory.mktemp("tls")
+    pair = make_self_signed(directory, common_name="registry", dns_names=(name,))
+    with start_registry(directory, tls_cert=(pair.cert_path, pair.key_path)) as registry:
+        digest = push_random_image(registry.base_url, "web", "1.0", verify=str(pair.cert_path))
+        yield registry, digest, f"{name}:{registry.port}", pair.cert_path
+
+
+def test_https_with_a_ca_bundle(tls_registry: tuple[RegistryProcess, str, str, Path]) -> None:
+    _, digest, host, ca_bundle = tls_registry
+    client = RegistryClient(ca_bundle=str(ca_bundle))
+    assert client.manifest_url(parse(f"{host}/web:1.0"), "1.0").startswith("https://")
+    assert client.resolve(parse(f"{host}/web:1.0")) == digest
+
+
+def test_https_certificates_are_verified_by_default(tls_registry: tuple[RegistryProcess, str, str, Path]) -> None:
+    _, _, host, _ = tls_registry
+    client = RegistryClient()
+    with pytest.raises(RegistryUnreachable, match=f"registry {host}: TLS verification failed"):
+        client.resolve(parse(f"{host}/web:1.0"))
+    assert client.request_counts[("HEAD", "manifest")] == 1, "a bad certificate is not worth retrying"
+

@@ -175,7 +175,7 @@ def wait_until_serving(registry: RegistryProcess, ca_bundle: Path | None) -> Non
         if registry.process.poll() is not None:
             raise RuntimeError(f"docker-registry exited early:\n{registry.log_tail()}")
         try:
-            answer = requests.get(f"{registry.base_url}/v2/", timeout=1, verify=str(ca_bundle or True))
+            answer = requests.get(f"{registry.base_url}/v2/", timeout=1, verify=str(ca_bundle) if ca_bundle else True)
             if answer.status_code in (200, 401):
                 return
         except requests.RequestException:
@@ -201,9 +201,9 @@ def random_layer() -> tuple[bytes, str]:
     return gzip.compress(raw, mtime=0), _digest(raw)
 
 
-def upload_blob(session: requests.Session, base_url: str, repo: str, data: bytes) -> str:
+def upload_blob(session: requests.Session, base_url: str, repo: str, data: bytes, verify: str | bool) -> str:
     digest = _digest(data)
-    started = session.post(f"{base_url}/v2/{repo}/blobs/uploads/", timeout=10)
+    started = session.post(f"{base_url}/v2/{repo}/blobs/uploads/", timeout=10, verify=verify)
     started.raise_for_status()
     location = urllib.parse.urljoin(base_url, started.headers["Location"])
     separator = "&" if "?" in location else "?"
@@ -212,6 +212,7 @@ def upload_blob(session: requests.Session, base_url: str, repo: str, data: bytes
         data=data,
         headers={"Content-Type": "application/octet-stream"},
         timeout=10,
+        verify=verify,
     )
     finished.raise_for_status()
     return digest
@@ -223,10 +224,10 @@ def push_random_image(
     """Push a tiny unique image (one layer, Docker v2 manifest) and return its manifest digest.
 
     `auth` is anything requests accepts: (user, password), or TokenServer.bearer_auth(repo).
+    `verify` is passed per request because $REQUESTS_CA_BUNDLE overrides Session.verify.
     """
     session = requests.Session()
     session.auth = auth
-    session.verify = verify
     layer, diff_id = random_layer()
     config = json.dumps(
         {
@@ -236,8 +237,8 @@ def push_random_image(
             "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         }
     ).encode()
-    config_digest = upload_blob(session, base_url, repo, config)
-    layer_digest = upload_blob(session, base_url, repo, layer)
+    config_digest = upload_blob(session, base_url, repo, config, verify)
+    layer_digest = upload_blob(session, base_url, repo, layer, verify)
     manifest = json.dumps(
         {
             "schemaVersion": 2,
@@ -251,6 +252,7 @@ def push_random_image(
         data=manifest,
         headers={"Content-Type": DOCKER_MANIFEST_V2},
         timeout=10,
+        verify=verify,
     )
     stored.raise_for_status()
     digest = _digest(manifest)

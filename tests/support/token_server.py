@@ -39,13 +39,14 @@ class KeyPair:
     key_path: Path
 
 
-def make_self_signed(directory: Path, common_name: str = "127.0.0.1") -> KeyPair:
-    """An RSA key and a self-signed cert valid for 127.0.0.1 and localhost, written as PEM."""
+def make_self_signed(directory: Path, common_name: str = "127.0.0.1", dns_names: tuple[str, ...] = ()) -> KeyPair:
+    """An RSA key and a self-signed cert valid for 127.0.0.1, localhost and `dns_names`, written as PEM."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.timezone.utc)
     alt_names = x509.SubjectAlternativeName(
-        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        [x509.DNSName(name) for name in ("localhost", *dns_names)]
+        + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
     )
     certificate = (
         x509.CertificateBuilder()
@@ -94,6 +95,7 @@ class TokenServer:
     expires_in: int | None = 300  # None: leave it out, clients must assume 60 s
     token_field: str = "token"  # "token" or "access_token", both are valid per the spec
     allow_anonymous: bool = False
+    denied_repositories: set[str] = field(default_factory=set)  # tokens for these carry no access
     requests_seen: collections.Counter = field(default_factory=collections.Counter)
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -118,7 +120,11 @@ class TokenServer:
 
     def issue(self, subject: str, scopes: list[str]) -> str:
         now = int(time.time())
-        access = [entry for entry in map(parse_scope, scopes) if entry is not None]
+        access = [
+            entry
+            for entry in map(parse_scope, scopes)
+            if entry is not None and entry["name"] not in self.denied_repositories
+        ]
         claims = {
             "iss": self.issuer,
             "sub": subject,
