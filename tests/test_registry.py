@@ -429,3 +429,18 @@ def test_https_certificates_are_verified_by_default(tls_registry: tuple[Registry
         client.resolve(parse(f"{host}/web:1.0"))
     assert client.request_counts[("HEAD", "manifest")] == 1, "a bad certificate is not worth retrying"
 
+
+
+def test_challenge_parameters_keep_commas_inside_quotes() -> None:
+    from rollout.registry import parse_challenge
+
+    challenge = parse_challenge(
+        'Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push"'
+    )
+    assert challenge is not None and challenge.scheme == "bearer"
+    assert challenge.params == {
+        "realm": "https://auth.example/token",
+        "service": "registry.example",
+        "scope": "repository:a/b:pull,push",
+    }
+    assert parse_challenge('Basic realm="Registry Realm"') == parse_challenge("basic realm=Registry Realm")
