@@ -1,0 +1,141 @@
+"""Runs pods' containers on the local Docker engine, pulling from the real registry."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+
+from .kubelet import Probe, PullResult
+from .store import Obj
+
+LABEL_OWNER = "kube-sim.owner"
+LABEL_POD = "kube-sim.pod"
+# Stopping is capped so a test's cleanup never waits a pod's full grace period.
+MAX_STOP_SECONDS = 5
+
+
+def owner_label() -> str:
+    return f"kube-sim-{os.getpid()}"
+
+
+def split_reference(image: str) -> tuple[str, str]:
+    """repository and tag-or-digest, with `latest` as the default tag."""
+    if "@" in image:
+        repository, digest = image.split("@", 1)
+        return repository, digest
+    last = image.rsplit("/", 1)[-1]
+    if ":" in last:
+        repository, tag = image.rsplit(":", 1)
+        return repository, tag
+    return image, "latest"
+
+
+def _parse_docker_time(text: str) -> float:
+    # Docker gives nanoseconds: 2024-01-01T00:00:00.123456789Z
+    match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)", text or "")
+    if not match or match.group(1).startswith("0001"):
+        return 0.0
+    return dt.datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.timezone.utc).timestamp()
+
+
+@dataclass
+class DockerHandle:
+    container: Container
+
+
+class DockerRuntime:
+    def __init__(self) -> None:
+        self.client = docker.from_env()
+        self.client.ping()
+        self.owner = owner_label()
+        self.lock = threading.Lock()
+
+    def _image_id(self, image: Any, reference: str) -> str:
+        repository, _ = split_reference(reference)
+        digests = image.attrs.get("RepoDigests") or []
+        if "@" in reference and reference in digests:
+            return f"docker-pullable://{reference}"
+        for digest in digests:
+            if digest.split("@", 1)[0] == repository:
+                return f"docker-pullable://{digest}"
+        return f"docker://{image.id}"
+
+    def pull(self, image: str, policy: str) -> PullResult:
+        if policy in ("IfNotPresent", "Never"):
+            try:
+                local = self.client.images.get(image)
+                return PullResult(True, image_id=self._image_id(local, image))
+            except docker.errors.ImageNotFound:
+                if policy == "Never":
+                    return PullResult(False, message=f'Container image "{image}" is not present with pull policy of Never')
+            except docker.errors.APIError as error:
+                return PullResult(False, message=str(error.explanation or error))
+        repository, tag = split_reference(image)
+        try:
+            pulled = self.client.images.pull(repository, tag=tag)
+        except docker.errors.APIError as error:
+            explanation = error.explanation or str(error)
+            return PullResult(False, message=f"rpc error: code = Unknown desc = {explanation}")
+        except Exception as error:  # connection trouble with the engine or registry
+            return PullResult(False, message=f"rpc error: code = Unknown desc = {error}")
+        if isinstance(pulled, list):
+            pulled = pulled[0]
+        return PullResult(True, image_id=self._image_id(pulled, image))
+
+    def start(self, pod: Obj, container: Obj, attempt: int) -> tuple[Any, str]:
+        meta = pod["metadata"]
+        name = f"{self.owner}-{meta['namespace']}-{meta['name']}-{container['name']}-{attempt}"
+        environment = {e["name"]: e.get("value", "") for e in container.get("env") or [] if "name" in e}
+        created = self.client.containers.run(
+            container["image"],
+            command=container.get("args"),
+            entrypoint=container.get("command"),
+            environment=environment,
+            working_dir=container.get("workingDir"),
+            name=name,
+            detach=True,
+            network_mode="none",
+            labels={LABEL_OWNER: self.owner, LABEL_POD: f"{meta['namespace']}/{meta['name']}"},
+        )
+        return DockerHandle(created), f"docker://{created.id}"
+
+    def probe(self, handle: DockerHandle) -> Probe:
+        try:
+            handle.container.reload()
+        except docker.errors.NotFound:
+            return Probe(False, exit_code=137)
+        state = handle.container.attrs.get("State") or {}
+        if state.get("Running") or state.get("Status") in ("created", "restarting"):
+            health = (state.get("Health") or {}).get("Status")
+            return Probe(True, health)
+        return Probe(False, exit_code=int(state.get("ExitCode", 0)), finished_at=_parse_docker_time(state.get("FinishedAt", "")))
+
+    def remove(self, handle: DockerHandle) -> None:
+        try:
+            handle.container.stop(timeout=MAX_STOP_SECONDS)
+        except docker.errors.APIError:
+            pass
+        try:
+            handle.container.remove(force=True)
+        except docker.errors.APIError:
+            pass
+
+    def cleanup(self) -> None:
+        """Removes every container this simulator process started."""
+        remove_containers(self.client, self.owner)
+
+
+def remove_containers(client: docker.DockerClient, owner: str) -> None:
+    for container in client.containers.list(all=True, filters={"label": f"{LABEL_OWNER}={owner}"}):
+        try:
+            container.remove(force=True)
+        except docker.errors.APIError:
+            pass

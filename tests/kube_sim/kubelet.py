@@ -1,0 +1,446 @@
+"""The kubelet: decides each pod's fate and reports it in the pod's status.
+
+One thread per pod runs the container state machine of a real kubelet (pull, start,
+watch, restart with back-off) against a runtime: `TableRuntime` for fast unit tests,
+`DockerRuntime` for the local Docker engine. The state machine is shared so both report
+the same status shapes (CrashLoopBackOff, ErrImagePull, ImagePullBackOff, restartCount).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .controllers import get_condition, record_event
+from .errors import ApiError
+from .resources import PODS
+from .store import Obj, Store, now_rfc3339
+
+NODE_NAME = "kube-sim"
+POLL_INTERVAL = 0.2
+
+
+def iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+@dataclass
+class PullResult:
+    ok: bool
+    image_id: str = ""
+    message: str = ""
+
+
+@dataclass
+class Probe:
+    """What the runtime says about a started container."""
+
+    running: bool
+    health: str | None = None  # None: no health check; else starting / healthy / unhealthy
+    exit_code: int = 0
+    finished_at: float = 0.0
+
+
+class Runtime(Protocol):
+    def pull(self, image: str, policy: str) -> PullResult: ...
+
+    def start(self, pod: Obj, container: Obj, attempt: int) -> tuple[Any, str]: ...
+
+    def probe(self, handle: Any) -> Probe: ...
+
+    def remove(self, handle: Any) -> None: ...
+
+    def cleanup(self) -> None: ...
+
+
+@dataclass
+class BackOff:
+    base: float = 10.0
+    cap: float = 300.0
+
+    def delay(self, failures: int) -> float:
+        """Delay before retry number `failures` (1-based): base, 2*base, ... capped."""
+        return min(self.cap, self.base * 2 ** max(0, failures - 1))
+
+
+@dataclass
+class ContainerRun:
+    spec: Obj
+    phase: str = "pull"  # pull, start, running, backoff, done
+    handle: Any = None
+    container_id: str = ""
+    image_id: str = ""
+    started_at: float = 0.0
+    exits: int = 0
+    pull_failures: int = 0
+    next_attempt: float = 0.0
+    pull_error_until: float = 0.0
+    pull_message: str = ""
+    state: Obj = field(default_factory=lambda: {"waiting": {"reason": "ContainerCreating"}})
+    last_state: Obj = field(default_factory=dict)
+    ready: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.spec["name"]
+
+
+class PodWorker:
+    """Drives one pod's containers until the pod is deleted."""
+
+    def __init__(self, store: Store, runtime: Runtime, backoff: BackOff, pod: Obj) -> None:
+        self.store = store
+        self.runtime = runtime
+        self.backoff = backoff
+        self.namespace = pod["metadata"]["namespace"]
+        self.name = pod["metadata"]["name"]
+        self.uid = pod["metadata"]["uid"]
+        self.pod = pod
+        self.containers = [ContainerRun(copy.deepcopy(c)) for c in pod["spec"].get("containers") or []]
+        self.stop = threading.Event()
+        self.started = time.time()
+        self.thread = threading.Thread(target=self._loop, name=f"pod-{self.name}", daemon=True)
+
+    def _event(self, event_type: str, reason: str, message: str, container: str | None = None) -> None:
+        try:
+            with self.store.lock:
+                record_event(self.store, PODS, self.pod, event_type, reason, message, "kubelet")
+        except ApiError:
+            pass
+
+    def _loop(self) -> None:
+        self._schedule()
+        while not self.stop.is_set():
+            for run in self.containers:
+                if self.stop.is_set():
+                    break
+                try:
+                    self._step(run)
+                except Exception as error:  # runtime trouble must not kill the worker silently
+                    print(f"kube-sim kubelet: pod {self.name}: {error!r}", flush=True)
+            if not self._report():
+                break
+            self.stop.wait(POLL_INTERVAL)
+        for run in self.containers:
+            if run.handle is not None:
+                self.runtime.remove(run.handle)
+                run.handle = None
+
+    def _schedule(self) -> None:
+        def bind(pod: Obj) -> None:
+            pod["spec"]["nodeName"] = NODE_NAME
+            status = pod.setdefault("status", {})
+            status["conditions"] = [self._condition("PodScheduled", True, None)]
+
+        try:
+            self.pod = self.store.mutate(PODS, self.namespace, self.name, bind)
+        except ApiError:
+            self.stop.set()
+            return
+        self._event("Normal", "Scheduled", f"Successfully assigned {self.namespace}/{self.name} to {NODE_NAME}")
+
+    # -- container state machine --
+
+    def _step(self, run: ContainerRun) -> None:
+        now = time.time()
+        image = run.spec.get("image", "")
+        if run.phase == "pull":
+            if now < run.next_attempt:
+                if now >= run.pull_error_until:
+                    run.state = {"waiting": {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{image}"'}}
+                return
+            if run.pull_failures == 0:
+                self._event("Normal", "Pulling", f'Pulling image "{image}"')
+            result = self.runtime.pull(image, run.spec.get("imagePullPolicy", "IfNotPresent"))
+            if not result.ok:
+                run.pull_failures += 1
+                delay = self.backoff.delay(run.pull_failures)
+                run.next_attempt = time.time() + delay
+                run.pull_error_until = time.time() + min(1.0, delay / 2)
+                run.state = {"waiting": {"reason": "ErrImagePull", "message": result.message}}
+                self._event("Warning", "Failed", f'Failed to pull image "{image}": {result.message}')
+                return
+            run.image_id = result.image_id
+            run.phase = "start"
+            self._event("Normal", "Pulled", f'Successfully pulled image "{image}"')
+        if run.phase == "backoff":
+            if now < run.next_attempt:
+                return
+            run.phase = "start"
+        if run.phase == "start":
+            try:
+                run.handle, run.container_id = self.runtime.start(self.pod, run.spec, run.exits)
+            except Exception as error:  # e.g. the engine refused: a start error is an exit
+                message = str(error)
+                self._event("Warning", "Failed", f"Error: {message}")
+                self._exited(run, Probe(False, None, 128, time.time()), reason="StartError", message=message)
+                return
+            run.started_at = time.time()
+            run.phase = "running"
+            run.state = {"running": {"startedAt": iso(run.started_at)}}
+            self._event("Normal", "Created", f"Created container {run.name}")
+            self._event("Normal", "Started", f"Started container {run.name}")
+        if run.phase == "running":
+            probe = self.runtime.probe(run.handle)
+            if probe.running:
+                run.ready = probe.health in (None, "healthy")
+                return
+            self._exited(run, probe)
+
+    def _exited(self, run: ContainerRun, probe: Probe, reason: str | None = None, message: str | None = None) -> None:
+        run.ready = False
+        run.exits += 1
+        terminated: Obj = {
+            "exitCode": probe.exit_code,
+            "reason": reason or ("Completed" if probe.exit_code == 0 else "Error"),
+            "startedAt": iso(run.started_at or probe.finished_at),
+            "finishedAt": iso(probe.finished_at or time.time()),
+        }
+        if message:
+            terminated["message"] = message
+        if run.container_id:
+            terminated["containerID"] = run.container_id
+        if run.handle is not None:
+            self.runtime.remove(run.handle)
+            run.handle = None
+        policy = self.pod["spec"].get("restartPolicy", "Always")
+        if policy == "Never" or (policy == "OnFailure" and probe.exit_code == 0):
+            run.phase = "done"
+            run.state = {"terminated": terminated}
+            return
+        run.last_state = {"terminated": terminated}
+        # The first restart is immediate; then 10 s, 20 s, ... like the kubelet's back-off.
+        delay = 0.0 if run.exits == 1 else self.backoff.delay(run.exits - 1)
+        run.next_attempt = time.time() + delay
+        run.phase = "backoff"
+        if delay > 0:
+            pod_ref = f"{self.name}_{self.namespace}({self.uid})"
+            run.state = {
+                "waiting": {
+                    "reason": "CrashLoopBackOff",
+                    "message": f"back-off {_seconds(delay)} restarting failed container={run.name} pod={pod_ref}",
+                }
+            }
+            self._event("Warning", "BackOff", "Back-off restarting failed container")
+        else:
+            run.state = {"terminated": terminated}
+
+    # -- status --
+
+    def _condition(self, kind: str, ok: bool, reason: str | None, message: str | None = None) -> Obj:
+        previous = get_condition(self.pod.get("status") or {}, kind)
+        status = "True" if ok else "False"
+        transition = previous["lastTransitionTime"] if previous and previous["status"] == status else now_rfc3339()
+        condition: Obj = {"type": kind, "status": status, "lastProbeTime": None, "lastTransitionTime": transition}
+        if reason:
+            condition["reason"] = reason
+        if message:
+            condition["message"] = message
+        return condition
+
+    def _container_status(self, run: ContainerRun) -> Obj:
+        status: Obj = {
+            "name": run.name,
+            "state": run.state,
+            "lastState": run.last_state,
+            "ready": run.ready,
+            "restartCount": run.exits if run.phase != "done" else max(0, run.exits - 1),
+            "image": run.spec.get("image", ""),
+            "imageID": run.image_id,
+            "started": run.phase == "running",
+        }
+        if run.container_id:
+            status["containerID"] = run.container_id
+        return status
+
+    def _pod_phase(self) -> str:
+        if self.containers and all(run.phase == "done" for run in self.containers):
+            failed = any(run.state.get("terminated", {}).get("exitCode", 0) != 0 for run in self.containers)
+            return "Failed" if failed else "Succeeded"
+        ever_ran = any(run.phase in ("running", "backoff", "done") for run in self.containers)
+        return "Running" if ever_ran else "Pending"
+
+    def _report(self) -> bool:
+        """Writes the pod status; False once the pod is gone."""
+        unready = [run.name for run in self.containers if not run.ready]
+        all_ready = not unready
+        not_ready_message = f"containers with unready status: [{' '.join(unready)}]"
+        conditions = [
+            self._condition("PodReadyToStartContainers", True, None),
+            self._condition("Initialized", True, None),
+            self._condition("Ready", all_ready, None if all_ready else "ContainersNotReady", None if all_ready else not_ready_message),
+            self._condition("ContainersReady", all_ready, None if all_ready else "ContainersNotReady", None if all_ready else not_ready_message),
+            self._condition("PodScheduled", True, None),
+        ]
+        status: Obj = {
+            "phase": self._pod_phase(),
+            "conditions": conditions,
+            "hostIP": "127.0.0.1",
+            "hostIPs": [{"ip": "127.0.0.1"}],
+            "startTime": iso(self.started),
+            "containerStatuses": [self._container_status(run) for run in self.containers],
+            "qosClass": (self.pod.get("status") or {}).get("qosClass", "BestEffort"),
+        }
+        with self.store.lock:
+            current = self.store.find(PODS, self.namespace, self.name)
+            if current is None or current["metadata"]["uid"] != self.uid:
+                return False
+            if current.get("status") != status:
+                current["status"] = status
+                current = self.store.replace(PODS, current, expected_rv=None)
+            self.pod = current
+        return True
+
+
+def _seconds(delay: float) -> str:
+    """Go's Duration formatting for whole or fractional seconds: 10s, 2m40s, 500ms."""
+    if delay < 1:
+        return f"{int(delay * 1000)}ms"
+    whole = int(delay)
+    if whole < 60:
+        return f"{whole}s" if whole == delay else f"{delay:g}s"
+    minutes, seconds = divmod(whole, 60)
+    return f"{minutes}m{seconds}s"
+
+
+class Kubelet:
+    """Starts a PodWorker for every new pod and stops it when the pod goes away."""
+
+    def __init__(self, store: Store, runtime: Runtime, backoff: BackOff) -> None:
+        self.store = store
+        self.runtime = runtime
+        self.backoff = backoff
+        self.workers: dict[str, PodWorker] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="kubelet", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _loop(self) -> None:
+        seen = -1
+        while not self.stop.is_set():
+            with self.store.lock:
+                if self.store.resource_version == seen:
+                    self.store.changed.wait(1.0)
+                seen = self.store.resource_version
+                pods, _ = self.store.list(PODS, None)
+            alive = {p["metadata"]["uid"] for p in pods}
+            for pod in pods:
+                uid = pod["metadata"]["uid"]
+                if uid not in self.workers and pod["status"].get("phase") not in ("Succeeded", "Failed"):
+                    worker = PodWorker(self.store, self.runtime, self.backoff, pod)
+                    self.workers[uid] = worker
+                    worker.thread.start()
+            for uid in list(self.workers):
+                if uid not in alive:
+                    self.workers.pop(uid).stop.set()
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        with self.store.lock:
+            self.store.changed.notify_all()
+        for worker in self.workers.values():
+            worker.stop.set()
+        for worker in self.workers.values():
+            worker.thread.join(timeout=15)
+        self.runtime.cleanup()
+
+
+# --- the table runtime --------------------------------------------------------------
+
+BEHAVIOURS = ("ready", "crashloop", "pull-error", "never-ready", "unhealthy")
+
+
+@dataclass(frozen=True)
+class TableRule:
+    """An image reference containing `match` behaves as `behaviour`.
+
+    ready: running at once, ready after `delay` s; crashloop: exits with `exit_code`
+    after `delay` s, every time; pull-error: the pull fails; never-ready: running, never
+    ready; unhealthy: ready, then not ready after `delay` s.
+    """
+
+    match: str
+    behaviour: str
+    delay: float = 0.0
+    exit_code: int = 1
+
+
+@dataclass
+class TableHandle:
+    rule: TableRule
+    started: float
+
+
+class TableRuntime:
+    def __init__(self, rules: list[TableRule], default: TableRule) -> None:
+        for rule in rules + [default]:
+            if rule.behaviour not in BEHAVIOURS:
+                raise ValueError(f"unknown behaviour {rule.behaviour!r}; expected one of {', '.join(BEHAVIOURS)}")
+        self.rules = rules
+        self.default = default
+        self.counter = 0
+
+    def rule_for(self, image: str) -> TableRule:
+        return next((rule for rule in self.rules if rule.match in image), self.default)
+
+    def pull(self, image: str, policy: str) -> PullResult:
+        if self.rule_for(image).behaviour == "pull-error":
+            message = (
+                f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": '
+                f'failed to resolve reference "{image}": {image}: not found'
+            )
+            return PullResult(False, message=message)
+        if "@sha256:" in image:
+            return PullResult(True, image_id=f"docker-pullable://{image}")
+        repository = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
+        digest = hashlib.sha256(image.encode()).hexdigest()
+        return PullResult(True, image_id=f"docker-pullable://{repository}@sha256:{digest}")
+
+    def start(self, pod: Obj, container: Obj, attempt: int) -> tuple[Any, str]:
+        self.counter += 1
+        container_id = hashlib.sha256(f"{pod['metadata']['uid']}/{container['name']}/{attempt}".encode()).hexdigest()
+        return TableHandle(self.rule_for(container.get("image", "")), time.time()), f"docker://{container_id}"
+
+    def probe(self, handle: TableHandle) -> Probe:
+        elapsed = time.time() - handle.started
+        rule = handle.rule
+        if rule.behaviour == "crashloop":
+            if elapsed >= rule.delay:
+                return Probe(False, exit_code=rule.exit_code, finished_at=handle.started + rule.delay)
+            return Probe(True, None)
+        if rule.behaviour == "never-ready":
+            return Probe(True, "starting")
+        if rule.behaviour == "unhealthy":
+            return Probe(True, "healthy" if elapsed < rule.delay else "unhealthy")
+        return Probe(True, "healthy" if elapsed >= rule.delay else "starting")
+
+    def remove(self, handle: Any) -> None:
+        pass
+
+    def cleanup(self) -> None:
+        pass
+
+
+def load_table(path: str | None, cli_rules: list[str]) -> TableRuntime:
+    """Rules from a JSON file ({"rules": [{"match", "behaviour", "delay", "exit_code"}],
+    "default": {...}}) followed by --rule MATCH=BEHAVIOUR[:DELAY] options."""
+    rules: list[TableRule] = []
+    default = TableRule("", "ready", 0.0)
+    if path:
+        with open(path) as handle:
+            config = json.load(handle)
+        rules += [TableRule(**rule) for rule in config.get("rules", [])]
+        if "default" in config:
+            default = TableRule(**{"match": "", **config["default"]})
+    for text in cli_rules:
+        match, _, rest = text.rpartition("=")
+        behaviour, _, delay = rest.partition(":")
+        rules.append(TableRule(match, behaviour, float(delay or 0)))
+    return TableRuntime(rules, default)
