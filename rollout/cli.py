@@ -238,6 +238,9 @@ def lock_release(app_name: str = typer.Argument(..., metavar="APP")) -> None:
 
 
 def _run(command: Any) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="rollout: warning: %(message)s")
     console = Console()
     try:
         code = command(console)

@@ -1,0 +1,284 @@
+"""End to end on the real engine and registry: `rollout deploy / revert / status` on a docker host."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+
+import pytest
+
+from conftest import APP_IMAGE, Project, free_port, write_config
+
+pytestmark = pytest.mark.usefixtures("project")
+
+
+def digest_of(docker_client, tag: str) -> str:  # type: ignore[no-untyped-def]
+    image = docker_client.images.get(f"{APP_IMAGE}:{tag}")
+    return next(d.split("@")[1] for d in image.attrs["RepoDigests"] if d.startswith(APP_IMAGE + "@"))
+
+
+def deploy(project: Project, tag: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return project.run("deploy", f"web:{tag}", *extra)
+
+
+def assert_no_traceback(result: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def the_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The one error line (warnings such as retries may precede it), which is the last line."""
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("rollout: error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
+    assert_no_traceback(result)
+    return errors[0]
+
+
+def test_first_deploy_runs_the_exact_digest_and_records_it(project: Project, docker_client) -> None:  # type: ignore[no-untyped-def]
+    result = deploy(project, "good1")
+    assert result.returncode == 0, result.stderr
+    assert project.version() == "good1"
+    container = docker_client.containers.get(project.container)
+    digest = digest_of(docker_client, "good1")
+    # Pinned by digest, never by the mutable tag.
+    assert container.attrs["Config"]["Image"] == f"{APP_IMAGE}@{digest}"
+    [entry] = project.history()
+    assert (entry["kind"], entry["tag"], entry["digest"], entry["status"]) == ("deploy", "good1", digest, "healthy")
+    assert container.labels["rollout.entry"] == str(entry["id"])
+    assert container.labels["rollout.digest"] == digest
+    status = json.loads(project.run("status", "--json").stdout)
+    assert status["current"]["id"] == entry["id"]
+    assert status["targets"] == [{"name": "local", "image": f"{APP_IMAGE}@{digest}", "digest": digest, "in_sync": True}]
+
+
+def test_upgrade_keeps_the_old_container_stopped_for_a_fast_revert(project: Project, docker_client) -> None:  # type: ignore[no-untyped-def]
+    assert deploy(project, "good1").returncode == 0
+    first_id = docker_client.containers.get(project.container).id
+    result = deploy(project, "good2")
+    assert result.returncode == 0, result.stderr
+    assert project.version() == "good2"
+    retired = docker_client.containers.get(first_id)
+    assert retired.name.startswith(f"{project.container}.rollout-") and retired.status == "exited"
+    # A revert starts that very container again: no pull, no create.
+    result = project.run("revert")
+    assert result.returncode == 0, result.stderr
+    assert project.version() == "good1"
+    assert docker_client.containers.get(project.container).id == first_id
+    newest = project.history()[0]
+    assert newest["kind"] == "revert" and newest["status"] == "healthy" and newest["tag"] == "good1"
+
+
+def test_carries_over_the_old_containers_settings(project: Project, docker_client) -> None:  # type: ignore[no-untyped-def]
+    assert deploy(project, "good1").returncode == 0
+    old = docker_client.containers.get(project.container)
+    # Settings made outside rollout must survive the replacement.
+    old.stop(timeout=1)
+    old.remove()
+    docker_client.containers.run(
+        f"{APP_IMAGE}:good1", name=project.container, detach=True, network_mode="host",
+        environment={"PORT": str(project.port), "EXTRA": "kept"}, labels={"team": "payments"},
+        restart_policy={"Name": "on-failure", "MaximumRetryCount": 3}, security_opt=["no-new-privileges"],
+        cap_drop=["NET_RAW"], working_dir="/www", mem_limit="64m",
+    )
+    result = deploy(project, "good2")
+    assert result.returncode == 0, result.stderr
+    new = docker_client.containers.get(project.container)
+    assert "EXTRA=kept" in new.attrs["Config"]["Env"]
+    assert new.labels["team"] == "payments"
+    assert new.attrs["Config"]["WorkingDir"] == "/www"
+    host = new.attrs["HostConfig"]
+    assert host["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 3}
+    assert host["SecurityOpt"] == ["no-new-privileges"]
+    assert host["CapDrop"] == ["NET_RAW"] and not host.get("CapAdd") and not host["Privileged"]
+    assert host["Memory"] == 64 * 1024 * 1024
+    assert project.version() == "good2"
+
+
+def test_crash_at_start_reverts_to_the_previous_digest(project: Project, docker_client) -> None:  # type: ignore[no-untyped-def]
+    assert deploy(project, "good1").returncode == 0
+    result = deploy(project, "crash")
+    assert result.returncode == 1, result.stderr
+    assert project.version() == "good1"
+    assert "fatal: cannot read /etc/app.conf" in result.stderr  # the failed container's last log lines
+    assert "exited with code 1" in result.stderr
+    revert, failed, good = project.history()
+    assert failed["status"] == "failed" and failed["tag"] == "crash"
+    assert revert["kind"] == "revert" and revert["reverts_to"] == good["id"] and revert["status"] == "healthy"
+    assert revert["digest"] == good["digest"] == digest_of(docker_client, "good1")
+    assert_no_traceback(result)
+
+
+@pytest.mark.parametrize("broken", ["unhealthy-http", "unhealthy-check"])
+def test_never_healthy_release_is_reverted(project: Project, broken: str) -> None:
+    write_config(project, timeout=6)
+    assert deploy(project, "good2").returncode == 0
+    result = deploy(project, broken)
+    assert result.returncode == 1, result.stderr
+    assert project.version() == "good2"
+    statuses = [(e["tag"], e["kind"], e["status"]) for e in project.history()]
+    assert statuses == [("good2", "revert", "healthy"), (broken, "deploy", "failed"), ("good2", "deploy", "healthy")]
+
+
+def test_two_broken_releases_in_a_row_land_on_the_last_healthy_one(project: Project) -> None:
+    assert deploy(project, "good1").returncode == 0
+    assert deploy(project, "crash").returncode == 1
+    result = deploy(project, "unhealthy-check")
+    assert result.returncode == 1, result.stderr
+    assert project.version() == "good1"
+    newest = project.history()[0]
+    assert newest["kind"] == "revert" and newest["tag"] == "good1" and newest["status"] == "healthy"
+
+
+def test_first_deploy_failing_has_nothing_to_revert_to(project: Project, docker_client) -> None:  # type: ignore[no-untyped-def]
+    result = deploy(project, "crash")
+    assert result.returncode == 3, result.stderr
+    assert "no healthy entry" in result.stderr
+    [entry] = project.history()
+    assert entry["status"] == "failed"
+    assert docker_client.containers.get(project.container).status != "running"
+
+
+def test_revert_to_a_chosen_entry_or_tag(project: Project) -> None:
+    for tag in ("good1", "good2", "good3"):
+        assert deploy(project, tag).returncode == 0
+    first = project.history()[-1]
+    result = project.run("revert", "--to", str(first["id"]))
+    assert result.returncode == 0, result.stderr
+    assert project.version() == "good1"
+    result = project.run("revert", "web", "--to", "good2")
+    assert result.returncode == 0, result.stderr
+    assert project.version() == "good2"
+    assert project.history()[0]["reverts_to"] == project.history()[-2]["id"]
+    # Default: the healthy entry before the current one with another digest.
+    assert project.run("revert").returncode == 0
+    assert project.version() == "good1"
+
+
+def test_revert_to_unknown_entry_changes_nothing(project: Project) -> None:
+    assert deploy(project, "good1").returncode == 0
+    before = project.history()
+    for target in ("999", "no-such-tag"):
+        result = project.run("revert", "--to", target)
+        assert result.returncode == 2
+        the_error(result)
+    assert project.history() == before
+
+
+def test_a_retagged_image_is_refused(project: Project, docker_client) -> None:  # type: ignore[no-untyped-def]
+    tag = f"retag-{project.container}"
+    image = docker_client.images.get(f"{APP_IMAGE}:good1")
+    image.tag(APP_IMAGE, tag)
+    docker_client.images.push(APP_IMAGE, tag)
+    assert deploy(project, tag).returncode == 0
+    docker_client.images.get(f"{APP_IMAGE}:good2").tag(APP_IMAGE, tag)
+    docker_client.images.push(APP_IMAGE, tag)
+    before = project.history()
+    result = deploy(project, tag)
+    assert result.returncode == 2
+    assert "immutable" in result.stderr and "--allow-retag" in result.stderr
+    assert project.history() == before and project.version() == "good1"
+    result = deploy(project, tag, "--allow-retag")
+    assert result.returncode == 0, result.stderr
+    assert project.version() == "good2"
+
+
+def test_unknown_tag_changes_nothing(project: Project) -> None:
+    assert deploy(project, "good1").returncode == 0
+    before = project.history()
+    result = deploy(project, "no-such-tag")
+    assert result.returncode == 2
+    assert "not found" in the_error(result)
+    assert project.history() == before and project.version() == "good1"
+
+
+def test_registry_down_exits_5_and_changes_nothing(project: Project) -> None:
+    assert deploy(project, "good1").returncode == 0
+    before = project.history()
+    write_config(project, image=f"127.0.0.1:{free_port()}/rollout-test/app")
+    result = deploy(project, "good2")
+    assert result.returncode == 5, result.stderr
+    assert "unreachable" in the_error(result)
+    assert project.history() == before and project.version() == "good1"
+
+
+def test_engine_unreachable_exits_5_before_anything_is_recorded(project: Project, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    project.env["DOCKER_HOST"] = f"unix://{tmp_path}/no-engine.sock"
+    result = deploy(project, "good1")
+    assert result.returncode == 5, result.stderr
+    assert "unreachable" in result.stderr
+    assert project.history() == []
+
+
+def test_deploy_by_digest_and_by_full_reference(project: Project, docker_client) -> None:  # type: ignore[no-untyped-def]
+    digest = digest_of(docker_client, "good2")
+    result = project.run("deploy", f"web@{digest}")
+    assert result.returncode == 0, result.stderr
+    assert project.version() == "good2"
+    result = project.run("deploy", f"{APP_IMAGE}:good1")
+    assert result.returncode == 0, result.stderr
+    assert project.version() == "good1"
+    result = project.run("deploy", f"web:good1@{digest}")  # tag and digest disagree
+    assert result.returncode == 2 and "not the digest given" in result.stderr
+    entries = project.history()
+    assert [(e["tag"], e["digest"]) for e in entries] == [("good1", digest_of(docker_client, "good1")), (None, digest)]
+
+
+def test_lock_held_by_another_rollout_exits_4(project: Project) -> None:
+    from rollout import lock
+    from rollout.ledger import Ledger
+
+    assert deploy(project, "good1").returncode == 0
+    ledger = Ledger(project.ledger)
+    lease = lock.acquire(ledger, "web")
+    try:
+        result = deploy(project, "good2", "--wait", "0.5")
+        assert result.returncode == 4
+        assert f"pid {os.getpid()}" in result.stderr
+    finally:
+        lock.release(ledger, lease)
+    assert project.version() == "good1"
+    assert deploy(project, "good2").returncode == 0
+
+
+def test_a_killed_holders_lock_does_not_block(project: Project) -> None:
+    holder = subprocess.Popen(
+        ["python3", "-c", "import time; time.sleep(60)"],
+    )
+    from rollout.ledger import Ledger
+
+    ledger = Ledger(project.ledger)
+    with ledger.transaction() as conn:
+        conn.execute("INSERT INTO locks VALUES ('web', 'someone@host', ?, ?, 'then', 9e12)",
+                     [__import__("socket").gethostname(), holder.pid])
+    holder.kill()
+    holder.wait()
+    result = deploy(project, "good1")
+    assert result.returncode == 0, result.stderr
+
+
+def test_drift_is_reported(project: Project, docker_client) -> None:  # type: ignore[no-untyped-def]
+    assert deploy(project, "good1").returncode == 0
+    container = docker_client.containers.get(project.container)
+    container.stop(timeout=1)
+    container.remove()
+    docker_client.containers.run(f"{APP_IMAGE}:good2", name=project.container, detach=True, network_mode="host",
+                                 environment={"PORT": str(project.port)})
+    status = json.loads(project.run("status", "--json").stdout)
+    [target] = status["targets"]
+    assert target["digest"] == digest_of(docker_client, "good2") and target["in_sync"] is False
+    human = project.run("status").stdout
+    assert "DRIFT" in human
+
+
+def test_ledger_is_private_and_immutable(project: Project) -> None:
+    assert deploy(project, "good1").returncode == 0
+    assert oct(project.ledger.stat().st_mode & 0o777) == "0o600"
+    assert oct(project.ledger.parent.stat().st_mode & 0o777) == "0o700"
+    conn = sqlite3.connect(project.ledger)
+    for statement in ("UPDATE entries SET digest = 'sha256:' || hex(randomblob(32))",
+                      "UPDATE entries SET tag = 'other'", "DELETE FROM entries", "DELETE FROM events"):
+        with pytest.raises(sqlite3.DatabaseError):
+            conn.execute(statement)
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
