@@ -147,7 +147,6 @@ class Orchestrator:
                 self._quietly(target.stop)
             message = (f"#{entry.id} failed ({attempt.reason}) and there is no healthy entry to go back to:"
                        " the failed release was stopped")
-            self.reporter.warn(message)
             return Outcome(EXIT_UNRECOVERED, failed, message=message)
         revert = self.ledger.record(NewEntry(
             app=self.app.name, repository=good.repository, tag=good.tag, digest=good.digest, kind=L.REVERT,
@@ -158,7 +157,6 @@ class Orchestrator:
         if back.failures:
             message = (f"REVERT FAILED: #{revert.id} could not restore #{good.id} ({back.reason});"
                        f" {self.app.name} is not on a healthy release: act now")
-            self.reporter.warn(message)
             return Outcome(EXIT_UNRECOVERED, failed, self.ledger.get(revert.id), message)
         message = f"#{entry.id} failed ({attempt.reason}); reverted to #{good.id} {_label(good)}, healthy"
         return Outcome(EXIT_REVERTED, failed, self.ledger.get(revert.id), message)

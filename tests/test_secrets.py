@@ -1,0 +1,55 @@
+"""Registry passwords and tokens never reach the ledger, its events, or anything rollout prints."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+from conftest import APP_IMAGE, Project, write_config
+from support.registry_server import start_registry
+
+USER = "deployer"
+PASSWORD = "s3cret-Pa55word-for-tests"
+
+
+def all_text(project: Project, *outputs: str) -> str:
+    ledger_bytes = b"".join(p.read_bytes() for p in project.ledger.parent.glob("ledger.db*"))
+    return ledger_bytes.decode("latin-1") + "".join(outputs)
+
+
+def test_no_password_in_ledger_events_or_output(project: Project, docker_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with start_registry(tmp_path / "registry", auth="htpasswd", users={USER: PASSWORD}) as private:
+        auth = {"username": USER, "password": PASSWORD}
+        repository = f"{private.host}/team/app"
+        for tag in ("good1", "crash"):
+            docker_client.images.get(f"{APP_IMAGE}:{tag}").tag(repository, tag)
+            for line in docker_client.images.push(repository, tag, auth_config=auth, stream=True, decode=True):
+                assert "error" not in line, line
+        docker_config = tmp_path / "docker-config"
+        docker_config.mkdir()
+        encoded = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        (docker_config / "config.json").write_text(json.dumps({"auths": {private.host: {"auth": encoded}}}))
+        project.env["DOCKER_CONFIG"] = str(docker_config)
+        write_config(project, image=repository)
+
+        outputs = []
+        for args in (("deploy", "web:good1"), ("deploy", "web:crash"), ("history", "--json"), ("status", "--json"),
+                     ("history",)):
+            result = project.run(*args)
+            outputs += [result.stdout, result.stderr]
+        assert project.version() == "good1"  # the failed release was reverted through the private registry
+
+        # A wrong password is reported without echoing what was tried.
+        wrong = base64.b64encode(f"{USER}:wrong-{PASSWORD}".encode()).decode()
+        (docker_config / "config.json").write_text(json.dumps({"auths": {private.host: {"auth": wrong}}}))
+        result = project.run("deploy", "web:good1")
+        assert result.returncode == 5, result.stderr
+        assert USER in result.stderr and private.host in result.stderr
+        outputs += [result.stdout, result.stderr]
+
+    text = all_text(project, *outputs)
+    for secret in (PASSWORD, encoded, wrong, f"wrong-{PASSWORD}"):
+        assert secret not in text
+    history = json.loads(outputs[4])
+    assert [e["status"] for e in history] == ["healthy", "failed", "healthy"]
