@@ -1,0 +1,173 @@
+"""The real `rollout` command on bad input: exit codes, one-line errors, no traceback, nothing written.
+
+None of these paths needs the Docker engine or a registry: they fail before either is asked,
+or point the image at a closed port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROLLOUT = str(Path(sys.executable).parent / "rollout")
+
+CONFIG = """
+[apps.web]
+image = "{image}"
+
+[apps.web.health]
+timeout = 5
+
+[[apps.web.targets]]
+name = "local"
+kind = "docker"
+container = "rollout-cli-input-never-created"
+network = "host"
+"""
+
+
+class Cli:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.config = root / "rollout.toml"
+        self.ledger = root / "state" / "ledger.db"
+
+    def write(self, text: str | None = None, image: str = "127.0.0.1:1/shop/web") -> None:
+        self.config.write_text(text if text is not None else CONFIG.format(image=image))
+
+    def run(self, *args: str, config: bool = True) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("ROLLOUT_CONFIG", "ROLLOUT_LEDGER")}
+        command = [ROLLOUT, *(["-c", str(self.config)] if config else []), *args]
+        return subprocess.run(command, capture_output=True, text=True, env=env, cwd=self.root,
+                              stdin=subprocess.DEVNULL, timeout=60)
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    bed = Cli(tmp_path)
+    bed.write()
+    return bed
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int = 2) -> str:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("rollout: error: ")
+    return lines[0]
+
+
+def test_unknown_app_is_refused_before_the_ledger_exists(cli: Cli) -> None:
+    line = assert_one_line_error(cli.run("deploy", "shop:v1"))
+    assert "names no configured app" in line and "web (127.0.0.1:1/shop/web)" in line
+    assert not cli.ledger.exists() and not cli.ledger.parent.exists()
+
+
+def test_malformed_toml_names_the_file(cli: Cli) -> None:
+    cli.write("[apps.web\nimage = 'x'\n")
+    line = assert_one_line_error(cli.run("deploy", "web:v1"))
+    assert str(cli.config) in line and "not valid TOML" in line
+    assert not cli.ledger.exists()
+
+
+def test_unknown_key_is_named(cli: Cli) -> None:
+    cli.write(CONFIG.format(image="127.0.0.1:1/shop/web").replace("timeout = 5", "timeout = 5\nretries = 3"))
+    line = assert_one_line_error(cli.run("deploy", "web:v1"))
+    assert "unknown key apps.web.health.retries" in line and str(cli.config) in line
+
+
+def test_missing_config_names_the_path(cli: Cli) -> None:
+    cli.config.unlink()
+    line = assert_one_line_error(cli.run("deploy", "web:v1"))
+    assert f"config file {cli.config} not found" in line
+
+
+def test_missing_default_config(cli: Cli) -> None:
+    cli.config.unlink()
+    line = assert_one_line_error(cli.run("deploy", "web:v1", config=False))
+    assert "rollout.toml not found" in line
+
+
+def test_app_without_tag_is_refused(cli: Cli) -> None:
+    line = assert_one_line_error(cli.run("deploy", "web"))
+    assert "give a tag or digest: rollout deploy web:TAG" in line
+    assert not cli.ledger.exists()
+
+
+@pytest.mark.parametrize("release", ["web:bad tag", "web:$(rm -rf /)", "web:v1\nmalicious", "web:v1\r\nx", "web:",
+                                     "web@sha256:abc", "web:-v1", "web:v1;reboot"])
+def test_invalid_reference_is_one_line_and_changes_nothing(cli: Cli, release: str) -> None:
+    line = assert_one_line_error(cli.run("deploy", release))
+    assert "invalid" in line or "give a tag" in line
+    assert not cli.ledger.exists()
+
+
+def test_unreachable_registry_exits_5_and_records_nothing(cli: Cli) -> None:
+    result = cli.run("deploy", "web:v1")
+    assert result.returncode == 5, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("rollout: error: ") and "127.0.0.1:1" in last
+    if cli.ledger.exists():
+        with sqlite3.connect(cli.ledger) as conn:
+            assert conn.execute("SELECT count(*) FROM entries").fetchone()[0] == 0
+            assert conn.execute("SELECT count(*) FROM locks").fetchone()[0] == 0
+
+
+def test_history_json_on_an_empty_ledger(cli: Cli) -> None:
+    result = cli.run("history", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+
+
+def test_history_of_an_unknown_app(cli: Cli) -> None:
+    line = assert_one_line_error(cli.run("history", "shop"))
+    assert "unknown app 'shop'" in line and "web" in line
+
+
+def test_history_without_a_config(tmp_path: Path) -> None:
+    bed = Cli(tmp_path)
+    result = bed.run("history", config=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[:3] == ["ID", "APP", "KIND"]
+
+
+def test_lock_status_with_no_locks(cli: Cli) -> None:
+    result = cli.run("lock", "status")
+    assert (result.returncode, result.stdout.strip()) == (0, "no locks held")
+    result = cli.run("lock", "status", "--json")
+    assert (result.returncode, json.loads(result.stdout)) == (0, [])
+
+
+def test_lock_release_of_an_unlocked_app(cli: Cli) -> None:
+    result = cli.run("lock", "release", "web")
+    assert (result.returncode, result.stdout.strip()) == (0, "web was not locked")
+
+
+def test_lock_status_and_release_of_a_planted_lease(cli: Cli) -> None:
+    from rollout.ledger import Ledger
+
+    ledger = Ledger(cli.ledger)
+    with ledger.transaction() as conn:
+        conn.execute("INSERT INTO locks VALUES ('web', 'bob@elsewhere', 'elsewhere.invalid', 4242, ?, 9e12)",
+                     ["2024-05-01T10:00:00+00:00"])
+    ledger.close()
+    status = cli.run("lock", "status")
+    assert status.returncode == 0 and "bob@elsewhere" in status.stdout and "held" in status.stdout
+    released = cli.run("lock", "release", "web")
+    assert released.returncode == 0 and "released web (held by bob@elsewhere (pid 4242" in released.stdout
+    assert cli.run("lock", "status").stdout.strip() == "no locks held"
+
+
+def test_corrupted_ledger_is_a_one_line_error(cli: Cli) -> None:
+    cli.ledger.parent.mkdir()
+    cli.ledger.write_bytes(os.urandom(4096))
+    line = assert_one_line_error(cli.run("history"))
+    assert str(cli.ledger) in line

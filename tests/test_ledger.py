@@ -1,0 +1,267 @@
+"""The ledger on a real SQLite file: permissions, schema, round-trips, and immutability
+enforced by triggers stored in the file itself (so raw SQL cannot rewrite history)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from rollout import ledger as L
+from rollout.errors import EXIT_USAGE, LedgerError
+from rollout.ledger import Ledger, NewEntry
+from fakes import IMAGE, digest_of
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "ledger.db"
+
+
+@pytest.fixture
+def ledger(path: Path) -> Iterator[Ledger]:
+    opened = Ledger(path)
+    yield opened
+    opened.close()
+
+
+def record(ledger: Ledger, tag: str | None, label: str, *, status: str | None = None, app: str = "web",
+           **extra: object) -> L.Entry:
+    entry = ledger.record(NewEntry(app=app, repository=IMAGE, tag=tag, digest=digest_of(label), **extra))  # type: ignore[arg-type]
+    if status is not None:
+        for step in (L.APPLYING, L.VERIFYING, status):
+            ledger.set_status(entry.id, step, error="broken" if status == L.FAILED and step == status else None)
+    return ledger.get(entry.id)
+
+
+@contextmanager
+def raw(path: Path) -> Iterator[sqlite3.Connection]:
+    """A plain connection that knows nothing of rollout: only what is in the file protects it."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_new_ledger_is_private_to_its_owner(ledger: Ledger, path: Path) -> None:
+    record(ledger, "v1", "v1")
+    assert mode(path.parent) == 0o700
+    assert mode(path) == 0o600
+    wal = path.with_name(path.name + "-wal")
+    assert wal.exists(), "WAL mode keeps a -wal file while the ledger is open"
+    assert mode(wal) == 0o600
+
+
+def test_ledger_uses_wal_and_stores_its_schema_version(ledger: Ledger, path: Path) -> None:
+    with raw(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(L.SCHEMA_VERSION)
+
+
+def test_reopening_keeps_entries(path: Path) -> None:
+    first = Ledger(path)
+    entry = record(first, "v1", "v1", status=L.HEALTHY)
+    first.close()
+    again = Ledger(path)
+    assert again.get(entry.id) == entry
+    again.close()
+
+
+def test_record_and_outcome_round_trip(ledger: Ledger) -> None:
+    entry = ledger.record(NewEntry(app="web", repository=IMAGE, tag="v1", digest=digest_of("v1"), reason="launch",
+                                   actor="alice@ci", build_key="k1", base_digests={"busybox": digest_of("base")}))
+    assert (entry.status, entry.kind, entry.actor, entry.reason) == (L.PENDING, L.DEPLOY, "alice@ci", "launch")
+    assert entry.image == f"{IMAGE}@{digest_of('v1')}"
+    assert entry.base_digests == {"busybox": digest_of("base")}
+    assert entry.finished_at is None
+
+    ledger.set_status(entry.id, L.APPLYING)
+    ledger.set_target(entry.id, "local", outcome="applied", image_before="old@sha256:x", image_after=entry.image)
+    ledger.set_status(entry.id, L.VERIFYING)
+    ledger.set_target(entry.id, "local", outcome="healthy", detail="ready after 2.0s")
+    ledger.set_status(entry.id, L.FAILED, error="http 500")
+
+    done = ledger.get(entry.id)
+    assert (done.status, done.error) == (L.FAILED, "http 500")
+    assert done.finished_at is not None
+    [target] = ledger.targets(entry.id)
+    # A later update keeps the images recorded when the target was moved.
+    assert (target.target, target.outcome, target.image_before, target.image_after, target.detail) == (
+        "local", "healthy", "old@sha256:x", entry.image, "ready after 2.0s")
+    events = [e["event"] for e in ledger.events(entry.id)]
+    assert events == ["recorded", "status:applying", "target:applied", "status:verifying", "target:healthy",
+                      "status:failed"]
+    assert ledger.events(entry.id)[-1]["detail"] == {"error": "http 500"}
+
+
+def test_unknown_entry_is_a_one_line_ledger_error(ledger: Ledger) -> None:
+    with pytest.raises(LedgerError, match="no ledger entry #42"):
+        ledger.get(42)
+    assert ledger.find(42) is None
+
+
+def test_history_is_newest_first_limited_and_per_app(ledger: Ledger) -> None:
+    ids = [record(ledger, f"v{i}", f"v{i}").id for i in range(1, 6)]
+    other = record(ledger, "v1", "other", app="api").id
+    assert [e.id for e in ledger.history()] == [other, *reversed(ids)]
+    assert [e.id for e in ledger.history("web", limit=2)] == [ids[4], ids[3]]
+    assert [e.id for e in ledger.history("api")] == [other]
+    assert ledger.history("nobody") == []
+
+
+def test_current_and_last_healthy(ledger: Ledger) -> None:
+    a1 = record(ledger, "v1", "a", status=L.HEALTHY)
+    b = record(ledger, "v2", "b", status=L.HEALTHY)
+    record(ledger, "v3", "c", status=L.FAILED)
+    a2 = record(ledger, "v1b", "a", status=L.HEALTHY)
+    record(ledger, "x", "x", status=L.HEALTHY, app="api")
+
+    assert ledger.current("web") == a2
+    assert ledger.last_healthy("web") == a2
+    # Skipping entries that run the same digest as the one being left behind.
+    assert ledger.last_healthy("web", not_digest=digest_of("a")) == b
+    assert ledger.last_healthy("web", not_digest=digest_of("b")) == a2
+    assert ledger.last_healthy("web", not_digest=digest_of("a"), before_id=b.id) is None
+    assert ledger.last_healthy("web", before_id=b.id) == a1
+    assert ledger.current("nobody") is None
+
+
+def test_digests_for_tag_counts_every_attempt(ledger: Ledger) -> None:
+    record(ledger, "v1", "first", status=L.HEALTHY)
+    record(ledger, "v1", "repushed", status=L.FAILED)
+    record(ledger, "v2", "other")
+    record(ledger, "v1", "api", app="api")
+    assert ledger.digests_for_tag("web", "v1") == {digest_of("first"), digest_of("repushed")}
+    assert ledger.digests_for_tag("web", "v9") == set()
+    assert ledger.healthy_with_tag("web", "v1").digest == digest_of("first")  # type: ignore[union-attr]
+
+
+def test_unfinished_lists_in_progress_entries(ledger: Ledger) -> None:
+    record(ledger, "v1", "a", status=L.HEALTHY)
+    stuck = record(ledger, "v2", "b")
+    ledger.set_status(stuck.id, L.APPLYING)
+    assert [e.id for e in ledger.unfinished("web")] == [stuck.id]
+
+
+REWRITES = [
+    ("UPDATE entries SET digest = 'sha256:' || hex(randomblob(32)) WHERE id = ?", "digest"),
+    ("UPDATE entries SET app = 'api' WHERE id = ?", "app"),
+    ("UPDATE entries SET repository = 'evil.example/web' WHERE id = ?", "repository"),
+    ("UPDATE entries SET tag = 'v9' WHERE id = ?", "tag"),
+    ("UPDATE entries SET actor = 'nobody' WHERE id = ?", "actor"),
+    ("UPDATE entries SET status = 'failed' WHERE id = ?", "status"),
+    ("UPDATE entries SET error = 'never happened' WHERE id = ?", "error"),
+    ("DELETE FROM entries WHERE id = ?", "delete entry"),
+    ("DELETE FROM events WHERE entry_id = ?", "delete events"),
+    ("UPDATE events SET event = 'status:failed' WHERE entry_id = ?", "update events"),
+    ("DELETE FROM targets WHERE entry_id = ?", "delete targets"),
+]
+
+
+def snapshot(path: Path, entry_id: int) -> tuple[object, ...]:
+    with raw(path) as conn:
+        return (
+            conn.execute("SELECT * FROM entries WHERE id = ?", [entry_id]).fetchall(),
+            conn.execute("SELECT * FROM events WHERE entry_id = ? ORDER BY id", [entry_id]).fetchall(),
+            conn.execute("SELECT * FROM targets WHERE entry_id = ? ORDER BY id", [entry_id]).fetchall(),
+        )
+
+
+@pytest.mark.parametrize("sql", [sql for sql, _ in REWRITES], ids=[name for _, name in REWRITES])
+@pytest.mark.parametrize("through", ["ledger connection", "plain sqlite3 connection"])
+def test_finished_entries_cannot_be_rewritten(ledger: Ledger, path: Path, sql: str, through: str) -> None:
+    entry = record(ledger, "v1", "v1", status=L.HEALTHY)
+    ledger.set_target(entry.id, "local", outcome="healthy", image_after=entry.image)
+    before = snapshot(path, entry.id)
+    connection = nullcontext(ledger.db.conn) if through == "ledger connection" else raw(path)
+    with connection as conn, pytest.raises(sqlite3.DatabaseError, match="ledger"):
+        conn.execute(sql, [entry.id])
+    assert snapshot(path, entry.id) == before
+
+
+def test_finished_entry_keeps_its_status_through_the_api(ledger: Ledger) -> None:
+    entry = record(ledger, "v1", "v1", status=L.HEALTHY)
+    with pytest.raises(sqlite3.DatabaseError, match="finished entry keeps its outcome"):
+        ledger.set_status(entry.id, L.FAILED, error="rewritten")
+    assert ledger.get(entry.id) == entry
+    assert [e["event"] for e in ledger.events(entry.id)][-1] == "status:healthy"
+
+
+def test_what_was_deployed_is_immutable_even_while_in_progress(ledger: Ledger, path: Path) -> None:
+    entry = record(ledger, "v1", "v1")
+    with raw(path) as conn, pytest.raises(sqlite3.DatabaseError, match="immutable"):
+        conn.execute("UPDATE entries SET digest = ? WHERE id = ?", [digest_of("other"), entry.id])
+    assert ledger.get(entry.id).digest == digest_of("v1")
+
+
+def test_replace_cannot_overwrite_a_recorded_entry(ledger: Ledger, path: Path) -> None:
+    """INSERT OR REPLACE deletes the old row without firing delete triggers (SQLite runs them
+    for REPLACE only with recursive_triggers on), so the file must refuse it some other way."""
+    entry = record(ledger, "v1", "v1", status=L.HEALTHY)
+    before = snapshot(path, entry.id)
+    with raw(path) as conn:
+        with pytest.raises(sqlite3.DatabaseError):
+            conn.execute(
+                "INSERT OR REPLACE INTO entries (id, app, repository, tag, digest, kind, status, actor, created_at)"
+                " VALUES (?, 'web', ?, 'v1', ?, 'deploy', 'healthy', 'forger', 'now')",
+                [entry.id, IMAGE, digest_of("forged")],
+            )
+        with pytest.raises(sqlite3.DatabaseError):
+            first_event = conn.execute("SELECT min(id) FROM events WHERE entry_id = ?", [entry.id]).fetchone()[0]
+            conn.execute("REPLACE INTO events (id, entry_id, at, event) VALUES (?, ?, 'now', 'forged')",
+                         [first_event, entry.id])
+    assert snapshot(path, entry.id) == before
+
+
+def test_recorded_reason_cannot_be_rewritten(ledger: Ledger, path: Path) -> None:
+    """The reason is part of what was recorded (`--reason`, 'automatic revert: ...')."""
+    entry = record(ledger, "v1", "v1", status=L.HEALTHY, reason="hotfix for incident 12")
+    with raw(path) as conn, pytest.raises(sqlite3.DatabaseError):
+        conn.execute("UPDATE entries SET reason = 'routine' WHERE id = ?", [entry.id])
+    assert ledger.get(entry.id).reason == "hotfix for incident 12"
+
+
+def test_in_progress_entry_moves_forward(ledger: Ledger) -> None:
+    entry = record(ledger, "v1", "v1")
+    ledger.set_status(entry.id, L.APPLYING)
+    ledger.set_status(entry.id, L.INTERRUPTED, error="killed")
+    assert ledger.get(entry.id).status == L.INTERRUPTED
+
+
+def test_newer_schema_is_refused_with_one_line(ledger: Ledger, path: Path) -> None:
+    record(ledger, "v1", "v1")
+    ledger.close()
+    with raw(path) as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(LedgerError) as caught:
+        Ledger(path)
+    message = str(caught.value)
+    assert caught.value.exit_code == EXIT_USAGE
+    assert "\n" not in message
+    assert str(path) in message and "99" in message and "upgrade rollout" in message
+
+
+def test_corrupted_file_is_a_ledger_error(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    path.write_bytes(os.urandom(8192))
+    with pytest.raises(LedgerError) as caught:
+        Ledger(path)
+    assert caught.value.exit_code == EXIT_USAGE
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_unwritable_directory_is_a_ledger_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(LedgerError, match="cannot open ledger"):
+        Ledger(blocker / "ledger.db")

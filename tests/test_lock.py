@@ -1,0 +1,165 @@
+"""App leases stored in a real ledger, held by real processes."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from rollout import lock
+from rollout.errors import EXIT_LOCKED, LockHeld
+from rollout.ledger import Ledger, default_actor
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Ledger]:
+    opened = Ledger(tmp_path / "ledger.db")
+    yield opened
+    opened.close()
+
+
+def plant(ledger: Ledger, app: str, *, holder: str, host: str, pid: int, expires_at: float) -> None:
+    """A lease row as another rollout (another process or machine) would have left it."""
+    with ledger.transaction() as conn:
+        conn.execute(
+            "INSERT INTO locks (app, holder, host, pid, acquired_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+            [app, holder, host, pid, "2024-01-01T00:00:00+00:00", expires_at],
+        )
+
+
+def lock_events(ledger: Ledger) -> list[str]:
+    return [row[0] for row in ledger.db.execute("SELECT event FROM events WHERE entry_id IS NULL ORDER BY id")]
+
+
+def test_acquire_then_release(ledger: Ledger) -> None:
+    lease = lock.acquire(ledger, "web")
+    assert (lease.app, lease.holder, lease.host) == ("web", default_actor(), socket.gethostname())
+    assert lock.read(ledger) == [lease]
+    lock.release(ledger, lease)
+    assert lock.read(ledger) == []
+    assert lock.acquire(ledger, "web") is not None
+
+
+def test_leases_are_per_app(ledger: Ledger) -> None:
+    web = lock.acquire(ledger, "web")
+    api = lock.acquire(ledger, "api")
+    assert [lease.app for lease in lock.read(ledger)] == ["api", "web"]
+    assert lock.read(ledger, "web") == [web]
+    lock.release(ledger, api)
+
+
+HOLDER = textwrap.dedent("""
+    import sys
+    from rollout import lock
+    from rollout.ledger import Ledger
+    with lock.held(Ledger(sys.argv[1]), "web", lease_seconds=30):
+        print("held", flush=True)
+        sys.stdin.read()
+""")
+
+
+def test_live_holder_blocks_and_is_named(ledger: Ledger, tmp_path: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(ledger.path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(LockHeld) as caught:
+            lock.acquire(ledger, "web", wait=0.3, lease_seconds=1)
+        assert caught.value.exit_code == EXIT_LOCKED
+        message = str(caught.value)
+        assert f"pid {holder.pid}" in message and default_actor() in message
+        assert "rollout lock release web" in message and "\n" not in message
+    finally:
+        holder.communicate("", timeout=10)
+    assert holder.returncode == 0
+    # The holder released on its way out.
+    assert lock.read(ledger, "web") == []
+    lock.acquire(ledger, "web")
+
+
+def test_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(ledger: Ledger) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # reaped: the pid names no process now
+    plant(ledger, "web", holder="bob@here", host=socket.gethostname(), pid=dead.pid, expires_at=time.time() + 3600)
+    lease = lock.acquire(ledger, "web", wait=0)
+    assert lock.read(ledger, "web") == [lease]
+    assert "lock:taken-over" in lock_events(ledger)
+
+
+def test_expired_lease_from_another_host_is_taken_over(ledger: Ledger) -> None:
+    plant(ledger, "web", holder="bob@elsewhere", host="elsewhere.invalid", pid=1, expires_at=time.time() - 1)
+    lease = lock.acquire(ledger, "web", wait=0)
+    assert lease.host == socket.gethostname()
+    assert "lock:taken-over" in lock_events(ledger)
+
+
+def test_unexpired_lease_from_another_host_blocks(ledger: Ledger) -> None:
+    # The pid means nothing here: it belongs to another machine.
+    plant(ledger, "web", holder="bob@elsewhere", host="elsewhere.invalid", pid=999999, expires_at=time.time() + 3600)
+    with pytest.raises(LockHeld, match="bob@elsewhere"):
+        lock.acquire(ledger, "web", wait=0)
+
+
+def test_held_renews_while_inside_and_releases_after(ledger: Ledger) -> None:
+    with lock.held(ledger, "web", lease_seconds=0.6) as lease:
+        first = lock.read(ledger, "web")[0].expires_at
+        assert first == lease.expires_at
+        # The heartbeat runs every lease/3; wait until it has moved the expiry on.
+        deadline = time.monotonic() + 10
+        while lock.read(ledger, "web")[0].expires_at == first and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lock.read(ledger, "web")[0].expires_at > first
+    assert lock.read(ledger, "web") == []
+
+
+def test_held_releases_when_the_block_raises(ledger: Ledger) -> None:
+    with pytest.raises(RuntimeError):
+        with lock.held(ledger, "web"):
+            raise RuntimeError("deploy blew up")
+    assert lock.read(ledger, "web") == []
+
+
+def test_force_release_names_the_holder(ledger: Ledger) -> None:
+    plant(ledger, "web", holder="bob@elsewhere", host="elsewhere.invalid", pid=7, expires_at=time.time() + 3600)
+    gone = lock.force_release(ledger, "web")
+    assert gone is not None and gone.holder == "bob@elsewhere"
+    assert lock.read(ledger) == []
+    assert "lock:released-by-hand" in lock_events(ledger)
+    assert lock.force_release(ledger, "web") is None
+
+
+CONTENDER = textwrap.dedent("""
+    import os, sys, time
+    from rollout import lock
+    from rollout.ledger import Ledger
+    ledger_path, marks = sys.argv[1], sys.argv[2]
+    def mark(what):
+        fd = os.open(marks, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, f"{what} {os.getpid()}\\n".encode())
+        os.close(fd)
+    with lock.held(Ledger(ledger_path), "web", wait=60, lease_seconds=10):
+        mark("start")
+        time.sleep(0.02)
+        mark("end")
+""")
+
+
+def test_contending_processes_hold_the_lease_one_at_a_time(ledger: Ledger, tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    contenders = [subprocess.Popen([sys.executable, "-c", CONTENDER, str(ledger.path), str(marks)])
+                  for _ in range(10)]
+    for process in contenders:
+        assert process.wait(timeout=60) == 0
+    lines = [line.split() for line in marks.read_text().splitlines()]
+    assert len(lines) == 20
+    # Holding one at a time means every start is followed by the same process's end.
+    for start, end in zip(lines[::2], lines[1::2]):
+        assert start[0] == "start" and end == ["end", start[1]], lines
+    assert {pid for _, pid in lines} == {str(p.pid) for p in contenders}
+    assert lock.read(ledger) == []

@@ -1,0 +1,406 @@
+"""Every path through the rollout state machine, with in-memory targets and a real ledger file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from fakes import (
+    IMAGE,
+    Behaviour,
+    FakeResolver,
+    FakeTarget,
+    RecordingReporter,
+    app_config,
+    crashes,
+    digest_of,
+    scripted_verifier,
+    unreachable,
+)
+from rollout import ledger as L
+from rollout.config import AppConfig
+from rollout.errors import (
+    EXIT_OK,
+    EXIT_REVERTED,
+    EXIT_UNREACHABLE,
+    EXIT_UNRECOVERED,
+    EXIT_USAGE,
+    RetagRefused,
+    RolloutError,
+    TargetUnreachable,
+    UserError,
+)
+from rollout.ledger import Entry, Ledger
+from rollout.orchestrator import Orchestrator, Outcome
+from rollout.reference import parse
+
+
+@dataclass
+class Bed:
+    ledger: Ledger
+    app: AppConfig
+    targets: list[FakeTarget]
+    resolver: FakeResolver = field(default_factory=FakeResolver)
+    reporter: RecordingReporter = field(default_factory=RecordingReporter)
+
+    def publish(self, tag: str, label: str | None = None, behaviour: Behaviour | None = None,
+                on: tuple[str, ...] | None = None) -> str:
+        """Push tag to the fake registry (as content `label`) and script how targets run it."""
+        digest = digest_of(label or tag)
+        self.resolver.tags[tag] = digest
+        if behaviour is not None:
+            for target in self.targets:
+                if on is None or target.name in on:
+                    target.behaviours[digest] = behaviour
+        return digest
+
+    def orchestrator(self) -> Orchestrator:
+        return Orchestrator(self.app, self.ledger, self.resolver, self.targets, scripted_verifier,  # type: ignore[arg-type]
+                            self.reporter)
+
+    def deploy(self, tag: str, **options: object) -> Outcome:
+        return self.orchestrator().deploy(parse(f"{IMAGE}:{tag}"), **options)  # type: ignore[arg-type]
+
+    def healthy(self, tag: str, label: str | None = None) -> Entry:
+        self.publish(tag, label)
+        outcome = self.deploy(tag)
+        assert outcome.exit_code == EXIT_OK, outcome.message
+        return outcome.entry
+
+    def history(self) -> list[Entry]:
+        return list(reversed(self.ledger.history("web")))
+
+
+def make_bed(tmp_path: Path, names: tuple[str, ...] = ("local",)) -> Bed:
+    ledger = Ledger(tmp_path / "ledger.db")
+    return Bed(ledger, app_config(names), [FakeTarget(name) for name in names])
+
+
+@pytest.fixture
+def bed(tmp_path: Path) -> Bed:
+    return make_bed(tmp_path)
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Bed:
+    return make_bed(tmp_path, ("a", "b"))
+
+
+def image(label: str) -> str:
+    return f"{IMAGE}@{digest_of(label)}"
+
+
+def statuses(ledger: Ledger, entry: Entry) -> list[str]:
+    return [e["event"] for e in ledger.events(entry.id) if e["event"] == "recorded" or e["event"].startswith("status:")]
+
+
+# -- healthy ------------------------------------------------------------------
+
+
+def test_healthy_deploy_moves_the_target_and_records_every_step(bed: Bed) -> None:
+    first = bed.healthy("v1")
+    bed.publish("v2")
+    outcome = bed.deploy("v2", reason="new checkout")
+
+    assert outcome.exit_code == EXIT_OK and outcome.revert is None
+    entry = outcome.entry
+    assert (entry.status, entry.tag, entry.digest, entry.kind) == (L.HEALTHY, "v2", digest_of("v2"), L.DEPLOY)
+    assert (entry.previous_id, entry.reason) == (first.id, "new checkout")
+    assert statuses(bed.ledger, entry) == ["recorded", "status:applying", "status:verifying", "status:healthy"]
+    [row] = bed.ledger.targets(entry.id)
+    assert (row.target, row.outcome, row.image_before, row.image_after) == ("local", "healthy", image("v1"), image("v2"))
+    assert bed.targets[0].image == image("v2")
+    assert bed.targets[0].watches[-1].closed
+    assert any(line.startswith("[local]") for line in bed.reporter.said("progress"))
+
+
+def test_first_deploy_has_nothing_before(bed: Bed) -> None:
+    entry = bed.healthy("v1")
+    assert entry.previous_id is None
+    [row] = bed.ledger.targets(entry.id)
+    assert (row.image_before, row.image_after, row.outcome) == (None, image("v1"), "healthy")
+
+
+def test_deploy_by_digest_alone(bed: Bed) -> None:
+    outcome = bed.orchestrator().deploy(parse(image("v7")))
+    assert outcome.exit_code == EXIT_OK
+    assert (outcome.entry.tag, outcome.entry.digest) == (None, digest_of("v7"))
+
+
+def test_all_targets_are_verified(pair: Bed) -> None:
+    pair.publish("v1")
+    outcome = pair.deploy("v1")
+    assert outcome.exit_code == EXIT_OK
+    assert [r.outcome for r in pair.ledger.targets(outcome.entry.id)] == ["healthy", "healthy"]
+    assert all(t.image == image("v1") for t in pair.targets)
+
+
+# -- failure and automatic revert ----------------------------------------------
+
+
+def test_failed_deploy_reverts_to_the_previous_healthy_entry(bed: Bed) -> None:
+    good = bed.healthy("v1")
+    bed.publish("v2", behaviour=crashes("container exited with code 1"))
+    outcome = bed.deploy("v2")
+
+    assert outcome.exit_code == EXIT_REVERTED
+    failed, revert = outcome.entry, outcome.revert
+    assert (failed.status, failed.tag) == (L.FAILED, "v2")
+    assert "container exited with code 1" in (failed.error or "")
+    assert revert is not None
+    assert (revert.kind, revert.status, revert.digest) == (L.REVERT, L.HEALTHY, good.digest)
+    assert (revert.reverts_to, revert.previous_id) == (good.id, failed.id)
+    assert "automatic revert" in (revert.reason or "")
+    assert bed.targets[0].image == good.image
+    assert [e.id for e in bed.history()] == [good.id, failed.id, revert.id]
+    # The broken release's last log lines were shown.
+    assert any("last words of " + digest_of("v2") in text for text in bed.reporter.said("logs"))
+    assert f"reverted to #{good.id}" in outcome.message
+
+
+def test_two_broken_releases_land_on_the_last_healthy_digest(bed: Bed) -> None:
+    good = bed.healthy("v1")
+    bed.publish("v2", behaviour=crashes())
+    bed.publish("v3", behaviour=crashes())
+    assert bed.deploy("v2").exit_code == EXIT_REVERTED
+    outcome = bed.deploy("v3")
+
+    assert outcome.exit_code == EXIT_REVERTED
+    assert outcome.revert is not None and outcome.revert.digest == good.digest
+    assert bed.targets[0].digest == good.digest
+    assert digest_of("v2") not in {e.digest for e in bed.history() if e.status == L.HEALTHY}
+
+
+def test_revert_goes_to_the_newest_healthy_release(bed: Bed) -> None:
+    bed.healthy("v1")
+    second = bed.healthy("v2")
+    bed.publish("v3", behaviour=crashes())
+    outcome = bed.deploy("v3")
+    assert outcome.revert is not None and outcome.revert.reverts_to == second.id
+    assert bed.targets[0].digest == second.digest
+
+
+def test_first_deploy_failing_stops_it_and_exits_3(bed: Bed) -> None:
+    bed.publish("v1", behaviour=crashes())
+    outcome = bed.deploy("v1")
+    assert outcome.exit_code == EXIT_UNRECOVERED
+    assert outcome.revert is None and outcome.entry.status == L.FAILED
+    assert bed.targets[0].stopped == 1 and bed.targets[0].image is None
+    assert len(bed.history()) == 1
+    assert "no healthy entry to go back to" in outcome.message
+
+
+def test_revert_that_fails_too_is_loud(bed: Bed) -> None:
+    good = bed.healthy("v1")
+    bed.publish("v2", behaviour=crashes("segfault"))
+    # The world changed under the old release too (say, its database is gone).
+    bed.targets[0].behaviours[good.digest] = crashes("cannot reach database")
+    outcome = bed.deploy("v2")
+
+    assert outcome.exit_code == EXIT_UNRECOVERED
+    assert outcome.message.startswith("REVERT FAILED")
+    assert "cannot reach database" in outcome.message
+    assert outcome.revert is not None and outcome.revert.status == L.FAILED
+    assert bed.ledger.current("web") == bed.ledger.get(good.id)
+
+
+def test_revert_whose_prepare_fails_is_reported_as_revert_failed(bed: Bed) -> None:
+    """The broken release is already running: this is exit 3, not 'unreachable, nothing changed' (5)."""
+    good = bed.healthy("v1")
+    bed.publish("v2", behaviour=crashes())
+    bed.targets[0].behaviours[good.digest] = Behaviour(prepare_error=TargetUnreachable("target local: cannot pull"))
+    try:
+        outcome = bed.deploy("v2")
+    except RolloutError as error:
+        pytest.fail(f"deploy raised {type(error).__name__} (exit {error.exit_code}) with v2 left running: {error}")
+    assert outcome.exit_code == EXIT_UNRECOVERED and outcome.message.startswith("REVERT FAILED")
+    assert bed.ledger.unfinished("web") == []
+
+
+def test_apply_failing_on_the_second_target_reverts_both(pair: Bed) -> None:
+    good = pair.healthy("v1")
+    pair.publish("v2", behaviour=Behaviour(apply_error=RuntimeError("name conflict\nwith details")), on=("b",))
+    outcome = pair.deploy("v2")
+
+    assert outcome.exit_code == EXIT_REVERTED
+    a, b = pair.targets
+    assert a.applied() == b.applied() == [good.digest, digest_of("v2"), good.digest]
+    assert a.image == b.image == good.image
+    rows = {r.target: r for r in pair.ledger.targets(outcome.entry.id)}
+    assert rows["a"].outcome == "applied"
+    assert (rows["b"].outcome, rows["b"].detail) == ("failed", "apply failed: name conflict")
+    # Nothing was verified once an apply had failed.
+    assert digest_of("v2") not in [d for call, d in a.calls if call == "watch"]
+
+
+def test_one_target_failing_verification_reverts_all_moved_targets(pair: Bed) -> None:
+    good = pair.healthy("v1")
+    pair.publish("v2", behaviour=crashes("readiness probe failed"), on=("a",))
+    outcome = pair.deploy("v2")
+
+    assert outcome.exit_code == EXIT_REVERTED
+    assert [t.digest for t in pair.targets] == [good.digest, good.digest]
+    rows = {r.target: r.outcome for r in pair.ledger.targets(outcome.entry.id)}
+    assert rows == {"a": "failed", "b": "healthy"}
+    assert outcome.revert is not None
+    assert {r.target for r in pair.ledger.targets(outcome.revert.id)} == {"a", "b"}
+    assert outcome.entry.error == "a: readiness probe failed"
+
+
+def test_a_target_that_cannot_be_watched_is_not_healthy(bed: Bed) -> None:
+    good = bed.healthy("v1")
+    bed.publish("v2", behaviour=Behaviour(watch_error=RuntimeError("event stream refused")))
+    try:
+        outcome = bed.deploy("v2")
+    except Exception as error:  # noqa: BLE001
+        pytest.fail(f"deploy raised {type(error).__name__}: {error}; entry left {bed.history()[-1].status}")
+    assert outcome.exit_code == EXIT_REVERTED
+    assert bed.targets[0].digest == good.digest
+
+
+# -- refused before anything changes --------------------------------------------
+
+
+def test_retagged_release_is_refused(bed: Bed) -> None:
+    bed.healthy("v1", label="original")
+    bed.publish("v1", label="repushed")
+    with pytest.raises(RetagRefused) as caught:
+        bed.deploy("v1")
+    assert caught.value.exit_code == EXIT_USAGE
+    assert digest_of("original") in str(caught.value) and digest_of("repushed") in str(caught.value)
+    assert "--allow-retag" in str(caught.value)
+    assert len(bed.history()) == 1
+    assert bed.targets[0].applied() == [digest_of("original")]
+
+
+def test_allow_retag_accepts_the_new_digest(bed: Bed) -> None:
+    bed.healthy("v1", label="original")
+    bed.publish("v1", label="repushed")
+    outcome = bed.deploy("v1", allow_retag=True)
+    assert outcome.exit_code == EXIT_OK and outcome.entry.digest == digest_of("repushed")
+    assert bed.targets[0].digest == digest_of("repushed")
+
+
+def test_same_tag_same_digest_is_not_a_retag(bed: Bed) -> None:
+    bed.healthy("v1")
+    assert bed.deploy("v1").exit_code == EXIT_OK
+
+
+def test_tag_and_digest_that_disagree_are_refused(bed: Bed) -> None:
+    bed.publish("v1")
+    with pytest.raises(UserError, match="not the digest given"):
+        bed.orchestrator().deploy(parse(f"{IMAGE}:v1@{digest_of('something else')}"))
+    assert bed.history() == [] and bed.targets[0].calls == []
+
+
+def test_tag_and_matching_digest_deploy(bed: Bed) -> None:
+    bed.publish("v1")
+    assert bed.orchestrator().deploy(parse(f"{IMAGE}:v1@{digest_of('v1')}")).exit_code == EXIT_OK
+
+
+def test_image_from_another_repository_is_refused(bed: Bed) -> None:
+    with pytest.raises(UserError, match=f"not in app web's repository {IMAGE}"):
+        bed.orchestrator().deploy(parse("127.0.0.1:5000/shop/api:v1"))
+    assert bed.resolver.asked == [] and bed.history() == []
+
+
+@pytest.mark.parametrize("error", [unreachable("b"), ConnectionError("engine socket gone")],
+                         ids=["TargetUnreachable", "any exception"])
+def test_unreachable_target_at_start_changes_nothing(pair: Bed, error: Exception) -> None:
+    pair.publish("v1")
+    pair.targets[1].unreachable = error
+    with pytest.raises(TargetUnreachable) as caught:
+        pair.deploy("v1")
+    assert caught.value.exit_code == EXIT_UNREACHABLE
+    assert "\n" not in str(caught.value)
+    assert pair.history() == []
+    assert all(not t.applied() for t in pair.targets)
+
+
+def test_prepare_failing_fails_the_entry_and_moves_nothing(pair: Bed) -> None:
+    good = pair.healthy("v1")
+    pair.publish("v2", behaviour=Behaviour(prepare_error=TargetUnreachable("target b: cannot pull")), on=("b",))
+    with pytest.raises(TargetUnreachable) as caught:
+        pair.deploy("v2")
+    assert caught.value.exit_code == EXIT_UNREACHABLE
+    failed = pair.history()[-1]
+    assert (failed.tag, failed.status, failed.error) == ("v2", L.FAILED, "target b: cannot pull")
+    assert pair.ledger.targets(failed.id) == []
+    assert all(t.applied() == [good.digest] for t in pair.targets)
+    assert len(pair.history()) == 2  # no revert entry: nothing had moved
+
+
+def test_prepare_failing_unexpectedly_does_not_leave_the_entry_in_progress(bed: Bed) -> None:
+    bed.publish("v1", behaviour=Behaviour(prepare_error=OSError("disk full")))
+    with pytest.raises(RolloutError):
+        bed.deploy("v1")
+    assert bed.ledger.unfinished("web") == []
+    assert bed.targets[0].applied() == []
+
+
+def test_unknown_tag_records_nothing(bed: Bed) -> None:
+    with pytest.raises(UserError, match="not found"):
+        bed.deploy("v404")
+    assert bed.history() == []
+
+
+# -- manual revert --------------------------------------------------------------
+
+
+def test_revert_defaults_to_the_healthy_entry_before_with_another_digest(bed: Bed) -> None:
+    first = bed.healthy("v1", label="A")
+    bed.healthy("v2", label="B")
+    current = bed.healthy("v2-alias", label="B")  # same content under another tag
+    outcome = bed.orchestrator().revert()
+
+    assert outcome.exit_code == EXIT_OK
+    entry = outcome.entry
+    assert (entry.kind, entry.status, entry.digest) == (L.REVERT, L.HEALTHY, first.digest)
+    assert (entry.reverts_to, entry.previous_id, entry.tag) == (first.id, current.id, "v1")
+    assert entry.reason == f"revert to #{first.id} requested"
+    assert bed.targets[0].digest == first.digest
+
+
+def test_revert_to_a_chosen_entry(bed: Bed) -> None:
+    first = bed.healthy("v1")
+    bed.healthy("v2")
+    bed.healthy("v3")
+    outcome = bed.orchestrator().revert(first, reason="v2 and v3 leak memory")
+    assert outcome.exit_code == EXIT_OK and outcome.entry.reason == "v2 and v3 leak memory"
+    assert bed.targets[0].digest == first.digest
+
+
+def test_revert_to_a_never_healthy_entry_is_refused(bed: Bed) -> None:
+    bed.healthy("v1")
+    bed.publish("v2", behaviour=crashes())
+    failed = bed.deploy("v2").entry
+    before = bed.history()
+    with pytest.raises(UserError, match=f"entry #{failed.id} was never healthy"):
+        bed.orchestrator().revert(failed)
+    assert bed.history() == before
+
+
+def test_revert_with_nothing_to_go_back_to(bed: Bed) -> None:
+    with pytest.raises(UserError, match="no healthy entry yet"):
+        bed.orchestrator().revert()
+    bed.healthy("v1")
+    with pytest.raises(UserError, match="no earlier healthy entry"):
+        bed.orchestrator().revert()
+
+
+def test_revert_to_another_apps_entry_is_refused(bed: Bed) -> None:
+    other = bed.ledger.record(L.NewEntry(app="api", repository=IMAGE, tag="v1", digest=digest_of("api")))
+    with pytest.raises(UserError, match="belongs to app api"):
+        bed.orchestrator().revert(other)
+
+
+def test_manual_revert_that_fails_goes_back_to_where_it_was(bed: Bed) -> None:
+    first = bed.healthy("v1")
+    current = bed.healthy("v2")
+    bed.targets[0].behaviours[first.digest] = crashes()
+    outcome = bed.orchestrator().revert(first)
+    assert outcome.exit_code == EXIT_REVERTED
+    assert outcome.revert is not None and outcome.revert.reverts_to == current.id
+    assert bed.targets[0].digest == current.digest
