@@ -77,5 +77,6 @@ class ApiError(Exception):
         texts = [f"{c.field}: {c.message}" for c in causes]
         joined = texts[0] if len(texts) == 1 else "[" + ", ".join(texts) + "]"
         details = rt.details(name)
+        details["kind"] = rt.kind  # unlike NotFound, Invalid names the Kind, not the resource
         details["causes"] = [{"reason": c.reason, "message": c.message, "field": c.field} for c in causes]
         return cls(422, "Invalid", f'{rt.kind}{rt.dotted_group} "{name}" is invalid: {joined}', details)

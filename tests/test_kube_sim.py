@@ -1,0 +1,460 @@
+"""The Kubernetes API simulator, driven by the real kubectl (which picks its 1.31 client
+from the simulator's /version) and by raw HTTP: every command must behave and exit as on a
+real cluster. Pods' fate comes from the table kubelet here; see test_kube_sim_docker.py
+for the Docker kubelet."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from kube_sim.harness import RunningSimulator, running_simulator, wait_for
+
+IMAGE = "127.0.0.1:5000/kube-sim-test/app"
+RULES = [
+    "--rule", "crash=crashloop",
+    "--rule", "pullfail=pull-error",
+    "--rule", "neverready=never-ready",
+    "--rule", "slow=ready:0.5",
+    "--backoff-base", "0.5",
+    "--backoff-cap", "1",
+    "--bookmark-interval", "0.5",
+]
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSimulator]:
+    with running_simulator(tmp_path_factory.mktemp("kube-sim"), "table", RULES) as running:
+        yield running
+
+
+def deployment_manifest(name: str, image: str, replicas: int = 2, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": image}]},
+            },
+            **spec,
+        },
+    }
+
+
+def create(sim: RunningSimulator, tmp_path: Path, manifest: dict[str, Any]) -> str:
+    path = tmp_path / f"{manifest['metadata']['name']}.yaml"
+    path.write_text(json.dumps(manifest))
+    result = sim.kubectl("create", "-f", str(path), "--validate=false")
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def get_json(sim: RunningSimulator, *what: str) -> dict[str, Any]:
+    result = sim.kubectl("get", *what, "-o", "json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def pods_of(sim: RunningSimulator, app: str) -> list[dict[str, Any]]:
+    return get_json(sim, "pods", "-l", f"app={app}")["items"]
+
+
+def images_of_pods(sim: RunningSimulator, app: str) -> set[str]:
+    return {p["spec"]["containers"][0]["image"] for p in pods_of(sim, app)}
+
+
+# --- discovery and unknown things ---------------------------------------------------
+
+
+def test_kubectl_sees_a_1_31_server_with_the_modelled_resources(sim: RunningSimulator) -> None:
+    version = sim.kubectl("version", "-o", "json")
+    assert version.returncode == 0, version.stderr
+    assert json.loads(version.stdout)["serverVersion"]["gitVersion"] == "v1.31.0"
+    resources = sim.kubectl("api-resources", "--no-headers")
+    assert resources.returncode == 0, resources.stderr
+    names = {line.split()[0] for line in resources.stdout.splitlines()}
+    assert {"deployments", "replicasets", "pods", "events", "namespaces"} <= names
+
+
+def test_unknown_resources_are_404_not_fake_successes(sim: RunningSimulator) -> None:
+    result = sim.kubectl("get", "statefulsets")
+    assert result.returncode == 1
+    assert 'the server doesn\'t have a resource type "statefulsets"' in result.stderr
+    code, body = sim.request("GET", "/apis/apps/v1/namespaces/default/statefulsets")
+    assert code == 404 and body["reason"] == "NotFound"
+    code, _ = sim.request("GET", "/apis/batch/v1")
+    assert code == 404
+    code, body = sim.request("GET", "/apis/apps/v1/namespaces/default/deployments/nope")
+    assert code == 404 and body["message"] == 'deployments.apps "nope" not found'
+    missing = sim.kubectl("get", "deployment", "nope")
+    assert missing.returncode == 1
+    assert 'Error from server (NotFound): deployments.apps "nope" not found' in missing.stderr
+
+
+# --- create, get, rollout status ----------------------------------------------------
+
+
+def test_create_from_file_defaults_like_the_api_server_and_rolls_out(sim: RunningSimulator, tmp_path: Path) -> None:
+    out = create(sim, tmp_path, deployment_manifest("created", f"{IMAGE}:v1", replicas=3))
+    assert out.strip() == "deployment.apps/created created"
+    status = sim.kubectl("rollout", "status", "deployment/created", "--timeout=20s")
+    assert status.returncode == 0, status.stderr
+    assert 'deployment "created" successfully rolled out' in status.stdout
+    deployment = get_json(sim, "deployment", "created")
+    spec = deployment["spec"]
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}
+    assert (spec["revisionHistoryLimit"], spec["progressDeadlineSeconds"]) == (10, 600)
+    assert spec["template"]["spec"]["containers"][0]["imagePullPolicy"] == "IfNotPresent"
+    assert deployment["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "1"
+    status_fields = deployment["status"]
+    assert status_fields["observedGeneration"] == deployment["metadata"]["generation"] == 1
+    assert (status_fields["replicas"], status_fields["updatedReplicas"], status_fields["availableReplicas"]) == (3, 3, 3)
+    reasons = {c["type"]: c["reason"] for c in status_fields["conditions"]}
+    assert reasons == {"Available": "MinimumReplicasAvailable", "Progressing": "NewReplicaSetAvailable"}
+    pods = pods_of(sim, "created")
+    assert len(pods) == 3
+    assert all(p["status"]["phase"] == "Running" for p in pods)
+    replicasets = get_json(sim, "replicasets", "-l", "app=created")["items"]
+    assert len(replicasets) == 1
+    hash_label = replicasets[0]["metadata"]["labels"]["pod-template-hash"]
+    assert replicasets[0]["metadata"]["name"] == f"created-{hash_label}"
+
+
+def test_creating_twice_is_already_exists(sim: RunningSimulator, tmp_path: Path) -> None:
+    manifest = deployment_manifest("twice", f"{IMAGE}:v1")
+    create(sim, tmp_path, manifest)
+    again = sim.kubectl("create", "-f", str(tmp_path / "twice.yaml"), "--validate=false")
+    assert again.returncode == 1
+    assert 'deployments.apps "twice" already exists' in again.stderr
+
+
+def test_a_selector_that_does_not_match_the_template_is_invalid(sim: RunningSimulator, tmp_path: Path) -> None:
+    manifest = deployment_manifest("mismatch", f"{IMAGE}:v1")
+    manifest["spec"]["selector"] = {"matchLabels": {"app": "other"}}
+    path = tmp_path / "mismatch.yaml"
+    path.write_text(json.dumps(manifest))
+    result = sim.kubectl("create", "-f", str(path), "--validate=false")
+    assert result.returncode == 1
+    assert 'The Deployment "mismatch" is invalid' in result.stderr
+    assert "`selector` does not match template `labels`" in result.stderr
+
+
+def test_create_deployment_command_names_the_container_after_the_image(sim: RunningSimulator) -> None:
+    result = sim.kubectl("create", "deployment", "quick", f"--image={IMAGE}:v1", "--replicas=2")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "deployment.apps/quick created"
+    deployment = get_json(sim, "deployment", "quick")
+    assert deployment["spec"]["selector"] == {"matchLabels": {"app": "quick"}}
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["name"] == "app"
+    status = sim.kubectl("rollout", "status", "deployment/quick", "--timeout=20s")
+    assert status.returncode == 0, status.stderr
+    table = sim.kubectl("get", "deployment", "quick")
+    assert table.returncode == 0
+    assert table.stdout.split("\n")[1].split()[:4] == ["quick", "2/2", "2", "2"]
+
+
+# --- rolling updates, history, undo -------------------------------------------------
+
+
+def test_set_image_history_and_undo(sim: RunningSimulator, tmp_path: Path) -> None:
+    create(sim, tmp_path, deployment_manifest("web", f"{IMAGE}:v1", replicas=3))
+    assert sim.kubectl("rollout", "status", "deployment/web", "--timeout=20s").returncode == 0
+    set_image = sim.kubectl("set", "image", "deployment/web", f"app={IMAGE}:slow-v2")
+    assert set_image.returncode == 0, set_image.stderr
+    assert set_image.stdout.strip() == "deployment.apps/web image updated"
+    assert sim.kubectl("annotate", "deployment/web", "kubernetes.io/change-cause=ship v2").returncode == 0
+    status = sim.kubectl("rollout", "status", "deployment/web", "--timeout=30s")
+    assert status.returncode == 0, status.stderr
+    assert "out of 3 new replicas have been updated" in status.stdout  # it watched a real rolling update
+    assert images_of_pods(sim, "web") == {f"{IMAGE}:slow-v2"}
+
+    history = sim.kubectl("rollout", "history", "deployment/web")
+    assert history.returncode == 0, history.stderr
+    rows = [line.split(None, 1) for line in history.stdout.splitlines()[2:] if line.strip()]
+    assert rows == [["1", "<none>"], ["2", "ship v2"]]
+
+    undo = sim.kubectl("rollout", "undo", "deployment/web")
+    assert undo.returncode == 0, undo.stderr
+    assert undo.stdout.strip() == "deployment.apps/web rolled back"
+    assert sim.kubectl("rollout", "status", "deployment/web", "--timeout=30s").returncode == 0
+    assert images_of_pods(sim, "web") == {f"{IMAGE}:v1"}
+    # The old ReplicaSet is reused and becomes revision 3.
+    history = sim.kubectl("rollout", "history", "deployment/web")
+    assert [line.split()[0] for line in history.stdout.splitlines()[2:] if line.strip()] == ["2", "3"]
+    assert len(get_json(sim, "replicasets", "-l", "app=web")["items"]) == 2
+
+    missing = sim.kubectl("rollout", "undo", "deployment/web", "--to-revision=99")
+    assert missing.returncode == 1
+    assert "unable to find specified revision 99 in history" in missing.stderr
+
+
+def test_crashlooping_rollout_exceeds_its_progress_deadline(sim: RunningSimulator, tmp_path: Path) -> None:
+    create(sim, tmp_path, deployment_manifest("crashy", f"{IMAGE}:v1", progressDeadlineSeconds=3))
+    assert sim.kubectl("rollout", "status", "deployment/crashy", "--timeout=20s").returncode == 0
+    assert sim.kubectl("set", "image", "deployment/crashy", f"app={IMAGE}:crash").returncode == 0
+    status = sim.kubectl("rollout", "status", "deployment/crashy", "--timeout=60s")
+    assert status.returncode == 1
+    assert 'error: deployment "crashy" exceeded its progress deadline' in status.stderr
+    deployment = get_json(sim, "deployment", "crashy")
+    progressing = next(c for c in deployment["status"]["conditions"] if c["type"] == "Progressing")
+    assert (progressing["status"], progressing["reason"]) == ("False", "ProgressDeadlineExceeded")
+    # The old pods keep serving: maxUnavailable 25% of 2 rounds down to 0.
+    assert deployment["status"]["availableReplicas"] == 2
+    crashing = [p for p in pods_of(sim, "crashy") if p["spec"]["containers"][0]["image"].endswith(":crash")]
+    assert crashing
+    statuses = [p["status"]["containerStatuses"][0] for p in crashing]
+    wait_for(
+        lambda: any(
+            s["status"]["containerStatuses"][0]["state"].get("waiting", {}).get("reason") == "CrashLoopBackOff"
+            for s in pods_of(sim, "crashy")
+            if s["spec"]["containers"][0]["image"].endswith(":crash")
+        ),
+        what="a CrashLoopBackOff pod",
+    )
+    assert all(not s["ready"] for s in statuses)
+    assert max(s["restartCount"] for s in statuses) >= 1
+    assert any(s["lastState"].get("terminated", {}).get("exitCode") == 1 for s in statuses)
+
+
+def test_rollout_status_times_out_like_kubectl_on_a_never_ready_image(sim: RunningSimulator, tmp_path: Path) -> None:
+    create(sim, tmp_path, deployment_manifest("stuck", f"{IMAGE}:neverready", replicas=1))
+    status = sim.kubectl("rollout", "status", "deployment/stuck", "--timeout=2s")
+    assert status.returncode == 1
+    assert "timed out waiting for the condition" in status.stderr
+    pod = pods_of(sim, "stuck")[0]
+    ready = next(c for c in pod["status"]["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ContainersNotReady")
+
+
+def test_an_image_that_cannot_be_pulled_shows_err_image_pull_then_back_off(sim: RunningSimulator, tmp_path: Path) -> None:
+    create(sim, tmp_path, deployment_manifest("nopull", f"{IMAGE}:pullfail", replicas=1))
+
+    def waiting_reasons() -> set[str]:
+        return {
+            p["status"].get("containerStatuses", [{}])[0].get("state", {}).get("waiting", {}).get("reason", "")
+            for p in pods_of(sim, "nopull")
+        }
+
+    wait_for(lambda: "ErrImagePull" in waiting_reasons(), what="ErrImagePull")
+    wait_for(lambda: "ImagePullBackOff" in waiting_reasons(), what="ImagePullBackOff")
+    pod = pods_of(sim, "nopull")[0]
+    assert pod["status"]["phase"] == "Pending"
+    assert pod["status"]["containerStatuses"][0]["imageID"] == ""
+    table = sim.kubectl("get", "pods", "-l", "app=nopull", "--no-headers")
+    assert table.stdout.split()[2] in ("ErrImagePull", "ImagePullBackOff")
+
+
+def test_scale_changes_replicas_and_pods_follow(sim: RunningSimulator, tmp_path: Path) -> None:
+    create(sim, tmp_path, deployment_manifest("scaled", f"{IMAGE}:v1", replicas=1))
+    result = sim.kubectl("scale", "deployment/scaled", "--replicas=4")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "deployment.apps/scaled scaled"
+    assert sim.kubectl("rollout", "status", "deployment/scaled", "--timeout=20s").returncode == 0
+    assert len(pods_of(sim, "scaled")) == 4
+    assert sim.kubectl("scale", "deployment/scaled", "--replicas=1").returncode == 0
+    wait_for(lambda: len(pods_of(sim, "scaled")) == 1, what="scale down to 1 pod")
+    code, scale = sim.request("GET", "/apis/apps/v1/namespaces/default/deployments/scaled/scale")
+    assert code == 200
+    assert (scale["kind"], scale["spec"]["replicas"], scale["status"]["selector"]) == ("Scale", 1, "app=scaled")
+    stale = sim.kubectl("scale", "deployment/scaled", "--replicas=3", "--current-replicas=2")
+    assert stale.returncode == 1
+    assert "Expected replicas to be 2, was 1" in stale.stderr
+
+
+def test_pause_holds_the_rollout_and_resume_releases_it(sim: RunningSimulator, tmp_path: Path) -> None:
+    create(sim, tmp_path, deployment_manifest("paused", f"{IMAGE}:v1", replicas=1))
+    assert sim.kubectl("rollout", "status", "deployment/paused", "--timeout=20s").returncode == 0
+    assert sim.kubectl("rollout", "pause", "deployment/paused").returncode == 0
+    assert sim.kubectl("set", "image", "deployment/paused", f"app={IMAGE}:v2").returncode == 0
+    wait_for(
+        lambda: next(c for c in get_json(sim, "deployment", "paused")["status"]["conditions"] if c["type"] == "Progressing")["reason"]
+        == "DeploymentPaused",
+        what="the DeploymentPaused condition",
+    )
+    assert len(get_json(sim, "replicasets", "-l", "app=paused")["items"]) == 1
+    undo = sim.kubectl("rollout", "undo", "deployment/paused", "--to-revision=1")
+    assert undo.returncode == 1
+    assert "you cannot rollback a paused deployment" in undo.stderr
+    assert sim.kubectl("rollout", "resume", "deployment/paused").returncode == 0
+    assert sim.kubectl("rollout", "status", "deployment/paused", "--timeout=20s").returncode == 0
+    assert images_of_pods(sim, "paused") == {f"{IMAGE}:v2"}
+
+
+def test_revision_history_limit_removes_the_oldest_replicasets(sim: RunningSimulator, tmp_path: Path) -> None:
+    create(sim, tmp_path, deployment_manifest("limited", f"{IMAGE}:v1", replicas=1, revisionHistoryLimit=1))
+    for tag in ("v2", "v3", "v4"):
+        assert sim.kubectl("set", "image", "deployment/limited", f"app={IMAGE}:{tag}").returncode == 0
+        assert sim.kubectl("rollout", "status", "deployment/limited", "--timeout=20s").returncode == 0
+    wait_for(lambda: len(get_json(sim, "replicasets", "-l", "app=limited")["items"]) == 2, what="history cleanup")
+    history = sim.kubectl("rollout", "history", "deployment/limited")
+    assert [line.split()[0] for line in history.stdout.splitlines()[2:] if line.strip()] == ["3", "4"]
+
+
+# --- patch types --------------------------------------------------------------------
+
+
+def test_strategic_merge_patch_merges_containers_by_name(sim: RunningSimulator, tmp_path: Path) -> None:
+    manifest = deployment_manifest("sidecar", f"{IMAGE}:v1", replicas=1)
+    manifest["spec"]["template"]["spec"]["containers"].append({"name": "proxy", "image": f"{IMAGE}:proxy"})
+    create(sim, tmp_path, manifest)
+    patch = {"spec": {"template": {"spec": {"containers": [{"name": "app", "image": f"{IMAGE}:v2"}]}}}}
+    result = sim.kubectl("patch", "deployment", "sidecar", "-p", json.dumps(patch))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "deployment.apps/sidecar patched"
+    containers = get_json(sim, "deployment", "sidecar")["spec"]["template"]["spec"]["containers"]
+    assert [(c["name"], c["image"]) for c in containers] == [("app", f"{IMAGE}:v2"), ("proxy", f"{IMAGE}:proxy")]
+    again = sim.kubectl("patch", "deployment", "sidecar", "-p", json.dumps(patch))
+    assert again.stdout.strip() == "deployment.apps/sidecar patched (no change)"
+    merge = sim.kubectl("patch", "deployment", "sidecar", "--type=merge", "-p", json.dumps(patch))
+    assert merge.returncode == 0
+    containers = get_json(sim, "deployment", "sidecar")["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["app"]  # a JSON merge patch replaces lists
+    ops = [{"op": "replace", "path": "/spec/replicas", "value": 2}]
+    assert sim.kubectl("patch", "deployment", "sidecar", "--type=json", "-p", json.dumps(ops)).returncode == 0
+    assert get_json(sim, "deployment", "sidecar")["spec"]["replicas"] == 2
+    bad = [{"op": "replace", "path": "/spec/nothing/here", "value": 1}]
+    failed = sim.kubectl("patch", "deployment", "sidecar", "--type=json", "-p", json.dumps(bad))
+    assert failed.returncode == 1
+
+
+def test_generation_counts_spec_changes_only(sim: RunningSimulator, tmp_path: Path) -> None:
+    create(sim, tmp_path, deployment_manifest("gen", f"{IMAGE}:v1", replicas=1))
+    assert sim.kubectl("annotate", "deployment/gen", "note=metadata only").returncode == 0
+    assert get_json(sim, "deployment", "gen")["metadata"]["generation"] == 1
+    assert sim.kubectl("scale", "deployment/gen", "--replicas=2").returncode == 0
+    wait_for(lambda: get_json(sim, "deployment", "gen")["status"].get("observedGeneration") == 2, what="observedGeneration 2")
+    assert get_json(sim, "deployment", "gen")["metadata"]["generation"] == 2
+
+
+# --- concurrency and watch ----------------------------------------------------------
+
+
+def test_a_stale_resource_version_is_a_conflict(sim: RunningSimulator, tmp_path: Path) -> None:
+    create(sim, tmp_path, deployment_manifest("occ", f"{IMAGE}:v1", replicas=1))
+    stale = get_json(sim, "deployment", "occ")
+    assert sim.kubectl("scale", "deployment/occ", "--replicas=2").returncode == 0
+    stale["spec"]["replicas"] = 5
+    path = tmp_path / "stale.json"
+    path.write_text(json.dumps(stale))
+    replaced = sim.kubectl("replace", "-f", str(path), "--validate=false")
+    assert replaced.returncode == 1
+    assert "the object has been modified; please apply your changes to the latest version and try again" in replaced.stderr
+    code, body = sim.request("PUT", "/apis/apps/v1/namespaces/default/deployments/occ", stale)
+    assert (code, body["reason"]) == (409, "Conflict")
+    patch = {"metadata": {"resourceVersion": stale["metadata"]["resourceVersion"]}, "spec": {"replicas": 5}}
+    code, _ = sim.request("PATCH", "/apis/apps/v1/namespaces/default/deployments/occ", patch, "application/merge-patch+json")
+    assert code == 409
+    assert get_json(sim, "deployment", "occ")["spec"]["replicas"] == 2
+
+
+def test_watch_resumes_from_a_resource_version_with_bookmarks(sim: RunningSimulator, tmp_path: Path) -> None:
+    create(sim, tmp_path, deployment_manifest("watched", f"{IMAGE}:v1", replicas=1))
+    start = get_json(sim, "deployment", "watched")["metadata"]["resourceVersion"]
+    assert sim.kubectl("annotate", "deployment/watched", "step=one").returncode == 0
+    assert sim.kubectl("annotate", "--overwrite", "deployment/watched", "step=two").returncode == 0
+    events = sim.watch(
+        "/apis/apps/v1/namespaces/default/deployments?watch=true&fieldSelector=metadata.name%3Dwatched"
+        f"&resourceVersion={start}&timeoutSeconds=2&allowWatchBookmarks=true"
+    )
+    modified = [e for e in events if e["type"] == "MODIFIED"]
+    steps = [e["object"]["metadata"].get("annotations", {}).get("step") for e in modified]
+    assert "one" in steps and "two" in steps and steps.index("one") < steps.index("two")
+    versions = [int(e["object"]["metadata"]["resourceVersion"]) for e in modified]
+    assert versions == sorted(versions) and versions[0] > int(start)
+    assert all(e["type"] != "ADDED" for e in events)  # resuming does not replay the object
+    assert any(e["type"] == "BOOKMARK" for e in events)
+    # Without a resourceVersion, a watch starts with the current state.
+    fresh = sim.watch("/apis/apps/v1/namespaces/default/deployments?watch=1&fieldSelector=metadata.name%3Dwatched&timeoutSeconds=1")
+    assert [e["type"] for e in fresh][:1] == ["ADDED"]
+
+
+def test_a_watch_from_a_compacted_resource_version_is_gone(tmp_path: Path) -> None:
+    with running_simulator(tmp_path, "table", ["--event-log-size", "20"]) as small:
+        for index in range(30):
+            code, _ = small.request("POST", "/api/v1/namespaces", {"metadata": {"name": f"ns-{index}"}})
+            assert code == 201
+        events = small.watch("/api/v1/namespaces?watch=true&resourceVersion=2&timeoutSeconds=1")
+        assert events[0]["type"] == "ERROR"
+        assert events[0]["object"]["code"] == 410
+        listing = small.kubectl("get", "namespaces", "--no-headers")
+        assert len(listing.stdout.splitlines()) == 34
+
+
+def test_label_and_field_selectors(sim: RunningSimulator, tmp_path: Path) -> None:
+    create(sim, tmp_path, deployment_manifest("sel-a", f"{IMAGE}:v1", replicas=1))
+    create(sim, tmp_path, deployment_manifest("sel-b", f"{IMAGE}:v1", replicas=1))
+    code, body = sim.request("GET", "/apis/apps/v1/namespaces/default/deployments?labelSelector=app%20in%20(sel-a,sel-b)")
+    assert sorted(i["metadata"]["name"] for i in body["items"]) == ["sel-a", "sel-b"]
+    code, body = sim.request("GET", "/apis/apps/v1/namespaces/default/deployments?fieldSelector=metadata.name%3Dsel-b")
+    assert [i["metadata"]["name"] for i in body["items"]] == ["sel-b"]
+    code, body = sim.request("GET", "/apis/apps/v1/namespaces/default/deployments?fieldSelector=spec.replicas%3D1")
+    assert (code, body["reason"]) == (400, "BadRequest")
+    wait_for(lambda: pods_of(sim, "sel-a"), what="sel-a pods")
+    code, body = sim.request("GET", "/api/v1/namespaces/default/pods?labelSelector=app%3Dsel-a&fieldSelector=status.phase%3DRunning")
+    assert code == 200
+    assert {i["metadata"]["labels"]["app"] for i in body["items"]} <= {"sel-a"}
+
+
+def test_deleting_a_deployment_removes_its_replicasets_and_pods(sim: RunningSimulator, tmp_path: Path) -> None:
+    create(sim, tmp_path, deployment_manifest("doomed", f"{IMAGE}:v1", replicas=2))
+    assert sim.kubectl("rollout", "status", "deployment/doomed", "--timeout=20s").returncode == 0
+    result = sim.kubectl("delete", "deployment", "doomed")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == 'deployment.apps "doomed" deleted'
+    wait_for(lambda: not pods_of(sim, "doomed"), what="pods to go")
+    assert get_json(sim, "replicasets", "-l", "app=doomed")["items"] == []
+
+
+def test_events_record_what_the_controllers_and_kubelet_did(sim: RunningSimulator, tmp_path: Path) -> None:
+    create(sim, tmp_path, deployment_manifest("noisy", f"{IMAGE}:v1", replicas=1))
+    assert sim.kubectl("rollout", "status", "deployment/noisy", "--timeout=20s").returncode == 0
+    events = get_json(sim, "events", "--field-selector", "involvedObject.name=noisy")["items"]
+    assert any(e["reason"] == "ScalingReplicaSet" and "Scaled up replica set noisy-" in e["message"] for e in events)
+
+
+# --- the official Python client, as rollout's Kubernetes target uses it ---------------
+
+
+def test_the_python_client_reads_patches_lists_and_watches(sim: RunningSimulator, tmp_path: Path) -> None:
+    from kubernetes import client, config, watch
+
+    create(sim, tmp_path, deployment_manifest("pyclient", f"{IMAGE}:v1", replicas=2))
+    api_client = config.new_client_from_config(config_file=str(sim.kubeconfig))
+    apps, core = client.AppsV1Api(api_client), client.CoreV1Api(api_client)
+    deployment = apps.read_namespaced_deployment("pyclient", "default")
+    assert deployment.spec.template.spec.containers[0].image == f"{IMAGE}:v1"
+    patch = {"spec": {"template": {"spec": {"containers": [{"name": "app", "image": f"{IMAGE}:v2"}]}}}}
+    patched = apps.patch_namespaced_deployment("pyclient", "default", patch)
+    assert patched.metadata.generation == 2
+    seen_complete = False
+    for event in watch.Watch().stream(
+        apps.list_namespaced_deployment,
+        "default",
+        field_selector="metadata.name=pyclient",
+        resource_version=patched.metadata.resource_version,
+        timeout_seconds=20,
+    ):
+        status = event["object"].status
+        if status.observed_generation == 2 and status.updated_replicas == 2 and status.available_replicas == 2 and (status.replicas or 0) == 2:
+            seen_complete = True
+            break
+    assert seen_complete
+    replicasets = apps.list_namespaced_replica_set("default", label_selector="app=pyclient").items
+    assert sorted(rs.metadata.annotations["deployment.kubernetes.io/revision"] for rs in replicasets) == ["1", "2"]
+    pods = wait_for(
+        lambda: [p for p in core.list_namespaced_pod("default", label_selector="app=pyclient").items if p.spec.containers[0].image.endswith(":v2")],
+        what="v2 pods",
+    )
+    assert pods[0].status.container_statuses is None or pods[0].status.container_statuses[0].image_id.startswith("docker-pullable://")
+    from kubernetes.client.rest import ApiException
+
+    with pytest.raises(ApiException) as raised:
+        apps.read_namespaced_deployment("missing", "default")
+    assert raised.value.status == 404
