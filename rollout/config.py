@@ -171,7 +171,7 @@ def _app(name: str, table: dict[str, Any], path: Path) -> AppConfig:
 def _target(table: dict[str, Any], index: int, app_health: HealthPolicy, path: Path, app_where: str) -> TargetConfig:
     where = f"{app_where}targets[{index}]."
     kind = table.get("kind", "docker")
-    if kind not in TARGET_KEYS:
+    if not isinstance(kind, str) or kind not in TARGET_KEYS:
         raise ConfigError(f"{path}: {where}kind = {kind!r}: use \"docker\" or \"kubernetes\"")
     _check_keys(table, TARGET_KEYS[kind], path, where)
     name = _opt_str(table, "name", path, where)

@@ -80,12 +80,18 @@ CREATE TABLE IF NOT EXISTS locks (
     expires_at REAL NOT NULL
 );
 CREATE TRIGGER IF NOT EXISTS entries_identity_immutable
-BEFORE UPDATE OF id, app, repository, tag, digest, kind, previous_id, reverts_to, actor, created_at, build_key, base_digests ON entries
+BEFORE UPDATE OF id, app, repository, tag, digest, kind, previous_id, reverts_to, actor, reason, created_at, build_key, base_digests ON entries
 BEGIN SELECT RAISE(ABORT, 'ledger entries are immutable: what was deployed cannot be changed'); END;
 CREATE TRIGGER IF NOT EXISTS entries_outcome_final
 BEFORE UPDATE OF status, finished_at, error ON entries
 WHEN OLD.status IN ('healthy', 'failed', 'interrupted')
 BEGIN SELECT RAISE(ABORT, 'ledger entries are immutable: a finished entry keeps its outcome'); END;
+CREATE TRIGGER IF NOT EXISTS entries_no_replace
+BEFORE INSERT ON entries WHEN EXISTS (SELECT 1 FROM entries WHERE id = NEW.id)
+BEGIN SELECT RAISE(ABORT, 'ledger entries are immutable: an entry cannot be replaced'); END;
+CREATE TRIGGER IF NOT EXISTS events_no_replace
+BEFORE INSERT ON events WHEN EXISTS (SELECT 1 FROM events WHERE id = NEW.id)
+BEGIN SELECT RAISE(ABORT, 'ledger events are append-only: an event cannot be replaced'); END;
 CREATE TRIGGER IF NOT EXISTS entries_no_delete
 BEFORE DELETE ON entries
 BEGIN SELECT RAISE(ABORT, 'ledger entries cannot be deleted'); END;

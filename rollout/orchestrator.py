@@ -153,7 +153,10 @@ class Orchestrator:
             previous_id=entry.id, reverts_to=good.id, reason=f"automatic revert: #{entry.id} failed: {attempt.reason}",
         ))
         self.reporter.warn(f"#{entry.id} failed: {attempt.reason}; reverting to #{good.id} {_label(good)} as #{revert.id}")
-        back = self._attempt(revert, attempt.moved)
+        try:
+            back = self._attempt(revert, attempt.moved)
+        except RolloutError as exc:
+            back = _Attempt(failures={"revert": _one_line(exc)})
         if back.failures:
             message = (f"REVERT FAILED: #{revert.id} could not restore #{good.id} ({back.reason});"
                        f" {self.app.name} is not on a healthy release: act now")
@@ -166,13 +169,14 @@ class Orchestrator:
         attempt = _Attempt()
         release = Release(entry.id, entry.repository, entry.tag, entry.digest, _change_cause(entry))
         self.ledger.set_status(entry.id, L.APPLYING)
-        try:
-            for target in targets:
+        for target in targets:
+            try:
                 target.prepare(release)
-        except RolloutError as exc:
-            # Nothing has changed yet: say so and let the caller exit 5 / 2.
-            self.ledger.set_status(entry.id, L.FAILED, error=str(exc))
-            raise
+            except Exception as exc:  # noqa: BLE001 - whatever it was, nothing has changed yet
+                error = exc if isinstance(exc, RolloutError) else TargetUnreachable(
+                    f"target {target.name}: cannot prepare {release.image}: {_one_line(exc)}")
+                self.ledger.set_status(entry.id, L.FAILED, error=str(error))
+                raise error from None
         for target in targets:
             try:
                 before = target.apply(release)
@@ -203,7 +207,10 @@ class Orchestrator:
 
     def _verify_all(self, targets: list[Target], release: Release) -> list[Verdict]:
         def one(target: Target) -> Verdict:
-            watch = target.watch(release)
+            try:
+                watch = target.watch(release)
+            except Exception as exc:  # noqa: BLE001 - a target we cannot watch is not healthy
+                return Verdict(False, f"cannot watch: {_one_line(exc)}", 0.0)
             try:
                 return self.verifier(watch, self.policies[target.name],
                                      lambda text: self.reporter.progress(target.name, text))
