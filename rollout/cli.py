@@ -8,15 +8,14 @@ the app's lock; 5 registry or target unreachable before anything changed;
 
 from __future__ import annotations
 
-import json
+import os
 import re
-import sys
 from typing import Any, Optional
 
 import typer
 
 from rollout import config as configuration
-from rollout.errors import EXIT_UNREACHABLE, RolloutError, UserError
+from rollout.errors import EXIT_INTERNAL, EXIT_UNREACHABLE, RolloutError, UserError
 from rollout.output import Console, table
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -182,8 +181,8 @@ def status(
                     running = open_target(target_cfg, app_cfg).running()
                     item.update(image=running.image, digest=running.digest,
                                 in_sync=bool(current and running.digest == current.digest))
-                except RolloutError as exc:
-                    item["error"] = str(exc)
+                except Exception as exc:  # noqa: BLE001 - one broken target must not hide the others
+                    item["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                     unreachable = True
                 targets.append(item)
             reports.append({"app": app_cfg.name, "current": current.to_json() if current else None, "targets": targets})
@@ -250,6 +249,11 @@ def _run(command: Any) -> None:
     except KeyboardInterrupt:
         console.error("interrupted")
         code = 130
+    except Exception as exc:  # noqa: BLE001 - a bug must still end in one line, not a traceback
+        if os.environ.get("ROLLOUT_DEBUG"):
+            raise
+        console.error(f"internal error: {type(exc).__name__}: {exc} (set ROLLOUT_DEBUG=1 for a traceback; please report it)")
+        code = EXIT_INTERNAL
     raise typer.Exit(code)
 
 

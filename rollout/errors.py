@@ -13,7 +13,8 @@ EXIT_USAGE = 2
 EXIT_UNRECOVERED = 3
 EXIT_LOCKED = 4
 EXIT_UNREACHABLE = 5
-EXIT_CHANGED = 10  # `check` / `rebuild --check`: something changed, a rebuild is due
+EXIT_CHANGED = 10
+EXIT_INTERNAL = 70  # a bug in rollout: one line, no traceback unless ROLLOUT_DEBUG=1  # `check` / `rebuild --check`: something changed, a rebuild is due
 
 
 class RolloutError(Exception):

@@ -1,0 +1,336 @@
+"""Kubernetes target: one container of one Deployment, moved to an exact digest.
+
+Apply is a strategic-merge patch of that container's image (nothing else in the
+pod template changes) plus a change-cause annotation, so `kubectl rollout history`
+shows ledger entries. Verification checks what `kubectl rollout status` checks,
+woken by watches, and fails fast on the pod states that never heal by waiting
+(CrashLoopBackOff, ImagePullBackOff, ...) instead of sitting out the progress deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from rollout.config import AppConfig, TargetConfig
+from rollout.errors import TargetUnreachable, UserError
+from rollout.targets import Observation, Release, Running
+
+FAST_FAIL_REASONS = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError",
+                     "InvalidImageName", "CreateContainerError", "RunContainerError"}
+CHANGE_CAUSE = "kubernetes.io/change-cause"
+LEDGER_ID = "rollout/ledger-id"
+STRATEGIC = "application/strategic-merge-patch+json"
+WATCH_SECONDS = 30
+CONFLICT_RETRIES = 5
+
+
+class KubernetesTarget:
+    def __init__(self, config: TargetConfig, app: AppConfig) -> None:
+        self.name = config.name
+        self.app = app
+        self.settings = config.settings
+        self.namespace: str = config.settings.get("namespace") or "default"
+        self.deployment: str = config.settings["deployment"]
+        self.max_restarts = config.health.max_restarts
+        self._apis: tuple[Any, Any] | None = None
+        self._container: str | None = None
+        self._image_before: str | None = None
+        self._generation: int | None = None
+
+    # -- connection ----------------------------------------------------------
+
+    @property
+    def apis(self) -> tuple[Any, Any]:
+        """(AppsV1Api, CoreV1Api), built on first use from kubeconfig or the in-cluster service account."""
+        if self._apis is None:
+            from kubernetes import client, config
+
+            kubeconfig = self.settings.get("kubeconfig") or os.environ.get("KUBECONFIG")
+            default = Path(os.path.expanduser("~/.kube/config"))
+            try:
+                if kubeconfig or default.exists():
+                    api_client = config.new_client_from_config(
+                        config_file=os.path.expanduser(kubeconfig) if kubeconfig else str(default),
+                        context=self.settings.get("context"),
+                    )
+                else:
+                    config.load_incluster_config()
+                    api_client = client.ApiClient()
+            except Exception as exc:  # noqa: BLE001 - ConfigException, missing files, bad YAML
+                raise UserError(f"target {self.name}: cannot load Kubernetes config: {_short(exc)}") from None
+            api_client.configuration.retries = 1
+            self._apis = (client.AppsV1Api(api_client), client.CoreV1Api(api_client))
+        return self._apis
+
+    def _call(self, what: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """One API call returning the decoded JSON object; failures become rollout errors."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            response = method(*args, _request_timeout=30, _preload_content=False, **kwargs)
+            return json.loads(response.data)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise UserError(
+                    f"target {self.name}: {what}: not found in namespace {self.namespace}: check `deployment`/`namespace`"
+                ) from None
+            if exc.status == 409:
+                raise _Conflict() from None
+            raise TargetUnreachable(f"target {self.name}: {what}: API answered {exc.status} {exc.reason}") from None
+        except Exception as exc:  # noqa: BLE001 - urllib3 connection errors and friends
+            raise TargetUnreachable(f"target {self.name}: Kubernetes API unreachable ({_short(exc)})") from None
+
+    def _read(self) -> dict[str, Any]:
+        apps, _ = self.apis
+        return self._call(f"deployment {self.deployment}", apps.read_namespaced_deployment,
+                          self.deployment, self.namespace)
+
+    # -- Target protocol -----------------------------------------------------
+
+    def running(self) -> Running:
+        deployment = self._read()
+        container = self._pick_container(deployment)
+        image = _container(deployment, container)["image"]
+        template_digest = image.split("@", 1)[1] if "@" in image else None
+        pod_digests = sorted({d for d in self._pod_digests(deployment, container) if d})
+        drifting = [d for d in pod_digests if d != template_digest]
+        digest = drifting[0] if drifting else template_digest or (pod_digests[0] if pod_digests else None)
+        detail = f"pods run {', '.join(pod_digests)}" if pod_digests else "no pods"
+        return Running(image, digest, detail)
+
+    def prepare(self, release: Release) -> None:
+        deployment = self._read()
+        spec = deployment.get("spec", {})
+        if spec.get("paused"):
+            raise UserError(f"target {self.name}: deployment {self.deployment} is paused:"
+                            f" `kubectl rollout resume deployment/{self.deployment}` first")
+        if spec.get("replicas", 1) == 0:
+            raise UserError(f"target {self.name}: deployment {self.deployment} is scaled to 0 replicas:"
+                            " nothing would run to verify; scale it up first")
+        self._container = self._pick_container(deployment)
+
+    def apply(self, release: Release) -> str | None:
+        apps, _ = self.apis
+        for _attempt in range(CONFLICT_RETRIES):
+            deployment = self._read()
+            container = self._container or self._pick_container(deployment)
+            before = _container(deployment, container)["image"]
+            patch = {
+                "metadata": {
+                    "resourceVersion": deployment["metadata"]["resourceVersion"],
+                    "annotations": {CHANGE_CAUSE: release.change_cause, LEDGER_ID: str(release.entry_id)},
+                },
+                "spec": {"template": {"spec": {"containers": [{"name": container, "image": release.image}]}}},
+            }
+            try:
+                patched = self._call(f"patch deployment {self.deployment}",
+                                     apps.patch_namespaced_deployment,
+                                     self.deployment, self.namespace, patch, _content_type=STRATEGIC)
+            except _Conflict:
+                continue  # someone else changed it between our read and patch: read again
+            self._image_before = self._image_before or before
+            self._generation = patched["metadata"].get("generation")
+            return before
+        raise TargetUnreachable(f"target {self.name}: deployment {self.deployment} kept changing under us (409)")
+
+    def watch(self, release: Release) -> "DeploymentWatch":
+        return DeploymentWatch(self, release)
+
+    def logs(self, lines: int = 20) -> str:
+        _, core = self.apis
+        try:
+            for pod in self._new_pods(self._read()):
+                name = pod["metadata"]["name"]
+                text = core.read_namespaced_pod_log(
+                    name, self.namespace, container=self._container, tail_lines=lines, previous=False,
+                    _request_timeout=10, _preload_content=False).data.decode("utf-8", "replace")
+                if text.strip():
+                    return text
+        except Exception:  # noqa: BLE001 - logs are a courtesy; the verdict already stands
+            return ""
+        return ""
+
+    def stop(self) -> None:
+        """A first release failed: put the Deployment back on the image it ran before rollout touched it."""
+        if self._image_before:
+            apps, _ = self.apis
+            patch = {"spec": {"template": {"spec": {"containers": [{"name": self._container, "image": self._image_before}]}}}}
+            self._call(f"patch deployment {self.deployment}", apps.patch_namespaced_deployment,
+                       self.deployment, self.namespace, patch, _content_type=STRATEGIC)
+
+    # -- helpers -------------------------------------------------------------
+
+    def _pick_container(self, deployment: dict[str, Any]) -> str:
+        containers = deployment["spec"]["template"]["spec"]["containers"]
+        names = [c["name"] for c in containers]
+        wanted = self.settings.get("container")
+        if wanted:
+            if wanted not in names:
+                raise UserError(f"target {self.name}: deployment {self.deployment} has no container {wanted!r}"
+                                f" (it has {', '.join(names)})")
+            return wanted
+        if len(containers) == 1:
+            return names[0]
+        ours = [c["name"] for c in containers if _repository(c["image"]) in (self.app.image, self.app.repository)]
+        if len(ours) == 1:
+            return ours[0]
+        raise UserError(f"target {self.name}: deployment {self.deployment} has several containers"
+                        f" ({', '.join(names)}): set `container` to one of them")
+
+    def _selector(self, deployment: dict[str, Any]) -> str:
+        labels = deployment["spec"]["selector"].get("matchLabels", {})
+        return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+    def _pods(self, selector: str) -> list[dict[str, Any]]:
+        _, core = self.apis
+        return self._call("list pods", core.list_namespaced_pod, self.namespace,
+                          label_selector=selector).get("items", [])
+
+    def _pod_digests(self, deployment: dict[str, Any], container: str) -> list[str | None]:
+        digests = []
+        for pod in self._pods(self._selector(deployment)):
+            for status in pod.get("status", {}).get("containerStatuses") or []:
+                if status["name"] == container:
+                    image_id = status.get("imageID") or ""
+                    digests.append(image_id.rsplit("@", 1)[1] if "@" in image_id else None)
+        return digests
+
+    def _new_replica_set(self, deployment: dict[str, Any]) -> dict[str, Any] | None:
+        """The ReplicaSet whose pod template is the Deployment's current one (the newest revision)."""
+        apps, _ = self.apis
+        sets = self._call("list replicasets", apps.list_namespaced_replica_set, self.namespace,
+                          label_selector=self._selector(deployment)).get("items", [])
+        uid = deployment["metadata"].get("uid")
+        owned = [rs for rs in sets if any(o.get("uid") == uid for o in rs["metadata"].get("ownerReferences", []))] or sets
+        image = _container(deployment, self._container or self._pick_container(deployment))["image"]
+        matching = [rs for rs in owned if image in [c["image"] for c in rs["spec"]["template"]["spec"]["containers"]]]
+        revision = lambda rs: int(rs["metadata"].get("annotations", {}).get("deployment.kubernetes.io/revision", 0))
+        return max(matching, key=revision) if matching else None
+
+    def _new_pods(self, deployment: dict[str, Any]) -> list[dict[str, Any]]:
+        new = self._new_replica_set(deployment)
+        if new is None:
+            return []
+        template_hash = new["metadata"].get("labels", {}).get("pod-template-hash")
+        selector = self._selector(deployment) + (f",pod-template-hash={template_hash}" if template_hash else "")
+        return self._pods(selector)
+
+
+class _Conflict(Exception):
+    pass
+
+
+class DeploymentWatch:
+    """What `kubectl rollout status` checks, plus fast failure on pods that will not heal."""
+
+    def __init__(self, target: KubernetesTarget, release: Release) -> None:
+        self.target = target
+        self.release = release
+        self._changed = threading.Event()
+        self._stop = threading.Event()
+        deployment = target._read()
+        self._threads = [
+            threading.Thread(target=self._follow, args=(kind, selector), daemon=True, name=f"watch-{kind}")
+            for kind, selector in (("deployments", {"field_selector": f"metadata.name={target.deployment}"}),
+                                   ("pods", {"label_selector": target._selector(deployment)}))
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _follow(self, kind: str, selector: dict[str, str]) -> None:
+        apps, core = self.target.apis
+        lister = (apps.list_namespaced_deployment if kind == "deployments"
+                  else core.list_namespaced_pod)
+        resource_version = None
+        while not self._stop.is_set():
+            try:
+                if resource_version is None:
+                    resource_version = json.loads(lister(self.target.namespace, _request_timeout=30, _preload_content=False,
+                                                       **selector).data)[
+                        "metadata"].get("resourceVersion")
+                response = lister(self.target.namespace, watch=True, resource_version=resource_version,
+                                  timeout_seconds=WATCH_SECONDS, allow_watch_bookmarks=True,
+                                  _request_timeout=WATCH_SECONDS + 10, _preload_content=False, **selector)
+                for line in response:
+                    if self._stop.is_set():
+                        break
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if event.get("type") == "ERROR":
+                        resource_version = None  # 410 Gone: list again
+                        break
+                    resource_version = event["object"]["metadata"].get("resourceVersion", resource_version)
+                    if event.get("type") != "BOOKMARK":
+                        self._changed.set()
+                response.release_conn()
+            except Exception:  # noqa: BLE001 - a broken watch falls back to polling at `interval`
+                resource_version = None
+                self._stop.wait(1.0)
+
+    def wait(self, seconds: float) -> None:
+        self._changed.wait(seconds)
+        self._changed.clear()
+
+    def observe(self) -> Observation:
+        target = self.target
+        deployment = target._read()
+        spec, status = deployment.get("spec", {}), deployment.get("status", {})
+        generation = deployment["metadata"].get("generation", 0)
+        if status.get("observedGeneration", 0) < max(generation, target._generation or 0):
+            return Observation(False, detail="waiting for the deployment spec update to be observed")
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
+                return Observation(False, f"deployment {target.deployment} exceeded its progress deadline")
+        failure = self._pod_failure(deployment)
+        if failure:
+            return Observation(False, failure)
+        replicas = spec.get("replicas", 1)
+        updated = status.get("updatedReplicas", 0)
+        total = status.get("replicas", 0)
+        available = status.get("availableReplicas", 0)
+        if updated < replicas:
+            return Observation(False, detail=f"{updated} of {replicas} updated replicas are available")
+        if total > updated:
+            return Observation(False, detail=f"{total - updated} old replicas are pending termination")
+        if available < updated:
+            return Observation(False, detail=f"{available} of {updated} updated replicas are available")
+        return Observation(True, detail=f"{available}/{replicas} replicas available")
+
+    def _pod_failure(self, deployment: dict[str, Any]) -> str | None:
+        container = self.target._container or self.target._pick_container(deployment)
+        for pod in self.target._new_pods(deployment):
+            for status in pod.get("status", {}).get("containerStatuses") or []:
+                if status.get("name") != container:
+                    continue
+                waiting = (status.get("state") or {}).get("waiting") or {}
+                name = pod["metadata"]["name"]
+                if waiting.get("reason") in FAST_FAIL_REASONS:
+                    message = f": {waiting['message']}" if waiting.get("message") else ""
+                    return f"pod {name} is in {waiting['reason']}{message}"[:300]
+                if status.get("restartCount", 0) >= self.target.max_restarts:
+                    return f"pod {name} restarted {status['restartCount']} times"
+        return None
+
+    def close(self) -> None:
+        self._stop.set()
+        self._changed.set()
+
+
+def _container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name)
+
+
+def _repository(image: str) -> str:
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return name.rsplit(":", 1)[0] if ":" in last else name
+
+
+def _short(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
