@@ -310,6 +310,8 @@ def test_strategic_merge_patch_merges_containers_by_name(sim: RunningSimulator, 
     assert result.stdout.strip() == "deployment.apps/sidecar patched"
     containers = get_json(sim, "deployment", "sidecar")["spec"]["template"]["spec"]["containers"]
     assert [(c["name"], c["image"]) for c in containers] == [("app", f"{IMAGE}:v2"), ("proxy", f"{IMAGE}:proxy")]
+    # Once the rollout settles nothing else writes the object, so the same patch is a no-op.
+    assert sim.kubectl("rollout", "status", "deployment/sidecar", "--timeout=20s").returncode == 0
     again = sim.kubectl("patch", "deployment", "sidecar", "-p", json.dumps(patch))
     assert again.stdout.strip() == "deployment.apps/sidecar patched (no change)"
     merge = sim.kubectl("patch", "deployment", "sidecar", "--type=merge", "-p", json.dumps(patch))
@@ -458,3 +460,97 @@ def test_the_python_client_reads_patches_lists_and_watches(sim: RunningSimulator
     with pytest.raises(ApiException) as raised:
         apps.read_namespaced_deployment("missing", "default")
     assert raised.value.status == 404
+
+
+# --- the Docker kubelet: real engine, real registry, the test bed's images -------------
+
+DOCKER_ARGS = ["--backoff-base", "1", "--backoff-cap", "2"]
+
+
+@pytest.fixture(scope="module")
+def docker_sim(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, registry: str) -> Iterator[RunningSimulator]:
+    with running_simulator(tmp_path_factory.mktemp("kube-sim-docker"), "docker", DOCKER_ARGS) as running:
+        yield running
+
+
+def container_state(sim: RunningSimulator, app: str) -> dict[str, Any]:
+    pods = pods_of(sim, app)
+    return pods[0]["status"].get("containerStatuses", [{}])[0] if pods else {}
+
+
+def test_docker_kubelet_runs_pods_on_the_engine_and_reports_the_pulled_digest(
+    docker_sim: RunningSimulator, registry: str, docker_client: Any
+) -> None:
+    image = f"{registry}/rollout-test/app:checked"
+    assert docker_sim.kubectl("create", "deployment", "dgood", f"--image={image}", "--replicas=2").returncode == 0
+    status = docker_sim.kubectl("rollout", "status", "deployment/dgood", "--timeout=60s")
+    assert status.returncode == 0, status.stderr
+    pods = pods_of(docker_sim, "dgood")
+    image_ids = {p["status"]["containerStatuses"][0]["imageID"] for p in pods}
+    assert len(image_ids) == 1
+    image_id = image_ids.pop()
+    assert image_id.startswith(f"docker-pullable://{registry}/rollout-test/app@sha256:")
+    container_id = pods[0]["status"]["containerStatuses"][0]["containerID"].removeprefix("docker://")
+    container = docker_client.containers.get(container_id)
+    assert container.attrs["HostConfig"]["NetworkMode"] == "none"
+    assert container.attrs["State"]["Health"]["Status"] == "healthy"
+    # Pinning the Deployment to the digest it reported rolls out to that exact image.
+    pinned = image_id.removeprefix("docker-pullable://")
+    assert docker_sim.kubectl("set", "image", "deployment/dgood", f"app={pinned}").returncode == 0
+    assert docker_sim.kubectl("rollout", "status", "deployment/dgood", "--timeout=60s").returncode == 0
+    assert {p["status"]["containerStatuses"][0]["imageID"] for p in pods_of(docker_sim, "dgood")} == {image_id}
+
+
+def test_docker_kubelet_crashing_image_misses_the_deadline_and_undo_recovers(
+    docker_sim: RunningSimulator, registry: str, tmp_path: Path
+) -> None:
+    manifest = deployment_manifest("dcrash", f"{registry}/rollout-test/app:good1", replicas=1, progressDeadlineSeconds=6)
+    create(docker_sim, tmp_path, manifest)
+    assert docker_sim.kubectl("rollout", "status", "deployment/dcrash", "--timeout=60s").returncode == 0
+    assert docker_sim.kubectl("set", "image", "deployment/dcrash", f"app={registry}/rollout-test/app:crash").returncode == 0
+    status = docker_sim.kubectl("rollout", "status", "deployment/dcrash", "--timeout=90s")
+    assert status.returncode == 1
+    assert 'deployment "dcrash" exceeded its progress deadline' in status.stderr
+
+    def crashing() -> dict[str, Any]:
+        for pod in pods_of(docker_sim, "dcrash"):
+            state = pod["status"].get("containerStatuses", [{}])[0]
+            if state.get("image", "").endswith(":crash") and state.get("state", {}).get("waiting", {}).get("reason") == "CrashLoopBackOff":
+                return state
+        return {}
+
+    state = wait_for(crashing, timeout=30, what="CrashLoopBackOff")
+    assert state["restartCount"] >= 1
+    assert state["lastState"]["terminated"]["exitCode"] == 1
+    assert docker_sim.kubectl("rollout", "undo", "deployment/dcrash").returncode == 0
+    assert docker_sim.kubectl("rollout", "status", "deployment/dcrash", "--timeout=60s").returncode == 0
+    wait_for(lambda: images_of_pods(docker_sim, "dcrash") == {f"{registry}/rollout-test/app:good1"}, what="only good1 pods")
+
+
+def test_docker_kubelet_unpullable_and_never_ready_images(docker_sim: RunningSimulator, registry: str) -> None:
+    missing = f"{registry}/rollout-test/app:kube-sim-no-such-tag"
+    assert docker_sim.kubectl("create", "deployment", "dmissing", f"--image={missing}").returncode == 0
+    assert docker_sim.kubectl("create", "deployment", "dnever", f"--image={registry}/rollout-test/app:never-ready").returncode == 0
+    assert docker_sim.kubectl("create", "deployment", "dsick", f"--image={registry}/rollout-test/app:unhealthy-check").returncode == 0
+    wait_for(
+        lambda: container_state(docker_sim, "dmissing").get("state", {}).get("waiting", {}).get("reason") == "ImagePullBackOff",
+        timeout=30,
+        what="ImagePullBackOff",
+    )
+    wait_for(lambda: container_state(docker_sim, "dnever").get("started"), timeout=30, what="never-ready to start")
+    wait_for(lambda: container_state(docker_sim, "dsick").get("started"), timeout=30, what="unhealthy-check to start")
+    status = docker_sim.kubectl("rollout", "status", "deployment/dnever", "--timeout=3s")
+    assert status.returncode == 1 and "timed out waiting for the condition" in status.stderr
+    for app in ("dnever", "dsick"):
+        state = container_state(docker_sim, app)
+        assert state["state"].get("running") and not state["ready"]
+
+
+def test_stopping_the_simulator_removes_its_containers(tmp_path: Path, docker_client: Any, registry: str) -> None:
+    with running_simulator(tmp_path, "docker", DOCKER_ARGS) as sim:
+        assert sim.kubectl("create", "deployment", "dstop", f"--image={registry}/rollout-test/app:good1").returncode == 0
+        assert sim.kubectl("rollout", "status", "deployment/dstop", "--timeout=60s").returncode == 0
+        owner = f"kube-sim-{sim.process.pid}"
+        assert docker_client.containers.list(filters={"label": f"kube-sim.owner={owner}"})
+    assert sim.process.returncode == 0
+    assert docker_client.containers.list(all=True, filters={"label": f"kube-sim.owner={owner}"}) == []
