@@ -36,9 +36,11 @@ class Fault:
     status: int = 503
     retry_after: str | None = None
     delay: float = 0.0
+    path_contains: str | None = None  # only requests whose path contains this (e.g. one digest)
 
-    def matches(self, method: str, kind: str) -> bool:
-        return (self.kind is None or self.kind == kind) and (self.method is None or self.method == method)
+    def matches(self, method: str, kind: str, path: str = "") -> bool:
+        return ((self.kind is None or self.kind == kind) and (self.method is None or self.method == method)
+                and (self.path_contains is None or self.path_contains in path))
 
 
 def request_kind(path: str) -> str:
@@ -96,12 +98,12 @@ class RegistryProxy:
         with self._lock:
             return self.request_counts[(method, kind)]
 
-    def take_fault(self, method: str, kind: str) -> Fault | None:
+    def take_fault(self, method: str, kind: str, path: str = "") -> Fault | None:
         """Count the request and hand out the first fault it triggers, if any."""
         with self._lock:
             self.request_counts[(method, kind)] += 1
             for fault in self.faults:
-                if fault.matches(method, kind):
+                if fault.matches(method, kind, path):
                     if fault.times is not None:
                         fault.times -= 1
                         if fault.times <= 0:
@@ -171,7 +173,7 @@ def _handler_for(proxy: RegistryProxy) -> type[BaseHTTPRequestHandler]:
         def handle_any(self) -> None:
             kind = request_kind(self.path)
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            fault = proxy.take_fault(self.command, kind)
+            fault = proxy.take_fault(self.command, kind, self.path)
             if fault is not None and fault.action == "reset":
                 return self.reset_connection()
             if fault is not None and fault.action == "status":

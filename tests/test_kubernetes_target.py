@@ -1,0 +1,219 @@
+"""End to end on Kubernetes: `rollout deploy` against the API simulator whose kubelet runs
+pods on the real Docker engine, pulling from the real registry."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from conftest import APP_IMAGE, REGISTRY, ROLLOUT, free_port
+from kube_sim.harness import RunningSimulator, running_simulator
+from support.proxy import Fault, start_proxy
+
+SIDECAR = f"{REGISTRY}/rollout-test/sidecar:v1"
+
+
+@pytest.fixture(scope="module")
+def kube(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, registry: str) -> Iterator[RunningSimulator]:
+    # Kubernetes' real back-off (10 s, doubling): rollout must not need to wait it out.
+    with running_simulator(tmp_path_factory.mktemp("kube"), "docker") as sim:
+        yield sim
+
+
+def digest_of(docker_client: Any, tag: str) -> str:
+    image = docker_client.images.get(f"{APP_IMAGE}:{tag}")
+    return next(d.split("@")[1] for d in image.attrs["RepoDigests"] if d.startswith(APP_IMAGE + "@"))
+
+
+class KubeProject:
+    def __init__(self, root: Path, sim: RunningSimulator, image: str = APP_IMAGE, replicas: int = 2,
+                 pull_policy: str = "IfNotPresent", command: list[str] | None = None) -> None:
+        self.root = root
+        self.sim = sim
+        self.name = f"k{uuid.uuid4().hex[:8]}"
+        self.image = image
+        manifest = {
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": self.name, "labels": {"app": self.name}},
+            "spec": {
+                "replicas": replicas, "selector": {"matchLabels": {"app": self.name}},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                "template": {"metadata": {"labels": {"app": self.name}}, "spec": {"containers": [
+                    {"name": "app", "image": f"{image}:good1", "imagePullPolicy": pull_policy,
+                     "env": [{"name": "PORT", "value": "8080"}], **({"command": command} if command else {})},
+                    {"name": "sidecar", "image": SIDECAR, "env": [{"name": "PORT", "value": "8081"}]},
+                ]}},
+            },
+        }
+        path = root / "deployment.json"
+        path.write_text(json.dumps(manifest))
+        created = sim.kubectl("create", "-f", str(path), "--validate=false")
+        assert created.returncode == 0, created.stderr
+        assert sim.kubectl("rollout", "status", f"deployment/{self.name}", "--timeout=90s").returncode == 0
+        self.write_config()
+
+    def write_config(self, timeout: float = 60, extra: str = "") -> None:
+        (self.root / "rollout.toml").write_text(f"""
+[apps.web]
+image = "{self.image}"
+
+[apps.web.health]
+timeout = {timeout}
+interval = 1
+stable = 2
+
+[[apps.web.targets]]
+name = "cluster"
+kind = "kubernetes"
+kubeconfig = "{self.sim.kubeconfig}"
+deployment = "{self.name}"
+{extra}
+""")
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {"ROLLOUT_CONFIG": str(self.root / "rollout.toml"), "PATH": "/usr/bin:/bin"}
+        return subprocess.run([*ROLLOUT, *args], capture_output=True, text=True, env=env, timeout=300,
+                              stdin=subprocess.DEVNULL)
+
+    def deployment(self) -> dict[str, Any]:
+        result = self.sim.kubectl("get", "deployment", self.name, "-o", "json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def images(self) -> dict[str, str]:
+        containers = self.deployment()["spec"]["template"]["spec"]["containers"]
+        return {c["name"]: c["image"] for c in containers}
+
+    def history(self) -> list[dict[str, Any]]:
+        return json.loads(self.run("history", "--json", "-n", "100").stdout)
+
+
+def events(root: Path, entry_id: int) -> dict[str, datetime]:
+    conn = sqlite3.connect(root / "state" / "ledger.db")
+    rows = conn.execute("SELECT event, at FROM events WHERE entry_id = ? ORDER BY id", [entry_id]).fetchall()
+    return {event: datetime.fromisoformat(at) for event, at in rows}
+
+
+def test_good_deploy_pins_the_digest_and_shows_in_kubectl_history(kube: RunningSimulator, tmp_path: Path, docker_client: Any) -> None:  # noqa: E501
+    project = KubeProject(tmp_path, kube)
+    result = project.run("deploy", "web:good2")
+    assert result.returncode == 0, result.stderr
+    digest = digest_of(docker_client, "good2")
+    images = project.images()
+    assert images == {"app": f"{APP_IMAGE}@{digest}", "sidecar": SIDECAR}  # sidecar untouched
+    annotations = project.deployment()["metadata"]["annotations"]
+    [entry] = project.history()
+    assert annotations["rollout/ledger-id"] == str(entry["id"])
+    assert f"(ledger #{entry['id']})" in annotations["kubernetes.io/change-cause"]
+    status = json.loads(project.run("status", "--json").stdout)
+    assert status["targets"][0]["digest"] == digest and status["targets"][0]["in_sync"] is True
+    history = kube.kubectl("rollout", "history", f"deployment/{project.name}")
+    assert f"(ledger #{entry['id']})" in history.stdout
+
+
+def test_crash_looping_release_is_caught_in_seconds_and_reverted(kube: RunningSimulator, tmp_path: Path, docker_client: Any) -> None:  # noqa: E501
+    project = KubeProject(tmp_path, kube)
+    assert project.run("deploy", "web:good2").returncode == 0
+    result = project.run("deploy", "web:crash")
+    assert result.returncode == 1, result.stderr
+    assert "CrashLoopBackOff" in result.stderr or "restarted" in result.stderr
+    revert, failed, good = project.history()
+    assert failed["status"] == "failed" and revert["kind"] == "revert" and revert["reverts_to"] == good["id"]
+    assert project.images()["app"] == f"{APP_IMAGE}@{digest_of(docker_client, 'good2')}"
+    assert kube.kubectl("rollout", "status", f"deployment/{project.name}", "--timeout=5s").returncode == 0
+    # From starting to watch the crashing release to deciding to revert.
+    failed_events = events(tmp_path, failed["id"])
+    detection = (events(tmp_path, revert["id"])["recorded"] - failed_events["status:verifying"]).total_seconds()
+    print(f"\nkubernetes crash-loop detection: {detection:.2f}s from verify start to revert start")
+    assert detection < 60  # progressDeadlineSeconds defaults to 600: we must not be waiting on it
+    history = kube.kubectl("rollout", "history", f"deployment/{project.name}").stdout
+    assert f"(ledger #{failed['id']})" in history and f"(ledger #{revert['id']})" in history
+
+
+def test_unpullable_release_is_caught_and_reverted(kube: RunningSimulator, tmp_path: Path, docker_client: Any) -> None:
+    proxy = start_proxy(REGISTRY)
+    try:
+        image = f"{proxy.host}/rollout-test/app"
+        project = KubeProject(tmp_path, kube, image=image, pull_policy="Always")
+        assert project.run("deploy", "web:good2").returncode == 0
+        # The registry still answers rollout's HEAD, but the cluster cannot pull the release.
+        good3 = digest_of(docker_client, "good3")
+        proxy.inject(Fault("status", kind="manifest", method="GET", times=None, status=404, path_contains=good3))
+        result = project.run("deploy", "web:good3")
+        assert result.returncode == 1, result.stderr
+        assert "ErrImagePull" in result.stderr or "ImagePullBackOff" in result.stderr
+        assert project.images()["app"] == f"{image}@{digest_of(docker_client, 'good2')}"
+        assert project.history()[0]["kind"] == "revert"
+    finally:
+        proxy.close()
+
+
+def test_a_digest_absent_from_the_registry_is_refused_before_anything_changes(kube: RunningSimulator, tmp_path: Path) -> None:  # noqa: E501
+    project = KubeProject(tmp_path, kube)
+    before = project.images()
+    result = project.run("deploy", "web@sha256:" + "0" * 64)
+    assert result.returncode == 2, result.stderr
+    assert project.images() == before and project.history() == []
+
+
+def test_never_ready_release_fails_at_the_health_timeout(kube: RunningSimulator, tmp_path: Path) -> None:
+    project = KubeProject(tmp_path, kube)
+    project.write_config(timeout=8)
+    assert project.run("deploy", "web:good2").returncode == 0
+    result = project.run("deploy", "web:never-ready")
+    assert result.returncode == 1, result.stderr
+    assert "not healthy within 8s" in result.stderr
+    assert project.images()["app"].endswith(project.history()[-1]["digest"])
+
+
+def test_paused_or_empty_deployment_is_refused(kube: RunningSimulator, tmp_path: Path) -> None:
+    project = KubeProject(tmp_path, kube, replicas=1)
+    assert kube.kubectl("rollout", "pause", f"deployment/{project.name}").returncode == 0
+    result = project.run("deploy", "web:good2")
+    assert result.returncode == 2 and "paused" in result.stderr
+    assert kube.kubectl("rollout", "resume", f"deployment/{project.name}").returncode == 0
+    assert kube.kubectl("scale", f"deployment/{project.name}", "--replicas=0").returncode == 0
+    result = project.run("deploy", "web:good2")
+    assert result.returncode == 2 and "scaled to 0" in result.stderr
+    failed = [e for e in project.history() if e["status"] != "failed"]
+    assert failed == []  # nothing was applied
+
+
+def test_mixed_docker_and_kubernetes_targets_revert_together(kube: RunningSimulator, tmp_path: Path, docker_client: Any) -> None:  # noqa: E501
+    container = f"rt-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    # The cluster's pods run a start script that refuses good3 (say, a config the cluster has and the
+    # docker host has not): the same release is healthy on the docker host and crashes on Kubernetes.
+    command = ["sh", "-c", "grep -q good3 /www/version && exit 1; exec httpd -f -p 127.0.0.1:$PORT -h /www"]
+    project = KubeProject(tmp_path, kube, command=command)
+    project.write_config(extra=f"""
+[[apps.web.targets]]
+name = "host"
+kind = "docker"
+container = "{container}"
+network = "host"
+env = {{ PORT = "{port}" }}
+[apps.web.targets.health]
+http = "http://127.0.0.1:{port}/health"
+""")
+    try:
+        assert project.run("deploy", "web:good1").returncode == 0
+        good1 = f"{APP_IMAGE}@{digest_of(docker_client, 'good1')}"
+        result = project.run("deploy", "web:good3")
+        assert result.returncode == 1, result.stderr
+        assert "[host] running, http 200" in result.stderr  # the docker host alone was fine
+        assert project.images()["app"] == good1
+        assert docker_client.containers.get(container).attrs["Config"]["Image"] == good1
+        assert project.run("status", "--json").returncode == 0
+        revert, failed, _ = project.history()
+        assert revert["kind"] == "revert" and revert["status"] == "healthy" and failed["status"] == "failed"
+    finally:
+        for leftover in docker_client.containers.list(all=True, filters={"name": container}):
+            leftover.remove(force=True)
