@@ -149,13 +149,23 @@ def remove_condition(status: Obj, kind: str) -> None:
     status["conditions"] = [c for c in status.get("conditions") or [] if c.get("type") != kind]
 
 
+_last_nanos = 0
+
+
+def _unique_nanos() -> int:
+    global _last_nanos
+    _last_nanos = max(time.time_ns(), _last_nanos + 1)
+    return _last_nanos
+
+
 def record_event(store: Store, rt: ResourceType, obj: Obj, event_type: str, reason: str, message: str, component: str) -> None:
     meta = obj["metadata"]
     now = now_rfc3339()
     event = {
         "kind": "Event",
         "apiVersion": "v1",
-        "metadata": {"name": f"{meta['name']}.{random.getrandbits(64):016x}", "namespace": meta.get("namespace", "default")},
+        # Named like the real recorder (name + hex nanoseconds), so names sort by time.
+        "metadata": {"name": f"{meta['name']}.{_unique_nanos():x}", "namespace": meta.get("namespace", "default")},
         "involvedObject": {
             "kind": rt.kind,
             "namespace": meta.get("namespace", ""),

@@ -106,10 +106,10 @@ class PodWorker:
         self.started = time.time()
         self.thread = threading.Thread(target=self._loop, name=f"pod-{self.name}", daemon=True)
 
-    def _event(self, event_type: str, reason: str, message: str, container: str | None = None) -> None:
+    def _event(self, event_type: str, reason: str, message: str, component: str = "kubelet") -> None:
         try:
             with self.store.lock:
-                record_event(self.store, PODS, self.pod, event_type, reason, message, "kubelet")
+                record_event(self.store, PODS, self.pod, event_type, reason, message, component)
         except ApiError:
             pass
 
@@ -142,7 +142,7 @@ class PodWorker:
         except ApiError:
             self.stop.set()
             return
-        self._event("Normal", "Scheduled", f"Successfully assigned {self.namespace}/{self.name} to {NODE_NAME}")
+        self._event("Normal", "Scheduled", f"Successfully assigned {self.namespace}/{self.name} to {NODE_NAME}", "default-scheduler")
 
     # -- container state machine --
 
