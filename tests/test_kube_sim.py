@@ -297,6 +297,49 @@ def test_revision_history_limit_removes_the_oldest_replicasets(sim: RunningSimul
     assert [line.split()[0] for line in history.stdout.splitlines()[2:] if line.strip()] == ["3", "4"]
 
 
+def test_recreate_scales_the_old_replicaset_down_before_the_new_one_up(sim: RunningSimulator, tmp_path: Path) -> None:
+    create(sim, tmp_path, deployment_manifest("recreated", f"{IMAGE}:v1", replicas=2, strategy={"type": "Recreate"}))
+    assert sim.kubectl("rollout", "status", "deployment/recreated", "--timeout=20s").returncode == 0
+    assert sim.kubectl("set", "image", "deployment/recreated", f"app={IMAGE}:v2").returncode == 0
+    assert sim.kubectl("rollout", "status", "deployment/recreated", "--timeout=20s").returncode == 0
+    assert images_of_pods(sim, "recreated") == {f"{IMAGE}:v2"}
+    events = get_json(sim, "events", "--field-selector", "involvedObject.name=recreated")["items"]
+    scaling = [e["message"] for e in sorted(events, key=lambda e: e["metadata"]["name"]) if e["reason"] == "ScalingReplicaSet"]
+    assert len(scaling) == 3
+    assert scaling[1].startswith("Scaled down replica set recreated-") and scaling[1].endswith("from 2 to 0")
+    assert scaling[2].startswith("Scaled up replica set recreated-") and scaling[2].endswith("from 0 to 2")
+
+
+def test_without_history_the_revision_still_counts_up(sim: RunningSimulator, tmp_path: Path) -> None:
+    create(sim, tmp_path, deployment_manifest("nohistory", f"{IMAGE}:v1", replicas=1, revisionHistoryLimit=0))
+    for tag in ("v2", "v3"):
+        assert sim.kubectl("set", "image", "deployment/nohistory", f"app={IMAGE}:{tag}").returncode == 0
+        assert sim.kubectl("rollout", "status", "deployment/nohistory", "--timeout=20s").returncode == 0
+    wait_for(lambda: len(get_json(sim, "replicasets", "-l", "app=nohistory")["items"]) == 1, what="old ReplicaSets removed")
+    deployment = get_json(sim, "deployment", "nohistory")
+    assert deployment["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "3"
+    undo = sim.kubectl("rollout", "undo", "deployment/nohistory")
+    assert undo.returncode == 1
+    assert 'no rollout history found for deployment "nohistory"' in undo.stderr
+
+
+def test_a_failed_request_leaves_the_connection_usable(sim: RunningSimulator) -> None:
+    import http.client
+    import urllib.parse
+
+    address = urllib.parse.urlsplit(sim.url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
+    body = json.dumps({"metadata": {"name": "x"}})
+    connection.request("POST", "/apis/apps/v1/namespaces/default/statefulsets", body, {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 404
+    response.read()
+    connection.request("GET", "/version")
+    response = connection.getresponse()
+    assert response.status == 200 and json.loads(response.read())["minor"] == "31"
+    connection.close()
+
+
 # --- patch types --------------------------------------------------------------------
 
 

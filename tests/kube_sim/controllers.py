@@ -348,7 +348,7 @@ class DeploymentSync:
                 existing = self._replace_rs(rs)
             if has_progress_deadline(self.d) and get_condition(self.status, "Progressing") is None:
                 set_condition(self.status, new_condition("Progressing", "True", "FoundNewReplicaSet", f'Found new replica set "{existing["metadata"]["name"]}"'))
-            self._sync_revision(new_revision if revision_of(existing) >= new_revision else revision_of(existing))
+            self._sync_revision(revision_of(existing))
             return existing, olds
         if not create:
             return None, olds
