@@ -143,9 +143,9 @@ def test_unpullable_release_is_caught_and_reverted(kube: RunningSimulator, tmp_p
         image = f"{proxy.host}/rollout-test/app"
         project = KubeProject(tmp_path, kube, image=image, pull_policy="Always")
         assert project.run("deploy", "web:good2").returncode == 0
-        # The registry still answers rollout's HEAD, but the cluster cannot pull the release.
+        # The registry still resolves the tag for rollout, but the cluster cannot pull the digest.
         good3 = digest_of(docker_client, "good3")
-        proxy.inject(Fault("status", kind="manifest", method="GET", times=None, status=404, path_contains=good3))
+        proxy.inject(Fault("status", kind="manifest", times=None, status=404, path_contains=good3))
         result = project.run("deploy", "web:good3")
         assert result.returncode == 1, result.stderr
         assert "ErrImagePull" in result.stderr or "ImagePullBackOff" in result.stderr
