@@ -69,3 +69,17 @@ class LockHeld(RolloutError):
 
 class LedgerError(UserError):
     """The ledger file is unreadable, corrupted, or from a newer schema."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: stop waiting, put the last healthy release back, exit 128 + signal.
+
+    A BaseException so that no `except Exception` on the way swallows it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(signal.Signals(signum).name)

@@ -7,6 +7,7 @@ all I/O lives in rollout.registry, rollout.ledger and rollout.targets.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -15,6 +16,7 @@ from rollout import ledger as L
 from rollout.config import AppConfig, HealthPolicy
 from rollout.errors import (
     EXIT_OK,
+    Interrupted,
     EXIT_REVERTED,
     EXIT_UNRECOVERED,
     RetagRefused,
@@ -26,7 +28,7 @@ from rollout.errors import (
 from rollout.health import Verdict
 from rollout.ledger import Entry, Ledger, NewEntry
 from rollout.reference import Reference
-from rollout.targets import Release, Running, Target, Watch
+from rollout.targets import Observation, Release, Running, Target, Watch
 
 
 class Resolver(Protocol):
@@ -76,6 +78,7 @@ class Orchestrator:
         self.verifier = verifier
         self.reporter = reporter
         self.policies = {t.name: t.health for t in app.targets}
+        self._cancelled = threading.Event()
 
     # -- public operations ---------------------------------------------------
 
@@ -136,7 +139,53 @@ class Orchestrator:
 
     # -- the state machine ---------------------------------------------------
 
+    def recover(self, reason: str = "the rollout that was running it stopped before finishing") -> Outcome | None:
+        """Finish what a dead or interrupted rollout left behind. Call it holding the app's lock.
+
+        Rule: every unfinished entry becomes `interrupted`; then each target that does not
+        run the app's newest healthy digest is reverted to it, as a revert entry verified like
+        a deploy. An unverified release is never kept, however far it got.
+        """
+        abandoned = self.ledger.unfinished(self.app.name)
+        if not abandoned:
+            return None
+        for entry in abandoned:
+            self.ledger.set_status(entry.id, L.INTERRUPTED, error=f"interrupted: {reason}")
+            self.reporter.warn(f"#{entry.id} ({entry.kind} {_label(entry)}) was interrupted: {reason}")
+        good = self.ledger.current(self.app.name)
+        if good is None:
+            self.reporter.warn(f"{self.app.name} has no healthy entry to return to: targets left as they are")
+            return None
+        running = self._check_reachable()
+        off = [t for t in self.targets if not running[t.name].serves(good.digest)]
+        if not off:
+            self.reporter.info(f"every target already runs #{good.id} {_label(good)}")
+            return None
+        revert = self.ledger.record(NewEntry(
+            app=self.app.name, repository=good.repository, tag=good.tag, digest=good.digest, kind=L.REVERT,
+            previous_id=abandoned[-1].id, reverts_to=good.id,
+            reason=f"recovery: #{', #'.join(str(e.id) for e in abandoned)} interrupted",
+        ))
+        self.reporter.warn(f"restoring #{good.id} {_label(good)} on {', '.join(t.name for t in off)} as #{revert.id}")
+        self._cancelled.clear()
+        back = self._attempt(revert, off)
+        if back.failures:
+            return Outcome(EXIT_UNRECOVERED, self.ledger.get(revert.id),
+                           message=f"REVERT FAILED: #{revert.id} could not restore #{good.id} ({back.reason}): act now")
+        return Outcome(EXIT_OK, self.ledger.get(revert.id), message=f"restored #{good.id} {_label(good)}")
+
     def _run(self, entry: Entry) -> Outcome:
+        try:
+            return self._run_uninterrupted(entry)
+        except Interrupted as stop:
+            self._cancelled.set()
+            self.reporter.warn(f"{stop}: stopping, putting the last healthy release back")
+            outcome = self.recover(reason=f"{stop} received")
+            if outcome is not None:
+                self.reporter.warn(outcome.message)
+            raise
+
+    def _run_uninterrupted(self, entry: Entry) -> Outcome:
         attempt = self._attempt(entry, self.targets)
         if not attempt.failures:
             return Outcome(EXIT_OK, self.ledger.get(entry.id), message=f"#{entry.id} healthy")
@@ -208,7 +257,7 @@ class Orchestrator:
     def _verify_all(self, targets: list[Target], release: Release) -> list[Verdict]:
         def one(target: Target) -> Verdict:
             try:
-                watch = target.watch(release)
+                watch = _Cancellable(target.watch(release), self._cancelled)
             except Exception as exc:  # noqa: BLE001 - a target we cannot watch is not healthy
                 return Verdict(False, f"cannot watch: {_one_line(exc)}", 0.0)
             try:
@@ -221,8 +270,12 @@ class Orchestrator:
 
         if len(targets) == 1:
             return [one(targets[0])]
-        with ThreadPoolExecutor(max_workers=len(targets)) as pool:
+        # Not `with`: on SIGINT the main thread must not wait for the verifiers to time out.
+        pool = ThreadPoolExecutor(max_workers=len(targets))
+        try:
             return list(pool.map(one, targets))
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _check_reachable(self) -> dict[str, Running]:
         running = {}
@@ -241,6 +294,26 @@ class Orchestrator:
         except Exception as exc:  # noqa: BLE001 - best effort while already handling a failure
             self.reporter.warn(f"{_one_line(exc)}")
             return None
+
+
+class _Cancellable:
+    """A Watch that reports failure at once when the rollout is being interrupted."""
+
+    def __init__(self, watch: Watch, cancelled: threading.Event) -> None:
+        self.watch = watch
+        self.cancelled = cancelled
+
+    def observe(self) -> Observation:
+        if self.cancelled.is_set():
+            return Observation(False, "interrupted")
+        return self.watch.observe()
+
+    def wait(self, seconds: float) -> None:
+        if not self.cancelled.is_set():
+            self.watch.wait(seconds)
+
+    def close(self) -> None:
+        self.watch.close()
 
 
 def _label(entry: Entry) -> str:

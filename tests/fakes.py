@@ -213,8 +213,9 @@ class RecordingReporter:
 
 def scripted_verifier(watch: Watch, policy: HealthPolicy, progress: Callable[[str], None]) -> Verdict:
     """The real health.verify, on the scripted watch's own fake clock (targets verify in parallel)."""
-    assert isinstance(watch, ScriptedWatch)
-    return verify(watch, policy, clock=watch.clock, on_progress=progress)
+    scripted = getattr(watch, "watch", watch)  # the orchestrator wraps every watch to cancel it on SIGINT
+    assert isinstance(scripted, ScriptedWatch)
+    return verify(watch, policy, clock=scripted.clock, on_progress=progress)
 
 
 def app_config(target_names: tuple[str, ...] = ("local",), health: dict[str, Any] | None = None,

@@ -35,6 +35,10 @@ class Running:
     image: str | None
     digest: str | None
     detail: str = ""
+    active: bool = True  # False: the container exists but is not running
+
+    def serves(self, digest: str) -> bool:
+        return self.active and self.digest == digest
 
 
 @dataclass(frozen=True)

@@ -64,9 +64,9 @@ class DockerTarget:
     def running(self) -> Running:
         container = self._container(self.container_name)
         if container is None:
-            return Running(None, None, "no container")
+            return Running(None, None, "no container", active=False)
         image = container.attrs["Config"]["Image"]
-        return Running(image, self._digest_of(container), container.status)
+        return Running(image, self._digest_of(container), container.status, active=container.status == "running")
 
     def prepare(self, release: Release) -> None:
         try:
