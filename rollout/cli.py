@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Optional
+import signal
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
 
 import typer
 
 from rollout import config as configuration
-from rollout.errors import EXIT_INTERNAL, EXIT_UNREACHABLE, RolloutError, UserError
+from rollout.errors import EXIT_INTERNAL, EXIT_UNREACHABLE, Interrupted, RolloutError, UserError
 from rollout.output import Console, table
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -96,8 +98,12 @@ def deploy(
         cfg = _config()
         app_cfg, ref = parse_release(release, cfg)
         ledger = _ledger(cfg)
-        with lock.held(ledger, app_cfg.name, wait):
-            outcome = _orchestrator(cfg, app_cfg, ledger, console).deploy(ref, allow_retag=allow_retag, reason=reason)
+        with lock.held(ledger, app_cfg.name, wait), _signals_interrupt():
+            orchestrator = _orchestrator(cfg, app_cfg, ledger, console)
+            recovered = _recover(orchestrator, console)
+            if recovered is not None:
+                return recovered
+            outcome = orchestrator.deploy(ref, allow_retag=allow_retag, reason=reason)
         console.result(outcome.message)
         return outcome.exit_code
 
@@ -126,8 +132,12 @@ def revert(
                 target_entry = ledger.healthy_with_tag(app_cfg.name, to)
                 if target_entry is None:
                     raise UserError(f"no healthy entry of {app_cfg.name} with tag {to!r}: see `rollout history {app_cfg.name}`")
-        with lock.held(ledger, app_cfg.name, wait):
-            outcome = _orchestrator(cfg, app_cfg, ledger, console).revert(target_entry, reason=reason)
+        with lock.held(ledger, app_cfg.name, wait), _signals_interrupt():
+            orchestrator = _orchestrator(cfg, app_cfg, ledger, console)
+            recovered = _recover(orchestrator, console)
+            if recovered is not None:
+                return recovered
+            outcome = orchestrator.revert(target_entry, reason=reason)
         console.result(outcome.message)
         return outcome.exit_code
 
@@ -173,6 +183,7 @@ def status(
         ledger = _ledger(cfg)
         reports, unreachable = [], False
         for app_cfg in apps:
+            _recover_if_abandoned(cfg, app_cfg, ledger, console)
             current = ledger.current(app_cfg.name)
             targets = []
             for target_cfg in app_cfg.targets:
@@ -198,6 +209,64 @@ def status(
                          t.get("error") or t["image"] or "no container"] for t in report["targets"]]
                 console.out(head + "\n" + table(["TARGET", "DIGEST", "STATE", "IMAGE"], rows))
         return EXIT_UNREACHABLE if unreachable else 0
+
+    _run(run)
+
+
+@app.command()
+def rebuild(
+    app_name: Optional[str] = typer.Argument(None, metavar="[APP]"),
+    check_only: bool = typer.Option(False, "--check", help="Only report: exit 0 up to date, 10 a rebuild is due."),
+    no_deploy: bool = typer.Option(False, "--no-deploy", help="Build and push only."),
+    force: bool = typer.Option(False, "--force", help="Build even when the inputs are unchanged or failed before."),
+    wait: float = typer.Option(0.0, "--wait", metavar="SECONDS", help="Wait this long for another rollout's lock."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Rebuild, push and deploy the app's image when a base image or the build context changed."""
+    from rollout import rebuild as rebuilding
+
+    def run(console: Console) -> int:
+        cfg = _config()
+        app_cfg = cfg.app(app_name)
+        ledger = _ledger(cfg)
+        result = rebuilding.rebuild(
+            app_cfg, config_path=cfg.path, ledger=ledger, registry=_registry(cfg),
+            orchestrator=lambda: _orchestrator(cfg, app_cfg, ledger, console), engine=rebuilding.local_engine,
+            reporter=console, force=force, no_deploy=no_deploy, check_only=check_only, wait=wait)
+        if as_json:
+            console.json(result.to_json())
+        else:
+            console.result(result.message)
+        return result.exit_code
+
+    _run(run)
+
+
+@app.command()
+def check(
+    app_names: Optional[list[str]] = typer.Argument(None, metavar="[APP...]"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Report drift, re-pushed tags and changed build inputs; never builds. Exit 0 unchanged, 10 changed, 5 unreachable."""
+    from rollout import rebuild as rebuilding
+    from rollout.targets import open_target
+
+    def run(console: Console) -> int:
+        cfg = _config()
+        apps = [cfg.app(name) for name in app_names] if app_names else list(cfg.apps.values())
+        reports = rebuilding.check(apps, config_path=cfg.path, ledger=_ledger(cfg), registry=_registry(cfg),
+                                   open_target=open_target)
+        if as_json:
+            console.json([r.to_json() for r in reports])
+        for report in reports:
+            if not as_json:
+                state = "CHANGED" if report.changed else ("UNREACHABLE" if report.errors else "unchanged")
+                console.out(f"{report.app}: {state}")
+                for line in report.changes:
+                    console.out(f"{report.app}:   {line}")
+            for line in report.errors:
+                console.warn(f"{report.app}: cannot check: {line}")
+        return rebuilding.check_exit_code(reports)
 
     _run(run)
 
@@ -236,6 +305,49 @@ def lock_release(app_name: str = typer.Argument(..., metavar="APP")) -> None:
     _run(run)
 
 
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGINT/SIGTERM raise Interrupted, so the orchestrator can put the last healthy release back."""
+    from rollout.errors import Interrupted
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _recover(orchestrator: Any, console: Console) -> int | None:
+    """Finish an interrupted rollout first; None when there was nothing to do or it went well."""
+    outcome = orchestrator.recover()
+    if outcome is None or outcome.exit_code == 0:
+        if outcome is not None:
+            console.info(outcome.message)
+        return None
+    console.result(outcome.message)
+    return outcome.exit_code
+
+
+def _recover_if_abandoned(cfg: configuration.Config, app_cfg: configuration.AppConfig, ledger: Any,
+                          console: Console) -> None:
+    """`status` finishes an interrupted rollout too, unless a live rollout holds the app."""
+    from rollout import lock
+
+    if not ledger.unfinished(app_cfg.name):
+        return
+    lease = lock.try_acquire(ledger, app_cfg.name)
+    if lease is None:
+        return  # a rollout is running right now: its entry is not abandoned
+    try:
+        _recover(_orchestrator(cfg, app_cfg, ledger, console), console)
+    finally:
+        lock.release(ledger, lease)
+
+
 def _run(command: Any) -> None:
     import logging
 
@@ -249,6 +361,9 @@ def _run(command: Any) -> None:
     except KeyboardInterrupt:
         console.error("interrupted")
         code = 130
+    except Interrupted as stop:
+        console.error(f"interrupted by {stop}")
+        code = stop.exit_code
     except Exception as exc:  # noqa: BLE001 - a bug must still end in one line, not a traceback
         if os.environ.get("ROLLOUT_DEBUG"):
             raise
