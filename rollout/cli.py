@@ -229,10 +229,11 @@ def rebuild(
         cfg = _config()
         app_cfg = cfg.app(app_name)
         ledger = _ledger(cfg)
-        result = rebuilding.rebuild(
-            app_cfg, config_path=cfg.path, ledger=ledger, registry=_registry(cfg),
-            orchestrator=lambda: _orchestrator(cfg, app_cfg, ledger, console), engine=rebuilding.local_engine,
-            reporter=console, force=force, no_deploy=no_deploy, check_only=check_only, wait=wait)
+        with _signals_interrupt():
+            result = rebuilding.rebuild(
+                app_cfg, config_path=cfg.path, ledger=ledger, registry=_registry(cfg),
+                orchestrator=lambda: _orchestrator(cfg, app_cfg, ledger, console), engine=rebuilding.local_engine,
+                reporter=console, force=force, no_deploy=no_deploy, check_only=check_only, wait=wait)
         if as_json:
             console.json(result.to_json())
         else:

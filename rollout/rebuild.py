@@ -1,0 +1,527 @@
+"""Rebuild-and-deploy when an input changed, and the cron-friendly `check`.
+
+`rebuild` answers "did anything change?" from the build inputs (rollout.build):
+base image digests, resolved with one registry HEAD each, and the hash of the
+build context. When the build key matches the last build nothing is built,
+pushed or deployed. Otherwise the image is built with every external FROM pinned
+to the digest that was checked, pushed under a new unique tag (never over an
+existing one) and deployed through the Orchestrator (health, automatic revert).
+
+Every push is remembered as a `build:pushed` event in the ledger (with tag,
+digest, build key and base digests), so a build whose deploy failed, or one made
+with --no-deploy, is not built again for the same inputs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import tempfile
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol
+
+from rollout import ledger as L
+from rollout import lock
+from rollout.build import (
+    PINNED_DOCKERFILE,
+    BuildSettings,
+    ContextDigest,
+    Dockerfile,
+    build_context_tar,
+    build_key,
+    build_settings,
+    git_commit,
+    hash_context,
+    read_dockerfile,
+    render_tag,
+)
+from rollout.config import AppConfig
+from rollout.errors import (
+    EXIT_CHANGED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    RegistryUnreachable,
+    RolloutError,
+    TagNotFound,
+    Unreachable,
+    UserError,
+)
+from rollout.ledger import Entry, Ledger
+from rollout.orchestrator import Orchestrator
+from rollout.reference import Reference
+from rollout.targets import Target
+
+BUILD_EVENT = "build:pushed"
+BUILD_LOG_LINES = 20
+BUILD_TIMEOUT = 1800  # seconds the engine may take for one build or push
+
+UP_TO_DATE = "up-to-date"  # the last build has these inputs: nothing to do
+FAILED_BEFORE = "failed-before"  # these inputs were built and their deploy failed: not again without --force
+BUILD = "build"  # inputs changed: build, push, deploy
+DEPLOY_EXISTING = "deploy-existing"  # an image with these inputs exists (pushed, not running): deploy it
+
+
+class Resolver(Protocol):
+    def resolve(self, ref: Reference) -> str: ...
+
+    def exists(self, ref: Reference) -> bool: ...
+
+
+class Reporter(Protocol):
+    def info(self, message: str) -> None: ...
+
+    def warn(self, message: str) -> None: ...
+
+
+# -- inputs ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Everything that decides an app's build, as checked just now."""
+
+    settings: BuildSettings
+    dockerfile: Dockerfile
+    bases: tuple[tuple[Reference, str], ...]  # (base image as written, digest), Dockerfile order
+    context: ContextDigest
+    build_key: str
+
+    @property
+    def base_digests(self) -> dict[str, str]:
+        return {str(ref): digest for ref, digest in self.bases}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"build_key": self.build_key, "base_digests": self.base_digests, "context_digest": self.context.digest,
+                "context_files": self.context.files, "target": self.settings.target, "platform": self.settings.platform}
+
+    def describe(self) -> str:
+        bases = ", ".join(f"{ref} = {_short(digest)}" for ref, digest in self.bases) or "no external base image"
+        return f"bases {bases}; context {self.context.files} files {_short(self.context.digest)}; key {_short(self.build_key)}"
+
+
+def gather_inputs(app: AppConfig, config_path: Path | None, registry: Resolver) -> Inputs:
+    """Resolve every external base with one HEAD (a FROM already pinned by digest costs none) and hash the context."""
+    settings = build_settings(app.name, app.build, config_path)
+    dockerfile = read_dockerfile(settings.dockerfile, settings.build_args)
+    bases = tuple((ref, ref.digest or registry.resolve(ref)) for ref in dockerfile.bases(settings.target))
+    context = hash_context(settings)
+    key = build_key([(str(ref), digest) for ref, digest in bases], context.digest, settings.target, settings.platform)
+    return Inputs(settings, dockerfile, bases, context, key)
+
+
+# -- what the ledger remembers -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PushedBuild:
+    """One image rollout built and pushed (a `build:pushed` ledger event)."""
+
+    app: str
+    repository: str
+    tag: str
+    digest: str
+    build_key: str
+    base_digests: dict[str, str]
+    at: str
+    deploy: bool
+
+    @property
+    def image(self) -> str:
+        return f"{self.repository}:{self.tag}@{self.digest}"
+
+
+def pushed_builds(ledger: Ledger, app: str) -> list[PushedBuild]:
+    """The app's pushed builds, oldest first."""
+    rows = ledger.db.execute(
+        "SELECT at, detail FROM events WHERE entry_id IS NULL AND event = ? ORDER BY id", [BUILD_EVENT]
+    ).fetchall()
+    builds = []
+    for at, detail in rows:
+        values = json.loads(detail)
+        if values.get("app") == app:
+            builds.append(PushedBuild(at=at, **{k: values[k] for k in (
+                "app", "repository", "tag", "digest", "build_key", "base_digests", "deploy")}))
+    return builds
+
+
+def record_push(ledger: Ledger, build: PushedBuild) -> None:
+    detail = {k: v for k, v in asdict(build).items() if k != "at"}
+    ledger.event(None, BUILD_EVENT, detail)
+
+
+def rebuild_entries(ledger: Ledger, app: str, key: str) -> list[Entry]:
+    """The app's rebuild entries with this build key, newest first."""
+    cursor = ledger.db.execute(
+        "SELECT * FROM entries WHERE app = ? AND kind = ? AND build_key = ? ORDER BY id DESC", [app, L.REBUILD, key]
+    )
+    columns = [c[0] for c in cursor.description]
+    return [Entry.from_row(dict(zip(columns, row))) for row in cursor.fetchall()]
+
+
+def last_build_key(ledger: Ledger, app: str) -> tuple[str | None, dict[str, str]]:
+    """The build key and base digests of the app's last build (a push, or failing that a rebuild entry)."""
+    builds = pushed_builds(ledger, app)
+    if builds:
+        return builds[-1].build_key, builds[-1].base_digests
+    cursor = ledger.db.execute(
+        "SELECT build_key, base_digests FROM entries WHERE app = ? AND kind = ? ORDER BY id DESC LIMIT 1", [app, L.REBUILD]
+    )
+    row = cursor.fetchone()
+    return (row[0], json.loads(row[1] or "{}")) if row else (None, {})
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # UP_TO_DATE, FAILED_BEFORE, BUILD or DEPLOY_EXISTING
+    why: str
+    build: PushedBuild | None = None  # the earlier build with these inputs, if any
+    entry: Entry | None = None  # its newest rebuild entry, if any
+
+
+def decide(ledger: Ledger, app: str, key: str, *, force: bool = False, no_deploy: bool = False) -> Decision:
+    if force:
+        return Decision(BUILD, "--force")
+    builds = pushed_builds(ledger, app)
+    same = [b for b in builds if b.build_key == key]
+    entries = rebuild_entries(ledger, app, key)
+    entry = entries[0] if entries else None
+    build = same[-1] if same else None
+    if entry is None and build is None:
+        last = builds[-1].tag if builds else None
+        return Decision(BUILD, f"inputs changed since build {last}" if last else "never built")
+    if entry is not None and entry.status == L.FAILED:
+        return Decision(FAILED_BEFORE, f"these inputs were built as {entry.tag} and its deploy #{entry.id} failed"
+                        f" ({_clip(entry.error or 'no reason recorded')}): not rebuilding them; change an input,"
+                        " or pass --force to build and deploy again", build, entry)
+    is_last = bool(builds) and builds[-1].build_key == key
+    if entry is not None and entry.status == L.HEALTHY:
+        current = ledger.current(app)
+        if is_last or (current is not None and current.digest == entry.digest):
+            return Decision(UP_TO_DATE, f"build {entry.tag} (#{entry.id}) has these inputs", build, entry)
+        return Decision(DEPLOY_EXISTING, f"the inputs match build {entry.tag} (#{entry.id}) again", build, entry)
+    if entry is None and build is not None and no_deploy:
+        return Decision(UP_TO_DATE, f"build {build.tag} has these inputs (pushed, not deployed)", build)
+    tag = entry.tag if entry is not None else build.tag  # type: ignore[union-attr]
+    what = "was pushed but never deployed" if entry is None else f"deploy #{entry.id} did not finish ({entry.status})"
+    if no_deploy:
+        return Decision(UP_TO_DATE, f"build {tag} has these inputs ({what})", build, entry)
+    return Decision(DEPLOY_EXISTING, f"build {tag} has these inputs and {what}", build, entry)
+
+
+# -- rebuild -------------------------------------------------------------------------
+
+
+@dataclass
+class RebuildResult:
+    app: str
+    exit_code: int
+    action: str  # up-to-date, failed-before, rebuild-due, built, deployed, failed
+    message: str
+    inputs: Inputs | None = None
+    tag: str | None = None
+    digest: str | None = None
+    entry: Entry | None = None
+    revert: Entry | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"app": self.app, "exit_code": self.exit_code, "action": self.action, "message": self.message,
+                "inputs": self.inputs.to_json() if self.inputs else None, "tag": self.tag, "digest": self.digest,
+                "entry": self.entry.to_json() if self.entry else None,
+                "revert": self.revert.to_json() if self.revert else None}
+
+
+def rebuild(app: AppConfig, *, config_path: Path | None, ledger: Ledger, registry: Resolver,
+            orchestrator: Callable[[], Orchestrator], engine: Callable[[], Any], reporter: Reporter,
+            force: bool = False, no_deploy: bool = False, check_only: bool = False, wait: float = 0.0) -> RebuildResult:
+    """Build, push and deploy app's image when its inputs changed; otherwise change nothing.
+
+    The app's lock is held for the whole run (inputs, build, push, deploy), so two
+    overlapping runs never build twice: the second waits up to `wait` seconds, then
+    exits 4, or, having waited, finds the first one's build up to date.
+    """
+    if check_only:
+        return _plan(app, config_path, ledger, registry, force=force, no_deploy=no_deploy)[0]
+    with lock.held(ledger, app.name, wait):
+        if ledger.unfinished(app.name):
+            # A rollout that died left an entry half done: put the app back on its healthy release first.
+            recovered = orchestrator().recover()
+            if recovered is not None and recovered.exit_code != EXIT_OK:
+                return RebuildResult(app.name, recovered.exit_code, "failed", recovered.message,
+                                     entry=recovered.entry)
+        result, inputs, decision = _plan(app, config_path, ledger, registry, force=force, no_deploy=no_deploy)
+        if decision.action in (UP_TO_DATE, FAILED_BEFORE):
+            return result
+        if decision.action == DEPLOY_EXISTING:
+            tag, digest = _existing(decision)
+            reporter.info(f"{app.name}: {decision.why}: deploying it")
+            return _deploy(app, orchestrator, inputs, tag, digest, f"rebuild: {decision.why}")
+        tag = _new_tag(app, inputs, ledger, registry)
+        reporter.info(f"{app.name}: {decision.why}: building {app.image}:{tag} ({inputs.describe()})")
+        digest = build_and_push(engine(), app, inputs, tag, reporter)
+        record_push(ledger, PushedBuild(app.name, app.image, tag, digest, inputs.build_key, inputs.base_digests,
+                                        at=L.now_iso(), deploy=not no_deploy))
+        reporter.info(f"{app.name}: pushed {app.image}:{tag} as {digest}")
+        if no_deploy:
+            return RebuildResult(app.name, EXIT_OK, "built", f"built and pushed {app.image}:{tag} ({digest}), not deployed:"
+                                 f" `rollout deploy {app.name}:{tag}` deploys it", inputs, tag, digest)
+        return _deploy(app, orchestrator, inputs, tag, digest, f"rebuild: {decision.why}")
+
+
+def _plan(app: AppConfig, config_path: Path | None, ledger: Ledger, registry: Resolver, *,
+          force: bool, no_deploy: bool) -> tuple[RebuildResult, Inputs, Decision]:
+    inputs = gather_inputs(app, config_path, registry)
+    decision = decide(ledger, app.name, inputs.build_key, force=force, no_deploy=no_deploy)
+    checked = inputs.describe()
+    if decision.action == UP_TO_DATE:
+        result = RebuildResult(app.name, EXIT_OK, UP_TO_DATE, f"{app.name}: up to date: {decision.why}; checked {checked}", inputs)
+    elif decision.action == FAILED_BEFORE:
+        result = RebuildResult(app.name, EXIT_OK, FAILED_BEFORE, f"{app.name}: {decision.why}; checked {checked}", inputs,
+                               entry=decision.entry)
+    else:
+        result = RebuildResult(app.name, EXIT_CHANGED, "rebuild-due", f"{app.name}: a rebuild is due: {decision.why};"
+                               f" checked {checked}", inputs)
+    if decision.entry is not None or decision.build is not None:
+        result.tag, result.digest = _existing(decision)
+    return result, inputs, decision
+
+
+def _existing(decision: Decision) -> tuple[str, str]:
+    if decision.entry is not None and decision.entry.tag:
+        return decision.entry.tag, decision.entry.digest
+    assert decision.build is not None
+    return decision.build.tag, decision.build.digest
+
+
+def _deploy(app: AppConfig, orchestrator: Callable[[], Orchestrator], inputs: Inputs, tag: str, digest: str,
+            reason: str) -> RebuildResult:
+    ref = Reference(app.registry, app.repository, tag=tag, digest=digest)
+    outcome = orchestrator().deploy(ref, kind=L.REBUILD, build_key=inputs.build_key,
+                                    base_digests=inputs.base_digests, reason=reason)
+    action = "deployed" if outcome.exit_code == EXIT_OK else "failed"
+    return RebuildResult(app.name, outcome.exit_code, action, outcome.message, inputs, tag, digest,
+                         outcome.entry, outcome.revert)
+
+
+def _new_tag(app: AppConfig, inputs: Inputs, ledger: Ledger, registry: Resolver) -> str:
+    """Render the tag template; a tag already in the ledger or the registry is an error, never an overwrite."""
+    count = max(len(pushed_builds(ledger, app.name)), _rebuild_count(ledger, app.name))
+    git = git_commit(inputs.settings.context) if "{git}" in inputs.settings.tag else None
+    first_base = inputs.bases[0][1] if inputs.bases else None
+    tag = render_tag(inputs.settings.tag, n=count + 1, first_base_digest=first_base, git=git)
+    if ledger.digests_for_tag(app.name, tag):
+        raise UserError(f"tag {tag} of {app.name} is already in the ledger: tags are never reused;"
+                        f" make apps.{app.name}.build.tag unique per build (e.g. with {{n}})")
+    if registry.exists(Reference(app.registry, app.repository, tag=tag)):
+        raise UserError(f"{app.image}:{tag} already exists in the registry: tags are never overwritten;"
+                        f" make apps.{app.name}.build.tag unique per build (e.g. with {{n}})")
+    return tag
+
+
+def _rebuild_count(ledger: Ledger, app: str) -> int:
+    row = ledger.db.execute("SELECT COUNT(DISTINCT build_key) FROM entries WHERE app = ? AND kind = ?",
+                            [app, L.REBUILD]).fetchone()
+    return int(row[0])
+
+
+# -- build and push with the Docker SDK -----------------------------------------------
+
+
+def local_engine() -> Any:
+    """The Docker engine that builds: $DOCKER_HOST or the local socket."""
+    import docker
+
+    try:
+        client = docker.from_env(timeout=BUILD_TIMEOUT)
+        client.ping()
+        return client
+    except Exception as exc:  # noqa: BLE001 - the SDK raises many kinds for "no engine"
+        raise Unreachable(f"the Docker engine for builds is unreachable ({_one_line(exc)}): start it or set DOCKER_HOST") from None
+
+
+def build_labels(app: AppConfig, inputs: Inputs) -> dict[str, str]:
+    labels = {"rollout.build-key": inputs.build_key,
+              "org.opencontainers.image.created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    base = inputs.dockerfile.final_base(inputs.settings.target)
+    if base is not None:
+        labels["org.opencontainers.image.base.name"] = str(base)
+        labels["org.opencontainers.image.base.digest"] = inputs.base_digests[str(base)]
+    revision = git_commit(inputs.settings.context, short=False)
+    if revision:
+        labels["org.opencontainers.image.revision"] = revision
+    return labels
+
+
+def build_and_push(client: Any, app: AppConfig, inputs: Inputs, tag: str, reporter: Reporter) -> str:
+    """Build from exactly the hashed context with pinned FROMs, push app.image:tag; return the pushed digest."""
+    import docker.errors
+
+    settings = inputs.settings
+    pinned = inputs.dockerfile.pinned(inputs.base_digests)
+    image = f"{app.image}:{tag}"
+    with tempfile.TemporaryFile() as archive:
+        sent = build_context_tar(settings, pinned, archive)
+        if sent.digest != inputs.context.digest:
+            raise UserError(f"the build context {settings.context} changed while rollout read it: run again")
+        archive.seek(0)
+        options: dict[str, Any] = dict(
+            fileobj=archive, custom_context=True, dockerfile=PINNED_DOCKERFILE, tag=image,
+            labels=build_labels(app, inputs), buildargs=settings.build_args or None, target=settings.target,
+            platform=settings.platform, network_mode="host", rm=True, forcerm=True, pull=False, decode=True,
+        )
+        try:
+            _follow_build(client.api.build(**options), image, reporter)
+        except docker.errors.APIError as exc:
+            raise UserError(f"building {image} failed: {_one_line(exc)}") from None
+    try:
+        digest = _follow_push(client.api.push(app.image, tag=tag, stream=True, decode=True), image)
+    except docker.errors.APIError as exc:
+        raise RegistryUnreachable(f"pushing {image} failed: {_one_line(exc)}") from None
+    return digest
+
+
+def _follow_build(stream: Iterable[dict[str, Any]], image: str, reporter: Reporter) -> None:
+    recent: deque[str] = deque(maxlen=BUILD_LOG_LINES)
+    for chunk in stream:
+        if "error" in chunk or "errorDetail" in chunk:
+            error = chunk.get("error") or chunk.get("errorDetail", {}).get("message", "unknown error")
+            for line in recent:
+                reporter.warn(f"[build] | {line}")
+            raise UserError(f"building {image} failed: {_one_line(error)}")
+        for line in str(chunk.get("stream", "")).splitlines():
+            if line.strip():
+                recent.append(line.rstrip())
+                if line.startswith("Step "):
+                    reporter.info(f"[build] {line.strip()}")
+
+
+def _follow_push(stream: Iterable[dict[str, Any]], image: str) -> str:
+    digest = None
+    for chunk in stream:
+        if "error" in chunk or "errorDetail" in chunk:
+            error = chunk.get("error") or chunk.get("errorDetail", {}).get("message", "unknown error")
+            raise RegistryUnreachable(f"pushing {image} failed: {_one_line(error)}")
+        aux = chunk.get("aux")
+        if isinstance(aux, dict) and aux.get("Digest"):
+            digest = aux["Digest"]
+    if digest is None:
+        raise RegistryUnreachable(f"pushing {image} finished without the registry naming a digest")
+    return digest
+
+
+# -- check ---------------------------------------------------------------------------
+
+
+@dataclass
+class TargetState:
+    name: str
+    digest: str | None = None
+    image: str | None = None
+    in_sync: bool = False
+    error: str | None = None
+
+
+@dataclass
+class AppCheck:
+    app: str
+    current: Entry | None = None
+    targets: list[TargetState] = field(default_factory=list)
+    tag_digest: str | None = None  # what the registry says the current entry's tag points at now
+    inputs: Inputs | None = None
+    last_build_key: str | None = None
+    changes: list[str] = field(default_factory=list)  # one line each: what differs from the ledger
+    errors: list[str] = field(default_factory=list)  # what could not be looked at
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"app": self.app, "changed": self.changed, "changes": self.changes, "errors": self.errors,
+                "current": self.current.to_json() if self.current else None,
+                "targets": [asdict(t) for t in self.targets], "tag_digest": self.tag_digest,
+                "build": self.inputs.to_json() if self.inputs else None, "last_build_key": self.last_build_key}
+
+
+def check(apps: Iterable[AppConfig], *, config_path: Path | None, ledger: Ledger, registry: Resolver,
+          open_target: Callable[[Any, AppConfig], Target]) -> list[AppCheck]:
+    """For each app, compare what its targets run, its current tag and its build inputs with the ledger.
+
+    Never builds or changes anything; registry traffic is HEADs only: one for the current
+    tag and one per base image.
+    """
+    return [_check_app(app, config_path, ledger, registry, open_target) for app in apps]
+
+
+def check_exit_code(reports: list[AppCheck]) -> int:
+    """5 when something could not be looked at, else 10 when something changed, else 0."""
+    if any(r.errors for r in reports):
+        return EXIT_UNREACHABLE
+    return EXIT_CHANGED if any(r.changed for r in reports) else EXIT_OK
+
+
+def _check_app(app: AppConfig, config_path: Path | None, ledger: Ledger, registry: Resolver,
+               open_target: Callable[[Any, AppConfig], Target]) -> AppCheck:
+    report = AppCheck(app.name, current=ledger.current(app.name))
+    current = report.current
+    for target_config in app.targets:
+        state = TargetState(target_config.name)
+        try:
+            running = open_target(target_config, app).running()
+            state.digest, state.image = running.digest, running.image
+            state.in_sync = bool(current and running.digest == current.digest)
+            if current and not state.in_sync:
+                report.changes.append(f"target {state.name} runs {running.image or 'nothing'}, not #{current.id} {current.image}")
+        except Exception as exc:  # noqa: BLE001 - one broken target must not hide the others
+            state.error = _one_line(exc)
+            report.errors.append(f"target {state.name}: {state.error}")
+        report.targets.append(state)
+    if current is not None and current.tag:
+        try:
+            report.tag_digest = registry.resolve(Reference(app.registry, app.repository, tag=current.tag))
+            if report.tag_digest != current.digest:
+                report.changes.append(f"tag {current.tag} now points at {report.tag_digest}, not {current.digest} (#{current.id})")
+        except TagNotFound:
+            report.changes.append(f"tag {current.tag} of #{current.id} is gone from the registry")
+        except RolloutError as exc:
+            report.errors.append(_one_line(exc))
+    if app.build is not None:
+        _check_inputs(app, config_path, ledger, registry, report)
+    return report
+
+
+def _check_inputs(app: AppConfig, config_path: Path | None, ledger: Ledger, registry: Resolver, report: AppCheck) -> None:
+    try:
+        inputs = gather_inputs(app, config_path, registry)
+    except Unreachable as exc:
+        report.errors.append(_one_line(exc))
+        return
+    report.inputs = inputs
+    key, recorded_bases = last_build_key(ledger, app.name)
+    report.last_build_key = key
+    if key is None:
+        report.changes.append("never built: a rebuild is due")
+        return
+    if key == inputs.build_key:
+        return
+    moved = [f"base {name} now {digest} (was {recorded_bases.get(name) or 'not a base'})"
+             for name, digest in inputs.base_digests.items() if recorded_bases.get(name) != digest]
+    report.changes.extend(moved or ["build context, Dockerfile, build args, target or platform changed"])
+
+
+# -- small helpers -------------------------------------------------------------------
+
+
+def _short(digest: str) -> str:
+    return digest.split(":", 1)[-1][:12]
+
+
+def _clip(text: str, width: int = 100) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _one_line(exc: BaseException | str) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else (type(exc).__name__ if isinstance(exc, BaseException) else "")
