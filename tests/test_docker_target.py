@@ -134,7 +134,7 @@ def test_two_broken_releases_in_a_row_land_on_the_last_healthy_one(project: Proj
 def test_first_deploy_failing_has_nothing_to_revert_to(project: Project, docker_client) -> None:  # type: ignore[no-untyped-def]
     result = deploy(project, "crash")
     assert result.returncode == 3, result.stderr
-    assert "no healthy entry" in result.stderr
+    assert "no healthy entry" in result.stdout
     [entry] = project.history()
     assert entry["status"] == "failed"
     assert docker_client.containers.get(project.container).status != "running"
