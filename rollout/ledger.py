@@ -21,7 +21,7 @@ import sqlite_utils
 
 from rollout.errors import LedgerError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 PENDING, APPLYING, VERIFYING = "pending", "applying", "verifying"
 HEALTHY, FAILED, INTERRUPTED = "healthy", "failed", "interrupted"
@@ -77,7 +77,8 @@ CREATE TABLE IF NOT EXISTS locks (
     host TEXT NOT NULL,
     pid INTEGER NOT NULL,
     acquired_at TEXT NOT NULL,
-    expires_at REAL NOT NULL
+    expires_at REAL NOT NULL,
+    heartbeat_at TEXT
 );
 CREATE TRIGGER IF NOT EXISTS entries_identity_immutable
 BEFORE UPDATE OF id, app, repository, tag, digest, kind, previous_id, reverts_to, actor, reason, created_at, build_key, base_digests ON entries
@@ -105,6 +106,12 @@ CREATE TRIGGER IF NOT EXISTS events_no_delete
 BEFORE DELETE ON events
 BEGIN SELECT RAISE(ABORT, 'ledger events are append-only'); END;
 """
+
+
+# Each step takes a ledger from version N-1 to N; all pending steps run in one transaction.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: ("ALTER TABLE locks ADD COLUMN heartbeat_at TEXT",),
+}
 
 
 def now_iso() -> str:
@@ -380,6 +387,11 @@ def _ensure_schema(db: sqlite_utils.Database, path: Path) -> None:
         if version == SCHEMA_VERSION:
             return
         with _Transaction(db.conn):
+            if version is not None:
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS[step]:
+                        db.conn.execute(statement)
+            # Idempotent (IF NOT EXISTS): creates a new ledger, adds any new trigger to a migrated one.
             for statement in _statements(_SCHEMA):
                 db.conn.execute(statement)
             db.conn.execute(

@@ -30,6 +30,7 @@ class Lease:
     pid: int
     acquired_at: str
     expires_at: float
+    heartbeat_at: str | None = None
 
     def describe(self) -> str:
         return f"{self.holder} (pid {self.pid}, since {self.acquired_at})"
@@ -51,7 +52,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def read(ledger: Ledger, app: str | None = None) -> list[Lease]:
-    sql = "SELECT app, holder, host, pid, acquired_at, expires_at FROM locks"
+    sql = "SELECT app, holder, host, pid, acquired_at, expires_at, heartbeat_at FROM locks"
     params: list[str] = []
     if app is not None:
         sql += " WHERE app = ?"
@@ -68,10 +69,12 @@ def try_acquire(ledger: Ledger, app: str, lease_seconds: float = LEASE_SECONDS) 
             return None
         if held:
             ledger._event(None, "lock:taken-over", {"app": app, "from": held[0].holder, "pid": held[0].pid})
-        lease = Lease(app, default_actor(), socket.gethostname(), os.getpid(), now_iso(), now + lease_seconds)
+        started = now_iso()
+        lease = Lease(app, default_actor(), socket.gethostname(), os.getpid(), started, now + lease_seconds, started)
         conn.execute(
-            "INSERT OR REPLACE INTO locks (app, holder, host, pid, acquired_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
-            [lease.app, lease.holder, lease.host, lease.pid, lease.acquired_at, lease.expires_at],
+            "INSERT OR REPLACE INTO locks (app, holder, host, pid, acquired_at, expires_at, heartbeat_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [lease.app, lease.holder, lease.host, lease.pid, lease.acquired_at, lease.expires_at, lease.heartbeat_at],
         )
     return lease
 
@@ -95,8 +98,8 @@ def acquire(ledger: Ledger, app: str, wait: float = 0.0, lease_seconds: float = 
 def renew(ledger: Ledger, lease: Lease, lease_seconds: float = LEASE_SECONDS) -> bool:
     with ledger.transaction() as conn:
         cursor = conn.execute(
-            "UPDATE locks SET expires_at = ? WHERE app = ? AND pid = ? AND host = ?",
-            [time.time() + lease_seconds, lease.app, lease.pid, lease.host],
+            "UPDATE locks SET expires_at = ?, heartbeat_at = ? WHERE app = ? AND pid = ? AND host = ?",
+            [time.time() + lease_seconds, now_iso(), lease.app, lease.pid, lease.host],
         )
     return cursor.rowcount == 1
 
