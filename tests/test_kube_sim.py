@@ -6,11 +6,13 @@ for the Docker kubelet."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
+from conftest import need
 from kube_sim.harness import RunningSimulator, running_simulator, wait_for
 
 IMAGE = "127.0.0.1:5000/kube-sim-test/app"
@@ -23,6 +25,11 @@ RULES = [
     "--backoff-cap", "1",
     "--bookmark-interval", "0.5",
 ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kubectl_present() -> None:
+    need(shutil.which("kubectl") is not None, "kubectl")
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +83,9 @@ def images_of_pods(sim: RunningSimulator, app: str) -> set[str]:
 def test_kubectl_sees_a_1_31_server_with_the_modelled_resources(sim: RunningSimulator) -> None:
     version = sim.kubectl("version", "-o", "json")
     assert version.returncode == 0, version.stderr
-    assert json.loads(version.stdout)["serverVersion"]["gitVersion"] == "v1.31.0"
+    versions = json.loads(version.stdout)
+    assert versions["serverVersion"]["gitVersion"] == "v1.31.0"
+    assert versions["clientVersion"]["minor"] == "31"  # the dispatcher picked the matching client
     resources = sim.kubectl("api-resources", "--no-headers")
     assert resources.returncode == 0, resources.stderr
     names = {line.split()[0] for line in resources.stdout.splitlines()}
@@ -418,6 +427,22 @@ def test_watch_resumes_from_a_resource_version_with_bookmarks(sim: RunningSimula
     # Without a resourceVersion, a watch starts with the current state.
     fresh = sim.watch("/apis/apps/v1/namespaces/default/deployments?watch=1&fieldSelector=metadata.name%3Dwatched&timeoutSeconds=1")
     assert [e["type"] for e in fresh][:1] == ["ADDED"]
+
+
+def test_watches_for_kubectl_get_w_carry_table_rows(sim: RunningSimulator, tmp_path: Path) -> None:
+    import urllib.request
+
+    create(sim, tmp_path, deployment_manifest("tablewatch", f"{IMAGE}:v1", replicas=1))
+    request = urllib.request.Request(
+        sim.url + "/apis/apps/v1/namespaces/default/deployments?watch=1&fieldSelector=metadata.name%3Dtablewatch&timeoutSeconds=1",
+        headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        events = [json.loads(line) for line in response.read().decode().splitlines() if line.strip()]
+    first = events[0]["object"]
+    assert first["kind"] == "Table"
+    assert [c["name"] for c in first["columnDefinitions"]][:2] == ["Name", "Ready"]
+    assert first["rows"][0]["cells"][0] == "tablewatch"
 
 
 def test_a_watch_from_a_compacted_resource_version_is_gone(tmp_path: Path) -> None:

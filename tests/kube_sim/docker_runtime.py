@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,9 @@ LABEL_OWNER = "kube-sim.owner"
 LABEL_POD = "kube-sim.pod"
 # Stopping is capped so a test's cleanup never waits a pod's full grace period.
 MAX_STOP_SECONDS = 5
+# The kubelet learns that a container runs from its PLEG relist, once a second; a container
+# that dies at start (e.g. `exit 1`) is never seen running, so it must not flash Ready.
+PLEG_RELIST_SECONDS = 1.0
 
 
 def owner_label() -> str:
@@ -49,6 +53,7 @@ def _parse_docker_time(text: str) -> float:
 @dataclass
 class DockerHandle:
     container: Container
+    started: float
 
 
 class DockerRuntime:
@@ -105,7 +110,7 @@ class DockerRuntime:
             network_mode="none",
             labels={LABEL_OWNER: self.owner, LABEL_POD: f"{meta['namespace']}/{meta['name']}"},
         )
-        return DockerHandle(created), f"docker://{created.id}"
+        return DockerHandle(created, time.monotonic()), f"docker://{created.id}"
 
     def probe(self, handle: DockerHandle) -> Probe:
         try:
@@ -115,6 +120,8 @@ class DockerRuntime:
         state = handle.container.attrs.get("State") or {}
         if state.get("Running") or state.get("Status") in ("created", "restarting"):
             health = (state.get("Health") or {}).get("Status")
+            if health is None and time.monotonic() - handle.started < PLEG_RELIST_SECONDS:
+                health = "starting"
             return Probe(True, health)
         return Probe(False, exit_code=int(state.get("ExitCode", 0)), finished_at=_parse_docker_time(state.get("FinishedAt", "")))
 

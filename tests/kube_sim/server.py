@@ -411,6 +411,14 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def _write_event(self, event_type: str, obj: Obj) -> None:
+        table_for = getattr(self, "_table_watch", None)
+        if table_for is not None and event_type in ("ADDED", "MODIFIED", "DELETED"):
+            # `kubectl get -w` asks for Tables; like the real server, only the first event
+            # carries the column definitions.
+            obj = tables.to_table(table_for, obj, self._table_include)
+            if self._table_columns_sent:
+                obj["columnDefinitions"] = []
+            self._table_columns_sent = True
         self._write_chunk(json.dumps({"type": event_type, "object": obj}).encode() + b"\n")
 
     def _bookmark(self, route: Route, resource_version: int, initial_end: bool = False) -> None:
@@ -466,6 +474,9 @@ class Handler(BaseHTTPRequestHandler):
                 except ApiError as error:
                     gone = error
         self._streaming = True
+        self._table_watch = route.rt if tables.wants_table(self.headers.get("Accept", "")) else None
+        self._table_include = query.get("includeObject", "Metadata")
+        self._table_columns_sent = False
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
