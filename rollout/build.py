@@ -119,10 +119,21 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class CopyFrom:
+    """`COPY --from=IMAGE` naming an external image: as much an input as a FROM."""
+
+    stage: int  # index of the stage it is in
+    source: str  # the --from value as written
+    instruction: Instruction
+    base: Reference
+
+
+@dataclass(frozen=True)
 class Dockerfile:
     path: Path
     text: str
     stages: tuple[Stage, ...]
+    copies: tuple[CopyFrom, ...] = ()
 
     def stages_for(self, target: str | None) -> tuple[Stage, ...]:
         """The stages the classic builder runs for target: all of them up to it."""
@@ -135,11 +146,13 @@ class Dockerfile:
         raise UserError(f"{self.path}: no stage named {target!r} for build target: stages are {names}")
 
     def bases(self, target: str | None = None) -> list[Reference]:
-        """External base images, in Dockerfile order, each once."""
+        """External images (FROM and COPY --from) of the stages that are built, in Dockerfile order, each once."""
+        stages = self.stages_for(target)
+        uses = [(s.instruction.first_line, s.base) for s in stages if s.base is not None]
+        uses += [(c.instruction.first_line, c.base) for c in self.copies if c.stage < len(stages)]
         seen: dict[str, Reference] = {}
-        for stage in self.stages_for(target):
-            if stage.base is not None:
-                seen.setdefault(str(stage.base), stage.base)
+        for _, base in sorted(uses, key=lambda use: use[0]):
+            seen.setdefault(str(base), base)
         return list(seen.values())
 
     def final_base(self, target: str | None = None) -> Reference | None:
@@ -151,16 +164,23 @@ class Dockerfile:
         return stage.base if stage else None
 
     def pinned(self, digests: dict[str, str]) -> str:
-        """The Dockerfile text with every external FROM rewritten to name@digest, keeping flags and AS."""
+        """The Dockerfile text with every external FROM and COPY --from rewritten to name@digest.
+
+        Flags and stage names are kept; a rewritten instruction becomes one line.
+        """
+        rewritten: dict[Instruction, str] = {}
+        for stage in self.stages:
+            if stage.base is not None and str(stage.base) in digests:
+                words = ["FROM", *stage.flags, f"{stage.base.name}@{digests[str(stage.base)]}"]
+                rewritten[stage.instruction] = " ".join(words + (["AS", stage.name] if stage.name else []))
+        for copy in self.copies:
+            if str(copy.base) in digests:
+                flag = f"--from={copy.base.name}@{digests[str(copy.base)]}"
+                arguments = re.sub(r"(?i)--from=\S+", lambda _: flag, copy.instruction.arguments, count=1)
+                rewritten[copy.instruction] = f"{copy.instruction.keyword} {arguments}"
         lines = self.text.splitlines()
-        for stage in reversed(self.stages):
-            if stage.base is None:
-                continue
-            words = ["FROM", *stage.flags, f"{stage.base.name}@{digests[str(stage.base)]}"]
-            if stage.name:
-                words += ["AS", stage.name]
-            instruction = stage.instruction
-            lines[instruction.first_line : instruction.last_line + 1] = [" ".join(words)]
+        for instruction in sorted(rewritten, key=lambda i: i.first_line, reverse=True):
+            lines[instruction.first_line : instruction.last_line + 1] = [rewritten[instruction]]
         return "\n".join(lines) + "\n"
 
 
@@ -177,6 +197,7 @@ def parse_dockerfile(text: str, build_args: dict[str, str], path: Path = Path("D
     escape = _escape_directive(text)
     global_args: dict[str, str] = {}
     stages: list[Stage] = []
+    copies: list[CopyFrom] = []
     for instruction in instructions(text, escape):
         where = f"{path}:{instruction.first_line + 1}"
         if instruction.keyword == "ARG" and not stages:
@@ -190,9 +211,27 @@ def parse_dockerfile(text: str, build_args: dict[str, str], path: Path = Path("D
                     global_args.setdefault(name, "")
         elif instruction.keyword == "FROM":
             stages.append(_stage(instruction, len(stages), stages, global_args, escape, where))
+        elif instruction.keyword in ("COPY", "ADD") and stages:
+            copy = _copy_from(instruction, stages, where)
+            if copy is not None:
+                copies.append(copy)
     if not stages:
         raise UserError(f"{path}: no FROM instruction: not a Dockerfile")
-    return Dockerfile(path=path, text=text, stages=tuple(stages))
+    return Dockerfile(path=path, text=text, stages=tuple(stages), copies=tuple(copies))
+
+
+def _copy_from(instruction: Instruction, stages: list[Stage], where: str) -> CopyFrom | None:
+    match = re.search(r"(?i)--from=(\S+)", instruction.arguments)
+    if match is None:
+        return None
+    source = match[1]
+    lowered = source.lower()
+    if lowered.isdigit() or any(s.name == lowered for s in stages):
+        return None  # an earlier stage, by name or index
+    try:
+        return CopyFrom(len(stages) - 1, source, instruction, parse(source))
+    except InvalidReference as exc:
+        raise UserError(f"{where}: {instruction.keyword} --from={source}: {exc}") from None
 
 
 def _stage(instruction: Instruction, index: int, earlier: list[Stage], args: dict[str, str],

@@ -88,6 +88,18 @@ def test_pinned_text_rewrites_each_external_from_and_keeps_everything_else() -> 
     ]
 
 
+def test_copy_from_an_external_image_is_an_input_and_is_pinned() -> None:
+    text = ("FROM alpine:3.19 AS build\nRUN true\nFROM debian:12\nCOPY --from=build /a /a\nCOPY --from=0 /b /b\n"
+            "COPY --chmod=755 \\\n  --from=ghcr.io/astral-sh/uv:0.4 /uv /bin/uv\n")
+    dockerfile = parse_dockerfile(text, {})
+    assert [str(b) for b in dockerfile.bases()] == [
+        "docker.io/library/alpine:3.19", "docker.io/library/debian:12", "ghcr.io/astral-sh/uv:0.4"]
+    uv = "sha256:" + "c" * 64
+    pinned = dockerfile.pinned({"ghcr.io/astral-sh/uv:0.4": uv})
+    assert pinned.splitlines()[-1] == f"COPY --chmod=755 --from=ghcr.io/astral-sh/uv@{uv} /uv /bin/uv"
+    assert "COPY --from=build /a /a" in pinned and "FROM alpine:3.19 AS build" in pinned
+
+
 def test_final_base_follows_internal_stages_to_the_external_image() -> None:
     dockerfile = parse_dockerfile("FROM alpine:3.19 AS a\nFROM a AS b\nFROM b\n", {})
     assert str(dockerfile.final_base()) == "docker.io/library/alpine:3.19"
