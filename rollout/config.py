@@ -163,7 +163,7 @@ def _app(name: str, table: dict[str, Any], path: Path) -> AppConfig:
     if duplicates:
         raise ConfigError(f"{path}: {where}targets: duplicate target name {duplicates[0]!r}: names must be unique")
     build = _table(table, "build", path, where) or None
-    rollout = _table(table, "rollout", path, where)
+    rollout = _rollout(_table(table, "rollout", path, where), path, where + "rollout.")
     return AppConfig(name=name, registry=registry, repository=repository, health=health, targets=targets,
                      build=build, rollout=rollout)
 
@@ -196,6 +196,28 @@ def _target(table: dict[str, Any], index: int, app_health: HealthPolicy, path: P
     if kind == "docker" and not settings.get("container"):
         raise ConfigError(f"{path}: {where}container is missing: name the container to run")
     return TargetConfig(name=name, kind=kind, settings=settings, health=health)
+
+
+def _rollout(table: dict[str, Any], path: Path, where: str) -> dict[str, Any]:
+    """[apps.NAME.rollout]: strategy = "parallel" | "rolling", max_parallel, batch_size, pause."""
+    _check_keys(table, {"strategy", "max_parallel", "batch_size", "pause"}, path, where)
+    values: dict[str, Any] = {}
+    if "strategy" in table:
+        if table["strategy"] not in ("parallel", "rolling"):
+            raise ConfigError(f"{path}: {where}strategy = {table['strategy']!r}: use \"parallel\" or \"rolling\"")
+        values["kind"] = table["strategy"]
+    for key, least in (("max_parallel", 0), ("batch_size", 1)):
+        if key in table:
+            value = table[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"{path}: {where}{key} = {value!r}: must be a whole number >= {least}")
+            values[key] = value
+    if "pause" in table:
+        value = table["pause"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"{path}: {where}pause = {value!r}: must be a number of seconds >= 0")
+        values["pause"] = float(value)
+    return values
 
 
 def _health(table: dict[str, Any], defaults: HealthPolicy, path: Path, where: str) -> HealthPolicy:

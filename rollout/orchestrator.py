@@ -78,6 +78,7 @@ class Orchestrator:
         self.verifier = verifier
         self.reporter = reporter
         self.policies = {t.name: t.health for t in app.targets}
+        self.strategy = Strategy.from_config(app.rollout)
         self._cancelled = threading.Event()
 
     # -- public operations ---------------------------------------------------
@@ -168,7 +169,7 @@ class Orchestrator:
         ))
         self.reporter.warn(f"restoring #{good.id} {_label(good)} on {', '.join(t.name for t in off)} as #{revert.id}")
         self._cancelled.clear()
-        back = self._attempt(revert, off)
+        back = self._attempt(revert, off, ALL_AT_ONCE)
         if back.failures:
             return Outcome(EXIT_UNRECOVERED, self.ledger.get(revert.id),
                            message=f"REVERT FAILED: #{revert.id} could not restore #{good.id} ({back.reason}): act now")
@@ -203,7 +204,7 @@ class Orchestrator:
         ))
         self.reporter.warn(f"#{entry.id} failed: {attempt.reason}; reverting to #{good.id} {_label(good)} as #{revert.id}")
         try:
-            back = self._attempt(revert, attempt.moved)
+            back = self._attempt(revert, attempt.moved, ALL_AT_ONCE)
         except RolloutError as exc:
             back = _Attempt(failures={"revert": _one_line(exc)})
         if back.failures:
@@ -213,40 +214,54 @@ class Orchestrator:
         message = f"#{entry.id} failed ({attempt.reason}); reverted to #{good.id} {_label(good)}, healthy"
         return Outcome(EXIT_REVERTED, failed, self.ledger.get(revert.id), message)
 
-    def _attempt(self, entry: Entry, targets: list[Target]) -> _Attempt:
-        """Apply one entry to targets and verify them; record every step."""
+    def _attempt(self, entry: Entry, targets: list[Target], strategy: "Strategy | None" = None) -> _Attempt:
+        """Apply one entry to targets batch by batch and verify each batch; record every step.
+
+        Workers only touch targets; every ledger write happens here, on this thread.
+        """
+        strategy = strategy or self.strategy
         attempt = _Attempt()
         release = Release(entry.id, entry.repository, entry.tag, entry.digest, _change_cause(entry))
         self.ledger.set_status(entry.id, L.APPLYING)
-        for target in targets:
-            try:
-                target.prepare(release)
-            except Exception as exc:  # noqa: BLE001 - whatever it was, nothing has changed yet
-                error = exc if isinstance(exc, RolloutError) else TargetUnreachable(
-                    f"target {target.name}: cannot prepare {release.image}: {_one_line(exc)}")
-                self.ledger.set_status(entry.id, L.FAILED, error=str(error))
-                raise error from None
-        for target in targets:
-            try:
-                before = target.apply(release)
-            except Exception as exc:  # noqa: BLE001 - any failure mid-apply must still lead to a revert
+        for target, error in _each(lambda t: t.prepare(release), targets, strategy.max_parallel):
+            if error is not None:
+                # Nothing has changed yet: fail the entry and let the caller exit 5 / 2.
+                failure = error if isinstance(error, RolloutError) else TargetUnreachable(
+                    f"target {target.name}: cannot prepare {release.image}: {_one_line(error)}")
+                self.ledger.set_status(entry.id, L.FAILED, error=str(failure))
+                raise failure
+        batches = plan_batches(targets, strategy)
+        for number, batch in enumerate(batches, start=1):
+            if len(batches) > 1:
+                self.reporter.info(f"#{entry.id} batch {number}/{len(batches)}: {', '.join(t.name for t in batch)}")
+            applied = []
+            for target, result in _each(lambda t: t.apply(release), batch, strategy.max_parallel):
                 attempt.moved.append(target)
-                attempt.failures[target.name] = f"apply failed: {_one_line(exc)}"
-                self.ledger.set_target(entry.id, target.name, outcome="failed", image_after=release.image,
-                                       detail=attempt.failures[target.name])
+                if isinstance(result, BaseException):
+                    attempt.failures[target.name] = f"apply failed: {_one_line(result)}"
+                    self.ledger.set_target(entry.id, target.name, outcome="failed", image_after=release.image,
+                                           detail=attempt.failures[target.name])
+                else:
+                    applied.append(target)
+                    self.ledger.set_target(entry.id, target.name, outcome="applied", image_before=result,
+                                           image_after=release.image)
+            if attempt.failures:
                 break
-            attempt.moved.append(target)
-            self.ledger.set_target(entry.id, target.name, outcome="applied", image_before=before,
-                                   image_after=release.image)
-        if not attempt.failures:
-            self.ledger.set_status(entry.id, L.VERIFYING)
-            for target, verdict in zip(attempt.moved, self._verify_all(attempt.moved, release)):
+            if number == 1:
+                self.ledger.set_status(entry.id, L.VERIFYING)
+            for target, verdict in zip(applied, self._verify_all(applied, release)):
                 outcome = "healthy" if verdict.healthy else "failed"
                 self.ledger.set_target(entry.id, target.name, outcome=outcome,
                                        detail=f"{verdict.reason} after {verdict.elapsed:.1f}s")
                 if not verdict.healthy:
                     attempt.failures[target.name] = verdict.reason
                     self.reporter.logs(target.name, self._quietly(target.logs) or "")
+            if attempt.failures:
+                break
+            if number < len(batches) and strategy.pause > 0:
+                self.reporter.info(f"#{entry.id} pausing {strategy.pause:g}s before the next batch")
+                if self._cancelled.wait(strategy.pause):
+                    break
         if attempt.failures:
             self.ledger.set_status(entry.id, L.FAILED, error=attempt.reason)
         else:
@@ -294,6 +309,48 @@ class Orchestrator:
         except Exception as exc:  # noqa: BLE001 - best effort while already handling a failure
             self.reporter.warn(f"{_one_line(exc)}")
             return None
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """How an entry moves across an app's targets: all at once, or in batches that must each be healthy."""
+
+    kind: str = "parallel"  # "parallel" | "rolling"
+    max_parallel: int = 0  # targets changed at the same time; 0 = no limit
+    batch_size: int = 1  # rolling: targets per batch
+    pause: float = 0.0  # rolling: seconds between healthy batches
+
+    @classmethod
+    def from_config(cls, table: dict[str, object]) -> "Strategy":
+        return cls(**table) if table else cls()  # type: ignore[arg-type]  # validated by rollout.config
+
+
+ALL_AT_ONCE = Strategy()
+
+
+def plan_batches(targets: list[Target], strategy: Strategy) -> list[list[Target]]:
+    if strategy.kind != "rolling" or not targets:
+        return [list(targets)]
+    size = max(1, strategy.batch_size)
+    return [list(targets[i:i + size]) for i in range(0, len(targets), size)]
+
+
+def _each(action: Callable[[Target], object], targets: list[Target], limit: int) -> list[tuple[Target, object]]:
+    """Run action on every target, `limit` at a time (0: all); results or exceptions, in target order."""
+    if len(targets) <= 1:
+        results: list[tuple[Target, object]] = []
+        for target in targets:
+            try:
+                results.append((target, action(target)))
+            except Exception as exc:  # noqa: BLE001 - reported per target by the caller
+                results.append((target, exc))
+        return results
+    pool = ThreadPoolExecutor(max_workers=limit or len(targets))
+    try:
+        futures = [pool.submit(action, target) for target in targets]
+        return [(target, future.exception() or future.result()) for target, future in zip(targets, futures)]
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _Cancellable:

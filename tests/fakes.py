@@ -219,10 +219,11 @@ def scripted_verifier(watch: Watch, policy: HealthPolicy, progress: Callable[[st
 
 
 def app_config(target_names: tuple[str, ...] = ("local",), health: dict[str, Any] | None = None,
-               path: Path = Path("/srv/rollout.toml")) -> AppConfig:
+               path: Path = Path("/srv/rollout.toml"), rollout: dict[str, Any] | None = None) -> AppConfig:
     """A parsed app 'web' with docker targets, through the real config parser."""
     data = {"apps": {"web": {
         "image": IMAGE,
+        "rollout": rollout or {},
         "health": health or {"timeout": 30, "interval": 1, "stable": 3},
         "targets": [{"name": name, "kind": "docker", "container": f"web-{name}"} for name in target_names],
     }}}

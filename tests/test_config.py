@@ -36,7 +36,9 @@ max_restarts = 3
 context = "."
 
 [apps.web.rollout]
-order = "serial"
+strategy = "rolling"
+batch_size = 2
+pause = 1.5
 
 [[apps.web.targets]]
 name = "local"
@@ -103,7 +105,7 @@ def test_full_example_parses(tmp_path: Path) -> None:
     assert web.health == HealthPolicy(timeout=45, interval=0.5, stable=3, http="http://127.0.0.1:8080/health",
                                       max_restarts=3)
     assert web.build == {"context": "."}
-    assert web.rollout == {"order": "serial"}
+    assert web.rollout == {"kind": "rolling", "batch_size": 2, "pause": 1.5}
     local, cluster = web.targets
     assert (local.name, local.kind) == ("local", "docker")
     # Every docker key of the example reaches the target's settings.
