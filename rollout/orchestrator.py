@@ -46,6 +46,8 @@ class Reporter(Protocol):
 
 
 Verifier = Callable[[Watch, HealthPolicy, Callable[[str], None]], Verdict]
+# Told about each milestone: ("started" | "healthy" | "failed" | "reverted" | "revert_failed", details).
+Listener = Callable[[str, dict[str, object]], None]
 
 
 @dataclass
@@ -70,7 +72,7 @@ class _Attempt:
 
 class Orchestrator:
     def __init__(self, app: AppConfig, ledger: Ledger, resolver: Resolver, targets: list[Target],
-                 verifier: Verifier, reporter: Reporter) -> None:
+                 verifier: Verifier, reporter: Reporter, listener: Listener | None = None) -> None:
         self.app = app
         self.ledger = ledger
         self.resolver = resolver
@@ -80,6 +82,7 @@ class Orchestrator:
         self.policies = {t.name: t.health for t in app.targets}
         self.strategy = Strategy.from_config(app.rollout)
         self._cancelled = threading.Event()
+        self.listener = listener
 
     # -- public operations ---------------------------------------------------
 
@@ -114,6 +117,7 @@ class Orchestrator:
             build_key=build_key, base_digests=base_digests,
         ))
         self.reporter.info(f"#{entry.id} {kind} {self.app.name} {_label(entry)}")
+        self._tell("started", entry)
         return self._run(entry)
 
     def revert(self, to: Entry | None = None, *, reason: str | None = None) -> Outcome:
@@ -136,6 +140,7 @@ class Orchestrator:
             reason=reason or f"revert to #{to.id} requested",
         ))
         self.reporter.info(f"#{entry.id} revert {self.app.name} to #{to.id} {_label(to)}")
+        self._tell("started", entry)
         return self._run(entry)
 
     # -- the state machine ---------------------------------------------------
@@ -189,8 +194,10 @@ class Orchestrator:
     def _run_uninterrupted(self, entry: Entry) -> Outcome:
         attempt = self._attempt(entry, self.targets)
         if not attempt.failures:
+            self._tell("healthy", entry)
             return Outcome(EXIT_OK, self.ledger.get(entry.id), message=f"#{entry.id} healthy")
         failed = self.ledger.get(entry.id)
+        self._tell("failed", failed, reason=attempt.reason, failed_targets=sorted(attempt.failures))
         good = self.ledger.last_healthy(self.app.name, not_digest=entry.digest)
         if good is None:
             for target in attempt.moved:
@@ -210,8 +217,10 @@ class Orchestrator:
         if back.failures:
             message = (f"REVERT FAILED: #{revert.id} could not restore #{good.id} ({back.reason});"
                        f" {self.app.name} is not on a healthy release: act now")
+            self._tell("revert_failed", self.ledger.get(revert.id), reason=back.reason, failed_entry=entry.id)
             return Outcome(EXIT_UNRECOVERED, failed, self.ledger.get(revert.id), message)
         message = f"#{entry.id} failed ({attempt.reason}); reverted to #{good.id} {_label(good)}, healthy"
+        self._tell("reverted", self.ledger.get(revert.id), failed_entry=entry.id, reason=attempt.reason)
         return Outcome(EXIT_REVERTED, failed, self.ledger.get(revert.id), message)
 
     def _attempt(self, entry: Entry, targets: list[Target], strategy: "Strategy | None" = None) -> _Attempt:
@@ -302,6 +311,18 @@ class Orchestrator:
             except Exception as exc:  # noqa: BLE001 - any failure to look is "unreachable, nothing changed"
                 raise TargetUnreachable(f"target {target.name} is unreachable: {_one_line(exc)}") from exc
         return running
+
+    def _tell(self, event: str, entry: Entry, **details: object) -> None:
+        """Notify the listener; a listener that fails never fails the rollout."""
+        if self.listener is None:
+            return
+        payload: dict[str, object] = {"event": event, "app": self.app.name, "entry": entry.id, "kind": entry.kind,
+                                      "tag": entry.tag, "digest": entry.digest, "repository": entry.repository,
+                                      "reverts_to": entry.reverts_to, **details}
+        try:
+            self.listener(event, payload)
+        except Exception as exc:  # noqa: BLE001 - notifications are best effort by design
+            self.reporter.warn(f"notification failed: {_one_line(exc)}")
 
     def _quietly(self, action: Callable[[], object]) -> object:
         try:
