@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import tempfile
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -54,6 +55,7 @@ from rollout.reference import Reference
 from rollout.targets import Target
 
 BUILD_EVENT = "build:pushed"
+_TERMINAL_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 BUILD_LOG_LINES = 20
 BUILD_TIMEOUT = 1800  # seconds the engine may take for one build or push
 
@@ -389,7 +391,8 @@ def _follow_build(stream: Iterable[dict[str, Any]], image: str, reporter: Report
             for line in recent:
                 reporter.warn(f"[build] | {line}")
             raise UserError(f"building {image} failed: {_one_line(error)}")
-        for line in str(chunk.get("stream", "")).splitlines():
+        # The classic builder colours a RUN's stderr with terminal escapes; logs want plain text.
+        for line in _TERMINAL_ESCAPE.sub("", str(chunk.get("stream", ""))).splitlines():
             if line.strip():
                 recent.append(line.rstrip())
                 if line.startswith("Step "):

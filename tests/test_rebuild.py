@@ -371,3 +371,61 @@ def test_the_hashed_files_are_the_files_the_docker_cli_sends(tmp_path: Path, doc
         docker_client.images.remove(tag, force=True)
     sent = sorted(line[len("/ctx/"):] for line in listing.decode().splitlines())
     assert context_files(tmp_path, tmp_path / "Dockerfile") == sent
+
+
+def test_a_failing_build_pushes_nothing_and_is_tried_again_next_run(bed: RebuildBed) -> None:
+    dockerfile = bed.context / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + "RUN echo 'cannot fetch dependency' >&2 && exit 3\n")
+    for _ in range(2):  # not remembered as done: nothing was pushed or deployed
+        result = bed.rebuild()
+        assert result.returncode == 2, result.stderr
+        assert "building" in result.stderr and "failed" in result.stderr and "Traceback" not in result.stderr
+        assert "cannot fetch dependency" in result.stderr and "\x1b" not in result.stderr  # last lines, plain text
+    assert bed.pushed_builds() == 0 and bed.entries() == []
+    assert json.loads(bed.rebuild("--check", "--json").stdout)["action"] == "rebuild-due"
+
+
+# -- the decision alone, on a real ledger (no engine) ------------------------------------
+
+
+def remember(ledger: Ledger, tag: str, key: str, status: str | None) -> None:
+    """A pushed build, and (unless status is None) its rebuild entry finished with status."""
+    from rollout import ledger as L
+    from rollout.rebuild import PushedBuild, record_push
+
+    digest = "sha256:" + (tag * 64)[:64]
+    record_push(ledger, PushedBuild("web", "reg.lan/web", tag, digest, key, {}, at="", deploy=status is not None))
+    if status is not None:
+        entry = ledger.record(L.NewEntry(app="web", repository="reg.lan/web", tag=tag, digest=digest,
+                                         kind=L.REBUILD, build_key=key))
+        ledger.set_status(entry.id, status)
+
+
+@pytest.mark.parametrize("history, key, expected", [
+    ([], "k1", "build"),
+    ([("a", "k1", "healthy")], "k1", "up-to-date"),
+    ([("a", "k1", "healthy")], "k2", "build"),
+    ([("a", "k1", "healthy"), ("b", "k2", "failed")], "k2", "failed-before"),
+    # The base went back to what build a had: a still runs (the failed b was reverted).
+    ([("a", "k1", "healthy"), ("b", "k2", "failed")], "k1", "up-to-date"),
+    # The base went back, but c runs now: deploy a's image again, no new build.
+    ([("a", "k1", "healthy"), ("c", "k3", "healthy")], "k1", "deploy-existing"),
+    ([("a", "k1", None)], "k1", "deploy-existing"),  # pushed with --no-deploy
+    ([("a", "k1", "interrupted")], "k1", "deploy-existing"),
+])
+def test_decision(tmp_path: Path, history: list[tuple[str, str, str | None]], key: str, expected: str) -> None:
+    from rollout.rebuild import decide
+
+    ledger = Ledger(tmp_path / "ledger.db")
+    for tag, build_key, status in history:
+        remember(ledger, tag, build_key, status)
+    assert decide(ledger, "web", key).action == expected
+    assert decide(ledger, "web", key, force=True).action == "build"
+
+
+def test_no_deploy_counts_a_pushed_build_as_up_to_date(tmp_path: Path) -> None:
+    from rollout.rebuild import decide
+
+    ledger = Ledger(tmp_path / "ledger.db")
+    remember(ledger, "a", "k1", None)
+    assert decide(ledger, "web", "k1", no_deploy=True).action == "up-to-date"
