@@ -38,7 +38,11 @@ def main_options(
 
 
 def _config(required: bool = True) -> configuration.Config:
-    return configuration.load(_state.get("config"), required=required)
+    cfg = configuration.load(_state.get("config"), required=required)
+    if cfg.registry.docker_config:
+        # One source of credentials for our registry client and for the engine's pulls (the SDK reads it).
+        os.environ["DOCKER_CONFIG"] = cfg.registry.docker_config
+    return cfg
 
 
 def _ledger(cfg: configuration.Config):  # type: ignore[no-untyped-def]

@@ -282,3 +282,16 @@ def test_ledger_is_private_and_immutable(project: Project) -> None:
         with pytest.raises(sqlite3.DatabaseError):
             conn.execute(statement)
     assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_keeps_the_last_three_retired_containers(project: Project, docker_client) -> None:  # type: ignore[no-untyped-def]
+    for tag in ("good1", "good2", "good3", "checked", "crash"):
+        deploy(project, tag)
+    assert project.version() == "checked"  # crash was reverted by restarting the kept container
+    retired = [c for c in docker_client.containers.list(all=True, filters={"name": project.container})
+               if c.name != project.container]
+    assert len(retired) == 3
+    kept = {c.attrs["Config"]["Image"].split("@")[1] for c in retired}
+    assert kept == {digest_of(docker_client, t) for t in ("good2", "good3", "crash")}
+    # The operator's own tag of the pruned build is left alone.
+    assert docker_client.images.get(f"{APP_IMAGE}:good1")
