@@ -96,20 +96,13 @@ def deploy(
     reason: Optional[str] = typer.Option(None, "--reason", help="Why: recorded in the ledger."),
 ) -> None:
     """Deploy an exact digest to every target of the app, verify health, revert automatically on failure."""
-    from rollout import lock
 
     def run(console: Console) -> int:
         cfg = _config()
         app_cfg, ref = parse_release(release, cfg)
         ledger = _ledger(cfg)
-        with lock.held(ledger, app_cfg.name, wait), _signals_interrupt():
-            orchestrator = _orchestrator(cfg, app_cfg, ledger, console)
-            recovered = _recover(orchestrator, console)
-            if recovered is not None:
-                return recovered
-            outcome = orchestrator.deploy(ref, allow_retag=allow_retag, reason=reason)
-        console.result(outcome.message)
-        return outcome.exit_code
+        return _under_lock(cfg, app_cfg, ledger, console, wait,
+                           lambda orchestrator: orchestrator.deploy(ref, allow_retag=allow_retag, reason=reason))
 
     _run(run)
 
@@ -122,7 +115,6 @@ def revert(
     reason: Optional[str] = typer.Option(None, "--reason", help="Why: recorded in the ledger."),
 ) -> None:
     """Go back to the previous healthy release (or --to a chosen one) and verify it."""
-    from rollout import lock
 
     def run(console: Console) -> int:
         cfg = _config()
@@ -136,14 +128,8 @@ def revert(
                 target_entry = ledger.healthy_with_tag(app_cfg.name, to)
                 if target_entry is None:
                     raise UserError(f"no healthy entry of {app_cfg.name} with tag {to!r}: see `rollout history {app_cfg.name}`")
-        with lock.held(ledger, app_cfg.name, wait), _signals_interrupt():
-            orchestrator = _orchestrator(cfg, app_cfg, ledger, console)
-            recovered = _recover(orchestrator, console)
-            if recovered is not None:
-                return recovered
-            outcome = orchestrator.revert(target_entry, reason=reason)
-        console.result(outcome.message)
-        return outcome.exit_code
+        return _under_lock(cfg, app_cfg, ledger, console, wait,
+                           lambda orchestrator: orchestrator.revert(target_entry, reason=reason))
 
     _run(run)
 
@@ -324,6 +310,21 @@ def _signals_interrupt() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _under_lock(cfg: configuration.Config, app_cfg: configuration.AppConfig, ledger: Any, console: Console,
+                wait: float, action: Any) -> int:
+    """Hold the app's lock, finish any interrupted rollout, then run action(orchestrator)."""
+    from rollout import lock
+
+    with lock.held(ledger, app_cfg.name, wait), _signals_interrupt():
+        orchestrator = _orchestrator(cfg, app_cfg, ledger, console)
+        recovered = _recover(orchestrator, console)
+        if recovered is not None:
+            return recovered
+        outcome = action(orchestrator)
+    console.result(outcome.message)
+    return outcome.exit_code
 
 
 def _recover(orchestrator: Any, console: Console) -> int | None:

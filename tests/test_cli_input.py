@@ -156,7 +156,7 @@ def test_lock_status_and_release_of_a_planted_lease(cli: Cli) -> None:
 
     ledger = Ledger(cli.ledger)
     with ledger.transaction() as conn:
-        conn.execute("INSERT INTO locks VALUES ('web', 'bob@elsewhere', 'elsewhere.invalid', 4242, ?, 9e12)",
+        conn.execute("INSERT INTO locks (app, holder, host, pid, acquired_at, expires_at) VALUES ('web', 'bob@elsewhere', 'elsewhere.invalid', 4242, ?, 9e12)",
                      ["2024-05-01T10:00:00+00:00"])
     ledger.close()
     status = cli.run("lock", "status")

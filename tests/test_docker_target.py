@@ -250,7 +250,7 @@ def test_a_killed_holders_lock_does_not_block(project: Project) -> None:
 
     ledger = Ledger(project.ledger)
     with ledger.transaction() as conn:
-        conn.execute("INSERT INTO locks VALUES ('web', 'someone@host', ?, ?, 'then', 9e12)",
+        conn.execute("INSERT INTO locks (app, holder, host, pid, acquired_at, expires_at) VALUES ('web', 'someone@host', ?, ?, 'then', 9e12)",
                      [__import__("socket").gethostname(), holder.pid])
     holder.kill()
     holder.wait()
