@@ -429,3 +429,34 @@ def test_no_deploy_counts_a_pushed_build_as_up_to_date(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "ledger.db")
     remember(ledger, "a", "k1", None)
     assert decide(ledger, "web", "k1", no_deploy=True).action == "up-to-date"
+
+
+def test_sigterm_during_the_deploy_reverts_and_the_next_run_deploys_the_same_build(bed: RebuildBed, docker_client) -> None:  # type: ignore[no-untyped-def]
+    import signal
+
+    # Stable for 4 s: the stop surely lands while the new build is being verified.
+    write_config(bed.project, bed.app_image, stable=4, extra='\n[apps.web.build]\ncontext = "ctx"\n')
+    assert bed.rebuild().returncode == 0
+    push_base(docker_client, bed.base, SERVING_BASE.format(version="v2"))
+    env = {**os.environ, "ROLLOUT_CONFIG": str(bed.project.config)}
+    run = subprocess.Popen([*ROLLOUT, "rebuild"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=env, cwd=bed.project.root, stdin=subprocess.DEVNULL)
+    assert run.stderr is not None
+    seen = []
+    for line in run.stderr:  # stop it while the new build is being verified (systemd stopping the unit)
+        seen.append(line)
+        if line.startswith("[local] "):
+            run.send_signal(signal.SIGTERM)
+            break
+    rest = run.communicate(timeout=120)
+    assert run.returncode == 143, "".join(seen) + rest[1]
+    assert bed.served_base() == "v1"
+    assert bed.pushed_builds() == 2
+    interrupted = next(e for e in bed.entries() if e["kind"] == "rebuild" and e["status"] != "healthy")
+    assert interrupted["status"] == "interrupted"
+
+    result = bed.rebuild()
+    assert result.returncode == 0, result.stderr
+    assert bed.pushed_builds() == 2  # the image built before the stop is deployed, not built again
+    assert bed.served_base() == "v2"
+    assert bed.entries()[0]["digest"] == interrupted["digest"]
