@@ -7,10 +7,12 @@ any deletion, even from raw SQL, so the history cannot be rewritten.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import getpass
 import json
 import os
+import signal
 import socket
 import sqlite3
 from dataclasses import asdict, dataclass, field
@@ -114,6 +116,21 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 }
 
 
+# Test hook (tests/test_crash_safety.py): with ROLLOUT_TEST_KILL_AT="<step>#<n>" the process
+# SIGKILLs itself right after the n-th such step is written, so a crash lands on an exact,
+# reproducible moment. Steps: the ledger's event names (recorded, status:applying, target:applied...)
+# and the docker target's (docker:renamed, docker:stopped, docker:created, docker:started). Unset: no effect.
+_steps_seen: collections.Counter[str] = collections.Counter()
+
+
+def kill_point(step: str) -> None:
+    wanted = os.environ.get("ROLLOUT_TEST_KILL_AT")
+    if wanted:
+        _steps_seen[step] += 1
+        if wanted == f"{step}#{_steps_seen[step]}":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
 
@@ -212,6 +229,7 @@ class Ledger:
             )
             entry_id = cursor.lastrowid
             self._event(entry_id, "recorded", {"kind": new.kind, "tag": new.tag, "digest": new.digest})
+        kill_point("recorded")
         return self.get(entry_id)
 
     def set_status(self, entry_id: int, status: str, error: str | None = None) -> None:
@@ -222,6 +240,7 @@ class Ledger:
                 [status, finished_at, error, entry_id],
             )
             self._event(entry_id, f"status:{status}", {"error": error} if error else {})
+        kill_point(f"status:{status}")
 
     def set_target(self, entry_id: int, target: str, *, outcome: str, image_before: str | None = None,
                    image_after: str | None = None, detail: str | None = None) -> None:
@@ -243,10 +262,12 @@ class Ledger:
                     [entry_id, target, image_before, image_after, outcome, detail, now_iso()],
                 )
             self._event(entry_id, f"target:{outcome}", {"target": target, "detail": detail})
+        kill_point(f"target:{outcome}")
 
     def event(self, entry_id: int | None, event: str, detail: dict[str, Any] | None = None) -> None:
         with self.transaction():
             self._event(entry_id, event, detail or {})
+        kill_point(event)
 
     def _event(self, entry_id: int | None, event: str, detail: dict[str, Any]) -> None:
         self.db.execute(

@@ -155,23 +155,27 @@ class Orchestrator:
         abandoned = self.ledger.unfinished(self.app.name)
         if not abandoned:
             return None
-        for entry in abandoned:
-            self.ledger.set_status(entry.id, L.INTERRUPTED, error=f"interrupted: {reason}")
-            self.reporter.warn(f"#{entry.id} ({entry.kind} {_label(entry)}) was interrupted: {reason}")
         good = self.ledger.current(self.app.name)
+        running = self._check_reachable() if good is not None else {}
+        off = [t for t in self.targets if good is not None and not running[t.name].serves(good.digest)]
+        # One commit: entries are never marked interrupted without the revert that answers them,
+        # so a recovery that is itself killed half way leaves them unfinished for the next one.
+        with self.ledger.transaction():
+            for entry in abandoned:
+                self.ledger.set_status(entry.id, L.INTERRUPTED, error=f"interrupted: {reason}")
+            revert = self.ledger.record(NewEntry(
+                app=self.app.name, repository=good.repository, tag=good.tag, digest=good.digest, kind=L.REVERT,
+                previous_id=abandoned[-1].id, reverts_to=good.id,
+                reason=f"recovery: #{', #'.join(str(e.id) for e in abandoned)} interrupted",
+            )) if good is not None and off else None
+        for entry in abandoned:
+            self.reporter.warn(f"#{entry.id} ({entry.kind} {_label(entry)}) was interrupted: {reason}")
         if good is None:
             self.reporter.warn(f"{self.app.name} has no healthy entry to return to: targets left as they are")
             return None
-        running = self._check_reachable()
-        off = [t for t in self.targets if not running[t.name].serves(good.digest)]
-        if not off:
+        if revert is None:
             self.reporter.info(f"every target already runs #{good.id} {_label(good)}")
             return None
-        revert = self.ledger.record(NewEntry(
-            app=self.app.name, repository=good.repository, tag=good.tag, digest=good.digest, kind=L.REVERT,
-            previous_id=abandoned[-1].id, reverts_to=good.id,
-            reason=f"recovery: #{', #'.join(str(e.id) for e in abandoned)} interrupted",
-        ))
         self.reporter.warn(f"restoring #{good.id} {_label(good)} on {', '.join(t.name for t in off)} as #{revert.id}")
         self._cancelled.clear()
         back = self._attempt(revert, off, ALL_AT_ONCE)
@@ -192,23 +196,27 @@ class Orchestrator:
             raise
 
     def _run_uninterrupted(self, entry: Entry) -> Outcome:
-        attempt = self._attempt(entry, self.targets)
+        attempt = self._attempt(entry, self.targets, settle_failure=False)
         if not attempt.failures:
             self._tell("healthy", entry)
             return Outcome(EXIT_OK, self.ledger.get(entry.id), message=f"#{entry.id} healthy")
+        good = self.ledger.last_healthy(self.app.name, not_digest=entry.digest)
+        # One commit: a failed release is never on record without the revert that answers it,
+        # so a rollout killed in between leaves an unfinished entry for recovery, not a silent failure.
+        with self.ledger.transaction():
+            self.ledger.set_status(entry.id, L.FAILED, error=attempt.reason)
+            revert = self.ledger.record(NewEntry(
+                app=self.app.name, repository=good.repository, tag=good.tag, digest=good.digest, kind=L.REVERT,
+                previous_id=entry.id, reverts_to=good.id, reason=f"automatic revert: #{entry.id} failed: {attempt.reason}",
+            )) if good is not None else None
         failed = self.ledger.get(entry.id)
         self._tell("failed", failed, reason=attempt.reason, failed_targets=sorted(attempt.failures))
-        good = self.ledger.last_healthy(self.app.name, not_digest=entry.digest)
-        if good is None:
+        if good is None or revert is None:
             for target in attempt.moved:
                 self._quietly(target.stop)
             message = (f"#{entry.id} failed ({attempt.reason}) and there is no healthy entry to go back to:"
                        " the failed release was stopped")
             return Outcome(EXIT_UNRECOVERED, failed, message=message)
-        revert = self.ledger.record(NewEntry(
-            app=self.app.name, repository=good.repository, tag=good.tag, digest=good.digest, kind=L.REVERT,
-            previous_id=entry.id, reverts_to=good.id, reason=f"automatic revert: #{entry.id} failed: {attempt.reason}",
-        ))
         self.reporter.warn(f"#{entry.id} failed: {attempt.reason}; reverting to #{good.id} {_label(good)} as #{revert.id}")
         try:
             back = self._attempt(revert, attempt.moved, ALL_AT_ONCE)
@@ -223,7 +231,8 @@ class Orchestrator:
         self._tell("reverted", self.ledger.get(revert.id), failed_entry=entry.id, reason=attempt.reason)
         return Outcome(EXIT_REVERTED, failed, self.ledger.get(revert.id), message)
 
-    def _attempt(self, entry: Entry, targets: list[Target], strategy: "Strategy | None" = None) -> _Attempt:
+    def _attempt(self, entry: Entry, targets: list[Target], strategy: "Strategy | None" = None, *,
+                 settle_failure: bool = True) -> _Attempt:
         """Apply one entry to targets batch by batch and verify each batch; record every step.
 
         Workers only touch targets; every ledger write happens here, on this thread.
@@ -272,7 +281,8 @@ class Orchestrator:
                 if self._cancelled.wait(strategy.pause):
                     break
         if attempt.failures:
-            self.ledger.set_status(entry.id, L.FAILED, error=attempt.reason)
+            if settle_failure:  # else the caller records the failure together with its revert
+                self.ledger.set_status(entry.id, L.FAILED, error=attempt.reason)
         else:
             self.ledger.set_status(entry.id, L.HEALTHY)
             self.reporter.info(f"#{entry.id} healthy on {', '.join(t.name for t in targets)}")

@@ -18,6 +18,7 @@ import docker.errors
 
 from rollout.config import AppConfig, TargetConfig
 from rollout.errors import TargetUnreachable, UserError
+from rollout.ledger import kill_point
 from rollout.targets import Observation, Release, Running
 
 KEEP_RETIRED = 3
@@ -90,8 +91,10 @@ class DockerTarget:
             container = spare
         else:
             container = self._create(release, old)
+            kill_point("docker:created")
         self._started_id = container.id
         container.start()
+        kill_point("docker:started")
         container.reload()
         # The engine's own clock: events before this start (say, the die of this
         # container's previous life, when a revert restarts it) are history.
@@ -161,8 +164,10 @@ class DockerTarget:
         if self._container(new_name) is not None:
             new_name = f"{new_name}-{container.short_id}"
         container.rename(new_name)
+        kill_point("docker:renamed")
         if container.status in ("running", "restarting", "paused"):
             container.stop(timeout=STOP_TIMEOUT)
+            kill_point("docker:stopped")
 
     def _prune_retired(self) -> None:
         for container in self._retired()[KEEP_RETIRED:]:

@@ -1,0 +1,244 @@
+"""SIGKILL `rollout deploy` at many distinct moments on the real engine, then check nothing is lost.
+
+Moments are reproducible: the product's test hook (`ROLLOUT_TEST_KILL_AT="<step>#<n>"`,
+rollout.ledger.kill_point) makes the process kill itself right after the n-th such step;
+moments between steps (waiting for health, an engine pull) are reached by killing at a
+fixed delay after a step the test sees in the ledger.
+
+After every kill the ledger must pass `PRAGMA integrity_check`, and the next `rollout status`
+(or `deploy`) must mark the interrupted entry `interrupted`, get the app onto a healthy
+recorded digest (the recovery rule, Orchestrator.recover) and not be blocked by the dead
+process's lock. The test prints kills tried / recovered / lost; lost must be 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import pytest
+
+from conftest import APP_IMAGE, ROLLOUT, Project, write_config
+from support.proxy import Fault, RegistryProxy, start_proxy
+
+GOOD = ("good1", "good2", "good3")
+STEP_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Moment:
+    name: str
+    tag: str  # what the killed deploy deploys; "good" means a good build other than the one serving
+    kill_at: str | None = None  # ROLLOUT_TEST_KILL_AT for the deploy
+    after: tuple[str, str, float] | None = None  # kill when an entry of this kind reaches this status, + delay
+    during_pull: bool = False  # kill while the engine pulls the image through a slow registry proxy
+    recovery_kill_at: str | None = None  # also kill the first recovering `status` at this step
+    recover_with: str = "status"  # or "deploy": the next deploy recovers first
+
+
+MOMENTS = [
+    # A good release, killed at every step of the way.
+    Moment("after the pending entry is recorded", "good", kill_at="recorded#1"),
+    Moment("after status applying (before the pull)", "good", kill_at="status:applying#1"),
+    Moment("after the old container is renamed, still running", "good", kill_at="docker:renamed#1"),
+    Moment("after the old container is stopped, before create", "good", kill_at="docker:stopped#1"),
+    Moment("after create, before start", "good", kill_at="docker:created#1", recover_with="deploy"),
+    Moment("after the new container started", "good", kill_at="docker:started#1"),
+    Moment("after the target is recorded applied", "good", kill_at="target:applied#1"),
+    Moment("after status verifying", "good", kill_at="status:verifying#1", recover_with="deploy"),
+    Moment("after the target is recorded healthy", "good", kill_at="target:healthy#1"),
+    Moment("after status healthy", "good", kill_at="status:healthy#1"),
+    # A crashing release: killed around the failure and all through the automatic revert.
+    Moment("after the failed verdict is recorded", "crash", kill_at="target:failed#1"),
+    Moment("inside the failed+revert transaction", "crash", kill_at="status:failed#1"),
+    Moment("revert: after status applying", "crash", kill_at="status:applying#2"),
+    Moment("revert: after the crashed container is renamed", "crash", kill_at="docker:renamed#2"),
+    Moment("revert: after the kept container is started", "crash", kill_at="docker:started#2", recover_with="deploy"),
+    Moment("revert: after the target is recorded applied", "crash", kill_at="target:applied#2"),
+    Moment("revert: after status verifying", "crash", kill_at="status:verifying#2"),
+    Moment("revert: after the target is recorded healthy", "crash", kill_at="target:healthy#1"),
+    Moment("revert: after status healthy", "crash", kill_at="status:healthy#1"),
+    # Between steps, by time.
+    Moment("0.5 s into waiting for a never-ready release", "never-ready", after=("deploy", "verifying", 0.5)),
+    Moment("2 s into waiting for a never-ready release", "never-ready", after=("deploy", "verifying", 2.0)),
+    Moment("0.5 s into a good release's stable window", "good", after=("deploy", "verifying", 0.5)),
+    Moment("0.3 s into verifying the automatic revert", "crash", after=("revert", "verifying", 0.3)),
+    Moment("while the engine pulls the new image", "good", during_pull=True),
+    # The recovery itself killed, then recovered by the next command.
+    Moment("recovery killed while marking entries interrupted", "good", kill_at="docker:started#1",
+           recovery_kill_at="status:interrupted#1"),
+    Moment("recovery killed after its revert is recorded", "good", kill_at="target:applied#1",
+           recovery_kill_at="status:applying#1"),
+    Moment("recovery killed after restarting the kept container", "good", kill_at="status:verifying#1",
+           recovery_kill_at="docker:started#1"),
+]
+
+
+@pytest.fixture
+def slow_pull_proxy(registry: str) -> Iterator[RegistryProxy]:
+    with start_proxy(registry) as proxy:
+        yield proxy
+
+
+def rollout(project: Project, *args: str, kill_at: str | None = None) -> subprocess.Popen[str]:
+    env = {**os.environ, "ROLLOUT_CONFIG": str(project.config), **project.env}
+    env.pop("ROLLOUT_LEDGER", None)
+    env.pop("ROLLOUT_TEST_KILL_AT", None)
+    if kill_at:
+        env["ROLLOUT_TEST_KILL_AT"] = kill_at
+    return subprocess.Popen([*ROLLOUT, *args], env=env, cwd=project.root, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen[str]) -> tuple[int, str]:
+    _, stderr = process.communicate(timeout=STEP_TIMEOUT)
+    return process.returncode, stderr
+
+
+def ledger_rows(project: Project, sql: str, params: tuple = ()) -> list[tuple]:
+    conn = sqlite3.connect(f"file:{project.ledger}?mode=ro", uri=True, timeout=30)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def wait_for_entry(project: Project, process: subprocess.Popen[str], after_id: int, kind: str, status: str) -> bool:
+    deadline = time.monotonic() + STEP_TIMEOUT
+    while time.monotonic() < deadline and process.poll() is None:
+        if ledger_rows(project, "SELECT 1 FROM entries WHERE id > ? AND kind = ? AND status = ?", (after_id, kind, status)):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def other_good(project: Project) -> str:
+    serving = project.version()
+    return next(tag for tag in GOOD if tag != serving)
+
+
+class Harness:
+    def __init__(self, project: Project, proxy: RegistryProxy) -> None:
+        self.project = project
+        self.proxy = proxy
+        self.tried = 0
+        self.recovered = 0
+        self.lost: list[str] = []
+
+    def kill(self, moment: Moment) -> str | None:
+        """Run the deploy and kill it at the moment; None when it died there, else why not."""
+        project = self.project
+        last_id = ledger_rows(project, "SELECT coalesce(max(id), 0) FROM entries")[0][0]
+        tag = other_good(project) if moment.tag == "good" else moment.tag
+        if moment.during_pull:
+            # The engine starts a pull with a HEAD of the digest (rollout HEADs the tag): hold that one.
+            self.proxy.inject(Fault("delay", kind="manifest", method="HEAD", path_contains="/manifests/sha256:",
+                                    delay=20.0, times=None))
+            write_config(project, image=f"{self.proxy.host}/rollout-test/app", timeout=4, stable=1)
+        process = rollout(project, "deploy", f"web:{tag}", kill_at=moment.kill_at)
+        try:
+            if moment.after is not None:
+                kind, status, delay = moment.after
+                if not wait_for_entry(project, process, last_id, kind, status):
+                    return f"no {kind} entry reached {status}"
+                time.sleep(delay)
+                process.send_signal(signal.SIGKILL)
+            elif moment.during_pull:
+                deadline = time.monotonic() + STEP_TIMEOUT
+                while not self.proxy.faults_applied["delay"] and process.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                if process.poll() is not None or not self.proxy.faults_applied["delay"]:
+                    return "the engine never started pulling"
+                time.sleep(0.5)
+                process.send_signal(signal.SIGKILL)
+            code, stderr = finish(process)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            if moment.during_pull:
+                self.proxy.clear_faults()
+                write_config(project, timeout=4, stable=1)
+        if code != -signal.SIGKILL:
+            return f"the deploy was not killed there: exit {code}: {stderr.strip()[-300:]}"
+        return None
+
+    def recover(self, moment: Moment, interrupted_ids: list[int]) -> str | None:
+        """Run the next command and check the app is back on a healthy recorded digest; None when it is."""
+        project = self.project
+        [(integrity,)] = ledger_rows(project, "PRAGMA integrity_check")
+        if integrity != "ok":
+            return f"integrity_check: {integrity}"
+        if moment.recovery_kill_at:
+            code, stderr = finish(rollout(project, "status", "--json", kill_at=moment.recovery_kill_at))
+            if code != -signal.SIGKILL:
+                return f"the recovering status was not killed at {moment.recovery_kill_at}: exit {code}: {stderr[-300:]}"
+            [(integrity,)] = ledger_rows(project, "PRAGMA integrity_check")
+            if integrity != "ok":
+                return f"integrity_check after the second kill: {integrity}"
+        deployed = None
+        if moment.recover_with == "deploy":
+            deployed = other_good(project)
+            code, stderr = finish(rollout(project, "deploy", f"web:{deployed}"))
+            if code != 0:
+                return f"the next deploy exited {code}: {stderr.strip()[-400:]}"
+        result = project.run("status", "--json")
+        if result.returncode != 0:
+            return f"status exited {result.returncode}: {result.stderr.strip()[-400:]}"
+        report = json.loads(result.stdout)
+        current = report["current"]
+        if current is None or not all(t["in_sync"] for t in report["targets"]):
+            return f"not in sync after recovery: {report}"
+        serving = project.version()
+        if serving not in GOOD or serving != current["tag"]:
+            return f"serves {serving!r}, the ledger's current entry is {current['tag']!r}"
+        if deployed is not None and serving != deployed:
+            return f"the next deploy of {deployed} left {serving!r} serving"
+        statuses = dict(ledger_rows(project, "SELECT id, status FROM entries"))
+        unfinished = [i for i, s in statuses.items() if s in ("pending", "applying", "verifying")]
+        if unfinished:
+            return f"entries still unfinished: {unfinished}"
+        wrong = {i: statuses[i] for i in interrupted_ids if statuses[i] != "interrupted"}
+        if wrong:
+            return f"interrupted entries not marked interrupted: {wrong}"
+        locks = project.run("lock", "status", "--json")
+        if locks.returncode != 0 or not all(lease["stale"] for lease in json.loads(locks.stdout)):
+            return f"a live lock is left after recovery: {locks.stdout}{locks.stderr}"
+        return None
+
+    def run(self, moment: Moment) -> None:
+        self.tried += 1
+        problem = self.kill(moment)
+        if problem is None:
+            interrupted = [row[0] for row in ledger_rows(
+                self.project, "SELECT id FROM entries WHERE status IN ('pending', 'applying', 'verifying')")]
+            problem = self.recover(moment, interrupted)
+        if problem is None:
+            self.recovered += 1
+        else:
+            self.lost.append(f"{moment.name}: {problem}")
+
+
+def test_sigkill_at_every_moment_loses_nothing(project: Project, slow_pull_proxy: RegistryProxy,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert len({(m.tag, m.kill_at, m.after, m.during_pull, m.recovery_kill_at) for m in MOMENTS}) == len(MOMENTS) >= 20
+    write_config(project, timeout=4, stable=1)
+    first = project.run("deploy", "web:good1")
+    assert first.returncode == 0, first.stderr
+    harness = Harness(project, slow_pull_proxy)
+    for moment in MOMENTS:
+        harness.run(moment)
+    with capsys.disabled():
+        print(f"\ncrash safety: kills tried {harness.tried} / recovered {harness.recovered} / lost {len(harness.lost)}")
+        for line in harness.lost:
+            print(f"  LOST {line}")
+    assert harness.lost == []
+    assert harness.recovered == harness.tried == len(MOMENTS)
+    # However often it was killed, every entry of the history ended with an outcome.
+    assert {e["status"] for e in project.history()} == {"healthy", "failed", "interrupted"}
