@@ -27,7 +27,7 @@ from rollout import lock
 from rollout.ledger import Ledger
 from rollout.reference import parse
 from rollout.registry import RegistryClient
-from support.proxy import RegistryProxy
+from support.proxy import RegistryProxy, start_proxy
 
 BUSYBOX = f"{REGISTRY}/rollout-test/busybox:base"
 
@@ -40,56 +40,6 @@ CRASHING_BASE = """#!/bin/sh
 echo 'fatal: base {version} cannot start the app' >&2
 exit 1
 """
-
-
-class ChunkedBodyProxy(RegistryProxy):
-    """The counting proxy, able to forward chunked request bodies.
-
-    `docker push` uploads layers with `Transfer-Encoding: chunked`; support.proxy reads
-    request bodies by Content-Length only, so pushes through it fail ("digest invalid").
-    This de-chunks the body first and hands the request on unchanged otherwise.
-    """
-
-    def start(self) -> "ChunkedBodyProxy":
-        super().start()
-        assert self._server is not None
-        base = self._server.RequestHandlerClass
-
-        class Handler(base):  # type: ignore[misc, valid-type]
-            def handle_any(self) -> None:
-                if "chunked" not in (self.headers.get("Transfer-Encoding") or "").lower():
-                    return base.handle_any(self)
-                body = read_chunked(self.rfile)
-                del self.headers["Transfer-Encoding"]
-                self.headers["Content-Length"] = str(len(body))
-                original, self.rfile = self.rfile, io.BytesIO(body)
-                try:
-                    base.handle_any(self)
-                finally:
-                    self.rfile = original
-
-            do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = handle_any
-
-        # The server makes a handler per request from this class.
-        self._server.RequestHandlerClass = Handler
-        return self
-
-
-def read_chunked(stream: Any) -> bytes:
-    body = b""
-    while True:
-        size = int(stream.readline().split(b";")[0].strip() or b"0", 16)
-        if size == 0:
-            while stream.readline() not in (b"\r\n", b"\n", b""):
-                pass  # trailers
-            return body
-        body += stream.read(size)
-        stream.readline()
-
-
-def start_proxy(upstream: str) -> RegistryProxy:
-    host, _, port = upstream.rpartition(":")
-    return ChunkedBodyProxy(host, int(port)).start()
 
 
 @dataclass

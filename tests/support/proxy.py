@@ -18,7 +18,7 @@ import struct
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Literal
+from typing import Any, Literal
 
 FaultAction = Literal["reset", "status", "delay", "truncate", "strip_digest"]
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
@@ -166,13 +166,29 @@ def forward(proxy: RegistryProxy, method: str, path: str, headers: list[tuple[st
         connection.close()
 
 
+def read_chunked(stream: Any) -> bytes:
+    """A chunked request body (RFC 9112 section 7.1), trailers dropped."""
+    body = b""
+    while True:
+        size = int(stream.readline().split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            while stream.readline() not in (b"\r\n", b"\n", b""):
+                pass
+            return body
+        body += stream.read(size)
+        stream.readline()
+
+
 def _handler_for(proxy: RegistryProxy) -> type[BaseHTTPRequestHandler]:
     class ProxyHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def handle_any(self) -> None:
             kind = request_kind(self.path)
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                body = read_chunked(self.rfile)  # `docker push` uploads layers chunked
+            else:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             fault = proxy.take_fault(self.command, kind, self.path)
             if fault is not None and fault.action == "reset":
                 return self.reset_connection()
