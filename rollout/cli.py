@@ -65,7 +65,31 @@ def _orchestrator(cfg: configuration.Config, app_cfg: configuration.AppConfig, l
 
     targets = [open_target(t, app_cfg) for t in app_cfg.targets]
     return Orchestrator(app_cfg, ledger, _registry(cfg), targets,
-                        lambda watch, policy, progress: verify(watch, policy, on_progress=progress), console)
+                        lambda watch, policy, progress: verify(watch, policy, on_progress=progress), console,
+                        listener=_notifier(cfg, console))
+
+
+def _notifier(cfg: configuration.Config, console: Console):  # type: ignore[no-untyped-def]
+    """The [notify] webhooks as an orchestrator listener (None when none are configured)."""
+    from rollout import notify
+
+    return notify.notifier_for(cfg.notify, cfg.path, console.warn)
+
+
+METRICS_FILE = typer.Option(None, "--metrics-file", metavar="PATH",
+                            help="After the run, write Prometheus textfile-collector metrics to PATH (atomically).")
+PUSHGATEWAY = typer.Option(None, "--pushgateway", metavar="URL", help="After the run, push the metrics to this Pushgateway.")
+
+
+def _measured(command: str, run: Any, metrics_file: Optional[str], pushgateway: Optional[str], app_of: Any) -> Any:
+    """run, timed, with its metrics written to --metrics-file / pushed to --pushgateway whatever the outcome."""
+    from rollout import metrics
+
+    def subject() -> tuple[str, configuration.Config]:
+        cfg = _config()
+        return app_of(cfg), cfg
+
+    return metrics.measured(command, run, metrics_file=metrics_file, pushgateway=pushgateway, subject=subject)
 
 
 def parse_release(text: str, cfg: configuration.Config):  # type: ignore[no-untyped-def]
@@ -94,6 +118,8 @@ def deploy(
     allow_retag: bool = typer.Option(False, "--allow-retag", help="Accept a tag that now resolves to another digest."),
     wait: float = typer.Option(0.0, "--wait", metavar="SECONDS", help="Wait this long for another rollout's lock."),
     reason: Optional[str] = typer.Option(None, "--reason", help="Why: recorded in the ledger."),
+    metrics_file: Optional[str] = METRICS_FILE,
+    pushgateway: Optional[str] = PUSHGATEWAY,
 ) -> None:
     """Deploy an exact digest to every target of the app, verify health, revert automatically on failure."""
 
@@ -104,7 +130,7 @@ def deploy(
         return _under_lock(cfg, app_cfg, ledger, console, wait,
                            lambda orchestrator: orchestrator.deploy(ref, allow_retag=allow_retag, reason=reason))
 
-    _run(run)
+    _run(_measured("deploy", run, metrics_file, pushgateway, lambda cfg: parse_release(release, cfg)[0].name))
 
 
 @app.command()
@@ -113,6 +139,8 @@ def revert(
     to: Optional[str] = typer.Option(None, "--to", metavar="ID|TAG", help="Ledger entry id or tag to go back to."),
     wait: float = typer.Option(0.0, "--wait", metavar="SECONDS", help="Wait this long for another rollout's lock."),
     reason: Optional[str] = typer.Option(None, "--reason", help="Why: recorded in the ledger."),
+    metrics_file: Optional[str] = METRICS_FILE,
+    pushgateway: Optional[str] = PUSHGATEWAY,
 ) -> None:
     """Go back to the previous healthy release (or --to a chosen one) and verify it."""
 
@@ -131,7 +159,7 @@ def revert(
         return _under_lock(cfg, app_cfg, ledger, console, wait,
                            lambda orchestrator: orchestrator.revert(target_entry, reason=reason))
 
-    _run(run)
+    _run(_measured("revert", run, metrics_file, pushgateway, lambda cfg: cfg.app(app_name).name))
 
 
 @app.command()
@@ -211,6 +239,8 @@ def rebuild(
     force: bool = typer.Option(False, "--force", help="Build even when the inputs are unchanged or failed before."),
     wait: float = typer.Option(0.0, "--wait", metavar="SECONDS", help="Wait this long for another rollout's lock."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    metrics_file: Optional[str] = METRICS_FILE,
+    pushgateway: Optional[str] = PUSHGATEWAY,
 ) -> None:
     """Rebuild, push and deploy the app's image when a base image or the build context changed."""
     from rollout import rebuild as rebuilding
@@ -224,11 +254,63 @@ def rebuild(
                 app_cfg, config_path=cfg.path, ledger=ledger, registry=_registry(cfg),
                 orchestrator=lambda: _orchestrator(cfg, app_cfg, ledger, console), engine=rebuilding.local_engine,
                 reporter=console, force=force, no_deploy=no_deploy, check_only=check_only, wait=wait)
+        _notify_rebuild(cfg, app_cfg, result, console, check_only)
         if as_json:
             console.json(result.to_json())
         else:
             console.result(result.message)
         return result.exit_code
+
+    _run(_measured("rebuild", run, metrics_file, pushgateway, lambda cfg: cfg.app(app_name).name))
+
+
+def _notify_rebuild(cfg: configuration.Config, app_cfg: configuration.AppConfig, result: Any, console: Console,
+                    check_only: bool) -> None:
+    """rebuild_skipped / rebuild_built: the rebuild outcomes the orchestrator never sees."""
+    from rollout import notify
+
+    notifier = _notifier(cfg, console)
+    event = None if check_only or notifier is None else notify.rebuild_event(result, app_cfg.image)
+    if event is not None:
+        notifier(*event)
+
+
+@app.command()
+def init(
+    from_container: Optional[str] = typer.Option(None, "--from-container", metavar="NAME",
+                                                 help="Fill a docker target from this running container."),
+    host: Optional[str] = typer.Option(None, "--host", help="Docker host of --from-container (DOCKER_HOST syntax)."),
+    from_deployment: Optional[str] = typer.Option(None, "--from-deployment", metavar="NAME",
+                                                  help="Fill a kubernetes target from this Deployment."),
+    namespace: Optional[str] = typer.Option(None, "--namespace", help="Namespace of --from-deployment."),
+    kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig", metavar="PATH", help="Kubeconfig for --from-deployment."),
+    context: Optional[str] = typer.Option(None, "--context", help="Kubeconfig context for --from-deployment."),
+    container: Optional[str] = typer.Option(None, "--container", help="Which container of the Deployment's pods."),
+    app_name: Optional[str] = typer.Option(None, "--app", help="The app's name (default: from the container or Deployment)."),
+    image: Optional[str] = typer.Option(None, "--image", metavar="REPOSITORY", help="The app's image repository."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+) -> None:
+    """Write a commented rollout.toml (at -c or ./rollout.toml), filled from a running container or Deployment."""
+    from rollout import scaffold
+
+    def run(console: Console) -> int:
+        path = configuration.config_path(_state.get("config"))
+        if from_container and from_deployment:
+            raise UserError("give --from-container or --from-deployment, not both")
+        if path.exists() and not force:
+            raise UserError(f"{path} already exists: pass --force to overwrite it")
+        if from_container:
+            draft = scaffold.from_container(from_container, host, app_name, image)
+        elif from_deployment:
+            draft = scaffold.from_deployment(from_deployment, namespace, kubeconfig, context, container, app_name, image)
+        else:
+            draft = scaffold.blank(app_name, image)
+        scaffold.write(path, scaffold.render(draft), force=force)
+        for note in draft.notes:
+            console.info(f"note: {note}")
+        console.result(f"wrote {path}: app {draft.app} ({draft.image}), target {draft.target['name']};"
+                       f" next: rollout deploy {draft.app}:TAG")
+        return 0
 
     _run(run)
 

@@ -1,0 +1,393 @@
+"""Notifications: tell a webhook, Slack or (through Apprise) any chat service what a rollout did.
+
+`[notify] urls = [...]` in rollout.toml; each URL's scheme decides what is sent:
+
+    https://hooks.slack.com/services/...   Slack incoming webhook: {"text": "..."}
+    slack+https://chat.example/hooks/ID    any Slack-compatible webhook (Mattermost, Rocket.Chat, ...):
+                                           {"text": "..."} POSTed to https://chat.example/hooks/ID
+    https://... or http://...              generic webhook: the event as a JSON object (see PAYLOAD_KEYS)
+    anything else (discord://, tgram://,   an Apprise URL; needs `pip install 'rollout[notify]'`
+    mailto://, ...)
+
+`${NAME}` in a URL is replaced by the environment variable NAME, so webhook tokens
+need not live in the file. A notification never fails a rollout: it is sent in the
+background with a short timeout and a few retries, and a failure is one warning
+line that names the service by scheme and host only (a webhook's path, query and
+user:password are secrets).
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import json
+import os
+import queue
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from rollout.errors import ConfigError
+
+EVENTS = ("started", "healthy", "failed", "reverted", "revert_failed", "rebuild_skipped", "rebuild_built")
+# Only these fields ever leave the machine: nothing from the registry config, the environment or the ledger's events.
+PAYLOAD_KEYS = ("event", "app", "entry", "kind", "tag", "digest", "repository", "reverts_to", "reason",
+                "failed_targets", "failed_entry")
+NOTIFY_KEYS = {"urls", "events", "timeout"}
+DEFAULT_TIMEOUT = 5.0
+ATTEMPTS = 3
+BACKOFF_SECONDS = (0.5, 1.5)
+SLACK_HOSTS = {"hooks.slack.com"}
+
+Warn = Callable[[str], None]
+_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One configured destination. `url` may hold a token: print `shown`, never `url`."""
+
+    url: str
+    style: str  # "json" | "slack" | "apprise"
+
+    @property
+    def shown(self) -> str:
+        return redact_url(self.url)
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    channels: tuple[Channel, ...] = ()
+    events: frozenset[str] = frozenset(EVENTS)
+    timeout: float = DEFAULT_TIMEOUT
+
+
+# -- configuration ------------------------------------------------------------------
+
+
+def parse_settings(table: dict[str, Any], path: Path | None) -> NotifySettings:
+    """Validate the raw `[notify]` table; every error names the file and the key, never a URL's secret."""
+    unknown = sorted(set(table) - NOTIFY_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key notify.{unknown[0]}: allowed here are {', '.join(sorted(NOTIFY_KEYS))}")
+    urls = table.get("urls", [])
+    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+        raise ConfigError(f"{path}: notify.urls must be an array of URL strings")
+    channels = tuple(_channel(url, index, path) for index, url in enumerate(urls))
+    events = table.get("events", list(EVENTS))
+    if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
+        raise ConfigError(f"{path}: notify.events must be an array of event names ({', '.join(EVENTS)})")
+    wrong = [e for e in events if e not in EVENTS]
+    if wrong:
+        raise ConfigError(f"{path}: notify.events: unknown event {wrong[0]!r}: use some of {', '.join(EVENTS)}")
+    timeout = table.get("timeout", DEFAULT_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 60:
+        raise ConfigError(f"{path}: notify.timeout = {timeout!r}: must be a number of seconds, more than 0 and at most 60")
+    return NotifySettings(channels, frozenset(events), float(timeout))
+
+
+def _channel(raw: str, index: int, path: Path | None) -> Channel:
+    where = f"{path}: notify.urls[{index}]"
+    missing = [name for name in _ENV_VAR.findall(raw) if not os.environ.get(name)]
+    if missing:
+        raise ConfigError(f"{where}: environment variable {missing[0]} is not set: export it or change the URL")
+    url = _ENV_VAR.sub(lambda m: os.environ[m.group(1)], raw).strip()
+    scheme, sep, _ = url.partition("://")
+    if not sep or not scheme:
+        raise ConfigError(f"{where} is not a URL: use https://..., slack+https://... or an Apprise URL")
+    scheme = scheme.lower()
+    if scheme in ("slack+http", "slack+https"):
+        url = url[len("slack+"):]
+        style = "slack"
+    elif scheme in ("http", "https"):
+        style = "slack" if (urlsplit(url).hostname or "").lower() in SLACK_HOSTS else "json"
+    else:
+        style = "apprise"
+        if not _apprise_available():
+            raise ConfigError(f"{where} ({redact_url(url)}) needs Apprise: pip install 'rollout[notify]',"
+                              " or use an http(s):// webhook")
+    if style != "apprise" and not urlsplit(url).hostname:
+        raise ConfigError(f"{where} ({redact_url(url)}) has no host")
+    return Channel(url, style)
+
+
+def redact_url(url: str) -> str:
+    """scheme://host[:port]/… : what can be printed about a URL whose path, query or user part may be a token."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        port = parts.port
+    except ValueError:
+        host, port = None, None
+    scheme = url.partition("://")[0] or "url"
+    if host is None or scheme not in ("http", "https"):
+        # Apprise URLs often carry the token where a host would be (tgram://TOKEN/CHAT).
+        return f"{scheme}://…"
+    shown = f"{scheme}://{host}" + (f":{port}" if port else "")
+    return shown + ("/…" if parts.path.strip("/") or parts.query else "")
+
+
+# -- what is sent -------------------------------------------------------------------
+
+
+def clean_payload(payload: dict[str, object]) -> dict[str, object]:
+    """Only PAYLOAD_KEYS, and any user:password@ inside a text field masked."""
+    cleaned: dict[str, object] = {}
+    for key in PAYLOAD_KEYS:
+        if key in payload:
+            cleaned[key] = _scrub(payload[key])
+    return cleaned
+
+
+def _scrub(value: object) -> object:
+    if isinstance(value, str):
+        return _URL_USERINFO.sub("***@", value)
+    if isinstance(value, (list, tuple)):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def message(payload: dict[str, object]) -> str:
+    """One human line about the event, for chat services."""
+    event = payload.get("event")
+    app = payload.get("app")
+    entry = payload.get("entry")
+    what = f"{payload.get('tag') or '-'} ({_short(payload.get('digest'))})"
+    reason = f": {payload['reason']}" if payload.get("reason") else ""
+    targets = payload.get("failed_targets")
+    on = f" on {', '.join(map(str, targets))}" if isinstance(targets, list) and targets else ""
+    kind = payload.get("kind") or "deploy"
+    if event == "started":
+        if kind == "revert":
+            return f"rollout: {app} #{entry} revert to #{payload.get('reverts_to')} {what} started"
+        return f"rollout: {app} #{entry} {kind} {what} started"
+    if event == "healthy":
+        return f":white_check_mark: rollout: {app} #{entry} {kind} {what} is healthy"
+    if event == "failed":
+        return f":x: rollout: {app} #{entry} {kind} {what} failed{on}{reason}"
+    if event == "reverted":
+        return (f":leftwards_arrow_with_hook: rollout: {app} reverted to #{payload.get('reverts_to')} {what}"
+                f" after #{payload.get('failed_entry')} failed{reason}; healthy again as #{entry}")
+    if event == "revert_failed":
+        return (f":rotating_light: rollout: {app} REVERT FAILED: #{entry} could not restore"
+                f" #{payload.get('reverts_to')} {what}{reason}; {app} is not on a healthy release: act now")
+    if event == "rebuild_skipped":
+        return f"rollout: {app} rebuild skipped{reason}"
+    if event == "rebuild_built":
+        return f"rollout: {app} built and pushed {payload.get('repository')}:{payload.get('tag')} ({_short(payload.get('digest'))}){reason}"
+    return f"rollout: {app} {event}{reason}"
+
+
+def body_for(channel: Channel, payload: dict[str, object]) -> dict[str, object]:
+    if channel.style == "slack":
+        return {"text": message(payload)}
+    return {**payload, "message": message(payload), "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def _short(digest: object) -> str:
+    return str(digest).split(":", 1)[-1][:12] if digest else "-"
+
+
+# -- delivery -----------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    channel: Channel
+    payload: dict[str, object]
+    timeout: float
+    warn: Warn
+
+
+@dataclass
+class Dispatcher:
+    """One background sender for the whole process, so events arrive in the order they happened
+    and a slow webhook never holds up a rollout; the queue is drained, for a bounded time, at exit."""
+
+    jobs: "queue.Queue[_Job]" = field(default_factory=queue.Queue)
+    _thread: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _budget: float = 0.0
+    _warn: Warn | None = None
+
+    def submit(self, job: _Job) -> None:
+        with self._lock:
+            # Each job may take all its attempts plus the pauses between them; the exit waits no longer than that.
+            self._budget = max(self._budget, job.timeout * ATTEMPTS + sum(BACKOFF_SECONDS))
+            self._warn = job.warn
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="rollout-notify", daemon=True)
+                self._thread.start()
+                atexit.register(self.drain)
+        self.jobs.put(job)
+
+    def drain(self, deadline_seconds: float | None = None) -> bool:
+        """Wait until every queued notification was sent or given up; False if time ran out first."""
+        limit = deadline_seconds if deadline_seconds is not None else min(60.0, self._budget * 2)
+        deadline = time.monotonic() + limit
+        with self.jobs.all_tasks_done:
+            while self.jobs.unfinished_tasks:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    if self._warn is not None:
+                        self._warn(f"warning: gave up waiting for {self.jobs.unfinished_tasks} notification(s)"
+                                   f" after {limit:.0f}s")
+                    return False
+                self.jobs.all_tasks_done.wait(remaining)
+        return True
+
+    def _work(self) -> None:
+        while True:
+            job = self.jobs.get()
+            try:
+                send(job.channel, job.payload, job.timeout, job.warn)
+            except Exception as exc:  # noqa: BLE001 - the sender thread must outlive any bad notification
+                job.warn(f"warning: notification to {job.channel.shown} failed: {type(exc).__name__}")
+            finally:
+                self.jobs.task_done()
+
+
+_dispatcher = Dispatcher()
+
+
+def send(channel: Channel, payload: dict[str, object], timeout: float, warn: Warn) -> bool:
+    """Deliver one event to one channel, retrying transient failures; True when it was accepted."""
+    if channel.style == "apprise":
+        return _send_apprise(channel, payload, timeout, warn)
+    import requests
+
+    body = body_for(channel, payload)
+    problem = "not sent"
+    for attempt in range(ATTEMPTS):
+        if attempt:
+            time.sleep(BACKOFF_SECONDS[min(attempt - 1, len(BACKOFF_SECONDS) - 1)])
+        try:
+            response = requests.post(channel.url, json=body, timeout=(min(timeout, 3.0), timeout),
+                                     headers={"User-Agent": "rollout"}, allow_redirects=False)
+        except requests.RequestException as exc:
+            problem = _describe_request_error(exc)
+            continue
+        if 200 <= response.status_code < 300:
+            return True
+        problem = f"HTTP {response.status_code}"
+        if response.status_code != 429 and response.status_code < 500:
+            break  # the receiver refused this request; sending it again will not change its mind
+    tries = attempt + 1
+    warn(f"warning: notification {payload.get('event')} to {channel.shown} failed: {problem}"
+         f" ({tries} {'try' if tries == 1 else 'tries'}); the rollout is not affected")
+    return False
+
+
+def _describe_request_error(exc: Exception) -> str:
+    import requests
+
+    # The exception text repeats the URL (with its token): name only the kind of failure.
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    if isinstance(exc, requests.ConnectionError):
+        return "cannot connect"
+    return type(exc).__name__
+
+
+def _apprise_available() -> bool:
+    try:
+        import apprise  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _send_apprise(channel: Channel, payload: dict[str, object], timeout: float, warn: Warn) -> bool:
+    import logging
+
+    import apprise
+
+    # Apprise logs failures itself, URL included: keep its logger quiet and report in our own words.
+    logging.getLogger("apprise").setLevel(logging.CRITICAL)
+    notifier = apprise.Apprise()
+    if not notifier.add(channel.url):
+        warn(f"warning: notification to {channel.shown}: Apprise does not understand this URL")
+        return False
+    failed = payload.get("event") in ("failed", "revert_failed")
+    kind = apprise.NotifyType.FAILURE if failed else (
+        apprise.NotifyType.SUCCESS if payload.get("event") in ("healthy", "reverted") else apprise.NotifyType.INFO)
+    for attempt in range(ATTEMPTS):
+        if attempt:
+            time.sleep(BACKOFF_SECONDS[min(attempt - 1, len(BACKOFF_SECONDS) - 1)])
+        try:
+            if notifier.notify(body=message(payload), title=f"rollout: {payload.get('app')} {payload.get('event')}",
+                               notify_type=kind):
+                return True
+        except Exception:  # noqa: BLE001 - a plugin's own bug must not reach the rollout
+            pass
+    warn(f"warning: notification {payload.get('event')} to {channel.shown} failed ({ATTEMPTS} tries);"
+         " the rollout is not affected")
+    return False
+
+
+# -- the orchestrator's listener ----------------------------------------------------------
+
+
+class Notifier:
+    """A listener for rollout.orchestrator.Orchestrator: queues each event for every channel."""
+
+    def __init__(self, settings: NotifySettings, warn: Warn, dispatcher: Dispatcher | None = None) -> None:
+        self.settings = settings
+        self.warn = warn
+        self.dispatcher = dispatcher or _dispatcher
+
+    def __call__(self, event: str, payload: dict[str, object]) -> None:
+        if event not in self.settings.events:
+            return
+        cleaned = clean_payload({**payload, "event": event})
+        for channel in self.settings.channels:
+            self.dispatcher.submit(_Job(channel, cleaned, self.settings.timeout, self.warn))
+
+    def drain(self, deadline_seconds: float | None = None) -> bool:
+        return self.dispatcher.drain(deadline_seconds)
+
+
+def notifier_for(table: dict[str, Any], path: Path | None, warn: Warn) -> Notifier | None:
+    """The Notifier for a config's `[notify]` table, or None when no URL is configured."""
+    settings = parse_settings(table, path)
+    return Notifier(settings, warn) if settings.channels else None
+
+
+def rebuild_event(result: Any, repository: str) -> tuple[str, dict[str, object]] | None:
+    """The notification for a `rollout rebuild` result that the orchestrator did not already send.
+
+    Skipped runs (up to date, or these inputs failed before) and build-only runs
+    (--no-deploy) never reach the orchestrator; a deploy after a build does, and
+    sends started/healthy/failed/reverted itself.
+    """
+    events = {"up-to-date": "rebuild_skipped", "failed-before": "rebuild_skipped", "built": "rebuild_built"}
+    event = events.get(getattr(result, "action", ""))
+    if event is None:
+        return None
+    payload: dict[str, object] = {"event": event, "app": result.app, "kind": "rebuild", "tag": result.tag,
+                                  "digest": result.digest, "repository": repository, "reason": result.message}
+    entry = getattr(result, "entry", None)
+    if entry is not None:
+        payload["entry"] = entry.id
+    return event, payload
+
+
+def combine(*listeners: Callable[[str, dict[str, object]], None] | None) -> Callable[[str, dict[str, object]], None] | None:
+    """One listener that calls each given one; None when none is given."""
+    present = [listener for listener in listeners if listener is not None]
+    if not present:
+        return None
+    if len(present) == 1:
+        return present[0]
+
+    def both(event: str, payload: dict[str, object]) -> None:
+        for listener in present:
+            listener(event, payload)
+
+    return both
+

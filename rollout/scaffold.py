@@ -1,0 +1,334 @@
+"""`rollout init`: write a commented rollout.toml, filled from a running container or Deployment when asked.
+
+What is read from a container is what the operator chose (env, command, network,
+ports, volumes, restart policy, user), not what came with the image. An env
+variable whose name looks like a secret is never copied into the file: it is listed
+in a comment instead (the docker target carries the running container's env over
+anyway, so the next deploy keeps it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rollout import config as configuration
+from rollout.errors import InvalidReference, TargetUnreachable, UserError
+from rollout.reference import parse
+
+SECRET_NAME = re.compile(r"PASS|SECRET|TOKEN|KEY|CREDENTIAL|AUTH|PRIVATE|CERT|DSN|COOKIE|SALT", re.IGNORECASE)
+SECRET_ARGUMENT = re.compile(r"(pass|secret|token|key|credential|auth)[\w-]*[=:]", re.IGNORECASE)
+APP_NAME = re.compile(r"[^A-Za-z0-9_-]+")
+EXAMPLE_IMAGE = "registry.example.com/team/web"
+
+
+@dataclass
+class Draft:
+    """What `rollout init` will write: one app with one target."""
+
+    app: str
+    image: str  # repository, without tag or digest
+    target: dict[str, Any]  # name, kind and the target's settings, in the order they are written
+    running: str | None = None  # the image reference the source runs now
+    notes: list[str] = field(default_factory=list)  # comments placed above the target
+    has_healthcheck: bool = False
+    source: str = ""  # "container web on unix:///..." etc., for the header
+
+
+# -- reading a source ----------------------------------------------------------------------
+
+
+def blank(app: str | None, image: str | None) -> Draft:
+    name = app or "web"
+    return Draft(app=name, image=image or EXAMPLE_IMAGE,
+                 target={"name": "local", "kind": "docker", "container": name, "network": "host"},
+                 notes=["an example: set `container` to the container to manage, and `image` above to its repository"])
+
+
+def from_container(name: str, host: str | None, app: str | None = None, image: str | None = None) -> Draft:
+    import docker
+    import docker.errors
+
+    where = host or os.environ.get("DOCKER_HOST") or "the local Docker engine"
+    try:
+        client = docker.DockerClient(base_url=host, timeout=30, use_ssh_client=bool(host and host.startswith("ssh://"))) \
+            if host else docker.from_env(timeout=30)
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - the SDK raises many kinds for "no engine"
+        raise TargetUnreachable(f"cannot reach the Docker engine at {where} ({_short(exc)}): start it or fix --host") from None
+    try:
+        container = client.containers.get(name)
+    except docker.errors.NotFound:
+        raise UserError(f"no container {name!r} on {where}: `docker ps -a` lists the containers") from None
+    except docker.errors.APIError as exc:
+        raise TargetUnreachable(f"cannot inspect container {name!r} on {where}: {_short(exc)}") from None
+    attrs = container.attrs
+    try:
+        image_attrs = client.images.get(attrs["Image"]).attrs
+    except docker.errors.ImageNotFound:
+        image_attrs = {}
+    image_config = image_attrs.get("Config") or {}
+    running = _container_image(attrs["Config"].get("Image") or "", image_attrs)
+    labels = attrs["Config"].get("Labels") or {}
+    container_name = attrs["Name"].lstrip("/")
+    app_name = app or labels.get("rollout.app") or _app_name(container_name)
+    draft = Draft(app=app_name, image=image or _repository(running, "--image"), target={}, running=running,
+                  source=f"container {container_name} on {where}")
+    settings: dict[str, Any] = {"name": "local" if not host else _app_name(host.split("://")[-1]) or "host",
+                                "kind": "docker"}
+    if host:
+        settings["host"] = host
+    settings["container"] = container_name
+    host_config = attrs.get("HostConfig") or {}
+    network = host_config.get("NetworkMode")
+    if network and network != "default":
+        settings["network"] = network
+    env, hidden = _operator_env(attrs["Config"].get("Env") or [], image_config.get("Env") or [])
+    if env:
+        settings["env"] = env
+    if hidden:
+        draft.notes.append(f"env not copied (looks like a secret; the running container keeps it): {', '.join(hidden)}")
+    for key, setting in (("Cmd", "command"), ("Entrypoint", "entrypoint")):
+        value = attrs["Config"].get(key)
+        if value and value != image_config.get(key):
+            if any(SECRET_ARGUMENT.search(part) for part in value):
+                draft.notes.append(f"{setting} not copied: an argument looks like a secret (the running container keeps it)")
+            else:
+                settings[setting] = list(value)
+    user = attrs["Config"].get("User")
+    if user and user != image_config.get("User"):
+        settings["user"] = user
+    ports = _ports(host_config.get("PortBindings") or {})
+    if ports:
+        settings["ports"] = ports
+    if host_config.get("Binds"):
+        settings["volumes"] = list(host_config["Binds"])
+    restart = _restart(host_config.get("RestartPolicy") or {})
+    if restart:
+        settings["restart"] = restart
+    draft.target = settings
+    draft.has_healthcheck = bool((attrs["Config"].get("Healthcheck") or image_config.get("Healthcheck") or {}).get("Test"))
+    return draft
+
+
+def from_deployment(name: str, namespace: str | None, kubeconfig: str | None, context: str | None,
+                    container: str | None, app: str | None = None, image: str | None = None) -> Draft:
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    config_file = os.path.expanduser(kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config")
+    try:
+        if kubeconfig or Path(config_file).exists():
+            api_client = config.new_client_from_config(config_file=config_file, context=context)
+            namespace = namespace or _context_namespace(config_file, context)
+        else:
+            config.load_incluster_config()
+            api_client = client.ApiClient()
+    except Exception as exc:  # noqa: BLE001 - ConfigException, missing files, bad YAML
+        raise UserError(f"cannot load Kubernetes config {config_file}: {_short(exc)}: pass --kubeconfig") from None
+    namespace = namespace or "default"
+    api_client.configuration.retries = 1
+    try:
+        response = client.AppsV1Api(api_client).read_namespaced_deployment(
+            name, namespace, _request_timeout=30, _preload_content=False)
+        deployment = json.loads(response.data)
+    except ApiException as exc:
+        if exc.status == 404:
+            raise UserError(f"no deployment {name!r} in namespace {namespace}: `kubectl get deployments -n {namespace}`"
+                            " lists them") from None
+        raise TargetUnreachable(f"deployment {name}: the Kubernetes API answered {exc.status} {exc.reason}") from None
+    except Exception as exc:  # noqa: BLE001 - urllib3 connection errors and friends
+        raise TargetUnreachable(f"the Kubernetes API is unreachable ({_short(exc)})") from None
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    names = [c["name"] for c in containers]
+    if container is None and len(containers) > 1:
+        raise UserError(f"deployment {name} has several containers ({', '.join(names)}): choose one with --container")
+    chosen = container or names[0]
+    if chosen not in names:
+        raise UserError(f"deployment {name} has no container {chosen!r} (it has {', '.join(names)})")
+    running = next(c["image"] for c in containers if c["name"] == chosen)
+    settings: dict[str, Any] = {"name": _app_name(context or "cluster") or "cluster", "kind": "kubernetes"}
+    if kubeconfig:
+        settings["kubeconfig"] = str(Path(kubeconfig).expanduser().resolve())
+    if context:
+        settings["context"] = context
+    settings["namespace"] = namespace
+    settings["deployment"] = name
+    settings["container"] = chosen
+    draft = Draft(app=app or _app_name(name), image=image or _repository(running, "--image"), target=settings,
+                  running=running, source=f"deployment {name} in namespace {namespace}")
+    deadline = deployment["spec"].get("progressDeadlineSeconds")
+    if deadline:
+        draft.notes.append(f"the Deployment's progressDeadlineSeconds is {deadline}; rollout fails faster,"
+                           " on the first crash loop or pull failure, or after health.timeout")
+    probes = next(c for c in containers if c["name"] == chosen)
+    draft.has_healthcheck = bool(probes.get("readinessProbe"))
+    return draft
+
+
+# -- writing -------------------------------------------------------------------------------
+
+
+def render(draft: Draft) -> str:
+    app = _key(draft.app)
+    lines = [
+        "# rollout.toml: written by `rollout init`" + (f" from {draft.source}" if draft.source else "") + ".",
+        "# Every key is described in the README (Configuration); unknown keys are errors.",
+        "",
+        "[ledger]",
+        'path = "state/ledger.db"   # every deploy, revert and rebuild; relative to this file ($ROLLOUT_LEDGER overrides)',
+        "",
+        "# [registry]",
+        '# insecure = ["registry.lan:5000"]   # registries reached over plain HTTP (loopback ones always are)',
+        '# ca_bundle = "certs/ca.pem"         # an extra CA for a private registry',
+        '# docker_config = "~/.docker"        # where config.json (credentials) lives',
+        "",
+        f"[apps.{app}]",
+        f"image = {_toml(draft.image)}   # repository; the tag comes from `rollout deploy {draft.app}:TAG`",
+    ]
+    if draft.running:
+        lines.append(f"# now running: {draft.running}")
+    lines += [
+        "",
+        f"[apps.{app}.health]",
+        "timeout = 60     # seconds for a new release to become healthy",
+        "interval = 1.0   # seconds between checks",
+        "stable = 5       # seconds it must then stay healthy",
+        '# http = "http://127.0.0.1:8080/health"   # optional HTTP probe: 2xx is healthy',
+    ]
+    if draft.has_healthcheck:
+        check = "readiness probe" if draft.target.get("kind") == "kubernetes" else "HEALTHCHECK"
+        lines.append(f"# its {check} is watched too")
+    lines += [""]
+    lines += [f"# {note}" for note in draft.notes]
+    lines += [f"[[apps.{app}.targets]]"]
+    for key, value in draft.target.items():
+        lines.append(f"{_key(key)} = {_toml(value)}")
+    if draft.target.get("kind") == "docker":
+        lines += [
+            "# The settings above are used when the container does not exist yet; an existing",
+            "# container's own settings (env, mounts, ports, network...) are carried over on each deploy.",
+        ]
+    lines += [
+        "",
+        "# [apps.NAME.rollout]   # several targets: strategy = \"parallel\" | \"rolling\", batch_size, pause",
+        "",
+        "# [notify]   # webhooks told about started/healthy/failed/reverted/revert_failed",
+        '# urls = ["https://hooks.slack.com/services/${SLACK_WEBHOOK_PATH}", "https://ops.example/hooks/rollout"]',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write(path: Path, text: str, *, force: bool) -> None:
+    """Check the text is a valid config, then write it atomically; never overwrite without force."""
+    if path.exists() and not force:
+        raise UserError(f"{path} already exists: pass --force to overwrite it")
+    configuration.parse(tomllib.loads(text), path)  # a draft that would not load is a bug here, not in the file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _container_image(configured: str, image_attrs: dict[str, Any]) -> str:
+    """The reference the container was created from; an image id is replaced by a name the image carries."""
+    if configured and not configured.startswith("sha256:") and not re.fullmatch(r"[0-9a-f]{12,64}", configured):
+        return configured
+    named = (image_attrs.get("RepoTags") or []) + (image_attrs.get("RepoDigests") or [])
+    if not named:
+        raise UserError("the container runs an image with no repository name (an image id): pass --image REPOSITORY")
+    return named[0]
+
+
+def _repository(reference: str, option: str) -> str:
+    try:
+        return parse(reference).name
+    except InvalidReference:
+        raise UserError(f"cannot read a repository from {reference!r}: pass {option} REPOSITORY") from None
+
+
+def _operator_env(env: list[str], from_image: list[str]) -> tuple[dict[str, str], list[str]]:
+    inherited = set(from_image)
+    chosen: dict[str, str] = {}
+    hidden: list[str] = []
+    for item in env:
+        if item in inherited or "=" not in item:
+            continue
+        name, value = item.split("=", 1)
+        if SECRET_NAME.search(name):
+            hidden.append(name)
+        else:
+            chosen[name] = value
+    return chosen, hidden
+
+
+def _ports(bindings: dict[str, Any]) -> dict[str, str]:
+    ports = {}
+    for port, hosts in bindings.items():
+        if hosts:
+            first = hosts[0]
+            ports[port] = f"{first.get('HostIp') or '0.0.0.0'}:{first.get('HostPort')}"
+    return ports
+
+
+def _restart(policy: dict[str, Any]) -> str | None:
+    name = policy.get("Name") or ""
+    if name in ("", "no"):
+        return None
+    retries = policy.get("MaximumRetryCount") or 0
+    return f"{name}:{retries}" if name == "on-failure" and retries else name
+
+
+def _context_namespace(config_file: str, context: str | None) -> str | None:
+    from kubernetes import config
+
+    try:
+        contexts, active = config.list_kube_config_contexts(config_file=config_file)
+    except Exception:  # noqa: BLE001 - the client load above already reported a broken file
+        return None
+    chosen = next((c for c in contexts if c["name"] == context), active) if context else active
+    return ((chosen or {}).get("context") or {}).get("namespace")
+
+
+def _app_name(text: str) -> str:
+    return APP_NAME.sub("-", text).strip("-_")[:63] or "web"
+
+
+def _key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def _toml(value: Any) -> str:
+    """A TOML value: JSON's string escapes are valid TOML basic-string escapes."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")  # TOML forbids a raw DEL
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_key(k)} = {_toml(v)}" for k, v in value.items()) + " }" if value else "{}"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
