@@ -387,7 +387,6 @@ def _connect(path: Path) -> sqlite3.Connection:
             # Created 0600 before SQLite opens it; SQLite gives -wal/-shm the same mode.
             os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
         conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA synchronous = NORMAL")
         return conn
@@ -405,6 +404,8 @@ def _ensure_schema(db: sqlite_utils.Database, path: Path) -> None:
                 f"ledger {path} has schema version {version}, newer than this rollout understands"
                 f" ({SCHEMA_VERSION}): upgrade rollout"
             )
+        # Only after that check: switching to WAL rewrites the file header, which a newer ledger must not get.
+        db.conn.execute("PRAGMA journal_mode = WAL")
         if version == SCHEMA_VERSION:
             return
         with _Transaction(db.conn):
