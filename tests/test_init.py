@@ -1,0 +1,154 @@
+"""`rollout init`: a commented rollout.toml from scratch, from a running container on the real engine,
+or from a Deployment on the Kubernetes simulator; each one then drives a real deploy."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tomllib
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from conftest import APP_IMAGE, ROLLOUT, free_port, http_get
+from kube_sim.harness import RunningSimulator, running_simulator
+
+
+def rollout(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if k not in ("ROLLOUT_CONFIG", "ROLLOUT_LEDGER", "KUBECONFIG")}
+    return subprocess.run([*ROLLOUT, "-c", str(config), *args], capture_output=True, text=True, timeout=300,
+                          env={**environment, **(env or {})}, cwd=config.parent, stdin=subprocess.DEVNULL)
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rollout: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def running_container(docker_client: Any, registry: str) -> Iterator[tuple[str, int]]:
+    """A container started by hand, the way it ran before rollout: the tag, host network, env, a restart policy."""
+    name, port = f"rt-init-{uuid.uuid4().hex[:8]}", free_port()
+    docker_client.containers.run(f"{APP_IMAGE}:good1", name=name, detach=True, network_mode="host",
+                                 environment={"PORT": str(port), "API_TOKEN": "init-T0ken-not-copied"},
+                                 restart_policy={"Name": "on-failure", "MaximumRetryCount": 2})
+    yield name, port
+    for container in docker_client.containers.list(all=True, filters={"name": name}):
+        container.remove(force=True)
+
+
+def test_init_from_a_running_container_then_deploy(running_container: tuple[str, int], tmp_path: Path,
+                                                   docker_client: Any) -> None:
+    name, port = running_container
+    config = tmp_path / "rollout.toml"
+    result = rollout(config, "init", "--from-container", name)
+    assert result.returncode == 0, result.stderr
+    text = config.read_text()
+    settings = tomllib.loads(text)
+    [target] = settings["apps"][name]["targets"]
+    assert settings["apps"][name]["image"] == APP_IMAGE
+    assert target == {"name": "local", "kind": "docker", "container": name, "network": "host",
+                      "env": {"PORT": str(port)}, "restart": "on-failure:2"}
+    # A secret-looking variable is named, never copied or printed.
+    assert "API_TOKEN" in text and "API_TOKEN" in result.stderr
+    assert "init-T0ken-not-copied" not in text + result.stdout + result.stderr
+    assert f"rollout deploy {name}:TAG" in result.stdout
+
+    result = rollout(config, "deploy", f"{name}:good2")
+    assert result.returncode == 0, result.stderr
+    assert http_get(f"http://127.0.0.1:{port}/version") == "good2"
+    # The operator's settings (the secret too) went over to the new container.
+    env = docker_client.containers.get(name).attrs["Config"]["Env"]
+    assert "API_TOKEN=init-T0ken-not-copied" in env and f"PORT={port}" in env
+
+
+def test_init_never_overwrites_without_force(tmp_path: Path) -> None:
+    config = tmp_path / "rollout.toml"
+    config.write_text("# mine\n")
+    result = rollout(config, "init")
+    assert result.returncode == 2
+    assert "already exists" in one_error_line(result) and "--force" in result.stderr
+    assert config.read_text() == "# mine\n"
+
+    result = rollout(config, "init", "--force", "--app", "shop", "--image", "127.0.0.1:5000/team/shop")
+    assert result.returncode == 0, result.stderr
+    settings = tomllib.loads(config.read_text())
+    assert settings["apps"]["shop"]["image"] == "127.0.0.1:5000/team/shop"
+    # What init writes is a config rollout accepts as it is.
+    listed = rollout(config, "history", "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout) == []
+
+
+def test_init_errors_are_one_line_and_write_nothing(tmp_path: Path, docker_client: Any) -> None:
+    config = tmp_path / "rollout.toml"
+    result = rollout(config, "init", "--from-container", f"no-such-{uuid.uuid4().hex[:6]}")
+    assert result.returncode == 2 and "no container" in one_error_line(result)
+    result = rollout(config, "init", "--from-container", "x", "--host", f"tcp://127.0.0.1:{free_port()}")
+    assert result.returncode == 5 and "cannot reach the Docker engine" in one_error_line(result)
+    result = rollout(config, "init", "--from-container", "x", "--from-deployment", "y")
+    assert result.returncode == 2 and "not both" in one_error_line(result)
+    assert not config.exists()
+
+
+@pytest.fixture(scope="module")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSimulator]:
+    with running_simulator(tmp_path_factory.mktemp("kube")) as sim:
+        yield sim
+
+
+def create_deployment(sim: RunningSimulator, root: Path, name: str, namespace: str = "default") -> None:
+    manifest = {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [
+                     {"name": "app", "image": f"{APP_IMAGE}:good1"},
+                     {"name": "proxy", "image": "127.0.0.1:5000/rollout-test/sidecar:v1"}]}}},
+    }
+    path = root / f"{name}.json"
+    path.write_text(json.dumps(manifest))
+    created = sim.kubectl("create", "-f", str(path), "--validate=false")
+    assert created.returncode == 0, created.stderr
+    assert sim.kubectl("-n", namespace, "rollout", "status", f"deployment/{name}", "--timeout=60s").returncode == 0
+
+
+def test_init_from_a_deployment_then_deploy(kube: RunningSimulator, tmp_path: Path, registry: str) -> None:
+    name = f"shop-{uuid.uuid4().hex[:6]}"
+    create_deployment(kube, tmp_path, name)
+    config = tmp_path / "rollout.toml"
+
+    # Two containers: which one is the app's must be said.
+    result = rollout(config, "init", "--from-deployment", name, "--kubeconfig", str(kube.kubeconfig))
+    assert result.returncode == 2
+    assert "app, proxy" in one_error_line(result) and "--container" in result.stderr
+    assert not config.exists()
+
+    result = rollout(config, "init", "--from-deployment", name, "--kubeconfig", str(kube.kubeconfig),
+                     "--container", "app")
+    assert result.returncode == 0, result.stderr
+    settings = tomllib.loads(config.read_text())
+    assert settings["apps"][name]["image"] == APP_IMAGE
+    [target] = settings["apps"][name]["targets"]
+    assert target == {"name": "cluster", "kind": "kubernetes", "kubeconfig": str(kube.kubeconfig),
+                      "namespace": "default", "deployment": name, "container": "app"}
+
+    result = rollout(config, "deploy", f"{name}:good2")
+    assert result.returncode == 0, result.stderr
+    deployment = json.loads(kube.kubectl("get", "deployment", name, "-o", "json").stdout)
+    images = {c["name"]: c["image"] for c in deployment["spec"]["template"]["spec"]["containers"]}
+    assert images["app"].startswith(f"{APP_IMAGE}@sha256:")
+    assert images["proxy"] == "127.0.0.1:5000/rollout-test/sidecar:v1"
+
+
+def test_init_from_a_missing_deployment_is_one_line(kube: RunningSimulator, tmp_path: Path) -> None:
+    config = tmp_path / "rollout.toml"
+    result = rollout(config, "init", "--from-deployment", "nope", "--kubeconfig", str(kube.kubeconfig),
+                     "--namespace", "elsewhere")
+    assert result.returncode == 2
+    assert "no deployment 'nope' in namespace elsewhere" in one_error_line(result)
+    assert not config.exists()
