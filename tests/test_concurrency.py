@@ -1,0 +1,105 @@
+"""Concurrent `rollout deploy` runs on the real engine: one app's rollouts serialise through its
+lease, different apps' rollouts run side by side.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sqlite3
+import uuid
+from typing import Iterator
+
+import pytest
+
+from conftest import APP_IMAGE, Project, free_port, http_get, write_config
+from test_crash_safety import finish, rollout
+
+DEPLOYS = 10
+STEPS = ["recorded", "status:applying", "target:applied", "status:verifying", "target:healthy", "status:healthy"]
+
+
+def entries(project: Project) -> list[dict]:
+    conn = sqlite3.connect(project.ledger)
+    conn.row_factory = sqlite3.Row
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        rows = [dict(row) for row in conn.execute("SELECT * FROM entries ORDER BY id")]
+        for row in rows:
+            row["steps"] = [e for (e,) in conn.execute("SELECT event FROM events WHERE entry_id = ? ORDER BY id", [row["id"]])]
+            row["verifying_at"] = conn.execute(
+                "SELECT at FROM events WHERE entry_id = ? AND event = 'status:verifying'", [row["id"]]).fetchone()[0]
+        return rows
+    finally:
+        conn.close()
+
+
+def test_ten_concurrent_deploys_of_one_app_serialise(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    write_config(project, timeout=20, stable=1)
+    tags = list(itertools.islice(itertools.cycle(["good1", "good2", "good3"]), DEPLOYS))
+    processes = [rollout(project, "deploy", f"web:{tag}", "--wait", "120") for tag in tags]
+    results = [finish(process) for process in processes]
+
+    assert [code for code, _ in results] == [0] * DEPLOYS, [stderr for _, stderr in results]
+    rows = entries(project)
+    assert len(rows) == DEPLOYS
+    assert all(row["status"] == "healthy" and row["steps"] == STEPS for row in rows)
+    # Serialised: each entry was recorded after the one before it had finished, and knows it as previous.
+    for before, after in zip(rows, rows[1:]):
+        assert after["created_at"] > before["finished_at"], (before, after)
+        assert after["previous_id"] == before["id"]
+    assert sorted(row["tag"] for row in rows) == sorted(tags)
+    last = rows[-1]
+    assert project.version() == last["tag"]
+    status = json.loads(project.run("status", "--json").stdout)
+    assert status["current"]["id"] == last["id"] and status["targets"][0]["digest"] == last["digest"]
+    assert json.loads(project.run("lock", "status", "--json").stdout) == []
+    with capsys.disabled():
+        print(f"\nconcurrency: {DEPLOYS} concurrent deploys of one app: {DEPLOYS} healthy, serialised,"
+              f" 0 overlapping entries")
+
+
+@pytest.fixture
+def second_app(project: Project, docker_client) -> Iterator[tuple[str, int]]:  # type: ignore[no-untyped-def]
+    container, port = f"rt-{uuid.uuid4().hex[:8]}", free_port()
+    yield container, port
+    for leftover in docker_client.containers.list(all=True, filters={"name": container}):
+        leftover.remove(force=True)
+
+
+def test_deploys_of_two_apps_run_in_parallel(project: Project, second_app: tuple[str, int],
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    container, port = second_app
+    # A stable window long enough that two serialised rollouts could not overlap by accident.
+    write_config(project, timeout=30, stable=4, extra=f"""
+[apps.api]
+image = "{APP_IMAGE}"
+
+[apps.api.health]
+timeout = 30
+interval = 0.5
+stable = 4
+http = "http://127.0.0.1:{port}/health"
+
+[[apps.api.targets]]
+name = "local"
+kind = "docker"
+container = "{container}"
+network = "host"
+env = {{ PORT = "{port}" }}
+""")
+    processes = [rollout(project, "deploy", "web:good1"), rollout(project, "deploy", "api:good2")]
+    results = [finish(process) for process in processes]
+
+    assert [code for code, _ in results] == [0, 0], results
+    web, api = sorted(entries(project), key=lambda row: row["app"], reverse=True)
+    assert (web["app"], web["status"], api["app"], api["status"]) == ("web", "healthy", "api", "healthy")
+    # Both were being verified at the same time.
+    overlap_start = max(web["verifying_at"], api["verifying_at"])
+    overlap_end = min(web["finished_at"], api["finished_at"])
+    assert overlap_start < overlap_end, (web, api)
+    assert project.version() == "good1"
+    assert http_get(f"http://127.0.0.1:{port}/version") == "good2"
+    with capsys.disabled():
+        print(f"\nconcurrency: 2 apps deployed at once: verify windows overlapped"
+              f" ({overlap_start[11:23]} to {overlap_end[11:23]} UTC)")
