@@ -1,12 +1,14 @@
 """What people and cron see: results on stdout, progress and errors on stderr.
 
-On a terminal the progress of a health wait is one line rewritten in place;
-elsewhere (cron, CI logs) a line is printed only when the state changes.
+On a terminal the progress of a health wait is a table, one line per target,
+redrawn in place; elsewhere (cron, CI logs) a line is printed only when a target's
+state changes.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import threading
@@ -21,7 +23,9 @@ class Console:
         self.stderr = err or sys.stderr
         self.live = self.stderr.isatty()
         self._last: dict[str, str] = {}
-        self._line_open = False
+        # The live table: each target's latest progress, and how many lines of it are on screen.
+        self._rows: dict[str, str] = {}
+        self._drawn = 0
         self._lock = threading.Lock()
 
     def out(self, text: str) -> None:
@@ -54,9 +58,8 @@ class Console:
     def progress(self, target: str, message: str) -> None:
         with self._lock:
             if self.live:
-                self.stderr.write(f"\r\033[K[{target}] {message}")
-                self.stderr.flush()
-                self._line_open = True
+                self._rows[target] = message
+                self._draw_table()
                 return
             state = _ELAPSED.sub("", message)
             if self._last.get(target) != state:
@@ -73,9 +76,32 @@ class Console:
             self._close_line_locked()
 
     def _close_line_locked(self) -> None:
-        if self._line_open:
-            self.stderr.write("\n")
-            self._line_open = False
+        # The table stays on screen as last drawn; what comes next is printed below it,
+        # and the next progress starts a new table there.
+        self._rows.clear()
+        self._drawn = 0
+
+    def _draw_table(self) -> None:
+        """Move up over the lines drawn last time and rewrite every target's line."""
+        width = self._width()
+        lines = [_clip(f"[{name}] {message}", width) for name, message in self._rows.items()]
+        up = f"\033[{self._drawn}A" if self._drawn else ""
+        self.stderr.write(up + "".join(f"\r\033[K{line}\n" for line in lines))
+        self.stderr.flush()
+        self._drawn = len(lines)
+
+    def _width(self) -> int:
+        # A line longer than the terminal wraps, and moving up by the line count would then miss.
+        try:
+            columns = os.get_terminal_size(self.stderr.fileno()).columns
+        except (OSError, ValueError, AttributeError):
+            columns = 0
+        return columns - 1 if columns > 20 else 79  # 0: a terminal that does not say
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:

@@ -7,17 +7,22 @@ is `docker start` of a container that already exists: no pull, no create.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import os
 import queue
 import re
 import threading
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
 
 from rollout.config import AppConfig, TargetConfig
-from rollout.errors import TargetUnreachable, UserError
+from rollout.errors import ConfigError, TargetUnreachable, UserError
 from rollout.ledger import kill_point
 from rollout.targets import Observation, Release, Running
 
@@ -37,6 +42,8 @@ class DockerTarget:
         self.settings = config.settings
         self.container_name: str = config.settings["container"]
         self.host: str | None = config.settings.get("host") or os.environ.get("DOCKER_HOST") or None
+        # A missing or broken Docker context is a config error (exit 2), found before anything runs.
+        self.endpoint = resolve_endpoint(self.host)
         self._client: docker.DockerClient | None = None
         self._started_id: str | None = None
 
@@ -46,17 +53,18 @@ class DockerTarget:
     def client(self) -> docker.DockerClient:
         if self._client is None:
             try:
-                kwargs: dict[str, Any] = {"timeout": 30}
-                if self.host and self.host.startswith("ssh://"):
-                    kwargs["use_ssh_client"] = True
-                self._client = (docker.DockerClient(base_url=self.host, **kwargs) if self.host
-                                else docker.from_env(**kwargs))
+                self._client = connect(self.endpoint)
                 self._client.ping()
             except Exception as exc:  # noqa: BLE001 - the SDK raises many kinds for "no engine"
                 self._client = None
+                where = self.host or "the local socket"
+                if self.endpoint.host and self.endpoint.host != self.host:
+                    where = f"{where} ({self.endpoint.host})"
+                hint = ("start it or fix `host`" if not (self.endpoint.host or "").startswith("ssh://")
+                        else f"check that `ssh {_ssh_destination(self.endpoint.host)} docker version` works"
+                             " (ssh's own message, if any, is above)")
                 raise TargetUnreachable(
-                    f"target {self.name}: Docker engine at {self.host or 'the local socket'} is unreachable"
-                    f" ({_short(exc)}): start it or fix `host`"
+                    f"target {self.name}: Docker engine at {where} is unreachable ({_short(exc)}): {hint}"
                 ) from None
         return self._client
 
@@ -276,6 +284,90 @@ def _create_kwargs(config: dict[str, Any]) -> dict[str, Any]:
     if "Volumes" in config:
         kwargs["volumes"] = list(config["Volumes"])
     return kwargs
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a Docker engine answers: a DOCKER_HOST-style URL (None: $DOCKER_HOST or the local socket)."""
+
+    host: str | None
+    tls: docker.tls.TLSConfig | None = None
+
+
+def resolve_endpoint(host: str | None, docker_config: str | None = None) -> Endpoint:
+    """`host` as given, or for "context:NAME" the docker endpoint of that Docker context.
+
+    Contexts are read the way the docker CLI stores them:
+    $DOCKER_CONFIG/contexts/meta/<sha256 of NAME>/meta.json holds Endpoints.docker.Host, and
+    contexts/tls/<sha256 of NAME>/docker/{ca,cert,key}.pem the TLS material, if any.
+    """
+    if not host or not host.startswith("context:"):
+        return Endpoint(host)
+    name = host[len("context:"):].strip()
+    if name == "default":
+        return Endpoint(os.environ.get("DOCKER_HOST") or None)
+    store = Path(docker_config or os.environ.get("DOCKER_CONFIG") or "~/.docker").expanduser() / "contexts"
+    key = hashlib.sha256(name.encode()).hexdigest()
+    meta_file = store / "meta" / key / "meta.json"
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        endpoint = meta["Endpoints"]["docker"]
+        url = endpoint["Host"]
+    except FileNotFoundError:
+        known = sorted(_context_names(store)) or ["none"]
+        raise ConfigError(f"host = {host!r}: no Docker context {name!r} in {store} (known: {', '.join(known)}):"
+                          f" create it with `docker context create {name} --docker host=...` or set DOCKER_CONFIG") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"host = {host!r}: cannot read {meta_file} ({type(exc).__name__}: {exc}):"
+                          " recreate the context with `docker context create`") from None
+    if not isinstance(url, str) or not url:
+        raise ConfigError(f"host = {host!r}: context {name!r} has no docker endpoint host in {meta_file}")
+    tls_dir = store / "tls" / key / "docker"
+    tls = None
+    if tls_dir.is_dir():
+        ca, cert, client_key = (tls_dir / "ca.pem", tls_dir / "cert.pem", tls_dir / "key.pem")
+        tls = docker.tls.TLSConfig(
+            client_cert=(str(cert), str(client_key)) if cert.exists() and client_key.exists() else None,
+            ca_cert=str(ca) if ca.exists() else None,
+            verify=not endpoint.get("SkipTLSVerify", False),
+        )
+    return Endpoint(url, tls)
+
+
+def _context_names(store: Path) -> list[str]:
+    names = []
+    for meta_file in (store / "meta").glob("*/meta.json"):
+        try:
+            names.append(str(json.loads(meta_file.read_text(encoding="utf-8"))["Name"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return names
+
+
+def connect(endpoint: Endpoint, timeout: int = 30) -> docker.DockerClient:
+    """A client for endpoint; ssh:// goes through the system `ssh` (agent, ~/.ssh/config, known_hosts)."""
+    if not endpoint.host:
+        return docker.from_env(timeout=timeout)
+    if not endpoint.host.startswith("ssh://"):
+        return docker.DockerClient(base_url=endpoint.host, timeout=timeout, tls=endpoint.tls or False)
+    # The SDK asks the engine for its API version as soon as it is built; build it with a
+    # placeholder version first so the ssh command line can be fixed before the first request.
+    api = docker.APIClient(base_url=endpoint.host, timeout=timeout, use_ssh_client=True,
+                           version=docker.constants.MINIMUM_DOCKER_API_VERSION)
+    if urllib.parse.urlparse(endpoint.host).port is None:
+        # docker-py writes port 22 into `ssh -p`, which would override a Port from ~/.ssh/config.
+        adapter = api._custom_adapter  # noqa: SLF001 - the SDK offers no other way to leave the port to ssh
+        adapter.ssh_host = adapter.ssh_host.removesuffix(":22")
+    api._version = api.version(api_version=False)["ApiVersion"]  # noqa: SLF001 - what version="auto" does
+    client = docker.DockerClient.__new__(docker.DockerClient)
+    client.api = api
+    return client
+
+
+def _ssh_destination(url: str) -> str:
+    parsed = urllib.parse.urlparse(url)
+    where = f"{parsed.username}@{parsed.hostname}" if parsed.username else str(parsed.hostname)
+    return f"-p {parsed.port} {where}" if parsed.port else where
 
 
 class DockerWatch:
