@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import atexit
 import datetime as dt
-import json
 import os
 import queue
 import re
@@ -375,19 +374,3 @@ def rebuild_event(result: Any, repository: str) -> tuple[str, dict[str, object]]
     if entry is not None:
         payload["entry"] = entry.id
     return event, payload
-
-
-def combine(*listeners: Callable[[str, dict[str, object]], None] | None) -> Callable[[str, dict[str, object]], None] | None:
-    """One listener that calls each given one; None when none is given."""
-    present = [listener for listener in listeners if listener is not None]
-    if not present:
-        return None
-    if len(present) == 1:
-        return present[0]
-
-    def both(event: str, payload: dict[str, object]) -> None:
-        for listener in present:
-            listener(event, payload)
-
-    return both
-
