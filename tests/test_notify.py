@@ -15,7 +15,6 @@ from support.receiver import Receiver, start_receiver
 
 from rollout import notify
 
-pytestmark = pytest.mark.usefixtures("project")
 
 
 def notify_config(project: Project, *urls: str, extra: str = "") -> None:
@@ -177,3 +176,24 @@ def test_apprise_urls_are_sent_through_apprise(project: Project) -> None:
         bodies: list[dict[str, Any]] = [r.json() for r in receiver.at("/apprise")]
     assert len(bodies) == 2
     assert "started" in bodies[0]["message"] and "healthy" in bodies[1]["message"]
+
+
+def test_the_url_scheme_decides_the_payload_and_what_is_printed() -> None:
+    settings = notify.parse_settings({"urls": [
+        "https://hooks.slack.com/services/T0/B0/slackSecret",
+        "slack+https://chat.example.com/hooks/mmSecret",
+        "https://user:pw@ops.example.com:8443/hook?token=qSecret",
+    ]}, Path("rollout.toml"))
+    assert [(c.style, c.url) for c in settings.channels] == [
+        ("slack", "https://hooks.slack.com/services/T0/B0/slackSecret"),
+        ("slack", "https://chat.example.com/hooks/mmSecret"),
+        ("json", "https://user:pw@ops.example.com:8443/hook?token=qSecret"),
+    ]
+    assert [c.shown for c in settings.channels] == [
+        "https://hooks.slack.com/…", "https://chat.example.com/…", "https://ops.example.com:8443/…"]
+    assert notify.redact_url("tgram://123456:botSecret/chat") == "tgram://…"
+    payload = {"event": "failed", "app": "web", "entry": 3, "tag": "1.2", "digest": "sha256:" + "c" * 64,
+               "reason": "pull from https://bob:hunter2@reg.example/v2 failed", "registry_auth": "hunter2"}
+    cleaned = notify.clean_payload(payload)
+    assert "registry_auth" not in cleaned and "hunter2" not in str(cleaned)
+    assert "https://***@reg.example/v2" in str(cleaned["reason"])
