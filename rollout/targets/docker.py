@@ -20,6 +20,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import requests.exceptions
 
 from rollout.config import AppConfig, TargetConfig
 from rollout.errors import ConfigError, TargetUnreachable, UserError
@@ -43,7 +44,10 @@ class DockerTarget:
         self.container_name: str = config.settings["container"]
         self.host: str | None = config.settings.get("host") or os.environ.get("DOCKER_HOST") or None
         # A missing or broken Docker context is a config error (exit 2), found before anything runs.
-        self.endpoint = resolve_endpoint(self.host)
+        try:
+            self.endpoint = resolve_endpoint(self.host)
+        except ConfigError as exc:
+            raise ConfigError(f"target {self.name}: {exc}") from None
         self._client: docker.DockerClient | None = None
         self._started_id: str | None = None
 
@@ -60,11 +64,14 @@ class DockerTarget:
                 where = self.host or "the local socket"
                 if self.endpoint.host and self.endpoint.host != self.host:
                     where = f"{where} ({self.endpoint.host})"
-                hint = ("start it or fix `host`" if not (self.endpoint.host or "").startswith("ssh://")
-                        else f"check that `ssh {_ssh_destination(self.endpoint.host)} docker version` works"
-                             " (ssh's own message, if any, is above)")
+                reason, hint = _short(exc), "start it or fix `host`"
+                if (self.endpoint.host or "").startswith("ssh://"):
+                    # The SDK only sees the pipe close; ssh has already said why on stderr.
+                    if isinstance(exc, requests.exceptions.ConnectionError):
+                        reason = "ssh closed the connection; its own message, if any, is above"
+                    hint = f"check that `ssh {_ssh_destination(self.endpoint.host)} docker version` works"
                 raise TargetUnreachable(
-                    f"target {self.name}: Docker engine at {where} is unreachable ({_short(exc)}): {hint}"
+                    f"target {self.name}: Docker engine at {where} is unreachable ({reason}): {hint}"
                 ) from None
         return self._client
 
