@@ -33,6 +33,8 @@ from urllib.parse import urlsplit
 from rollout.errors import ConfigError
 
 EVENTS = ("started", "healthy", "failed", "reverted", "revert_failed", "rebuild_skipped", "rebuild_built")
+# A cron job would report "nothing to do" every run: that one is sent only when asked for.
+DEFAULT_EVENTS = tuple(e for e in EVENTS if e != "rebuild_skipped")
 # Only these fields ever leave the machine: nothing from the registry config, the environment or the ledger's events.
 PAYLOAD_KEYS = ("event", "app", "entry", "kind", "tag", "digest", "repository", "reverts_to", "reason",
                 "failed_targets", "failed_entry")
@@ -62,7 +64,7 @@ class Channel:
 @dataclass(frozen=True)
 class NotifySettings:
     channels: tuple[Channel, ...] = ()
-    events: frozenset[str] = frozenset(EVENTS)
+    events: frozenset[str] = frozenset(DEFAULT_EVENTS)
     timeout: float = DEFAULT_TIMEOUT
 
 
@@ -78,7 +80,7 @@ def parse_settings(table: dict[str, Any], path: Path | None) -> NotifySettings:
     if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
         raise ConfigError(f"{path}: notify.urls must be an array of URL strings")
     channels = tuple(_channel(url, index, path) for index, url in enumerate(urls))
-    events = table.get("events", list(EVENTS))
+    events = table.get("events", list(DEFAULT_EVENTS))
     if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
         raise ConfigError(f"{path}: notify.events must be an array of event names ({', '.join(EVENTS)})")
     wrong = [e for e in events if e not in EVENTS]

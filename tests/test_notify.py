@@ -150,7 +150,10 @@ def test_rebuild_outcomes_the_orchestrator_never_sees_are_sent() -> None:
 
     warnings: list[str] = []
     with start_receiver() as receiver:
-        notifier = notify.Notifier(notify.parse_settings({"urls": [receiver.url()]}, Path("rollout.toml")), warnings.append)
+        settings = notify.parse_settings({"urls": [receiver.url()]}, Path("rollout.toml"))
+        assert "rebuild_skipped" not in settings.events  # a cron job's "nothing to do" is opt-in
+        settings = notify.parse_settings({"urls": [receiver.url()], "events": list(notify.EVENTS)}, Path("rollout.toml"))
+        notifier = notify.Notifier(settings, warnings.append)
         skipped = RebuildResult("web", 0, "up-to-date", "web: up to date: build 20250101.3 has these inputs",
                                 tag="20250101.3", digest="sha256:" + "a" * 64)
         built = RebuildResult("web", 0, "built", "built and pushed", tag="20250101.4", digest="sha256:" + "b" * 64)
