@@ -174,6 +174,7 @@ def make_project(tmp_path: Path, fleet: Fleet, ssh_host: str) -> FleetProject:
 
 @pytest.fixture
 def project(tmp_path: Path, fleet: Fleet) -> Iterator[FleetProject]:
+    """This module's project spans the fleet (it replaces conftest's one-engine project)."""
     assert fleet.ssh is not None
     # The short form: address, port and user of `fleet-ssh` come from ~/.ssh/config.
     bed = make_project(tmp_path, fleet, fleet.ssh.alias_url)
