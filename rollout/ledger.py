@@ -404,23 +404,26 @@ def _ensure_schema(db: sqlite_utils.Database, path: Path) -> None:
                 f"ledger {path} has schema version {version}, newer than this rollout understands"
                 f" ({SCHEMA_VERSION}): upgrade rollout"
             )
-        # Only after that check: switching to WAL rewrites the file header, which a newer ledger must not get.
-        db.conn.execute("PRAGMA journal_mode = WAL")
-        if version == SCHEMA_VERSION:
-            return
-        with _Transaction(db.conn):
-            if version is not None:
-                for step in range(version + 1, SCHEMA_VERSION + 1):
+        if version != SCHEMA_VERSION:
+            with _Transaction(db.conn):
+                # Read again under the write lock: another rollout may have just created or migrated it.
+                version = _schema_version(db)
+                if version is None and db.table_names():
+                    raise LedgerError(f"{path} is an SQLite database but not a rollout ledger (it has no schema"
+                                      " version): point [ledger] path at a new file")
+                for step in range(version + 1, SCHEMA_VERSION + 1) if version is not None else ():
                     for statement in MIGRATIONS[step]:
                         db.conn.execute(statement)
-            # Idempotent (IF NOT EXISTS): creates a new ledger, adds any new trigger to a migrated one.
-            for statement in _statements(_SCHEMA):
-                db.conn.execute(statement)
-            db.conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                [str(SCHEMA_VERSION)],
-            )
+                # Idempotent (IF NOT EXISTS): creates a new ledger, adds any new trigger to a migrated one.
+                for statement in _statements(_SCHEMA):
+                    db.conn.execute(statement)
+                db.conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    [str(SCHEMA_VERSION)],
+                )
+        # Only now: switching to WAL rewrites the file header, which a ledger we refuse must not get.
+        db.conn.execute("PRAGMA journal_mode = WAL")
     except sqlite3.DatabaseError as exc:
         raise LedgerError(f"ledger {path} is not a readable SQLite database ({_reason(exc)}): restore it from a backup") from exc
 
@@ -429,7 +432,12 @@ def _schema_version(db: sqlite_utils.Database) -> int | None:
     if "meta" not in db.table_names():
         return None
     row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    return int(row[0]) if row else None
+    if row is None:
+        return None
+    try:
+        return int(row[0])
+    except (TypeError, ValueError):
+        raise sqlite3.DatabaseError(f"its schema version {row[0]!r} is not a number") from None
 
 
 def _statements(script: str) -> list[str]:
