@@ -7,6 +7,7 @@ is `docker start` of a container that already exists: no pull, no create.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import hashlib
 import json
 import os
@@ -16,10 +17,12 @@ import threading
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import docker
 import docker.errors
+import requests.exceptions
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 import requests.exceptions
 
 from rollout.config import AppConfig, TargetConfig
@@ -33,6 +36,9 @@ LABEL_TAG = "rollout.tag"
 LABEL_DIGEST = "rollout.digest"
 LABEL_APP = "rollout.app"
 STOP_TIMEOUT = 10
+ENGINE_RETRY_SECONDS = 20.0  # a restarting dockerd is back within seconds; longer is an outage
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 FAILURE_EVENTS = {"die", "oom", "restart", "health_status: unhealthy"}
 
 
@@ -85,14 +91,18 @@ class DockerTarget:
         return Running(image, self._digest_of(container), container.status, active=container.status == "running")
 
     def prepare(self, release: Release) -> None:
+        where = self.host or "the local socket"
         try:
-            self.client.images.get(release.image)
+            _engine_call(where, lambda: self.client.images.get(release.image))
             return
         except docker.errors.ImageNotFound:
             pass
+        except requests.exceptions.ConnectionError as exc:
+            raise TargetUnreachable(f"target {self.name}: Docker engine at {where} is unreachable"
+                                    f" ({_engine_failure(exc)}) after {ENGINE_RETRY_SECONDS:g}s of retries") from None
         try:
-            self.client.api.pull(release.repository, tag=release.digest)
-        except docker.errors.APIError as exc:
+            _engine_call(where, lambda: self.client.api.pull(release.repository, tag=release.digest))
+        except (docker.errors.APIError, requests.exceptions.ConnectionError) as exc:
             raise TargetUnreachable(f"target {self.name}: cannot pull {release.image}: {_short(exc)}") from None
 
     def apply(self, release: Release) -> str | None:
@@ -120,15 +130,16 @@ class DockerTarget:
     def watch(self, release: Release) -> "DockerWatch":
         if self._started_id is None:
             raise RuntimeError("watch() before apply()")
-        return DockerWatch(self.client, self._started_id, not_before_ns=self._started_at_ns)
+        return DockerWatch(self.client, self._started_id, not_before_ns=self._started_at_ns,
+                           where=self.host or "the local socket")
 
     def logs(self, lines: int = 20) -> str:
         if self._started_id is None:
             return ""
         try:
             raw = self.client.containers.get(self._started_id).logs(tail=lines)
-        except docker.errors.NotFound:
-            return ""
+        except (docker.errors.NotFound, requests.exceptions.ConnectionError):
+            return ""  # gone, or the engine is: what matters is said elsewhere
         return raw.decode("utf-8", "replace")
 
     def stop(self) -> None:
@@ -139,7 +150,7 @@ class DockerTarget:
 
     def _container(self, name: str) -> Any:
         try:
-            return self.client.containers.get(name)
+            return _engine_call(self.host or "the local socket", lambda: self.client.containers.get(name))
         except docker.errors.NotFound:
             return None
         except docker.errors.APIError as exc:
@@ -380,8 +391,10 @@ def _ssh_destination(url: str) -> str:
 class DockerWatch:
     """Health of one container, woken by the engine's event stream."""
 
-    def __init__(self, client: docker.DockerClient, container_id: str, not_before_ns: int) -> None:
+    def __init__(self, client: docker.DockerClient, container_id: str, not_before_ns: int,
+                 where: str = "the local socket") -> None:
         self.client = client
+        self.where = where
         self.container_id = container_id
         self.not_before_ns = not_before_ns
         self.events: queue.Queue[str] = queue.Queue()
@@ -417,9 +430,11 @@ class DockerWatch:
         if self.failure:
             return Observation(False, self.failure)
         try:
-            attrs = self.client.api.inspect_container(self.container_id)
+            attrs = _engine_call(self.where, lambda: self.client.api.inspect_container(self.container_id))
         except docker.errors.NotFound:
             return Observation(False, "container was removed")
+        except requests.exceptions.ConnectionError as exc:
+            return Observation(False, f"Docker engine at {self.where} is unreachable ({_engine_failure(exc)})")
         state = attrs["State"]
         restarts = attrs.get("RestartCount", 0)
         if self.restart_count is None:
@@ -453,6 +468,29 @@ def _describe_event(status: str, event: dict[str, Any]) -> str:
     if status == "restart":
         return "container restarted"
     return "HEALTHCHECK reports unhealthy"
+
+
+def _engine_call(where: str, call: Callable[[], T]) -> T:
+    """call(), retried with back-off for a while when the engine's socket refuses or drops the connection."""
+
+    def say_so(state: Any) -> None:
+        if state.attempt_number == 1:
+            log.warning("Docker engine at %s is unreachable (%s); retrying for up to %gs", where,
+                        _engine_failure(state.outcome.exception()), ENGINE_RETRY_SECONDS)
+
+    retrying = Retrying(stop=stop_after_delay(ENGINE_RETRY_SECONDS), wait=wait_exponential(multiplier=0.25, max=2),
+                        retry=retry_if_exception_type(requests.exceptions.ConnectionError), before_sleep=say_so,
+                        reraise=True)
+    return retrying(call)
+
+
+def _engine_failure(exc: BaseException) -> str:
+    text = str(exc)
+    if "FileNotFoundError" in text or "No such file" in text:
+        return "its socket is gone"
+    if "refused" in text.lower():
+        return "connection refused"
+    return "connection lost"
 
 
 def _timestamp_ns(text: str) -> int:
