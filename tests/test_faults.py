@@ -278,6 +278,10 @@ def private_engine(registry: str) -> Iterator[PrivateEngine]:
                 container.remove(force=True)
         finally:
             engine.stop()
+            # dockerd leaves its network namespace bind-mounted under the exec root.
+            for line in Path("/proc/mounts").read_text().splitlines():
+                if f" {engine.root}/" in line:
+                    subprocess.run(["umount", line.split()[1]], check=False, capture_output=True)
             shutil.rmtree(engine.root, ignore_errors=True)
 
 
