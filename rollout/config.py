@@ -6,6 +6,7 @@ Every error names the file and the key, so a typo never turns into a silent defa
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -189,6 +190,9 @@ def _target(table: dict[str, Any], index: int, app_health: HealthPolicy, path: P
         value = settings.get(key)
         if value is not None and not (isinstance(value, dict) and all(isinstance(v, (str, int)) for v in value.values())):
             raise ConfigError(f"{path}: {where}{key} must be a table of strings")
+    restart = settings.get("restart")
+    if restart is not None and not re.fullmatch(r"no|always|unless-stopped|on-failure(:\d+)?", restart):
+        raise ConfigError(f"{path}: {where}restart = {restart!r}: use no, always, unless-stopped or on-failure[:N]")
     if settings.get("volumes") is not None and not _is_str_list(settings["volumes"]):
         raise ConfigError(f"{path}: {where}volumes must be an array of \"SOURCE:DEST[:MODE]\" strings")
     if kind == "kubernetes" and not settings.get("deployment"):

@@ -22,7 +22,6 @@ from rollout.errors import (
     RetagRefused,
     RolloutError,
     TargetUnreachable,
-    Unreachable,
     UserError,
 )
 from rollout.health import Verdict
@@ -116,9 +115,7 @@ class Orchestrator:
             previous_id=current.id if current else None, reason=reason,
             build_key=build_key, base_digests=base_digests,
         ))
-        self.reporter.info(f"#{entry.id} {kind} {self.app.name} {_label(entry)}")
-        self._tell("started", entry)
-        return self._run(entry)
+        return self._run(entry, f"#{entry.id} {kind} {self.app.name} {_label(entry)}")
 
     def revert(self, to: Entry | None = None, *, reason: str | None = None) -> Outcome:
         """Go back to `to`, or by default to the healthy entry before the current one with another digest."""
@@ -139,9 +136,7 @@ class Orchestrator:
             previous_id=current.id if current else None, reverts_to=to.id,
             reason=reason or f"revert to #{to.id} requested",
         ))
-        self.reporter.info(f"#{entry.id} revert {self.app.name} to #{to.id} {_label(to)}")
-        self._tell("started", entry)
-        return self._run(entry)
+        return self._run(entry, f"#{entry.id} revert {self.app.name} to #{to.id} {_label(to)}")
 
     # -- the state machine ---------------------------------------------------
 
@@ -179,13 +174,19 @@ class Orchestrator:
         self.reporter.warn(f"restoring #{good.id} {_label(good)} on {', '.join(t.name for t in off)} as #{revert.id}")
         self._cancelled.clear()
         back = self._attempt(revert, off, ALL_AT_ONCE)
+        interrupted = [e.id for e in abandoned]
         if back.failures:
+            self._tell("revert_failed", self.ledger.get(revert.id), reason=back.reason, interrupted_entries=interrupted)
             return Outcome(EXIT_UNRECOVERED, self.ledger.get(revert.id),
                            message=f"REVERT FAILED: #{revert.id} could not restore #{good.id} ({back.reason}): act now")
+        self._tell("reverted", self.ledger.get(revert.id), reason=reason, interrupted_entries=interrupted)
         return Outcome(EXIT_OK, self.ledger.get(revert.id), message=f"restored #{good.id} {_label(good)}")
 
-    def _run(self, entry: Entry) -> Outcome:
+    def _run(self, entry: Entry, announcement: str) -> Outcome:
+        # The try starts right after the entry is recorded: a signal at any later moment is recovered.
         try:
+            self.reporter.info(announcement)
+            self._tell("started", entry)
             return self._run_uninterrupted(entry)
         except Interrupted as stop:
             self._cancelled.set()
@@ -271,6 +272,7 @@ class Orchestrator:
                 outcome = "healthy" if verdict.healthy else "failed"
                 self.ledger.set_target(entry.id, target.name, outcome=outcome,
                                        detail=f"{verdict.reason} after {verdict.elapsed:.1f}s")
+                self.reporter.progress(target.name, f"{outcome.upper()}: {verdict.reason} after {verdict.elapsed:.1f}s")
                 if not verdict.healthy:
                     attempt.failures[target.name] = verdict.reason
                     self.reporter.logs(target.name, self._quietly(target.logs) or "")
@@ -312,14 +314,14 @@ class Orchestrator:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def _check_reachable(self) -> dict[str, Running]:
+        """What every target runs, asked of all at once (a fleet of ssh hosts answers slowly)."""
         running = {}
-        for target in self.targets:
-            try:
-                running[target.name] = target.running()
-            except Unreachable:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any failure to look is "unreachable, nothing changed"
-                raise TargetUnreachable(f"target {target.name} is unreachable: {_one_line(exc)}") from exc
+        for target, result in _each(lambda t: t.running(), self.targets, self.strategy.max_parallel):
+            if isinstance(result, RolloutError):
+                raise result
+            if isinstance(result, BaseException):  # any failure to look is "unreachable, nothing changed"
+                raise TargetUnreachable(f"target {target.name} is unreachable: {_one_line(result)}") from result
+            running[target.name] = result
         return running
 
     def _tell(self, event: str, entry: Entry, **details: object) -> None:

@@ -197,12 +197,17 @@ class DockerTarget:
 
     def _prune_retired(self) -> None:
         for container in self._retired()[KEEP_RETIRED:]:
-            image_id = container.attrs["Image"]
+            # Remove the digest reference we pulled, not the image ID: an image the operator
+            # also tagged or runs elsewhere stays; one that only we referenced goes.
+            pulled = container.attrs["Config"]["Image"]
             container.remove(force=True)
+            if "@sha256:" not in pulled or any(c.attrs["Config"]["Image"] == pulled
+                                               for c in self.client.containers.list(all=True)):
+                continue
             try:
-                self.client.images.remove(image_id)
+                self.client.images.remove(pulled)
             except docker.errors.APIError:
-                pass  # still used by another container, or by a tag someone keeps
+                pass  # still in use: the engine refuses, which is what we want
 
     def _create(self, release: Release, old: Any) -> Any:
         labels = {LABEL_APP: self.app.name, LABEL_ENTRY: str(release.entry_id),
