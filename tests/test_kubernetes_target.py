@@ -116,6 +116,12 @@ def test_good_deploy_pins_the_digest_and_shows_in_kubectl_history(kube: RunningS
     assert status["targets"][0]["digest"] == digest and status["targets"][0]["in_sync"] is True
     history = kube.kubectl("rollout", "history", f"deployment/{project.name}")
     assert f"(ledger #{entry['id']})" in history.stdout
+    # Someone moves the Deployment behind rollout's back: status reports the drift.
+    assert kube.kubectl("set", "image", f"deployment/{project.name}", f"app={APP_IMAGE}:good1").returncode == 0
+    assert kube.kubectl("rollout", "status", f"deployment/{project.name}", "--timeout=60s").returncode == 0
+    [target] = json.loads(project.run("status", "--json").stdout)["targets"]
+    assert target["digest"] == digest_of(docker_client, "good1") and target["in_sync"] is False
+    assert "DRIFT" in project.run("status").stdout
 
 
 def test_crash_looping_release_is_caught_in_seconds_and_reverted(kube: RunningSimulator, tmp_path: Path, docker_client: Any) -> None:  # noqa: E501
