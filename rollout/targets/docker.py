@@ -7,23 +7,53 @@ is `docker start` of a container that already exists: no pull, no create.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import hashlib
+import logging
 import json
 import os
 import queue
 import re
+import sys
 import threading
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-import docker
-import docker.errors
 import requests.exceptions
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
-import requests.exceptions
+
+
+def _import_docker_without_paramiko() -> None:
+    """Import the SDK without its ssh transport: paramiko (cryptography) costs ~0.15 s per command.
+
+    `_enable_ssh()` loads that transport when a target really is an ssh:// host.
+    """
+    blocked = "paramiko" not in sys.modules
+    if blocked:
+        sys.modules["paramiko"] = None  # type: ignore[assignment]  # makes `import paramiko` fail fast
+    try:
+        import docker  # noqa: F401
+    finally:
+        if blocked:
+            del sys.modules["paramiko"]
+
+
+_import_docker_without_paramiko()
+import docker  # noqa: E402
+import docker.errors  # noqa: E402
+
+
+def _enable_ssh() -> None:
+    import docker.api.client
+    import docker.transport
+
+    if not hasattr(docker.api.client, "SSHHTTPAdapter"):
+        from docker.transport.sshconn import SSHHTTPAdapter  # imports paramiko now
+
+        docker.api.client.SSHHTTPAdapter = SSHHTTPAdapter  # type: ignore[attr-defined]
+        docker.transport.SSHHTTPAdapter = SSHHTTPAdapter  # type: ignore[attr-defined]
+
 
 from rollout.config import AppConfig, TargetConfig
 from rollout.errors import ConfigError, TargetUnreachable, UserError
@@ -373,6 +403,7 @@ def connect(endpoint: Endpoint, timeout: int = 30) -> docker.DockerClient:
         return docker.from_env(timeout=timeout)
     if not endpoint.host.startswith("ssh://"):
         return docker.DockerClient(base_url=endpoint.host, timeout=timeout, tls=endpoint.tls or False)
+    _enable_ssh()
     # The SDK asks the engine for its API version as soon as it is built; build it with a
     # placeholder version first so the ssh command line can be fixed before the first request.
     api = docker.APIClient(base_url=endpoint.host, timeout=timeout, use_ssh_client=True,
