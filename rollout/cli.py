@@ -17,7 +17,7 @@ from typing import Any, Iterator, Optional
 import typer
 
 from rollout import config as configuration
-from rollout.errors import EXIT_INTERNAL, EXIT_UNREACHABLE, Interrupted, RolloutError, UserError
+from rollout.errors import EXIT_INTERNAL, EXIT_UNREACHABLE, Interrupted, LockHeld, RolloutError, UserError
 from rollout.output import Console, table
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -205,11 +205,13 @@ def status(
             current = ledger.current(app_cfg.name)
             targets = []
             for target_cfg in app_cfg.targets:
-                item: dict[str, Any] = {"name": target_cfg.name, "image": None, "digest": None, "in_sync": False}
+                item: dict[str, Any] = {"name": target_cfg.name, "image": None, "digest": None, "running": False,
+                                        "in_sync": False}
                 try:
                     running = open_target(target_cfg, app_cfg).running()
-                    item.update(image=running.image, digest=running.digest,
-                                in_sync=bool(current and running.digest == current.digest))
+                    # In sync = running the ledger's digest; a stopped container is not.
+                    item.update(image=running.image, digest=running.digest, running=running.active,
+                                in_sync=current is not None and running.serves(current.digest))
                 except Exception as exc:  # noqa: BLE001 - one broken target must not hide the others
                     item["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                     unreachable = True
@@ -223,7 +225,8 @@ def status(
                 head = (f"{report['app']}: #{current['id']} {current['tag'] or '-'} {current['digest']}"
                         if current else f"{report['app']}: no healthy entry yet")
                 rows = [[t["name"], _short_digest(t["digest"]) if t["digest"] else "-",
-                         "in sync" if t["in_sync"] else ("UNREACHABLE" if "error" in t else "DRIFT"),
+                         "in sync" if t["in_sync"] else ("UNREACHABLE" if "error" in t
+                                                         else "DRIFT" if t["running"] else "STOPPED"),
                          t.get("error") or t["image"] or "no container"] for t in report["targets"]]
                 console.out(head + "\n" + table(["TARGET", "DIGEST", "STATE", "IMAGE"], rows))
         return EXIT_UNREACHABLE if unreachable else 0
@@ -427,13 +430,14 @@ def _recover_if_abandoned(cfg: configuration.Config, app_cfg: configuration.AppC
 
     if not ledger.unfinished(app_cfg.name):
         return
-    lease = lock.try_acquire(ledger, app_cfg.name)
-    if lease is None:
-        return  # a rollout is running right now: its entry is not abandoned
     try:
-        _recover(_orchestrator(cfg, app_cfg, ledger, console), console)
-    finally:
-        lock.release(ledger, lease)
+        # lock.held, not a bare lease: a recovery's verify can outlast one lease period.
+        with lock.held(ledger, app_cfg.name, 0), _signals_interrupt():
+            _recover(_orchestrator(cfg, app_cfg, ledger, console), console)
+    except LockHeld:
+        return  # a rollout is running right now: its entry is not abandoned
+    except RolloutError as exc:
+        console.warn(f"{app_cfg.name}: interrupted rollout not recovered yet: {exc}")
 
 
 def _run(command: Any) -> None:

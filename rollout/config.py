@@ -5,6 +5,7 @@ Every error names the file and the key, so a typo never turns into a silent defa
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -218,8 +219,8 @@ def _rollout(table: dict[str, Any], path: Path, where: str) -> dict[str, Any]:
             values[key] = value
     if "pause" in table:
         value = table["pause"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ConfigError(f"{path}: {where}pause = {value!r}: must be a number of seconds >= 0")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ConfigError(f"{path}: {where}pause = {value!r}: must be a finite number of seconds >= 0")
         values["pause"] = float(value)
     return values
 
@@ -230,8 +231,8 @@ def _health(table: dict[str, Any], defaults: HealthPolicy, path: Path, where: st
     for key in ("timeout", "interval", "stable"):
         if key in table:
             value = table[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"{path}: {where}{key} = {value!r}: must be a number of seconds >= 0")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{path}: {where}{key} = {value!r}: must be a finite number of seconds >= 0")
             values[key] = float(value)
     if values.get("interval") == 0:
         raise ConfigError(f"{path}: {where}interval must be greater than 0")

@@ -9,6 +9,7 @@ time it takes to crash, not at the next poll or the timeout.
 
 from __future__ import annotations
 
+import http.client
 import time
 import urllib.error
 import urllib.request
@@ -35,6 +36,8 @@ def http_probe(url: str, timeout: float = 2.0) -> tuple[bool, str]:
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         return False, f"http: {reason}"
+    except (http.client.HTTPException, ValueError) as exc:  # a garbled answer is "not healthy yet"
+        return False, f"http: {type(exc).__name__}"
 
 
 Probe = Callable[[str, float], tuple[bool, str]]

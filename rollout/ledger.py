@@ -275,6 +275,11 @@ class Ledger:
             [entry_id, now_iso(), event, json.dumps(detail, sort_keys=True, default=str)],
         )
 
+    def abandon_open_transaction(self) -> None:
+        """Roll back a transaction a signal left open between BEGIN and the `with` block."""
+        if self.db.conn.in_transaction:
+            self.db.conn.execute("ROLLBACK")
+
     def transaction(self) -> "_Transaction":
         return _Transaction(self.db.conn)
 

@@ -172,7 +172,8 @@ class Orchestrator:
             self.reporter.info(f"every target already runs #{good.id} {_label(good)}")
             return None
         self.reporter.warn(f"restoring #{good.id} {_label(good)} on {', '.join(t.name for t in off)} as #{revert.id}")
-        self._cancelled.clear()
+        # A new flag: verifiers of the interrupted attempt keep seeing theirs set, and stop.
+        self._cancelled = threading.Event()
         back = self._attempt(revert, off, ALL_AT_ONCE)
         interrupted = [e.id for e in abandoned]
         if back.failures:
@@ -190,6 +191,7 @@ class Orchestrator:
             return self._run_uninterrupted(entry)
         except Interrupted as stop:
             self._cancelled.set()
+            self.ledger.abandon_open_transaction()
             self.reporter.warn(f"{stop}: stopping, putting the last healthy release back")
             outcome = self.recover(reason=f"{stop} received")
             if outcome is not None:
@@ -216,7 +218,7 @@ class Orchestrator:
             for target in attempt.moved:
                 self._quietly(target.stop)
             message = (f"#{entry.id} failed ({attempt.reason}) and there is no healthy entry to go back to:"
-                       " the failed release was stopped")
+                       " the failed release was stopped, and whatever it replaced started again")
             return Outcome(EXIT_UNRECOVERED, failed, message=message)
         self.reporter.warn(f"#{entry.id} failed: {attempt.reason}; reverting to #{good.id} {_label(good)} as #{revert.id}")
         try:
@@ -383,7 +385,9 @@ def _each(action: Callable[[Target], object], targets: list[Target], limit: int)
         futures = [pool.submit(action, target) for target in targets]
         return [(target, future.exception() or future.result()) for target, future in zip(targets, futures)]
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        # On SIGINT: applies already running finish (they are bounded) before recovery touches
+        # the same targets; those not started yet never start.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Cancellable:

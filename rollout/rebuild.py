@@ -473,7 +473,7 @@ def _check_app(app: AppConfig, config_path: Path | None, ledger: Ledger, registr
         try:
             running = open_target(target_config, app).running()
             state.digest, state.image = running.digest, running.image
-            state.in_sync = bool(current and running.digest == current.digest)
+            state.in_sync = current is not None and running.serves(current.digest)
             if current and not state.in_sync:
                 report.changes.append(f"target {state.name} runs {running.image or 'nothing'}, not #{current.id} {current.image}")
         except Exception as exc:  # noqa: BLE001 - one broken target must not hide the others

@@ -50,7 +50,13 @@ def test_first_deploy_runs_the_exact_digest_and_records_it(project: Project, doc
     assert container.labels["rollout.digest"] == digest
     status = json.loads(project.run("status", "--json").stdout)
     assert status["current"]["id"] == entry["id"]
-    assert status["targets"] == [{"name": "local", "image": f"{APP_IMAGE}@{digest}", "digest": digest, "in_sync": True}]
+    assert status["targets"] == [{"name": "local", "image": f"{APP_IMAGE}@{digest}", "digest": digest, "running": True,
+                                  "in_sync": True}]
+    # A stopped container is not "in sync", whatever digest it has.
+    container.stop(timeout=1)
+    stopped = json.loads(project.run("status", "--json").stdout)["targets"][0]
+    assert (stopped["running"], stopped["in_sync"]) == (False, False)
+    assert "STOPPED" in project.run("status").stdout
 
 
 def test_upgrade_keeps_the_old_container_stopped_for_a_fast_revert(project: Project, docker_client) -> None:  # type: ignore[no-untyped-def]
@@ -295,3 +301,12 @@ def test_keeps_the_last_three_retired_containers(project: Project, docker_client
     assert kept == {digest_of(docker_client, t) for t in ("good2", "good3", "crash")}
     # The operator's own tag of the pruned build is left alone.
     assert docker_client.images.get(f"{APP_IMAGE}:good1")
+
+
+def test_first_deploy_over_a_hand_made_container_puts_it_back_on_failure(project: Project, docker_client) -> None:  # type: ignore[no-untyped-def]
+    docker_client.containers.run(f"{APP_IMAGE}:good1", name=project.container, detach=True, network_mode="host",
+                                 environment={"PORT": str(project.port)})
+    result = deploy(project, "crash")
+    assert result.returncode == 3, result.stderr  # no healthy entry in the ledger to revert to
+    assert project.version() == "good1"  # but the container it replaced runs again
+    assert docker_client.containers.get(project.container).attrs["Config"]["Image"] == f"{APP_IMAGE}:good1"

@@ -78,7 +78,8 @@ class DockerTarget:
         self.app = app
         self.settings = config.settings
         self.container_name: str = config.settings["container"]
-        self.host: str | None = config.settings.get("host") or os.environ.get("DOCKER_HOST") or None
+        # Unset: docker.from_env(), which also honours DOCKER_TLS_VERIFY / DOCKER_CERT_PATH.
+        self.host: str | None = config.settings.get("host") or None
         # A missing or broken Docker context is a config error (exit 2), found before anything runs.
         try:
             self.endpoint = resolve_endpoint(self.host)
@@ -86,6 +87,11 @@ class DockerTarget:
             raise ConfigError(f"target {self.name}: {exc}") from None
         self._client: docker.DockerClient | None = None
         self._started_id: str | None = None
+        self._replaced_id: str | None = None  # the container the last apply retired
+
+    @property
+    def where(self) -> str:
+        return self.host or os.environ.get("DOCKER_HOST") or "the local socket"
 
     # -- connection --------------------------------------------------------
 
@@ -97,7 +103,7 @@ class DockerTarget:
                 self._client.ping()
             except Exception as exc:  # noqa: BLE001 - the SDK raises many kinds for "no engine"
                 self._client = None
-                where = self.host or "the local socket"
+                where = self.where
                 if self.endpoint.host and self.endpoint.host != self.host:
                     where = f"{where} ({self.endpoint.host})"
                 reason, hint = _short(exc), "start it or fix `host`"
@@ -121,7 +127,7 @@ class DockerTarget:
         return Running(image, self._digest_of(container), container.status, active=container.status == "running")
 
     def prepare(self, release: Release) -> None:
-        where = self.host or "the local socket"
+        where = self.where
         try:
             _engine_call(where, lambda: self.client.images.get(release.image))
             return
@@ -134,11 +140,16 @@ class DockerTarget:
             _engine_call(where, lambda: self.client.api.pull(release.repository, tag=release.digest))
         except (docker.errors.APIError, requests.exceptions.ConnectionError) as exc:
             raise TargetUnreachable(f"target {self.name}: cannot pull {release.image}: {_short(exc)}") from None
+        try:  # errors inside the pull's progress stream do not raise: check the result
+            self.client.images.get(release.image)
+        except docker.errors.ImageNotFound:
+            raise TargetUnreachable(f"target {self.name}: pulling {release.image} did not produce the image") from None
 
     def apply(self, release: Release) -> str | None:
         old = self._container(self.container_name)
         before = old.attrs["Config"]["Image"] if old else None
         spare = self._retired_with(release.image)
+        self._replaced_id = old.id if old is not None else None
         if old is not None:
             self._retire(old)
         if spare is not None:
@@ -161,7 +172,7 @@ class DockerTarget:
         if self._started_id is None:
             raise RuntimeError("watch() before apply()")
         return DockerWatch(self.client, self._started_id, not_before_ns=self._started_at_ns,
-                           where=self.host or "the local socket")
+                           where=self.where)
 
     def logs(self, lines: int = 20) -> str:
         if self._started_id is None:
@@ -173,14 +184,23 @@ class DockerTarget:
         return raw.decode("utf-8", "replace")
 
     def stop(self) -> None:
-        if self._started_id is not None:
-            self.client.containers.get(self._started_id).stop(timeout=STOP_TIMEOUT)
+        """Stop the failed release and start again the container it replaced, if there was one."""
+        if self._started_id is None:
+            return
+        failed = self.client.containers.get(self._started_id)
+        failed.stop(timeout=STOP_TIMEOUT)
+        if self._replaced_id is not None:
+            failed.reload()
+            self._retire(failed)
+            previous = self.client.containers.get(self._replaced_id)
+            previous.rename(self.container_name)
+            previous.start()
 
     # -- helpers -------------------------------------------------------------
 
     def _container(self, name: str) -> Any:
         try:
-            return _engine_call(self.host or "the local socket", lambda: self.client.containers.get(name))
+            return _engine_call(self.where, lambda: self.client.containers.get(name))
         except docker.errors.NotFound:
             return None
         except docker.errors.APIError as exc:
@@ -204,9 +224,10 @@ class DockerTarget:
     def _retired(self) -> list[Any]:
         prefix = f"{self.container_name}.rollout-"
         containers = self.client.containers.list(all=True, filters={"name": prefix})
-        # The name filter matches substrings: keep exact prefix matches, newest first.
+        # The name filter matches substrings: keep exact prefix matches, most recently retired
+        # (stopped) first; a container started again by a revert and retired later counts as new.
         retired = [c for c in containers if c.name.startswith(prefix)]
-        return sorted(retired, key=lambda c: c.attrs.get("Created", ""), reverse=True)
+        return sorted(retired, key=lambda c: c.attrs["State"].get("FinishedAt", ""), reverse=True)
 
     def _retired_with(self, image: str) -> Any:
         for container in self._retired():
@@ -259,9 +280,7 @@ class DockerTarget:
     def _apply_overrides(self, config: dict[str, Any], host_config: dict[str, Any]) -> tuple[dict, dict]:
         s = self.settings
         if "command" in s:
-            config["Cmd"] = [s["command"]] if isinstance(s["command"], str) else list(s["command"])
-            if isinstance(s["command"], str):
-                config["Cmd"] = ["sh", "-c", s["command"]]
+            config["Cmd"] = ["sh", "-c", s["command"]] if isinstance(s["command"], str) else list(s["command"])
         if "entrypoint" in s:
             config["Entrypoint"] = [s["entrypoint"]] if isinstance(s["entrypoint"], str) else list(s["entrypoint"])
         if "env" in s:
@@ -315,8 +334,8 @@ def _carried_over(client: docker.DockerClient, old: Any) -> tuple[dict[str, Any]
               if image_labels.get(k) != v and not k.startswith("rollout.")}
     if labels:
         carried["Labels"] = labels
-    for key in ("Tty", "OpenStdin", "StdinOnce", "AttachStdin", "Domainname", "Hostname"):
-        if key in config and key != "Hostname":
+    for key in ("Tty", "OpenStdin", "Domainname"):
+        if key in config:
             carried[key] = config[key]
     # HostConfig (mounts, ports, network mode, restart policy, log config, security options,
     # capabilities, resources) is carried over whole: the new container gains nothing and loses nothing.
