@@ -18,7 +18,8 @@ import typer
 
 from rollout import config as configuration
 from rollout.errors import EXIT_INTERNAL, EXIT_UNREACHABLE, Interrupted, LockHeld, RolloutError, UserError
-from rollout.output import Console, table
+from rollout.output import Console, clip, table
+from rollout.reference import short_digest
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Deploy container images by exact digest, record every deploy, revert automatically.")
@@ -178,9 +179,9 @@ def history(
         if as_json:
             console.json([e.to_json() for e in entries])
             return 0
-        rows = [[f"#{e.id}", e.app, e.kind, e.tag or "-", _short_digest(e.digest), e.status,
+        rows = [[f"#{e.id}", e.app, e.kind, e.tag or "-", short_digest(e.digest), e.status,
                  f"#{e.reverts_to}" if e.reverts_to else "", e.created_at[:19].replace("T", " "), e.actor,
-                 _clip(e.error or e.reason or "")] for e in entries]
+                 clip(e.error or e.reason or "")] for e in entries]
         console.out(table(["ID", "APP", "KIND", "TAG", "DIGEST", "STATUS", "REVERTS", "CREATED (UTC)", "ACTOR", "NOTE"], rows))
         return 0
 
@@ -224,7 +225,7 @@ def status(
                 current = report["current"]
                 head = (f"{report['app']}: #{current['id']} {current['tag'] or '-'} {current['digest']}"
                         if current else f"{report['app']}: no healthy entry yet")
-                rows = [[t["name"], _short_digest(t["digest"]) if t["digest"] else "-",
+                rows = [[t["name"], short_digest(t["digest"]) if t["digest"] else "-",
                          "in sync" if t["in_sync"] else ("UNREACHABLE" if "error" in t
                                                          else "DRIFT" if t["running"] else "STOPPED"),
                          t.get("error") or t["image"] or "no container"] for t in report["targets"]]
@@ -462,15 +463,6 @@ def _run(command: Any) -> None:
         console.error(f"internal error: {type(exc).__name__}: {exc} (set ROLLOUT_DEBUG=1 for a traceback; please report it)")
         code = EXIT_INTERNAL
     raise typer.Exit(code)
-
-
-def _short_digest(digest: str | None) -> str:
-    return digest.split(":", 1)[-1][:12] if digest else "-"
-
-
-def _clip(text: str, width: int = 60) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def main() -> None:

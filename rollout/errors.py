@@ -17,6 +17,14 @@ EXIT_CHANGED = 10
 EXIT_INTERNAL = 70  # a bug in rollout: one line, no traceback unless ROLLOUT_DEBUG=1  # `check` / `rebuild --check`: something changed, a rebuild is due
 
 
+def one_line(exc: BaseException | str, limit: int = 300) -> str:
+    """The first line of an error, for messages that must stay one line."""
+    lines = str(exc).strip().splitlines()
+    if not lines:
+        return type(exc).__name__ if isinstance(exc, BaseException) else ""
+    return lines[0][:limit]
+
+
 class RolloutError(Exception):
     """An error that ends a command with a one-line message and a documented exit code."""
 

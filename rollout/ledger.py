@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import sqlite_utils
 
-from rollout.errors import LedgerError
+from rollout.errors import LedgerError, one_line
 
 SCHEMA_VERSION = 2
 
@@ -398,7 +398,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     except FileExistsError:
         return _connect(path)
     except (OSError, sqlite3.Error) as exc:
-        raise LedgerError(f"cannot open ledger {path}: {_reason(exc)}: check the path and its permissions") from exc
+        raise LedgerError(f"cannot open ledger {path}: {one_line(exc)}: check the path and its permissions") from exc
 
 
 def _ensure_schema(db: sqlite_utils.Database, path: Path) -> None:
@@ -430,7 +430,7 @@ def _ensure_schema(db: sqlite_utils.Database, path: Path) -> None:
         # Only now: switching to WAL rewrites the file header, which a ledger we refuse must not get.
         db.conn.execute("PRAGMA journal_mode = WAL")
     except sqlite3.DatabaseError as exc:
-        raise LedgerError(f"ledger {path} is not a readable SQLite database ({_reason(exc)}): restore it from a backup") from exc
+        raise LedgerError(f"ledger {path} is not a readable SQLite database ({one_line(exc)}): restore it from a backup") from exc
 
 
 def _schema_version(db: sqlite_utils.Database) -> int | None:
@@ -454,7 +454,3 @@ def _statements(script: str) -> list[str]:
             statements.append(current.strip())
             current = ""
     return [s for s in statements if s]
-
-
-def _reason(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

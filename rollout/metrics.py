@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from rollout.errors import EXIT_INTERNAL, Interrupted, RolloutError
+from rollout.errors import EXIT_INTERNAL, Interrupted, RolloutError, one_line
 
 OUTCOMES = {0: "ok", 1: "reverted", 2: "usage_error", 3: "revert_failed", 4: "locked", 5: "unreachable",
             10: "changed", EXIT_INTERNAL: "internal_error", 130: "interrupted", 143: "interrupted"}
@@ -237,7 +237,7 @@ def _record(command: str, code: int, duration: float, metrics_file: str | None, 
     try:
         ledger = Ledger(cfg.ledger_path)
     except Exception as exc:  # noqa: BLE001
-        warn(f"warning: metrics not written: cannot open the ledger ({_one_line(exc)})")
+        warn(f"warning: metrics not written: cannot open the ledger ({one_line(exc)})")
         return
     try:
         apps = list(cfg.apps) or [app]
@@ -245,7 +245,7 @@ def _record(command: str, code: int, duration: float, metrics_file: str | None, 
             try:
                 write_textfile(metrics_file, run, ledger, apps)
             except Exception as exc:  # noqa: BLE001 - a wrong path must not turn a healthy deploy into a failure
-                warn(f"warning: metrics file {metrics_file} not written: {_one_line(exc)}")
+                warn(f"warning: metrics file {metrics_file} not written: {one_line(exc)}")
         if pushgateway:
             try:
                 push(pushgateway, run, ledger)
@@ -254,8 +254,3 @@ def _record(command: str, code: int, duration: float, metrics_file: str | None, 
                 warn(f"warning: metrics not pushed to {redact(pushgateway)}: {type(exc).__name__}")
     finally:
         ledger.close()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

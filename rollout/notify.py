@@ -31,6 +31,7 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from rollout.errors import ConfigError
+from rollout.reference import short_digest
 
 EVENTS = ("started", "healthy", "failed", "reverted", "revert_failed", "rebuild_skipped", "rebuild_built")
 # A cron job would report "nothing to do" every run: that one is sent only when asked for.
@@ -158,7 +159,7 @@ def message(payload: dict[str, object]) -> str:
     event = payload.get("event")
     app = payload.get("app")
     entry = payload.get("entry")
-    what = f"{payload.get('tag') or '-'} ({_short(payload.get('digest'))})"
+    what = f"{payload.get('tag') or '-'} ({short_digest(payload.get('digest'))})"
     reason = f": {payload['reason']}" if payload.get("reason") else ""
     targets = payload.get("failed_targets")
     on = f" on {', '.join(map(str, targets))}" if isinstance(targets, list) and targets else ""
@@ -180,7 +181,7 @@ def message(payload: dict[str, object]) -> str:
     if event == "rebuild_skipped":
         return f"rollout: {app} rebuild skipped{reason}"
     if event == "rebuild_built":
-        return f"rollout: {app} built and pushed {payload.get('repository')}:{payload.get('tag')} ({_short(payload.get('digest'))}){reason}"
+        return f"rollout: {app} built and pushed {payload.get('repository')}:{payload.get('tag')} ({short_digest(payload.get('digest'))}){reason}"
     return f"rollout: {app} {event}{reason}"
 
 
@@ -188,10 +189,6 @@ def body_for(channel: Channel, payload: dict[str, object]) -> dict[str, object]:
     if channel.style == "slack":
         return {"text": message(payload)}
     return {**payload, "message": message(payload), "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-
-
-def _short(digest: object) -> str:
-    return str(digest).split(":", 1)[-1][:12] if digest else "-"
 
 
 # -- delivery -----------------------------------------------------------------------

@@ -23,10 +23,11 @@ from rollout.errors import (
     RolloutError,
     TargetUnreachable,
     UserError,
+    one_line,
 )
 from rollout.health import Verdict
 from rollout.ledger import Entry, Ledger, NewEntry
-from rollout.reference import Reference
+from rollout.reference import Reference, short_digest
 from rollout.targets import Observation, Release, Running, Target, Watch
 
 
@@ -224,7 +225,7 @@ class Orchestrator:
         try:
             back = self._attempt(revert, attempt.moved, ALL_AT_ONCE)
         except RolloutError as exc:
-            back = _Attempt(failures={"revert": _one_line(exc)})
+            back = _Attempt(failures={"revert": one_line(exc)})
         if back.failures:
             message = (f"REVERT FAILED: #{revert.id} could not restore #{good.id} ({back.reason});"
                        f" {self.app.name} is not on a healthy release: act now")
@@ -248,7 +249,7 @@ class Orchestrator:
             if error is not None:
                 # Nothing has changed yet: fail the entry and let the caller exit 5 / 2.
                 failure = error if isinstance(error, RolloutError) else TargetUnreachable(
-                    f"target {target.name}: cannot prepare {release.image}: {_one_line(error)}")
+                    f"target {target.name}: cannot prepare {release.image}: {one_line(error)}")
                 self.ledger.set_status(entry.id, L.FAILED, error=str(failure))
                 raise failure
         batches = plan_batches(targets, strategy)
@@ -259,7 +260,7 @@ class Orchestrator:
             for target, result in _each(lambda t: t.apply(release), batch, strategy.max_parallel):
                 attempt.moved.append(target)
                 if isinstance(result, BaseException):
-                    attempt.failures[target.name] = f"apply failed: {_one_line(result)}"
+                    attempt.failures[target.name] = f"apply failed: {one_line(result)}"
                     self.ledger.set_target(entry.id, target.name, outcome="failed", image_after=release.image,
                                            detail=attempt.failures[target.name])
                 else:
@@ -297,12 +298,12 @@ class Orchestrator:
             try:
                 watch = _Cancellable(target.watch(release), self._cancelled)
             except Exception as exc:  # noqa: BLE001 - a target we cannot watch is not healthy
-                return Verdict(False, f"cannot watch: {_one_line(exc)}", 0.0)
+                return Verdict(False, f"cannot watch: {one_line(exc)}", 0.0)
             try:
                 return self.verifier(watch, self.policies[target.name],
                                      lambda text: self.reporter.progress(target.name, text))
             except Exception as exc:  # noqa: BLE001 - a target we cannot watch is not healthy
-                return Verdict(False, f"cannot verify: {_one_line(exc)}", 0.0)
+                return Verdict(False, f"cannot verify: {one_line(exc)}", 0.0)
             finally:
                 watch.close()
 
@@ -322,7 +323,7 @@ class Orchestrator:
             if isinstance(result, RolloutError):
                 raise result
             if isinstance(result, BaseException):  # any failure to look is "unreachable, nothing changed"
-                raise TargetUnreachable(f"target {target.name} is unreachable: {_one_line(result)}") from result
+                raise TargetUnreachable(f"target {target.name} is unreachable: {one_line(result)}") from result
             running[target.name] = result
         return running
 
@@ -336,13 +337,13 @@ class Orchestrator:
         try:
             self.listener(event, payload)
         except Exception as exc:  # noqa: BLE001 - notifications are best effort by design
-            self.reporter.warn(f"notification failed: {_one_line(exc)}")
+            self.reporter.warn(f"notification failed: {one_line(exc)}")
 
     def _quietly(self, action: Callable[[], object]) -> object:
         try:
             return action()
         except Exception as exc:  # noqa: BLE001 - best effort while already handling a failure
-            self.reporter.warn(f"{_one_line(exc)}")
+            self.reporter.warn(f"{one_line(exc)}")
             return None
 
 
@@ -411,8 +412,7 @@ class _Cancellable:
 
 
 def _label(entry: Entry) -> str:
-    short = entry.digest.split(":", 1)[-1][:12]
-    return f"{entry.tag or '-'} ({short})"
+    return f"{entry.tag or '-'} ({short_digest(entry.digest)})"
 
 
 def _change_cause(entry: Entry) -> str:
@@ -420,8 +420,3 @@ def _change_cause(entry: Entry) -> str:
     if entry.kind == L.REVERT:
         return f"rollout revert to #{entry.reverts_to} {what} (ledger #{entry.id})"
     return f"rollout {entry.kind} {entry.app}:{what} (ledger #{entry.id})"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

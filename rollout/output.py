@@ -84,7 +84,7 @@ class Console:
     def _draw_table(self) -> None:
         """Move up over the lines drawn last time and rewrite every target's line."""
         width = self._width()
-        lines = [_clip(f"[{name}] {message}", width) for name, message in self._rows.items()]
+        lines = [clip(f"[{name}] {message}", width) for name, message in self._rows.items()]
         up = f"\033[{self._drawn}A" if self._drawn else ""
         self.stderr.write(up + "".join(f"\r\033[K{line}\n" for line in lines))
         self.stderr.flush()
@@ -99,7 +99,8 @@ class Console:
         return columns - 1 if columns > 20 else 79  # 0: a terminal that does not say
 
 
-def _clip(text: str, width: int) -> str:
+def clip(text: str, width: int = 60) -> str:
+    """One line of at most width characters, white space folded."""
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
 

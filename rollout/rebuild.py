@@ -48,10 +48,12 @@ from rollout.errors import (
     TagNotFound,
     Unreachable,
     UserError,
+    one_line,
 )
 from rollout.ledger import Entry, Ledger
 from rollout.orchestrator import Orchestrator
-from rollout.reference import Reference
+from rollout.output import clip
+from rollout.reference import Reference, short_digest
 from rollout.targets import Target
 
 BUILD_EVENT = "build:pushed"
@@ -99,8 +101,8 @@ class Inputs:
                 "context_files": self.context.files, "target": self.settings.target, "platform": self.settings.platform}
 
     def describe(self) -> str:
-        bases = ", ".join(f"{ref} = {_short(digest)}" for ref, digest in self.bases) or "no external base image"
-        return f"bases {bases}; context {self.context.files} files {_short(self.context.digest)}; key {_short(self.build_key)}"
+        bases = ", ".join(f"{ref} = {short_digest(digest)}" for ref, digest in self.bases) or "no external base image"
+        return f"bases {bases}; context {self.context.files} files {short_digest(self.context.digest)}; key {short_digest(self.build_key)}"
 
 
 def gather_inputs(app: AppConfig, config_path: Path | None, registry: Resolver) -> Inputs:
@@ -195,7 +197,7 @@ def decide(ledger: Ledger, app: str, key: str, *, force: bool = False, no_deploy
         return Decision(BUILD, f"inputs changed since build {last}" if last else "never built")
     if entry is not None and entry.status == L.FAILED:
         return Decision(FAILED_BEFORE, f"these inputs were built as {entry.tag} and its deploy #{entry.id} failed"
-                        f" ({_clip(entry.error or 'no reason recorded')}): not rebuilding them; change an input,"
+                        f" ({clip(entry.error or 'no reason recorded')}): not rebuilding them; change an input,"
                         " or pass --force to build and deploy again", build, entry)
     is_last = bool(builds) and builds[-1].build_key == key
     if entry is not None and entry.status == L.HEALTHY:
@@ -339,7 +341,7 @@ def local_engine() -> Any:
         client.ping()
         return client
     except Exception as exc:  # noqa: BLE001 - the SDK raises many kinds for "no engine"
-        raise Unreachable(f"the Docker engine for builds is unreachable ({_one_line(exc)}): start it or set DOCKER_HOST") from None
+        raise Unreachable(f"the Docker engine for builds is unreachable ({one_line(exc)}): start it or set DOCKER_HOST") from None
 
 
 def build_labels(app: AppConfig, inputs: Inputs) -> dict[str, str]:
@@ -375,11 +377,11 @@ def build_and_push(client: Any, app: AppConfig, inputs: Inputs, tag: str, report
         try:
             _follow_build(client.api.build(**options), image, reporter)
         except docker.errors.APIError as exc:
-            raise UserError(f"building {image} failed: {_one_line(exc)}") from None
+            raise UserError(f"building {image} failed: {one_line(exc)}") from None
     try:
         digest = _follow_push(client.api.push(app.image, tag=tag, stream=True, decode=True), image)
     except docker.errors.APIError as exc:
-        raise RegistryUnreachable(f"pushing {image} failed: {_one_line(exc)}") from None
+        raise RegistryUnreachable(f"pushing {image} failed: {one_line(exc)}") from None
     return digest
 
 
@@ -390,7 +392,7 @@ def _follow_build(stream: Iterable[dict[str, Any]], image: str, reporter: Report
             error = chunk.get("error") or chunk.get("errorDetail", {}).get("message", "unknown error")
             for line in recent:
                 reporter.warn(f"[build] | {line}")
-            raise UserError(f"building {image} failed: {_one_line(error)}")
+            raise UserError(f"building {image} failed: {one_line(error)}")
         # The classic builder colours a RUN's stderr with terminal escapes; logs want plain text.
         for line in _TERMINAL_ESCAPE.sub("", str(chunk.get("stream", ""))).splitlines():
             if line.strip():
@@ -404,7 +406,7 @@ def _follow_push(stream: Iterable[dict[str, Any]], image: str) -> str:
     for chunk in stream:
         if "error" in chunk or "errorDetail" in chunk:
             error = chunk.get("error") or chunk.get("errorDetail", {}).get("message", "unknown error")
-            raise RegistryUnreachable(f"pushing {image} failed: {_one_line(error)}")
+            raise RegistryUnreachable(f"pushing {image} failed: {one_line(error)}")
         aux = chunk.get("aux")
         if isinstance(aux, dict) and aux.get("Digest"):
             digest = aux["Digest"]
@@ -477,7 +479,7 @@ def _check_app(app: AppConfig, config_path: Path | None, ledger: Ledger, registr
             if current and not state.in_sync:
                 report.changes.append(f"target {state.name} runs {running.image or 'nothing'}, not #{current.id} {current.image}")
         except Exception as exc:  # noqa: BLE001 - one broken target must not hide the others
-            state.error = _one_line(exc)
+            state.error = one_line(exc)
             report.errors.append(f"target {state.name}: {state.error}")
         report.targets.append(state)
     if current is not None and current.tag:
@@ -488,7 +490,7 @@ def _check_app(app: AppConfig, config_path: Path | None, ledger: Ledger, registr
         except TagNotFound:
             report.changes.append(f"tag {current.tag} of #{current.id} is gone from the registry")
         except RolloutError as exc:
-            report.errors.append(_one_line(exc))
+            report.errors.append(one_line(exc))
     if app.build is not None:
         _check_inputs(app, config_path, ledger, registry, report)
     return report
@@ -498,7 +500,7 @@ def _check_inputs(app: AppConfig, config_path: Path | None, ledger: Ledger, regi
     try:
         inputs = gather_inputs(app, config_path, registry)
     except Unreachable as exc:
-        report.errors.append(_one_line(exc))
+        report.errors.append(one_line(exc))
         return
     report.inputs = inputs
     key, recorded_bases = last_build_key(ledger, app.name)
@@ -514,17 +516,3 @@ def _check_inputs(app: AppConfig, config_path: Path | None, ledger: Ledger, regi
 
 
 # -- small helpers -------------------------------------------------------------------
-
-
-def _short(digest: str) -> str:
-    return digest.split(":", 1)[-1][:12]
-
-
-def _clip(text: str, width: int = 100) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _one_line(exc: BaseException | str) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else (type(exc).__name__ if isinstance(exc, BaseException) else "")

@@ -120,6 +120,11 @@ def registry_endpoint(registry: str) -> str:
     return _DOCKER_HUB_ENDPOINT if registry == DOCKER_HUB else registry
 
 
+def short_digest(digest: str | None) -> str:
+    """The first 12 hex digits, as `docker images` shows them; "-" for none."""
+    return str(digest).split(":", 1)[-1][:12] if digest else "-"
+
+
 def is_digest(text: str) -> bool:
     return _DIGEST.fullmatch(text) is not None
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rollout import config as configuration
-from rollout.errors import InvalidReference, TargetUnreachable, UserError
+from rollout.errors import InvalidReference, TargetUnreachable, UserError, one_line
 from rollout.reference import parse
 
 SECRET_NAME = re.compile(r"PASS|SECRET|TOKEN|KEY|CREDENTIAL|AUTH|PRIVATE|CERT|DSN|COOKIE|SALT", re.IGNORECASE)
@@ -61,13 +61,13 @@ def from_container(name: str, host: str | None, app: str | None = None, image: s
             if host else docker.from_env(timeout=30)
         client.ping()
     except Exception as exc:  # noqa: BLE001 - the SDK raises many kinds for "no engine"
-        raise TargetUnreachable(f"cannot reach the Docker engine at {where} ({_short(exc)}): start it or fix --host") from None
+        raise TargetUnreachable(f"cannot reach the Docker engine at {where} ({one_line(exc, 200)}): start it or fix --host") from None
     try:
         container = client.containers.get(name)
     except docker.errors.NotFound:
         raise UserError(f"no container {name!r} on {where}: `docker ps -a` lists the containers") from None
     except docker.errors.APIError as exc:
-        raise TargetUnreachable(f"cannot inspect container {name!r} on {where}: {_short(exc)}") from None
+        raise TargetUnreachable(f"cannot inspect container {name!r} on {where}: {one_line(exc, 200)}") from None
     attrs = container.attrs
     try:
         image_attrs = client.images.get(attrs["Image"]).attrs
@@ -131,7 +131,7 @@ def from_deployment(name: str, namespace: str | None, kubeconfig: str | None, co
             config.load_incluster_config()
             api_client = client.ApiClient()
     except Exception as exc:  # noqa: BLE001 - ConfigException, missing files, bad YAML
-        raise UserError(f"cannot load Kubernetes config {config_file}: {_short(exc)}: pass --kubeconfig") from None
+        raise UserError(f"cannot load Kubernetes config {config_file}: {one_line(exc, 200)}: pass --kubeconfig") from None
     namespace = namespace or "default"
     api_client.configuration.retries = 1
     try:
@@ -144,7 +144,7 @@ def from_deployment(name: str, namespace: str | None, kubeconfig: str | None, co
                             " lists them") from None
         raise TargetUnreachable(f"deployment {name}: the Kubernetes API answered {exc.status} {exc.reason}") from None
     except Exception as exc:  # noqa: BLE001 - urllib3 connection errors and friends
-        raise TargetUnreachable(f"the Kubernetes API is unreachable ({_short(exc)})") from None
+        raise TargetUnreachable(f"the Kubernetes API is unreachable ({one_line(exc, 200)})") from None
     containers = deployment["spec"]["template"]["spec"]["containers"]
     names = [c["name"] for c in containers]
     if container is None and len(containers) > 1:
@@ -327,8 +327,3 @@ def _toml(value: Any) -> str:
     if isinstance(value, dict):
         return "{ " + ", ".join(f"{_key(k)} = {_toml(v)}" for k, v in value.items()) + " }" if value else "{}"
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__

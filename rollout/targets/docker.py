@@ -56,7 +56,7 @@ def _enable_ssh() -> None:
 
 
 from rollout.config import AppConfig, TargetConfig
-from rollout.errors import ConfigError, TargetUnreachable, UserError
+from rollout.errors import ConfigError, TargetUnreachable, UserError, one_line
 from rollout.ledger import kill_point
 from rollout.targets import Observation, Release, Running
 
@@ -559,8 +559,7 @@ def _timestamp_ns(text: str) -> int:
 
 
 def _short(exc: BaseException) -> str:
+    """The engine's own explanation when it gave one."""
     if isinstance(exc, docker.errors.APIError) and exc.explanation:
-        text = str(exc.explanation)
-    else:
-        text = str(exc)
-    return (text.strip().splitlines() or [type(exc).__name__])[0][:300]
+        return one_line(str(exc.explanation))
+    return one_line(exc)

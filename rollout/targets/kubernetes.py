@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 from rollout.config import AppConfig, TargetConfig
-from rollout.errors import TargetUnreachable, UserError
+from rollout.errors import TargetUnreachable, UserError, one_line
 from rollout.targets import Observation, Release, Running
 
 FAST_FAIL_REASONS = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError",
@@ -62,7 +61,7 @@ class KubernetesTarget:
                     config.load_incluster_config()
                     api_client = client.ApiClient()
             except Exception as exc:  # noqa: BLE001 - ConfigException, missing files, bad YAML
-                raise UserError(f"target {self.name}: cannot load Kubernetes config: {_short(exc)}") from None
+                raise UserError(f"target {self.name}: cannot load Kubernetes config: {one_line(exc)}") from None
             api_client.configuration.retries = 1
             self._apis = (client.AppsV1Api(api_client), client.CoreV1Api(api_client))
         return self._apis
@@ -83,7 +82,7 @@ class KubernetesTarget:
                 raise _Conflict() from None
             raise TargetUnreachable(f"target {self.name}: {what}: API answered {exc.status} {exc.reason}") from None
         except Exception as exc:  # noqa: BLE001 - urllib3 connection errors and friends
-            raise TargetUnreachable(f"target {self.name}: Kubernetes API unreachable ({_short(exc)})") from None
+            raise TargetUnreachable(f"target {self.name}: Kubernetes API unreachable ({one_line(exc)})") from None
 
     def _read(self) -> dict[str, Any]:
         apps, _ = self.apis
@@ -330,7 +329,3 @@ def _repository(image: str) -> str:
     name = image.split("@", 1)[0]
     last = name.rsplit("/", 1)[-1]
     return name.rsplit(":", 1)[0] if ":" in last else name
-
-
-def _short(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
