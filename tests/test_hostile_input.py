@@ -285,9 +285,9 @@ class Genome:
             if action == "delete" and node:
                 node.pop(self.pick(range(len(node))))
             elif action == "add" or not node:
-                node.append(self.pick(POOL))
+                node.append(copy.deepcopy(self.pick(POOL)))  # a shared POOL value could end up inside itself
             else:
-                node[self.pick(range(len(node)))] = self.pick(POOL)
+                node[self.pick(range(len(node)))] = copy.deepcopy(self.pick(POOL))
             return
         key = self.pick(KEYS) if action == "add" or not node else self.pick(list(node))
         if action == "delete":
