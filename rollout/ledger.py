@@ -341,6 +341,11 @@ class Ledger:
             params.append(app)
         return [Entry.from_row(row) for row in self._rows(sql + " ORDER BY id", params)]
 
+    def counts(self, app: str) -> dict[tuple[str, str], int]:
+        """How many entries the app has, by (kind, status)."""
+        rows = self.db.execute("SELECT kind, status, COUNT(*) FROM entries WHERE app = ? GROUP BY kind, status", [app])
+        return {(kind, status): count for kind, status, count in rows.fetchall()}
+
     def targets(self, entry_id: int) -> list[TargetRow]:
         rows = self._rows(
             "SELECT entry_id, target, image_before, image_after, outcome, detail, updated_at FROM targets"

@@ -115,9 +115,7 @@ class _Snapshot:
             if current is not None:
                 current_info.add_metric([app, current.tag or "", current.digest], 1.0)
                 current_entry.add_metric([app], float(current.id))
-            counts: dict[tuple[str, str], int] = {}
-            for entry in self.ledger.history(app):
-                counts[(entry.kind, entry.status)] = counts.get((entry.kind, entry.status), 0) + 1
+            counts = self.ledger.counts(app)  # one GROUP BY, not the whole history
             reverts.add_metric([app], float(sum(n for (kind, _), n in counts.items() if kind == "revert")))
             for (kind, status), count in sorted(counts.items()):
                 entries.add_metric([app, kind, status], float(count))

@@ -232,6 +232,7 @@ class DeploymentWatch:
         self.release = release
         self._changed = threading.Event()
         self._stop = threading.Event()
+        self._responses: dict[str, Any] = {}  # open watch streams, closed by close()
         deployment = target._read()
         self._threads = [
             threading.Thread(target=self._follow, args=(kind, selector), daemon=True, name=f"watch-{kind}")
@@ -255,6 +256,7 @@ class DeploymentWatch:
                 response = lister(self.target.namespace, watch=True, resource_version=resource_version,
                                   timeout_seconds=WATCH_SECONDS, allow_watch_bookmarks=True,
                                   _request_timeout=WATCH_SECONDS + 10, _preload_content=False, **selector)
+                self._responses[kind] = response
                 for line in response:
                     if self._stop.is_set():
                         break
@@ -319,6 +321,11 @@ class DeploymentWatch:
     def close(self) -> None:
         self._stop.set()
         self._changed.set()
+        for response in list(self._responses.values()):
+            try:
+                response.close()  # ends the watch threads now, not at their timeout
+            except Exception:  # noqa: BLE001 - closing a stream that already ended
+                pass
 
 
 def _container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
