@@ -17,9 +17,10 @@ import socket
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-import sqlite_utils
+if TYPE_CHECKING:
+    import sqlite_utils
 
 from rollout.errors import LedgerError, one_line
 
@@ -111,8 +112,11 @@ BEGIN SELECT RAISE(ABORT, 'ledger events are append-only'); END;
 
 
 # Each step takes a ledger from version N-1 to N; all pending steps run in one transaction.
-MIGRATIONS: dict[int, tuple[str, ...]] = {
-    2: ("ALTER TABLE locks ADD COLUMN heartbeat_at TEXT",),
+# Schema changes from version N-1 to N, run in one transaction. Written with sqlite-utils,
+# whose transform()/add_column() work around what SQLite's ALTER TABLE cannot do; it is
+# imported only when a ledger is created or migrated (its import costs ~45 ms a command).
+MIGRATIONS: dict[int, Callable[["sqlite_utils.Database"], object]] = {
+    2: lambda db: db["locks"].add_column("heartbeat_at", str),
 }
 
 
@@ -209,11 +213,11 @@ class Ledger:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.db = sqlite_utils.Database(_connect(self.path))
+        self.db = _connect(self.path)
         _ensure_schema(self.db, self.path)
 
     def close(self) -> None:
-        self.db.conn.close()
+        self.db.close()
 
     # -- writing -------------------------------------------------------------
 
@@ -277,11 +281,11 @@ class Ledger:
 
     def abandon_open_transaction(self) -> None:
         """Roll back a transaction a signal left open between BEGIN and the `with` block."""
-        if self.db.conn.in_transaction:
-            self.db.conn.execute("ROLLBACK")
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
 
     def transaction(self) -> "_Transaction":
-        return _Transaction(self.db.conn)
+        return _Transaction(self.db)
 
     # -- reading -------------------------------------------------------------
 
@@ -406,42 +410,45 @@ def _connect(path: Path) -> sqlite3.Connection:
         raise LedgerError(f"cannot open ledger {path}: {one_line(exc)}: check the path and its permissions") from exc
 
 
-def _ensure_schema(db: sqlite_utils.Database, path: Path) -> None:
+def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
     try:
-        version = _schema_version(db)
+        version = _schema_version(conn)
         if version is not None and version > SCHEMA_VERSION:
             raise LedgerError(
                 f"ledger {path} has schema version {version}, newer than this rollout understands"
                 f" ({SCHEMA_VERSION}): upgrade rollout"
             )
         if version != SCHEMA_VERSION:
-            with _Transaction(db.conn):
+            import sqlite_utils
+
+            # The connection stays as every other command sees it: no pragmas, no plugins.
+            db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+            with _Transaction(conn):
                 # Read again under the write lock: another rollout may have just created or migrated it.
-                version = _schema_version(db)
+                version = _schema_version(conn)
                 if version is None and db.table_names():
                     raise LedgerError(f"{path} is an SQLite database but not a rollout ledger (it has no schema"
                                       " version): point [ledger] path at a new file")
                 for step in range(version + 1, SCHEMA_VERSION + 1) if version is not None else ():
-                    for statement in MIGRATIONS[step]:
-                        db.conn.execute(statement)
+                    MIGRATIONS[step](db)
                 # Idempotent (IF NOT EXISTS): creates a new ledger, adds any new trigger to a migrated one.
                 for statement in _statements(_SCHEMA):
-                    db.conn.execute(statement)
-                db.conn.execute(
+                    conn.execute(statement)
+                conn.execute(
                     "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
                     " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     [str(SCHEMA_VERSION)],
                 )
         # Only now: switching to WAL rewrites the file header, which a ledger we refuse must not get.
-        db.conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA journal_mode = WAL")
     except sqlite3.DatabaseError as exc:
         raise LedgerError(f"ledger {path} is not a readable SQLite database ({one_line(exc)}): restore it from a backup") from exc
 
 
-def _schema_version(db: sqlite_utils.Database) -> int | None:
-    if "meta" not in db.table_names():
+def _schema_version(conn: sqlite3.Connection) -> int | None:
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
         return None
-    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     if row is None:
         return None
     try:

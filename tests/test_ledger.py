@@ -183,7 +183,7 @@ def test_finished_entries_cannot_be_rewritten(ledger: Ledger, path: Path, sql: s
     entry = record(ledger, "v1", "v1", status=L.HEALTHY)
     ledger.set_target(entry.id, "local", outcome="healthy", image_after=entry.image)
     before = snapshot(path, entry.id)
-    connection = nullcontext(ledger.db.conn) if through == "ledger connection" else raw(path)
+    connection = nullcontext(ledger.db) if through == "ledger connection" else raw(path)
     with connection as conn, pytest.raises(sqlite3.DatabaseError, match="ledger"):
         conn.execute(sql, [entry.id])
     assert snapshot(path, entry.id) == before

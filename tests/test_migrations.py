@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 
 from rollout import ledger as L
 from rollout import lock
@@ -95,7 +96,13 @@ def test_a_migration_failing_half_way_leaves_the_v1_ledger_as_it_was(v1_ledger: 
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     before = snapshot(v1_ledger)
     # The first statement succeeds, the second fails: the first must be rolled back too.
-    monkeypatch.setitem(L.MIGRATIONS, 2, (*L.MIGRATIONS[2], "ALTER TABLE no_such_table ADD COLUMN x TEXT"))
+    real_step = L.MIGRATIONS[2]
+
+    def half_way(db: sqlite_utils.Database) -> None:
+        real_step(db)
+        db.execute("ALTER TABLE no_such_table ADD COLUMN x TEXT")
+
+    monkeypatch.setitem(L.MIGRATIONS, 2, half_way)
     with pytest.raises(LedgerError) as raised:
         Ledger(v1_ledger)
     assert str(v1_ledger) in str(raised.value) and "\n" not in str(raised.value)
