@@ -99,8 +99,7 @@ class DockerTarget:
     def client(self) -> docker.DockerClient:
         if self._client is None:
             try:
-                self._client = connect(self.endpoint)
-                self._client.ping()
+                self._client = connect(self.endpoint)  # asks the engine its API version: reachable
             except Exception as exc:  # noqa: BLE001 - the SDK raises many kinds for "no engine"
                 self._client = None
                 where = self.where
@@ -148,10 +147,11 @@ class DockerTarget:
     def apply(self, release: Release) -> str | None:
         old = self._container(self.container_name)
         before = old.attrs["Config"]["Image"] if old else None
-        spare = self._retired_with(release.image)
+        retired = self._retired()
+        spare = next((c for c in retired if c.attrs["Config"]["Image"] == release.image), None)
         self._replaced_id = old.id if old is not None else None
         if old is not None:
-            self._retire(old)
+            self._retire(old, taken={c.name for c in retired})
         if spare is not None:
             spare.rename(self.container_name)
             container = spare
@@ -165,7 +165,10 @@ class DockerTarget:
         # The engine's own clock: events before this start (say, the die of this
         # container's previous life, when a revert restarts it) are history.
         self._started_at_ns = _timestamp_ns(container.attrs["State"]["StartedAt"])
-        self._prune_retired()
+        # The container just replaced is the newest retired one whatever its FinishedAt (it may
+        # have exited long ago): it is what a revert starts again, so it is never pruned here.
+        now_retired = ([old] if old is not None else []) + [c for c in retired if c is not spare]
+        self._prune(now_retired[KEEP_RETIRED:])
         return before
 
     def watch(self, release: Release) -> "DockerWatch":
@@ -191,7 +194,7 @@ class DockerTarget:
         failed.stop(timeout=STOP_TIMEOUT)
         if self._replaced_id is not None:
             failed.reload()
-            self._retire(failed)
+            self._retire(failed, taken={c.name for c in self._retired()})
             previous = self.client.containers.get(self._replaced_id)
             previous.rename(self.container_name)
             previous.start()
@@ -229,16 +232,10 @@ class DockerTarget:
         retired = [c for c in containers if c.name.startswith(prefix)]
         return sorted(retired, key=lambda c: c.attrs["State"].get("FinishedAt", ""), reverse=True)
 
-    def _retired_with(self, image: str) -> Any:
-        for container in self._retired():
-            if container.attrs["Config"]["Image"] == image:
-                return container
-        return None
-
-    def _retire(self, container: Any) -> None:
+    def _retire(self, container: Any, taken: set[str]) -> None:
         entry = container.labels.get(LABEL_ENTRY) or container.short_id
         new_name = f"{self.container_name}.rollout-{entry}"
-        if self._container(new_name) is not None:
+        if new_name in taken:
             new_name = f"{new_name}-{container.short_id}"
         container.rename(new_name)
         kill_point("docker:renamed")
@@ -246,14 +243,17 @@ class DockerTarget:
             container.stop(timeout=STOP_TIMEOUT)
             kill_point("docker:stopped")
 
-    def _prune_retired(self) -> None:
-        for container in self._retired()[KEEP_RETIRED:]:
-            # Remove the digest reference we pulled, not the image ID: an image the operator
-            # also tagged or runs elsewhere stays; one that only we referenced goes.
-            pulled = container.attrs["Config"]["Image"]
+    def _prune(self, containers: list[Any]) -> None:
+        if not containers:
+            return
+        for container in containers:
             container.remove(force=True)
-            if "@sha256:" not in pulled or any(c.attrs["Config"]["Image"] == pulled
-                                               for c in self.client.containers.list(all=True)):
+        # Remove the digest references we pulled, not image IDs: an image the operator also
+        # tagged or runs elsewhere stays; one that only we referenced goes. One listing (no
+        # inspect per container) says which references containers still use.
+        in_use = {summary.get("Image") for summary in self.client.api.containers(all=True)}
+        for pulled in {c.attrs["Config"]["Image"] for c in containers} - in_use:
+            if "@sha256:" not in pulled:
                 continue
             try:
                 self.client.images.remove(pulled)
@@ -418,6 +418,15 @@ def _context_names(store: Path) -> list[str]:
 
 def connect(endpoint: Endpoint, timeout: int = 30) -> docker.DockerClient:
     """A client for endpoint; ssh:// goes through the system `ssh` (agent, ~/.ssh/config, known_hosts)."""
+    client = _client_for(endpoint, timeout)
+    if client.api.base_url.startswith("http+docker:"):
+        # A local socket or an ssh pipe: no proxy or ~/.netrc applies, and requests would
+        # otherwise re-read them from the environment on every call (~0.3 ms each).
+        client.api.trust_env = False
+    return client
+
+
+def _client_for(endpoint: Endpoint, timeout: int) -> docker.DockerClient:
     if not endpoint.host:
         return docker.from_env(timeout=timeout)
     if not endpoint.host.startswith("ssh://"):
