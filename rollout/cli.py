@@ -11,13 +11,15 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 from contextlib import contextmanager
+from dataclasses import asdict
 from typing import Any, Iterator, Optional
 
 import typer
 
 from rollout import config as configuration
-from rollout.errors import EXIT_INTERNAL, EXIT_UNREACHABLE, Interrupted, LockHeld, RolloutError, UserError
+from rollout.errors import EXIT_INTERNAL, EXIT_UNREACHABLE, Interrupted, LockHeld, RolloutError, UserError, one_line
 from rollout.output import Console, clip, table
 from rollout.reference import short_digest
 
@@ -194,7 +196,7 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """What the ledger says should run, what each target really runs, and whether they match."""
-    from rollout.targets import open_target
+    from rollout.targets import observe
 
     def run(console: Console) -> int:
         cfg = _config()
@@ -204,20 +206,10 @@ def status(
         for app_cfg in apps:
             _recover_if_abandoned(cfg, app_cfg, ledger, console)
             current = ledger.current(app_cfg.name)
-            targets = []
-            for target_cfg in app_cfg.targets:
-                item: dict[str, Any] = {"name": target_cfg.name, "image": None, "digest": None, "running": False,
-                                        "in_sync": False}
-                try:
-                    running = open_target(target_cfg, app_cfg).running()
-                    # In sync = running the ledger's digest; a stopped container is not.
-                    item.update(image=running.image, digest=running.digest, running=running.active,
-                                in_sync=current is not None and running.serves(current.digest))
-                except Exception as exc:  # noqa: BLE001 - one broken target must not hide the others
-                    item["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                    unreachable = True
-                targets.append(item)
-            reports.append({"app": app_cfg.name, "current": current.to_json() if current else None, "targets": targets})
+            targets = observe(app_cfg, current.digest if current else None)
+            unreachable = unreachable or any(t.error for t in targets)
+            reports.append({"app": app_cfg.name, "current": current.to_json() if current else None,
+                            "targets": [asdict(t) for t in targets]})
         if as_json:
             console.json(reports[0] if len(reports) == 1 else reports)
         else:
@@ -226,7 +218,7 @@ def status(
                 head = (f"{report['app']}: #{current['id']} {current['tag'] or '-'} {current['digest']}"
                         if current else f"{report['app']}: no healthy entry yet")
                 rows = [[t["name"], short_digest(t["digest"]) if t["digest"] else "-",
-                         "in sync" if t["in_sync"] else ("UNREACHABLE" if "error" in t
+                         "in sync" if t["in_sync"] else ("UNREACHABLE" if t["error"]
                                                          else "DRIFT" if t["running"] else "STOPPED"),
                          t.get("error") or t["image"] or "no container"] for t in report["targets"]]
                 console.out(head + "\n" + table(["TARGET", "DIGEST", "STATE", "IMAGE"], rows))
@@ -465,8 +457,26 @@ def _run(command: Any) -> None:
     raise typer.Exit(code)
 
 
+# click's base exception, wherever this typer keeps click (it vendors its own copy since 0.26).
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def main() -> None:
-    app(prog_name="rollout")
+    try:
+        code = app(prog_name="rollout", standalone_mode=False)
+    except _ClickException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `rollout`: its message is the help
+            print(exc.format_message())
+            sys.exit(exc.exit_code)
+        # A usage error (unknown command or option, a value out of range): one line, exit 2.
+        context = getattr(exc, "ctx", None)
+        command = context.command_path if context is not None else "rollout"
+        Console().error(f"{one_line(exc.format_message()).rstrip('.')}: see `{command} --help`")
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        Console().error("aborted")
+        sys.exit(130)
+    sys.exit(code or 0)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ from rollout.ledger import Entry, Ledger
 from rollout.orchestrator import Orchestrator
 from rollout.output import clip
 from rollout.reference import Reference, short_digest
-from rollout.targets import Target
+from rollout.targets import Target, TargetState, observe
 
 BUILD_EVENT = "build:pushed"
 _TERMINAL_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -419,15 +419,6 @@ def _follow_push(stream: Iterable[dict[str, Any]], image: str) -> str:
 
 
 @dataclass
-class TargetState:
-    name: str
-    digest: str | None = None
-    image: str | None = None
-    in_sync: bool = False
-    error: str | None = None
-
-
-@dataclass
 class AppCheck:
     app: str
     current: Entry | None = None
@@ -470,18 +461,12 @@ def _check_app(app: AppConfig, config_path: Path | None, ledger: Ledger, registr
                open_target: Callable[[Any, AppConfig], Target]) -> AppCheck:
     report = AppCheck(app.name, current=ledger.current(app.name))
     current = report.current
-    for target_config in app.targets:
-        state = TargetState(target_config.name)
-        try:
-            running = open_target(target_config, app).running()
-            state.digest, state.image = running.digest, running.image
-            state.in_sync = current is not None and running.serves(current.digest)
-            if current and not state.in_sync:
-                report.changes.append(f"target {state.name} runs {running.image or 'nothing'}, not #{current.id} {current.image}")
-        except Exception as exc:  # noqa: BLE001 - one broken target must not hide the others
-            state.error = one_line(exc)
+    report.targets = observe(app, current.digest if current else None, open_target)
+    for state in report.targets:
+        if state.error:
             report.errors.append(f"target {state.name}: {state.error}")
-        report.targets.append(state)
+        elif current and not state.in_sync:
+            report.changes.append(f"target {state.name} runs {state.image or 'nothing'}, not #{current.id} {current.image}")
     if current is not None and current.tag:
         try:
             report.tag_digest = registry.resolve(Reference(app.registry, app.repository, tag=current.tag))

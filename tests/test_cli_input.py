@@ -171,3 +171,22 @@ def test_corrupted_ledger_is_a_one_line_error(cli: Cli) -> None:
     cli.ledger.write_bytes(os.urandom(4096))
     line = assert_one_line_error(cli.run("history"))
     assert str(cli.ledger) in line
+
+
+@pytest.mark.parametrize(("args", "named", "command"), [
+    (("history", "-n", "0"), "0 is not in the range", "rollout history"),
+    (("deploy", "--no-such-option", "web:v1"), "No such option: --no-such-option", "rollout deploy"),
+    (("no-such-command",), "No such command 'no-such-command'", "rollout"),
+    (("deploy", "web:v1", "--wait", "soon"), "'soon' is not a valid float", "rollout deploy"),
+])
+def test_usage_errors_are_one_line_naming_the_help_to_read(cli: Cli, args: tuple[str, ...], named: str,
+                                                            command: str) -> None:
+    line = assert_one_line_error(cli.run(*args))
+    assert named in line and line.endswith(f"see `{command} --help`")
+    assert not cli.ledger.exists()
+
+
+def test_bare_rollout_prints_the_help() -> None:
+    result = subprocess.run([ROLLOUT], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "deploy" in result.stdout and "revert" in result.stdout

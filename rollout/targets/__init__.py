@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
 
+from rollout.errors import one_line
+
 if TYPE_CHECKING:
     from rollout.config import AppConfig, TargetConfig
 
@@ -92,3 +94,30 @@ def open_target(config: "TargetConfig", app: "AppConfig") -> Target:
 
         return KubernetesTarget(config, app)
     raise ValueError(f"unknown target kind {config.kind!r}")
+
+
+@dataclass
+class TargetState:
+    """One target as `status` and `check` report it: what runs, and whether it is what the ledger says."""
+
+    name: str
+    image: str | None = None
+    digest: str | None = None
+    running: bool = False
+    in_sync: bool = False  # running the ledger's current digest; a stopped container is not
+    error: str | None = None  # the target could not be reached or read
+
+
+def observe(app: "AppConfig", current_digest: str | None, opener: TargetFactory = open_target) -> list[TargetState]:
+    """What every target of app runs now; one broken target does not hide the others."""
+    states = []
+    for config in app.targets:
+        state = TargetState(config.name)
+        try:
+            running = opener(config, app).running()
+            state.image, state.digest, state.running = running.image, running.digest, running.active
+            state.in_sync = current_digest is not None and running.serves(current_digest)
+        except Exception as exc:  # noqa: BLE001 - any failure of one target is reported, not raised
+            state.error = one_line(exc) or type(exc).__name__
+        states.append(state)
+    return states
