@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ROLLOUT = str(Path(sys.executable).parent / "rollout")
+SCRIPT_PATH = "/usr/local/bin:/usr/bin:/bin"  # baseline scripts run with this PATH and nothing else they did not ask for
 REGISTRY = os.environ.get("ROLLOUT_TEST_REGISTRY", "127.0.0.1:5000")
 APP_IMAGE = f"{REGISTRY}/rollout-test/app"
 CONTAINER_PREFIX = "bench-"  # tests use rt-*, kube-sim-*, rollout-demo-*: never these
@@ -171,6 +172,16 @@ def alternate(runs: int, baseline: Callable[[int], float], rollout: Callable[[in
             comparison.baseline.append(baseline(index))
 
 
+def timed(command: Sequence[str], *, env: dict[str, str], then: Callable[[], None], what: str,
+          timeout: float = 300) -> float:
+    """Seconds the command took (it must exit 0); then() checks its effect, outside the timing."""
+    started = time.perf_counter()
+    run(command, env=env, timeout=timeout, what=what)
+    elapsed = time.perf_counter() - started
+    then()
+    return elapsed
+
+
 def run(command: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
         timeout: float = 300, expect: Sequence[int] = (0,), what: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run a command; an unexpected exit code is a ScenarioFailed carrying the end of its stderr."""
@@ -186,12 +197,6 @@ def run(command: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path 
         raise ScenarioFailed(f"{what or ' '.join(command[:3])} exited {done.returncode}"
                              f" (expected {'/'.join(map(str, expect))}): {' | '.join(tail)}")
     return done
-
-
-def timed(command: Sequence[str], **options: Any) -> tuple[float, subprocess.CompletedProcess[str]]:
-    started = time.perf_counter()
-    done = run(command, **options)
-    return time.perf_counter() - started, done
 
 
 def docker_app_toml(app: str, image: str, container: str, *, health: dict[str, Any] | None = None,

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import statistics
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from benchmarks.common import (APP_IMAGE, ROLLOUT, Comparison, ScenarioFailed, ScenarioResult, Settings, alternate,
-                               docker, docker_app_toml, docker_time, free_port, http_get, iso_time, remove_containers, require_docker,
-                               require_test_images, rollout_env, run, wait_for_version)
+from benchmarks.common import (APP_IMAGE, ROLLOUT, SCRIPT_PATH, Comparison, ScenarioFailed, ScenarioResult, Settings,
+                               alternate, docker, docker_app_toml, docker_time, free_port, http_get, iso_time,
+                               remove_containers, require_docker, require_test_images, rollout_env, run, timed,
+                               wait_for_version)
 
 REPLACE_CONTAINER = r"""
 set -eu
@@ -50,6 +54,30 @@ docker rm -f "$NAME" >/dev/null
 docker run -d --name "$NAME" --network host -e PORT="$PORT" "$PREVIOUS" >/dev/null
 until curl -fsS -m 2 -o /dev/null "$URL"; do sleep "$INTERVAL"; done
 exit 1
+"""
+
+# The floor of any Python tool built on the Docker SDK: the same engine steps as the manual
+# script, as a bare script (no CLI, ledger, lock, config or events), started the way
+# rollout is (same interpreter and venv, paramiko not loaded). rollout vs this is what
+# rollout itself costs; this vs the manual script is what Python + the SDK cost.
+SDK_FLOOR = r"""
+import os, sys, time, urllib.request
+sys.modules["paramiko"] = None
+import docker
+client = docker.from_env()
+repository, tag = os.environ["IMAGE"].rsplit(":", 1)
+client.api.pull(repository, tag=tag)
+old = client.containers.get(os.environ["NAME"])
+old.stop(timeout=10)
+old.remove()
+client.containers.run(os.environ["IMAGE"], name=os.environ["NAME"], detach=True, network_mode="host",
+                      environment={"PORT": os.environ["PORT"]})
+while True:
+    try:
+        urllib.request.urlopen(os.environ["URL"], timeout=2).close()
+        break
+    except OSError:
+        time.sleep(float(os.environ["INTERVAL"]))
 """
 
 B1_INTERVAL = 0.5
@@ -91,45 +119,63 @@ def deploy_overhead(settings: Settings, result: ScenarioResult) -> None:
     root = settings.workdir / "b1"
     registry = start_registry(root)
     repo = f"{registry.host}/bench/app"
+    sides = ("manual", "sdk", "rollout")
     try:
-        versions = {side: [f"{side}-{i}" for i in range(settings.runs)] for side in ("rollout", "manual")}
-        build_versions(root / "context", repo, ["rollout-seed", "manual-seed", *versions["rollout"], *versions["manual"]])
-        ours, theirs = free_port(), free_port()
-        config = rollout_config(root / "project", repo, f"{prefix}rollout", ours, interval=B1_INTERVAL, stable=0,
-                                timeout=60)
+        versions = {side: [f"{side}-{i}" for i in range(settings.runs)] for side in sides}
+        build_versions(root / "context", repo, [f"{side}-seed" for side in sides] + sum(versions.values(), []))
+        ports = {side: free_port() for side in sides}
+        config = rollout_config(root / "project", repo, f"{prefix}rollout", ports["rollout"], interval=B1_INTERVAL,
+                                stable=0, timeout=60)
         env = rollout_env(config)
         run([ROLLOUT, "deploy", "web:rollout-seed"], env=env, timeout=120, what="rollout deploy (seed)")
-        start_manual_container(f"{prefix}manual", f"{repo}:manual-seed", theirs)
-        wait_for_version(ours, "rollout-seed")
-        wait_for_version(theirs, "manual-seed")
+        for side in ("manual", "sdk"):
+            start_manual_container(f"{prefix}{side}", f"{repo}:{side}-seed", ports[side])
+        for side in sides:
+            wait_for_version(ports[side], f"{side}-seed")
 
         def rollout_side(index: int) -> float:
             version = versions["rollout"][index]
-            started = time.perf_counter()
-            run([ROLLOUT, "deploy", f"web:{version}"], env=env, timeout=120, what="rollout deploy")
-            elapsed = time.perf_counter() - started
-            require_version(ours, version)
-            return elapsed
+            return timed([ROLLOUT, "deploy", f"web:{version}"], env=env, what="rollout deploy",
+                         then=lambda: require_version(ports["rollout"], version))
 
-        def manual_side(index: int) -> float:
-            version = versions["manual"][index]
-            script_env = {"IMAGE": f"{repo}:{version}", "NAME": f"{prefix}manual", "PORT": str(theirs),
-                          "URL": f"http://127.0.0.1:{theirs}/health", "INTERVAL": str(B1_INTERVAL)}
-            started = time.perf_counter()
-            run_script(BASELINE_DEPLOY, script_env, expect=(0,))
-            elapsed = time.perf_counter() - started
-            require_version(theirs, version)
-            return elapsed
+        def script_side(side: str, command: list[str]) -> Callable[[int], float]:
+            def one(index: int) -> float:
+                version = versions[side][index]
+                script_env = {"PATH": SCRIPT_PATH, "IMAGE": f"{repo}:{version}", "NAME": f"{prefix}{side}",
+                              "PORT": str(ports[side]), "URL": f"http://127.0.0.1:{ports[side]}/health",
+                              "INTERVAL": str(B1_INTERVAL)}
+                return timed(command, env=script_env, what=f"{side} script",
+                             then=lambda: require_version(ports[side], version))
+            return one
 
-        comparison = Comparison("healthy upgrade, image not yet on the host", "rollout deploy",
-                                "docker pull+stop+rm+run, poll health", target="ratio <= 1.3")
-        alternate(settings.runs, manual_side, rollout_side, comparison)
-        result.comparisons.append(comparison)
-        result.metrics.update(health_interval_s=B1_INTERVAL, rollout_stable_s=0)
+        timings = rotate(settings.runs, {"manual": script_side("manual", ["bash", "-c", BASELINE_DEPLOY]),
+                                         "sdk": script_side("sdk", [sys.executable, "-c", SDK_FLOOR]),
+                                         "rollout": rollout_side})
+        against_manual = Comparison("healthy upgrade, image not yet on the host", "rollout deploy",
+                                    "docker pull+stop+rm+run, poll health", rollout=timings["rollout"],
+                                    baseline=timings["manual"], target="ratio <= 1.3")
+        against_sdk = Comparison("same upgrade: what rollout adds to a bare Docker SDK script", "rollout deploy",
+                                 "Python script, Docker SDK pull+stop+rm+run, poll health", rollout=timings["rollout"],
+                                 baseline=timings["sdk"])
+        result.comparisons += [against_manual, against_sdk]
+        sdk_vs_manual = statistics.median(timings["sdk"]) / statistics.median(timings["manual"])
+        result.metrics.update(health_interval_s=B1_INTERVAL, rollout_stable_s=0,
+                              sdk_script_vs_manual_ratio=round(sdk_vs_manual, 2))
     finally:
         remove_containers(prefix)
         registry.close()
         remove_images(repo)
+
+
+def rotate(runs: int, sides: dict[str, Callable[[int], float]]) -> dict[str, list[float]]:
+    """Like common.alternate for any number of sides: each round starts one side later."""
+    names = list(sides)
+    timings: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(runs):
+        for offset in range(len(names)):
+            name = names[(index + offset) % len(names)]
+            timings[name].append(sides[name](index))
+    return timings
 
 
 def build_versions(context: Path, repo: str, versions: list[str]) -> None:
@@ -139,7 +185,7 @@ def build_versions(context: Path, repo: str, versions: list[str]) -> None:
     for version in versions:
         (context / "version").write_text(version + "\n")
         run(["docker", "build", "-q", "--network", "host", "-t", f"{repo}:{version}", str(context)],
-            env={"DOCKER_BUILDKIT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin"}, timeout=180, what="docker build")
+            env={"DOCKER_BUILDKIT": "0", "PATH": SCRIPT_PATH}, timeout=180, what="docker build")
         docker("push", "-q", f"{repo}:{version}")
     docker("rmi", *[f"{repo}:{version}" for version in versions])
 
@@ -160,7 +206,7 @@ def require_version(port: int, version: str) -> None:
 
 
 def run_script(script: str, script_env: dict[str, str], *, expect: tuple[int, ...]) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", **script_env}
+    env = {"PATH": SCRIPT_PATH, **script_env}
     return run(["bash", "-c", script], env=env, timeout=180, expect=expect, what="baseline script")
 
 

@@ -10,11 +10,11 @@ and rollout waits no stable period (stable = 0), as the loop does not either.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from benchmarks.common import (APP_IMAGE, ROLLOUT, Comparison, ScenarioFailed, ScenarioResult, Settings, alternate, free_port,
-                               http_get, require_test_images, rollout_env, run, wait_for_version)
+from benchmarks.common import (APP_IMAGE, ROLLOUT, SCRIPT_PATH, Comparison, ScenarioFailed, ScenarioResult, Settings,
+                               alternate, free_port, http_get, require_test_images, rollout_env, run, timed,
+                               wait_for_version)
 from benchmarks.docker_host import build_versions, remove_images, require_tools
 
 B7_INTERVAL = 0.5
@@ -91,7 +91,7 @@ def fleet_upgrade(settings: Settings, result: ScenarioResult) -> None:
         env = {**rollout_env(config), "HOME": str(fleet.home), "DOCKER_CONFIG": str(fleet.docker_config)}
         env.pop("DOCKER_HOST", None)
         env.pop("DOCKER_CONTEXT", None)
-        script_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(fleet.home),
+        script_env = {"PATH": SCRIPT_PATH, "HOME": str(fleet.home),
                       "DOCKER_CONFIG": str(fleet.docker_config), "NAME": f"{PREFIX}manual",
                       "HOSTS": " ".join(hosts), "PORTS": " ".join(map(str, theirs)), "INTERVAL": str(B7_INTERVAL)}
 
@@ -108,20 +108,13 @@ def fleet_upgrade(settings: Settings, result: ScenarioResult) -> None:
 
         def rollout_side(index: int) -> float:
             version = versions["rollout"][index]
-            started = time.perf_counter()
-            run([ROLLOUT, "deploy", f"web:{version}"], env=env, timeout=300, what="rollout deploy")
-            elapsed = time.perf_counter() - started
-            require_versions(ours, version)
-            return elapsed
+            return timed([ROLLOUT, "deploy", f"web:{version}"], env=env, what="rollout deploy",
+                         then=lambda: require_versions(ours, version))
 
         def manual_side(index: int) -> float:
             version = versions["manual"][index]
-            started = time.perf_counter()
-            run(["bash", "-c", BASELINE_FLEET], env={**script_env, "IMAGE": f"{repo}:{version}"}, timeout=300,
-                what="baseline loop")
-            elapsed = time.perf_counter() - started
-            require_versions(theirs, version)
-            return elapsed
+            return timed(["bash", "-c", BASELINE_FLEET], env={**script_env, "IMAGE": f"{repo}:{version}"},
+                         what="baseline loop", then=lambda: require_versions(theirs, version))
 
         comparison = Comparison(f"healthy upgrade on {ENGINES} engines, image not yet on them",
                                 "rollout deploy (parallel)", "bash loop: pull+stop+rm+run, poll health, per host")
