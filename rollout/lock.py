@@ -7,19 +7,22 @@ and not at all on the same host, where a dead pid is noticed at once.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import sqlite3
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-from rollout.errors import LockHeld
+from rollout.errors import LockHeld, one_line
 from rollout.ledger import Ledger, default_actor, now_iso
 
 LEASE_SECONDS = 30.0
 POLL_SECONDS = 0.2
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,26 @@ def held(ledger: Ledger, app: str, wait: float = 0.0, lease_seconds: float = LEA
 
     def beat() -> None:
         while not stop.wait(lease_seconds / 3):
-            renew(heartbeat_ledger, lease, lease_seconds)
+            try:
+                if renew(heartbeat_ledger, lease, lease_seconds):
+                    continue
+            except sqlite3.Error as exc:
+                # A full disk or a briefly unreadable ledger must not end the heartbeat, or the
+                # lease would expire under a rollout that is still running: try again next beat.
+                log.warning("rollout: cannot renew the lock on %s (%s); retrying", app, one_line(exc))
+                continue
+            # Our row is gone: we stalled past the lease (a suspended machine, a stopped process)
+            # and another rollout took the app over. Taking it back would make two holders.
+            try:
+                taker = read(heartbeat_ledger, app)
+                heartbeat_ledger.event(None, "lock:lost", {"app": app, "pid": lease.pid,
+                                                           "to": taker[0].holder if taker else None})
+            except sqlite3.Error:
+                taker = []  # the warning below still goes out
+            log.warning("rollout: the lock on %s was taken over by %s while this rollout ran: it now"
+                        " decides what %s runs; check `rollout status %s` when this one ends",
+                        app, taker[0].describe() if taker else "`rollout lock release`", app, app)
+            return
 
     thread = threading.Thread(target=beat, name=f"lease-{app}", daemon=True)
     thread.start()

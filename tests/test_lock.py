@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -163,3 +164,40 @@ def test_contending_processes_hold_the_lease_one_at_a_time(ledger: Ledger, tmp_p
         assert start[0] == "start" and end == ["end", start[1]], lines
     assert {pid for _, pid in lines} == {str(p.pid) for p in contenders}
     assert lock.read(ledger) == []
+
+
+def test_a_failing_renewal_does_not_end_the_heartbeat(ledger: Ledger, monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    real_renew, calls = lock.renew, []
+
+    def flaky(*args: object, **kwargs: object) -> bool:
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_renew(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(lock, "renew", flaky)
+    with lock.held(ledger, "web", lease_seconds=0.6) as lease:
+        deadline = time.monotonic() + 10
+        while lock.read(ledger, "web")[0].expires_at == lease.expires_at and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lock.read(ledger, "web")[0].expires_at > lease.expires_at  # renewed after the failure
+    assert len(calls) >= 2
+    assert "cannot renew the lock on web (database or disk is full)" in caplog.text
+
+
+def test_a_lease_taken_over_is_not_taken_back(ledger: Ledger, caplog: pytest.LogCaptureFixture) -> None:
+    with lock.held(ledger, "web", lease_seconds=0.6) as lease:
+        # As if this process had stalled past its lease and another rollout had taken over.
+        with ledger.transaction() as conn:
+            conn.execute("DELETE FROM locks WHERE app = 'web'")
+        plant(ledger, "web", holder="ops@other", host="other-host", pid=4242, expires_at=time.time() + 60)
+        deadline = time.monotonic() + 10
+        while "lock:lost" not in lock_events(ledger) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "lock:lost" in lock_events(ledger)
+        assert lock.read(ledger, "web")[0].holder == "ops@other"
+    # Leaving the block releases only our own lease, never the new holder's.
+    assert [(held.holder, held.pid) for held in lock.read(ledger, "web")] == [("ops@other", 4242)]
+    assert lease.pid != 4242
+    assert "taken over by ops@other" in caplog.text
