@@ -223,3 +223,54 @@ http = "http://127.0.0.1:{port}/health"
     finally:
         for leftover in docker_client.containers.list(all=True, filters={"name": container}):
             leftover.remove(force=True)
+
+
+def conflicting_target(project: KubeProject, changes: int) -> tuple[Any, list[str]]:
+    """The project's target, whose first `changes` reads are each followed by someone else's edit
+    of the Deployment (a kubectl annotate), so the patch built from that read gets a real 409."""
+    from rollout import config as configuration
+    from rollout.targets import open_target
+
+    app = configuration.load(str(project.root / "rollout.toml")).app("web")
+    target = open_target(app.targets[0], app)
+    read, edits = target._read, []
+
+    def read_then_someone_edits() -> dict[str, Any]:
+        deployment = read()
+        if len(edits) < changes:
+            edits.append(f"edit-{len(edits)}")
+            done = project.sim.kubectl("annotate", "--overwrite", f"deployment/{project.name}", f"team/edit={edits[-1]}")
+            assert done.returncode == 0, done.stderr
+        return deployment
+
+    target._read = read_then_someone_edits
+    return target, edits
+
+
+def test_a_deployment_changed_between_read_and_patch_is_read_again_not_overwritten(
+        kube: RunningSimulator, tmp_path: Path, docker_client: Any) -> None:
+    from rollout.targets import Release
+
+    project = KubeProject(tmp_path, kube)
+    target, edits = conflicting_target(project, changes=2)
+    good2 = digest_of(docker_client, "good2")
+    before = target.apply(Release(7, APP_IMAGE, "good2", good2, "rollout: test"))
+    assert before == f"{APP_IMAGE}:good1" and edits == ["edit-0", "edit-1"]
+    deployment = project.deployment()
+    # Our image is in, and the edits made meanwhile are still there: the patch was built from a fresh read.
+    assert project.images() == {"app": f"{APP_IMAGE}@{good2}", "sidecar": SIDECAR}
+    assert deployment["metadata"]["annotations"]["team/edit"] == "edit-1"
+
+
+def test_a_deployment_that_keeps_changing_is_given_up_on_unchanged(kube: RunningSimulator, tmp_path: Path,
+                                                                    docker_client: Any) -> None:
+    from rollout.errors import TargetUnreachable
+    from rollout.targets import Release
+    from rollout.targets.kubernetes import CONFLICT_RETRIES
+
+    project = KubeProject(tmp_path, kube)
+    target, edits = conflicting_target(project, changes=CONFLICT_RETRIES)
+    with pytest.raises(TargetUnreachable, match=r"kept changing under us \(409\)"):
+        target.apply(Release(7, APP_IMAGE, "good2", digest_of(docker_client, "good2"), "rollout: test"))
+    assert len(edits) == CONFLICT_RETRIES
+    assert project.images()["app"] == f"{APP_IMAGE}:good1"
