@@ -19,7 +19,8 @@ from typing import Any, Iterator, Optional
 import typer
 
 from rollout import config as configuration
-from rollout.errors import EXIT_INTERNAL, EXIT_UNREACHABLE, Interrupted, LockHeld, RolloutError, UserError, one_line
+from rollout.errors import (EXIT_INTERNAL, EXIT_UNREACHABLE, Interrupted, LeaseLost, LockHeld, RolloutError, UserError,
+                            one_line)
 from rollout.output import Console, clip, table
 from rollout.reference import short_digest
 
@@ -61,7 +62,8 @@ def _registry(cfg: configuration.Config):  # type: ignore[no-untyped-def]
                           ca_bundle=cfg.registry.ca_bundle)
 
 
-def _orchestrator(cfg: configuration.Config, app_cfg: configuration.AppConfig, ledger: Any, console: Console):  # type: ignore[no-untyped-def]
+def _orchestrator(cfg: configuration.Config, app_cfg: configuration.AppConfig, ledger: Any, console: Console,  # type: ignore[no-untyped-def]
+                  lease: Any):
     from rollout.health import verify
     from rollout.orchestrator import Orchestrator
     from rollout.targets import open_target
@@ -69,7 +71,7 @@ def _orchestrator(cfg: configuration.Config, app_cfg: configuration.AppConfig, l
     targets = [open_target(t, app_cfg) for t in app_cfg.targets]
     return Orchestrator(app_cfg, ledger, _registry(cfg), targets,
                         lambda watch, policy, progress: verify(watch, policy, on_progress=progress), console,
-                        listener=_notifier(cfg, console))
+                        listener=_notifier(cfg, console), lease_lost=lease.lost)
 
 
 def _notifier(cfg: configuration.Config, console: Console):  # type: ignore[no-untyped-def]
@@ -248,7 +250,7 @@ def rebuild(
         with _signals_interrupt():
             result = rebuilding.rebuild(
                 app_cfg, config_path=cfg.path, ledger=ledger, registry=_registry(cfg),
-                orchestrator=lambda: _orchestrator(cfg, app_cfg, ledger, console), engine=rebuilding.local_engine,
+                orchestrator=lambda lease: _orchestrator(cfg, app_cfg, ledger, console, lease), engine=rebuilding.local_engine,
                 reporter=console, force=force, no_deploy=no_deploy, check_only=check_only, wait=wait)
         _notify_rebuild(cfg, app_cfg, result, console, check_only)
         if as_json:
@@ -395,8 +397,8 @@ def _under_lock(cfg: configuration.Config, app_cfg: configuration.AppConfig, led
     """Hold the app's lock, finish any interrupted rollout, then run action(orchestrator)."""
     from rollout import lock
 
-    with lock.held(ledger, app_cfg.name, wait), _signals_interrupt():
-        orchestrator = _orchestrator(cfg, app_cfg, ledger, console)
+    with lock.held(ledger, app_cfg.name, wait) as lease, _signals_interrupt():
+        orchestrator = _orchestrator(cfg, app_cfg, ledger, console, lease)
         recovered = _recover(orchestrator, console)
         if recovered is not None:
             return recovered
@@ -425,8 +427,8 @@ def _recover_if_abandoned(cfg: configuration.Config, app_cfg: configuration.AppC
         return
     try:
         # lock.held, not a bare lease: a recovery's verify can outlast one lease period.
-        with lock.held(ledger, app_cfg.name, 0), _signals_interrupt():
-            _recover(_orchestrator(cfg, app_cfg, ledger, console), console)
+        with lock.held(ledger, app_cfg.name, 0) as lease, _signals_interrupt():
+            _recover(_orchestrator(cfg, app_cfg, ledger, console, lease), console)
     except LockHeld:
         return  # a rollout is running right now: its entry is not abandoned
     except RolloutError as exc:
@@ -449,6 +451,9 @@ def _run(command: Any) -> None:
     except Interrupted as stop:
         console.error(f"interrupted by {stop}")
         code = stop.exit_code
+    except LeaseLost as lost:
+        console.error(str(lost))
+        code = lost.exit_code
     except Exception as exc:  # noqa: BLE001 - a bug must still end in one line, not a traceback
         if os.environ.get("ROLLOUT_DEBUG"):
             raise

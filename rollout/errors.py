@@ -1,7 +1,7 @@
 """Errors that end a command, each carrying the exit code the README documents.
 
 0 healthy; 1 failed and reverted; 2 bad input or config (nothing changed);
-3 failed and could not revert; 4 lock held by another rollout;
+3 failed and could not revert; 4 lock held (or taken over) by another rollout;
 5 registry or target unreachable before anything changed.
 """
 
@@ -13,8 +13,8 @@ EXIT_USAGE = 2
 EXIT_UNRECOVERED = 3
 EXIT_LOCKED = 4
 EXIT_UNREACHABLE = 5
-EXIT_CHANGED = 10
-EXIT_INTERNAL = 70  # a bug in rollout: one line, no traceback unless ROLLOUT_DEBUG=1  # `check` / `rebuild --check`: something changed, a rebuild is due
+EXIT_CHANGED = 10  # `check` / `rebuild --check`: something changed, a rebuild is due
+EXIT_INTERNAL = 70  # a bug in rollout: one line, no traceback unless ROLLOUT_DEBUG=1
 
 
 def one_line(exc: BaseException | str, limit: int = 300) -> str:
@@ -77,6 +77,16 @@ class LockHeld(RolloutError):
 
 class LedgerError(UserError):
     """The ledger file is unreadable, corrupted, or from a newer schema."""
+
+
+class LeaseLost(BaseException):
+    """Another rollout took over this app's lock while we ran: stop at once, write and change nothing more.
+
+    A BaseException, like Interrupted, so no handler on the way treats it as a failed step
+    (which would record a failure or start a revert: the new holder's job now).
+    """
+
+    exit_code = EXIT_LOCKED
 
 
 class Interrupted(BaseException):

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 from rollout.errors import LockHeld, one_line
@@ -34,6 +34,8 @@ class Lease:
     acquired_at: str
     expires_at: float
     heartbeat_at: str | None = None
+    # Set by the holder's heartbeat when it finds the lease taken over by another rollout.
+    lost: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
 
     def describe(self) -> str:
         return f"{self.holder} (pid {self.pid}, since {self.acquired_at})"
@@ -137,7 +139,7 @@ def held(ledger: Ledger, app: str, wait: float = 0.0, lease_seconds: float = LEA
             except sqlite3.Error as exc:
                 # A full disk or a briefly unreadable ledger must not end the heartbeat, or the
                 # lease would expire under a rollout that is still running: try again next beat.
-                log.warning("rollout: cannot renew the lock on %s (%s); retrying", app, one_line(exc))
+                log.warning("cannot renew the lock on %s (%s); retrying", app, one_line(exc))
                 continue
             # Our row is gone: we stalled past the lease (a suspended machine, a stopped process)
             # and another rollout took the app over. Taking it back would make two holders.
@@ -147,9 +149,10 @@ def held(ledger: Ledger, app: str, wait: float = 0.0, lease_seconds: float = LEA
                                                            "to": taker[0].holder if taker else None})
             except sqlite3.Error:
                 taker = []  # the warning below still goes out
-            log.warning("rollout: the lock on %s was taken over by %s while this rollout ran: it now"
-                        " decides what %s runs; check `rollout status %s` when this one ends",
-                        app, taker[0].describe() if taker else "`rollout lock release`", app, app)
+            log.warning("the lock on %s was taken over by %s while this rollout ran: stopping at the next"
+                        " step; the new holder decides what %s runs", app,
+                        taker[0].describe() if taker else "`rollout lock release`", app)
+            lease.lost.set()
             return
 
     thread = threading.Thread(target=beat, name=f"lease-{app}", daemon=True)

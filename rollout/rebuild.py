@@ -237,7 +237,7 @@ class RebuildResult:
 
 
 def rebuild(app: AppConfig, *, config_path: Path | None, ledger: Ledger, registry: Resolver,
-            orchestrator: Callable[[], Orchestrator], engine: Callable[[], Any], reporter: Reporter,
+            orchestrator: Callable[[lock.Lease], Orchestrator], engine: Callable[[], Any], reporter: Reporter,
             force: bool = False, no_deploy: bool = False, check_only: bool = False, wait: float = 0.0) -> RebuildResult:
     """Build, push and deploy app's image when its inputs changed; otherwise change nothing.
 
@@ -247,10 +247,10 @@ def rebuild(app: AppConfig, *, config_path: Path | None, ledger: Ledger, registr
     """
     if check_only:
         return _plan(app, config_path, ledger, registry, force=force, no_deploy=no_deploy)[0]
-    with lock.held(ledger, app.name, wait):
+    with lock.held(ledger, app.name, wait) as lease:
         if ledger.unfinished(app.name):
             # A rollout that died left an entry half done: put the app back on its healthy release first.
-            recovered = orchestrator().recover()
+            recovered = orchestrator(lease).recover()
             if recovered is not None and recovered.exit_code != EXIT_OK:
                 return RebuildResult(app.name, recovered.exit_code, "failed", recovered.message,
                                      entry=recovered.entry)
@@ -260,7 +260,7 @@ def rebuild(app: AppConfig, *, config_path: Path | None, ledger: Ledger, registr
         if decision.action == DEPLOY_EXISTING:
             tag, digest = _existing(decision)
             reporter.info(f"{app.name}: {decision.why}: deploying it")
-            return _deploy(app, orchestrator, inputs, tag, digest, f"rebuild: {decision.why}")
+            return _deploy(app, orchestrator(lease), inputs, tag, digest, f"rebuild: {decision.why}")
         tag = _new_tag(app, inputs, ledger, registry)
         reporter.info(f"{app.name}: {decision.why}: building {app.image}:{tag} ({inputs.describe()})")
         digest = build_and_push(engine(), app, inputs, tag, reporter)
@@ -270,7 +270,7 @@ def rebuild(app: AppConfig, *, config_path: Path | None, ledger: Ledger, registr
         if no_deploy:
             return RebuildResult(app.name, EXIT_OK, "built", f"built and pushed {app.image}:{tag} ({digest}), not deployed:"
                                  f" `rollout deploy {app.name}:{tag}` deploys it", inputs, tag, digest)
-        return _deploy(app, orchestrator, inputs, tag, digest, f"rebuild: {decision.why}")
+        return _deploy(app, orchestrator(lease), inputs, tag, digest, f"rebuild: {decision.why}")
 
 
 def _plan(app: AppConfig, config_path: Path | None, ledger: Ledger, registry: Resolver, *,
@@ -298,10 +298,10 @@ def _existing(decision: Decision) -> tuple[str, str]:
     return decision.build.tag, decision.build.digest
 
 
-def _deploy(app: AppConfig, orchestrator: Callable[[], Orchestrator], inputs: Inputs, tag: str, digest: str,
+def _deploy(app: AppConfig, orchestrator: Orchestrator, inputs: Inputs, tag: str, digest: str,
             reason: str) -> RebuildResult:
     ref = Reference(app.registry, app.repository, tag=tag, digest=digest)
-    outcome = orchestrator().deploy(ref, kind=L.REBUILD, build_key=inputs.build_key,
+    outcome = orchestrator.deploy(ref, kind=L.REBUILD, build_key=inputs.build_key,
                                     base_digests=inputs.base_digests, reason=reason)
     action = "deployed" if outcome.exit_code == EXIT_OK else "failed"
     return RebuildResult(app.name, outcome.exit_code, action, outcome.message, inputs, tag, digest,

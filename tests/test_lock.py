@@ -201,3 +201,4 @@ def test_a_lease_taken_over_is_not_taken_back(ledger: Ledger, caplog: pytest.Log
     assert [(held.holder, held.pid) for held in lock.read(ledger, "web")] == [("ops@other", 4242)]
     assert lease.pid != 4242
     assert "taken over by ops@other" in caplog.text
+    assert lease.lost.is_set()

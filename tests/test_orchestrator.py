@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from rollout.errors import (
     EXIT_UNREACHABLE,
     EXIT_UNRECOVERED,
     EXIT_USAGE,
+    LeaseLost,
     RetagRefused,
     RolloutError,
     TargetUnreachable,
@@ -404,3 +406,44 @@ def test_manual_revert_that_fails_goes_back_to_where_it_was(bed: Bed) -> None:
     assert outcome.exit_code == EXIT_REVERTED
     assert outcome.revert is not None and outcome.revert.reverts_to == current.id
     assert bed.targets[0].digest == current.digest
+
+
+# -- another rollout took the lock over ----------------------------------------
+
+
+def test_a_lost_lease_stops_before_the_next_write_and_leaves_the_entry_to_the_new_holder(bed: Bed) -> None:
+    first = bed.healthy("v1")
+    bed.publish("v2", behaviour=crashes())
+    lost = threading.Event()
+
+    def verifier_during_which_the_lease_is_lost(watch, policy, progress):  # type: ignore[no-untyped-def]
+        lost.set()  # as the heartbeat does when it finds another holder's row
+        return scripted_verifier(watch, policy, progress)
+
+    orchestrator = Orchestrator(bed.app, bed.ledger, bed.resolver, bed.targets,  # type: ignore[arg-type]
+                                verifier_during_which_the_lease_is_lost, bed.reporter, lease_lost=lost)
+    with pytest.raises(LeaseLost, match="another rollout took over the lock on web while #2 was verifying"):
+        orchestrator.deploy(parse(f"{IMAGE}:v2"))
+    entry = bed.ledger.get(2)
+    # Not failed, not reverted: the crash verdict was not written and no revert was started,
+    # so the new holder's recovery finds the entry unfinished and puts v1 back itself.
+    assert entry.status == L.VERIFYING
+    assert [e.id for e in bed.history()] == [first.id, entry.id]
+    assert bed.targets[0].stopped == 0 and bed.targets[0].applied() == [digest_of("v1"), digest_of("v2")]
+    recovered = bed.orchestrator().recover()
+    assert recovered is not None and recovered.exit_code == EXIT_OK
+    assert bed.targets[0].image == image("v1")
+
+
+def test_a_lease_lost_before_a_recovery_changes_nothing(bed: Bed) -> None:
+    bed.healthy("v1")
+    bed.publish("v2")
+    unfinished = bed.ledger.record(L.NewEntry(app="web", repository=IMAGE, tag="v2", digest=digest_of("v2")))
+    lost = threading.Event()
+    lost.set()
+    orchestrator = Orchestrator(bed.app, bed.ledger, bed.resolver, bed.targets,  # type: ignore[arg-type]
+                                scripted_verifier, bed.reporter, lease_lost=lost)
+    with pytest.raises(LeaseLost):
+        orchestrator.recover()
+    assert bed.ledger.get(unfinished.id).status == L.PENDING
+    assert len(bed.history()) == 2
