@@ -122,8 +122,9 @@ MIGRATIONS: dict[int, Callable[["sqlite_utils.Database"], object]] = {
 
 # Test hook (tests/test_crash_safety.py): with ROLLOUT_TEST_KILL_AT="<step>#<n>" the process
 # SIGKILLs itself right after the n-th such step is written, so a crash lands on an exact,
-# reproducible moment. Steps: the ledger's event names (recorded, status:applying, target:applied...)
-# and the docker target's (docker:renamed, docker:stopped, docker:created, docker:started). Unset: no effect.
+# reproducible moment. Steps: the ledger's event names (recorded, status:applying, target:applied...),
+# the docker target's (docker:renamed, docker:stopped, docker:created, docker:started) and rebuild's
+# docker:pushed (pushed, `build:pushed` not yet written). Unset: no effect.
 _steps_seen: collections.Counter[str] = collections.Counter()
 
 

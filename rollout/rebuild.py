@@ -50,7 +50,7 @@ from rollout.errors import (
     UserError,
     one_line,
 )
-from rollout.ledger import Entry, Ledger
+from rollout.ledger import Entry, Ledger, kill_point
 from rollout.orchestrator import Orchestrator
 from rollout.output import clip
 from rollout.reference import Reference, short_digest
@@ -261,9 +261,15 @@ def rebuild(app: AppConfig, *, config_path: Path | None, ledger: Ledger, registr
             tag, digest = _existing(decision)
             reporter.info(f"{app.name}: {decision.why}: deploying it")
             return _deploy(app, orchestrator(lease), inputs, tag, digest, f"rebuild: {decision.why}")
-        tag = _new_tag(app, inputs, ledger, registry)
-        reporter.info(f"{app.name}: {decision.why}: building {app.image}:{tag} ({inputs.describe()})")
-        digest = build_and_push(engine(), app, inputs, tag, reporter)
+        tag = _new_tag(app, inputs, ledger)
+        digest = _earlier_push_of_this_build(engine, app, inputs, tag, registry)
+        if digest is not None:
+            reporter.info(f"{app.name}: {app.image}:{tag} is this build, pushed by a run that stopped before"
+                          " recording it: recording it now")
+        else:
+            reporter.info(f"{app.name}: {decision.why}: building {app.image}:{tag} ({inputs.describe()})")
+            digest = build_and_push(engine(), app, inputs, tag, reporter)
+            kill_point("docker:pushed")
         record_push(ledger, PushedBuild(app.name, app.image, tag, digest, inputs.build_key, inputs.base_digests,
                                         at=L.now_iso(), deploy=not no_deploy))
         reporter.info(f"{app.name}: pushed {app.image}:{tag} as {digest}")
@@ -308,8 +314,8 @@ def _deploy(app: AppConfig, orchestrator: Orchestrator, inputs: Inputs, tag: str
                          outcome.entry, outcome.revert)
 
 
-def _new_tag(app: AppConfig, inputs: Inputs, ledger: Ledger, registry: Resolver) -> str:
-    """Render the tag template; a tag already in the ledger or the registry is an error, never an overwrite."""
+def _new_tag(app: AppConfig, inputs: Inputs, ledger: Ledger) -> str:
+    """Render the tag template; a tag already in the ledger is an error, never a reuse."""
     count = max(len(pushed_builds(ledger, app.name)), _rebuild_count(ledger, app.name))
     git = git_commit(inputs.settings.context) if "{git}" in inputs.settings.tag else None
     first_base = inputs.bases[0][1] if inputs.bases else None
@@ -317,10 +323,32 @@ def _new_tag(app: AppConfig, inputs: Inputs, ledger: Ledger, registry: Resolver)
     if ledger.digests_for_tag(app.name, tag):
         raise UserError(f"tag {tag} of {app.name} is already in the ledger: tags are never reused;"
                         f" make apps.{app.name}.build.tag unique per build (e.g. with {{n}})")
-    if registry.exists(Reference(app.registry, app.repository, tag=tag)):
-        raise UserError(f"{app.image}:{tag} already exists in the registry: tags are never overwritten;"
-                        f" make apps.{app.name}.build.tag unique per build (e.g. with {{n}})")
     return tag
+
+
+def _earlier_push_of_this_build(engine: Callable[[], Any], app: AppConfig, inputs: Inputs, tag: str,
+                                registry: Resolver) -> str | None:
+    """None when app.image:tag is free; its digest when it is this very build, pushed from this
+    engine by a run killed before it wrote `build:pushed`; anything else there is an error.
+
+    Proof without reading the registry's manifest: the engine's image of that tag carries this
+    build's key, and the engine recorded the registry's current digest for it when the push ended.
+    """
+    import docker.errors
+
+    try:
+        digest = registry.resolve(Reference(app.registry, app.repository, tag=tag))
+    except TagNotFound:
+        return None
+    try:
+        image = engine().images.get(f"{app.image}:{tag}")
+    except docker.errors.ImageNotFound:
+        image = None
+    if (image is not None and (image.labels or {}).get("rollout.build-key") == inputs.build_key
+            and f"{app.image}@{digest}" in (image.attrs.get("RepoDigests") or [])):
+        return digest
+    raise UserError(f"{app.image}:{tag} already exists in the registry: tags are never overwritten;"
+                    f" make apps.{app.name}.build.tag unique per build (e.g. with {{n}})")
 
 
 def _rebuild_count(ledger: Ledger, app: str) -> int:

@@ -410,3 +410,23 @@ def test_sigterm_during_the_deploy_reverts_and_the_next_run_deploys_the_same_bui
     assert bed.pushed_builds() == 2  # the image built before the stop is deployed, not built again
     assert bed.served_base() == "v2"
     assert bed.entries()[0]["digest"] == interrupted["digest"]
+
+
+def test_a_run_killed_between_push_and_record_is_finished_by_the_next_without_building_again(
+        bed: RebuildBed, docker_client) -> None:  # type: ignore[no-untyped-def]
+    bed.project.env["ROLLOUT_TEST_KILL_AT"] = "docker:pushed#1"
+    killed = bed.rebuild()
+    assert killed.returncode == -9, killed.stderr
+    assert bed.pushed_builds() == 0 and bed.entries() == []
+    [tag] = [t.split(":")[-1] for image in docker_client.images.list(name=bed.app_image) for t in image.tags]
+    pushed = registry_digest(f"{bed.app_image}:{tag}")
+
+    del bed.project.env["ROLLOUT_TEST_KILL_AT"]
+    result = bed.rebuild()
+    assert result.returncode == 0, result.stderr
+    assert "pushed by a run that stopped before recording it" in result.stderr
+    [entry] = bed.entries()
+    # The same tag and the same pushed image: recorded and deployed, not built and pushed again.
+    assert (entry["tag"], entry["digest"], entry["status"]) == (tag, pushed, "healthy")
+    assert registry_digest(f"{bed.app_image}:{tag}") == pushed
+    assert bed.pushed_builds() == 1
