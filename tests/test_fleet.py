@@ -245,6 +245,24 @@ def test_parallel_deploy_reaches_every_host_and_one_broken_host_sends_all_back(p
     assert {t["name"]: t["in_sync"] for t in status["targets"]} == {"h1": True, "h2": True, "h3": True, "far": True}
 
 
+def ssh_logins(fleet: Fleet) -> int:
+    """How many times the fleet's sshd has let a client in so far (its VERBOSE log)."""
+    return (fleet.root / "sshd" / "sshd.log").read_text(errors="replace").count("Accepted publickey")
+
+
+def test_a_deploy_over_ssh_logs_in_a_few_times_not_once_per_engine_call(project: FleetProject, fleet: Fleet) -> None:
+    # The SDK starts a new `ssh ... docker system dial-stdio` for every API call (~0.3 s each,
+    # ~20 calls a deploy); rollout keeps the connection for the next call.
+    project.write('strategy = "parallel"')
+    before = ssh_logins(fleet)
+    result = project.run("deploy", "web:good1")
+    assert result.returncode == 0, result.stderr
+    assert project.hosts[3].version() == "good1"
+    # One connection for the calls, one for the engine's event stream during verification.
+    logins = ssh_logins(fleet) - before
+    assert 1 <= logins <= 3, logins
+
+
 def test_rolling_stops_at_the_first_failing_batch_and_reverts_only_moved_hosts(tmp_path: Path,
                                                                                  fleet: Fleet) -> None:
     assert fleet.ssh is not None

@@ -49,10 +49,34 @@ def _enable_ssh() -> None:
     import docker.transport
 
     if not hasattr(docker.api.client, "SSHHTTPAdapter"):
-        from docker.transport.sshconn import SSHHTTPAdapter  # imports paramiko now
+        from docker.transport.sshconn import SSHHTTPAdapter, SSHSocket  # imports paramiko now
 
+        SSHSocket.makefile = _ssh_makefile  # type: ignore[method-assign]
+        SSHHTTPAdapter.get_connection = _ssh_pool  # type: ignore[method-assign]
         docker.api.client.SSHHTTPAdapter = SSHHTTPAdapter  # type: ignore[attr-defined]
         docker.transport.SSHHTTPAdapter = SSHHTTPAdapter  # type: ignore[attr-defined]
+
+
+def _ssh_makefile(self: Any, mode: str) -> Any:
+    """A reader of the ssh pipe that the HTTP response may close without closing the pipe,
+    so the connection (one `dial-stdio`) serves the next request too."""
+    if not self.proc:
+        self.connect()
+    return os.fdopen(os.dup(self.proc.stdout.fileno()), "rb")
+
+
+def _ssh_pool(self: Any, url: str, proxies: Any = None) -> Any:
+    """One connection pool per adapter (every URL goes to the same engine), kept: the SDK
+    builds a new pool, so a new ssh, for every call."""
+    from docker.transport.sshconn import SSHConnectionPool
+
+    with self.pools.lock:
+        pool = self.pools.get(self.ssh_host)
+        if pool is None:
+            pool = SSHConnectionPool(ssh_client=self.ssh_client, timeout=self.timeout, maxsize=self.max_pool_size,
+                                     host=self.ssh_host)
+            self.pools[self.ssh_host] = pool
+    return pool
 
 
 from rollout.config import AppConfig, TargetConfig
