@@ -96,6 +96,9 @@ def open_target(config: "TargetConfig", app: "AppConfig") -> Target:
     raise ValueError(f"unknown target kind {config.kind!r}")
 
 
+MAX_PARALLEL_LOOKS = 16  # status/check: targets asked at once
+
+
 @dataclass
 class TargetState:
     """One target as `status` and `check` report it: what runs, and whether it is what the ledger says."""
@@ -109,9 +112,11 @@ class TargetState:
 
 
 def observe(app: "AppConfig", current_digest: str | None, opener: TargetFactory = open_target) -> list[TargetState]:
-    """What every target of app runs now; one broken target does not hide the others."""
-    states = []
-    for config in app.targets:
+    """What every target of app runs now, asked of all at once (a fleet of ssh hosts answers in
+    the time of the slowest, not of all in turn); one broken target does not hide the others."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def look(config: "TargetConfig") -> TargetState:
         state = TargetState(config.name)
         try:
             running = opener(config, app).running()
@@ -119,5 +124,9 @@ def observe(app: "AppConfig", current_digest: str | None, opener: TargetFactory 
             state.in_sync = current_digest is not None and running.serves(current_digest)
         except Exception as exc:  # noqa: BLE001 - any failure of one target is reported, not raised
             state.error = one_line(exc) or type(exc).__name__
-        states.append(state)
-    return states
+        return state
+
+    if len(app.targets) <= 1:
+        return [look(config) for config in app.targets]
+    with ThreadPoolExecutor(max_workers=min(len(app.targets), MAX_PARALLEL_LOOKS)) as pool:
+        return list(pool.map(look, app.targets))
