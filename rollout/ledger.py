@@ -112,9 +112,9 @@ BEGIN SELECT RAISE(ABORT, 'ledger events are append-only'); END;
 
 
 # Each step takes a ledger from version N-1 to N; all pending steps run in one transaction.
-# Schema changes from version N-1 to N, run in one transaction. Written with sqlite-utils,
-# whose transform()/add_column() work around what SQLite's ALTER TABLE cannot do; it is
-# imported only when a ledger is created or migrated (its import costs ~45 ms a command).
+# Schema changes from version N-1 to N, run inside one transaction of ours, so a step must not
+# commit (sqlite-utils' transform() does, in 3.x: keep to add_column-style calls). Written with
+# sqlite-utils, imported only when a ledger is created or migrated (its import costs ~45 ms).
 MIGRATIONS: dict[int, Callable[["sqlite_utils.Database"], object]] = {
     2: lambda db: db["locks"].add_column("heartbeat_at", str),
 }
@@ -216,6 +216,9 @@ class Ledger:
         self.path = Path(path)
         self.db = _connect(self.path)
         _ensure_schema(self.db, self.path)
+        # Run inside every write transaction, under SQLite's write lock: lock.held installs
+        # one that refuses the write once another rollout has taken the app's lease.
+        self.guard: Callable[[sqlite3.Connection], None] | None = None
 
     def close(self) -> None:
         self.db.close()
@@ -286,7 +289,7 @@ class Ledger:
             self.db.execute("ROLLBACK")
 
     def transaction(self) -> "_Transaction":
-        return _Transaction(self.db)
+        return _Transaction(self.db, self.guard)
 
     # -- reading -------------------------------------------------------------
 
@@ -376,13 +379,20 @@ class Ledger:
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT: takes the write lock up front so readers never see half an update."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, guard: Callable[[sqlite3.Connection], None] | None = None) -> None:
         self.conn = conn
+        self.guard = guard
         self.outermost = not conn.in_transaction
 
     def __enter__(self) -> sqlite3.Connection:
         if self.outermost:
             self.conn.execute("BEGIN IMMEDIATE")
+            if self.guard is not None:
+                try:
+                    self.guard(self.conn)
+                except BaseException:
+                    self.conn.execute("ROLLBACK")
+                    raise
         return self.conn
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:

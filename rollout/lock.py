@@ -15,9 +15,9 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
-from rollout.errors import LockHeld, one_line
+from rollout.errors import LeaseLost, LockHeld, one_line
 from rollout.ledger import Ledger, default_actor, now_iso
 
 LEASE_SECONDS = 30.0
@@ -34,8 +34,6 @@ class Lease:
     acquired_at: str
     expires_at: float
     heartbeat_at: str | None = None
-    # Set by the holder's heartbeat when it finds the lease taken over by another rollout.
-    lost: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
 
     def describe(self) -> str:
         return f"{self.holder} (pid {self.pid}, since {self.acquired_at})"
@@ -123,10 +121,38 @@ def force_release(ledger: Ledger, app: str) -> Lease | None:
     return held[0] if held else None
 
 
+@dataclass
+class Holding:
+    """A lease being held: `lost` is set as soon as this holder learns another rollout took it over."""
+
+    lease: Lease
+    lost: threading.Event = field(default_factory=threading.Event)
+
+
+def _still_held(holding: Holding) -> "Callable[[sqlite3.Connection], None]":
+    lease = holding.lease
+
+    def guard(conn: sqlite3.Connection) -> None:
+        row = conn.execute("SELECT 1 FROM locks WHERE app = ? AND pid = ? AND host = ?",
+                           [lease.app, lease.pid, lease.host]).fetchone()
+        if row is None:
+            holding.lost.set()
+            raise LeaseLost(f"another rollout took over the lock on {lease.app} while this one ran:"
+                            f" stopped without changing anything more; it now decides what {lease.app} runs"
+                            f" (see `rollout status {lease.app}`)")
+    return guard
+
+
 @contextmanager
-def held(ledger: Ledger, app: str, wait: float = 0.0, lease_seconds: float = LEASE_SECONDS) -> Iterator[Lease]:
-    """Hold the app's lease for the block, renewing it from a background thread."""
+def held(ledger: Ledger, app: str, wait: float = 0.0, lease_seconds: float = LEASE_SECONDS) -> Iterator[Holding]:
+    """Hold the app's lease for the block, renewing it from a background thread.
+
+    Inside the block every ledger write first checks, under SQLite's write lock, that the
+    lease is still ours (LeaseLost if not): a holder that stalled past its lease never
+    writes over the rollout that took the app over.
+    """
     lease = acquire(ledger, app, wait, lease_seconds)
+    holding = Holding(lease)
     # The heartbeat gets its own connection: sqlite3 connections are not for concurrent use.
     heartbeat_ledger = Ledger(ledger.path)
     stop = threading.Event()
@@ -152,14 +178,16 @@ def held(ledger: Ledger, app: str, wait: float = 0.0, lease_seconds: float = LEA
             log.warning("the lock on %s was taken over by %s while this rollout ran: stopping at the next"
                         " step; the new holder decides what %s runs", app,
                         taker[0].describe() if taker else "`rollout lock release`", app)
-            lease.lost.set()
+            holding.lost.set()
             return
 
     thread = threading.Thread(target=beat, name=f"lease-{app}", daemon=True)
     thread.start()
+    ledger.guard = _still_held(holding)
     try:
-        yield lease
+        yield holding
     finally:
+        ledger.guard = None
         stop.set()
         thread.join()
         heartbeat_ledger.close()

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from rollout.errors import EXIT_INTERNAL, Interrupted, RolloutError, one_line
+from rollout.errors import EXIT_INTERNAL, Interrupted, LeaseLost, RolloutError, one_line
 
 OUTCOMES = {0: "ok", 1: "reverted", 2: "usage_error", 3: "revert_failed", 4: "locked", 5: "unreachable",
             10: "changed", EXIT_INTERNAL: "internal_error", 130: "interrupted", 143: "interrupted"}
@@ -210,7 +210,7 @@ def measured(command: str, run: Callable[[Any], int], *, metrics_file: str | Non
         except RolloutError as exc:
             code = exc.exit_code
             raise
-        except Interrupted as stop:
+        except (Interrupted, LeaseLost) as stop:
             code = stop.exit_code
             raise
         except KeyboardInterrupt:

@@ -14,7 +14,7 @@ from typing import Iterator
 import pytest
 
 from rollout import lock
-from rollout.errors import EXIT_LOCKED, LockHeld
+from rollout.errors import EXIT_LOCKED, LeaseLost, LockHeld
 from rollout.ledger import Ledger, default_actor
 
 
@@ -108,7 +108,8 @@ def test_unexpired_lease_from_another_host_blocks(ledger: Ledger) -> None:
 
 
 def test_held_renews_while_inside_and_releases_after(ledger: Ledger) -> None:
-    with lock.held(ledger, "web", lease_seconds=0.6) as lease:
+    with lock.held(ledger, "web", lease_seconds=0.6) as holding:
+        lease = holding.lease
         first = lock.read(ledger, "web")[0].expires_at
         assert first == lease.expires_at
         # The heartbeat runs every lease/3; wait until it has moved the expiry on.
@@ -177,7 +178,8 @@ def test_a_failing_renewal_does_not_end_the_heartbeat(ledger: Ledger, monkeypatc
         return real_renew(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(lock, "renew", flaky)
-    with lock.held(ledger, "web", lease_seconds=0.6) as lease:
+    with lock.held(ledger, "web", lease_seconds=0.6) as holding:
+        lease = holding.lease
         deadline = time.monotonic() + 10
         while lock.read(ledger, "web")[0].expires_at == lease.expires_at and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -187,11 +189,17 @@ def test_a_failing_renewal_does_not_end_the_heartbeat(ledger: Ledger, monkeypatc
 
 
 def test_a_lease_taken_over_is_not_taken_back(ledger: Ledger, caplog: pytest.LogCaptureFixture) -> None:
-    with lock.held(ledger, "web", lease_seconds=0.6) as lease:
+    with lock.held(ledger, "web", lease_seconds=0.6) as holding:
+        lease = holding.lease
         # As if this process had stalled past its lease and another rollout had taken over.
-        with ledger.transaction() as conn:
+        other = Ledger(ledger.path)
+        with other.transaction() as conn:
             conn.execute("DELETE FROM locks WHERE app = 'web'")
-        plant(ledger, "web", holder="ops@other", host="other-host", pid=4242, expires_at=time.time() + 60)
+        plant(other, "web", holder="ops@other", host="other-host", pid=4242, expires_at=time.time() + 60)
+        # Our next write is refused under SQLite's write lock, whatever the heartbeat has noticed yet.
+        with pytest.raises(LeaseLost, match="another rollout took over the lock on web"):
+            ledger.event(None, "too-late")
+        assert "too-late" not in lock_events(other)
         deadline = time.monotonic() + 10
         while "lock:lost" not in lock_events(ledger) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -201,4 +209,4 @@ def test_a_lease_taken_over_is_not_taken_back(ledger: Ledger, caplog: pytest.Log
     assert [(held.holder, held.pid) for held in lock.read(ledger, "web")] == [("ops@other", 4242)]
     assert lease.pid != 4242
     assert "taken over by ops@other" in caplog.text
-    assert lease.lost.is_set()
+    assert holding.lost.is_set()

@@ -6,6 +6,7 @@ and are imported only when an app uses them, so the CLI starts fast.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
 
@@ -114,7 +115,6 @@ class TargetState:
 def observe(app: "AppConfig", current_digest: str | None, opener: TargetFactory = open_target) -> list[TargetState]:
     """What every target of app runs now, asked of all at once (a fleet of ssh hosts answers in
     the time of the slowest, not of all in turn); one broken target does not hide the others."""
-    from concurrent.futures import ThreadPoolExecutor
 
     def look(config: "TargetConfig") -> TargetState:
         state = TargetState(config.name)
@@ -128,5 +128,18 @@ def observe(app: "AppConfig", current_digest: str | None, opener: TargetFactory 
 
     if len(app.targets) <= 1:
         return [look(config) for config in app.targets]
-    with ThreadPoolExecutor(max_workers=min(len(app.targets), MAX_PARALLEL_LOOKS)) as pool:
-        return list(pool.map(look, app.targets))
+    # Daemon threads, not a pool: on Ctrl-C the command ends at once instead of waiting out
+    # reads still running (they only read).
+    states: list[TargetState] = [TargetState(config.name) for config in app.targets]
+    slots = threading.BoundedSemaphore(MAX_PARALLEL_LOOKS)
+
+    def look_into(index: int) -> None:
+        with slots:
+            states[index] = look(app.targets[index])
+
+    threads = [threading.Thread(target=look_into, args=(i,), daemon=True) for i in range(len(app.targets))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return states

@@ -49,10 +49,12 @@ def _enable_ssh() -> None:
     import docker.transport
 
     if not hasattr(docker.api.client, "SSHHTTPAdapter"):
-        from docker.transport.sshconn import SSHHTTPAdapter, SSHSocket  # imports paramiko now
+        from docker.transport.sshconn import SSHConnectionPool, SSHHTTPAdapter, SSHSocket  # imports paramiko now
 
         SSHSocket.makefile = _ssh_makefile  # type: ignore[method-assign]
         SSHHTTPAdapter.get_connection = _ssh_pool  # type: ignore[method-assign]
+        _pooled = SSHConnectionPool._get_conn
+        SSHConnectionPool._get_conn = lambda pool, timeout=None: _live(_pooled(pool, timeout))  # type: ignore[method-assign]
         docker.api.client.SSHHTTPAdapter = SSHHTTPAdapter  # type: ignore[attr-defined]
         docker.transport.SSHHTTPAdapter = SSHHTTPAdapter  # type: ignore[attr-defined]
 
@@ -62,7 +64,22 @@ def _ssh_makefile(self: Any, mode: str) -> Any:
     so the connection (one `dial-stdio`) serves the next request too."""
     if not self.proc:
         self.connect()
-    return os.fdopen(os.dup(self.proc.stdout.fileno()), "rb")
+    reader = os.fdopen(os.dup(self.proc.stdout.fileno()), "rb")
+    reader.channel = self  # what the SDK's attach/exec/log streams read from, as in its own makefile
+    return reader
+
+
+def _live(connection: Any) -> Any:
+    """A pooled ssh connection whose ssh has exited (the engine restarted, the network dropped)
+    is reconnected, not reused: the next call would fail on a dead pipe."""
+    proc = getattr(connection.sock, "proc", None)
+    if proc is not None and proc.poll() is not None:
+        try:
+            connection.close()
+        except OSError:
+            pass  # closing writes to the dead ssh's stdin
+        connection.sock = None  # http.client connects again on the next request
+    return connection
 
 
 def _ssh_pool(self: Any, url: str, proxies: Any = None) -> Any:
