@@ -18,6 +18,7 @@ import tarfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterator
 
 import pytest
@@ -430,3 +431,67 @@ def test_a_run_killed_between_push_and_record_is_finished_by_the_next_without_bu
     assert (entry["tag"], entry["digest"], entry["status"]) == (tag, pushed, "healthy")
     assert registry_digest(f"{bed.app_image}:{tag}") == pushed
     assert bed.pushed_builds() == 1
+
+
+class _Image:
+    def __init__(self, build_key: str, repo_digests: list[str]) -> None:
+        self.labels = {"rollout.build-key": build_key}
+        self.attrs = {"RepoDigests": repo_digests}
+
+
+class _Engine:
+    def __init__(self, image: _Image | None) -> None:
+        self.images = self
+        self.image = image
+
+    def get(self, name: str) -> _Image:
+        import docker.errors
+
+        if self.image is None:
+            raise docker.errors.ImageNotFound(name)
+        return self.image
+
+
+class _Registry:
+    def __init__(self, digest: str | None) -> None:
+        self.digest = digest
+
+    def resolve(self, ref: Any) -> str:
+        from rollout.errors import TagNotFound
+
+        if self.digest is None:
+            raise TagNotFound(f"tag {ref.tag} not found")
+        return self.digest
+
+
+HUB_APP = SimpleNamespace(name="web", registry="docker.io", repository="shop/web", image="docker.io/shop/web")
+PUSHED = "sha256:" + "a" * 64
+
+
+@pytest.mark.parametrize(("image", "tag_digest", "adopted"), [
+    (None, None, None),  # the tag is free: build
+    (_Image("key-1", [f"shop/web@{PUSHED}"]), PUSHED, PUSHED),  # Docker Hub short name in RepoDigests
+    (_Image("key-1", [f"docker.io/shop/web@{PUSHED}"]), PUSHED, PUSHED),
+])
+def test_an_earlier_push_of_this_build_is_recognised(image: _Image | None, tag_digest: str | None,
+                                                     adopted: str | None) -> None:
+    from rollout.rebuild import _earlier_push_of_this_build
+
+    inputs = SimpleNamespace(build_key="key-1")
+    found = _earlier_push_of_this_build(lambda: _Engine(image), HUB_APP, inputs, "7", _Registry(tag_digest))  # type: ignore[arg-type]
+    assert found == adopted
+
+
+@pytest.mark.parametrize("image", [
+    None,  # not built on this engine
+    _Image("key-2", [f"shop/web@{PUSHED}"]),  # another build
+    _Image("key-1", [f"shop/web@sha256:{'b' * 64}"]),  # this build, but the registry's tag is other content
+    _Image("key-1", [f"other/web@{PUSHED}"]),  # same digest, another repository
+])
+def test_anything_else_under_the_tag_is_refused(image: _Image | None) -> None:
+    from rollout.errors import UserError
+    from rollout.rebuild import _earlier_push_of_this_build
+
+    inputs = SimpleNamespace(build_key="key-1")
+    with pytest.raises(UserError, match="already exists in the registry: tags are never overwritten"):
+        _earlier_push_of_this_build(lambda: _Engine(image), HUB_APP, inputs, "7", _Registry(PUSHED))  # type: ignore[arg-type]
