@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
+import threading
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -274,3 +275,25 @@ def test_a_deployment_that_keeps_changing_is_given_up_on_unchanged(kube: Running
         target.apply(Release(7, APP_IMAGE, "good2", digest_of(docker_client, "good2"), "rollout: test"))
     assert len(edits) == CONFLICT_RETRIES
     assert project.images()["app"] == f"{APP_IMAGE}:good1"
+
+
+def test_closing_a_watch_ends_its_streams_at_once_not_at_the_next_event(kube: RunningSimulator, tmp_path: Path,
+                                                                         docker_client: Any) -> None:
+    """A watch whose streams are idle (nothing changes) must not keep the verdict waiting when
+    closed: close() used to wait for the blocked read, i.e. for the next event, which on a
+    crash-looping pod is its next restart 10 s later."""
+    from rollout import config as configuration
+    from rollout.targets import Release, open_target
+
+    project = KubeProject(tmp_path, kube)
+    app = configuration.load(str(project.root / "rollout.toml")).app("web")
+    target = open_target(app.targets[0], app)
+    watch = target.watch(Release(1, APP_IMAGE, "good1", digest_of(docker_client, "good1"), "rollout: test"))
+    assert watch.observe().ready  # the deployment is settled: its streams now wait for events that do not come
+    closer = threading.Thread(target=watch.close)
+    closer.start()
+    closer.join(timeout=5)  # a hang guard, not a measurement: without the fix this blocks for ~30 s
+    assert not closer.is_alive()
+    for thread in watch._threads:
+        thread.join(timeout=5)
+        assert not thread.is_alive(), thread.name
