@@ -123,7 +123,7 @@ def observe(app: "AppConfig", current_digest: str | None, opener: TargetFactory 
             state.image, state.digest, state.running = running.image, running.digest, running.active
             state.in_sync = current_digest is not None and running.serves(current_digest)
         except Exception as exc:  # noqa: BLE001 - any failure of one target is reported, not raised
-            state.error = one_line(exc) or type(exc).__name__
+            state.error = one_line(exc)
         return state
 
     if len(app.targets) <= 1:
