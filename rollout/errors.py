@@ -79,6 +79,10 @@ class LedgerError(UserError):
     """The ledger file is unreadable, corrupted, or from a newer schema."""
 
 
+class LedgerBusy(LockHeld):
+    """Another process kept the ledger's write lock past SQLite's busy timeout."""
+
+
 class LeaseLost(BaseException):
     """Another rollout took over this app's lock while we ran: stop at once, write and change nothing more.
 

@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sqlite3
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 if TYPE_CHECKING:
     import sqlite_utils
 
-from rollout.errors import LedgerError, one_line
+from rollout.errors import LedgerBusy, LedgerError, one_line
 
 SCHEMA_VERSION = 2
 
@@ -404,6 +405,10 @@ class _Transaction:
             self.conn.execute("ROLLBACK")
 
 
+_BUSY_TIMEOUT = 30.0
+_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     try:
         if not path.parent.exists():
@@ -411,7 +416,7 @@ def _connect(path: Path) -> sqlite3.Connection:
         if not path.exists():
             # Created 0600 before SQLite opens it; SQLite gives -wal/-shm the same mode.
             os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
-        conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA synchronous = NORMAL")
         return conn
@@ -451,9 +456,28 @@ def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
                     [str(SCHEMA_VERSION)],
                 )
         # Only now: switching to WAL rewrites the file header, which a ledger we refuse must not get.
-        conn.execute("PRAGMA journal_mode = WAL")
+        _switch_to_wal(conn)
     except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode in _BUSY:
+            raise LedgerBusy(f"ledger {path} is busy ({one_line(exc)}): another process has held its write lock"
+                             f" for over {_BUSY_TIMEOUT:.0f} s; find it with `fuser {path}` and retry") from exc
         raise LedgerError(f"ledger {path} is not a readable SQLite database ({one_line(exc)}): restore it from a backup") from exc
+
+
+def _switch_to_wal(conn: sqlite3.Connection) -> None:
+    # A ledger not yet in WAL (one another rollout has just created) is switched by everyone who
+    # opens it, and the switch needs SQLite's exclusive lock. While another connection holds the
+    # write lock, SQLite answers BUSY at once instead of waiting out the busy timeout (waiting could
+    # deadlock), so ten rollouts starting together on a new ledger would fail one of them.
+    deadline = time.monotonic() + _BUSY_TIMEOUT
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode not in _BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
 
 
 def _schema_version(conn: sqlite3.Connection) -> int | None:

@@ -6,14 +6,15 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-from contextlib import contextmanager, nullcontext
+import threading
+from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from rollout import ledger as L
-from rollout.errors import EXIT_USAGE, LedgerError
+from rollout.errors import EXIT_LOCKED, EXIT_USAGE, LedgerBusy, LedgerError
 from rollout.ledger import Ledger, NewEntry
 from fakes import IMAGE, digest_of
 
@@ -66,6 +67,41 @@ def test_ledger_uses_wal_and_stores_its_schema_version(ledger: Ledger, path: Pat
     with raw(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(L.SCHEMA_VERSION)
+
+
+def test_a_new_ledger_opens_while_another_rollout_writes_it_before_switching_to_wal(path: Path) -> None:
+    # The moment ten rollouts started together on a new ledger hit: one has created the schema and
+    # is writing, the file is not in WAL yet, and SQLite refuses the switch at once, not after waiting.
+    Ledger(path).close()
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    with closing(writer):
+        writer.execute("PRAGMA journal_mode = DELETE")
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("INSERT INTO meta (key, value) VALUES ('written', 'by another rollout')")
+        finished = threading.Timer(0.3, writer.execute, ["COMMIT"])
+        finished.start()
+        try:
+            opened = Ledger(path)
+        finally:
+            finished.join()
+    with raw(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT value FROM meta WHERE key = 'written'").fetchone()[0] == "by another rollout"
+    opened.close()
+
+
+def test_a_ledger_held_past_the_busy_timeout_is_a_one_line_lock_error(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(L, "_BUSY_TIMEOUT", 0.2)
+    path.parent.mkdir()
+    with raw(path) as writer:
+        writer.execute("BEGIN IMMEDIATE")
+        with pytest.raises(LedgerBusy) as caught:
+            Ledger(path)
+        writer.execute("ROLLBACK")
+        assert writer.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0, "nothing was created"
+    message = str(caught.value)
+    assert caught.value.exit_code == EXIT_LOCKED
+    assert "\n" not in message and str(path) in message and "busy" in message and "retry" in message
 
 
 def test_reopening_keeps_entries(path: Path) -> None:
