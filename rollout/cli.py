@@ -62,8 +62,7 @@ def _registry(cfg: configuration.Config):  # type: ignore[no-untyped-def]
                           ca_bundle=cfg.registry.ca_bundle)
 
 
-def _orchestrator(cfg: configuration.Config, app_cfg: configuration.AppConfig, ledger: Any, console: Console,  # type: ignore[no-untyped-def]
-                  holding: Any):
+def _orchestrator(cfg: configuration.Config, app_cfg: configuration.AppConfig, ledger: Any, console: Console):  # type: ignore[no-untyped-def]
     from rollout.health import verify
     from rollout.orchestrator import Orchestrator
     from rollout.targets import open_target
@@ -71,7 +70,7 @@ def _orchestrator(cfg: configuration.Config, app_cfg: configuration.AppConfig, l
     targets = [open_target(t, app_cfg) for t in app_cfg.targets]
     return Orchestrator(app_cfg, ledger, _registry(cfg), targets,
                         lambda watch, policy, progress: verify(watch, policy, on_progress=progress), console,
-                        listener=_notifier(cfg, console), lease_lost=holding.lost)
+                        listener=_notifier(cfg, console))
 
 
 def _notifier(cfg: configuration.Config, console: Console):  # type: ignore[no-untyped-def]
@@ -250,7 +249,7 @@ def rebuild(
         with _signals_interrupt():
             result = rebuilding.rebuild(
                 app_cfg, config_path=cfg.path, ledger=ledger, registry=_registry(cfg),
-                orchestrator=lambda holding: _orchestrator(cfg, app_cfg, ledger, console, holding), engine=rebuilding.local_engine,
+                orchestrator=lambda: _orchestrator(cfg, app_cfg, ledger, console), engine=rebuilding.local_engine,
                 reporter=console, force=force, no_deploy=no_deploy, check_only=check_only, wait=wait)
         _notify_rebuild(cfg, app_cfg, result, console, check_only)
         if as_json:
@@ -397,8 +396,8 @@ def _under_lock(cfg: configuration.Config, app_cfg: configuration.AppConfig, led
     """Hold the app's lock, finish any interrupted rollout, then run action(orchestrator)."""
     from rollout import lock
 
-    with lock.held(ledger, app_cfg.name, wait) as holding, _signals_interrupt():
-        orchestrator = _orchestrator(cfg, app_cfg, ledger, console, holding)
+    with lock.held(ledger, app_cfg.name, wait), _signals_interrupt():
+        orchestrator = _orchestrator(cfg, app_cfg, ledger, console)
         recovered = _recover(orchestrator, console)
         if recovered is not None:
             return recovered
@@ -427,8 +426,8 @@ def _recover_if_abandoned(cfg: configuration.Config, app_cfg: configuration.AppC
         return
     try:
         # lock.held, not a bare lease: a recovery's verify can outlast one lease period.
-        with lock.held(ledger, app_cfg.name, 0) as holding, _signals_interrupt():
-            _recover(_orchestrator(cfg, app_cfg, ledger, console, holding), console)
+        with lock.held(ledger, app_cfg.name, 0), _signals_interrupt():
+            _recover(_orchestrator(cfg, app_cfg, ledger, console), console)
     except LockHeld:
         return  # a rollout is running right now: its entry is not abandoned
     except LeaseLost as lost:

@@ -292,6 +292,11 @@ class Ledger:
     def transaction(self) -> "_Transaction":
         return _Transaction(self.db, self.guard)
 
+    def check_guard(self) -> None:
+        """Raise what the next write would (LeaseLost once the app's lock is lost), writing nothing."""
+        with self.transaction():
+            pass
+
     # -- reading -------------------------------------------------------------
 
     def get(self, entry_id: int) -> Entry:

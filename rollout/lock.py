@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from rollout.errors import LeaseLost, LockHeld, one_line
@@ -121,22 +121,11 @@ def force_release(ledger: Ledger, app: str) -> Lease | None:
     return held[0] if held else None
 
 
-@dataclass
-class Holding:
-    """A lease being held: `lost` is set as soon as this holder learns another rollout took it over."""
-
-    lease: Lease
-    lost: threading.Event = field(default_factory=threading.Event)
-
-
-def _still_held(holding: Holding) -> "Callable[[sqlite3.Connection], None]":
-    lease = holding.lease
-
+def _still_held(lease: Lease) -> "Callable[[sqlite3.Connection], None]":
     def guard(conn: sqlite3.Connection) -> None:
         row = conn.execute("SELECT 1 FROM locks WHERE app = ? AND pid = ? AND host = ?",
                            [lease.app, lease.pid, lease.host]).fetchone()
         if row is None:
-            holding.lost.set()
             raise LeaseLost(f"another rollout took over the lock on {lease.app} while this one ran:"
                             f" stopped without changing anything more; it now decides what {lease.app} runs"
                             f" (see `rollout status {lease.app}`)")
@@ -144,15 +133,15 @@ def _still_held(holding: Holding) -> "Callable[[sqlite3.Connection], None]":
 
 
 @contextmanager
-def held(ledger: Ledger, app: str, wait: float = 0.0, lease_seconds: float = LEASE_SECONDS) -> Iterator[Holding]:
+def held(ledger: Ledger, app: str, wait: float = 0.0, lease_seconds: float = LEASE_SECONDS) -> Iterator[Lease]:
     """Hold the app's lease for the block, renewing it from a background thread.
 
     Inside the block every ledger write first checks, under SQLite's write lock, that the
     lease is still ours (LeaseLost if not): a holder that stalled past its lease never
-    writes over the rollout that took the app over.
+    writes over the rollout that took the app over. `Ledger.check_guard` asks the same
+    before a step that changes a target without writing first.
     """
     lease = acquire(ledger, app, wait, lease_seconds)
-    holding = Holding(lease)
     # The heartbeat gets its own connection: sqlite3 connections are not for concurrent use.
     heartbeat_ledger = Ledger(ledger.path)
     stop = threading.Event()
@@ -178,14 +167,13 @@ def held(ledger: Ledger, app: str, wait: float = 0.0, lease_seconds: float = LEA
             log.warning("the lock on %s was taken over by %s while this rollout ran: stopping at the next"
                         " step; the new holder decides what %s runs", app,
                         taker[0].describe() if taker else "`rollout lock release`", app)
-            holding.lost.set()
             return
 
     thread = threading.Thread(target=beat, name=f"lease-{app}", daemon=True)
     thread.start()
-    ledger.guard = _still_held(holding)
+    ledger.guard = _still_held(lease)
     try:
-        yield holding
+        yield lease
     finally:
         ledger.guard = None
         stop.set()

@@ -19,7 +19,6 @@ from rollout.errors import (
     EXIT_REVERTED,
     EXIT_UNRECOVERED,
     Interrupted,
-    LeaseLost,
     RetagRefused,
     RolloutError,
     TargetUnreachable,
@@ -73,8 +72,7 @@ class _Attempt:
 
 class Orchestrator:
     def __init__(self, app: AppConfig, ledger: Ledger, resolver: Resolver, targets: list[Target],
-                 verifier: Verifier, reporter: Reporter, listener: Listener | None = None,
-                 lease_lost: threading.Event | None = None) -> None:
+                 verifier: Verifier, reporter: Reporter, listener: Listener | None = None) -> None:
         self.app = app
         self.ledger = ledger
         self.resolver = resolver
@@ -85,8 +83,6 @@ class Orchestrator:
         self.strategy = Strategy.from_config(app.rollout)
         self._cancelled = threading.Event()
         self.listener = listener
-        # Set when another rollout took the app's lock over: checked before every write and change.
-        self._lease_lost = lease_lost or threading.Event()
 
     # -- public operations ---------------------------------------------------
 
@@ -158,7 +154,6 @@ class Orchestrator:
         good = self.ledger.current(self.app.name)
         running = self._check_reachable() if good is not None else {}
         off = [t for t in self.targets if good is not None and not running[t.name].serves(good.digest)]
-        self._still_ours(abandoned[-1])
         # One commit: entries are never marked interrupted without the revert that answers them,
         # so a recovery that is itself killed half way leaves them unfinished for the next one.
         with self.ledger.transaction():
@@ -210,7 +205,6 @@ class Orchestrator:
             self._tell("healthy", entry)
             return Outcome(EXIT_OK, self.ledger.get(entry.id), message=f"#{entry.id} healthy")
         good = self.ledger.last_healthy(self.app.name, not_digest=entry.digest)
-        self._still_ours(entry)
         # One commit: a failed release is never on record without the revert that answers it,
         # so a rollout killed in between leaves an unfinished entry for recovery, not a silent failure.
         with self.ledger.transaction():
@@ -250,7 +244,6 @@ class Orchestrator:
         strategy = strategy or self.strategy
         attempt = _Attempt()
         release = Release(entry.id, entry.repository, entry.tag, entry.digest, _change_cause(entry))
-        self._still_ours(entry)
         self.ledger.set_status(entry.id, L.APPLYING)
         for target, error in _each(lambda t: t.prepare(release), targets, strategy.max_parallel):
             if error is not None:
@@ -264,7 +257,9 @@ class Orchestrator:
             if len(batches) > 1:
                 self.reporter.info(f"#{entry.id} batch {number}/{len(batches)}: {', '.join(t.name for t in batch)}")
             applied = []
-            self._still_ours(entry)
+            # No ledger write comes between a long pull or a pause and this change: if another
+            # rollout took the app over meanwhile, stop here (LeaseLost) and leave the entry to it.
+            self.ledger.check_guard()
             for target, result in _each(lambda t: t.apply(release), batch, strategy.max_parallel):
                 attempt.moved.append(target)
                 if isinstance(result, BaseException):
@@ -280,7 +275,6 @@ class Orchestrator:
             if number == 1:
                 self.ledger.set_status(entry.id, L.VERIFYING)
             verdicts = self._verify_all(applied, release)
-            self._still_ours(entry)
             for target, verdict in zip(applied, verdicts):
                 outcome = "healthy" if verdict.healthy else "failed"
                 self.ledger.set_target(entry.id, target.name, outcome=outcome,
@@ -302,13 +296,6 @@ class Orchestrator:
             self.ledger.set_status(entry.id, L.HEALTHY)
             self.reporter.info(f"#{entry.id} healthy on {', '.join(t.name for t in targets)}")
         return attempt
-
-    def _still_ours(self, entry: Entry) -> None:
-        """Stop here if another rollout took the app over: it recovers `entry`; we must not touch it."""
-        if self._lease_lost.is_set():
-            raise LeaseLost(f"another rollout took over the lock on {self.app.name} while #{entry.id} was"
-                            f" {self.ledger.get(entry.id).status}: stopped without changing anything more;"
-                            f" it now recovers {self.app.name} (see `rollout status {self.app.name}`)")
 
     def _verify_all(self, targets: list[Target], release: Release) -> list[Verdict]:
         def one(target: Target) -> Verdict:

@@ -237,7 +237,7 @@ class RebuildResult:
 
 
 def rebuild(app: AppConfig, *, config_path: Path | None, ledger: Ledger, registry: Resolver,
-            orchestrator: Callable[[lock.Holding], Orchestrator], engine: Callable[[], Any], reporter: Reporter,
+            orchestrator: Callable[[], Orchestrator], engine: Callable[[], Any], reporter: Reporter,
             force: bool = False, no_deploy: bool = False, check_only: bool = False, wait: float = 0.0) -> RebuildResult:
     """Build, push and deploy app's image when its inputs changed; otherwise change nothing.
 
@@ -247,10 +247,10 @@ def rebuild(app: AppConfig, *, config_path: Path | None, ledger: Ledger, registr
     """
     if check_only:
         return _plan(app, config_path, ledger, registry, force=force, no_deploy=no_deploy)[0]
-    with lock.held(ledger, app.name, wait) as holding:
+    with lock.held(ledger, app.name, wait):
         if ledger.unfinished(app.name):
             # A rollout that died left an entry half done: put the app back on its healthy release first.
-            recovered = orchestrator(holding).recover()
+            recovered = orchestrator().recover()
             if recovered is not None and recovered.exit_code != EXIT_OK:
                 return RebuildResult(app.name, recovered.exit_code, "failed", recovered.message,
                                      entry=recovered.entry)
@@ -260,7 +260,7 @@ def rebuild(app: AppConfig, *, config_path: Path | None, ledger: Ledger, registr
         if decision.action == DEPLOY_EXISTING:
             tag, digest = _existing(decision)
             reporter.info(f"{app.name}: {decision.why}: deploying it")
-            return _deploy(app, orchestrator(holding), inputs, tag, digest, f"rebuild: {decision.why}")
+            return _deploy(app, orchestrator(), inputs, tag, digest, f"rebuild: {decision.why}")
         tag = _new_tag(app, inputs, ledger)
         digest = _earlier_push_of_this_build(engine, app, inputs, tag, registry)
         if digest is not None:
@@ -276,7 +276,7 @@ def rebuild(app: AppConfig, *, config_path: Path | None, ledger: Ledger, registr
         if no_deploy:
             return RebuildResult(app.name, EXIT_OK, "built", f"built and pushed {app.image}:{tag} ({digest}), not deployed:"
                                  f" `rollout deploy {app.name}:{tag}` deploys it", inputs, tag, digest)
-        return _deploy(app, orchestrator(holding), inputs, tag, digest, f"rebuild: {decision.why}")
+        return _deploy(app, orchestrator(), inputs, tag, digest, f"rebuild: {decision.why}")
 
 
 def _plan(app: AppConfig, config_path: Path | None, ledger: Ledger, registry: Resolver, *,

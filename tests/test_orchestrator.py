@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from fakes import (
     unreachable,
 )
 from rollout import ledger as L
+from rollout import lock
 from rollout.config import AppConfig
 from rollout.errors import (
     EXIT_OK,
@@ -411,39 +411,69 @@ def test_manual_revert_that_fails_goes_back_to_where_it_was(bed: Bed) -> None:
 # -- another rollout took the lock over ----------------------------------------
 
 
+def take_over(ledger: Ledger) -> None:
+    """What another rollout does once this one stalled past its lease: its own row replaces ours."""
+    other = Ledger(ledger.path)
+    with other.transaction() as conn:
+        conn.execute("DELETE FROM locks WHERE app = 'web'")
+        conn.execute("INSERT INTO locks (app, holder, host, pid, acquired_at, expires_at)"
+                     " VALUES ('web', 'ops@other', 'other-host', 4242, '2024-01-01T00:00:00+00:00', 9e9)")
+    other.close()
+
+
 def test_a_lost_lease_stops_before_the_next_write_and_leaves_the_entry_to_the_new_holder(bed: Bed) -> None:
     first = bed.healthy("v1")
     bed.publish("v2", behaviour=crashes())
-    lost = threading.Event()
 
     def verifier_during_which_the_lease_is_lost(watch, policy, progress):  # type: ignore[no-untyped-def]
-        lost.set()  # as the heartbeat does when it finds another holder's row
+        take_over(bed.ledger)
         return scripted_verifier(watch, policy, progress)
 
     orchestrator = Orchestrator(bed.app, bed.ledger, bed.resolver, bed.targets,  # type: ignore[arg-type]
-                                verifier_during_which_the_lease_is_lost, bed.reporter, lease_lost=lost)
-    with pytest.raises(LeaseLost, match="another rollout took over the lock on web while #2 was verifying"):
-        orchestrator.deploy(parse(f"{IMAGE}:v2"))
+                                verifier_during_which_the_lease_is_lost, bed.reporter)
+    with pytest.raises(LeaseLost, match="another rollout took over the lock on web while this one ran"):
+        with lock.held(bed.ledger, "web"):
+            orchestrator.deploy(parse(f"{IMAGE}:v2"))
     entry = bed.ledger.get(2)
     # Not failed, not reverted: the crash verdict was not written and no revert was started,
     # so the new holder's recovery finds the entry unfinished and puts v1 back itself.
     assert entry.status == L.VERIFYING
     assert [e.id for e in bed.history()] == [first.id, entry.id]
     assert bed.targets[0].stopped == 0 and bed.targets[0].applied() == [digest_of("v1"), digest_of("v2")]
+    assert [held.holder for held in lock.read(bed.ledger, "web")] == ["ops@other"], "the new holder keeps its lock"
     recovered = bed.orchestrator().recover()
     assert recovered is not None and recovered.exit_code == EXIT_OK
     assert bed.targets[0].image == image("v1")
+
+
+def test_a_lease_lost_during_a_pause_between_batches_leaves_the_next_batch_alone(pair: Bed) -> None:
+    pair.app = app_config(("a", "b"), rollout={"strategy": "rolling", "batch_size": 1, "pause": 0.1})
+    pair.healthy("v1")
+    pair.publish("v2")
+
+    class TakenOverWhilePausing(RecordingReporter):
+        def info(self, message: str) -> None:
+            super().info(message)
+            if "pausing" in message:
+                take_over(pair.ledger)
+
+    orchestrator = Orchestrator(pair.app, pair.ledger, pair.resolver, pair.targets,  # type: ignore[arg-type]
+                                scripted_verifier, TakenOverWhilePausing())
+    with pytest.raises(LeaseLost):
+        with lock.held(pair.ledger, "web"):
+            orchestrator.deploy(parse(f"{IMAGE}:v2"))
+    a, b = pair.targets
+    assert a.image == image("v2") and b.image == image("v1"), "the second batch was not touched"
+    assert pair.ledger.get(2).status == L.VERIFYING
 
 
 def test_a_lease_lost_before_a_recovery_changes_nothing(bed: Bed) -> None:
     bed.healthy("v1")
     bed.publish("v2")
     unfinished = bed.ledger.record(L.NewEntry(app="web", repository=IMAGE, tag="v2", digest=digest_of("v2")))
-    lost = threading.Event()
-    lost.set()
-    orchestrator = Orchestrator(bed.app, bed.ledger, bed.resolver, bed.targets,  # type: ignore[arg-type]
-                                scripted_verifier, bed.reporter, lease_lost=lost)
     with pytest.raises(LeaseLost):
-        orchestrator.recover()
+        with lock.held(bed.ledger, "web"):
+            take_over(bed.ledger)
+            bed.orchestrator().recover()
     assert bed.ledger.get(unfinished.id).status == L.PENDING
     assert len(bed.history()) == 2
