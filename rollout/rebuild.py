@@ -53,7 +53,7 @@ from rollout.errors import (
 from rollout.ledger import Entry, Ledger, kill_point
 from rollout.orchestrator import Orchestrator
 from rollout.output import clip
-from rollout.reference import Reference, parse, short_digest
+from rollout.reference import Reference, repo_digests, short_digest
 from rollout.targets import Target, TargetState, observe
 
 BUILD_EVENT = "build:pushed"
@@ -345,23 +345,10 @@ def _earlier_push_of_this_build(engine: Callable[[], Any], app: AppConfig, input
     except docker.errors.ImageNotFound:
         image = None
     if (image is not None and (image.labels or {}).get("rollout.build-key") == inputs.build_key
-            and (app.registry, app.repository, digest) in _repo_digests(image)):
+            and (app.registry, app.repository, digest) in repo_digests(image.attrs.get("RepoDigests") or [])):
         return digest
     raise UserError(f"{app.image}:{tag} already exists in the registry: tags are never overwritten;"
                     f" make apps.{app.name}.build.tag unique per build (e.g. with {{n}})")
-
-
-def _repo_digests(image: Any) -> set[tuple[str, str, str | None]]:
-    """The engine's RepoDigests as (registry, repository, digest), names normalised as references
-    are (the engine writes Docker Hub images as `user/web@...`, a config says `docker.io/user/web`)."""
-    digests = set()
-    for item in image.attrs.get("RepoDigests") or []:
-        try:
-            reference = parse(item)
-        except ValueError:
-            continue
-        digests.add((reference.registry, reference.repository, reference.digest))
-    return digests
 
 
 def _rebuild_count(ledger: Ledger, app: str) -> int:

@@ -21,6 +21,7 @@ message rather than talk to a host nobody meant:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from rollout.errors import InvalidReference
@@ -113,6 +114,20 @@ def parse_repository(text: str) -> tuple[str, str]:
             why += f'; a registry needs a repository after it, e.g. "{_clip(text)}/NAME"'
         raise _invalid(text, why, "repository")
     return registry, repository
+
+
+def repo_digests(names: Iterable[str]) -> set[tuple[str, str, str]]:
+    """An image's RepoDigests as (registry, repository, digest), names normalised as references
+    are (the engine writes Docker Hub images as `user/web@...`, a config says `docker.io/user/web`)."""
+    digests = set()
+    for name in names:
+        try:
+            reference = parse(name)
+        except ValueError:
+            continue
+        if reference.digest is not None:
+            digests.add((reference.registry, reference.repository, reference.digest))
+    return digests
 
 
 def registry_endpoint(registry: str) -> str:

@@ -16,6 +16,7 @@ from rollout.reference import (
     parse,
     parse_repository,
     registry_endpoint,
+    repo_digests,
 )
 
 SHA256 = "sha256:" + "0123456789abcdef" * 4
@@ -360,3 +361,13 @@ def test_one_stray_character_in_a_valid_reference_fails_cleanly(
     text = f"127.0.0.1:5000/{path}:{tag}@{digest}"
     position %= len(text) + 1
     _check_parse_outcome(text[:position] + junk + text[position:])
+
+
+def test_repo_digests_are_normalised_like_references() -> None:
+    hub, local = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    names = [f"shop/web@{hub}", f"busybox@{hub}", f"127.0.0.1:5000/web@{local}", "not a name@x", "web:1.0"]
+    assert repo_digests(names) == {
+        ("docker.io", "shop/web", hub),  # the engine's short Docker Hub name is the config's docker.io/shop/web
+        ("docker.io", "library/busybox", hub),
+        ("127.0.0.1:5000", "web", local),
+    }

@@ -99,6 +99,7 @@ def _ssh_pool(self: Any, url: str, proxies: Any = None) -> Any:
 from rollout.config import AppConfig, TargetConfig
 from rollout.errors import ConfigError, TargetUnreachable, UserError, one_line
 from rollout.ledger import kill_point
+from rollout.reference import repo_digests
 from rollout.targets import Observation, Release, Running
 
 KEEP_RETIRED = 3
@@ -255,15 +256,14 @@ class DockerTarget:
         if "@sha256:" in configured:
             return configured.split("@", 1)[1]
         try:
-            repo_digests = self.client.images.get(container.attrs["Image"]).attrs.get("RepoDigests") or []
+            names = self.client.images.get(container.attrs["Image"]).attrs.get("RepoDigests") or []
         except docker.errors.ImageNotFound:
             return None
-        wanted = self.app.image
-        for item in repo_digests:
-            name, _, digest = item.partition("@")
-            if name == wanted or name == self.app.repository:
-                return digest
-        return repo_digests[0].partition("@")[2] if repo_digests else None
+        known = sorted(repo_digests(names))
+        ours = [digest for registry, repository, digest in known
+                if (registry, repository) == (self.app.registry, self.app.repository)]
+        # An image pulled under another name only (a mirror): its digest is still the content's.
+        return next(iter(ours or [digest for _, _, digest in known]), None)
 
     def _retired(self) -> list[Any]:
         prefix = f"{self.container_name}.rollout-"
