@@ -19,6 +19,7 @@ from rollout.errors import (
     EXIT_REVERTED,
     EXIT_UNRECOVERED,
     Interrupted,
+    LeaseLost,
     RetagRefused,
     RolloutError,
     TargetUnreachable,
@@ -198,6 +199,12 @@ class Orchestrator:
             if outcome is not None:
                 self.reporter.warn(outcome.message)
             raise
+        except LeaseLost:
+            # The ledger's guard stopped us; say which entry the new holder's recovery now finishes.
+            name, left = self.app.name, self.ledger.unfinished(self.app.name)
+            where = f" while #{left[-1].id} was {left[-1].status}" if left else ""
+            raise LeaseLost(f"another rollout took over the lock on {name}{where}: stopped without changing"
+                            f" anything more; it now recovers {name} (see `rollout status {name}`)") from None
 
     def _run_uninterrupted(self, entry: Entry) -> Outcome:
         attempt = self._attempt(entry, self.targets, settle_failure=False)

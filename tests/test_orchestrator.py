@@ -37,6 +37,7 @@ from rollout.errors import (
 from rollout.ledger import Entry, Ledger
 from rollout.orchestrator import Orchestrator, Outcome
 from rollout.reference import parse
+from rollout.targets import Release
 
 
 @dataclass
@@ -431,7 +432,7 @@ def test_a_lost_lease_stops_before_the_next_write_and_leaves_the_entry_to_the_ne
 
     orchestrator = Orchestrator(bed.app, bed.ledger, bed.resolver, bed.targets,  # type: ignore[arg-type]
                                 verifier_during_which_the_lease_is_lost, bed.reporter)
-    with pytest.raises(LeaseLost, match="another rollout took over the lock on web while this one ran"):
+    with pytest.raises(LeaseLost, match="another rollout took over the lock on web while #2 was verifying"):
         with lock.held(bed.ledger, "web"):
             orchestrator.deploy(parse(f"{IMAGE}:v2"))
     entry = bed.ledger.get(2)
@@ -444,6 +445,26 @@ def test_a_lost_lease_stops_before_the_next_write_and_leaves_the_entry_to_the_ne
     recovered = bed.orchestrator().recover()
     assert recovered is not None and recovered.exit_code == EXIT_OK
     assert bed.targets[0].image == image("v1")
+
+
+def test_a_lease_lost_during_a_pull_changes_no_target(bed: Bed) -> None:
+    bed.healthy("v1")
+    bed.publish("v2")
+
+    class TakenOverWhilePulling(FakeTarget):
+        def prepare(self, release: Release) -> None:
+            super().prepare(release)
+            take_over(bed.ledger)
+
+    target = TakenOverWhilePulling("local")
+    target.digest, target.image = bed.targets[0].digest, bed.targets[0].image
+    orchestrator = Orchestrator(bed.app, bed.ledger, bed.resolver, [target],  # type: ignore[arg-type]
+                                scripted_verifier, bed.reporter)
+    with pytest.raises(LeaseLost, match="while #2 was applying"):
+        with lock.held(bed.ledger, "web"):
+            orchestrator.deploy(parse(f"{IMAGE}:v2"))
+    assert target.applied() == [] and target.image == image("v1")
+    assert bed.ledger.get(2).status == L.APPLYING
 
 
 def test_a_lease_lost_during_a_pause_between_batches_leaves_the_next_batch_alone(pair: Bed) -> None:
