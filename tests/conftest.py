@@ -8,9 +8,9 @@ missing (the test bed must have started them); elsewhere it is skipped.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+from support.ports import free_port
 
 REGISTRY = os.environ.get("ROLLOUT_TEST_REGISTRY", "127.0.0.1:5000")
 APP_IMAGE = f"{REGISTRY}/rollout-test/app"
@@ -31,12 +33,6 @@ def need(condition: bool, what: str) -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"{what} is required under CI=true: run `make test` (it starts the test bed)")
     pytest.skip(f"{what} is not available: run `make test` to start the test bed")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -96,6 +92,13 @@ class Project:
     def version(self) -> str | None:
         """Which test build answers on the app's port (None when nothing does)."""
         return http_get(f"http://127.0.0.1:{self.port}/version")
+
+    def version_once_listening(self, seconds: float = 15) -> str | None:
+        """version() of a container just started again without a health check: give it time to listen."""
+        deadline = time.monotonic() + seconds
+        while (answer := self.version()) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return answer
 
     def history(self) -> list[dict]:
         import json

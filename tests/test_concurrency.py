@@ -38,7 +38,8 @@ def test_ten_concurrent_deploys_of_one_app_serialise(project: Project, capsys: p
     write_config(project, timeout=20, stable=1)
     tags = list(itertools.islice(itertools.cycle(["good1", "good2", "good3"]), DEPLOYS))
     processes = [rollout(project, "deploy", f"web:{tag}", "--wait", "120") for tag in tags]
-    results = [finish(process) for process in processes]
+    # Waited for in start order, the first may be the last to get the lease: give it all ten deploys' time.
+    results = [finish(process, timeout=300) for process in processes]
 
     assert [code for code, _ in results] == [0] * DEPLOYS, [stderr for _, stderr in results]
     rows = entries(project)

@@ -24,7 +24,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import APP_IMAGE, ROLLOUT, Project, write_config
+from conftest import ROLLOUT, Project, write_config
 from support.proxy import Fault, RegistryProxy, start_proxy
 
 GOOD = ("good1", "good2", "good3")
@@ -96,8 +96,8 @@ def rollout(project: Project, *args: str, kill_at: str | None = None) -> subproc
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finish(process: subprocess.Popen[str]) -> tuple[int, str]:
-    _, stderr = process.communicate(timeout=STEP_TIMEOUT)
+def finish(process: subprocess.Popen[str], timeout: float = STEP_TIMEOUT) -> tuple[int, str]:
+    _, stderr = process.communicate(timeout=timeout)
     return process.returncode, stderr
 
 
@@ -141,6 +141,9 @@ class Harness:
             self.proxy.inject(Fault("delay", kind="manifest", method="HEAD", path_contains="/manifests/sha256:",
                                     delay=20.0, times=None))
             write_config(project, image=f"{self.proxy.host}/rollout-test/app", timeout=4, stable=1)
+        if moment.after is not None:
+            # Windows wide enough that a busy machine's slow poll cannot see them close before the kill.
+            write_config(project, timeout=10, stable=4)
         process = rollout(project, "deploy", f"web:{tag}", kill_at=moment.kill_at)
         try:
             if moment.after is not None:
@@ -164,6 +167,7 @@ class Harness:
                 process.wait()
             if moment.during_pull:
                 self.proxy.clear_faults()
+            if moment.during_pull or moment.after is not None:
                 write_config(project, timeout=4, stable=1)
         if code != -signal.SIGKILL:
             return f"the deploy was not killed there: exit {code}: {stderr.strip()[-300:]}"

@@ -308,5 +308,5 @@ def test_first_deploy_over_a_hand_made_container_puts_it_back_on_failure(project
                                  environment={"PORT": str(project.port)})
     result = deploy(project, "crash")
     assert result.returncode == 3, result.stderr  # no healthy entry in the ledger to revert to
-    assert project.version() == "good1"  # but the container it replaced runs again
+    assert project.version_once_listening() == "good1"  # but the container it replaced runs again
     assert docker_client.containers.get(project.container).attrs["Config"]["Image"] == f"{APP_IMAGE}:good1"

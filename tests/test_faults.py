@@ -24,7 +24,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import APP_IMAGE, REGISTRY, Project, free_port, need, write_config
+from conftest import APP_IMAGE, REGISTRY, Project, need, write_config
 from support.proxy import Fault, RegistryProxy, start_proxy
 from support.registry_server import RegistryProcess, start_registry
 from support.token_server import TokenServer, start_token_server

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

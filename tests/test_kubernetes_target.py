@@ -28,12 +28,25 @@ def kube(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, registry:
         yield sim
 
 
+@pytest.fixture(autouse=True)
+def deployments_removed_after_each_test(kube: RunningSimulator) -> Iterator[None]:
+    # The simulator's kubelet inspects every running container a few times a second: pods left
+    # from earlier tests would load the machine more with every test and slow the later ones.
+    created_before = len(KubeProject.created)
+    yield
+    for name in KubeProject.created[created_before:]:
+        kube.kubectl("delete", "deployment", name, "--wait=false")
+    del KubeProject.created[created_before:]
+
+
 def digest_of(docker_client: Any, tag: str) -> str:
     image = docker_client.images.get(f"{APP_IMAGE}:{tag}")
     return next(d.split("@")[1] for d in image.attrs["RepoDigests"] if d.startswith(APP_IMAGE + "@"))
 
 
 class KubeProject:
+    created: list[str] = []  # Deployment names, removed after each test
+
     def __init__(self, root: Path, sim: RunningSimulator, image: str = APP_IMAGE, replicas: int = 2,
                  pull_policy: str = "IfNotPresent", command: list[str] | None = None) -> None:
         self.root = root
@@ -57,6 +70,7 @@ class KubeProject:
         path.write_text(json.dumps(manifest))
         created = sim.kubectl("create", "-f", str(path), "--validate=false")
         assert created.returncode == 0, created.stderr
+        KubeProject.created.append(self.name)
         assert sim.kubectl("rollout", "status", f"deployment/{self.name}", "--timeout=90s").returncode == 0
         self.write_config()
 
@@ -172,8 +186,8 @@ def test_a_digest_absent_from_the_registry_is_refused_before_anything_changes(ku
 
 def test_never_ready_release_fails_at_the_health_timeout(kube: RunningSimulator, tmp_path: Path) -> None:
     project = KubeProject(tmp_path, kube)
+    assert project.run("deploy", "web:good2").returncode == 0  # with the default timeout: two pods to roll
     project.write_config(timeout=8)
-    assert project.run("deploy", "web:good2").returncode == 0
     result = project.run("deploy", "web:never-ready")
     assert result.returncode == 1, result.stderr
     assert "not healthy within 8s" in result.stderr
@@ -297,3 +311,21 @@ def test_closing_a_watch_ends_its_streams_at_once_not_at_the_next_event(kube: Ru
     for thread in watch._threads:
         thread.join(timeout=5)
         assert not thread.is_alive(), thread.name
+
+
+def test_a_watch_closed_while_its_streams_are_still_opening_ends_at_once(kube: RunningSimulator, tmp_path: Path,
+                                                                          docker_client: Any) -> None:
+    """Closed straight away, a watch's threads are still listing: the streams they open afterwards
+    must not outlive close() (they would block for a whole watch period)."""
+    from rollout import config as configuration
+    from rollout.targets import Release, open_target
+
+    project = KubeProject(tmp_path, kube)
+    app = configuration.load(str(project.root / "rollout.toml")).app("web")
+    target = open_target(app.targets[0], app)
+    for _ in range(5):
+        watch = target.watch(Release(1, APP_IMAGE, "good1", digest_of(docker_client, "good1"), "rollout: test"))
+        watch.close()
+        for thread in watch._threads:
+            thread.join(timeout=5)  # a hang guard, not a measurement
+            assert not thread.is_alive(), thread.name

@@ -110,7 +110,7 @@ def test_unexpired_lease_from_another_host_blocks(ledger: Ledger) -> None:
 def test_held_renews_while_inside_and_releases_after(ledger: Ledger) -> None:
     with lock.held(ledger, "web", lease_seconds=0.6) as lease:
         first = lock.read(ledger, "web")[0].expires_at
-        assert first == lease.expires_at
+        assert first >= lease.expires_at  # equal unless a heartbeat already ran
         # The heartbeat runs every lease/3; wait until it has moved the expiry on.
         deadline = time.monotonic() + 10
         while lock.read(ledger, "web")[0].expires_at == first and time.monotonic() < deadline:
@@ -190,9 +190,9 @@ def test_a_lease_taken_over_is_not_taken_back(ledger: Ledger, caplog: pytest.Log
     with lock.held(ledger, "web", lease_seconds=0.6) as lease:
         # As if this process had stalled past its lease and another rollout had taken over.
         other = Ledger(ledger.path)
-        with other.transaction() as conn:
+        with other.transaction() as conn:  # one commit: our heartbeat never sees the app without a holder
             conn.execute("DELETE FROM locks WHERE app = 'web'")
-        plant(other, "web", holder="ops@other", host="other-host", pid=4242, expires_at=time.time() + 60)
+            plant(other, "web", holder="ops@other", host="other-host", pid=4242, expires_at=time.time() + 60)
         # Our next write is refused under SQLite's write lock, whatever the heartbeat has noticed yet.
         with pytest.raises(LeaseLost, match="another rollout took over the lock on web"):
             ledger.event(None, "too-late")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from conftest import Project, free_port, write_config
-from support.receiver import Receiver, start_receiver
+from support.receiver import start_receiver
 
 from rollout import notify
 

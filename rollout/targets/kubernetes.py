@@ -234,6 +234,9 @@ class DeploymentWatch:
         self._changed = threading.Event()
         self._stop = threading.Event()
         self._responses: dict[str, Any] = {}  # open watch streams, closed by close()
+        # close() and a thread opening a new stream take turns: a stream opened after close()
+        # shut the others down would otherwise keep its thread blocked for a whole watch period.
+        self._streams_lock = threading.Lock()
         deployment = target._read()
         self._threads = [
             threading.Thread(target=self._follow, args=(kind, selector), daemon=True, name=f"watch-{kind}")
@@ -257,7 +260,11 @@ class DeploymentWatch:
                 response = lister(self.target.namespace, watch=True, resource_version=resource_version,
                                   timeout_seconds=WATCH_SECONDS, allow_watch_bookmarks=True,
                                   _request_timeout=WATCH_SECONDS + 10, _preload_content=False, **selector)
-                self._responses[kind] = response
+                with self._streams_lock:
+                    if self._stop.is_set():
+                        response.close()  # nobody reads it yet: closing does not wait
+                        break
+                    self._responses[kind] = response
                 for line in response:
                     if self._stop.is_set():
                         break
@@ -320,9 +327,11 @@ class DeploymentWatch:
         return None
 
     def close(self) -> None:
-        self._stop.set()
+        with self._streams_lock:
+            self._stop.set()
+            responses = list(self._responses.values())
         self._changed.set()
-        for response in list(self._responses.values()):
+        for response in responses:
             # Shut the socket down rather than close the response: close() waits for the watch
             # thread's blocked read, i.e. for the next event (a crash-looping pod's next restart,
             # 10 s away), and the verdict would wait with it. The thread sees EOF now and ends.

@@ -70,7 +70,7 @@ class ApiError(Exception):
 
     @classmethod
     def method_not_allowed(cls, method: str) -> ApiError:
-        return cls(405, "MethodNotAllowed", f"the server does not allow this method on the requested resource")
+        return cls(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
 
     @classmethod
     def invalid(cls, rt: ResourceType, name: str, causes: list[Cause]) -> ApiError:

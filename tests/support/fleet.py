@@ -42,6 +42,8 @@ from typing import Any
 import docker
 import docker.errors
 
+from support.ports import free_port
+
 SSHD = "/usr/sbin/sshd"
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
@@ -270,7 +272,7 @@ def _start_sshd(fleet: Fleet, engine: Engine) -> SshHost:
     user_key = (fleet.home / ".ssh" / "id_ed25519.pub").read_text().strip()
     # The login's DOCKER_HOST is this engine's socket, so `docker system dial-stdio` reaches it.
     (server / "authorized_keys").write_text(f'environment="DOCKER_HOST={engine.host}" {user_key}\n')
-    port = _free_port()
+    port = free_port()
     (server / "sshd_config").write_text(f"""\
 Port {port}
 ListenAddress 127.0.0.1
@@ -337,12 +339,6 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> No
             if time.monotonic() > deadline:
                 raise FleetUnavailable(f"sshd did not listen on 127.0.0.1:{port}") from None
             time.sleep(0.1)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- teardown --------------------------------------------------------------------

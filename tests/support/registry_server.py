@@ -15,7 +15,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tarfile
 import time
@@ -26,6 +25,8 @@ from typing import Any, Literal, Protocol
 
 import requests
 import yaml
+
+from support.ports import free_port
 
 REGISTRY_BINARY = os.environ.get("ROLLOUT_REGISTRY_BINARY", "/usr/bin/docker-registry")
 DOCKER_MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
@@ -51,12 +52,6 @@ def registry_binary_or_skip() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return REGISTRY_BINARY
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
