@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Callable
 
 from benchmarks.common import (APP_IMAGE, ROLLOUT, SCRIPT_PATH, Comparison, ScenarioFailed, ScenarioResult, Settings,
-                               alternate, docker, docker_app_toml, docker_time, free_port, http_get, iso_time,
+                               alternate, docker, docker_app_toml, docker_time, http_get, iso_time,
                                remove_containers, require_docker, require_test_images, rollout_env, run, timed,
                                wait_for_version)
+from tests.support.ports import free_port
 
 REPLACE_CONTAINER = r"""
 set -eu

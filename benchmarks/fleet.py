@@ -13,9 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks.common import (APP_IMAGE, ROLLOUT, SCRIPT_PATH, Comparison, ScenarioFailed, ScenarioResult, Settings,
-                               alternate, free_port, http_get, require_test_images, rollout_env, run, timed,
+                               alternate, http_get, require_test_images, rollout_env, run, timed,
                                wait_for_version)
 from benchmarks.docker_host import build_versions, remove_images, require_tools
+from tests.support.ports import free_port
 
 B7_INTERVAL = 0.5
 ENGINES = 3

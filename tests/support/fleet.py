@@ -42,7 +42,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from support.ports import free_port
+from .ports import free_port
 
 SSHD = "/usr/sbin/sshd"
 START_TIMEOUT = 60.0

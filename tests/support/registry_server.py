@@ -26,7 +26,7 @@ from typing import Any, Literal, Protocol
 import requests
 import yaml
 
-from support.ports import free_port
+from .ports import free_port
 
 REGISTRY_BINARY = os.environ.get("ROLLOUT_REGISTRY_BINARY", "/usr/bin/docker-registry")
 DOCKER_MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
