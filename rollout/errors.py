@@ -79,8 +79,10 @@ class LedgerError(UserError):
     """The ledger file is unreadable, corrupted, or from a newer schema."""
 
 
-class LedgerBusy(LockHeld):
+class LedgerBusy(RolloutError):
     """Another process kept the ledger's write lock past SQLite's busy timeout."""
+
+    exit_code = EXIT_LOCKED
 
 
 class LeaseLost(BaseException):

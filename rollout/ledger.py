@@ -414,6 +414,11 @@ _BUSY_TIMEOUT = 30.0
 _BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    # The extended code (BUSY_RECOVERY, BUSY_SNAPSHOT, ...) carries the primary one in its low byte.
+    return (exc.sqlite_errorcode & 0xFF) in _BUSY
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     try:
         if not path.parent.exists():
@@ -463,7 +468,7 @@ def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
         # Only now: switching to WAL rewrites the file header, which a ledger we refuse must not get.
         _switch_to_wal(conn)
     except sqlite3.DatabaseError as exc:
-        if isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode in _BUSY:
+        if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
             raise LedgerBusy(f"ledger {path} is busy ({one_line(exc)}): another process has held its write lock"
                              f" for over {_BUSY_TIMEOUT:.0f} s; find it with `fuser {path}` and retry") from exc
         raise LedgerError(f"ledger {path} is not a readable SQLite database ({one_line(exc)}): restore it from a backup") from exc
@@ -480,7 +485,7 @@ def _switch_to_wal(conn: sqlite3.Connection) -> None:
             conn.execute("PRAGMA journal_mode = WAL")
             return
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode not in _BUSY or time.monotonic() > deadline:
+            if not _is_busy(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.005)
 

@@ -141,9 +141,14 @@ def held(ledger: Ledger, app: str, wait: float = 0.0, lease_seconds: float = LEA
     writes over the rollout that took the app over. `Ledger.check_guard` asks the same
     before a step that changes a target without writing first.
     """
-    lease = acquire(ledger, app, wait, lease_seconds)
     # The heartbeat gets its own connection: sqlite3 connections are not for concurrent use.
+    # Opened first: failing to open it must not leave a lease behind that nobody renews.
     heartbeat_ledger = Ledger(ledger.path)
+    try:
+        lease = acquire(ledger, app, wait, lease_seconds)
+    except BaseException:
+        heartbeat_ledger.close()
+        raise
     stop = threading.Event()
 
     def beat() -> None:

@@ -186,6 +186,7 @@ class Orchestrator:
         return Outcome(EXIT_OK, self.ledger.get(revert.id), message=f"restored #{good.id} {_label(good)}")
 
     def _run(self, entry: Entry, announcement: str) -> Outcome:
+        self._attempting = entry
         # The try starts right after the entry is recorded: a signal at any later moment is recovered.
         try:
             self.reporter.info(announcement)
@@ -200,11 +201,12 @@ class Orchestrator:
                 self.reporter.warn(outcome.message)
             raise
         except LeaseLost:
-            # The ledger's guard stopped us; say which entry the new holder's recovery now finishes.
-            name, left = self.app.name, self.ledger.unfinished(self.app.name)
-            where = f" while #{left[-1].id} was {left[-1].status}" if left else ""
-            raise LeaseLost(f"another rollout took over the lock on {name}{where}: stopped without changing"
-                            f" anything more; it now recovers {name} (see `rollout status {name}`)") from None
+            # The ledger's guard stopped us; name the entry we were on (the new holder may
+            # already have marked it interrupted and recorded its own revert).
+            name, ours = self.app.name, self.ledger.get(self._attempting.id)
+            raise LeaseLost(f"another rollout took over the lock on {name} during #{ours.id} (ledger status now:"
+                            f" {ours.status}): stopped without changing anything more; it recovers {name}"
+                            f" (see `rollout status {name}`)") from None
 
     def _run_uninterrupted(self, entry: Entry) -> Outcome:
         attempt = self._attempt(entry, self.targets, settle_failure=False)
@@ -249,6 +251,7 @@ class Orchestrator:
         Workers only touch targets; every ledger write happens here, on this thread.
         """
         strategy = strategy or self.strategy
+        self._attempting = entry
         attempt = _Attempt()
         release = Release(entry.id, entry.repository, entry.tag, entry.digest, _change_cause(entry))
         self.ledger.set_status(entry.id, L.APPLYING)

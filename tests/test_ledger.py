@@ -301,3 +301,15 @@ def test_unwritable_directory_is_a_ledger_error(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(LedgerError, match="cannot open ledger"):
         Ledger(blocker / "ledger.db")
+
+
+@pytest.mark.parametrize("code", [sqlite3.SQLITE_BUSY, sqlite3.SQLITE_BUSY_RECOVERY, sqlite3.SQLITE_BUSY_SNAPSHOT,
+                                  sqlite3.SQLITE_BUSY_TIMEOUT, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_LOCKED_SHAREDCACHE])
+def test_every_kind_of_busy_is_busy_not_damage(code: int) -> None:
+    # Another process recovering the WAL after a crash answers BUSY_RECOVERY: a healthy ledger
+    # must not be reported as unreadable ("restore it from a backup").
+    error = sqlite3.OperationalError("database is locked")
+    error.sqlite_errorcode = code
+    assert L._is_busy(error)
+    error.sqlite_errorcode = sqlite3.SQLITE_CORRUPT
+    assert not L._is_busy(error)

@@ -14,7 +14,7 @@ from typing import Iterator
 import pytest
 
 from rollout import lock
-from rollout.errors import EXIT_LOCKED, LeaseLost, LockHeld
+from rollout.errors import EXIT_LOCKED, LeaseLost, LedgerBusy, LockHeld
 from rollout.ledger import Ledger, default_actor
 
 
@@ -206,3 +206,15 @@ def test_a_lease_taken_over_is_not_taken_back(ledger: Ledger, caplog: pytest.Log
     assert [(held.holder, held.pid) for held in lock.read(ledger, "web")] == [("ops@other", 4242)]
     assert lease.pid != 4242
     assert "taken over by ops@other" in caplog.text
+
+
+def test_a_heartbeat_connection_that_cannot_open_leaves_no_lease_behind(ledger: Ledger,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    def busy(path: object) -> Ledger:
+        raise LedgerBusy(f"ledger {path} is busy (database is locked)")
+
+    monkeypatch.setattr(lock, "Ledger", busy)
+    with pytest.raises(LedgerBusy):
+        with lock.held(ledger, "web"):
+            pytest.fail("the block must not run without a heartbeat")
+    assert lock.read(ledger, "web") == [], "nobody would renew or release it"

@@ -432,7 +432,7 @@ def test_a_lost_lease_stops_before_the_next_write_and_leaves_the_entry_to_the_ne
 
     orchestrator = Orchestrator(bed.app, bed.ledger, bed.resolver, bed.targets,  # type: ignore[arg-type]
                                 verifier_during_which_the_lease_is_lost, bed.reporter)
-    with pytest.raises(LeaseLost, match="another rollout took over the lock on web while #2 was verifying"):
+    with pytest.raises(LeaseLost, match=r"another rollout took over the lock on web during #2 \(ledger status now: verifying\)"):
         with lock.held(bed.ledger, "web"):
             orchestrator.deploy(parse(f"{IMAGE}:v2"))
     entry = bed.ledger.get(2)
@@ -445,6 +445,26 @@ def test_a_lost_lease_stops_before_the_next_write_and_leaves_the_entry_to_the_ne
     recovered = bed.orchestrator().recover()
     assert recovered is not None and recovered.exit_code == EXIT_OK
     assert bed.targets[0].image == image("v1")
+
+
+def test_a_lost_lease_names_our_entry_even_after_the_new_holder_recorded_its_own(bed: Bed) -> None:
+    bed.healthy("v1")
+    bed.publish("v2", behaviour=crashes())
+
+    def verifier_during_which_another_rollout_takes_over_and_recovers(watch, policy, progress):  # type: ignore[no-untyped-def]
+        take_over(bed.ledger)
+        other = Ledger(bed.ledger.path)
+        other.set_status(2, L.INTERRUPTED, error="interrupted: recovered by ops@other")
+        other.record(L.NewEntry(app="web", repository=IMAGE, tag="v1", digest=digest_of("v1"), kind=L.REVERT))
+        other.close()
+        return scripted_verifier(watch, policy, progress)
+
+    orchestrator = Orchestrator(bed.app, bed.ledger, bed.resolver, bed.targets,  # type: ignore[arg-type]
+                                verifier_during_which_another_rollout_takes_over_and_recovers, bed.reporter)
+    with pytest.raises(LeaseLost, match=r"during #2 \(ledger status now: interrupted\)"):
+        with lock.held(bed.ledger, "web"):
+            orchestrator.deploy(parse(f"{IMAGE}:v2"))
+    assert bed.ledger.get(3).status == L.PENDING, "the new holder's entry is left to it"
 
 
 def test_a_lease_lost_during_a_pull_changes_no_target(bed: Bed) -> None:
@@ -460,7 +480,7 @@ def test_a_lease_lost_during_a_pull_changes_no_target(bed: Bed) -> None:
     target.digest, target.image = bed.targets[0].digest, bed.targets[0].image
     orchestrator = Orchestrator(bed.app, bed.ledger, bed.resolver, [target],  # type: ignore[arg-type]
                                 scripted_verifier, bed.reporter)
-    with pytest.raises(LeaseLost, match="while #2 was applying"):
+    with pytest.raises(LeaseLost, match=r"during #2 \(ledger status now: applying\)"):
         with lock.held(bed.ledger, "web"):
             orchestrator.deploy(parse(f"{IMAGE}:v2"))
     assert target.applied() == [] and target.image == image("v1")
