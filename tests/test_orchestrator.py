@@ -422,6 +422,15 @@ def take_over(ledger: Ledger) -> None:
     other.close()
 
 
+def deploy_holding_the_lock(bed: Bed, tag: str, verifier: object = scripted_verifier,
+                            targets: list[FakeTarget] | None = None, reporter: RecordingReporter | None = None) -> Outcome:
+    """Deploy as the CLI does: inside lock.held, whose ledger guard notices a take-over."""
+    orchestrator = Orchestrator(bed.app, bed.ledger, bed.resolver, targets or bed.targets,  # type: ignore[arg-type]
+                                verifier, reporter or bed.reporter)  # type: ignore[arg-type]
+    with lock.held(bed.ledger, "web"):
+        return orchestrator.deploy(parse(f"{IMAGE}:{tag}"))
+
+
 def test_a_lost_lease_stops_before_the_next_write_and_leaves_the_entry_to_the_new_holder(bed: Bed) -> None:
     first = bed.healthy("v1")
     bed.publish("v2", behaviour=crashes())
@@ -430,11 +439,8 @@ def test_a_lost_lease_stops_before_the_next_write_and_leaves_the_entry_to_the_ne
         take_over(bed.ledger)
         return scripted_verifier(watch, policy, progress)
 
-    orchestrator = Orchestrator(bed.app, bed.ledger, bed.resolver, bed.targets,  # type: ignore[arg-type]
-                                verifier_during_which_the_lease_is_lost, bed.reporter)
     with pytest.raises(LeaseLost, match=r"another rollout took over the lock on web during #2 \(ledger status now: verifying\)"):
-        with lock.held(bed.ledger, "web"):
-            orchestrator.deploy(parse(f"{IMAGE}:v2"))
+        deploy_holding_the_lock(bed, "v2", verifier_during_which_the_lease_is_lost)
     entry = bed.ledger.get(2)
     # Not failed, not reverted: the crash verdict was not written and no revert was started,
     # so the new holder's recovery finds the entry unfinished and puts v1 back itself.
@@ -459,11 +465,8 @@ def test_a_lost_lease_names_our_entry_even_after_the_new_holder_recorded_its_own
         other.close()
         return scripted_verifier(watch, policy, progress)
 
-    orchestrator = Orchestrator(bed.app, bed.ledger, bed.resolver, bed.targets,  # type: ignore[arg-type]
-                                verifier_during_which_another_rollout_takes_over_and_recovers, bed.reporter)
     with pytest.raises(LeaseLost, match=r"during #2 \(ledger status now: interrupted\)"):
-        with lock.held(bed.ledger, "web"):
-            orchestrator.deploy(parse(f"{IMAGE}:v2"))
+        deploy_holding_the_lock(bed, "v2", verifier_during_which_another_rollout_takes_over_and_recovers)
     assert bed.ledger.get(3).status == L.PENDING, "the new holder's entry is left to it"
 
 
@@ -478,11 +481,8 @@ def test_a_lease_lost_during_a_pull_changes_no_target(bed: Bed) -> None:
 
     target = TakenOverWhilePulling("local")
     target.digest, target.image = bed.targets[0].digest, bed.targets[0].image
-    orchestrator = Orchestrator(bed.app, bed.ledger, bed.resolver, [target],  # type: ignore[arg-type]
-                                scripted_verifier, bed.reporter)
     with pytest.raises(LeaseLost, match=r"during #2 \(ledger status now: applying\)"):
-        with lock.held(bed.ledger, "web"):
-            orchestrator.deploy(parse(f"{IMAGE}:v2"))
+        deploy_holding_the_lock(bed, "v2", targets=[target])
     assert target.applied() == [] and target.image == image("v1")
     assert bed.ledger.get(2).status == L.APPLYING
 
@@ -498,11 +498,8 @@ def test_a_lease_lost_during_a_pause_between_batches_leaves_the_next_batch_alone
             if "pausing" in message:
                 take_over(pair.ledger)
 
-    orchestrator = Orchestrator(pair.app, pair.ledger, pair.resolver, pair.targets,  # type: ignore[arg-type]
-                                scripted_verifier, TakenOverWhilePausing())
     with pytest.raises(LeaseLost):
-        with lock.held(pair.ledger, "web"):
-            orchestrator.deploy(parse(f"{IMAGE}:v2"))
+        deploy_holding_the_lock(pair, "v2", reporter=TakenOverWhilePausing())
     a, b = pair.targets
     assert a.image == image("v2") and b.image == image("v1"), "the second batch was not touched"
     assert pair.ledger.get(2).status == L.VERIFYING
