@@ -7,6 +7,7 @@ The ledger is never faked: tests use a real SQLite file.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -15,6 +16,7 @@ from rollout import config as configuration
 from rollout.config import AppConfig, HealthPolicy
 from rollout.errors import TagNotFound, TargetUnreachable
 from rollout.health import Verdict, verify
+from rollout.ledger import Ledger
 from rollout.reference import Reference
 from rollout.targets import Observation, Release, Running, Watch
 
@@ -228,3 +230,22 @@ def app_config(target_names: tuple[str, ...] = ("local",), health: dict[str, Any
         "targets": [{"name": name, "kind": "docker", "container": f"web-{name}"} for name in target_names],
     }}}
     return configuration.parse(data, path).app("web")
+
+
+def plant(ledger: Ledger, app: str, *, holder: str, host: str, pid: int, expires_at: float) -> None:
+    """A lease row as another rollout (another process or machine) would have left it."""
+    with ledger.transaction() as conn:
+        conn.execute(
+            "INSERT INTO locks (app, holder, host, pid, acquired_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+            [app, holder, host, pid, "2024-01-01T00:00:00+00:00", expires_at],
+        )
+
+
+def take_over(ledger: Ledger, app: str = "web") -> None:
+    """What another rollout does once this one stalled past its lease: its own row replaces ours,
+    in one commit, so our heartbeat never sees the app without a holder."""
+    other = Ledger(ledger.path)
+    with other.transaction() as conn:
+        conn.execute("DELETE FROM locks WHERE app = ?", [app])
+        plant(other, app, holder="ops@other", host="other-host", pid=4242, expires_at=time.time() + 60)
+    other.close()

@@ -16,6 +16,7 @@ import pytest
 from rollout import lock
 from rollout.errors import EXIT_LOCKED, LeaseLost, LedgerBusy, LockHeld
 from rollout.ledger import Ledger, default_actor
+from fakes import plant, take_over
 
 
 @pytest.fixture
@@ -23,15 +24,6 @@ def ledger(tmp_path: Path) -> Iterator[Ledger]:
     opened = Ledger(tmp_path / "ledger.db")
     yield opened
     opened.close()
-
-
-def plant(ledger: Ledger, app: str, *, holder: str, host: str, pid: int, expires_at: float) -> None:
-    """A lease row as another rollout (another process or machine) would have left it."""
-    with ledger.transaction() as conn:
-        conn.execute(
-            "INSERT INTO locks (app, holder, host, pid, acquired_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
-            [app, holder, host, pid, "2024-01-01T00:00:00+00:00", expires_at],
-        )
 
 
 def lock_events(ledger: Ledger) -> list[str]:
@@ -189,14 +181,11 @@ def test_a_failing_renewal_does_not_end_the_heartbeat(ledger: Ledger, monkeypatc
 def test_a_lease_taken_over_is_not_taken_back(ledger: Ledger, caplog: pytest.LogCaptureFixture) -> None:
     with lock.held(ledger, "web", lease_seconds=0.6) as lease:
         # As if this process had stalled past its lease and another rollout had taken over.
-        other = Ledger(ledger.path)
-        with other.transaction() as conn:  # one commit: our heartbeat never sees the app without a holder
-            conn.execute("DELETE FROM locks WHERE app = 'web'")
-            plant(other, "web", holder="ops@other", host="other-host", pid=4242, expires_at=time.time() + 60)
+        take_over(ledger)
         # Our next write is refused under SQLite's write lock, whatever the heartbeat has noticed yet.
         with pytest.raises(LeaseLost, match="another rollout took over the lock on web"):
             ledger.event(None, "too-late")
-        assert "too-late" not in lock_events(other)
+        assert "too-late" not in lock_events(ledger)
         deadline = time.monotonic() + 10
         while "lock:lost" not in lock_events(ledger) and time.monotonic() < deadline:
             time.sleep(0.05)

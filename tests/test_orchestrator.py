@@ -17,6 +17,7 @@ from fakes import (
     crashes,
     digest_of,
     scripted_verifier,
+    take_over,
     unreachable,
 )
 from rollout import ledger as L
@@ -410,16 +411,6 @@ def test_manual_revert_that_fails_goes_back_to_where_it_was(bed: Bed) -> None:
 
 
 # -- another rollout took the lock over ----------------------------------------
-
-
-def take_over(ledger: Ledger) -> None:
-    """What another rollout does once this one stalled past its lease: its own row replaces ours."""
-    other = Ledger(ledger.path)
-    with other.transaction() as conn:
-        conn.execute("DELETE FROM locks WHERE app = 'web'")
-        conn.execute("INSERT INTO locks (app, holder, host, pid, acquired_at, expires_at)"
-                     " VALUES ('web', 'ops@other', 'other-host', 4242, '2024-01-01T00:00:00+00:00', 9e9)")
-    other.close()
 
 
 def deploy_holding_the_lock(bed: Bed, tag: str, verifier: object = scripted_verifier,
