@@ -19,20 +19,12 @@ from typing import Iterator
 
 import pytest
 
+from support.bed import need
 from support.ports import free_port
 
 REGISTRY = os.environ.get("ROLLOUT_TEST_REGISTRY", "127.0.0.1:5000")
 APP_IMAGE = f"{REGISTRY}/rollout-test/app"
 ROLLOUT = [str(Path(sys.executable).parent / "rollout")]
-
-
-def need(condition: bool, what: str) -> None:
-    """Fail under CI (the test bed must provide it), skip elsewhere."""
-    if condition:
-        return
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{what} is required under CI=true: run `make test` (it starts the test bed)")
-    pytest.skip(f"{what} is not available: run `make test` to start the test bed")
 
 
 @pytest.fixture(scope="session")

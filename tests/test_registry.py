@@ -22,6 +22,7 @@ from rollout.credentials import Credentials, credentials_for
 from rollout.errors import RegistryAuthError, RegistryUnreachable, TagNotFound
 from rollout.reference import parse
 from rollout.registry import RegistryClient
+from support.bed import TLS_HOST, need
 from support.proxy import Fault, RegistryProxy, start_proxy
 from support.registry_server import RegistryProcess, push_random_image, start_registry
 from support.token_server import TokenServer, make_self_signed, start_token_server
@@ -400,15 +401,14 @@ def test_plain_http_only_for_loopback_or_listed_insecure(reference: str, insecur
 
 @pytest.fixture(scope="module")
 def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RegistryProcess, str, str, Path]]:
-    """A TLS registry reachable under this machine's host name, which must not be loopback *by name*
-    (so the client picks HTTPS) but must resolve to 127.0.0.1 (tests stay on this machine)."""
-    name = socket.gethostname().lower()
+    """A TLS registry reachable under a name that is not loopback *by name* (so the client picks
+    HTTPS) but resolves to 127.0.0.1 (tests stay on this machine): the test bed adds it to /etc/hosts."""
+    name = TLS_HOST
     try:
         address = socket.gethostbyname(name)
     except OSError:
-        pytest.skip(f"host name {name} does not resolve")
-    if not address.startswith("127.") or name == "localhost":
-        pytest.skip(f"host name {name} resolves to {address}, not to a loopback address")
+        address = "nothing"
+    need(address.startswith("127."), f"host name {name} resolving to 127.0.0.1 (it resolves to {address})")
     directory = tmp_path_factory.mktemp("tls")
     pair = make_self_signed(directory, common_name="registry", dns_names=(name,))
     with start_registry(directory, tls_cert=(pair.cert_path, pair.key_path)) as registry:

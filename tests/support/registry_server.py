@@ -26,6 +26,7 @@ from typing import Any, Literal, Protocol
 import requests
 import yaml
 
+from .bed import need
 from .ports import free_port
 
 REGISTRY_BINARY = os.environ.get("ROLLOUT_REGISTRY_BINARY", "/usr/bin/docker-registry")
@@ -42,15 +43,9 @@ class TokenSettings(Protocol):
     root_cert_path: Path
 
 
-def registry_binary_or_skip() -> str:
+def registry_binary() -> str:
     """The registry binary; a missing one fails the test under CI=true, skips it otherwise."""
-    import pytest
-
-    if shutil.which(REGISTRY_BINARY) is None:
-        message = f"{REGISTRY_BINARY} is not installed (apt-get install docker-registry)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    need(shutil.which(REGISTRY_BINARY) is not None, f"{REGISTRY_BINARY} (apt-get install docker-registry)")
     return REGISTRY_BINARY
 
 
@@ -144,7 +139,7 @@ def start_registry(
     tls_cert: tuple[Path, Path] | None = None,
 ) -> RegistryProcess:
     """A running registry on 127.0.0.1; use it with `with` or call close()."""
-    binary = registry_binary_or_skip()
+    binary = registry_binary()
     root = Path(tmpdir) / f"registry-{secrets.token_hex(4)}"
     root.mkdir(parents=True)
     port = free_port()
