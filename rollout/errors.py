@@ -71,6 +71,20 @@ class TargetUnreachable(Unreachable):
     pass
 
 
+class NotApplied(RolloutError):
+    """A target refused a change before changing anything, so there is nothing to revert.
+
+    Raised by `Target.apply` only when the target is exactly as it was: a Kubernetes 403
+    (RBAC), an admission webhook's denial or a 422 Invalid, an engine that refuses a create
+    before the old container was touched. exit_code is the cause's: 5 (refused or unreachable)
+    by default, 2 when the cause is the configuration.
+    """
+
+    def __init__(self, message: str, exit_code: int = EXIT_UNREACHABLE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class LockHeld(RolloutError):
     exit_code = EXIT_LOCKED
 

@@ -20,6 +20,7 @@ from rollout.errors import (
     EXIT_UNRECOVERED,
     Interrupted,
     LeaseLost,
+    NotApplied,
     RetagRefused,
     RolloutError,
     TargetUnreachable,
@@ -63,7 +64,8 @@ class Outcome:
 class _Attempt:
     """Which targets an entry moved, and how each fared."""
 
-    moved: list[Target] = field(default_factory=list)
+    moved: list[Target] = field(default_factory=list)  # targets apply changed (or may have): a revert brings them back
+    refused: list[NotApplied] = field(default_factory=list)  # targets that refused before changing anything
     failures: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -271,6 +273,13 @@ class Orchestrator:
             # rollout took the app over meanwhile, stop here (LeaseLost) and leave the entry to it.
             self.ledger.check_guard()
             for target, result in _each(lambda t: t.apply(release), batch, strategy.max_parallel):
+                if isinstance(result, NotApplied):
+                    # The target is as it was: it is not among those a revert must bring back.
+                    attempt.refused.append(result)
+                    attempt.failures[target.name] = f"apply refused: {one_line(result)}"
+                    self.ledger.set_target(entry.id, target.name, outcome="refused", image_after=release.image,
+                                           detail=attempt.failures[target.name])
+                    continue
                 attempt.moved.append(target)
                 if isinstance(result, BaseException):
                     attempt.failures[target.name] = f"apply failed: {one_line(result)}"
@@ -299,6 +308,10 @@ class Orchestrator:
                 self.reporter.info(f"#{entry.id} pausing {strategy.pause:g}s before the next batch")
                 if self._cancelled.wait(strategy.pause):
                     break
+        if attempt.failures and attempt.refused and not attempt.moved:
+            # Refused before any target changed: nothing to revert; fail like a failed prepare (exit 5 / 2).
+            self.ledger.set_status(entry.id, L.FAILED, error=attempt.reason)
+            raise attempt.refused[0]
         if attempt.failures:
             if settle_failure:  # else the caller records the failure together with its revert
                 self.ledger.set_status(entry.id, L.FAILED, error=attempt.reason)

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from rollout import config as configuration
 from rollout.config import AppConfig, HealthPolicy
-from rollout.errors import TagNotFound, TargetUnreachable
+from rollout.errors import NotApplied, TagNotFound, TargetUnreachable
 from rollout.health import Verdict, verify
 from rollout.ledger import Ledger
 from rollout.reference import Reference
@@ -144,9 +144,11 @@ class FakeTarget:
     def apply(self, release: Release) -> str | None:
         self.calls.append(("apply", release.digest))
         before = self.image
+        error = self.behaviour(release.digest).apply_error
+        if isinstance(error, NotApplied):
+            raise error  # refused before changing anything, as the real targets promise
         # Even a failing apply may have removed the old container: the target counts as moved.
         self.image, self.digest = release.image, release.digest
-        error = self.behaviour(release.digest).apply_error
         if error is not None:
             raise error
         return before

@@ -30,6 +30,7 @@ from rollout.errors import (
     EXIT_UNRECOVERED,
     EXIT_USAGE,
     LeaseLost,
+    NotApplied,
     RetagRefused,
     RolloutError,
     TargetUnreachable,
@@ -237,6 +238,40 @@ def test_apply_failing_on_the_second_target_reverts_both(pair: Bed) -> None:
     assert (rows["b"].outcome, rows["b"].detail) == ("failed", "apply failed: name conflict")
     # Nothing was verified once an apply had failed.
     assert digest_of("v2") not in [d for call, d in a.calls if call == "watch"]
+
+
+def test_apply_refused_before_any_change_is_not_a_failed_revert(bed: Bed) -> None:
+    """A 403 on the patch: the target never changed, so no revert entry and exit 5 with the refusal."""
+    good = bed.healthy("v1")
+    refusal = NotApplied('target cluster: patch deployment web: forbidden: User "ci" cannot patch resource "deployments"')
+    bed.publish("v2", behaviour=Behaviour(apply_error=refusal))
+    with pytest.raises(NotApplied) as raised:
+        bed.deploy("v2")
+
+    assert raised.value.exit_code == EXIT_UNREACHABLE
+    assert "cannot patch" in str(raised.value)
+    assert bed.targets[0].image == good.image and bed.targets[0].stopped == 0
+    newest = bed.ledger.history("web")[0]
+    assert newest.kind == L.DEPLOY and newest.status == L.FAILED and "cannot patch" in (newest.error or "")
+    assert [e.kind for e in bed.ledger.history("web")].count(L.REVERT) == 0
+    assert bed.ledger.current("web") == bed.ledger.get(good.id)
+    assert bed.ledger.unfinished("web") == []
+
+
+def test_apply_refused_on_one_target_reverts_only_the_targets_that_changed(pair: Bed) -> None:
+    good = pair.healthy("v1")
+    pair.publish("v2", behaviour=Behaviour(apply_error=NotApplied("admission webhook denied the request", 5)), on=("b",))
+    outcome = pair.deploy("v2")
+
+    assert outcome.exit_code == EXIT_REVERTED
+    a, b = pair.targets
+    assert a.image == b.image == good.image
+    assert b.applied() == [good.digest, digest_of("v2")]  # the revert never touched b
+    assert a.applied() == [good.digest, digest_of("v2"), good.digest]
+    assert outcome.revert is not None
+    assert {r.target for r in pair.ledger.targets(outcome.revert.id)} == {"a"}
+    rows = {r.target: r.outcome for r in pair.ledger.targets(outcome.entry.id)}
+    assert rows == {"a": "applied", "b": "refused"}
 
 
 def test_one_target_failing_verification_reverts_all_moved_targets(pair: Bed) -> None:
