@@ -13,12 +13,26 @@ import os
 import socket
 
 _FIRST, _LAST = 20000, 32000  # below Linux's default ip_local_port_range (32768-60999)
-_candidates = itertools.count(_FIRST + os.getpid() % 4000)
+
+
+def _share() -> tuple[int, int]:
+    """This process's own part of the range: pytest-xdist workers (gw0, gw1, ...) each get a slice,
+    so two workers never hand out the same port (a bind probe cannot see a port picked, not yet bound)."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not (worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(count) > 0):
+        return _FIRST + os.getpid() % 4000, _LAST
+    size = (_LAST - _FIRST) // int(count)
+    first = _FIRST + int(worker[2:]) * size
+    return first, first + size - 1
+
+
+_first, _last = _share()
+_candidates = itertools.count(_first)
 
 
 def free_port() -> int:
     for port in _candidates:
-        if port > _LAST:
+        if port > _last:
             break
         with socket.socket() as probe:
             try:
@@ -26,4 +40,4 @@ def free_port() -> int:
             except OSError:
                 continue
             return port
-    raise RuntimeError(f"no free port left in {_FIRST}-{_LAST} for this test run")
+    raise RuntimeError(f"no free port left in {_first}-{_last} for this test run")
