@@ -7,23 +7,22 @@ any deletion, even from raw SQL, so the history cannot be rewritten.
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
 import getpass
 import json
 import os
-import signal
 import socket
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Protocol
 
 if TYPE_CHECKING:
     import sqlite_utils
 
-from rollout.errors import LedgerBusy, LedgerError, one_line
+from rollout import faults
+from rollout.errors import LeaseLost, LedgerBusy, LedgerError, one_line
 
 SCHEMA_VERSION = 2
 
@@ -121,27 +120,13 @@ MIGRATIONS: dict[int, Callable[["sqlite_utils.Database"], object]] = {
 }
 
 
-# Test hook (tests/test_crash_safety.py): with ROLLOUT_TEST_KILL_AT="<step>#<n>" the process
-# SIGKILLs itself right after the n-th such step is written, so a crash lands on an exact,
-# reproducible moment. Steps: the ledger's event names (recorded, status:applying, target:applied...),
-# the docker target's (docker:renamed, docker:stopped, docker:created, docker:started) and rebuild's
-# docker:pushed (pushed, `build:pushed` not yet written). Unset: no effect.
-_steps_seen: collections.Counter[str] = collections.Counter()
-
-
-def kill_point(step: str) -> None:
-    wanted = os.environ.get("ROLLOUT_TEST_KILL_AT")
-    if wanted:
-        _steps_seen[step] += 1
-        if wanted == f"{step}#{_steps_seen[step]}":
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
 def now_iso() -> str:
+    """The current wall-clock time as ISO 8601 in UTC with microseconds, the ledger's timestamp form."""
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
 
 
 def default_actor() -> str:
+    """Who is acting, as `user@host` (the login name, or the uid when it has none)."""
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
@@ -151,6 +136,13 @@ def default_actor() -> str:
 
 @dataclass(frozen=True)
 class Entry:
+    """One recorded deploy, revert or rebuild: what was deployed (immutable) and its outcome.
+
+    Timestamps are ISO 8601 strings in UTC (`now_iso`); `base_digests` maps each base image
+    reference of a rebuild to its digest; `previous_id` is the entry that was current when
+    this one started, `reverts_to` the entry a revert restores.
+    """
+
     id: int
     app: str
     repository: str
@@ -174,10 +166,12 @@ class Entry:
         return f"{self.repository}@{self.digest}"
 
     def to_json(self) -> dict[str, Any]:
+        """Every field, as the `--json` outputs show an entry."""
         return asdict(self)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "Entry":
+        """An entry from a stored row (column name -> value; `base_digests` as JSON text)."""
         values = dict(row)
         if values.get("base_digests"):
             values["base_digests"] = json.loads(values["base_digests"])
@@ -186,6 +180,9 @@ class Entry:
 
 @dataclass(frozen=True)
 class TargetRow:
+    """What one target of an entry did: its images before/after and its latest outcome
+    (`applied`, `healthy`, `failed`, `refused`, ...); `updated_at` is ISO 8601 UTC."""
+
     entry_id: int
     target: str
     image_before: str | None
@@ -197,6 +194,8 @@ class TargetRow:
 
 @dataclass
 class NewEntry:
+    """What `LedgerBackend.record` needs to start an entry; its status starts as `pending`."""
+
     app: str
     repository: str
     tag: str | None
@@ -210,16 +209,271 @@ class NewEntry:
     base_digests: dict[str, str] | None = None
 
 
-class Ledger:
-    """One SQLite file; every method is a short transaction so concurrent rollouts interleave safely."""
+@dataclass(frozen=True)
+class Lease:
+    """An app's lock as stored in the ledger: who holds it and until when.
+
+    `expires_at` is **wall-clock** Unix time in seconds (`time.time()`), because holders on
+    other processes and machines must compare it; the heartbeat that renews it and every
+    other wait in rollout use monotonic time, which is only meaningful inside one process.
+    `acquired_at` and `heartbeat_at` are ISO 8601 UTC strings, for people.
+    """
+
+    app: str
+    holder: str
+    host: str
+    pid: int
+    acquired_at: str
+    expires_at: float
+    heartbeat_at: str | None = None
+
+    def describe(self) -> str:
+        """`user@host (pid N, since TIME)`, for error messages."""
+        return f"{self.holder} (pid {self.pid}, since {self.acquired_at})"
+
+    def is_stale(self, now: float) -> bool:
+        """True when another rollout may take this lease over: it expired (now: wall-clock
+        seconds), or its holder ran on this host and that pid is gone (a SIGKILLed rollout
+        blocks nobody on its own machine)."""
+        if self.expires_at <= now:
+            return True
+        return self.host == socket.gethostname() and not _pid_alive(self.pid)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive
+    return True
+
+
+BUILD_PUSHED = "build:pushed"
+
+
+@dataclass(frozen=True)
+class PushedBuild:
+    """One image `rollout rebuild` built and pushed, recorded as a `build:pushed` ledger event.
+
+    `build_key` is the hash of the build's inputs (rollout.build.build_key); `base_digests`
+    maps each base image reference to its digest; `at` is when it was recorded (ISO 8601
+    UTC, empty before it is); `deploy` says whether the rebuild went on to deploy it.
+    """
+
+    app: str
+    repository: str
+    tag: str
+    digest: str
+    build_key: str
+    base_digests: dict[str, str]
+    at: str
+    deploy: bool
+
+    @property
+    def image(self) -> str:
+        """repository:tag@digest."""
+        return f"{self.repository}:{self.tag}@{self.digest}"
+
+
+class LedgerBackend(Protocol):
+    """What every caller may ask of a ledger; the only way into one (no SQL outside it).
+
+    Implemented by `SqliteLedger` (the embedded default, this module) and meant to be
+    implemented the same way by other backends (PostgreSQL, issue 13). Guarantees every
+    backend keeps: entries and events are immutable once written (only an unfinished
+    entry's status/finished_at/error move forward); ids grow in recording order; each
+    public write is one transaction, several of them can be grouped with `transaction()`;
+    while a write guard is set (`guard_writes`), every write first checks, inside its own
+    transaction, that the lease is still held and raises `LeaseLost` if not.
+
+    Errors: `LedgerError` (exit 2) for an unknown entry, an unreadable, foreign or newer
+    ledger; `LedgerBusy` (exit 4) when another process keeps the database locked past
+    the busy timeout; `LeaseLost` (exit 4) from any write once the guarded lease is gone;
+    the backend's own database errors (`database_errors`) for anything else, including a
+    write the immutability rules refuse.
+    """
+
+    #: Exception classes the backend's driver raises (a full disk, a refused write):
+    #: what a caller that must keep going (the lease heartbeat) catches.
+    database_errors: tuple[type[BaseException], ...]
+
+    def reopen(self) -> "LedgerBackend":
+        """Another handle on the same ledger with its own connection, for another thread.
+
+        Raises LedgerError / LedgerBusy like opening the ledger.
+        """
+        ...
+
+    def close(self) -> None:
+        """Close the connection; the object is unusable afterwards."""
+        ...
+
+    # -- entries -------------------------------------------------------------------
+
+    def record(self, new: NewEntry) -> Entry:
+        """Record a new `pending` entry (and its `recorded` event); return it with its id."""
+        ...
+
+    def set_status(self, entry_id: int, status: str, error: str | None = None) -> None:
+        """Move an unfinished entry to `status` (one of IN_PROGRESS or FINISHED, see top of
+        module); a finished status also sets finished_at. A finished entry is refused by
+        the backend (a database error): its outcome is final."""
+        ...
+
+    def set_target(self, entry_id: int, target: str, *, outcome: str, image_before: str | None = None,
+                   image_after: str | None = None, detail: str | None = None) -> None:
+        """Record (or update) one target's outcome for an entry; an image left None keeps
+        the one recorded before, so a later `healthy` keeps what `applied` recorded."""
+        ...
+
+    def get(self, entry_id: int) -> Entry:
+        """The entry with that id; LedgerError naming `rollout history` when there is none."""
+        ...
+
+    def find(self, entry_id: int) -> Entry | None:
+        """The entry with that id, or None."""
+        ...
+
+    def history(self, app: str | None = None, limit: int | None = None) -> list[Entry]:
+        """Entries newest first, of one app or of all, at most `limit` of them."""
+        ...
+
+    def current(self, app: str) -> Entry | None:
+        """The app's newest healthy entry: what should be running now (None: never deployed)."""
+        ...
+
+    def last_healthy(self, app: str, *, not_digest: str | None = None, before_id: int | None = None) -> Entry | None:
+        """The app's newest healthy entry whose digest is not `not_digest` and whose id is
+        below `before_id` (either filter optional): what a revert goes back to."""
+        ...
+
+    def healthy_with_tag(self, app: str, tag: str) -> Entry | None:
+        """The app's newest healthy entry recorded with that tag (`rollout revert --to TAG`)."""
+        ...
+
+    def with_tag(self, app: str, tag: str) -> list[Entry]:
+        """Every entry of the app recorded with that tag, whatever its kind and status, newest first."""
+        ...
+
+    def digests_for_tag(self, app: str, tag: str) -> set[str]:
+        """Every digest ever recorded for app:tag, whatever the outcome (a retag is refused)."""
+        ...
+
+    def unfinished(self, app: str | None = None) -> list[Entry]:
+        """Entries still pending, applying or verifying, oldest first: what recovery interrupts."""
+        ...
+
+    def counts(self, app: str) -> dict[tuple[str, str], int]:
+        """How many entries the app has, by (kind, status), for the metrics."""
+        ...
+
+    def targets(self, entry_id: int) -> list[TargetRow]:
+        """The entry's target rows in the order they were first recorded."""
+        ...
+
+    # -- events --------------------------------------------------------------------
+
+    def event(self, entry_id: int | None, event: str, detail: dict[str, Any] | None = None) -> None:
+        """Append an event (entry_id None: about the ledger or an app, not an entry); the
+        detail is stored as JSON (values that are not JSON are stored as their str())."""
+        ...
+
+    def events(self, entry_id: int) -> list[dict[str, Any]]:
+        """The entry's events in order, each {"at": ISO 8601 UTC, "event": name, "detail": dict}."""
+        ...
+
+    # -- transactions and the write guard ------------------------------------------
+
+    def transaction(self) -> ContextManager[object]:
+        """Group the writes of the block into one commit (nested blocks join the outermost).
+
+        Takes the write lock up front; the guard, if set, runs first and may raise LeaseLost.
+        """
+        ...
+
+    def check_guard(self) -> None:
+        """Raise what the next write would (LeaseLost once the guarded lease is lost), writing nothing."""
+        ...
+
+    def abandon_open_transaction(self) -> None:
+        """Roll back a transaction a signal left open between its start and its `with` block."""
+        ...
+
+    def guard_writes(self, lease: Lease | None) -> None:
+        """From now on every write of this handle first checks that `lease` is still held
+        (same app, host and pid), raising LeaseLost if another rollout took it; None stops
+        checking. Used by rollout.lock.held for the block it guards."""
+        ...
+
+    # -- leases (rollout.lock holds the policy: waiting, heartbeat) -----------------
+
+    def leases(self, app: str | None = None) -> list[Lease]:
+        """The leases held now, of one app or all, ordered by app."""
+        ...
+
+    def take_lease(self, app: str, lease_seconds: float) -> Lease | None:
+        """Take the app's lease for this process (`default_actor()`, this host, this pid) for
+        `lease_seconds` (wall-clock), if it is free or stale (`Lease.is_stale`); None when a
+        live holder has it. Taking over a stale lease records a `lock:taken-over` event."""
+        ...
+
+    def renew_lease(self, lease: Lease, lease_seconds: float) -> bool:
+        """Push our lease's expiry to now + lease_seconds; False when it is no longer ours."""
+        ...
+
+    def release_lease(self, lease: Lease) -> None:
+        """Drop our lease; a lease another rollout has taken since is left alone."""
+        ...
+
+    def force_release(self, app: str) -> Lease | None:
+        """Drop the app's lease whoever holds it (`rollout lock release`), recording
+        `lock:released-by-hand`; return the lease dropped, None when there was none."""
+        ...
+
+    # -- build records (rollout.rebuild) ---------------------------------------------
+
+    def record_build(self, build: PushedBuild) -> None:
+        """Record a pushed build (a `build:pushed` event; its `at` is the event's time)."""
+        ...
+
+    def pushed_builds(self, app: str) -> list[PushedBuild]:
+        """The app's pushed builds, oldest first."""
+        ...
+
+    def rebuilds(self, app: str, build_key: str | None = None, limit: int | None = None) -> list[Entry]:
+        """The app's `rebuild` entries, newest first, only those with `build_key` when given."""
+        ...
+
+    def build_key_count(self, app: str) -> int:
+        """How many distinct build keys the app's rebuild entries have (the tag's `{n}` counter)."""
+        ...
+
+
+class SqliteLedger(LedgerBackend):
+    """The ledger in one SQLite file (WAL mode, created 0600); every method is a short
+    transaction so concurrent rollouts interleave safely. Method contracts: LedgerBackend.
+
+    Opening creates or migrates the file (one transaction) and raises LedgerError for a
+    file that is unreadable, foreign or of a newer schema, LedgerBusy when another process
+    holds its write lock for over 30 s. `db` is the raw connection: for this module and
+    for tests that must reach under the interface, never for other callers.
+    """
+
+    database_errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.db = _connect(self.path)
         _ensure_schema(self.db, self.path)
-        # Run inside every write transaction, under SQLite's write lock: lock.held installs
+        # Run inside every write transaction, under SQLite's write lock: guard_writes installs
         # one that refuses the write once another rollout has taken the app's lease.
-        self.guard: Callable[[sqlite3.Connection], None] | None = None
+        self._guard: Callable[[sqlite3.Connection], None] | None = None
+
+    def reopen(self) -> "SqliteLedger":
+        # sqlite3 connections are not for concurrent use: another thread needs its own.
+        return type(self)(self.path)
 
     def close(self) -> None:
         self.db.close()
@@ -238,7 +492,7 @@ class Ledger:
             )
             entry_id = cursor.lastrowid
             self._event(entry_id, "recorded", {"kind": new.kind, "tag": new.tag, "digest": new.digest})
-        kill_point("recorded")
+        faults.kill_point("recorded")
         return self.get(entry_id)
 
     def set_status(self, entry_id: int, status: str, error: str | None = None) -> None:
@@ -249,7 +503,7 @@ class Ledger:
                 [status, finished_at, error, entry_id],
             )
             self._event(entry_id, f"status:{status}", {"error": error} if error else {})
-        kill_point(f"status:{status}")
+        faults.kill_point(f"status:{status}")
 
     def set_target(self, entry_id: int, target: str, *, outcome: str, image_before: str | None = None,
                    image_after: str | None = None, detail: str | None = None) -> None:
@@ -271,12 +525,12 @@ class Ledger:
                     [entry_id, target, image_before, image_after, outcome, detail, now_iso()],
                 )
             self._event(entry_id, f"target:{outcome}", {"target": target, "detail": detail})
-        kill_point(f"target:{outcome}")
+        faults.kill_point(f"target:{outcome}")
 
     def event(self, entry_id: int | None, event: str, detail: dict[str, Any] | None = None) -> None:
         with self.transaction():
             self._event(entry_id, event, detail or {})
-        kill_point(event)
+        faults.kill_point(event)
 
     def _event(self, entry_id: int | None, event: str, detail: dict[str, Any]) -> None:
         self.db.execute(
@@ -290,12 +544,16 @@ class Ledger:
             self.db.execute("ROLLBACK")
 
     def transaction(self) -> "_Transaction":
-        return _Transaction(self.db, self.guard)
+        # Yields the sqlite3 connection: for this module and tests only (LedgerBackend says object).
+        return _Transaction(self.db, self._guard)
 
     def check_guard(self) -> None:
         """Raise what the next write would (LeaseLost once the app's lock is lost), writing nothing."""
         with self.transaction():
             pass
+
+    def guard_writes(self, lease: Lease | None) -> None:
+        self._guard = None if lease is None else _still_held(lease)
 
     # -- reading -------------------------------------------------------------
 
@@ -310,16 +568,7 @@ class Ledger:
         return Entry.from_row(row) if row else None
 
     def history(self, app: str | None = None, limit: int | None = None) -> list[Entry]:
-        sql = "SELECT * FROM entries"
-        params: list[Any] = []
-        if app is not None:
-            sql += " WHERE app = ?"
-            params.append(app)
-        sql += " ORDER BY id DESC"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
-        return [Entry.from_row(row) for row in self._rows(sql, params)]
+        return self._newest_first({} if app is None else {"app": app}, limit)
 
     def current(self, app: str) -> Entry | None:
         """The app's newest healthy entry: what should be running now."""
@@ -343,6 +592,11 @@ class Ledger:
             "SELECT * FROM entries WHERE app = ? AND tag = ? AND status = 'healthy' ORDER BY id DESC LIMIT 1", [app, tag]
         )
         return Entry.from_row(row) if row else None
+
+    def with_tag(self, app: str, tag: str) -> list[Entry]:
+        """Every entry of `app` recorded with `tag`, whatever its kind and status, newest first."""
+        return [Entry.from_row(row) for row in
+                self._rows("SELECT * FROM entries WHERE app = ? AND tag = ? ORDER BY id DESC", [app, tag])]
 
     def digests_for_tag(self, app: str, tag: str) -> set[str]:
         return {row["digest"] for row in self._rows("SELECT DISTINCT digest FROM entries WHERE app = ? AND tag = ?", [app, tag])}
@@ -372,6 +626,95 @@ class Ledger:
         rows = self._rows("SELECT at, event, detail FROM events WHERE entry_id = ? ORDER BY id", [entry_id])
         return [{**row, "detail": json.loads(row["detail"])} for row in rows]
 
+    # -- leases ----------------------------------------------------------------
+
+    def leases(self, app: str | None = None) -> list[Lease]:
+        sql = "SELECT app, holder, host, pid, acquired_at, expires_at, heartbeat_at FROM locks"
+        params: list[Any] = []
+        if app is not None:
+            sql += " WHERE app = ?"
+            params.append(app)
+        return [Lease(**row) for row in self._rows(sql + " ORDER BY app", params)]
+
+    def take_lease(self, app: str, lease_seconds: float) -> Lease | None:
+        now = time.time()
+        # BEGIN IMMEDIATE: the read and the write below are one step no other rollout can split.
+        with self.transaction():
+            held = self.leases(app)
+            if held and not held[0].is_stale(now):
+                return None
+            if held:
+                self._event(None, "lock:taken-over", {"app": app, "from": held[0].holder, "pid": held[0].pid})
+            started = now_iso()
+            lease = Lease(app, default_actor(), socket.gethostname(), os.getpid(), started, now + lease_seconds, started)
+            self.db.execute(
+                "INSERT OR REPLACE INTO locks (app, holder, host, pid, acquired_at, expires_at, heartbeat_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [lease.app, lease.holder, lease.host, lease.pid, lease.acquired_at, lease.expires_at, lease.heartbeat_at],
+            )
+        return lease
+
+    def renew_lease(self, lease: Lease, lease_seconds: float) -> bool:
+        with self.transaction():
+            cursor = self.db.execute(
+                "UPDATE locks SET expires_at = ?, heartbeat_at = ? WHERE app = ? AND pid = ? AND host = ?",
+                [time.time() + lease_seconds, now_iso(), lease.app, lease.pid, lease.host],
+            )
+        return cursor.rowcount == 1
+
+    def release_lease(self, lease: Lease) -> None:
+        with self.transaction():
+            self.db.execute("DELETE FROM locks WHERE app = ? AND pid = ? AND host = ?", [lease.app, lease.pid, lease.host])
+
+    def force_release(self, app: str) -> Lease | None:
+        with self.transaction():
+            held = self.leases(app)
+            self.db.execute("DELETE FROM locks WHERE app = ?", [app])
+            if held:
+                self._event(None, "lock:released-by-hand", {"app": app, "holder": held[0].holder, "pid": held[0].pid})
+        return held[0] if held else None
+
+    # -- build records -----------------------------------------------------------
+
+    def record_build(self, build: PushedBuild) -> None:
+        self.event(None, BUILD_PUSHED, {k: v for k, v in asdict(build).items() if k != "at"})
+
+    def pushed_builds(self, app: str) -> list[PushedBuild]:
+        # Build events carry the app in their JSON detail, not in a column (schema 2): filter here.
+        builds = []
+        for row in self._rows("SELECT at, detail FROM events WHERE entry_id IS NULL AND event = ? ORDER BY id",
+                              [BUILD_PUSHED]):
+            values = json.loads(row["detail"])
+            if values.get("app") == app:
+                builds.append(PushedBuild(at=row["at"], **{name: values[name] for name in (
+                    "app", "repository", "tag", "digest", "build_key", "base_digests", "deploy")}))
+        return builds
+
+    def rebuilds(self, app: str, build_key: str | None = None, limit: int | None = None) -> list[Entry]:
+        equal = {"app": app, "kind": REBUILD}
+        if build_key is not None:
+            equal["build_key"] = build_key
+        return self._newest_first(equal, limit)
+
+    def build_key_count(self, app: str) -> int:
+        row = self.db.execute("SELECT COUNT(DISTINCT build_key) FROM entries WHERE app = ? AND kind = ?",
+                              [app, REBUILD]).fetchone()
+        return int(row[0])
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _newest_first(self, equal: dict[str, Any], limit: int | None) -> list[Entry]:
+        """Entries whose columns equal `equal` (names from this module, never from input), newest first."""
+        sql = "SELECT * FROM entries"
+        if equal:
+            sql += " WHERE " + " AND ".join(f"{column} = ?" for column in equal)
+        params: list[Any] = list(equal.values())
+        sql += " ORDER BY id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [Entry.from_row(row) for row in self._rows(sql, params)]
+
     def _rows(self, sql: str, params: list[Any]) -> Iterator[dict[str, Any]]:
         cursor = self.db.execute(sql, params)
         columns = [c[0] for c in cursor.description]
@@ -380,6 +723,30 @@ class Ledger:
 
     def _one(self, sql: str, params: list[Any]) -> dict[str, Any] | None:
         return next(iter(self._rows(sql, params)), None)
+
+
+# The name callers construct (`Ledger(path)`): the SQLite backend, the embedded default.
+Ledger = SqliteLedger
+
+
+def open_ledger(location: str | os.PathLike[str]) -> LedgerBackend:
+    """The ledger at `location`: today a SQLite file path (created if missing).
+
+    The one place a backend is chosen, so a URL scheme for another backend (issue 13:
+    postgresql://) is added here. Raises LedgerError / LedgerBusy (see SqliteLedger).
+    """
+    return SqliteLedger(location)
+
+
+def _still_held(lease: Lease) -> Callable[[sqlite3.Connection], None]:
+    def guard(conn: sqlite3.Connection) -> None:
+        row = conn.execute("SELECT 1 FROM locks WHERE app = ? AND pid = ? AND host = ?",
+                           [lease.app, lease.pid, lease.host]).fetchone()
+        if row is None:
+            raise LeaseLost(f"another rollout took over the lock on {lease.app} while this one ran:"
+                            f" stopped without changing anything more; it now decides what {lease.app} runs"
+                            f" (see `rollout status {lease.app}`)")
+    return guard
 
 
 class _Transaction:

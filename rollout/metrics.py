@@ -26,9 +26,12 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from rollout.errors import EXIT_INTERNAL, Interrupted, LeaseLost, RolloutError, one_line
+
+if TYPE_CHECKING:
+    from rollout.ledger import LedgerBackend
 
 OUTCOMES = {0: "ok", 1: "reverted", 2: "usage_error", 3: "revert_failed", 4: "locked", 5: "unreachable",
             10: "changed", EXIT_INTERNAL: "internal_error", 130: "interrupted", 143: "interrupted"}
@@ -63,7 +66,8 @@ def outcome_of(exit_code: int) -> str:
 class _Snapshot:
     """A prometheus_client collector over one run, the ledger and last runs kept from an earlier file."""
 
-    def __init__(self, run: Run | None, ledger: Any, apps: Iterable[str], kept: list[tuple[str, dict[str, str], float]]):
+    def __init__(self, run: Run | None, ledger: "LedgerBackend", apps: Iterable[str],
+                 kept: list[tuple[str, dict[str, str], float]]):
         self.run = run
         self.ledger = ledger
         self.apps = sorted(set(apps))
@@ -122,8 +126,10 @@ class _Snapshot:
         yield from (current_info, current_entry, reverts, entries)
 
 
-def registry_for(run: Run | None, ledger: Any, apps: Iterable[str],
+def registry_for(run: Run | None, ledger: "LedgerBackend", apps: Iterable[str],
                  kept: list[tuple[str, dict[str, str], float]] | None = None) -> Any:
+    """A prometheus_client CollectorRegistry holding the run's last-run series (and `kept`, from
+    an earlier file) and each app's ledger series (current entry, entry and revert counts)."""
     from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry(auto_describe=False)
@@ -159,7 +165,7 @@ def _kept_last_runs(path: Path, run: Run | None) -> list[tuple[str, dict[str, st
 # -- writing -----------------------------------------------------------------------
 
 
-def write_textfile(path: str | os.PathLike[str], run: Run | None, ledger: Any, apps: Iterable[str]) -> None:
+def write_textfile(path: str | os.PathLike[str], run: Run | None, ledger: "LedgerBackend", apps: Iterable[str]) -> None:
     """Write (atomically) the textfile-collector file at path; raises OSError when it cannot."""
     from prometheus_client import write_to_textfile
 
@@ -173,7 +179,7 @@ def write_textfile(path: str | os.PathLike[str], run: Run | None, ledger: Any, a
         os.chmod(target, 0o644)
 
 
-def push(gateway: str, run: Run, ledger: Any) -> None:
+def push(gateway: str, run: Run, ledger: "LedgerBackend") -> None:
     """Push this run's metrics to a Pushgateway, grouped by job=rollout and app; raises on failure."""
     from prometheus_client import push_to_gateway
 
@@ -229,11 +235,11 @@ def _record(command: str, code: int, duration: float, metrics_file: str | None, 
         app, cfg = subject()
     except Exception:  # noqa: BLE001 - no app or no config: the error itself was already reported
         return
-    from rollout.ledger import Ledger
+    from rollout.ledger import open_ledger
 
     run = Run(command=command, app=app, ended_at=time.time(), duration=duration, exit_code=code)
     try:
-        ledger = Ledger(cfg.ledger_path)
+        ledger = open_ledger(cfg.ledger_path)
     except Exception as exc:  # noqa: BLE001
         warn(f"warning: metrics not written: cannot open the ledger ({one_line(exc)})")
         return

@@ -15,7 +15,6 @@ with --no-deploy, is not built again for the same inputs.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 import tempfile
 from collections import deque
@@ -50,13 +49,13 @@ from rollout.errors import (
     UserError,
     one_line,
 )
-from rollout.ledger import Entry, Ledger, kill_point
+from rollout.faults import kill_point
+from rollout.ledger import Entry, Ledger, PushedBuild
 from rollout.orchestrator import Orchestrator
 from rollout.output import clip
 from rollout.reference import Reference, repo_digests, short_digest
 from rollout.targets import Target, TargetState, observe
 
-BUILD_EVENT = "build:pushed"
 _TERMINAL_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 BUILD_LOG_LINES = 20
 BUILD_TIMEOUT = 1800  # seconds the engine may take for one build or push
@@ -118,50 +117,19 @@ def gather_inputs(app: AppConfig, config_path: Path | None, registry: Resolver) 
 # -- what the ledger remembers -------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PushedBuild:
-    """One image rollout built and pushed (a `build:pushed` ledger event)."""
-
-    app: str
-    repository: str
-    tag: str
-    digest: str
-    build_key: str
-    base_digests: dict[str, str]
-    at: str
-    deploy: bool
-
-    @property
-    def image(self) -> str:
-        return f"{self.repository}:{self.tag}@{self.digest}"
-
-
 def pushed_builds(ledger: Ledger, app: str) -> list[PushedBuild]:
     """The app's pushed builds, oldest first."""
-    rows = ledger.db.execute(
-        "SELECT at, detail FROM events WHERE entry_id IS NULL AND event = ? ORDER BY id", [BUILD_EVENT]
-    ).fetchall()
-    builds = []
-    for at, detail in rows:
-        values = json.loads(detail)
-        if values.get("app") == app:
-            builds.append(PushedBuild(at=at, **{k: values[k] for k in (
-                "app", "repository", "tag", "digest", "build_key", "base_digests", "deploy")}))
-    return builds
+    return ledger.pushed_builds(app)
 
 
 def record_push(ledger: Ledger, build: PushedBuild) -> None:
-    detail = {k: v for k, v in asdict(build).items() if k != "at"}
-    ledger.event(None, BUILD_EVENT, detail)
+    """Record a pushed build in the ledger (a `build:pushed` event)."""
+    ledger.record_build(build)
 
 
 def rebuild_entries(ledger: Ledger, app: str, key: str) -> list[Entry]:
     """The app's rebuild entries with this build key, newest first."""
-    cursor = ledger.db.execute(
-        "SELECT * FROM entries WHERE app = ? AND kind = ? AND build_key = ? ORDER BY id DESC", [app, L.REBUILD, key]
-    )
-    columns = [c[0] for c in cursor.description]
-    return [Entry.from_row(dict(zip(columns, row))) for row in cursor.fetchall()]
+    return ledger.rebuilds(app, key)
 
 
 def last_build_key(ledger: Ledger, app: str) -> tuple[str | None, dict[str, str]]:
@@ -169,11 +137,8 @@ def last_build_key(ledger: Ledger, app: str) -> tuple[str | None, dict[str, str]
     builds = pushed_builds(ledger, app)
     if builds:
         return builds[-1].build_key, builds[-1].base_digests
-    cursor = ledger.db.execute(
-        "SELECT build_key, base_digests FROM entries WHERE app = ? AND kind = ? ORDER BY id DESC LIMIT 1", [app, L.REBUILD]
-    )
-    row = cursor.fetchone()
-    return (row[0], json.loads(row[1] or "{}")) if row else (None, {})
+    last = ledger.rebuilds(app, limit=1)
+    return (last[0].build_key, last[0].base_digests or {}) if last else (None, {})
 
 
 @dataclass(frozen=True)
@@ -316,7 +281,7 @@ def _deploy(app: AppConfig, orchestrator: Orchestrator, inputs: Inputs, tag: str
 
 def _new_tag(app: AppConfig, inputs: Inputs, ledger: Ledger) -> str:
     """Render the tag template; a tag already in the ledger is an error, never a reuse."""
-    count = max(len(pushed_builds(ledger, app.name)), _rebuild_count(ledger, app.name))
+    count = max(len(pushed_builds(ledger, app.name)), ledger.build_key_count(app.name))
     git = git_commit(inputs.settings.context) if "{git}" in inputs.settings.tag else None
     first_base = inputs.bases[0][1] if inputs.bases else None
     tag = render_tag(inputs.settings.tag, n=count + 1, first_base_digest=first_base, git=git)
@@ -349,12 +314,6 @@ def _earlier_push_of_this_build(engine: Callable[[], Any], app: AppConfig, input
         return digest
     raise UserError(f"{app.image}:{tag} already exists in the registry: tags are never overwritten;"
                     f" make apps.{app.name}.build.tag unique per build (e.g. with {{n}})")
-
-
-def _rebuild_count(ledger: Ledger, app: str) -> int:
-    row = ledger.db.execute("SELECT COUNT(DISTINCT build_key) FROM entries WHERE app = ? AND kind = ?",
-                            [app, L.REBUILD]).fetchone()
-    return int(row[0])
 
 
 # -- build and push with the Docker SDK -----------------------------------------------

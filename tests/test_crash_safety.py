@@ -1,7 +1,7 @@
 """SIGKILL `rollout deploy` at many distinct moments on the real engine, then check nothing is lost.
 
 Moments are reproducible: the product's test hook (`ROLLOUT_TEST_KILL_AT="<step>#<n>"`,
-rollout.ledger.kill_point) makes the process kill itself right after the n-th such step;
+rollout.faults.kill_point) makes the process kill itself right after the n-th such step;
 moments between steps (waiting for health, an engine pull) are reached by killing at a
 fixed delay after a step the test sees in the ledger.
 

@@ -3,10 +3,16 @@ enforced by triggers stored in the file itself (so raw SQL cannot rewrite histor
 
 from __future__ import annotations
 
+import ast
+import inspect
 import os
+import signal
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
+import time
 from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
@@ -14,9 +20,10 @@ from typing import Iterator
 import pytest
 
 from rollout import ledger as L
-from rollout.errors import EXIT_LOCKED, EXIT_USAGE, LedgerBusy, LedgerError
+from rollout.errors import EXIT_LOCKED, EXIT_USAGE, LeaseLost, LedgerBusy, LedgerError
 from rollout.ledger import Ledger, NewEntry
 from fakes import IMAGE, digest_of
+from support.ledger_interface import InterfaceOnly, interface_names
 
 
 @pytest.fixture
@@ -313,3 +320,148 @@ def test_every_kind_of_busy_is_busy_not_damage(code: int) -> None:
     assert L._is_busy(error)
     error.sqlite_errorcode = sqlite3.SQLITE_CORRUPT
     assert not L._is_busy(error)
+
+
+# -- one interface: every caller goes through LedgerBackend ------------------------------------
+
+ROLLOUT = Path(L.__file__).parent
+
+
+def test_the_sqlite_ledger_implements_every_operation_of_the_interface(path: Path) -> None:
+    # Every operation declared by the interface is the SQLite class's own (not the Protocol's
+    # empty stub), takes the same parameters, and is documented (shapes, units, errors).
+    for name in interface_names() - {"database_errors"}:
+        declared, implemented = getattr(L.LedgerBackend, name), L.SqliteLedger.__dict__.get(name)
+        assert implemented is not None, f"SqliteLedger does not implement {name}"
+        assert list(inspect.signature(implemented).parameters) == list(inspect.signature(declared).parameters), name
+        assert inspect.getdoc(declared), f"LedgerBackend.{name} has no docstring"
+    assert L.Ledger is L.SqliteLedger, "callers construct Ledger(path)"
+    opened = L.open_ledger(path)
+    try:
+        assert isinstance(opened, L.SqliteLedger) and opened.database_errors == (sqlite3.Error,)
+    finally:
+        opened.close()
+    for public in (L.LedgerBackend, L.SqliteLedger, L.Entry, L.NewEntry, L.TargetRow, L.Lease, L.PushedBuild,
+                   L.open_ledger, L.now_iso, L.default_actor):
+        assert inspect.getdoc(public), f"{public.__name__} has no docstring"
+    assert "wall-clock" in (inspect.getdoc(L.Lease) or "") and "monotonic" in (inspect.getdoc(L.Lease) or "")
+
+
+def _reaches_under_the_ledger(tree: ast.AST) -> list[str]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [alias.name for alias in node.names] + [getattr(node, "module", None) or ""]
+            found += [f"line {node.lineno}: imports {n}" for n in names if n.split(".")[0] in ("sqlite3", "sqlite_utils")]
+        elif isinstance(node, ast.Attribute):
+            owner = ast.unparse(node.value)
+            if node.attr in ("db", "execute", "executemany", "executescript") or (
+                    node.attr.startswith("_") and not node.attr.startswith("__") and "ledger" in owner.lower()):
+                found.append(f"line {node.lineno}: {owner}.{node.attr}")
+    return found
+
+
+def test_no_module_outside_the_ledger_runs_sql_or_calls_its_private_methods() -> None:
+    offenders = {}
+    for module in sorted(ROLLOUT.rglob("*.py")):
+        if module.name.startswith("ledger"):
+            continue  # the ledger module and its backends
+        found = _reaches_under_the_ledger(ast.parse(module.read_text(encoding="utf-8")))
+        if found:
+            offenders[str(module.relative_to(ROLLOUT))] = found
+    assert offenders == {}
+
+
+def test_build_records_round_trip_through_the_interface(ledger: Ledger) -> None:
+    from rollout import rebuild
+
+    only = InterfaceOnly(ledger)
+    first = L.PushedBuild("web", "reg.lan/web", "20240101.1", digest_of("b1"), "key-1", {"busybox": digest_of("base")},
+                          at="", deploy=True)
+    second = L.PushedBuild("web", "reg.lan/web", "20240101.2", digest_of("b2"), "key-2", {}, at="", deploy=False)
+    rebuild.record_push(only, first)  # type: ignore[arg-type]
+    only.record_build(L.PushedBuild("api", "reg.lan/api", "1", digest_of("api"), "key-1", {}, at="", deploy=True))
+    only.record_build(second)
+    builds = rebuild.pushed_builds(only, "web")  # type: ignore[arg-type]
+    assert [(b.tag, b.base_digests, b.deploy) for b in builds] == [
+        ("20240101.1", {"busybox": digest_of("base")}, True), ("20240101.2", {}, False)]
+    assert all(b.at.endswith("+00:00") for b in builds), "at is the recorded event's ISO 8601 UTC time"
+    assert builds[1].image == f"reg.lan/web:20240101.2@{digest_of('b2')}"
+    assert rebuild.last_build_key(only, "web") == ("key-2", {})  # type: ignore[arg-type]
+
+    older = record(ledger, "20240101.1", "b1", status=L.FAILED, kind=L.REBUILD, build_key="key-1",
+                   base_digests={"busybox": digest_of("base")})
+    newer = record(ledger, "20240101.3", "b3", status=L.HEALTHY, kind=L.REBUILD, build_key="key-1")
+    record(ledger, "20240101.4", "b4", kind=L.REBUILD, build_key="key-3")
+    record(ledger, "v9", "deploy", status=L.HEALTHY)
+    assert [e.id for e in only.rebuilds("web", "key-1")] == [newer.id, older.id]
+    assert rebuild.rebuild_entries(only, "web", "key-1") == [newer, older]  # type: ignore[arg-type]
+    assert [e.tag for e in only.rebuilds("web", limit=1)] == ["20240101.4"]
+    assert only.build_key_count("web") == 2 and only.build_key_count("api") == 0
+    # Without a pushed build, the last rebuild entry names the key (base digests {} when none recorded).
+    assert rebuild.last_build_key(only, "nobody") == (None, {})  # type: ignore[arg-type]
+    decision = rebuild.decide(only, "web", "key-1")  # type: ignore[arg-type]
+    assert (decision.action, decision.entry, decision.build) == (rebuild.DEPLOY_EXISTING, newer, builds[0])
+
+
+def test_leases_are_taken_renewed_and_released_through_the_interface(ledger: Ledger, path: Path) -> None:
+    only = InterfaceOnly(ledger)
+    before = time.time()
+    lease = only.take_lease("web", 30.0)
+    assert lease is not None and (lease.app, lease.holder, lease.pid) == ("web", L.default_actor(), os.getpid())
+    assert before + 30.0 <= lease.expires_at <= time.time() + 30.0, "expires_at is wall-clock epoch seconds"
+    assert only.take_lease("web", 30.0) is None, "a live holder keeps its lease"
+    assert only.leases() == [lease] and only.leases("api") == []
+    assert only.renew_lease(lease, 60.0)
+    assert only.leases("web")[0].expires_at >= before + 60.0
+    only.release_lease(lease)
+    assert only.leases() == [] and not only.renew_lease(lease, 60.0)
+
+    mine = only.take_lease("web", 30.0)
+    assert mine is not None
+    only.guard_writes(mine)
+    only.event(None, "guarded write")  # still ours: allowed
+    other = only.reopen()  # `rollout lock release web` from another process
+    try:
+        assert other.force_release("web") == mine and other.force_release("web") is None
+    finally:
+        other.close()
+    with pytest.raises(LeaseLost, match="another rollout took over the lock on web"):
+        only.event(None, "too late")
+    with pytest.raises(LeaseLost):
+        only.check_guard()
+    only.guard_writes(None)
+    only.event(None, "unguarded write")
+    with raw(path) as conn:
+        events = [e for (e,) in conn.execute("SELECT event FROM events WHERE entry_id IS NULL ORDER BY id")]
+    assert events == ["guarded write", "lock:released-by-hand", "unguarded write"]
+
+
+KILLED_AT_A_LEDGER_STEP = """
+import sys
+from rollout import faults
+from rollout.ledger import Ledger
+ledger = Ledger(sys.argv[1])
+for n in (1, 2, 3):
+    ledger.event(None, "step")
+    print(n, flush=True)
+faults.kill_point("docker:created")
+print("survived", flush=True)
+"""
+
+
+@pytest.mark.parametrize("kill_at, printed, recorded", [
+    ("step#2", ["1"], 2),  # killed right after the 2nd step was written
+    ("docker:created#1", ["1", "2", "3"], 3),
+    ("", ["1", "2", "3", "survived"], 3),  # unset: the hooks do nothing
+])
+def test_a_fault_hook_kills_the_process_right_after_the_named_step(path: Path, kill_at: str, printed: list[str],
+                                                                   recorded: int) -> None:
+    env = {**os.environ, "ROLLOUT_TEST_KILL_AT": kill_at}
+    done = subprocess.run([sys.executable, "-c", KILLED_AT_A_LEDGER_STEP, str(path)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == (-signal.SIGKILL if kill_at else 0), done.stderr
+    assert done.stdout.split() == printed
+    with raw(path) as conn:
+        assert conn.execute("SELECT count(*) FROM events WHERE event = 'step'").fetchone()[0] == recorded
+    assert not hasattr(L, "kill_point"), "the test hook lives in rollout.faults, not in the ledger"

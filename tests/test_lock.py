@@ -17,6 +17,7 @@ from rollout import lock
 from rollout.errors import EXIT_LOCKED, LeaseLost, LedgerBusy, LockHeld
 from rollout.ledger import Ledger, default_actor
 from fakes import plant, take_over
+from support.ledger_interface import InterfaceOnly
 
 
 @pytest.fixture
@@ -199,11 +200,35 @@ def test_a_lease_taken_over_is_not_taken_back(ledger: Ledger, caplog: pytest.Log
 
 def test_a_heartbeat_connection_that_cannot_open_leaves_no_lease_behind(ledger: Ledger,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    def busy(path: object) -> Ledger:
-        raise LedgerBusy(f"ledger {path} is busy (database is locked)")
+    def busy() -> Ledger:
+        raise LedgerBusy(f"ledger {ledger.path} is busy (database is locked)")
 
-    monkeypatch.setattr(lock, "Ledger", busy)
+    # The heartbeat's handle is a second ledger object on the same ledger (LedgerBackend.reopen).
+    monkeypatch.setattr(ledger, "reopen", busy)
     with pytest.raises(LedgerBusy):
         with lock.held(ledger, "web"):
             pytest.fail("the block must not run without a heartbeat")
     assert lock.read(ledger, "web") == [], "nobody would renew or release it"
+
+
+def test_the_lock_needs_nothing_but_the_ledger_interface(ledger: Ledger) -> None:
+    # Handed a ledger that answers only LedgerBackend's operations (no SQL, no private
+    # methods), every lock operation still works: it would on another backend too.
+    only = InterfaceOnly(ledger)
+    with lock.held(only, "web", lease_seconds=0.6) as lease:  # type: ignore[arg-type]
+        assert lock.read(only, "web") == [lease]  # type: ignore[arg-type]
+        with pytest.raises(LockHeld, match=f"pid {lease.pid}"):
+            lock.acquire(only, "web", wait=0)  # type: ignore[arg-type]
+        deadline = time.monotonic() + 10
+        while lock.read(only, "web")[0].expires_at == lease.expires_at and time.monotonic() < deadline:  # type: ignore[arg-type]
+            time.sleep(0.05)
+        assert lock.read(only, "web")[0].expires_at > lease.expires_at, "the heartbeat renewed it"  # type: ignore[arg-type]
+        only.event(None, "written while held")
+    assert lock.read(only) == []  # type: ignore[arg-type]
+    plant(ledger, "web", holder="bob@elsewhere", host="elsewhere.invalid", pid=1, expires_at=time.time() - 1)
+    taken = lock.try_acquire(only, "web")  # type: ignore[arg-type]
+    assert taken is not None and lock.renew(only, taken)  # type: ignore[arg-type]
+    released = lock.force_release(only, "web")  # type: ignore[arg-type]
+    assert released is not None and (released.holder, released.pid) == (taken.holder, taken.pid)
+    assert lock.read(only) == []  # type: ignore[arg-type]
+    assert lock_events(ledger) == ["written while held", "lock:taken-over", "lock:released-by-hand"]

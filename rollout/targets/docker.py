@@ -98,7 +98,7 @@ def _ssh_pool(self: Any, url: str, proxies: Any = None) -> Any:
 
 from rollout.config import AppConfig, TargetConfig
 from rollout.errors import ConfigError, TargetUnreachable, UserError, one_line
-from rollout.ledger import kill_point
+from rollout.faults import kill_point
 from rollout.reference import repo_digests
 from rollout.targets import Observation, Release, Running
 
