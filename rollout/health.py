@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from rollout.config import HealthPolicy
+from rollout.proxies import ProxyRoutedHandler
 from rollout.targets import Watch
 
 
@@ -27,9 +28,16 @@ class Verdict:
     elapsed: float
 
 
+# Proxies as Docker picks them (rollout.proxies): a loopback probe never goes through one.
+_OPENER = urllib.request.build_opener(ProxyRoutedHandler())
+
+
 def http_probe(url: str, timeout: float = 2.0) -> tuple[bool, str]:
+    """One GET of url: (healthy, detail). Healthy is a 2xx answer within timeout seconds;
+    detail is "http 200", "http 503" or "http: <why it failed>". Redirects are followed.
+    Never raises for what the server or the network does."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - URL comes from the operator's config
+        with _OPENER.open(url, timeout=timeout) as response:  # noqa: S310 - URL comes from the operator's config
             return 200 <= response.status < 300, f"http {response.status}"
     except urllib.error.HTTPError as exc:
         return False, f"http {exc.code}"

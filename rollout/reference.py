@@ -21,7 +21,7 @@ message rather than talk to a host nobody meant:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from rollout.errors import InvalidReference
@@ -46,6 +46,7 @@ _DIGEST = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
 _DIGEST_HEX_LENGTH = {"sha256": 64, "sha512": 128}
 # A bare 64-hex string is an image ID to Docker, so it is refused as a name.
 _IMAGE_ID = re.compile(r"[a-f0-9]{64}")
+_CONTAINER_NAME = re.compile(r"/?[a-zA-Z0-9][a-zA-Z0-9_.-]+")
 
 _TAG_RULE = "tags are letters, digits, _ . - up to 128 characters, not starting with . or -"
 _PATH_RULE = (
@@ -218,26 +219,105 @@ def _check_path(path: str, text: str) -> None:
 
 
 def _check_tag(tag: str, text: str) -> None:
+    why = _tag_problem(tag)
+    if why is not None:
+        raise _invalid(text, why, "tag", tag)
+
+
+def _tag_problem(tag: str) -> str | None:
+    """Why tag is no tag, or None when it is one."""
     if _TAG.fullmatch(tag):
-        return
+        return None
     if len(tag) > 128:
-        raise _invalid(text, f"tags are at most 128 characters, this one has {len(tag)}", "tag", tag)
-    raise _invalid(text, _TAG_RULE, "tag", tag)
+        return f"tags are at most 128 characters, this one has {len(tag)}"
+    return _TAG_RULE
 
 
 def _check_digest(digest: str, text: str) -> None:
+    why = _digest_problem(digest)
+    if why is not None:
+        raise _invalid(text, why, "digest", digest)
+
+
+def _digest_problem(digest: str) -> str | None:
+    """Why digest is not one rollout uses, or None when it is one."""
     if _DIGEST.fullmatch(digest):
-        return
+        return None
     algorithm, colon, hex_digits = digest.partition(":")
     if not colon:
-        why = "a digest is sha256:<64 hex digits> or sha512:<128 hex digits>"
-    elif algorithm not in _DIGEST_HEX_LENGTH:
-        why = f"unsupported digest algorithm {_show(algorithm)}; use sha256 or sha512"
-    elif len(hex_digits) != _DIGEST_HEX_LENGTH[algorithm]:
-        why = f"{algorithm} digests have {_DIGEST_HEX_LENGTH[algorithm]} hex digits, this one has {len(hex_digits)}"
+        return "a digest is sha256:<64 hex digits> or sha512:<128 hex digits>"
+    if algorithm not in _DIGEST_HEX_LENGTH:
+        return f"unsupported digest algorithm {_show(algorithm)}; use sha256 or sha512"
+    if len(hex_digits) != _DIGEST_HEX_LENGTH[algorithm]:
+        return f"{algorithm} digests have {_DIGEST_HEX_LENGTH[algorithm]} hex digits, this one has {len(hex_digits)}"
+    return "digest hex digits must be 0-9 and lowercase a-f"
+
+
+# -- what engines, clusters and registries send back ------------------------------------------
+#
+# Their answers are input too: a value that does not fit its grammar must not be recorded in
+# the ledger (where it stays forever) nor spliced into an engine API path. Each check returns
+# the value unchanged when it fits, and otherwise raises `error(message)`: the caller picks
+# the error type, so a bad answer from a registry ends as RegistryUnreachable (exit 5), not as
+# the user's bad input (exit 2).
+
+
+def checked_digest(value: object, source: str, error: Callable[[str], Exception], hint: str = "") -> str:
+    """value when it is a digest rollout can use, else raise error("<source> "<value>", which is ...").
+
+    Digests follow the OCI image spec (image-spec descriptor.md, "Digests"): algorithm ":"
+    encoded, with algorithm [a-z0-9]+([+._-][a-z0-9]+)* and encoded [a-zA-Z0-9=_-]+; of the
+    registered algorithms rollout takes sha256 (exactly 64 lowercase hex digits) and sha512
+    (128), the only ones Docker's reference grammar (distribution/reference) accepts, so what
+    passes here also passes the OCI grammar. source names who sent it ("registry X answered
+    web:1.0 with Docker-Content-Digest"); hint, if given, ends the message ("nothing was changed").
+    """
+    why = _digest_problem(value) if isinstance(value, str) else f"a {type(value).__name__}, not text"
+    if why is None:
+        return value  # type: ignore[return-value]  # a str: _digest_problem accepted it
+    raise error(_answer_message(source, value, f"which is not a digest: {why}", hint))
+
+
+def checked_tag(value: object, source: str, error: Callable[[str], Exception], hint: str = "") -> str:
+    """value when it is a tag by Docker's grammar ([A-Za-z0-9_][A-Za-z0-9_.-]{0,127},
+    distribution/reference regexp.go), else raise error(message naming source and value)."""
+    why = _tag_problem(value) if isinstance(value, str) else f"a {type(value).__name__}, not text"
+    if why is None:
+        return value  # type: ignore[return-value]
+    raise error(_answer_message(source, value, f"which is not a tag: {why}", hint))
+
+
+def checked_image(value: object, source: str, error: Callable[[str], Exception], hint: str = "") -> str:
+    """value when it names an image the way an engine or a pod spec may: a reference by Docker's
+    grammar (parse() accepts it), or an image ID (sha256:<64 hex>, or the 64 hex alone); else
+    raise error(message naming source and value). E.g. a container's Config.Image read back."""
+    if isinstance(value, str):
+        if _IMAGE_ID.fullmatch(value) or _DIGEST.fullmatch(value):
+            return value
+        try:
+            parse(value)
+            return value
+        except InvalidReference as invalid:
+            why = str(invalid)
     else:
-        why = "digest hex digits must be 0-9 and lowercase a-f"
-    raise _invalid(text, why, "digest", digest)
+        why = f"a {type(value).__name__}, not text"
+    raise error(_answer_message(source, value, f"which is not an image reference ({why})", hint))
+
+
+def checked_container_name(value: object, source: str, error: Callable[[str], Exception], hint: str = "") -> str:
+    """value when the engine accepts it as a container name, [a-zA-Z0-9][a-zA-Z0-9_.-]+ (moby
+    daemon/names/names.go, RestrictedNamePattern; the engine's leading "/" is allowed and kept),
+    else raise error(message naming source and value). Such names are safe in engine URL paths."""
+    if isinstance(value, str) and _CONTAINER_NAME.fullmatch(value):
+        return value
+    why = ("names are a letter or digit, then letters, digits, _ . or -" if isinstance(value, str)
+           else f"a {type(value).__name__}, not text")
+    raise error(_answer_message(source, value, f"which is not a container name: {why}", hint))
+
+
+def _answer_message(source: str, value: object, why: str, hint: str) -> str:
+    shown = _show(value) if isinstance(value, str) else repr(type(value).__name__)
+    return f"{source} {shown}, {why}" + (f"; {hint}" if hint else "")
 
 
 def _invalid(text: str, why: str, kind: str = "reference", part: str | None = None) -> InvalidReference:

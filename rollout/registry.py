@@ -1,14 +1,21 @@
 """Resolve image tags to digests over the registry HTTP API (OCI distribution spec).
 
 One HEAD per resolve: the digest comes from Docker-Content-Digest, and only a
-registry that leaves that header out costs a GET (hashed locally), because GETs
-count against Docker Hub's pull limit. Authentication follows the registry's
+registry that leaves that header out, or refuses HEAD (405), costs a GET (hashed
+locally: the digest of a manifest is the hash of its exact bytes, OCI distribution
+spec "Pulling manifests"), because GETs count against Docker Hub's pull limit. A
+registry that refused HEAD once is asked with GET for the rest of the process.
+Every digest a registry sends is checked before it is used or recorded
+(reference.checked_digest: sha256/sha512 in the OCI digest grammar) and, when the
+manifest itself came too, against the hash of its bytes; a bad one is a registry
+error (exit 5) and nothing is recorded. Authentication follows the registry's
 WWW-Authenticate challenge: Basic, or a Bearer token fetched from the realm and
 cached per registry and scope until it expires. Transient failures (connection
 errors, timeouts, 429, 5xx) are retried a bounded number of times.
 
 Plain HTTP is used only for loopback registries and ones listed as insecure;
-everything else is HTTPS with certificate verification.
+everything else is HTTPS with certificate verification. Proxies are picked as
+Docker picks them (rollout.proxies): never for loopback, NO_PROXY honoured.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 
 from rollout.credentials import Credentials, credentials_for
 from rollout.errors import RegistryAuthError, RegistryUnreachable, TagNotFound
-from rollout.reference import Reference, is_digest, registry_endpoint
+from rollout.proxies import ProxyRoutedSession
+from rollout.reference import Reference, checked_digest, is_digest, registry_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +55,13 @@ RETRY_AFTER_CAP = 10.0
 BACKOFF_FIRST = 0.25
 BACKOFF_MAX = 4.0
 TOTAL_RETRY_BUDGET = 60.0  # no more attempts start after this many seconds
+DIGEST_HEADER = "Docker-Content-Digest"
+_HASHES = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
+
+# Registries that answered 405 to a manifest HEAD in this process: asked with GET from then on,
+# and said so once (a command talks to a registry many times: `check` of 20 apps, a fleet).
+_head_refused: set[str] = set()
+_head_refused_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -222,8 +237,8 @@ class RegistryClient:
         self._insecure = frozenset(insecure)
         self._timeout = timeout
         self._attempts = max(1, attempts)
-        self._session = requests.Session()
-        # Passed with every request: requests lets $REQUESTS_CA_BUNDLE override Session.verify.
+        self._session = ProxyRoutedSession()
+        # Passed with every request: the session lets $REQUESTS_CA_BUNDLE fill in an unset verify.
         self._verify: str | bool = ca_bundle if ca_bundle else True
         self._tokens: dict[tuple[str, str], CachedToken] = {}
         self._challenges: dict[str, Challenge] = {}
@@ -238,38 +253,88 @@ class RegistryClient:
         return f"{self.base_url(ref.registry)}/v2/{ref.repository}/manifests/{reference}"
 
     def resolve(self, ref: Reference) -> str:
-        """The digest ref's tag points at now (a digest-only ref: its digest, once confirmed to exist)."""
+        """The digest ref's tag points at now (a digest-only ref: its digest, once confirmed to exist).
+
+        Returns "sha256:<64 hex>" (or sha512), checked as the module docstring says. Raises
+        TagNotFound (exit 2) when there is no such manifest, RegistryAuthError or
+        RegistryUnreachable (exit 5) when the registry cannot be asked or its answer is unusable.
+        """
         wanted = ref.tag if ref.tag is not None else ref.digest
         if wanted is None:
             raise ValueError(f"{ref} has neither tag nor digest")
-        response = self._manifest_request("HEAD", ref, wanted)
+        response = self._head_manifest(ref, wanted)
+        if response is None:
+            return self._digest_from_body(ref, wanted)
         if response.status_code == 404:
             raise TagNotFound(_not_found_message(ref, wanted))
-        digest = response.headers.get("Docker-Content-Digest")
-        if digest:
-            return digest
-        log.info("registry %s sent no Docker-Content-Digest; hashing the manifest instead", ref.registry)
-        return self._digest_from_body(ref, wanted)
+        sent = response.headers.get(DIGEST_HEADER)
+        if not sent:  # absent, or sent empty: the same to a client
+            log.info("registry %s sent no %s; hashing the manifest instead", ref.registry, DIGEST_HEADER)
+            return self._digest_from_body(ref, wanted)
+        digest = self._checked_header(sent, ref, wanted)
+        if ref.tag is None and ref.digest is not None and _algorithm(digest) == _algorithm(ref.digest) \
+                and digest != ref.digest:
+            raise RegistryUnreachable(
+                f"registry {ref.registry} answered a request for {ref.digest} with {DIGEST_HEADER} {digest}; "
+                "nothing was changed"
+            )
+        return ref.digest if ref.tag is None and ref.digest is not None else digest
 
     def exists(self, ref: Reference) -> bool:
-        """Whether the registry has a manifest for ref's digest (or, without one, its tag)."""
+        """Whether the registry has a manifest for ref's digest (or, without one, its tag).
+        One HEAD (a GET where the registry refuses HEAD); raises as resolve does."""
         wanted = ref.digest if ref.digest is not None else ref.tag
         if wanted is None:
             raise ValueError(f"{ref} has neither tag nor digest")
-        return self._manifest_request("HEAD", ref, wanted).status_code != 404
+        response = self._head_manifest(ref, wanted)
+        if response is None:
+            response = self._manifest_request("GET", ref, wanted)
+        return response.status_code != 404
+
+    def _head_manifest(self, ref: Reference, wanted: str) -> requests.Response | None:
+        """The HEAD answer (200 or 404), or None when this registry refuses HEAD: then ask with GET."""
+        with _head_refused_lock:
+            if ref.registry in _head_refused:
+                return None
+        response = self._manifest_request("HEAD", ref, wanted)
+        if response.status_code != 405:
+            return response
+        with _head_refused_lock:
+            first = ref.registry not in _head_refused
+            _head_refused.add(ref.registry)
+        if first:
+            # What containerd's resolver does too: a GET answers everything a HEAD would.
+            log.info("registry %s refuses HEAD of manifests (405 Method Not Allowed); asking with GET instead",
+                     ref.registry)
+        return None
 
     def _digest_from_body(self, ref: Reference, wanted: str) -> str:
+        """The manifest's digest from one GET: the hash of its exact bytes (OCI distribution spec),
+        which must agree with the Docker-Content-Digest the registry sent, if any, and with the
+        digest asked for, if one was."""
         response = self._manifest_request("GET", ref, wanted)
         if response.status_code == 404:
             raise TagNotFound(_not_found_message(ref, wanted))
-        digest = "sha256:" + hashlib.sha256(response.content).hexdigest()
-        if ref.tag is None and ref.digest is not None and ref.digest.startswith("sha256:") and digest != ref.digest:
-            raise RegistryUnreachable(f"registry {ref.registry} served a manifest for {ref.digest} that hashes to {digest}")
-        return digest
+        sent = response.headers.get(DIGEST_HEADER)
+        claimed = self._checked_header(sent, ref, wanted) if sent else None
+        asked = ref.digest if ref.tag is None else None
+        for expected, what in ((claimed, f"its {DIGEST_HEADER} says"), (asked, "was asked for")):
+            if expected is not None and _hash_of(response.content, _algorithm(expected)) != expected:
+                raise RegistryUnreachable(
+                    f"registry {ref.registry} served a manifest for {ref.repository}:{wanted} that hashes to "
+                    f"{_hash_of(response.content, _algorithm(expected))}, not the {expected} {what}; nothing was changed"
+                )
+        return asked or claimed or _hash_of(response.content, "sha256")
+
+    def _checked_header(self, sent: str, ref: Reference, wanted: str) -> str:
+        return checked_digest(
+            sent, f"registry {ref.registry} answered {ref.repository}:{wanted} with {DIGEST_HEADER}",
+            RegistryUnreachable, hint="nothing was recorded or changed",
+        )
 
     def _manifest_request(self, method: str, ref: Reference, wanted: str) -> requests.Response:
         response = self._authorized(method, self.manifest_url(ref, wanted), ref, "manifest")
-        if response.status_code in (200, 404):
+        if response.status_code in (200, 404) or (method == "HEAD" and response.status_code == 405):
             return response
         raise RegistryUnreachable(
             f"registry {ref.registry} answered {response.status_code} {response.reason} to {method} of {ref.repository}:{wanted}"
@@ -429,6 +494,15 @@ def _log_retry(registry: str, state: RetryCallState, timeout: float) -> None:
         describe_failure(error, timeout) if error else "?",
         wait,
     )
+
+
+def _algorithm(digest: str) -> str:
+    return digest.partition(":")[0]
+
+
+def _hash_of(content: bytes, algorithm: str) -> str:
+    """algorithm:hex of content; algorithm is one checked_digest accepts (sha256 or sha512)."""
+    return f"{algorithm}:{_HASHES[algorithm](content).hexdigest()}"
 
 
 def _not_found_message(ref: Reference, wanted: str) -> str:

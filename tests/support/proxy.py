@@ -5,7 +5,8 @@ image reference). Every request is counted by (method, kind), kind taken from th
 path: manifest, blob upload, blob, token, other. Faults queued with `inject`
 apply to the next matching requests: a TCP reset, an error status (optionally
 with Retry-After), a delay longer than the client's timeout, a truncated body,
-or a response stripped of Docker-Content-Digest.
+a response stripped of Docker-Content-Digest, or one whose Docker-Content-Digest is
+replaced by `Fault.digest` (a lying registry, or something on the way to a plain-HTTP one).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-FaultAction = Literal["reset", "status", "delay", "truncate", "strip_digest"]
+FaultAction = Literal["reset", "status", "delay", "truncate", "strip_digest", "set_digest"]
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
               "proxy-authorization", "proxy-authenticate"}
 MAX_DELAY = 30.0  # a delay fault never holds a thread longer than this
@@ -37,6 +38,7 @@ class Fault:
     retry_after: str | None = None
     delay: float = 0.0
     path_contains: str | None = None  # only requests whose path contains this (e.g. one digest)
+    digest: str = ""  # set_digest: the Docker-Content-Digest value sent instead of the registry's
 
     def matches(self, method: str, kind: str, path: str = "") -> bool:
         return ((self.kind is None or self.kind == kind) and (self.method is None or self.method == method)
@@ -209,6 +211,8 @@ def _handler_for(proxy: RegistryProxy) -> type[BaseHTTPRequestHandler]:
                     continue
                 if lowered == "docker-content-digest" and fault is not None and fault.action == "strip_digest":
                     continue
+                if lowered == "docker-content-digest" and fault is not None and fault.action == "set_digest":
+                    value = fault.digest
                 if lowered == "content-length":
                     length = value
                     continue
