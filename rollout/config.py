@@ -1,36 +1,52 @@
-"""rollout.toml: apps, their image repository, health policy and targets.
+"""rollout.toml: one schema for the whole file, checked when it is loaded.
 
-Every error names the file and the key, so a typo never turns into a silent default.
+Every section becomes a typed, frozen value: apps with their image repository,
+health policy (HealthPolicy), strategy ([apps.NAME.rollout] -> Strategy), build
+settings ([apps.NAME.build] -> BuildSettings), targets (each kind contributes the
+schema of its own settings, rollout.targets.kinds), [registry], [ledger] and
+[notify] (NotifySettings). One checker (rollout.schema) refuses unknown keys and
+wrong types everywhere; every error names the file and the key (ConfigError,
+exit 2), so a typo never turns into a silent default and no command accepts a
+file another command would refuse.
+
+What depends on the machine rather than the file is checked where it is used:
+the build context and Dockerfile exist (`require_build`, for rebuild and check).
 """
 
 from __future__ import annotations
 
-import math
+import importlib.util
 import os
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from rollout import schema as S
 from rollout.errors import ConfigError, InvalidReference
+from rollout.output import redact_url
 from rollout.reference import parse_repository
+from rollout.tags import DEFAULT_TAG_TEMPLATE, template_problem
+from rollout.targets.kinds import COMMON_KEYS, DEFAULT_KIND, KINDS
 
 DEFAULT_CONFIG = "rollout.toml"
 DEFAULT_LEDGER = "state/ledger.db"
 
-TARGET_KEYS = {
-    "docker": {"name", "kind", "host", "container", "command", "entrypoint", "network", "env", "ports",
-               "volumes", "restart", "labels", "user", "health"},
-    "kubernetes": {"name", "kind", "kubeconfig", "context", "namespace", "deployment", "container", "health"},
-}
-HEALTH_KEYS = {"timeout", "interval", "stable", "http", "max_restarts"}
-APP_KEYS = {"image", "health", "targets", "build", "rollout"}
-TOP_KEYS = {"ledger", "apps", "registry", "notify"}
+
+# -- the typed sections ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class HealthPolicy:
+    """How a release is judged ([apps.NAME.health], overridable per target key by key).
+
+    timeout: seconds a release may take to become healthy; interval: seconds between looks
+    (> 0); stable: seconds it must then stay healthy; http: a URL that must answer 2xx, or
+    None; max_restarts: restarts of a new container or pod that fail the release at once.
+    """
+
     timeout: float = 60.0
     interval: float = 1.0
     stable: float = 5.0
@@ -39,7 +55,73 @@ class HealthPolicy:
 
 
 @dataclass(frozen=True)
+class Strategy:
+    """How an entry moves across an app's targets ([apps.NAME.rollout]): all at once, or in
+    batches that must each be healthy. The table's `strategy` key is `kind` here."""
+
+    kind: str = "parallel"  # "parallel" | "rolling"
+    max_parallel: int = 0  # targets changed at the same time; 0 = no limit
+    batch_size: int = 1  # rolling: targets per batch
+    pause: float = 0.0  # rolling: seconds between healthy batches
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """An app's `[apps.NAME.build]` table, with paths made absolute (not yet checked on disk:
+    see require_build).
+
+    context: the build directory (relative to rollout.toml in the file); dockerfile: relative
+    to the context in the file (default "Dockerfile"); tag: the tag template (rollout.tags);
+    build_args: --build-arg values, numbers written as text.
+    """
+
+    context: Path
+    dockerfile: Path
+    tag: str = DEFAULT_TAG_TEMPLATE
+    build_args: dict[str, str] = field(default_factory=dict)
+    target: str | None = None
+    platform: str | None = None
+    # `context` as written, to name it in an error; not part of the settings' identity.
+    context_as_written: str = field(default="", compare=False, repr=False)
+
+
+EVENTS = ("started", "healthy", "failed", "reverted", "revert_failed", "rebuild_skipped", "rebuild_built")
+# A cron job would report "nothing to do" every run: that one is sent only when asked for.
+DEFAULT_EVENTS = tuple(e for e in EVENTS if e != "rebuild_skipped")
+DEFAULT_NOTIFY_TIMEOUT = 5.0
+SLACK_HOSTS = {"hooks.slack.com"}
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One notification destination. `url` may hold a token: print `shown`, never `url`.
+
+    style: "json" (generic webhook), "slack" ({"text": ...}) or "apprise" (any other scheme).
+    """
+
+    url: str = field(repr=False)
+    style: str
+
+    @property
+    def shown(self) -> str:
+        return redact_url(self.url)
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """`[notify]`: where events go (channels, `${NAME}` already replaced from the environment),
+    which events (a subset of EVENTS) and the timeout of one attempt in seconds (0 < t <= 60)."""
+
+    channels: tuple[Channel, ...] = ()
+    events: frozenset[str] = frozenset(DEFAULT_EVENTS)
+    timeout: float = DEFAULT_NOTIFY_TIMEOUT
+
+
+@dataclass(frozen=True)
 class TargetConfig:
+    """One `[[apps.NAME.targets]]` table: its kind's settings (checked by that kind's schema,
+    rollout.targets.kinds) and its health policy (the app's, overridden key by key)."""
+
     name: str
     kind: str
     settings: dict[str, Any]
@@ -48,13 +130,15 @@ class TargetConfig:
 
 @dataclass(frozen=True)
 class AppConfig:
+    """One `[apps.NAME]` table. `build` is None when the app has no (or an empty) build table."""
+
     name: str
     registry: str
     repository: str
     health: HealthPolicy
     targets: tuple[TargetConfig, ...]
-    build: dict[str, Any] | None = None
-    rollout: dict[str, Any] = field(default_factory=dict)
+    build: BuildSettings | None = None
+    rollout: Strategy = Strategy()
 
     @property
     def image(self) -> str:
@@ -63,6 +147,9 @@ class AppConfig:
 
 @dataclass(frozen=True)
 class RegistrySettings:
+    """`[registry]`: registries spoken to over plain HTTP, a CA bundle and a Docker config
+    directory for credentials (paths absolute)."""
+
     insecure: tuple[str, ...] = ()
     ca_bundle: str | None = None
     docker_config: str | None = None
@@ -70,13 +157,16 @@ class RegistrySettings:
 
 @dataclass(frozen=True)
 class Config:
+    """A whole rollout.toml; `path` is None when no file was found and none was required."""
+
     path: Path | None
     ledger_path: Path
     apps: dict[str, AppConfig]
     registry: RegistrySettings = RegistrySettings()
-    notify: dict[str, Any] = field(default_factory=dict)
+    notify: NotifySettings = NotifySettings()
 
     def app(self, name: str | None) -> AppConfig:
+        """The app called `name`, or the only app when name is None; ConfigError otherwise."""
         if name is None:
             if len(self.apps) == 1:
                 return next(iter(self.apps.values()))
@@ -93,15 +183,101 @@ class Config:
         return str(self.path) if self.path else "the configuration"
 
 
+# -- the schema --------------------------------------------------------------------------------
+
+
+def _http_url(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        raise S.Invalid("must be an http:// or https:// URL", show_value=True)
+    return value
+
+
+def _tag_template(value: Any) -> str:
+    template = S.string(value)
+    problem = template_problem(template)
+    if problem:
+        raise S.Invalid(problem, show_value=True)
+    return template
+
+
+def _events(value: Any) -> frozenset[str]:
+    if not S.is_string_list(value):
+        raise S.Invalid(f"must be an array of event names ({', '.join(EVENTS)})")
+    wrong = [e for e in value if e not in EVENTS]
+    if wrong:
+        raise S.Invalid(f"has an unknown event {wrong[0]!r}: use some of {', '.join(EVENTS)}")
+    return frozenset(value)
+
+
+def _notify_timeout(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 60:
+        raise S.Invalid("must be a number of seconds, more than 0 and at most 60", show_value=True)
+    return float(value)
+
+
+TOP_SCHEMA: S.Schema = {key: S.Field(S.table) for key in ("ledger", "apps", "registry", "notify")}
+LEDGER_SCHEMA: S.Schema = {"path": S.Field(S.string)}
+REGISTRY_SCHEMA: S.Schema = {
+    "insecure": S.Field(S.string_list()),
+    "ca_bundle": S.Field(S.string),
+    "docker_config": S.Field(S.string),
+}
+APP_SCHEMA: S.Schema = {
+    "image": S.Field(S.string),  # required, with a hint naming the app: checked in _app
+    "health": S.Field(S.table),
+    "targets": S.Field(lambda v: v),  # an array of tables: checked in _app
+    "build": S.Field(S.table),
+    "rollout": S.Field(S.table),
+}
+HEALTH_SCHEMA: S.Schema = {
+    "timeout": S.Field(S.seconds),
+    "interval": S.Field(S.seconds),
+    "stable": S.Field(S.seconds),
+    "http": S.Field(_http_url),
+    "max_restarts": S.Field(S.whole(1)),
+}
+ROLLOUT_SCHEMA: S.Schema = {
+    "strategy": S.Field(S.one_of("parallel", "rolling"), attribute="kind"),
+    "max_parallel": S.Field(S.whole(0)),
+    "batch_size": S.Field(S.whole(1)),
+    "pause": S.Field(S.seconds),
+}
+BUILD_SCHEMA: S.Schema = {
+    "context": S.Field(S.string, missing="the build directory, relative to this file"),
+    "dockerfile": S.Field(S.string),
+    "tag": S.Field(_tag_template),
+    "build_args": S.Field(S.table_of((str, int, float), 'must be a table of strings, e.g. { VERSION = "1" }')),
+    "target": S.Field(S.string),
+    "platform": S.Field(S.string),
+}
+NOTIFY_SCHEMA: S.Schema = {
+    "urls": S.Field(S.string_list("must be an array of URL strings")),
+    "events": S.Field(_events),
+    "timeout": S.Field(_notify_timeout),
+}
+TARGET_SCHEMA: S.Schema = {"name": S.Field(S.string), "kind": S.Field(S.string), "health": S.Field(S.table)}
+
+# The keys allowed in each place, for callers that list them (tests, fuzzers).
+TOP_KEYS = set(TOP_SCHEMA)
+APP_KEYS = set(APP_SCHEMA)
+HEALTH_KEYS = set(HEALTH_SCHEMA)
+TARGET_KEYS = {name: set(kind.settings) | set(COMMON_KEYS) for name, kind in KINDS.items()}
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+
 def config_path(explicit: str | None) -> Path:
+    """The file -c names, else $ROLLOUT_CONFIG, else ./rollout.toml."""
     return Path(explicit or os.environ.get("ROLLOUT_CONFIG") or DEFAULT_CONFIG)
 
 
 def load(explicit: str | None = None, *, required: bool = True) -> Config:
-    """Load the config named by -c, $ROLLOUT_CONFIG or ./rollout.toml.
+    """Load and check the config named by -c, $ROLLOUT_CONFIG or ./rollout.toml.
 
     With required=False a missing file yields an empty config, so ledger-only
-    commands (history, lock) work without one.
+    commands (history, lock) work without one. Raises ConfigError (exit 2) naming
+    the file (and the key) for a missing, unreadable, malformed or invalid file.
     """
     path = config_path(explicit)
     if not path.exists():
@@ -118,166 +294,161 @@ def load(explicit: str | None = None, *, required: bool = True) -> Config:
 
 
 def parse(data: dict[str, Any], path: Path) -> Config:
-    _check_keys(data, TOP_KEYS, path, "")
-    apps_table = _table(data, "apps", path, "")
-    apps = {name: _app(name, _table(apps_table, name, path, "apps."), path) for name in apps_table}
-    registry_table = _table(data, "registry", path, "")
-    _check_keys(registry_table, {"insecure", "ca_bundle", "docker_config"}, path, "registry.")
+    """Check a parsed TOML document against the schema; relative paths are taken from `path`'s
+    directory. Raises ConfigError (exit 2) naming the file and the key."""
+    S.check(data, TOP_SCHEMA, path, "")
+    apps_table = S.sub_table(data, "apps", path, "")
+    apps = {name: _app(name, S.sub_table(apps_table, name, path, "apps."), path) for name in apps_table}
+    registry_table = S.check(S.sub_table(data, "registry", path, ""), REGISTRY_SCHEMA, path, "registry.")
     registry = RegistrySettings(
-        insecure=tuple(_str_list(registry_table, "insecure", path, "registry.")),
-        ca_bundle=_relative(path, _opt_str(registry_table, "ca_bundle", path, "registry.")),
-        docker_config=_relative(path, _opt_str(registry_table, "docker_config", path, "registry.")),
+        insecure=tuple(registry_table.get("insecure", ())),
+        ca_bundle=_relative(path, registry_table.get("ca_bundle")),
+        docker_config=_relative(path, registry_table.get("docker_config")),
     )
-    notify = _table(data, "notify", path, "")
+    notify = notify_settings(S.sub_table(data, "notify", path, ""), path)
     return Config(path=path, ledger_path=_ledger_path(path, data), apps=apps, registry=registry, notify=notify)
 
 
 def _ledger_path(path: Path | None, data: dict[str, Any]) -> Path:
     if os.environ.get("ROLLOUT_LEDGER"):
         return Path(os.environ["ROLLOUT_LEDGER"])
-    ledger = _table(data, "ledger", path, "") if path else {}
-    if path:
-        _check_keys(ledger, {"path"}, path, "ledger.")
-    configured = _opt_str(ledger, "path", path, "ledger.") if path else None
+    configured = S.check(S.sub_table(data, "ledger", path, ""), LEDGER_SCHEMA, path, "ledger.").get("path")
     base = path.parent if path else Path.cwd()
     return base / (configured or DEFAULT_LEDGER)
 
 
 def _app(name: str, table: dict[str, Any], path: Path) -> AppConfig:
     where = f"apps.{name}."
-    _check_keys(table, APP_KEYS, path, where)
-    image = _opt_str(table, "image", path, where)
+    values = S.check(table, APP_SCHEMA, path, where)
+    image = values.get("image")
     if not image:
-        raise ConfigError(f"{path}: {where}image is missing: set it to the image repository, e.g. \"127.0.0.1:5000/{name}\"")
+        raise S.problem(path, where, f"image is missing: set it to the image repository, e.g. \"127.0.0.1:5000/{name}\"")
     try:
         registry, repository = parse_repository(image)
     except InvalidReference as exc:
-        raise ConfigError(f"{path}: {where}image: {exc}") from None
-    health = _health(_table(table, "health", path, where), HealthPolicy(), path, where + "health.")
+        raise S.problem(path, where, f"image: {exc}") from None
+    health = _health(values.get("health", {}), HealthPolicy(), path, where + "health.")
     raw_targets = table.get("targets", [])
     if not isinstance(raw_targets, list) or not all(isinstance(t, dict) for t in raw_targets):
-        raise ConfigError(f"{path}: {where}targets must be an array of tables ([[apps.{name}.targets]])")
+        raise S.problem(path, where, f"targets must be an array of tables ([[apps.{name}.targets]])")
     if not raw_targets:
         raise ConfigError(f"{path}: app {name!r} has no targets: add a [[apps.{name}.targets]] table")
     targets = tuple(_target(t, i, health, path, where) for i, t in enumerate(raw_targets))
     names = [t.name for t in targets]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ConfigError(f"{path}: {where}targets: duplicate target name {duplicates[0]!r}: names must be unique")
-    build = _table(table, "build", path, where) or None
-    rollout = _rollout(_table(table, "rollout", path, where), path, where + "rollout.")
+        raise S.problem(path, where, f"targets: duplicate target name {duplicates[0]!r}: names must be unique")
+    build = _build(values.get("build", {}), path, where + "build.")
+    rollout = Strategy(**S.check(values.get("rollout", {}), ROLLOUT_SCHEMA, path, where + "rollout."))
     return AppConfig(name=name, registry=registry, repository=repository, health=health, targets=targets,
                      build=build, rollout=rollout)
 
 
 def _target(table: dict[str, Any], index: int, app_health: HealthPolicy, path: Path, app_where: str) -> TargetConfig:
     where = f"{app_where}targets[{index}]."
-    kind = table.get("kind", "docker")
-    if not isinstance(kind, str) or kind not in TARGET_KEYS:
-        raise ConfigError(f"{path}: {where}kind = {kind!r}: use \"docker\" or \"kubernetes\"")
-    _check_keys(table, TARGET_KEYS[kind], path, where)
-    name = _opt_str(table, "name", path, where)
-    if not name:
-        raise ConfigError(f"{path}: {where}name is missing: give every target a name")
-    health = _health(_table(table, "health", path, where), app_health, path, where + "health.")
-    settings = {k: v for k, v in table.items() if k not in {"name", "kind", "health"}}
-    for key in ("host", "container", "network", "restart", "user", "kubeconfig", "context", "namespace", "deployment"):
-        _opt_str(settings, key, path, where)
-    for key in ("command", "entrypoint"):
-        value = settings.get(key)
-        if value is not None and not (isinstance(value, str) or _is_str_list(value)):
-            raise ConfigError(f"{path}: {where}{key} must be a string or an array of strings")
-    for key in ("env", "labels", "ports"):
-        value = settings.get(key)
-        if value is not None and not (isinstance(value, dict) and all(isinstance(v, (str, int)) for v in value.values())):
-            raise ConfigError(f"{path}: {where}{key} must be a table of strings")
-    restart = settings.get("restart")
-    if restart is not None and not re.fullmatch(r"no|always|unless-stopped|on-failure(:\d+)?", restart):
-        raise ConfigError(f"{path}: {where}restart = {restart!r}: use no, always, unless-stopped or on-failure[:N]")
-    if settings.get("volumes") is not None and not _is_str_list(settings["volumes"]):
-        raise ConfigError(f"{path}: {where}volumes must be an array of \"SOURCE:DEST[:MODE]\" strings")
-    if kind == "kubernetes" and not settings.get("deployment"):
-        raise ConfigError(f"{path}: {where}deployment is missing: name the Deployment to move")
-    if kind == "docker" and not settings.get("container"):
-        raise ConfigError(f"{path}: {where}container is missing: name the container to run")
-    return TargetConfig(name=name, kind=kind, settings=settings, health=health)
-
-
-def _rollout(table: dict[str, Any], path: Path, where: str) -> dict[str, Any]:
-    """[apps.NAME.rollout]: strategy = "parallel" | "rolling", max_parallel, batch_size, pause."""
-    _check_keys(table, {"strategy", "max_parallel", "batch_size", "pause"}, path, where)
-    values: dict[str, Any] = {}
-    if "strategy" in table:
-        if table["strategy"] not in ("parallel", "rolling"):
-            raise ConfigError(f"{path}: {where}strategy = {table['strategy']!r}: use \"parallel\" or \"rolling\"")
-        values["kind"] = table["strategy"]
-    for key, least in (("max_parallel", 0), ("batch_size", 1)):
-        if key in table:
-            value = table[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ConfigError(f"{path}: {where}{key} = {value!r}: must be a whole number >= {least}")
-            values[key] = value
-    if "pause" in table:
-        value = table["pause"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ConfigError(f"{path}: {where}pause = {value!r}: must be a finite number of seconds >= 0")
-        values["pause"] = float(value)
-    return values
+    kind_name = table.get("kind", DEFAULT_KIND)
+    if not isinstance(kind_name, str) or kind_name not in KINDS:
+        choices = " or ".join(f'"{name}"' for name in KINDS)
+        raise S.problem(path, where, f"kind = {kind_name!r}: use {choices}")
+    kind = KINDS[kind_name]
+    values = S.check(table, {**TARGET_SCHEMA, **kind.settings}, path, where)
+    if not values.get("name"):
+        raise S.problem(path, where, "name is missing: give every target a name")
+    settings = {key: value for key, value in values.items() if key not in COMMON_KEYS}
+    for requirement in kind.required:
+        problem = requirement(settings)
+        if problem:
+            raise S.problem(path, where, problem)
+    health = _health(values.get("health", {}), app_health, path, where + "health.")
+    return TargetConfig(name=values["name"], kind=kind_name, settings=settings, health=health)
 
 
 def _health(table: dict[str, Any], defaults: HealthPolicy, path: Path, where: str) -> HealthPolicy:
-    _check_keys(table, HEALTH_KEYS, path, where)
-    values: dict[str, Any] = {}
-    for key in ("timeout", "interval", "stable"):
-        if key in table:
-            value = table[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ConfigError(f"{path}: {where}{key} = {value!r}: must be a finite number of seconds >= 0")
-            values[key] = float(value)
+    values = S.check(table, HEALTH_SCHEMA, path, where)
     if values.get("interval") == 0:
-        raise ConfigError(f"{path}: {where}interval must be greater than 0")
-    if "max_restarts" in table:
-        value = table["max_restarts"]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{path}: {where}max_restarts = {value!r}: must be a whole number >= 1")
-        values["max_restarts"] = value
-    if "http" in table:
-        url = table["http"]
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ConfigError(f"{path}: {where}http = {url!r}: must be an http:// or https:// URL")
-        values["http"] = url
+        raise S.problem(path, where, "interval must be greater than 0")
     return replace(defaults, **values)
 
 
-def _check_keys(table: dict[str, Any], allowed: set[str], path: Path | None, where: str) -> None:
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise ConfigError(f"{path}: unknown key {where}{unknown[0]}: allowed here are {', '.join(sorted(allowed))}")
+def _build(table: dict[str, Any], path: Path, where: str) -> BuildSettings | None:
+    """An empty or absent table is no build (rebuild then says how to add one)."""
+    if not table:
+        return None
+    values = S.check(table, BUILD_SCHEMA, path, where)
+    context = (path.parent / Path(values["context"]).expanduser()).resolve()
+    dockerfile = (context / Path(values.get("dockerfile") or "Dockerfile").expanduser()).resolve()
+    return BuildSettings(context=context, dockerfile=dockerfile, tag=values.get("tag") or DEFAULT_TAG_TEMPLATE,
+                         build_args={str(k): str(v) for k, v in values.get("build_args", {}).items()},
+                         target=values.get("target") or None, platform=values.get("platform") or None,
+                         context_as_written=values["context"])
 
 
-def _table(table: dict[str, Any], key: str, path: Path | None, where: str) -> dict[str, Any]:
-    value = table.get(key, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"{path}: {where}{key} must be a table, not {type(value).__name__}")
-    return value
+def require_build(app: AppConfig, path: Path | None) -> BuildSettings:
+    """app's build settings, their context directory and Dockerfile checked on disk.
+
+    Only rebuild and check need these to exist (a deploy does not), so they are checked
+    here and not at load. Raises ConfigError (exit 2) naming the file and the key when the
+    app has no [build] table, the context is not a directory or the Dockerfile not a file.
+    """
+    where = f"apps.{app.name}.build."
+    settings = app.build
+    if settings is None:
+        raise ConfigError(f"{path}: app {app.name!r} has no [apps.{app.name}.build] table: add one with"
+                          " at least `context = \"DIR\"` to use rebuild")
+    if not settings.context.is_dir():
+        raise S.problem(path, where, f"context = {settings.context_as_written!r}: {settings.context} is not a directory")
+    if not settings.dockerfile.is_file():
+        raise S.problem(path, where, f"dockerfile: {settings.dockerfile} is not a file")
+    return settings
 
 
-def _opt_str(table: dict[str, Any], key: str, path: Path | None, where: str) -> str | None:
-    value = table.get(key)
-    if value is not None and not isinstance(value, str):
-        raise ConfigError(f"{path}: {where}{key} must be a string, not {type(value).__name__}")
-    return value
+def notify_settings(table: dict[str, Any], path: Path | None) -> NotifySettings:
+    """Check a `[notify]` table (`path` is the file it came from, for errors); ConfigError (exit 2) naming
+    the file and the key, never a URL's secret, for anything wrong or an unset `${NAME}`."""
+    values = S.check(table, NOTIFY_SCHEMA, path, "notify.")
+    channels = tuple(_channel(url, index, path) for index, url in enumerate(values.get("urls", ())))
+    return NotifySettings(channels, values.get("events", frozenset(DEFAULT_EVENTS)),
+                          values.get("timeout", DEFAULT_NOTIFY_TIMEOUT))
 
 
-def _str_list(table: dict[str, Any], key: str, path: Path, where: str) -> list[str]:
-    value = table.get(key, [])
-    if not _is_str_list(value):
-        raise ConfigError(f"{path}: {where}{key} must be an array of strings")
-    return value
+def _channel(raw: str, index: int, path: Path | None) -> Channel:
+    """One notify URL: `${NAME}` replaced from the environment, its style chosen by scheme and host.
+
+    Errors never print the URL itself, only what redact_url shows of it (it may hold a token).
+    """
+    where = f"notify.urls[{index}]"
+    missing = [name for name in _ENV_VAR.findall(raw) if not os.environ.get(name)]
+    if missing:
+        raise S.problem(path, where, f": environment variable {missing[0]} is not set: export it or change the URL")
+    url = _ENV_VAR.sub(lambda m: os.environ[m.group(1)], raw).strip()
+    scheme, sep, _ = url.partition("://")
+    if not sep or not scheme:
+        raise S.problem(path, where, " is not a URL: use https://..., slack+https://... or an Apprise URL")
+    scheme = scheme.lower()
+    if scheme in ("slack+http", "slack+https"):
+        url = url[len("slack+"):]
+        style = "slack"
+    elif scheme in ("http", "https"):
+        style = "slack" if (_hostname(url) or "").lower() in SLACK_HOSTS else "json"
+    else:
+        style = "apprise"
+        # find_spec, not import: Apprise takes long to import, and only a send needs it.
+        if importlib.util.find_spec("apprise") is None:
+            raise S.problem(path, where, f" ({redact_url(url)}) needs Apprise: pip install 'rollout[notify]',"
+                            " or use an http(s):// webhook")
+    if style != "apprise" and not _hostname(url):
+        raise S.problem(path, where, f" ({redact_url(url)}) has no host")
+    return Channel(url, style)
 
 
-def _is_str_list(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+def _hostname(url: str) -> str | None:
+    try:
+        return urlsplit(url).hostname
+    except ValueError:  # e.g. an unclosed [ in the host
+        return None
+
+
+_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def _relative(path: Path, value: str | None) -> str | None:

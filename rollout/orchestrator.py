@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from rollout import ledger as L
-from rollout.config import AppConfig, HealthPolicy
+from rollout.config import AppConfig, HealthPolicy, Strategy
 from rollout.errors import (
     EXIT_OK,
     EXIT_REVERTED,
@@ -83,7 +83,7 @@ class Orchestrator:
         self.verifier = verifier
         self.reporter = reporter
         self.policies = {t.name: t.health for t in app.targets}
-        self.strategy = Strategy.from_config(app.rollout)
+        self.strategy = app.rollout
         self._cancelled = threading.Event()
         self.listener = listener
 
@@ -374,20 +374,7 @@ class Orchestrator:
             return None
 
 
-@dataclass(frozen=True)
-class Strategy:
-    """How an entry moves across an app's targets: all at once, or in batches that must each be healthy."""
-
-    kind: str = "parallel"  # "parallel" | "rolling"
-    max_parallel: int = 0  # targets changed at the same time; 0 = no limit
-    batch_size: int = 1  # rolling: targets per batch
-    pause: float = 0.0  # rolling: seconds between healthy batches
-
-    @classmethod
-    def from_config(cls, table: dict[str, object]) -> "Strategy":
-        return cls(**table) if table else cls()  # type: ignore[arg-type]  # validated by rollout.config
-
-
+# Strategy (how an entry moves across targets) is the typed [apps.NAME.rollout] table of rollout.config.
 ALL_AT_ONCE = Strategy()
 
 

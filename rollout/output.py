@@ -110,3 +110,24 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
              for row in [headers, *rows]]
     return "\n".join(lines)
+
+
+def redact_url(url: str) -> str:
+    """scheme://host[:port]/… : what can be printed about a URL whose path, query or user part may be a token.
+
+    Anything but http(s) prints as `scheme://…`: Apprise URLs often carry the token where a
+    host would be (tgram://TOKEN/CHAT).
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        port = parts.port
+    except ValueError:
+        host, port = None, None
+    scheme = url.partition("://")[0] or "url"
+    if host is None or scheme not in ("http", "https"):
+        return f"{scheme}://…"
+    shown = f"{scheme}://{host}" + (f":{port}" if port else "")
+    return shown + ("/…" if parts.path.strip("/") or parts.query else "")

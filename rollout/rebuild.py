@@ -1,4 +1,4 @@
-"""Rebuild-and-deploy when an input changed, and the cron-friendly `check`.
+"""Rebuild-and-deploy when an input changed (`rollout rebuild`); `rollout check` is rollout.check.
 
 `rebuild` answers "did anything change?" from the build inputs (rollout.build):
 base image digests, resolved with one registry HEAD each, and the hash of the
@@ -18,32 +18,19 @@ import datetime as dt
 import re
 import tempfile
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
 from rollout import ledger as L
 from rollout import lock
-from rollout.build import (
-    PINNED_DOCKERFILE,
-    BuildSettings,
-    ContextDigest,
-    Dockerfile,
-    build_context_tar,
-    build_key,
-    build_settings,
-    git_commit,
-    hash_context,
-    read_dockerfile,
-    render_tag,
-)
+from rollout.build import Inputs, Resolver, gather_inputs, git_commit
+from rollout.build_context import PINNED_DOCKERFILE, build_context_tar
 from rollout.config import AppConfig
 from rollout.errors import (
     EXIT_CHANGED,
     EXIT_OK,
-    EXIT_UNREACHABLE,
     RegistryUnreachable,
-    RolloutError,
     TagNotFound,
     Unreachable,
     UserError,
@@ -53,8 +40,8 @@ from rollout.faults import kill_point
 from rollout.ledger import Entry, Ledger, PushedBuild
 from rollout.orchestrator import Orchestrator
 from rollout.output import clip
-from rollout.reference import Reference, repo_digests, short_digest
-from rollout.targets import Target, TargetState, observe
+from rollout.reference import Reference, repo_digests
+from rollout.tags import render_tag
 
 _TERMINAL_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 BUILD_LOG_LINES = 20
@@ -66,52 +53,10 @@ BUILD = "build"  # inputs changed: build, push, deploy
 DEPLOY_EXISTING = "deploy-existing"  # an image with these inputs exists (pushed, not running): deploy it
 
 
-class Resolver(Protocol):
-    def resolve(self, ref: Reference) -> str: ...
-
-    def exists(self, ref: Reference) -> bool: ...
-
-
 class Reporter(Protocol):
     def info(self, message: str) -> None: ...
 
     def warn(self, message: str) -> None: ...
-
-
-# -- inputs ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Inputs:
-    """Everything that decides an app's build, as checked just now."""
-
-    settings: BuildSettings
-    dockerfile: Dockerfile
-    bases: tuple[tuple[Reference, str], ...]  # (base image as written, digest), Dockerfile order
-    context: ContextDigest
-    build_key: str
-
-    @property
-    def base_digests(self) -> dict[str, str]:
-        return {str(ref): digest for ref, digest in self.bases}
-
-    def to_json(self) -> dict[str, Any]:
-        return {"build_key": self.build_key, "base_digests": self.base_digests, "context_digest": self.context.digest,
-                "context_files": self.context.files, "target": self.settings.target, "platform": self.settings.platform}
-
-    def describe(self) -> str:
-        bases = ", ".join(f"{ref} = {short_digest(digest)}" for ref, digest in self.bases) or "no external base image"
-        return f"bases {bases}; context {self.context.files} files {short_digest(self.context.digest)}; key {short_digest(self.build_key)}"
-
-
-def gather_inputs(app: AppConfig, config_path: Path | None, registry: Resolver) -> Inputs:
-    """Resolve every external base with one HEAD (a FROM already pinned by digest costs none) and hash the context."""
-    settings = build_settings(app.name, app.build, config_path)
-    dockerfile = read_dockerfile(settings.dockerfile, settings.build_args)
-    bases = tuple((ref, ref.digest or registry.resolve(ref)) for ref in dockerfile.bases(settings.target))
-    context = hash_context(settings)
-    key = build_key([(str(ref), digest) for ref, digest in bases], context.digest, settings.target, settings.platform)
-    return Inputs(settings, dockerfile, bases, context, key)
 
 
 # -- what the ledger remembers -------------------------------------------------------
@@ -402,89 +347,11 @@ def _follow_push(stream: Iterable[dict[str, Any]], image: str) -> str:
     return digest
 
 
-# -- check ---------------------------------------------------------------------------
+def __getattr__(name: str) -> Any:
+    """`check` moved to rollout.check; rollout.rebuild.check (and check_exit_code, AppCheck) still
+    find it until every caller imports it from there. Looked up lazily: rollout.check imports this module."""
+    if name in ("check", "check_exit_code", "AppCheck"):
+        from rollout import check as checking
 
-
-@dataclass
-class AppCheck:
-    app: str
-    current: Entry | None = None
-    targets: list[TargetState] = field(default_factory=list)
-    tag_digest: str | None = None  # what the registry says the current entry's tag points at now
-    inputs: Inputs | None = None
-    last_build_key: str | None = None
-    changes: list[str] = field(default_factory=list)  # one line each: what differs from the ledger
-    errors: list[str] = field(default_factory=list)  # what could not be looked at
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.changes)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"app": self.app, "changed": self.changed, "changes": self.changes, "errors": self.errors,
-                "current": self.current.to_json() if self.current else None,
-                "targets": [asdict(t) for t in self.targets], "tag_digest": self.tag_digest,
-                "build": self.inputs.to_json() if self.inputs else None, "last_build_key": self.last_build_key}
-
-
-def check(apps: Iterable[AppConfig], *, config_path: Path | None, ledger: Ledger, registry: Resolver,
-          open_target: Callable[[Any, AppConfig], Target]) -> list[AppCheck]:
-    """For each app, compare what its targets run, its current tag and its build inputs with the ledger.
-
-    Never builds or changes anything; registry traffic is HEADs only: one for the current
-    tag and one per base image.
-    """
-    return [_check_app(app, config_path, ledger, registry, open_target) for app in apps]
-
-
-def check_exit_code(reports: list[AppCheck]) -> int:
-    """5 when something could not be looked at, else 10 when something changed, else 0."""
-    if any(r.errors for r in reports):
-        return EXIT_UNREACHABLE
-    return EXIT_CHANGED if any(r.changed for r in reports) else EXIT_OK
-
-
-def _check_app(app: AppConfig, config_path: Path | None, ledger: Ledger, registry: Resolver,
-               open_target: Callable[[Any, AppConfig], Target]) -> AppCheck:
-    report = AppCheck(app.name, current=ledger.current(app.name))
-    current = report.current
-    report.targets = observe(app, current.digest if current else None, open_target)
-    for state in report.targets:
-        if state.error:
-            report.errors.append(f"target {state.name}: {state.error}")
-        elif current and not state.in_sync:
-            report.changes.append(f"target {state.name} runs {state.image or 'nothing'}, not #{current.id} {current.image}")
-    if current is not None and current.tag:
-        try:
-            report.tag_digest = registry.resolve(Reference(app.registry, app.repository, tag=current.tag))
-            if report.tag_digest != current.digest:
-                report.changes.append(f"tag {current.tag} now points at {report.tag_digest}, not {current.digest} (#{current.id})")
-        except TagNotFound:
-            report.changes.append(f"tag {current.tag} of #{current.id} is gone from the registry")
-        except RolloutError as exc:
-            report.errors.append(one_line(exc))
-    if app.build is not None:
-        _check_inputs(app, config_path, ledger, registry, report)
-    return report
-
-
-def _check_inputs(app: AppConfig, config_path: Path | None, ledger: Ledger, registry: Resolver, report: AppCheck) -> None:
-    try:
-        inputs = gather_inputs(app, config_path, registry)
-    except Unreachable as exc:
-        report.errors.append(one_line(exc))
-        return
-    report.inputs = inputs
-    key, recorded_bases = last_build_key(ledger, app.name)
-    report.last_build_key = key
-    if key is None:
-        report.changes.append("never built: a rebuild is due")
-        return
-    if key == inputs.build_key:
-        return
-    moved = [f"base {name} now {digest} (was {recorded_bases.get(name) or 'not a base'})"
-             for name, digest in inputs.base_digests.items() if recorded_bases.get(name) != digest]
-    report.changes.extend(moved or ["build context, Dockerfile, build args, target or platform changed"])
-
-
-# -- small helpers -------------------------------------------------------------------
+        return getattr(checking, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

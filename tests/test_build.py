@@ -7,23 +7,18 @@ import io
 import os
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rollout.build import (
-    PINNED_DOCKERFILE,
-    BuildSettings,
-    build_context_tar,
-    build_key,
-    build_settings,
-    context_files,
-    expand,
-    hash_context,
-    parse_dockerfile,
-    render_tag,
-)
+from rollout import config as configuration
+from rollout.build import build_key
+from rollout.build_context import PINNED_DOCKERFILE, build_context_tar, context_files, hash_context
+from rollout.config import BuildSettings
+from rollout.dockerfile import expand, parse_dockerfile
+from rollout.tags import render_tag
 from rollout.errors import ConfigError, UserError
 
 # -- FROM parsing ----------------------------------------------------------------------
@@ -245,6 +240,13 @@ def test_a_tag_template_that_cannot_render_is_an_error() -> None:
         render_tag("{git}", n=1, first_base_digest=None, git=None)
     with pytest.raises(UserError, match="not a valid tag"):
         render_tag("-{n}", n=1, first_base_digest=None, git=None)
+
+
+def build_settings(app_name: str, table: dict[str, Any], config: Path) -> BuildSettings:
+    """The app's build settings as rebuild gets them: the file checked at load, the paths on disk after."""
+    data = {"apps": {app_name: {"image": "127.0.0.1:5000/web", "build": table,
+                                "targets": [{"name": "local", "container": "web"}]}}}
+    return configuration.require_build(configuration.parse(data, config).app(app_name), config)
 
 
 def test_build_config_errors_name_the_file_and_key(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rollout import config as configuration
-from rollout.config import HealthPolicy, TARGET_KEYS
+from rollout.config import TARGET_KEYS, BuildSettings, Channel, HealthPolicy, Strategy
 from rollout.errors import EXIT_USAGE, ConfigError
 
 FULL = """
@@ -20,7 +20,7 @@ ca_bundle = "certs/ca.pem"
 docker_config = "docker/config.json"
 
 [notify]
-webhook = "http://127.0.0.1:9/hook"
+urls = ["http://127.0.0.1:9/hook"]
 
 [apps.web]
 image = "127.0.0.1:5000/shop/web"
@@ -97,15 +97,15 @@ def test_full_example_parses(tmp_path: Path) -> None:
     assert cfg.registry.insecure == ("registry.internal:5000",)
     assert cfg.registry.ca_bundle == str(tmp_path / "certs" / "ca.pem")
     assert cfg.registry.docker_config == str(tmp_path / "docker" / "config.json")
-    assert cfg.notify == {"webhook": "http://127.0.0.1:9/hook"}
+    assert cfg.notify.channels == (Channel("http://127.0.0.1:9/hook", "json"),)
     assert sorted(cfg.apps) == ["api", "web"]
 
     web = cfg.app("web")
     assert (web.registry, web.repository, web.image) == ("127.0.0.1:5000", "shop/web", "127.0.0.1:5000/shop/web")
     assert web.health == HealthPolicy(timeout=45, interval=0.5, stable=3, http="http://127.0.0.1:8080/health",
                                       max_restarts=3)
-    assert web.build == {"context": "."}
-    assert web.rollout == {"kind": "rolling", "batch_size": 2, "pause": 1.5}
+    assert web.build == BuildSettings(context=tmp_path.resolve(), dockerfile=tmp_path.resolve() / "Dockerfile")
+    assert web.rollout == Strategy(kind="rolling", batch_size=2, pause=1.5)
     local, cluster = web.targets
     assert (local.name, local.kind) == ("local", "docker")
     # Every docker key of the example reaches the target's settings.

@@ -14,6 +14,7 @@ from conftest import Project, free_port, write_config
 from support.receiver import start_receiver
 
 from rollout import notify
+from rollout.config import notify_settings
 
 
 
@@ -150,9 +151,9 @@ def test_rebuild_outcomes_the_orchestrator_never_sees_are_sent() -> None:
 
     warnings: list[str] = []
     with start_receiver() as receiver:
-        settings = notify.parse_settings({"urls": [receiver.url()]}, Path("rollout.toml"))
+        settings = notify_settings({"urls": [receiver.url()]}, Path("rollout.toml"))
         assert "rebuild_skipped" not in settings.events  # a cron job's "nothing to do" is opt-in
-        settings = notify.parse_settings({"urls": [receiver.url()], "events": list(notify.EVENTS)}, Path("rollout.toml"))
+        settings = notify_settings({"urls": [receiver.url()], "events": list(notify.EVENTS)}, Path("rollout.toml"))
         notifier = notify.Notifier(settings, warnings.append)
         skipped = RebuildResult("web", 0, "up-to-date", "web: up to date: build 20250101.3 has these inputs",
                                 tag="20250101.3", digest="sha256:" + "a" * 64)
@@ -182,7 +183,7 @@ def test_apprise_urls_are_sent_through_apprise(project: Project) -> None:
 
 
 def test_the_url_scheme_decides_the_payload_and_what_is_printed() -> None:
-    settings = notify.parse_settings({"urls": [
+    settings = notify_settings({"urls": [
         "https://hooks.slack.com/services/T0/B0/slackSecret",
         "slack+https://chat.example.com/hooks/mmSecret",
         "https://user:pw@ops.example.com:8443/hook?token=qSecret",

@@ -302,7 +302,7 @@ def test_bad_build_config_names_the_file_and_key(bed: RebuildBed) -> None:
 
 
 def test_the_hashed_files_are_the_files_the_docker_cli_sends(tmp_path: Path, docker_client, registry: str) -> None:  # type: ignore[no-untyped-def]
-    from rollout.build import context_files
+    from rollout.build_context import context_files
 
     files = ["app.py", "README.md", "docs/guide.md", "docs/keep.md", "docs/drop.md", "build/out.o", "src/a.tmp",
              "src/deep/b.tmp", "src/deep/c.py", "Secret.env", "logs/x/y.log", "weird name.txt"]

@@ -1,0 +1,113 @@
+"""`rollout check`: what changed since the ledger's current entry, without building or changing anything.
+
+For each app: targets that drifted from the current entry (rollout.targets.observe),
+the current entry's tag re-pushed with other content or gone (one registry HEAD),
+and, for an app with a [build] table, base images that moved or a build context
+that changed since the last build (rollout.build.gather_inputs: one HEAD per base).
+Meant for cron: exit 0 nothing changed, 10 something changed, 5 something could
+not be looked at.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from rollout.build import Inputs, Resolver, gather_inputs
+from rollout.config import AppConfig
+from rollout.errors import EXIT_CHANGED, EXIT_OK, EXIT_UNREACHABLE, RolloutError, TagNotFound, Unreachable, one_line
+from rollout.ledger import Entry, Ledger
+from rollout.rebuild import last_build_key
+from rollout.reference import Reference
+from rollout.targets import Target, TargetState, observe
+
+
+@dataclass
+class AppCheck:
+    """One app's check: what runs, what the registry and the build inputs say, and what differs.
+
+    `changes` and `errors` are one line each; to_json() is the shape `check --json` prints.
+    """
+
+    app: str
+    current: Entry | None = None
+    targets: list[TargetState] = field(default_factory=list)
+    tag_digest: str | None = None  # what the registry says the current entry's tag points at now
+    inputs: Inputs | None = None
+    last_build_key: str | None = None
+    changes: list[str] = field(default_factory=list)  # one line each: what differs from the ledger
+    errors: list[str] = field(default_factory=list)  # what could not be looked at
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"app": self.app, "changed": self.changed, "changes": self.changes, "errors": self.errors,
+                "current": self.current.to_json() if self.current else None,
+                "targets": [asdict(t) for t in self.targets], "tag_digest": self.tag_digest,
+                "build": self.inputs.to_json() if self.inputs else None, "last_build_key": self.last_build_key}
+
+
+def check(apps: Iterable[AppConfig], *, config_path: Path | None, ledger: Ledger, registry: Resolver,
+          open_target: Callable[[Any, AppConfig], Target]) -> list[AppCheck]:
+    """For each app, compare what its targets run, its current tag and its build inputs with the ledger.
+
+    Never builds or changes anything; registry traffic is HEADs only: one for the current
+    tag and one per base image. A target or registry that cannot be reached is an entry in
+    the app's `errors`, not an exception; a build context or Dockerfile that is missing
+    raises ConfigError (exit 2).
+    """
+    return [_check_app(app, config_path, ledger, registry, open_target) for app in apps]
+
+
+def check_exit_code(reports: list[AppCheck]) -> int:
+    """The exit code of `rollout check`: 5 (EXIT_UNREACHABLE) when something could not be looked at,
+    else 10 (EXIT_CHANGED) when something changed, else 0."""
+    if any(r.errors for r in reports):
+        return EXIT_UNREACHABLE
+    return EXIT_CHANGED if any(r.changed for r in reports) else EXIT_OK
+
+
+def _check_app(app: AppConfig, config_path: Path | None, ledger: Ledger, registry: Resolver,
+               open_target: Callable[[Any, AppConfig], Target]) -> AppCheck:
+    report = AppCheck(app.name, current=ledger.current(app.name))
+    current = report.current
+    report.targets = observe(app, current.digest if current else None, open_target)
+    for state in report.targets:
+        if state.error:
+            report.errors.append(f"target {state.name}: {state.error}")
+        elif current and not state.in_sync:
+            report.changes.append(f"target {state.name} runs {state.image or 'nothing'}, not #{current.id} {current.image}")
+    if current is not None and current.tag:
+        try:
+            report.tag_digest = registry.resolve(Reference(app.registry, app.repository, tag=current.tag))
+            if report.tag_digest != current.digest:
+                report.changes.append(f"tag {current.tag} now points at {report.tag_digest}, not {current.digest} (#{current.id})")
+        except TagNotFound:
+            report.changes.append(f"tag {current.tag} of #{current.id} is gone from the registry")
+        except RolloutError as exc:
+            report.errors.append(one_line(exc))
+    if app.build is not None:
+        _check_inputs(app, config_path, ledger, registry, report)
+    return report
+
+
+def _check_inputs(app: AppConfig, config_path: Path | None, ledger: Ledger, registry: Resolver, report: AppCheck) -> None:
+    try:
+        inputs = gather_inputs(app, config_path, registry)
+    except Unreachable as exc:
+        report.errors.append(one_line(exc))
+        return
+    report.inputs = inputs
+    key, recorded_bases = last_build_key(ledger, app.name)
+    report.last_build_key = key
+    if key is None:
+        report.changes.append("never built: a rebuild is due")
+        return
+    if key == inputs.build_key:
+        return
+    moved = [f"base {name} now {digest} (was {recorded_bases.get(name) or 'not a base'})"
+             for name, digest in inputs.base_digests.items() if recorded_bases.get(name) != digest]
+    report.changes.extend(moved or ["build context, Dockerfile, build args, target or platform changed"])
