@@ -101,6 +101,7 @@ from rollout.errors import ConfigError, TargetUnreachable, UserError, one_line
 from rollout.faults import kill_point
 from rollout.reference import repo_digests
 from rollout.targets import Observation, Release, Running
+from rollout.targets.container_spec import create_spec
 
 KEEP_RETIRED = 3
 LABEL_ENTRY = "rollout.entry"
@@ -301,102 +302,49 @@ class DockerTarget:
             except docker.errors.APIError:
                 pass  # still in use: the engine refuses, which is what we want
 
-    def _create(self, release: Release, old: Any) -> Any:
+    def _create(self, release: Release, old: Any, name: str | None = None) -> Any:
+        """The container for release, created (not started) under `name` (default: the target's
+        container name) with everything the operator set on `old` (None: Docker's defaults) and
+        this target's settings on top (rules: rollout.targets.container_spec). Raises UserError,
+        leaving no container behind, when the engine refuses the create or a network connect.
+        """
         labels = {LABEL_APP: self.app.name, LABEL_ENTRY: str(release.entry_id),
                   LABEL_TAG: release.tag or "", LABEL_DIGEST: release.digest}
-        if old is not None:
-            config, host_config = _carried_over(self.client, old)
-        else:
-            config, host_config = {}, {"NetworkMode": "default"}
-        config, host_config = self._apply_overrides(config, host_config)
-        config["Labels"] = {**config.get("Labels", {}), **labels}
+        old_attrs = old.attrs if old is not None else None
+        spec = create_spec(release.image, labels, old_attrs, self._image_config(old_attrs), self.settings,
+                           engine_name=self._engine_name(old_attrs))
+        api = self.client.api
         try:
-            created = self.client.api.create_container(
-                image=release.image, name=self.container_name, host_config=host_config, **_create_kwargs(config)
-            )
+            created = api.create_container_from_config(spec.body, name or self.container_name)
         except docker.errors.APIError as exc:
             raise UserError(f"target {self.name}: cannot create container: {_short(exc)}") from None
+        for network, endpoint in spec.more_networks.items():
+            try:
+                # POST /networks/{id}/connect with the EndpointSettings as inspected: the SDK's
+                # connect_container_to_network rebuilds them and cannot pass links as a list.
+                response = api._post_json(api._url("/networks/{0}/connect", network),  # noqa: SLF001
+                                          data={"Container": created["Id"], "EndpointConfig": endpoint})
+                api._raise_for_status(response)  # noqa: SLF001
+            except docker.errors.APIError as exc:
+                api.remove_container(created["Id"], force=True)
+                raise UserError(f"target {self.name}: cannot connect the new container to network {network}:"
+                                f" {_short(exc)}") from None
         return self.client.containers.get(created["Id"])
 
-    def _apply_overrides(self, config: dict[str, Any], host_config: dict[str, Any]) -> tuple[dict, dict]:
-        s = self.settings
-        if "command" in s:
-            config["Cmd"] = ["sh", "-c", s["command"]] if isinstance(s["command"], str) else list(s["command"])
-        if "entrypoint" in s:
-            config["Entrypoint"] = [s["entrypoint"]] if isinstance(s["entrypoint"], str) else list(s["entrypoint"])
-        if "env" in s:
-            env = {k: v for k, v in (e.split("=", 1) for e in config.get("Env", []) if "=" in e)}
-            env.update({k: str(v) for k, v in s["env"].items()})
-            config["Env"] = [f"{k}={v}" for k, v in env.items()]
-        if "labels" in s:
-            config["Labels"] = {**config.get("Labels", {}), **{k: str(v) for k, v in s["labels"].items()}}
-        if "user" in s:
-            config["User"] = s["user"]
-        if "network" in s:
-            host_config["NetworkMode"] = s["network"]
-        if "restart" in s:
-            name, _, retries = s["restart"].partition(":")
-            host_config["RestartPolicy"] = {"Name": name, "MaximumRetryCount": int(retries or 0)}
-        if "volumes" in s:
-            host_config["Binds"] = list(s["volumes"])
-        if "ports" in s:
-            bindings: dict[str, list[dict[str, str]]] = {}
-            for container_port, host_port in s["ports"].items():
-                port = container_port if "/" in container_port else f"{container_port}/tcp"
-                host_ip, _, host_port_only = str(host_port).rpartition(":")
-                bindings[port] = [{"HostIp": host_ip, "HostPort": host_port_only}]
-                config.setdefault("ExposedPorts", {})[port] = {}
-            host_config["PortBindings"] = bindings
-        return config, host_config
+    def _image_config(self, container: dict[str, Any] | None) -> dict[str, Any]:
+        """The Config of container's image ({} without a container, or when its image is gone)."""
+        if container is None:
+            return {}
+        try:
+            return self.client.api.inspect_image(container["Image"]).get("Config") or {}
+        except docker.errors.ImageNotFound:
+            return {}
 
-
-def _carried_over(client: docker.DockerClient, old: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The old container's own settings, minus what it inherited from its image.
-
-    What came from the old image (its default command, env, labels, health check)
-    must not override the new image's defaults; only what the operator set does.
-    """
-    config = dict(old.attrs["Config"])
-    try:
-        image_config = client.images.get(old.attrs["Image"]).attrs.get("Config") or {}
-    except docker.errors.ImageNotFound:
-        image_config = {}
-    carried: dict[str, Any] = {}
-    env_from_image = set(image_config.get("Env") or [])
-    env = [e for e in config.get("Env") or [] if e not in env_from_image]
-    if env:
-        carried["Env"] = env
-    for key in ("Cmd", "Entrypoint", "User", "WorkingDir", "Healthcheck", "StopSignal", "ExposedPorts", "Volumes"):
-        value = config.get(key)
-        if value and value != image_config.get(key):
-            carried[key] = value
-    image_labels = image_config.get("Labels") or {}
-    labels = {k: v for k, v in (config.get("Labels") or {}).items()
-              if image_labels.get(k) != v and not k.startswith("rollout.")}
-    if labels:
-        carried["Labels"] = labels
-    for key in ("Tty", "OpenStdin", "Domainname"):
-        if key in config:
-            carried[key] = config[key]
-    # HostConfig (mounts, ports, network mode, restart policy, log config, security options,
-    # capabilities, resources) is carried over whole: the new container gains nothing and loses nothing.
-    host_config = dict(old.attrs["HostConfig"])
-    return carried, host_config
-
-
-def _create_kwargs(config: dict[str, Any]) -> dict[str, Any]:
-    mapping = {
-        "Cmd": "command", "Entrypoint": "entrypoint", "Env": "environment", "User": "user",
-        "WorkingDir": "working_dir", "Labels": "labels", "Healthcheck": "healthcheck",
-        "StopSignal": "stop_signal", "Tty": "tty", "OpenStdin": "stdin_open", "Domainname": "domainname",
-    }
-    kwargs = {mapping[k]: v for k, v in config.items() if k in mapping}
-    if "ExposedPorts" in config:
-        kwargs["ports"] = [tuple(p.split("/")) if "/" in p else p for p in config["ExposedPorts"]]
-        kwargs["ports"] = [(int(p[0]), p[1]) if isinstance(p, tuple) else int(p) for p in kwargs["ports"]]
-    if "Volumes" in config:
-        kwargs["volumes"] = list(config["Volumes"])
-    return kwargs
+    def _engine_name(self, container: dict[str, Any] | None) -> str | None:
+        """The engine's host name, which a `--network host` container has as hostname unless told otherwise."""
+        if container is None or container["HostConfig"].get("NetworkMode") != "host":
+            return None
+        return self.client.api.info().get("Name")
 
 
 @dataclass(frozen=True)
