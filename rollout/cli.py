@@ -140,7 +140,9 @@ def deploy(
 @app.command()
 def revert(
     app_name: Optional[str] = typer.Argument(None, metavar="[APP]"),
-    to: Optional[str] = typer.Option(None, "--to", metavar="ID|TAG", help="Ledger entry id or tag to go back to."),
+    to: Optional[str] = typer.Option(None, "--to", metavar="'#ID'|TAG",
+                                     help="Go back to entry '#ID' (or id:ID), or to the newest healthy entry with TAG"
+                                          " (or tag:TAG); a bare number that is both is refused."),
     wait: float = typer.Option(0.0, "--wait", metavar="SECONDS", help="Wait this long for another rollout's lock."),
     reason: Optional[str] = typer.Option(None, "--reason", help="Why: recorded in the ledger."),
     metrics_file: Optional[str] = METRICS_FILE,
@@ -149,17 +151,16 @@ def revert(
     """Go back to the previous healthy release (or --to a chosen one) and verify it."""
 
     def run(console: Console) -> int:
+        from rollout.entries import name_entry
+
         cfg = _config()
         app_cfg = cfg.app(app_name)
         ledger = _ledger(cfg)
         target_entry = None
         if to is not None:
-            if to.lstrip("#").isdigit():
-                target_entry = ledger.get(int(to.lstrip("#")))
-            else:
-                target_entry = ledger.healthy_with_tag(app_cfg.name, to)
-                if target_entry is None:
-                    raise UserError(f"no healthy entry of {app_cfg.name} with tag {to!r}: see `rollout history {app_cfg.name}`")
+            named = name_entry(ledger, app_cfg.name, to)
+            console.info(named.how)
+            target_entry = named.entry
         return _under_lock(cfg, app_cfg, ledger, console, wait,
                            lambda orchestrator: orchestrator.revert(target_entry, reason=reason))
 
