@@ -1,10 +1,22 @@
 """`rollout init`: write a commented rollout.toml, filled from a running container or Deployment when asked.
 
 What is read from a container is what the operator chose (env, command, network,
-ports, volumes, restart policy, user), not what came with the image. An env
-variable whose name looks like a secret is never copied into the file: it is listed
-in a comment instead (the docker target carries the running container's env over
-anyway, so the next deploy keeps it).
+ports, volumes, restart policy, user), not what came with the image.
+
+rollout.toml is the file teams commit, and a container's env and command often hold
+database URLs with passwords and API keys, so nothing is written that could be one
+(the docker target carries the running container's own env, command and labels over
+on every deploy anyway, so leaving them out loses nothing):
+- env: only values of a shape that cannot be a credential (`harmless_value`) under a
+  name that does not look like a secret; the others are named in a comment, never
+  their values. No `${VAR}` placeholder is written: rollout.toml is not expanded, so a
+  placeholder would be deployed as its literal text.
+- command / entrypoint: left out whole (named in a comment) when an argument carries a
+  credential (`carries_secret`): a secret-named `key=value` or flag followed by its value,
+  a password in a URL, a well-known token form. A redacted command would deploy broken.
+- labels are never written (they are carried over, and may hold tokens).
+- a Deployment: only where it is (kubeconfig, context, namespace, name, container); its
+  env stays in the cluster, since the kubernetes target changes nothing but the image.
 """
 
 from __future__ import annotations
@@ -22,8 +34,24 @@ from rollout import config as configuration
 from rollout.errors import InvalidReference, TargetUnreachable, UserError, one_line
 from rollout.reference import parse
 
-SECRET_NAME = re.compile(r"PASS|SECRET|TOKEN|KEY|CREDENTIAL|AUTH|PRIVATE|CERT|DSN|COOKIE|SALT", re.IGNORECASE)
-SECRET_ARGUMENT = re.compile(r"(pass|secret|token|key|credential|auth)[\w-]*[=:]", re.IGNORECASE)
+SECRET_NAME = re.compile(r"PASS|PWD|SECRET|TOKEN|KEY|CREDENTIAL|AUTH|PRIVATE|CERT|DSN|COOKIE|SALT|SESSION|SIGN",
+                         re.IGNORECASE)
+SECRET_ARGUMENT = re.compile(r"(pass|pwd|secret|token|key|credential|auth)[\w-]*[=:]", re.IGNORECASE)
+SECRET_FLAG = re.compile(r"-{1,2}[\w-]*(pass|pwd|secret|token|key|credential|auth)[\w-]*", re.IGNORECASE)
+# scheme://user:password@host (RFC 3986 section 3.2.1 userinfo), anywhere in a value.
+URL_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:[^/\s@]+@")
+# Token forms whose prefix gives them away: AWS access key ids, GitHub, GitLab, Slack, Stripe, JWTs.
+TOKEN_FORM = re.compile(r"AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{20,}|glpat-[\w-]{20,}|xox[abposr]-[\w-]{10,}"
+                        r"|[sr]k_(live|test)_[A-Za-z0-9]{10,}|eyJ[\w-]{10,}\.[\w-]{10,}\.")
+# Env values rollout can tell are harmless: a short number, a yes/no or environment/log-level
+# word, an absolute path, or host:port. Anything else (a word, a URL: a webhook URL is its own
+# secret) may be one.
+HARMLESS_VALUE = re.compile(
+    r"-?[0-9]{1,10}(\.[0-9]{1,6})?"
+    r"|(?i:true|false|yes|no|on|off|production|development|staging|test|debug|info|warn|warning|error|critical|trace)"
+    r"|(/[A-Za-z0-9_.-]+)+/?"
+    r"|[A-Za-z0-9.-]+:[0-9]{1,5}"
+)
 APP_NAME = re.compile(r"[^A-Za-z0-9_-]+")
 EXAMPLE_IMAGE = "registry.example.com/team/web"
 
@@ -93,12 +121,14 @@ def from_container(name: str, host: str | None, app: str | None = None, image: s
     if env:
         settings["env"] = env
     if hidden:
-        draft.notes.append(f"env not copied (looks like a secret; the running container keeps it): {', '.join(hidden)}")
+        draft.notes.append("env not copied, only named (rollout cannot tell these values are not secrets;"
+                           f" the running container keeps them and each deploy carries them over): {', '.join(hidden)}")
     for key, setting in (("Cmd", "command"), ("Entrypoint", "entrypoint")):
         value = attrs["Config"].get(key)
         if value and value != image_config.get(key):
-            if any(SECRET_ARGUMENT.search(part) for part in value):
-                draft.notes.append(f"{setting} not copied: an argument looks like a secret (the running container keeps it)")
+            if carries_secret(value):
+                draft.notes.append(f"{setting} not copied: an argument carries a credential"
+                                   " (the running container keeps it and each deploy carries it over)")
             else:
                 settings[setting] = list(value)
     user = attrs["Config"].get("User")
@@ -263,7 +293,27 @@ def _repository(reference: str, option: str) -> str:
         raise UserError(f"cannot read a repository from {reference!r}: pass {option} REPOSITORY") from None
 
 
+def harmless_value(name: str, value: str) -> bool:
+    """Whether an env variable may be written to rollout.toml: its name does not look like a
+    secret's and its value has a shape no credential has (HARMLESS_VALUE: a short number, a
+    yes/no or environment word, a path, a host[:port]). Unsure means no."""
+    return not SECRET_NAME.search(name) and (value == "" or HARMLESS_VALUE.fullmatch(value) is not None)
+
+
+def carries_secret(arguments: list[str]) -> bool:
+    """Whether a command line carries a credential: `--password=x`, `token: x`, `PGPASSWORD=x`
+    (SECRET_ARGUMENT), a secret-named flag followed by its value (`--password x`), a URL with a
+    password (`postgres://u:pw@db`), or a well-known token form (TOKEN_FORM)."""
+    for position, part in enumerate(arguments):
+        if SECRET_ARGUMENT.search(part) or URL_PASSWORD.search(part) or TOKEN_FORM.search(part):
+            return True
+        if SECRET_FLAG.fullmatch(part) and position + 1 < len(arguments):
+            return True
+    return False
+
+
 def _operator_env(env: list[str], from_image: list[str]) -> tuple[dict[str, str], list[str]]:
+    """The env the operator set (not inherited from the image): (written as is, only named)."""
     inherited = set(from_image)
     chosen: dict[str, str] = {}
     hidden: list[str] = []
@@ -271,10 +321,10 @@ def _operator_env(env: list[str], from_image: list[str]) -> tuple[dict[str, str]
         if item in inherited or "=" not in item:
             continue
         name, value = item.split("=", 1)
-        if SECRET_NAME.search(name):
-            hidden.append(name)
-        else:
+        if harmless_value(name, value):
             chosen[name] = value
+        else:
+            hidden.append(name)
     return chosen, hidden
 
 

@@ -101,13 +101,14 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSimulator]
         yield sim
 
 
-def create_deployment(sim: RunningSimulator, root: Path, name: str, namespace: str = "default") -> None:
+def create_deployment(sim: RunningSimulator, root: Path, name: str, namespace: str = "default",
+                      env: list[dict[str, Any]] | None = None) -> None:
     manifest = {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
         "spec": {"replicas": 2, "selector": {"matchLabels": {"app": name}},
                  "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [
-                     {"name": "app", "image": f"{APP_IMAGE}:good1"},
+                     {"name": "app", "image": f"{APP_IMAGE}:good1", **({"env": env} if env else {})},
                      {"name": "proxy", "image": "127.0.0.1:5000/rollout-test/sidecar:v1"}]}}},
     }
     path = root / f"{name}.json"
@@ -152,3 +153,95 @@ def test_init_from_a_missing_deployment_is_one_line(kube: RunningSimulator, tmp_
     assert result.returncode == 2
     assert "no deployment 'nope' in namespace elsewhere" in one_error_line(result)
     assert not config.exists()
+
+
+# -- secrets: rollout.toml is the file teams commit ---------------------------------------------
+
+SECRET_VALUES = ("s3cr3t", "abc123", "tok-9f8e7d6c", "hunter2")
+# The app's own command, with credentials a real one would take as arguments (sh -c ignores them).
+SERVE = "trap 'exit 0' TERM INT; httpd -f -p 127.0.0.1:$PORT -h /www & wait"
+COMMAND = ["sh", "-c", SERVE, "app", "--password=hunter2", "--db", "postgres://u:s3cr3t@db/app"]
+
+
+def test_init_writes_no_secret_from_a_container_and_the_deploy_keeps_them(tmp_path: Path, docker_client: Any,
+                                                                         registry: str) -> None:
+    name, port = f"rt-init-{uuid.uuid4().hex[:8]}", free_port()
+    docker_client.containers.run(
+        f"{APP_IMAGE}:good1", COMMAND, name=name, detach=True, network_mode="host",
+        environment={"PORT": str(port), "DATABASE_URL": "postgres://u:s3cr3t@db/app", "API_KEY": "abc123",
+                     "LOG_LEVEL": "debug"},
+        labels={"com.example.webhook-token": "tok-9f8e7d6c"})
+    try:
+        before = docker_client.containers.get(name).attrs
+        config = tmp_path / "rollout.toml"
+        result = rollout(config, "init", "--from-container", name)
+        assert result.returncode == 0, result.stderr
+        text = config.read_text()
+        for secret in SECRET_VALUES:
+            assert secret not in text + result.stdout + result.stderr, secret
+        # What was left out is named (names only), in the file and on the terminal.
+        assert "DATABASE_URL" in text and "API_KEY" in text and "DATABASE_URL" in result.stderr
+        assert "command not copied" in text
+        [target] = tomllib.loads(text)["apps"][name]["targets"]
+        assert target["env"] == {"PORT": str(port), "LOG_LEVEL": "debug"}  # values no credential can be
+        assert "command" not in target and "labels" not in target
+
+        listed = rollout(config, "history", "--json")  # rollout loads the file as written
+        assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stderr
+        deployed = rollout(config, "deploy", f"{name}:good2")
+        assert deployed.returncode == 0, deployed.stderr
+        assert http_get(f"http://127.0.0.1:{port}/version") == "good2"
+        # The oracle is the engine: the new container has the old one's env, command and labels.
+        after = docker_client.containers.get(name).attrs
+        assert after["Id"] != before["Id"]
+        assert sorted(after["Config"]["Env"]) == sorted(before["Config"]["Env"])
+        assert after["Config"]["Cmd"] == before["Config"]["Cmd"] == COMMAND
+        labels = {k: v for k, v in after["Config"]["Labels"].items() if not k.startswith("rollout.")}
+        assert labels == before["Config"]["Labels"]
+    finally:
+        for container in docker_client.containers.list(all=True, filters={"name": name}):
+            container.remove(force=True)
+
+
+@pytest.mark.parametrize(("command", "carries"), [
+    (["app", "--password=hunter2"], True), (["app", "--password", "hunter2"], True),
+    (["app", "--db", "postgres://u:s3cr3t@db/app"], True), (["sh", "-c", "PGPASSWORD=hunter2 psql"], True),
+    (["app", "AKIAIOSFODNN7EXAMPLE"], True), (["app", "--token", "ghp_abcdefghijklmnopqrstuvwx"], True),
+    (["nginx", "-g", "daemon off;"], False), (["app", "--db", "postgres://db:5432/app"], False),
+    (["app", "--verbose"], False),
+])
+def test_commands_that_carry_a_credential_are_told_apart(command: list[str], carries: bool) -> None:
+    from rollout.scaffold import carries_secret
+
+    assert carries_secret(command) is carries
+
+
+@pytest.mark.parametrize(("name", "value", "written"), [
+    ("PORT", "18604", True), ("LOG_LEVEL", "debug", True), ("DATA_DIR", "/var/lib/app", True),
+    ("DB_ADDR", "db:5432", True), ("DEBUG", "", True),
+    ("DATABASE_URL", "postgres://u:s3cr3t@db/app", False), ("API_KEY", "abc123", False),
+    ("SLACK_HOOK", "https://hooks.slack.com/services/T0/B0/XXXX", False), ("MODE", "hunter2", False),
+    ("DB_PASSWORD", "1234", False), ("ACCOUNT", "12345678901234", False),
+])
+def test_only_env_values_that_cannot_be_a_credential_are_written(name: str, value: str, written: bool) -> None:
+    from rollout.scaffold import harmless_value
+
+    assert harmless_value(name, value) is written
+
+
+def test_init_from_a_deployment_writes_no_env(kube: RunningSimulator, tmp_path: Path, registry: str) -> None:
+    name = f"shop-{uuid.uuid4().hex[:6]}"
+    create_deployment(kube, tmp_path, name, env=[{"name": "DATABASE_URL", "value": "postgres://u:s3cr3t@db/app"},
+                                                 {"name": "API_KEY", "value": "abc123"}])
+    try:
+        config = tmp_path / "rollout.toml"
+        result = rollout(config, "init", "--from-deployment", name, "--kubeconfig", str(kube.kubeconfig),
+                         "--container", "app")
+        assert result.returncode == 0, result.stderr
+        text = config.read_text()
+        for secret in SECRET_VALUES:
+            assert secret not in text + result.stdout + result.stderr, secret
+        [target] = tomllib.loads(text)["apps"][name]["targets"]
+        assert set(target) == {"name", "kind", "kubeconfig", "namespace", "deployment", "container"}
+    finally:
+        kube.kubectl("delete", "deployment", name, "--wait=false")

@@ -13,6 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from . import objects, patches, resources, tables
+from .admission import ImagePolicy
+from .authorization import Authorizer, request_verb
 from .errors import ApiError
 from .resources import NAMESPACES, ResourceType
 from .selectors import FieldSelector, LabelSelector
@@ -60,9 +62,12 @@ def _parse_resource_path(group: str, version: str, parts: list[str]) -> Route:
 class Simulator:
     """State shared by the HTTP handlers: the store plus the watch settings."""
 
-    def __init__(self, store: Store, bookmark_interval: float) -> None:
+    def __init__(self, store: Store, bookmark_interval: float, authorizer: Authorizer | None = None,
+                 admission: list[ImagePolicy] | None = None) -> None:
         self.store = store
         self.bookmark_interval = bookmark_interval
+        self.authorizer = authorizer or Authorizer()
+        self.admission = admission or []
         self.server_address = ""
         self.stopping = threading.Event()
         self.after_delete: list[Any] = []
@@ -205,9 +210,23 @@ class Handler(BaseHTTPRequestHandler):
                 return found
         return None
 
+    def _authorize(self, route: Route, watch: bool) -> None:
+        """RBAC: 403 for what the request's user may not do, before anything is read or written."""
+        header = self.headers.get("Authorization", "")
+        token = header[len("Bearer "):] if header.startswith("Bearer ") else None
+        verb = request_verb(self.command, route.name is not None, watch)
+        self.sim.authorizer.check(token, verb, route.rt, route.subresource, route.namespace, route.name)
+
+    def _admit(self, route: Route, operation: str, obj: Obj) -> None:
+        """Validating admission: after validation, before the object is stored (subresources are not reviewed)."""
+        if route.subresource is None:
+            for policy in self.sim.admission:
+                policy.review(route.rt, operation, obj)
+
     def _serve(self, route: Route, query: dict[str, str]) -> None:
         method = self.command
         watch = route.watch_path or query.get("watch") in ("true", "1")
+        self._authorize(route, watch)
         if route.name is None:
             if method == "GET" and watch:
                 self._watch(route, query)
@@ -316,6 +335,7 @@ class Handler(BaseHTTPRequestHandler):
             self._require_namespace(route)
             objects.prepare_create(route.rt, obj)
             objects.validate(route.rt, obj)
+            self._admit(route, "CREATE", obj)
             if query.get("dryRun"):
                 existing = self.store.find(route.rt, self._namespace_of(route), meta["name"])
                 if existing is not None:
@@ -344,6 +364,7 @@ class Handler(BaseHTTPRequestHandler):
                     new["metadata"][server_owned] = old["metadata"][server_owned]
             objects.prepare_update(route.rt, new, old)
             objects.validate(route.rt, new, old)
+            self._admit(route, "UPDATE", new)
         new["kind"], new["apiVersion"] = route.rt.kind, route.rt.api_version
         if query.get("dryRun"):
             return new
