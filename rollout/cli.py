@@ -224,6 +224,9 @@ def status(
                                                          else "DRIFT" if t["running"] else "STOPPED"),
                          t.get("error") or t["image"] or "no container"] for t in report["targets"]]
                 console.out(head + "\n" + table(["TARGET", "DIGEST", "STATE", "IMAGE"], rows))
+                for t in report["targets"]:
+                    if t.get("warning"):
+                        console.warn(t["warning"])
         return EXIT_UNREACHABLE if unreachable else 0
 
     _run(run)

@@ -20,7 +20,7 @@ import sqlite3
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -124,9 +124,10 @@ def other_good(project: Project) -> str:
 
 
 class Harness:
-    def __init__(self, project: Project, proxy: RegistryProxy) -> None:
+    def __init__(self, project: Project, proxy: RegistryProxy, engine: Any) -> None:
         self.project = project
         self.proxy = proxy
+        self.engine = engine
         self.tried = 0
         self.recovered = 0
         self.lost: list[str] = []
@@ -137,9 +138,7 @@ class Harness:
         last_id = ledger_rows(project, "SELECT coalesce(max(id), 0) FROM entries")[0][0]
         tag = other_good(project) if moment.tag == "good" else moment.tag
         if moment.during_pull:
-            # The engine starts a pull with a HEAD of the digest (rollout HEADs the tag): hold that one.
-            self.proxy.inject(Fault("delay", kind="manifest", method="HEAD", path_contains="/manifests/sha256:",
-                                    delay=20.0, times=None))
+            self.hold_the_pull()
             write_config(project, image=f"{self.proxy.host}/rollout-test/app", timeout=4, stable=1)
         if moment.after is not None:
             # Windows wide enough that a busy machine's slow poll cannot see them close before the kill.
@@ -158,6 +157,11 @@ class Harness:
                     time.sleep(0.02)
                 if process.poll() is not None or not self.proxy.faults_applied["delay"]:
                     return "the engine never started pulling"
+                # The held request must be the engine's pull (prepare runs once the entry is
+                # `applying`), not one of rollout's own registry requests.
+                if not ledger_rows(project, "SELECT 1 FROM entries WHERE id > ? AND kind = 'deploy' AND status = 'applying'",
+                                   (last_id,)):
+                    return "a registry request was held before the engine pulled (the entry is not applying)"
                 time.sleep(0.5)
                 process.send_signal(signal.SIGKILL)
             code, stderr = finish(process)
@@ -172,6 +176,27 @@ class Harness:
         if code != -signal.SIGKILL:
             return f"the deploy was not killed there: exit {code}: {stderr.strip()[-300:]}"
         return None
+
+    def hold_the_pull(self) -> None:
+        """Make the engine's next pull through the proxy hang (20 s) until the test kills the deploy.
+
+        Held: any request for a manifest by digest, HEAD or GET (rollout itself asks for the
+        tag). Docker 20.10 GETs a manifest it has never pulled and only HEADs one its content
+        store kept from an earlier pull: the test images are built and pushed, never pulled, so
+        on a fresh machine the first pull is a GET, which a HEAD-only hold let through, and the
+        deploy ran to its end ("the engine never started pulling"; a rerun passed).
+        And the engine must have nothing under the proxy's name, or rollout finds the image
+        and pulls nothing: the proxy listens on an ephemeral port, which an earlier proxy
+        (another test, an earlier run) may have used to pull these images; untagging that
+        name leaves the image itself (the registry's own name still holds it).
+        """
+        stale = [name for image in self.engine.images.list()
+                 for name in (image.attrs.get("RepoTags") or []) + (image.attrs.get("RepoDigests") or [])
+                 if name.startswith(f"{self.proxy.host}/")]
+        for name in stale:
+            self.engine.images.remove(name)
+        self.proxy.inject(Fault("delay", kind="manifest", method=None, path_contains="/manifests/sha256:",
+                                delay=20.0, times=None))
 
     def recover(self, moment: Moment, interrupted_ids: list[int]) -> str | None:
         """Run the next command and check the app is back on a healthy recorded digest; None when it is."""
@@ -229,13 +254,13 @@ class Harness:
             self.lost.append(f"{moment.name}: {problem}")
 
 
-def test_sigkill_at_every_moment_loses_nothing(project: Project, slow_pull_proxy: RegistryProxy,
+def test_sigkill_at_every_moment_loses_nothing(project: Project, slow_pull_proxy: RegistryProxy, docker_client: Any,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     assert len({(m.tag, m.kill_at, m.after, m.during_pull, m.recovery_kill_at) for m in MOMENTS}) == len(MOMENTS) >= 20
     write_config(project, timeout=4, stable=1)
     first = project.run("deploy", "web:good1")
     assert first.returncode == 0, first.stderr
-    harness = Harness(project, slow_pull_proxy)
+    harness = Harness(project, slow_pull_proxy, docker_client)
     for moment in MOMENTS:
         harness.run(moment)
     with capsys.disabled():

@@ -39,6 +39,7 @@ class Running:
     digest: str | None
     detail: str = ""
     active: bool = True  # False: the container exists but is not running
+    warning: str | None = None  # something the operator should know although it runs (one line)
 
     def serves(self, digest: str) -> bool:
         return self.active and self.digest == digest
@@ -110,6 +111,7 @@ class TargetState:
     running: bool = False
     in_sync: bool = False  # running the ledger's current digest; a stopped container is not
     error: str | None = None  # the target could not be reached or read
+    warning: str | None = None  # it runs, but something needs the operator's eye (e.g. an init container)
 
 
 def observe(app: "AppConfig", current_digest: str | None, opener: TargetFactory = open_target) -> list[TargetState]:
@@ -121,6 +123,7 @@ def observe(app: "AppConfig", current_digest: str | None, opener: TargetFactory 
         try:
             running = opener(config, app).running()
             state.image, state.digest, state.running = running.image, running.digest, running.active
+            state.warning = running.warning
             state.in_sync = current_digest is not None and running.serves(current_digest)
         except Exception as exc:  # noqa: BLE001 - any failure of one target is reported, not raised
             state.error = one_line(exc)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import objects
+from .admission import load_policies
+from .authorization import load_authorizer
 from .controllers import ControllerManager
 from .kubelet import BackOff, Kubelet, Runtime, load_table
 from .resources import NAMESPACES
@@ -54,6 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backoff-cap", type=float, default=300.0, help="back-off ceiling, seconds")
     parser.add_argument("--bookmark-interval", type=float, default=10.0, help="seconds between watch bookmarks")
     parser.add_argument("--event-log-size", type=int, default=20000, help="watch history kept before 410 Gone")
+    parser.add_argument("--rbac", help="JSON file of users (token, name, RBAC rules); other tokens may do anything")
+    parser.add_argument("--admission", help="JSON file of validating admission webhooks (image policies)")
     return parser.parse_args(argv)
 
 
@@ -99,7 +103,7 @@ class Cluster:
 def build(args: argparse.Namespace) -> Cluster:
     store = Store(event_log_size=args.event_log_size)
     seed(store)
-    sim = Simulator(store, args.bookmark_interval)
+    sim = Simulator(store, args.bookmark_interval, load_authorizer(args.rbac), load_policies(args.admission))
     server = ApiServer(("127.0.0.1", args.port), sim)
     runtime = make_runtime(args)
     kubelet = Kubelet(store, runtime, BackOff(args.backoff_base, args.backoff_cap))

@@ -14,7 +14,7 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
-from .kubelet import Probe, PullResult
+from .kubelet import Probe, PullResult, never_pull_message
 from .store import Obj
 
 LABEL_OWNER = "kube-sim.owner"
@@ -80,7 +80,7 @@ class DockerRuntime:
                 return PullResult(True, image_id=self._image_id(local, image))
             except docker.errors.ImageNotFound:
                 if policy == "Never":
-                    return PullResult(False, message=f'Container image "{image}" is not present with pull policy of Never')
+                    return PullResult(False, message=never_pull_message(image), reason="ErrImageNeverPull")
             except docker.errors.APIError as error:
                 return PullResult(False, message=str(error.explanation or error))
         repository, tag = split_reference(image)

@@ -73,6 +73,13 @@ class ApiError(Exception):
         return cls(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
 
     @classmethod
+    def forbidden(cls, rt: ResourceType, name: str, why: str, code: int = 403) -> ApiError:
+        """What apimachinery's errors.NewForbidden renders: `deployments.apps "web" is forbidden: WHY`
+        (without a name: `deployments.apps is forbidden: WHY`); details name the resource, not the Kind."""
+        subject = f'{rt.qualified} "{name}"' if name else rt.qualified
+        return cls(code, "Forbidden", f"{subject} is forbidden: {why}", rt.details(name))
+
+    @classmethod
     def invalid(cls, rt: ResourceType, name: str, causes: list[Cause]) -> ApiError:
         texts = [f"{c.field}: {c.message}" for c in causes]
         joined = texts[0] if len(texts) == 1 else "[" + ", ".join(texts) + "]"

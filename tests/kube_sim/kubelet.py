@@ -34,6 +34,14 @@ class PullResult:
     ok: bool
     image_id: str = ""
     message: str = ""
+    # The waiting reason a failure shows: ErrImagePull, or ErrImageNeverPull when the policy
+    # is Never and the image is not on the node (no pull was tried, so no back-off follows).
+    reason: str = "ErrImagePull"
+
+
+def never_pull_message(image: str) -> str:
+    """pkg/kubelet/images/image_manager.go EnsureImageExists, pull policy Never and no image."""
+    return f'Container image "{image}" is not present with pull policy of Never'
 
 
 @dataclass
@@ -154,9 +162,17 @@ class PodWorker:
                 if now >= run.pull_error_until:
                     run.state = {"waiting": {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{image}"'}}
                 return
-            if run.pull_failures == 0:
+            policy = run.spec.get("imagePullPolicy", "IfNotPresent")
+            if run.pull_failures == 0 and policy != "Never":
                 self._event("Normal", "Pulling", f'Pulling image "{image}"')
-            result = self.runtime.pull(image, run.spec.get("imagePullPolicy", "IfNotPresent"))
+            result = self.runtime.pull(image, policy)
+            if not result.ok and result.reason == "ErrImageNeverPull":
+                # image_manager.go returns ErrImageNeverPull without touching the pull back-off:
+                # the pod stays in that state and each later sync looks for the image again.
+                run.next_attempt = run.pull_error_until = time.time() + self.backoff.base
+                run.state = {"waiting": {"reason": result.reason, "message": result.message}}
+                self._event("Warning", "ErrImageNeverPull", result.message)
+                return
             if not result.ok:
                 run.pull_failures += 1
                 delay = self.backoff.delay(run.pull_failures)
@@ -354,7 +370,7 @@ class Kubelet:
 
 # --- the table runtime --------------------------------------------------------------
 
-BEHAVIOURS = ("ready", "crashloop", "pull-error", "never-ready", "unhealthy")
+BEHAVIOURS = ("ready", "crashloop", "pull-error", "pull-transient", "never-ready", "unhealthy")
 
 
 @dataclass(frozen=True)
@@ -362,8 +378,10 @@ class TableRule:
     """An image reference containing `match` behaves as `behaviour`.
 
     ready: running at once, ready after `delay` s; crashloop: exits with `exit_code`
-    after `delay` s, every time; pull-error: the pull fails; never-ready: running, never
-    ready; unhealthy: ready, then not ready after `delay` s.
+    after `delay` s, every time; pull-error: the pull fails; pull-transient: the first pull
+    of the reference fails (a registry hiccup), the kubelet's retry after its back-off
+    succeeds, then as ready; never-ready: running, never ready; unhealthy: ready, then not
+    ready after `delay` s.
     """
 
     match: str
@@ -386,17 +404,30 @@ class TableRuntime:
         self.rules = rules
         self.default = default
         self.counter = 0
+        self.present: set[str] = set()  # references pulled before: the node's image store
+        self.failed_once: set[str] = set()  # pull-transient references whose first pull failed
 
     def rule_for(self, image: str) -> TableRule:
         return next((rule for rule in self.rules if rule.match in image), self.default)
 
     def pull(self, image: str, policy: str) -> PullResult:
-        if self.rule_for(image).behaviour == "pull-error":
+        if policy == "Never" and image not in self.present:
+            return PullResult(False, message=never_pull_message(image), reason="ErrImageNeverPull")
+        behaviour = self.rule_for(image).behaviour
+        if behaviour == "pull-error":
             message = (
                 f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": '
                 f'failed to resolve reference "{image}": {image}: not found'
             )
             return PullResult(False, message=message)
+        if behaviour == "pull-transient" and image not in self.failed_once:
+            self.failed_once.add(image)
+            message = (
+                f'rpc error: code = Unknown desc = failed to pull and unpack image "{image}": failed to resolve '
+                f'reference "{image}": unexpected status from HEAD request: 503 Service Unavailable'
+            )
+            return PullResult(False, message=message)
+        self.present.add(image)
         if "@sha256:" in image:
             return PullResult(True, image_id=f"docker-pullable://{image}")
         repository = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image

@@ -105,6 +105,20 @@ def _validate_name(rt: ResourceType, name: str) -> list[Cause]:
     return []
 
 
+# apimachinery pkg/api/validation/objectmeta.go: TotalAnnotationSizeLimitB, keys plus values.
+TOTAL_ANNOTATION_SIZE_LIMIT = 256 * (1 << 10)
+
+
+def _validate_annotations(meta: Obj) -> list[Cause]:
+    """ValidateAnnotations' size rule: a client adding to annotations near the limit gets 422 Invalid."""
+    annotations = meta.get("annotations") or {}
+    size = sum(len(key) + len(str(value)) for key, value in annotations.items())
+    if size > TOTAL_ANNOTATION_SIZE_LIMIT:
+        return [Cause("FieldValueTooLong", f"Too long: must have at most {TOTAL_ANNOTATION_SIZE_LIMIT} bytes",
+                      "metadata.annotations")]
+    return []
+
+
 def _validate_pod_spec(spec: Obj, path: str, only_always: bool) -> list[Cause]:
     causes: list[Cause] = []
     containers = spec.get("containers") or []
@@ -169,7 +183,7 @@ def _validate_deployment(obj: Obj) -> list[Cause]:
 
 def validate(rt: ResourceType, obj: Obj, old: Obj | None = None) -> None:
     meta = obj.get("metadata") or {}
-    causes = _validate_name(rt, meta.get("name", ""))
+    causes = _validate_name(rt, meta.get("name", "")) + _validate_annotations(meta)
     if rt == DEPLOYMENTS:
         causes += _validate_deployment(obj)
     elif rt == REPLICASETS:
