@@ -4,12 +4,14 @@ Apply is a strategic-merge patch of that container's image (nothing else in the
 pod template changes) plus a change-cause annotation, so `kubectl rollout history`
 shows ledger entries. Verification checks what `kubectl rollout status` checks,
 woken by watches, and fails fast on the pod states that never heal by waiting
-(CrashLoopBackOff, ImagePullBackOff, ...) instead of sitting out the progress deadline.
+(CrashLoopBackOff, a pull that failed again after the kubelet's back-off, ...) instead of
+sitting out the progress deadline.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -17,11 +19,27 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rollout.config import AppConfig, TargetConfig
-from rollout.errors import TargetUnreachable, UserError, one_line
+from rollout.errors import EXIT_UNREACHABLE, EXIT_USAGE, NotApplied, TargetUnreachable, UserError, one_line
+from rollout.reference import parse
 from rollout.targets import Observation, Release, Running
 
-FAST_FAIL_REASONS = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError",
-                     "InvalidImageName", "CreateContainerError", "RunContainerError"}
+log = logging.getLogger(__name__)
+
+# Waiting reasons that waiting does not heal (the kubelet's own names, pkg/kubelet/images/types.go
+# and pkg/kubelet/container/sync_result.go). ErrImageNeverPull: imagePullPolicy Never and the image
+# is not on the node; no pull will ever be tried.
+FAST_FAIL_REASONS = {"CrashLoopBackOff", "CreateContainerConfigError", "InvalidImageName", "CreateContainerError",
+                     "RunContainerError", "ErrImageNeverPull"}
+# Pull failures the kubelet retries after a back-off (10 s, doubling; pkg/kubelet/images/image_manager.go),
+# so a registry hiccup heals by itself. Rule: a pull error fails the release once the same pod
+# shows ErrImagePull again after ImagePullBackOff, i.e. the kubelet's retry after its back-off
+# failed too. ImagePullBackOff alone is not enough: a pod that syncs during the back-off (another
+# container started, say) shows it after a single failed pull.
+PULL_ERROR = "ErrImagePull"
+PULL_BACK_OFF = "ImagePullBackOff"
+# The API server answered with a decision, not a failure: nothing was written (RBAC 401/403,
+# an admission webhook's denial, 400/422 validation).
+REFUSED_STATUSES = {400, 401, 403, 422}
 CHANGE_CAUSE = "kubernetes.io/change-cause"
 LEDGER_ID = "rollout/ledger-id"
 STRATEGIC = "application/strategic-merge-patch+json"
@@ -41,6 +59,7 @@ class KubernetesTarget:
         self._container: str | None = None
         self._image_before: str | None = None
         self._generation: int | None = None
+        self._warned = False  # the init-container warning is given once per command
 
     # -- connection ----------------------------------------------------------
 
@@ -81,7 +100,12 @@ class KubernetesTarget:
                 ) from None
             if exc.status == 409:
                 raise _Conflict() from None
-            raise TargetUnreachable(f"target {self.name}: {what}: API answered {exc.status} {exc.reason}") from None
+            explanation = _status_message(exc)
+            text = f"target {self.name}: {what}: API answered {exc.status} {exc.reason}" + (
+                f": {explanation}" if explanation else "")
+            if exc.status in REFUSED_STATUSES:
+                raise ApiRefusal(text, exc.status, explanation or f"{exc.status} {exc.reason}") from None
+            raise TargetUnreachable(text) from None
         except Exception as exc:  # noqa: BLE001 - urllib3 connection errors and friends
             raise TargetUnreachable(f"target {self.name}: Kubernetes API unreachable ({one_line(exc)})") from None
 
@@ -101,7 +125,7 @@ class KubernetesTarget:
         drifting = [d for d in pod_digests if d != template_digest]
         digest = drifting[0] if drifting else template_digest or (pod_digests[0] if pod_digests else None)
         detail = f"pods run {', '.join(pod_digests)}" if pod_digests else "no pods"
-        return Running(image, digest, detail)
+        return Running(image, digest, detail, warning=self._init_container_warning(deployment, container))
 
     def prepare(self, release: Release) -> None:
         deployment = self._read()
@@ -113,6 +137,10 @@ class KubernetesTarget:
             raise UserError(f"target {self.name}: deployment {self.deployment} is scaled to 0 replicas:"
                             " nothing would run to verify; scale it up first")
         self._container = self._pick_container(deployment)
+        warning = self._init_container_warning(deployment, self._container)
+        if warning and not self._warned:
+            self._warned = True
+            log.warning("%s", warning)
 
     def apply(self, release: Release) -> str | None:
         apps, _ = self.apis
@@ -133,6 +161,14 @@ class KubernetesTarget:
                                      self.deployment, self.namespace, patch, _content_type=STRATEGIC)
             except _Conflict:
                 continue  # someone else changed it between our read and patch: read again
+            except ApiRefusal as refusal:
+                # The API server refuses a write as a whole: the Deployment is exactly as it was.
+                # 422 Invalid is this Deployment's or config's to fix (2); RBAC and admission are the cluster's (5).
+                raise NotApplied(
+                    f"target {self.name}: the API server refused to patch deployment {self.deployment}"
+                    f" ({refusal.status}): {refusal.explanation}; nothing was changed",
+                    exit_code=EXIT_USAGE if refusal.status == 422 else EXIT_UNREACHABLE,
+                ) from None
             self._image_before = self._image_before or before
             self._generation = patched["metadata"].get("generation")
             return before
@@ -166,21 +202,41 @@ class KubernetesTarget:
     # -- helpers -------------------------------------------------------------
 
     def _pick_container(self, deployment: dict[str, Any]) -> str:
+        """The container rollout moves: `container` when set, else the only one, else the one whose
+        image is in the app's repository, names compared normalised (`nginx:1.25` runs
+        docker.io/library/nginx). UserError (exit 2) when that names none or several."""
         containers = deployment["spec"]["template"]["spec"]["containers"]
         names = [c["name"] for c in containers]
         wanted = self.settings.get("container")
         if wanted:
             if wanted not in names:
                 raise UserError(f"target {self.name}: deployment {self.deployment} has no container {wanted!r}"
-                                f" (it has {', '.join(names)})")
+                                f" (it has {', '.join(names)}): fix `container`")
             return wanted
         if len(containers) == 1:
             return names[0]
-        ours = [c["name"] for c in containers if _repository(c["image"]) in (self.app.image, self.app.repository)]
+        ours = [c["name"] for c in containers if self._runs_app(c)]
         if len(ours) == 1:
             return ours[0]
+        which = (f"{' and '.join(ours)} all run" if ours else "none of them runs")
         raise UserError(f"target {self.name}: deployment {self.deployment} has several containers"
-                        f" ({', '.join(names)}): set `container` to one of them")
+                        f" ({', '.join(names)}) and {which} {self.app.image}: set `container` to one of them")
+
+    def _runs_app(self, container: dict[str, Any]) -> bool:
+        """Whether a container's image is in the app's repository (normalised like references)."""
+        try:
+            return parse(container.get("image") or "").name == self.app.image
+        except ValueError:
+            return False  # not a reference rollout could have written: not ours
+
+    def _init_container_warning(self, deployment: dict[str, Any], container: str) -> str | None:
+        """A warning when init containers run the app's repository: rollout moves only `container`."""
+        init = [c for c in deployment["spec"]["template"]["spec"].get("initContainers") or [] if self._runs_app(c)]
+        if not init:
+            return None
+        images = ", ".join(f"{c['name']} ({c['image']})" for c in init)
+        return (f"target {self.name}: init container {images} of deployment {self.deployment} also runs"
+                f" {self.app.image}; rollout moves only container {container}, so the init container keeps its image")
 
     def _selector(self, deployment: dict[str, Any]) -> str:
         labels = deployment["spec"]["selector"].get("matchLabels", {})
@@ -225,6 +281,20 @@ class _Conflict(Exception):
     pass
 
 
+class ApiRefusal(TargetUnreachable):
+    """The API server answered with a refusal (400/401/403/422): nothing was written.
+
+    `explanation` is the server's own message from the Status body (e.g. `deployments.apps "web"
+    is forbidden: User "ci" cannot patch resource "deployments" ...`); as an error on a read it
+    is exit 5 like any target we cannot use.
+    """
+
+    def __init__(self, message: str, status: int, explanation: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.explanation = explanation
+
+
 class DeploymentWatch:
     """What `kubectl rollout status` checks, plus fast failure on pods that will not heal."""
 
@@ -233,6 +303,7 @@ class DeploymentWatch:
         self.release = release
         self._changed = threading.Event()
         self._stop = threading.Event()
+        self._pull_backed_off: set[tuple[str, str]] = set()  # (pod uid, container) seen in ImagePullBackOff
         self._responses: dict[str, Any] = {}  # open watch streams, closed by close()
         # close() and a thread opening a new stream take turns: a stream opened after close()
         # shut the others down would otherwise keep its thread blocked for a whole watch period.
@@ -317,13 +388,28 @@ class DeploymentWatch:
             for status in pod.get("status", {}).get("containerStatuses") or []:
                 if status.get("name") != container:
                     continue
-                waiting = (status.get("state") or {}).get("waiting") or {}
+                waiting_failure = self._waiting_failure(pod, status)
+                if waiting_failure:
+                    return waiting_failure
                 name = pod["metadata"]["name"]
-                if waiting.get("reason") in FAST_FAIL_REASONS:
-                    message = f": {waiting['message']}" if waiting.get("message") else ""
-                    return f"pod {name} is in {waiting['reason']}{message}"[:300]
                 if status.get("restartCount", 0) >= self.target.max_restarts:
                     return f"pod {name} restarted {status['restartCount']} times"
+        return None
+
+    def _waiting_failure(self, pod: dict[str, Any], status: dict[str, Any]) -> str | None:
+        """A container waiting for a reason that waiting will not heal (FAST_FAIL_REASONS), or a
+        pull that failed again after the kubelet's back-off (see PULL_ERROR); None otherwise."""
+        waiting = (status.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        message = f": {waiting['message']}" if waiting.get("message") else ""
+        name = pod["metadata"]["name"]
+        if reason in FAST_FAIL_REASONS:
+            return f"pod {name} is in {reason}{message}"[:300]
+        key = (pod["metadata"].get("uid") or name, status.get("name") or "")
+        if reason == PULL_BACK_OFF:
+            self._pull_backed_off.add(key)
+        elif reason == PULL_ERROR and key in self._pull_backed_off:
+            return f"pod {name} failed to pull its image again after the kubelet's back-off ({PULL_ERROR}){message}"[:300]
         return None
 
     def close(self) -> None:
@@ -347,7 +433,11 @@ def _container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
     return next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name)
 
 
-def _repository(image: str) -> str:
-    name = image.split("@", 1)[0]
-    last = name.rsplit("/", 1)[-1]
-    return name.rsplit(":", 1)[0] if ":" in last else name
+def _status_message(exc: Any) -> str:
+    """The `message` of the Status object an API error carries (apimachinery metav1.Status), one line."""
+    try:
+        body = json.loads(exc.body)
+    except (TypeError, ValueError):
+        return ""
+    message = body.get("message") if isinstance(body, dict) else None
+    return one_line(message) if isinstance(message, str) else ""
