@@ -445,3 +445,50 @@ def test_challenge_parameters_keep_commas_inside_quotes() -> None:
         "scope": "repository:a/b:pull,push",
     }
     assert parse_challenge('Basic realm="Registry Realm"') == parse_challenge("basic realm=Registry Realm")
+
+
+# --- registries that refuse HEAD ----------------------------------------------------------
+
+
+def test_a_registry_that_refuses_head_is_asked_with_one_get_and_it_is_said_once(
+    proxy: RegistryProxy, plain_registry: tuple[RegistryProcess, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy.inject(Fault("status", status=405, method="HEAD", times=None))
+    client, ref = RegistryClient(), parse(f"{proxy.host}/web:1.0")
+    with caplog.at_level(logging.INFO, logger="rollout.registry"):
+        assert client.resolve(ref) == plain_registry[1]
+        # Known to refuse HEAD now: straight to GET, also for another client in this process.
+        assert RegistryClient().resolve(ref) == plain_registry[1]
+        assert client.exists(parse(f"{proxy.host}/web@{plain_registry[1]}")) is True
+        assert client.exists(parse(f"{proxy.host}/web:no-such-tag")) is False
+    assert dict(proxy.request_counts) == {("HEAD", "manifest"): 1, ("GET", "manifest"): 4}
+    said = [r for r in caplog.records if "refuses HEAD" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.INFO and proxy.host in said[0].getMessage()
+
+
+def test_a_registry_that_refuses_head_still_says_when_a_tag_is_missing(proxy: RegistryProxy) -> None:
+    proxy.inject(Fault("status", status=405, method="HEAD", times=None))
+    with pytest.raises(TagNotFound, match=f"tag 9.9 not found in {proxy.host}/web"):
+        RegistryClient().resolve(parse(f"{proxy.host}/web:9.9"))
+
+
+def test_other_refusals_of_head_are_still_errors(proxy: RegistryProxy) -> None:
+    proxy.inject(Fault("status", status=400, method="HEAD", times=None))
+    with pytest.raises(RegistryUnreachable, match="answered 400"):
+        RegistryClient().resolve(parse(f"{proxy.host}/web:1.0"))
+    assert proxy.count("GET", "manifest") == 0
+
+
+def test_deploy_from_a_registry_that_refuses_head(project, registry: str) -> None:  # type: ignore[no-untyped-def]
+    from conftest import write_config
+
+    good1 = RegistryClient().resolve(parse(f"{registry}/rollout-test/app:good1"))
+    with start_proxy(registry) as front:
+        front.inject(Fault("status", status=405, method="HEAD", times=None))
+        write_config(project, image=f"{front.host}/rollout-test/app", stable=1)
+        result = project.run("deploy", "web:good1")
+        assert result.returncode == 0, result.stderr
+        assert project.version() == "good1"
+        assert front.faults_applied["status"] >= 1  # rollout's HEAD was refused, and it went on
+    entry = project.history()[0]
+    assert (entry["tag"], entry["digest"], entry["status"]) == ("good1", good1, "healthy")
