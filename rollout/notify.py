@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import atexit
 import datetime as dt
-import os
 import queue
 import re
 import threading
@@ -28,110 +27,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
-from rollout.errors import ConfigError
+# The [notify] table is checked by rollout.config when rollout.toml is loaded; these are its types.
+from rollout.config import DEFAULT_EVENTS, EVENTS, Channel, NotifySettings  # noqa: F401 - part of this module's API
+from rollout.output import redact_url  # noqa: F401 - part of this module's API
 from rollout.reference import short_digest
 
-EVENTS = ("started", "healthy", "failed", "reverted", "revert_failed", "rebuild_skipped", "rebuild_built")
-# A cron job would report "nothing to do" every run: that one is sent only when asked for.
-DEFAULT_EVENTS = tuple(e for e in EVENTS if e != "rebuild_skipped")
 # Only these fields ever leave the machine: nothing from the registry config, the environment or the ledger's events.
 PAYLOAD_KEYS = ("event", "app", "entry", "kind", "tag", "digest", "repository", "reverts_to", "reason",
                 "failed_targets", "failed_entry")
-NOTIFY_KEYS = {"urls", "events", "timeout"}
-DEFAULT_TIMEOUT = 5.0
 ATTEMPTS = 3
 BACKOFF_SECONDS = (0.5, 1.5)
-SLACK_HOSTS = {"hooks.slack.com"}
 
 Warn = Callable[[str], None]
-_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
-
-
-@dataclass(frozen=True)
-class Channel:
-    """One configured destination. `url` may hold a token: print `shown`, never `url`."""
-
-    url: str
-    style: str  # "json" | "slack" | "apprise"
-
-    @property
-    def shown(self) -> str:
-        return redact_url(self.url)
-
-
-@dataclass(frozen=True)
-class NotifySettings:
-    channels: tuple[Channel, ...] = ()
-    events: frozenset[str] = frozenset(DEFAULT_EVENTS)
-    timeout: float = DEFAULT_TIMEOUT
-
-
-# -- configuration ------------------------------------------------------------------
-
-
-def parse_settings(table: dict[str, Any], path: Path | None) -> NotifySettings:
-    """Validate the raw `[notify]` table; every error names the file and the key, never a URL's secret."""
-    unknown = sorted(set(table) - NOTIFY_KEYS)
-    if unknown:
-        raise ConfigError(f"{path}: unknown key notify.{unknown[0]}: allowed here are {', '.join(sorted(NOTIFY_KEYS))}")
-    urls = table.get("urls", [])
-    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
-        raise ConfigError(f"{path}: notify.urls must be an array of URL strings")
-    channels = tuple(_channel(url, index, path) for index, url in enumerate(urls))
-    events = table.get("events", list(DEFAULT_EVENTS))
-    if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
-        raise ConfigError(f"{path}: notify.events must be an array of event names ({', '.join(EVENTS)})")
-    wrong = [e for e in events if e not in EVENTS]
-    if wrong:
-        raise ConfigError(f"{path}: notify.events: unknown event {wrong[0]!r}: use some of {', '.join(EVENTS)}")
-    timeout = table.get("timeout", DEFAULT_TIMEOUT)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 60:
-        raise ConfigError(f"{path}: notify.timeout = {timeout!r}: must be a number of seconds, more than 0 and at most 60")
-    return NotifySettings(channels, frozenset(events), float(timeout))
-
-
-def _channel(raw: str, index: int, path: Path | None) -> Channel:
-    where = f"{path}: notify.urls[{index}]"
-    missing = [name for name in _ENV_VAR.findall(raw) if not os.environ.get(name)]
-    if missing:
-        raise ConfigError(f"{where}: environment variable {missing[0]} is not set: export it or change the URL")
-    url = _ENV_VAR.sub(lambda m: os.environ[m.group(1)], raw).strip()
-    scheme, sep, _ = url.partition("://")
-    if not sep or not scheme:
-        raise ConfigError(f"{where} is not a URL: use https://..., slack+https://... or an Apprise URL")
-    scheme = scheme.lower()
-    if scheme in ("slack+http", "slack+https"):
-        url = url[len("slack+"):]
-        style = "slack"
-    elif scheme in ("http", "https"):
-        style = "slack" if (urlsplit(url).hostname or "").lower() in SLACK_HOSTS else "json"
-    else:
-        style = "apprise"
-        if not _apprise_available():
-            raise ConfigError(f"{where} ({redact_url(url)}) needs Apprise: pip install 'rollout[notify]',"
-                              " or use an http(s):// webhook")
-    if style != "apprise" and not urlsplit(url).hostname:
-        raise ConfigError(f"{where} ({redact_url(url)}) has no host")
-    return Channel(url, style)
-
-
-def redact_url(url: str) -> str:
-    """scheme://host[:port]/… : what can be printed about a URL whose path, query or user part may be a token."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        port = parts.port
-    except ValueError:
-        host, port = None, None
-    scheme = url.partition("://")[0] or "url"
-    if host is None or scheme not in ("http", "https"):
-        # Apprise URLs often carry the token where a host would be (tgram://TOKEN/CHAT).
-        return f"{scheme}://…"
-    shown = f"{scheme}://{host}" + (f":{port}" if port else "")
-    return shown + ("/…" if parts.path.strip("/") or parts.query else "")
 
 
 # -- what is sent -------------------------------------------------------------------
@@ -259,14 +168,17 @@ def send(channel: Channel, payload: dict[str, object], timeout: float, warn: War
         return _send_apprise(channel, payload, timeout, warn)
     import requests
 
+    from rollout.proxies import ProxyRoutedSession  # proxies as Docker picks them: never for loopback
+
     body = body_for(channel, payload)
     problem = "not sent"
     for attempt in range(ATTEMPTS):
         if attempt:
             time.sleep(BACKOFF_SECONDS[min(attempt - 1, len(BACKOFF_SECONDS) - 1)])
         try:
-            response = requests.post(channel.url, json=body, timeout=(min(timeout, 3.0), timeout),
-                                     headers={"User-Agent": "rollout"}, allow_redirects=False)
+            with ProxyRoutedSession() as session:
+                response = session.post(channel.url, json=body, timeout=(min(timeout, 3.0), timeout),
+                                        headers={"User-Agent": "rollout"}, allow_redirects=False)
         except requests.RequestException as exc:
             problem = _describe_request_error(exc)
             continue
@@ -290,14 +202,6 @@ def _describe_request_error(exc: Exception) -> str:
     if isinstance(exc, requests.ConnectionError):
         return "cannot connect"
     return type(exc).__name__
-
-
-def _apprise_available() -> bool:
-    try:
-        import apprise  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _send_apprise(channel: Channel, payload: dict[str, object], timeout: float, warn: Warn) -> bool:
@@ -350,9 +254,12 @@ class Notifier:
         return self.dispatcher.drain(deadline_seconds)
 
 
-def notifier_for(table: dict[str, Any], path: Path | None, warn: Warn) -> Notifier | None:
-    """The Notifier for a config's `[notify]` table, or None when no URL is configured."""
-    settings = parse_settings(table, path)
+def notifier_for(settings: NotifySettings, path: Path | None, warn: Warn) -> Notifier | None:
+    """The Notifier for a config's checked `[notify]` settings, or None when no URL is configured.
+
+    `path` is not used any more ([notify] is checked when rollout.toml is loaded); it stays
+    until the CLI stops passing it.
+    """
     return Notifier(settings, warn) if settings.channels else None
 
 
