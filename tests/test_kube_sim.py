@@ -622,3 +622,124 @@ def test_stopping_the_simulator_removes_its_containers(tmp_path: Path, docker_cl
         assert docker_client.containers.list(filters={"label": f"kube-sim.owner={owner}"})
     assert sim.process.returncode == 0
     assert docker_client.containers.list(all=True, filters={"label": f"kube-sim.owner={owner}"}) == []
+
+
+# --- who may write what, and pulls that fail (kubectl against RBAC, admission, pull rules) ---
+
+POLICY_IMAGE = "127.0.0.1:5000/kube-sim-test/app"
+READER_TOKEN = "reader-token"
+
+
+@pytest.fixture(scope="module")
+def policy_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSimulator]:
+    directory = tmp_path_factory.mktemp("kube-sim-policy")
+    rbac = {"users": [{"token": READER_TOKEN, "name": "reader", "rules": [
+        {"apiGroups": ["apps"], "resources": ["deployments", "replicasets"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    ]}]}
+    admission = {"webhooks": [{"name": "images.policy.example", "deny_image_containing": ":unsigned",
+                               "message": "image is not signed by the release key"}]}
+    (directory / "rbac.json").write_text(json.dumps(rbac))
+    (directory / "admission.json").write_text(json.dumps(admission))
+    args = ["--rbac", str(directory / "rbac.json"), "--admission", str(directory / "admission.json"),
+            "--rule", "flaky=pull-transient", "--backoff-base", "1", "--backoff-cap", "2"]
+    with running_simulator(directory, "table", args) as running:
+        yield running
+
+
+def test_rbac_refuses_what_no_rule_allows_with_the_api_servers_message(policy_sim: RunningSimulator, tmp_path: Path) -> None:
+    create(policy_sim, tmp_path, deployment_manifest("guarded", f"{POLICY_IMAGE}:v1", replicas=1))
+    reader = "--as=reader"  # kubectl sends no bearer token over plain HTTP; impersonation it does send
+    assert policy_sim.kubectl(reader, "get", "deployment", "guarded").returncode == 0
+    denied = policy_sim.kubectl(reader, "set", "image", "deployment/guarded", f"app={POLICY_IMAGE}:v2")
+    assert denied.returncode == 1
+    assert ('deployments.apps "guarded" is forbidden: User "reader" cannot patch resource "deployments" in API group'
+            ' "apps" in the namespace "default"') in denied.stderr
+    denied = policy_sim.kubectl(reader, "scale", "deployment/guarded", "--replicas=2")
+    assert denied.returncode == 1 and 'cannot patch resource "deployments/scale"' in denied.stderr
+    nobody = policy_sim.kubectl("--as=nobody", "get", "deployments")  # a user no rule names may do nothing
+    assert nobody.returncode == 1 and ('deployments.apps is forbidden: User "nobody" cannot list resource "deployments"'
+                                       ' in API group "apps" in the namespace "default"') in nobody.stderr
+    status, body = policy_sim.request("GET", "/api/v1/namespaces/default/pods")  # no token: unrestricted, as before
+    assert status == 200 and body["kind"] == "PodList"
+    deployment = get_json(policy_sim, "deployment", "guarded")
+    assert deployment["metadata"]["generation"] == 1 and deployment["spec"]["replicas"] == 1
+
+
+def test_an_admission_webhook_denial_reaches_kubectl_and_changes_nothing(policy_sim: RunningSimulator, tmp_path: Path) -> None:
+    create(policy_sim, tmp_path, deployment_manifest("screened", f"{POLICY_IMAGE}:v1", replicas=1))
+    before = get_json(policy_sim, "deployment", "screened")
+    denied = policy_sim.kubectl("set", "image", "deployment/screened", f"app={POLICY_IMAGE}:unsigned")
+    assert denied.returncode == 1
+    assert ('deployments.apps "screened" is forbidden: admission webhook "images.policy.example" denied the request:'
+            " image is not signed by the release key") in denied.stderr
+    assert get_json(policy_sim, "deployment", "screened") == before
+    manifest = deployment_manifest("unsigned", f"{POLICY_IMAGE}:unsigned", replicas=1)
+    (tmp_path / "unsigned.json").write_text(json.dumps(manifest))
+    refused = policy_sim.kubectl("create", "-f", str(tmp_path / "unsigned.json"), "--validate=false")
+    assert refused.returncode == 1 and 'admission webhook "images.policy.example" denied the request' in refused.stderr
+
+
+def test_annotations_beyond_the_api_servers_size_limit_are_invalid(policy_sim: RunningSimulator, tmp_path: Path) -> None:
+    create(policy_sim, tmp_path, deployment_manifest("annotated", f"{POLICY_IMAGE}:v1", replicas=1))
+    patch = {"metadata": {"annotations": {"example.com/a": "x" * 130000, "example.com/b": "y" * 130000,
+                                          "example.com/c": "z" * 3000}}}
+    (tmp_path / "patch.json").write_text(json.dumps(patch))
+    refused = policy_sim.kubectl("patch", "deployment", "annotated", "--type=merge", "--patch-file", str(tmp_path / "patch.json"))
+    assert refused.returncode == 1
+    assert ('The Deployment "annotated" is invalid: metadata.annotations: Too long: must have at most 262144 bytes'
+            in refused.stderr)
+    status, body = policy_sim.request("PATCH", "/apis/apps/v1/namespaces/default/deployments/annotated", patch,
+                                      "application/merge-patch+json")
+    assert status == 422 and body["reason"] == "Invalid"
+    assert body["details"]["causes"] == [{"reason": "FieldValueTooLong", "field": "metadata.annotations",
+                                          "message": "Too long: must have at most 262144 bytes"}]
+
+
+def test_a_pull_that_fails_once_heals_after_the_kubelets_back_off(policy_sim: RunningSimulator, tmp_path: Path) -> None:
+    create(policy_sim, tmp_path, deployment_manifest("flaky", f"{POLICY_IMAGE}:flaky", replicas=1))
+    rolled = policy_sim.kubectl("rollout", "status", "deployment/flaky", "--timeout=60s")
+    assert rolled.returncode == 0, rolled.stderr
+    [pod] = pods_of(policy_sim, "flaky")
+    assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
+    events = get_json(policy_sim, "events", "--field-selector", f"involvedObject.name={pod['metadata']['name']}")["items"]
+    reasons = [e["reason"] for e in events]
+    assert "Failed" in reasons and reasons.count("Pulled") == 1 and "Started" in reasons
+
+
+def test_pull_policy_never_without_the_image_is_err_image_never_pull(policy_sim: RunningSimulator, tmp_path: Path) -> None:
+    manifest = deployment_manifest("nopullnever", f"{POLICY_IMAGE}:absent", replicas=1)
+    manifest["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = "Never"
+    create(policy_sim, tmp_path, manifest)
+
+    def waiting() -> dict[str, Any]:
+        pods = pods_of(policy_sim, "nopullnever")
+        statuses = pods[0]["status"].get("containerStatuses") if pods else None
+        return (statuses[0]["state"].get("waiting") or {}) if statuses else {}
+
+    state = wait_for(lambda: waiting().get("reason") == "ErrImageNeverPull" and waiting(), what="ErrImageNeverPull")
+    assert state["message"] == f'Container image "{POLICY_IMAGE}:absent" is not present with pull policy of Never'
+    table = policy_sim.kubectl("get", "pods", "-l", "app=nopullnever", "--no-headers")
+    assert table.stdout.split()[2] == "ErrImageNeverPull"
+
+
+def test_a_patch_raises_generation_at_once_and_observed_generation_follows(policy_sim: RunningSimulator, tmp_path: Path) -> None:
+    # pkg/registry/apps/deployment/strategy.go PrepareForUpdate: generation + 1 on a spec change,
+    # never on metadata or status; the controller sets observedGeneration when it has seen it.
+    create(policy_sim, tmp_path, deployment_manifest("generations", f"{POLICY_IMAGE}:v1", replicas=1))
+    path = "/apis/apps/v1/namespaces/default/deployments/generations"
+    wait_for(lambda: get_json(policy_sim, "deployment", "generations")["status"].get("observedGeneration") == 1,
+             what="observedGeneration 1")
+    patch = {"spec": {"template": {"spec": {"containers": [{"name": "app", "image": f"{POLICY_IMAGE}:v2"}]}}}}
+    status, patched = policy_sim.request("PATCH", path, patch, "application/strategic-merge-patch+json")
+    assert status == 200
+    # The answer to the PATCH is the stored object: the controller has not seen it yet.
+    assert patched["metadata"]["generation"] == 2 and patched["status"]["observedGeneration"] == 1
+    wait_for(lambda: get_json(policy_sim, "deployment", "generations")["status"].get("observedGeneration") == 2,
+             what="observedGeneration 2")
+    status, _ = policy_sim.request("PATCH", path, {"metadata": {"labels": {"team": "web"}}}, "application/merge-patch+json")
+    assert status == 200
+    status, _ = policy_sim.request("PATCH", path + "/status", {"status": {"observedGeneration": 2}},
+                                   "application/merge-patch+json")
+    assert status == 200
+    assert get_json(policy_sim, "deployment", "generations")["metadata"]["generation"] == 2

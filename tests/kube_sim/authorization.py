@@ -9,7 +9,11 @@ is refused with 403 and the message `responsewriters.forbiddenMessage` builds:
     in API group "apps" in the namespace "default"
 
 Tokens that the file does not list keep the simulator's old behaviour: everything is
-allowed (as for a cluster-admin), so existing kubeconfigs work unchanged. Non-resource
+allowed (as for a cluster-admin), so existing kubeconfigs work unchanged. Such a client may
+impersonate a user (`kubectl --as=ci`, header Impersonate-User, k8s.io/apiserver
+pkg/endpoints/filters/impersonation.go): the request is then authorized as that user, with the
+file's rules for that name or none at all. kubectl sends no bearer token over plain HTTP (the
+simulator has no TLS), so kubectl tests use --as; the Python client does send tokens. Non-resource
 paths (discovery, /version) are allowed for everyone, as the `system:discovery` and
 `system:public-info-viewer` roles do on a real cluster.
 """
@@ -55,9 +59,15 @@ class Authorizer:
 
     users: dict[str, User] = field(default_factory=dict)
 
-    def check(self, token: str | None, verb: str, rt: ResourceType, subresource: str | None,
-              namespace: str | None, name: str | None) -> None:
+    def check(self, token: str | None, impersonate: str | None, verb: str, rt: ResourceType,
+              subresource: str | None, namespace: str | None, name: str | None) -> None:
         user = self.users.get(token or "")
+        if impersonate:
+            if user is not None:  # only the unrestricted may impersonate
+                why = f'User "{user.name}" cannot impersonate resource "users" in API group "" at the cluster scope'
+                raise ApiError(403, "Forbidden", f'users "{impersonate}" is forbidden: {why}',
+                               {"name": impersonate, "kind": "users"})
+            user = next((u for u in self.users.values() if u.name == impersonate), User(impersonate))
         if user is None:
             return  # not in the RBAC file: unrestricted, as before RBAC was modelled
         resource = f"{rt.plural}/{subresource}" if subresource else rt.plural

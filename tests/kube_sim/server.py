@@ -215,7 +215,8 @@ class Handler(BaseHTTPRequestHandler):
         header = self.headers.get("Authorization", "")
         token = header[len("Bearer "):] if header.startswith("Bearer ") else None
         verb = request_verb(self.command, route.name is not None, watch)
-        self.sim.authorizer.check(token, verb, route.rt, route.subresource, route.namespace, route.name)
+        impersonate = self.headers.get("Impersonate-User")
+        self.sim.authorizer.check(token, impersonate, verb, route.rt, route.subresource, route.namespace, route.name)
 
     def _admit(self, route: Route, operation: str, obj: Obj) -> None:
         """Validating admission: after validation, before the object is stored (subresources are not reviewed)."""
