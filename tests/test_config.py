@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import Project, write_config
 from rollout import config as configuration
 from rollout.config import TARGET_KEYS, BuildSettings, Channel, HealthPolicy, Strategy
 from rollout.errors import EXIT_USAGE, ConfigError
@@ -258,3 +259,120 @@ def test_shipped_docker_example_parses() -> None:
     assert web.image == "127.0.0.1:5000/rollout-test/app"
     assert cfg.ledger_path == example.parent / "state" / "ledger.db"
     assert [t.kind for t in web.targets] == ["docker"]
+
+
+# -- one schema, checked at load -------------------------------------------------------------
+
+SECTIONS = {
+    "top level": ('colour = "blue"\n' + BASE_APP + TARGET, "colour"),
+    "ledger": ('[ledger]\npth = "x"\n' + BASE_APP + TARGET, "ledger.pth"),
+    "registry": ('[registry]\ninsecur = []\n' + BASE_APP + TARGET, "registry.insecur"),
+    "notify": ('[notify]\nurl = ["http://127.0.0.1:9/hook"]\n' + BASE_APP + TARGET, "notify.url"),
+    "app": (BASE_APP + 'imagee = "x"\n' + TARGET, "apps.web.imagee"),
+    "health": (BASE_APP + '[apps.web.health]\ntimout = 5\n' + TARGET, "apps.web.health.timout"),
+    "rollout": (BASE_APP + '[apps.web.rollout]\nstrategey = "rolling"\n' + TARGET, "apps.web.rollout.strategey"),
+    "build": (BASE_APP + '[apps.web.build]\ncontext = "."\ncontxt = "."\n' + TARGET, "apps.web.build.contxt"),
+    "target": (BASE_APP + TARGET + 'containr = "x"\n', "apps.web.targets[0].containr"),
+}
+
+
+@pytest.mark.parametrize("text,key", list(SECTIONS.values()), ids=list(SECTIONS))
+def test_every_section_refuses_an_unknown_key_when_the_file_is_loaded(tmp_path: Path, text: str, key: str) -> None:
+    # [build] used to be checked only by `rebuild` and [notify] only when a deploy started:
+    # `deploy`, `status` and `history` accepted a misspelled key there.
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        configuration.load(str(path))
+    assert str(caught.value).startswith(f"{path}: unknown key {key}: allowed here are ")
+    assert caught.value.exit_code == EXIT_USAGE
+
+
+LOAD_TIME = {
+    "build context not a string": (BASE_APP + '[apps.web.build]\ncontext = 1\n' + TARGET,
+                                   "apps.web.build.context must be a string"),
+    "build without context": (BASE_APP + '[apps.web.build]\ndockerfile = "D"\n' + TARGET,
+                              "apps.web.build.context is missing"),
+    "unknown tag placeholder": (BASE_APP + '[apps.web.build]\ncontext = "."\ntag = "{user}"\n' + TARGET,
+                                "apps.web.build.tag = '{user}': unknown placeholder {user}"),
+    "unknown notify event": ('[notify]\nevents = ["exploded"]\n' + BASE_APP + TARGET, "notify.events"),
+    "notify timeout too long": ('[notify]\ntimeout = 600\n' + BASE_APP + TARGET, "notify.timeout = 600"),
+}
+
+
+@pytest.mark.parametrize("text,names", list(LOAD_TIME.values()), ids=list(LOAD_TIME))
+def test_build_and_notify_values_are_checked_at_load(tmp_path: Path, text: str, names: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        configuration.load(str(path))
+    assert str(caught.value).startswith(f"{path}: ") and names in str(caught.value)
+
+
+def test_deploy_refuses_a_misspelled_build_key_and_changes_nothing(project: Project, docker_client) -> None:  # type: ignore[no-untyped-def]
+    write_config(project, extra='\n[apps.web.build]\ncontext = "."\ndockerfiel = "Dockerfile"\n')
+    for command in (("deploy", "web:good1"), ("status",)):
+        result = project.run(*command)
+        assert result.returncode == EXIT_USAGE, result.stderr
+        [line] = result.stderr.splitlines()
+        assert line.startswith("rollout: error: ") and str(project.config) in line
+        assert "unknown key apps.web.build.dockerfiel" in line
+    assert not docker_client.containers.list(all=True, filters={"name": project.container})
+    write_config(project)
+    assert project.history() == []
+
+
+def test_sections_are_typed_frozen_values(tmp_path: Path) -> None:
+    import dataclasses
+
+    cfg = configuration.load(str(write(tmp_path, FULL)))
+    web = cfg.app("web")
+    assert isinstance(web.build, BuildSettings) and web.build.tag == "{date}.{n}" and web.build.build_args == {}
+    assert isinstance(web.rollout, Strategy) and web.rollout.max_parallel == 0
+    assert cfg.app("api").rollout == Strategy() and cfg.app("api").build is None
+    assert cfg.notify.timeout == 5.0 and "rebuild_skipped" not in cfg.notify.events
+    for value, name in ((web.build, "tag"), (web.rollout, "kind"), (cfg.notify, "timeout")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, name, None)
+
+
+def test_the_build_context_is_looked_for_only_by_what_builds(tmp_path: Path) -> None:
+    # A deploy machine need not hold the sources: a missing context is rebuild's error, not load's.
+    path = write(tmp_path, BASE_APP + '[apps.web.build]\ncontext = "src"\n' + TARGET)
+    web = configuration.load(str(path)).app("web")
+    assert web.build is not None and web.build.context == tmp_path.resolve() / "src"
+    with pytest.raises(ConfigError, match=r"apps.web.build.context = 'src': .* is not a directory"):
+        configuration.require_build(web, path)
+
+
+class KindForTests:
+    """The implementation a test kind names (rollout.targets.kinds imports it by module and name)."""
+
+    def __init__(self, config: configuration.TargetConfig, app: configuration.AppConfig) -> None:
+        self.name, self.config, self.app = config.name, config, app
+
+
+def test_a_target_kind_is_one_registered_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rollout import schema
+    from rollout.targets import open_target
+    from rollout.targets.kinds import KINDS, Kind
+
+    kind = Kind("nomad", {"job": schema.Field(schema.string), "group": schema.Field(schema.string)},
+                module=__name__, implementation="KindForTests",
+                required=(lambda settings: None if settings.get("job") else "job is missing: name the Nomad job",))
+    monkeypatch.setitem(KINDS, "nomad", kind)
+    target = '[[apps.web.targets]]\nname = "n"\nkind = "nomad"\n'
+    web = configuration.load(str(write(tmp_path, BASE_APP + target + 'job = "web"\n'))).app("web")
+    [config] = web.targets
+    assert (config.kind, config.settings) == ("nomad", {"job": "web"})
+    opened = open_target(config, web)
+    assert isinstance(opened, KindForTests) and opened.config is config
+
+    # Its schema, and only its schema, decides what the target may say.
+    for text, names in ((target + 'job = "web"\ncontainer = "x"\n', "unknown key apps.web.targets[0].container"),
+                        (target + 'job = 3\n', "apps.web.targets[0].job must be a string"),
+                        (target, "apps.web.targets[0].job is missing")):
+        path = write(tmp_path, BASE_APP + text)
+        with pytest.raises(ConfigError) as caught:
+            configuration.load(str(path))
+        assert str(path) in str(caught.value) and names in str(caught.value)
+    with pytest.raises(ConfigError, match="use \"docker\" or \"kubernetes\" or \"nomad\""):
+        configuration.load(str(write(tmp_path, BASE_APP + '[[apps.web.targets]]\nname = "x"\nkind = "swarm"\n')))

@@ -1,7 +1,8 @@
 """The one interface every place we deploy to implements: docker hosts and Kubernetes Deployments.
 
-Backends live one module each (rollout.targets.docker, rollout.targets.kubernetes)
-and are imported only when an app uses them, so the CLI starts fast.
+Backends live one module each (rollout.targets.docker, rollout.targets.kubernetes),
+registered with their settings schema in rollout.targets.kinds, and are imported
+only when an app uses them, so the CLI starts fast.
 """
 
 from __future__ import annotations
@@ -87,15 +88,17 @@ TargetFactory = Callable[["TargetConfig", "AppConfig"], Target]
 
 
 def open_target(config: "TargetConfig", app: "AppConfig") -> Target:
-    if config.kind == "docker":
-        from rollout.targets.docker import DockerTarget
+    """The Target for one configured target of app, by its kind (rollout.targets.kinds.KINDS).
 
-        return DockerTarget(config, app)
-    if config.kind == "kubernetes":
-        from rollout.targets.kubernetes import KubernetesTarget
+    The kind's module is imported here, on first use. Raises ValueError for a kind that is
+    not registered (rollout.config refuses such a file before it gets here).
+    """
+    from rollout.targets.kinds import KINDS
 
-        return KubernetesTarget(config, app)
-    raise ValueError(f"unknown target kind {config.kind!r}")
+    kind = KINDS.get(config.kind)
+    if kind is None:
+        raise ValueError(f"unknown target kind {config.kind!r}")
+    return kind.open(config, app)
 
 
 MAX_PARALLEL_LOOKS = 16  # status/check: targets asked at once
