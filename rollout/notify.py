@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from tenacity import Retrying, retry_if_result, stop_after_attempt, wait_chain, wait_fixed
+
 # The [notify] table is checked by rollout.config when rollout.toml is loaded; these are its types.
 from rollout.config import DEFAULT_EVENTS, EVENTS, Channel, NotifySettings  # noqa: F401 - part of this module's API
 from rollout.output import redact_url  # noqa: F401 - part of this module's API
@@ -162,8 +164,33 @@ class Dispatcher:
 _dispatcher = Dispatcher()
 
 
+@dataclass(frozen=True)
+class _Try:
+    """What one delivery attempt came to."""
+
+    accepted: bool
+    problem: str = ""  # why it was not accepted, without the URL (it may hold a token)
+    again: bool = False  # another try might help: no connection, a timeout, 429 or a 5xx
+
+
+def _deliver(attempt: Callable[[], _Try]) -> tuple[_Try, int]:
+    """Run attempt up to ATTEMPTS times, pausing BACKOFF_SECONDS (in seconds) between tries, while
+    its outcome says another try might help; return the last outcome and how many tries it took."""
+    retrying = Retrying(stop=stop_after_attempt(ATTEMPTS),
+                        wait=wait_chain(*(wait_fixed(seconds) for seconds in BACKOFF_SECONDS)),
+                        retry=retry_if_result(lambda outcome: outcome.again),
+                        retry_error_callback=lambda state: state.outcome.result())  # type: ignore[union-attr]
+    outcome = retrying(attempt)
+    return outcome, retrying.statistics.get("attempt_number", 1)
+
+
 def send(channel: Channel, payload: dict[str, object], timeout: float, warn: Warn) -> bool:
-    """Deliver one event to one channel, retrying transient failures; True when it was accepted."""
+    """Deliver one event to one channel, retrying transient failures; True when it was accepted.
+
+    `timeout` is in seconds per try (connecting takes at most 3 of them). Up to ATTEMPTS tries,
+    BACKOFF_SECONDS apart; an answer other than 2xx, 429 or 5xx is final. Never raises: a
+    failure is one warning line naming the channel as `shown`.
+    """
     if channel.style == "apprise":
         return _send_apprise(channel, payload, timeout, warn)
     import requests
@@ -171,26 +198,24 @@ def send(channel: Channel, payload: dict[str, object], timeout: float, warn: War
     from rollout.proxies import ProxyRoutedSession  # proxies as Docker picks them: never for loopback
 
     body = body_for(channel, payload)
-    problem = "not sent"
-    for attempt in range(ATTEMPTS):
-        if attempt:
-            time.sleep(BACKOFF_SECONDS[min(attempt - 1, len(BACKOFF_SECONDS) - 1)])
+
+    def attempt() -> _Try:
         try:
             with ProxyRoutedSession() as session:
                 response = session.post(channel.url, json=body, timeout=(min(timeout, 3.0), timeout),
                                         headers={"User-Agent": "rollout"}, allow_redirects=False)
         except requests.RequestException as exc:
-            problem = _describe_request_error(exc)
-            continue
+            return _Try(False, _describe_request_error(exc), again=True)
         if 200 <= response.status_code < 300:
-            return True
-        problem = f"HTTP {response.status_code}"
-        if response.status_code != 429 and response.status_code < 500:
-            break  # the receiver refused this request; sending it again will not change its mind
-    tries = attempt + 1
-    warn(f"warning: notification {payload.get('event')} to {channel.shown} failed: {problem}"
-         f" ({tries} {'try' if tries == 1 else 'tries'}); the rollout is not affected")
-    return False
+            return _Try(True)
+        # Any other refusal is the receiver's answer to this request: sending it again will not change its mind.
+        return _Try(False, f"HTTP {response.status_code}", again=response.status_code == 429 or response.status_code >= 500)
+
+    outcome, tries = _deliver(attempt)
+    if not outcome.accepted:
+        warn(f"warning: notification {payload.get('event')} to {channel.shown} failed: {outcome.problem}"
+             f" ({tries} {'try' if tries == 1 else 'tries'}); the rollout is not affected")
+    return outcome.accepted
 
 
 def _describe_request_error(exc: Exception) -> str:
@@ -218,18 +243,20 @@ def _send_apprise(channel: Channel, payload: dict[str, object], timeout: float, 
     failed = payload.get("event") in ("failed", "revert_failed")
     kind = apprise.NotifyType.FAILURE if failed else (
         apprise.NotifyType.SUCCESS if payload.get("event") in ("healthy", "reverted") else apprise.NotifyType.INFO)
-    for attempt in range(ATTEMPTS):
-        if attempt:
-            time.sleep(BACKOFF_SECONDS[min(attempt - 1, len(BACKOFF_SECONDS) - 1)])
+
+    def attempt() -> _Try:
         try:
-            if notifier.notify(body=message(payload), title=f"rollout: {payload.get('app')} {payload.get('event')}",
-                               notify_type=kind):
-                return True
+            sent = notifier.notify(body=message(payload), title=f"rollout: {payload.get('app')} {payload.get('event')}",
+                                   notify_type=kind)
         except Exception:  # noqa: BLE001 - a plugin's own bug must not reach the rollout
-            pass
-    warn(f"warning: notification {payload.get('event')} to {channel.shown} failed ({ATTEMPTS} tries);"
-         " the rollout is not affected")
-    return False
+            sent = False
+        return _Try(bool(sent), again=not sent)
+
+    outcome, tries = _deliver(attempt)
+    if not outcome.accepted:
+        warn(f"warning: notification {payload.get('event')} to {channel.shown} failed ({tries} tries);"
+             " the rollout is not affected")
+    return outcome.accepted
 
 
 # -- the orchestrator's listener ----------------------------------------------------------

@@ -202,3 +202,56 @@ def test_the_url_scheme_decides_the_payload_and_what_is_printed() -> None:
     cleaned = notify.clean_payload(payload)
     assert "registry_auth" not in cleaned and "hunter2" not in str(cleaned)
     assert "https://***@reg.example/v2" in str(cleaned["reason"])
+
+
+SENT = {"event": "failed", "app": "web", "entry": 2, "tag": "crash", "digest": "sha256:" + "c" * 64}
+
+
+@pytest.mark.parametrize("answers, accepted, warning", [
+    ([200], True, None),
+    ([500, 204], True, None),  # a server error is worth another try
+    ([503, 429, 200], True, None),  # so is "too many requests"
+    ([500, 502, 500], False, "HTTP 500 (3 tries)"),  # three tries at most, the last answer named
+    ([400], False, "HTTP 400 (1 try)"),  # the receiver refused this request: asking again will not help
+    ([404], False, "HTTP 404 (1 try)"),
+    ([302], False, "HTTP 302 (1 try)"),  # redirects are not followed (they could carry the body elsewhere)
+])
+def test_a_notification_is_retried_only_when_another_try_can_help(answers: list[int], accepted: bool,
+                                                                  warning: str | None) -> None:
+    warnings: list[str] = []
+    with start_receiver() as receiver:
+        receiver.statuses = list(answers)
+        channel = notify.Channel(receiver.url("/hook"), "json")
+        assert notify.send(channel, SENT, 2.0, warnings.append) is accepted
+        arrivals = [r.received_at for r in receiver.at("/hook")]
+    assert len(arrivals) == len(answers)
+    # Pauses between tries grow (0.5 s, then 1.5 s): a receiver that is briefly overloaded gets air.
+    for gap, least in zip([b - a for a, b in zip(arrivals, arrivals[1:])], notify.BACKOFF_SECONDS):
+        assert gap >= least
+    if warning is None:
+        assert warnings == []
+    else:
+        [line] = warnings
+        assert line == (f"warning: notification failed to http://127.0.0.1:{receiver.port}/… failed: {warning};"
+                        " the rollout is not affected")
+
+
+def test_a_receiver_that_is_down_is_tried_three_times() -> None:
+    warnings: list[str] = []
+    channel = notify.Channel(f"http://127.0.0.1:{free_port()}/hook", "json")
+    assert notify.send(channel, SENT, 2.0, warnings.append) is False
+    assert warnings == [f"warning: notification failed to {channel.shown} failed: cannot connect (3 tries);"
+                        " the rollout is not affected"]
+
+
+@pytest.mark.parametrize("answers, accepted", [([500, 200], True), ([500, 500, 500], False)])
+def test_an_apprise_notification_is_retried_like_a_webhook(answers: list[int], accepted: bool) -> None:
+    pytest.importorskip("apprise", reason="the optional `notify` extra (Apprise) is not installed")
+    warnings: list[str] = []
+    with start_receiver() as receiver:
+        receiver.statuses = list(answers)
+        channel = notify.Channel(f"json://127.0.0.1:{receiver.port}/apprise", "apprise")
+        assert notify.send(channel, SENT, 2.0, warnings.append) is accepted
+        assert len(receiver.at("/apprise")) == len(answers)
+    assert warnings == ([] if accepted else
+                        ["warning: notification failed to json://… failed (3 tries); the rollout is not affected"])

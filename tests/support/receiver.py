@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +17,7 @@ class Request:
     path: str
     headers: dict[str, str]
     body: bytes
+    received_at: float = 0.0  # time.monotonic() when it arrived
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -25,6 +27,7 @@ class Request:
 class Receiver:
     port: int
     status: int = 200
+    statuses: list[int] = field(default_factory=list)  # answers for the next requests, in order; then `status`
     requests: list[Request] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -48,8 +51,10 @@ def start_receiver(status: int = 200) -> Iterator[Receiver]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             with receiver.lock:
-                receiver.requests.append(Request(self.command, self.path, dict(self.headers.items()), body))
-            self.send_response(receiver.status)
+                receiver.requests.append(Request(self.command, self.path, dict(self.headers.items()), body,
+                                                 time.monotonic()))
+                status = receiver.statuses.pop(0) if receiver.statuses else receiver.status
+            self.send_response(status)
             self.send_header("Content-Length", "2")
             self.end_headers()
             self.wfile.write(b"ok")
