@@ -21,6 +21,7 @@ RULES = [
     "--rule", "pullfail=pull-error",
     "--rule", "neverready=never-ready",
     "--rule", "slow=ready:0.5",
+    "--rule", "termdeaf=ready:0:600",  # ignores SIGTERM: killed when its grace period ends
     "--backoff-base", "0.5",
     "--backoff-cap", "1",
     "--bookmark-interval", "0.5",
@@ -193,7 +194,8 @@ def test_set_image_history_and_undo(sim: RunningSimulator, tmp_path: Path) -> No
     assert undo.returncode == 0, undo.stderr
     assert undo.stdout.strip() == "deployment.apps/web rolled back"
     assert sim.kubectl("rollout", "status", "deployment/web", "--timeout=30s").returncode == 0
-    assert images_of_pods(sim, "web") == {f"{IMAGE}:v1"}
+    # As on a real cluster, the replaced pods stay listed (Terminating) until their containers stopped.
+    wait_for(lambda: images_of_pods(sim, "web") == {f"{IMAGE}:v1"}, what="the replaced pods to go")
     # The old ReplicaSet is reused and becomes revision 3.
     history = sim.kubectl("rollout", "history", "deployment/web")
     assert [line.split()[0] for line in history.stdout.splitlines()[2:] if line.strip()] == ["2", "3"]
@@ -522,7 +524,8 @@ def test_the_python_client_reads_patches_lists_and_watches(sim: RunningSimulator
         lambda: [p for p in core.list_namespaced_pod("default", label_selector="app=pyclient").items if p.spec.containers[0].image.endswith(":v2")],
         what="v2 pods",
     )
-    assert pods[0].status.container_statuses is None or pods[0].status.container_statuses[0].image_id.startswith("docker-pullable://")
+    # containerd's form: the repository in full, then the digest.
+    assert pods[0].status.container_statuses is None or pods[0].status.container_statuses[0].image_id.startswith(f"{IMAGE}@sha256:")
     from kubernetes.client.rest import ApiException
 
     with pytest.raises(ApiException) as raised:
@@ -557,13 +560,13 @@ def test_docker_kubelet_runs_pods_on_the_engine_and_reports_the_pulled_digest(
     image_ids = {p["status"]["containerStatuses"][0]["imageID"] for p in pods}
     assert len(image_ids) == 1
     image_id = image_ids.pop()
-    assert image_id.startswith(f"docker-pullable://{registry}/rollout-test/app@sha256:")
+    assert image_id.startswith(f"{registry}/rollout-test/app@sha256:")  # containerd's form
     container_id = pods[0]["status"]["containerStatuses"][0]["containerID"].removeprefix("docker://")
     container = docker_client.containers.get(container_id)
     assert container.attrs["HostConfig"]["NetworkMode"] == "none"
     assert container.attrs["State"]["Health"]["Status"] == "healthy"
     # Pinning the Deployment to the digest it reported rolls out to that exact image.
-    pinned = image_id.removeprefix("docker-pullable://")
+    pinned = image_id
     assert docker_sim.kubectl("set", "image", "deployment/dgood", f"app={pinned}").returncode == 0
     assert docker_sim.kubectl("rollout", "status", "deployment/dgood", "--timeout=60s").returncode == 0
     assert {p["status"]["containerStatuses"][0]["imageID"] for p in pods_of(docker_sim, "dgood")} == {image_id}
@@ -743,3 +746,112 @@ def test_a_patch_raises_generation_at_once_and_observed_generation_follows(polic
                                    "application/merge-patch+json")
     assert status == 200
     assert get_json(policy_sim, "deployment", "generations")["metadata"]["generation"] == 2
+
+
+# --- pod lifecycle: logs, graceful deletion, finalizers, restart counts, imageID ----------
+
+
+def wait_for_pod(sim: RunningSimulator, app: str, condition: Any, what: str) -> dict[str, Any]:
+    return wait_for(lambda: next((p for p in pods_of(sim, app) if condition(p)), None), what=what)
+
+
+def test_kubectl_logs_reads_the_current_and_the_previous_container(sim: RunningSimulator, tmp_path: Path) -> None:
+    create(sim, tmp_path, deployment_manifest("logged", f"{IMAGE}:crash", replicas=1))
+    pod = wait_for_pod(sim, "logged", lambda p: (p["status"].get("containerStatuses") or [{}])[0].get("restartCount", 0) >= 1,
+                       "a restart")
+    name = pod["metadata"]["name"]
+    # A crash-looping container's log is the one of the container that died (validateContainerLogStatus).
+    current = sim.kubectl("logs", name)
+    assert current.returncode == 0, current.stderr
+    assert f"{IMAGE}:crash: exited with code 1" in current.stdout
+    previous = sim.kubectl("logs", name, "--previous", "--tail=1")
+    assert previous.returncode == 0, previous.stderr
+    assert previous.stdout.count("\n") == 1 and "exited with code 1" in previous.stdout
+    code, text = sim.request("GET", f"/api/v1/namespaces/default/pods/{name}/log?container=app&tailLines=1")
+    assert code == 200 and text.count("\n") == 1
+    code, body = sim.request("GET", f"/api/v1/namespaces/default/pods/{name}/log?container=nope")
+    assert (code, body["message"]) == (400, f"container nope is not valid for pod {name}")
+
+    create(sim, tmp_path, deployment_manifest("fresh", f"{IMAGE}:v1", replicas=1))
+    assert sim.kubectl("rollout", "status", "deployment/fresh", "--timeout=20s").returncode == 0
+    fresh = pods_of(sim, "fresh")[0]["metadata"]["name"]
+    assert "started (ready)" in sim.kubectl("logs", f"deployment/fresh").stdout
+    none = sim.kubectl("logs", fresh, "--previous")
+    assert none.returncode == 1
+    assert f'previous terminated container "app" in pod "{fresh}" not found' in none.stderr
+
+    create(sim, tmp_path, deployment_manifest("unpulled", f"{IMAGE}:pullfail", replicas=1))
+    waiting = wait_for_pod(sim, "unpulled", lambda p: p["spec"].get("nodeName"), "a scheduled pod")["metadata"]["name"]
+    wait_for(lambda: "is waiting to start" in sim.kubectl("logs", waiting).stderr, what="the kubelet's waiting message")
+
+
+def test_a_deleted_pod_is_terminating_for_its_grace_period(sim: RunningSimulator, tmp_path: Path) -> None:
+    create(sim, tmp_path, deployment_manifest("graceful", f"{IMAGE}:termdeaf", replicas=1))
+    assert sim.kubectl("rollout", "status", "deployment/graceful", "--timeout=20s").returncode == 0
+    name = pods_of(sim, "graceful")[0]["metadata"]["name"]
+    deleted = sim.kubectl("delete", "pod", name, "--wait=false", "--grace-period=3")
+    assert deleted.returncode == 0, deleted.stderr
+    assert deleted.stdout.strip() == f'pod "{name}" deleted'
+    table = sim.kubectl("get", "pods", "-l", "app=graceful", "--no-headers")
+    row = next(line.split() for line in table.stdout.splitlines() if line.startswith(name))
+    assert row[2] == "Terminating"
+    pod = get_json(sim, "pod", name)
+    assert pod["metadata"]["deletionGracePeriodSeconds"] == 3 and pod["metadata"]["deletionTimestamp"]
+    # The ReplicaSet replaces it at once: a terminating pod is no replica any more.
+    wait_for(lambda: len([p for p in pods_of(sim, "graceful") if not p["metadata"].get("deletionTimestamp")]) == 1,
+             what="a replacement pod")
+    # The container ignores SIGTERM: it is killed when the grace period ends, then the pod goes.
+    wait_for(lambda: name not in {p["metadata"]["name"] for p in pods_of(sim, "graceful")}, what="the pod to go")
+
+
+def test_a_finalizer_holds_a_deleted_object_until_it_is_removed(sim: RunningSimulator, tmp_path: Path) -> None:
+    create(sim, tmp_path, deployment_manifest("held", f"{IMAGE}:v1", replicas=1))
+    assert sim.kubectl("rollout", "status", "deployment/held", "--timeout=20s").returncode == 0
+    name = pods_of(sim, "held")[0]["metadata"]["name"]
+    assert sim.kubectl("patch", "pod", name, "--type=merge", "-p", '{"metadata":{"finalizers":["example.com/hold"]}}').returncode == 0
+    # Clients cannot delete by writing deletionTimestamp (rest/update.go, objectmeta.go).
+    forged = sim.kubectl("patch", "pod", name, "--type=merge", "-p", '{"metadata":{"deletionTimestamp":"2030-01-01T00:00:00Z"}}')
+    assert forged.returncode == 1 and "metadata.deletionTimestamp" in forged.stderr and "field is immutable" in forged.stderr
+    assert sim.kubectl("delete", "pod", name, "--wait=false").returncode == 0
+    # Its container stopped (the pod reached a terminal phase), yet the finalizer keeps it listed.
+    held = wait_for_pod(sim, "held", lambda p: p["metadata"]["name"] == name and p["status"]["phase"] in ("Succeeded", "Failed"),
+                        "the held pod to stop")
+    assert held["metadata"]["deletionTimestamp"] and held["metadata"]["deletionGracePeriodSeconds"] == 0
+    assert "Terminating" in sim.kubectl("get", "pod", name, "--no-headers").stdout
+    more = sim.kubectl("patch", "pod", name, "--type=merge", "-p", '{"metadata":{"finalizers":["example.com/hold","example.com/more"]}}')
+    assert more.returncode == 1 and "no new finalizers can be added if the object is being deleted" in more.stderr
+    moved = sim.kubectl("patch", "pod", name, "--type=merge", "-p", '{"metadata":{"deletionTimestamp":"2030-01-01T00:00:00Z"}}')
+    assert moved.returncode == 0 and get_json(sim, "pod", name)["metadata"]["deletionTimestamp"] == held["metadata"]["deletionTimestamp"]
+    released = sim.kubectl("patch", "pod", name, "--type=json", "-p", '[{"op":"remove","path":"/metadata/finalizers"}]')
+    assert released.returncode == 0, released.stderr
+    gone = sim.kubectl("get", "pod", name)
+    assert gone.returncode == 1 and f'pods "{name}" not found' in gone.stderr
+
+
+def test_image_ids_name_the_repository_in_full_like_containerd() -> None:
+    from kube_sim.kubelet import normalized_repository
+
+    assert normalized_repository("nginx") == "docker.io/library/nginx"
+    assert normalized_repository("user/web") == "docker.io/user/web"
+    assert normalized_repository("127.0.0.1:5000/rollout-test/app") == "127.0.0.1:5000/rollout-test/app"
+    assert normalized_repository("localhost/app") == "localhost/app"
+
+
+def test_docker_kubelet_restart_count_rises_when_the_next_container_is_created(
+    docker_sim: RunningSimulator, registry: str, docker_client: Any
+) -> None:
+    """restartCount is the count of the newest container, given when it is created
+    (kuberuntime_container.go): while a crashed container waits out its back-off, the count is
+    still that of the container that died. The engine's container names carry the attempt."""
+    assert docker_sim.kubectl("create", "deployment", "dcount", f"--image={registry}/rollout-test/app:crash").returncode == 0
+
+    def backing_off() -> dict[str, Any]:
+        state = container_state(docker_sim, "dcount")
+        if state.get("state", {}).get("waiting", {}).get("reason") == "CrashLoopBackOff" and state.get("restartCount", 0) >= 1:
+            return state
+        return {}
+
+    state = wait_for(backing_off, timeout=60, what="CrashLoopBackOff after a restart")
+    died = docker_client.containers.get(state["lastState"]["terminated"]["containerID"].removeprefix("docker://"))
+    assert died.name.endswith(f"-app-{state['restartCount']}")  # the attempt of the container that died
+

@@ -107,6 +107,7 @@ def build(args: argparse.Namespace) -> Cluster:
     server = ApiServer(("127.0.0.1", args.port), sim)
     runtime = make_runtime(args)
     kubelet = Kubelet(store, runtime, BackOff(args.backoff_base, args.backoff_cap))
+    sim.pod_logs = kubelet.logs
     return Cluster(server, sim, ControllerManager(store), kubelet)
 
 

@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any
 
+from .deletion import delete_object
 from .resources import DEPLOYMENTS, EVENTS, PODS, REPLICASETS, ResourceType
 from .selectors import LabelSelector
 from .store import Obj, Store, now_rfc3339, parse_rfc3339
@@ -245,7 +246,8 @@ def sync_replicaset(store: Store, rs: Obj, pods: list[Obj], now: float) -> None:
     namespace = rs["metadata"]["namespace"]
     selector = LabelSelector.from_api(rs["spec"].get("selector"))
     owned = [p for p in pods if controlled_by(p, rs) and selector.matches(p) and pod_active(p)]
-    diff = len(owned) - spec_replicas(rs)
+    # replica_set.go (syncReplicaSet): a ReplicaSet being deleted manages no pods any more.
+    diff = 0 if rs["metadata"].get("deletionTimestamp") else len(owned) - spec_replicas(rs)
     if diff < 0:
         from .objects import default_pod
 
@@ -258,7 +260,9 @@ def sync_replicaset(store: Store, rs: Obj, pods: list[Obj], now: float) -> None:
     elif diff > 0:
         doomed = sorted(owned, key=_deletion_rank)[:diff]
         for pod in doomed:
-            store.delete(PODS, namespace, pod["metadata"]["name"])
+            # The controller deletes with default options: the pod terminates within its grace
+            # period, listed with deletionTimestamp meanwhile, and no longer counts as a replica.
+            delete_object(store, PODS, pod)
             owned.remove(pod)
             record_event(store, REPLICASETS, rs, "Normal", "SuccessfulDelete", f"Deleted pod: {pod['metadata']['name']}", "replicaset-controller")
     template_labels = (rs["spec"]["template"].get("metadata") or {}).get("labels") or {}
@@ -523,8 +527,12 @@ class DeploymentSync:
             self.sync_rollout_status()
             return
         old_uids = {rs["metadata"]["uid"] for rs in self.olds(new)}
+        # recreate.go (oldPodsRunning): pods in a terminal phase (evicted, finished) do not count.
         old_pods_running = any(
-            ref.get("uid") in old_uids for pod in self.pods for ref in pod["metadata"].get("ownerReferences") or []
+            ref.get("uid") in old_uids
+            for pod in self.pods
+            if (pod.get("status") or {}).get("phase") not in ("Failed", "Succeeded")
+            for ref in pod["metadata"].get("ownerReferences") or []
         )
         if old_pods_running:
             self.sync_rollout_status()

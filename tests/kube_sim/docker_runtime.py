@@ -14,13 +14,11 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
-from .kubelet import Probe, PullResult, never_pull_message
+from .kubelet import Probe, PullResult, normalized_repository, never_pull_message
 from .store import Obj
 
 LABEL_OWNER = "kube-sim.owner"
 LABEL_POD = "kube-sim.pod"
-# Stopping is capped so a test's cleanup never waits a pod's full grace period.
-MAX_STOP_SECONDS = 5
 # The kubelet learns that a container runs from its PLEG relist, once a second; a container
 # that dies at start (e.g. `exit 1`) is never seen running, so it must not flash Ready.
 PLEG_RELIST_SECONDS = 1.0
@@ -64,14 +62,14 @@ class DockerRuntime:
         self.lock = threading.Lock()
 
     def _image_id(self, image: Any, reference: str) -> str:
-        repository, _ = split_reference(reference)
-        digests = image.attrs.get("RepoDigests") or []
-        if "@" in reference and reference in digests:
-            return f"docker-pullable://{reference}"
-        for digest in digests:
-            if digest.split("@", 1)[0] == repository:
-                return f"docker-pullable://{digest}"
-        return f"docker://{image.id}"
+        """imageID as containerd reports it: `docker.io/library/x@sha256:...` (the engine writes
+        Docker Hub names short in RepoDigests), or the image's own ID when it has no digest."""
+        repository = normalized_repository(split_reference(reference)[0])
+        for digest in image.attrs.get("RepoDigests") or []:
+            name, _, manifest = digest.partition("@")
+            if normalized_repository(name) == repository and ("@" not in reference or reference.endswith(manifest)):
+                return f"{repository}@{manifest}"
+        return str(image.id)
 
     def pull(self, image: str, policy: str) -> PullResult:
         if policy in ("IfNotPresent", "Never"):
@@ -125,13 +123,20 @@ class DockerRuntime:
             return Probe(True, health)
         return Probe(False, exit_code=int(state.get("ExitCode", 0)), finished_at=_parse_docker_time(state.get("FinishedAt", "")))
 
+    def signal(self, handle: DockerHandle) -> None:
+        """The image's STOPSIGNAL, else SIGTERM, as the runtime's StopContainer sends it."""
+        stop_signal = (handle.container.attrs.get("Config") or {}).get("StopSignal") or "SIGTERM"
+        try:
+            handle.container.kill(signal=stop_signal)
+        except docker.errors.APIError:
+            pass  # not running any more
+
+    def logs(self, handle: DockerHandle) -> str:
+        return handle.container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
+
     def remove(self, handle: DockerHandle) -> None:
         try:
-            handle.container.stop(timeout=MAX_STOP_SECONDS)
-        except docker.errors.APIError:
-            pass
-        try:
-            handle.container.remove(force=True)
+            handle.container.remove(force=True)  # SIGKILL if still running
         except docker.errors.APIError:
             pass
 

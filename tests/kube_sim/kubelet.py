@@ -17,16 +17,32 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .controllers import get_condition, record_event
+from .deletion import DEFAULT_GRACE_SECONDS, delete_object
 from .errors import ApiError
 from .resources import PODS
 from .store import Obj, Store, now_rfc3339
 
 NODE_NAME = "kube-sim"
 POLL_INTERVAL = 0.2
+TERMINAL_PHASES = ("Failed", "Succeeded")
+# Exit code of a container killed with SIGKILL when its grace period ran out (128 + 9).
+KILLED_EXIT_CODE = 137
 
 
 def iso(timestamp: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def normalized_repository(repository: str) -> str:
+    """A repository named as containerd reports it in imageID: Docker Hub's short names in
+    full (nginx -> docker.io/library/nginx, user/web -> docker.io/user/web), others as they are
+    (distribution/reference's ParseNormalizedNamed)."""
+    first = repository.split("/", 1)[0]
+    if "/" not in repository:
+        return f"docker.io/library/{repository}"
+    if "." in first or ":" in first or first == "localhost":
+        return repository
+    return f"docker.io/{repository}"
 
 
 @dataclass
@@ -61,7 +77,14 @@ class Runtime(Protocol):
 
     def probe(self, handle: Any) -> Probe: ...
 
-    def remove(self, handle: Any) -> None: ...
+    def signal(self, handle: Any) -> None:
+        """Sends the container its stop signal (SIGTERM unless the image says otherwise)."""
+
+    def logs(self, handle: Any) -> str:
+        """Everything the container wrote to stdout and stderr so far."""
+
+    def remove(self, handle: Any) -> None:
+        """Kills (SIGKILL) and removes the container."""
 
     def cleanup(self) -> None: ...
 
@@ -85,6 +108,14 @@ class ContainerRun:
     image_id: str = ""
     started_at: float = 0.0
     exits: int = 0
+    # Containers created so far: restartCount is this minus one. kuberuntime_container.go
+    # (startContainer) gives a new container its restart count when it is created, so the
+    # count rises when the next container starts, not when one exits.
+    starts: int = 0
+    # Logs of the last two stopped containers by container ID (`kubectl logs` and --previous):
+    # the kubelet keeps the previous container's log when it starts the next one.
+    stopped_logs: dict[str, str] = field(default_factory=dict)
+    dead: Any = None  # the last container that died, kept until the next one dies
     pull_failures: int = 0
     next_attempt: float = 0.0
     pull_error_until: float = 0.0
@@ -123,7 +154,8 @@ class PodWorker:
 
     def _loop(self) -> None:
         self._schedule()
-        while not self.stop.is_set():
+        present = True
+        while not self.stop.is_set() and not self._ending():
             for run in self.containers:
                 if self.stop.is_set():
                     break
@@ -131,13 +163,132 @@ class PodWorker:
                     self._step(run)
                 except Exception as error:  # runtime trouble must not kill the worker silently
                     print(f"kube-sim kubelet: pod {self.name}: {error!r}", flush=True)
-            if not self._report():
+            present = self._report()
+            if not present:
                 break
             self.stop.wait(POLL_INTERVAL)
+        if present and not self.stop.is_set():
+            try:
+                self._terminate()
+            except Exception as error:  # noqa: BLE001 - the containers are removed below all the same
+                print(f"kube-sim kubelet: pod {self.name}: terminating: {error!r}", flush=True)
+        for run in self.containers:  # the pod is gone (force-deleted) or the kubelet stops: no grace
+            self._remove_container(run)
+            if run.dead is not None:
+                self.runtime.remove(run.dead)
+                run.dead = None
+
+    # -- ending: deletion, eviction --
+
+    def _ending(self) -> bool:
+        """The pod was deleted (deletionTimestamp), or its phase in the API is terminal: an
+        eviction, or its containers finished for good. kubelet_pods.go (generateAPIPodStatus):
+        a terminal phase in the API server is never left again."""
+        phase = (self.pod.get("status") or {}).get("phase")
+        return bool(self.pod["metadata"].get("deletionTimestamp")) or phase in TERMINAL_PHASES
+
+    def _terminate(self) -> None:
+        """Stops the containers within the grace period, reports the pod's terminal phase, and,
+        when the pod was deleted, deletes it for good (status_manager.go: with grace period 0
+        once its containers stopped; finalizers still hold it until they are removed)."""
+        meta, spec = self.pod["metadata"], self.pod.get("spec") or {}
+        deleting = bool(meta.get("deletionTimestamp"))
+        grace = meta.get("deletionGracePeriodSeconds") if deleting else None
+        if grace is None:
+            configured = spec.get("terminationGracePeriodSeconds")
+            grace = DEFAULT_GRACE_SECONDS if configured is None else configured
+        self._stop_containers(float(grace))
+        api_status = self.pod.get("status") or {}
+        if api_status.get("phase") in TERMINAL_PHASES:
+            ending = {k: api_status[k] for k in ("phase", "reason", "message") if api_status.get(k)}
+        else:
+            # Since 1.27 the kubelet puts a deleted pod in a terminal phase before it goes
+            # (kubelet_pods.go getPhase, podIsTerminal): Succeeded only if every container exited 0.
+            failed = any(run.state.get("terminated", {}).get("exitCode", 0) != 0 for run in self.containers)
+            ending = {"phase": "Failed" if failed else "Succeeded"}
+        if not self._report(ending) or not deleting:
+            return
+        with self.store.lock:
+            current = self.store.find(PODS, self.namespace, self.name)
+            if current is not None and current["metadata"]["uid"] == self.uid:
+                delete_object(self.store, PODS, current, requested_grace=0)
+
+    def _stop_containers(self, grace: float) -> None:
+        """kuberuntime_container.go (killContainer): the stop signal, then SIGKILL when the grace
+        period is over. Containers stop in parallel, each within the same period."""
+        running = [run for run in self.containers if run.handle is not None]
+        for run in running:
+            try:
+                self.runtime.signal(run.handle)
+            except Exception:  # noqa: BLE001 - already gone: the probe below says so
+                pass
+        deadline = time.monotonic() + grace
+        while running and not self.stop.is_set() and time.monotonic() < deadline:
+            for run in list(running):
+                probe = self.runtime.probe(run.handle)
+                if not probe.running:
+                    self._stopped(run, probe)
+                    running.remove(run)
+            if running:
+                self.stop.wait(POLL_INTERVAL)
+        for run in running:
+            self._stopped(run, Probe(False, exit_code=KILLED_EXIT_CODE, finished_at=time.time()))
         for run in self.containers:
-            if run.handle is not None:
-                self.runtime.remove(run.handle)
-                run.handle = None
+            run.phase, run.ready = "done", False
+
+    def _stopped(self, run: ContainerRun, probe: Probe) -> None:
+        terminated: Obj = {
+            "exitCode": probe.exit_code,
+            "reason": "Completed" if probe.exit_code == 0 else "Error",
+            "startedAt": iso(run.started_at),
+            "finishedAt": iso(probe.finished_at or time.time()),
+        }
+        if run.container_id:
+            terminated["containerID"] = run.container_id
+        self._remove_container(run)
+        run.state = {"terminated": terminated}
+
+    def _remove_container(self, run: ContainerRun, keep_dead: bool = False) -> None:
+        """Keeps the container's log (for `kubectl logs`) and removes the container; with
+        keep_dead, the container that died stays until the next one dies (the kubelet's container
+        GC keeps one dead container per container: MaxPerPodContainer, kuberuntime_gc.go)."""
+        if run.handle is None:
+            return
+        try:
+            run.stopped_logs[run.container_id] = self.runtime.logs(run.handle)
+        except Exception:  # noqa: BLE001 - a container the engine lost has no logs to keep
+            run.stopped_logs[run.container_id] = ""
+        for old in list(run.stopped_logs)[:-2]:
+            del run.stopped_logs[old]
+        if run.dead is not None:
+            self.runtime.remove(run.dead)
+            run.dead = None
+        if keep_dead:
+            run.dead = run.handle
+        else:
+            self.runtime.remove(run.handle)
+        run.handle = None
+
+    def logs(self, container: str, previous: bool) -> str:
+        """The container's log as the kubelet serves it (kubelet_pods.go, validateContainerLogStatus);
+        raises ApiError 400 with the kubelet's words when there is none."""
+        run = next((r for r in self.containers if r.name == container), None)
+        if run is None:
+            raise ApiError.bad_request(f'container "{container}" in pod "{self.name}" is not available')
+        state, last = run.state, (run.last_state or {}).get("terminated") or {}
+        if previous:
+            if not last.get("containerID"):
+                raise ApiError.bad_request(f'previous terminated container "{container}" in pod "{self.name}" not found')
+            return run.stopped_logs.get(last["containerID"], "")
+        handle = run.handle
+        if "running" in state and handle is not None:
+            return self.runtime.logs(handle)
+        terminated = state.get("terminated") or last
+        if terminated.get("containerID"):
+            return run.stopped_logs.get(terminated["containerID"], "")
+        reason = (state.get("waiting") or {}).get("reason", "")
+        detail = {"ErrImagePull": "image can't be pulled", "ImagePullBackOff": "trying and failing to pull image"}.get(reason, reason)
+        raise ApiError.bad_request(f'container "{container}" in pod "{self.name}" is waiting to start: {detail}')
 
     def _schedule(self) -> None:
         def bind(pod: Obj) -> None:
@@ -197,6 +348,7 @@ class PodWorker:
                 self._exited(run, Probe(False, None, 128, time.time()), reason="StartError", message=message)
                 return
             run.started_at = time.time()
+            run.starts += 1
             run.phase = "running"
             run.state = {"running": {"startedAt": iso(run.started_at)}}
             self._event("Normal", "Created", f"Created container {run.name}")
@@ -221,9 +373,7 @@ class PodWorker:
             terminated["message"] = message
         if run.container_id:
             terminated["containerID"] = run.container_id
-        if run.handle is not None:
-            self.runtime.remove(run.handle)
-            run.handle = None
+        self._remove_container(run, keep_dead=True)
         policy = self.pod["spec"].get("restartPolicy", "Always")
         if policy == "Never" or (policy == "OnFailure" and probe.exit_code == 0):
             run.phase = "done"
@@ -265,7 +415,7 @@ class PodWorker:
             "state": run.state,
             "lastState": run.last_state,
             "ready": run.ready,
-            "restartCount": run.exits if run.phase != "done" else max(0, run.exits - 1),
+            "restartCount": max(0, run.starts - 1),
             "image": run.spec.get("image", ""),
             "imageID": run.image_id,
             "started": run.phase == "running",
@@ -281,8 +431,9 @@ class PodWorker:
         ever_ran = any(run.phase in ("running", "backoff", "done") for run in self.containers)
         return "Running" if ever_ran else "Pending"
 
-    def _report(self) -> bool:
-        """Writes the pod status; False once the pod is gone."""
+    def _report(self, ending: Obj | None = None) -> bool:
+        """Writes the pod status (with `ending`: the terminal phase, reason, message); False once
+        the pod is gone."""
         unready = [run.name for run in self.containers if not run.ready]
         all_ready = not unready
         not_ready_message = f"containers with unready status: [{' '.join(unready)}]"
@@ -294,7 +445,7 @@ class PodWorker:
             self._condition("PodScheduled", True, None),
         ]
         status: Obj = {
-            "phase": self._pod_phase(),
+            **(ending or {"phase": self._pod_phase()}),
             "conditions": conditions,
             "hostIP": "127.0.0.1",
             "hostIPs": [{"ip": "127.0.0.1"}],
@@ -306,6 +457,10 @@ class PodWorker:
             current = self.store.find(PODS, self.namespace, self.name)
             if current is None or current["metadata"]["uid"] != self.uid:
                 return False
+            if ending is None and (current.get("status") or {}).get("phase") in TERMINAL_PHASES:
+                # Put in a terminal phase by someone else (an eviction): never left again.
+                self.pod = current
+                return True
             if current.get("status") != status:
                 current["status"] = status
                 current = self.store.replace(PODS, current, expected_rv=None)
@@ -349,13 +504,21 @@ class Kubelet:
             alive = {p["metadata"]["uid"] for p in pods}
             for pod in pods:
                 uid = pod["metadata"]["uid"]
-                if uid not in self.workers and pod["status"].get("phase") not in ("Succeeded", "Failed"):
+                if (uid not in self.workers and pod["status"].get("phase") not in TERMINAL_PHASES
+                        and not pod["metadata"].get("deletionTimestamp")):
                     worker = PodWorker(self.store, self.runtime, self.backoff, pod)
                     self.workers[uid] = worker
                     worker.thread.start()
             for uid in list(self.workers):
                 if uid not in alive:
                     self.workers.pop(uid).stop.set()
+
+    def logs(self, namespace: str, name: str, container: str, previous: bool) -> str:
+        """The kubelet's log endpoint for one container of one pod; ApiError 400 when it has none."""
+        worker = next((w for w in list(self.workers.values()) if (w.namespace, w.name) == (namespace, name)), None)
+        if worker is None:
+            raise ApiError.bad_request(f'pod "{name}" cannot be found - no logs available')
+        return worker.logs(container, previous)
 
     def shutdown(self) -> None:
         self.stop.set()
@@ -381,19 +544,23 @@ class TableRule:
     after `delay` s, every time; pull-error: the pull fails; pull-transient: the first pull
     of the reference fails (a registry hiccup), the kubelet's retry after its back-off
     succeeds, then as ready; never-ready: running, never ready; unhealthy: ready, then not
-    ready after `delay` s.
+    ready after `delay` s. `stop_delay`: seconds the container takes to exit after its stop
+    signal (a large value: one that ignores SIGTERM and is killed when its grace period ends).
     """
 
     match: str
     behaviour: str
     delay: float = 0.0
     exit_code: int = 1
+    stop_delay: float = 0.0
 
 
 @dataclass
 class TableHandle:
     rule: TableRule
     started: float
+    image: str = ""
+    signalled: float | None = None  # when the stop signal was sent
 
 
 class TableRuntime:
@@ -429,19 +596,34 @@ class TableRuntime:
             return PullResult(False, message=message)
         self.present.add(image)
         if "@sha256:" in image:
-            return PullResult(True, image_id=f"docker-pullable://{image}")
+            # containerd's imageID: the repository in full, then the digest (no docker-pullable://).
+            repository, digest = image.split("@", 1)
+            return PullResult(True, image_id=f"{normalized_repository(repository)}@{digest}")
         repository = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
         digest = hashlib.sha256(image.encode()).hexdigest()
-        return PullResult(True, image_id=f"docker-pullable://{repository}@sha256:{digest}")
+        return PullResult(True, image_id=f"{normalized_repository(repository)}@sha256:{digest}")
 
     def start(self, pod: Obj, container: Obj, attempt: int) -> tuple[Any, str]:
         self.counter += 1
         container_id = hashlib.sha256(f"{pod['metadata']['uid']}/{container['name']}/{attempt}".encode()).hexdigest()
-        return TableHandle(self.rule_for(container.get("image", "")), time.time()), f"docker://{container_id}"
+        image = container.get("image", "")
+        return TableHandle(self.rule_for(image), time.time(), image), f"docker://{container_id}"
+
+    def signal(self, handle: TableHandle) -> None:
+        handle.signalled = handle.signalled or time.time()
+
+    def logs(self, handle: TableHandle) -> str:
+        lines = [f"{iso(handle.started)} {handle.image}: started ({handle.rule.behaviour})"]
+        probe = self.probe(handle)
+        if not probe.running:
+            lines.append(f"{iso(probe.finished_at)} {handle.image}: exited with code {probe.exit_code}")
+        return "".join(line + "\n" for line in lines)
 
     def probe(self, handle: TableHandle) -> Probe:
         elapsed = time.time() - handle.started
         rule = handle.rule
+        if handle.signalled is not None and time.time() >= handle.signalled + rule.stop_delay:
+            return Probe(False, exit_code=0, finished_at=handle.signalled + rule.stop_delay)  # exits on SIGTERM
         if rule.behaviour == "crashloop":
             if elapsed >= rule.delay:
                 return Probe(False, exit_code=rule.exit_code, finished_at=handle.started + rule.delay)
@@ -460,8 +642,8 @@ class TableRuntime:
 
 
 def load_table(path: str | None, cli_rules: list[str]) -> TableRuntime:
-    """Rules from a JSON file ({"rules": [{"match", "behaviour", "delay", "exit_code"}],
-    "default": {...}}) followed by --rule MATCH=BEHAVIOUR[:DELAY] options."""
+    """Rules from a JSON file ({"rules": [{"match", "behaviour", "delay", "exit_code", "stop_delay"}],
+    "default": {...}}) followed by --rule MATCH=BEHAVIOUR[:DELAY[:STOP_DELAY]] options."""
     rules: list[TableRule] = []
     default = TableRule("", "ready", 0.0)
     if path:
@@ -472,6 +654,7 @@ def load_table(path: str | None, cli_rules: list[str]) -> TableRuntime:
             default = TableRule(**{"match": "", **config["default"]})
     for text in cli_rules:
         match, _, rest = text.rpartition("=")
-        behaviour, _, delay = rest.partition(":")
-        rules.append(TableRule(match, behaviour, float(delay or 0)))
+        behaviour, _, timings = rest.partition(":")
+        delay, _, stop_delay = timings.partition(":")
+        rules.append(TableRule(match, behaviour, float(delay or 0), stop_delay=float(stop_delay or 0)))
     return TableRuntime(rules, default)

@@ -236,6 +236,32 @@ def prepare_update(rt: ResourceType, new: Obj, old: Obj) -> None:
         new["metadata"]["generation"] = generation + 1 if new.get("spec") != old.get("spec") else generation
 
 
+def keep_deletion_fields(rt: ResourceType, new: Obj, old: Obj) -> None:
+    """Clients cannot delete by update. rest/update.go (BeforeUpdate): "an update can never
+    remove/change a deletion timestamp", nor the grace period once set; and
+    apimachinery pkg/api/validation/objectmeta.go (ValidateObjectMetaUpdate): setting them on
+    an object not being deleted is invalid (immutable), and an object being deleted takes no
+    new finalizers. Raises 422 Invalid."""
+    meta, old_meta = new.setdefault("metadata", {}), old["metadata"]
+    causes: list[Cause] = []
+    if old_meta.get("deletionTimestamp"):
+        meta["deletionTimestamp"] = old_meta["deletionTimestamp"]
+        if meta.get("deletionGracePeriodSeconds") is None and old_meta.get("deletionGracePeriodSeconds") is not None:
+            meta["deletionGracePeriodSeconds"] = old_meta["deletionGracePeriodSeconds"]
+        added = [f for f in meta.get("finalizers") or [] if f not in (old_meta.get("finalizers") or [])]
+        if added:
+            listed = ", ".join(f'"{f}"' for f in added)
+            causes.append(Cause("FieldValueForbidden", "Forbidden: no new finalizers can be added if the object is being"
+                                f" deleted, found new finalizers []string{{{listed}}}", "metadata.finalizers"))
+    else:
+        for field_name in ("deletionTimestamp", "deletionGracePeriodSeconds"):
+            if meta.get(field_name) is not None:
+                causes.append(Cause("FieldValueInvalid", f'Invalid value: "{meta[field_name]}": field is immutable',
+                                    f"metadata.{field_name}"))
+    if causes:
+        raise ApiError.invalid(rt, meta.get("name", ""), causes)
+
+
 def prepare_status_update(new: Obj, old: Obj) -> Obj:
     """A write to the status subresource changes only status."""
     result = dict(old)

@@ -61,7 +61,7 @@ class ResourceType:
 
 NAMESPACES = ResourceType("", "v1", "namespaces", "namespace", "Namespace", False, ("ns",), (), ("status",), ("status.phase",))
 PODS = ResourceType(
-    "", "v1", "pods", "pod", "Pod", True, ("po",), ("all",), ("status",),
+    "", "v1", "pods", "pod", "Pod", True, ("po",), ("all",), ("status", "log"),
     ("spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "status.phase", "status.podIP"),
 )
 EVENTS = ResourceType(
@@ -107,7 +107,7 @@ def _subresource_entry(rt: ResourceType, sub: str) -> dict[str, Any]:
         "singularName": "",
         "namespaced": rt.namespaced,
         "kind": rt.kind,
-        "verbs": list(SUBRESOURCE_VERBS),
+        "verbs": ["get"] if sub == "log" else list(SUBRESOURCE_VERBS),  # pods/log is read-only
     }
     if sub == "scale":
         entry.update(group="autoscaling", version="v1", kind="Scale")

@@ -10,9 +10,10 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 
 from . import objects, patches, resources, tables
+from .deletion import delete_object, removable_after_update, remove_object
 from .admission import ImagePolicy
 from .authorization import Authorizer, request_verb
 from .errors import ApiError
@@ -71,6 +72,8 @@ class Simulator:
         self.server_address = ""
         self.stopping = threading.Event()
         self.after_delete: list[Any] = []
+        # (namespace, pod, container, previous) -> log text, or ApiError: the kubelet's log endpoint.
+        self.pod_logs: Callable[[str, str, str, bool], str] | None = None
 
 
 class ApiServer(ThreadingHTTPServer):
@@ -240,7 +243,11 @@ class Handler(BaseHTTPRequestHandler):
             return
         if route.rt.namespaced and route.namespace is None:
             raise ApiError.no_such_resource()
-        if method == "GET" and watch:
+        if route.subresource == "log":
+            if method != "GET":
+                raise ApiError.method_not_allowed(method)
+            self._send_text(200, self._pod_log(route, query))
+        elif method == "GET" and watch:
             query["fieldSelector"] = f"metadata.name={route.name}"
             self._watch(route, query)
         elif method == "GET":
@@ -284,6 +291,32 @@ class Handler(BaseHTTPRequestHandler):
         if route.subresource == "scale":
             return objects.to_scale(route.rt, obj)
         return obj
+
+    def _pod_log(self, route: Route, query: dict[str, str]) -> str:
+        """GET pods/NAME/log (container, tailLines, previous). The API server picks and checks the
+        container (pkg/registry/core/pod/strategy.go, LogLocation); the kubelet serves the text
+        or says why there is none (pkg/kubelet/kubelet_pods.go, validateContainerLogStatus)."""
+        namespace, name = self._namespace_of(route), route.name or ""
+        pod = self.store.get(route.rt, namespace, name)
+        spec = pod.get("spec") or {}
+        names = [c["name"] for c in (spec.get("containers") or []) + (spec.get("initContainers") or [])]
+        container = query.get("container")
+        if not container:
+            if len(spec.get("containers") or []) != 1:
+                raise ApiError.bad_request(f"a container name must be specified for pod {name}, choose one of: [{' '.join(names)}]")
+            container = names[0]
+        elif container not in names:
+            raise ApiError.bad_request(f"container {container} is not valid for pod {name}")
+        if not spec.get("nodeName") or self.sim.pod_logs is None:
+            return ""  # LogLocation: a pod not on a node yet has no kubelet to ask, and no logs
+        text = self.sim.pod_logs(namespace, name, container, query.get("previous") in ("true", "1"))
+        tail = query.get("tailLines")
+        if tail:
+            if not tail.isdigit():
+                raise ApiError.bad_request(f'tailLines: Invalid value: "{tail}": must be greater than or equal to 0')
+            lines = text.splitlines(keepends=True)
+            text = "".join(lines[len(lines) - int(tail):]) if int(tail) else ""
+        return text
 
     def _list(self, route: Route, query: dict[str, str]) -> Obj:
         labels, fields = self._selectors(route, query)
@@ -330,7 +363,9 @@ class Handler(BaseHTTPRequestHandler):
             meta.pop("namespace", None)
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + random_suffix()
-        for server_owned in ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp", "generation"):
+        # rest/create.go (BeforeCreate): clients cannot create an object already being deleted.
+        for server_owned in ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp",
+                             "deletionGracePeriodSeconds", "generation"):
             meta.pop(server_owned, None)
         with self.store.lock:
             self._require_namespace(route)
@@ -363,13 +398,17 @@ class Handler(BaseHTTPRequestHandler):
             for server_owned in ("uid", "creationTimestamp", "generation"):
                 if server_owned in old["metadata"]:
                     new["metadata"][server_owned] = old["metadata"][server_owned]
+            objects.keep_deletion_fields(route.rt, new, old)
             objects.prepare_update(route.rt, new, old)
             objects.validate(route.rt, new, old)
             self._admit(route, "UPDATE", new)
         new["kind"], new["apiVersion"] = route.rt.kind, route.rt.api_version
         if query.get("dryRun"):
             return new
-        return self.store.replace(route.rt, new, expected_rv)
+        stored = self.store.replace(route.rt, new, expected_rv)
+        if removable_after_update(stored, old):
+            remove_object(self.store, route.rt, stored)  # its last finalizer is gone: so is the object
+        return stored
 
     def _update(self, route: Route, query: dict[str, str]) -> Obj:
         body = self._read_body()
@@ -409,6 +448,8 @@ class Handler(BaseHTTPRequestHandler):
         options = self._read_body() or {}
         propagation = query.get("propagationPolicy") or options.get("propagationPolicy") or "Background"
         preconditions = options.get("preconditions") or {}
+        requested = query.get("gracePeriodSeconds", options.get("gracePeriodSeconds"))
+        grace = int(requested) if requested not in (None, "") else None
         with self.store.lock:
             obj = self.store.get(route.rt, self._namespace_of(route), route.name or "")
             if preconditions.get("uid") not in (None, obj["metadata"]["uid"]) or preconditions.get(
@@ -417,11 +458,11 @@ class Handler(BaseHTTPRequestHandler):
                 raise ApiError.conflict(route.rt, route.name or "")
             if query.get("dryRun"):
                 return obj
-            deleted = self.store.delete(route.rt, self._namespace_of(route), route.name or "")
-            collect_garbage(self.store, deleted, orphan=propagation == "Orphan")
-            if route.rt == NAMESPACES:
-                delete_namespace_contents(self.store, deleted["metadata"]["name"])
-        details = {"name": deleted["metadata"]["name"], "kind": route.rt.plural, "uid": deleted["metadata"]["uid"]}
+            current, gone = delete_object(self.store, route.rt, obj, grace, orphan=propagation == "Orphan")
+        if not gone:
+            # store.go: a deletion that has to wait (grace period, finalizers) answers with the object.
+            return current
+        details = {"name": current["metadata"]["name"], "kind": route.rt.plural, "uid": current["metadata"]["uid"]}
         if route.rt.group:
             details["group"] = route.rt.group
         return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}
@@ -552,36 +593,3 @@ class Handler(BaseHTTPRequestHandler):
             if bookmarks and time.monotonic() >= next_bookmark:
                 self._bookmark(route, max(last_rv, store_rv) if not events else last_rv)
                 next_bookmark = time.monotonic() + self.sim.bookmark_interval
-
-
-def collect_garbage(store: Store, owner: Obj, orphan: bool) -> None:
-    """Deletes (or orphans) everything that owner controlled, recursively, like the GC."""
-    uid = owner["metadata"]["uid"]
-    for rt in resources.RESOURCE_TYPES:
-        items, _ = store.list(rt, None)
-        for item in items:
-            refs = item["metadata"].get("ownerReferences") or []
-            if not any(ref.get("uid") == uid for ref in refs):
-                continue
-            namespace = item["metadata"].get("namespace", "")
-            if orphan:
-                def drop_ref(obj: Obj) -> None:
-                    remaining = [r for r in obj["metadata"].get("ownerReferences") or [] if r.get("uid") != uid]
-                    if remaining:
-                        obj["metadata"]["ownerReferences"] = remaining
-                    else:
-                        obj["metadata"].pop("ownerReferences", None)
-
-                store.mutate(rt, namespace, item["metadata"]["name"], drop_ref)
-            else:
-                deleted = store.delete(rt, namespace, item["metadata"]["name"])
-                collect_garbage(store, deleted, orphan=False)
-
-
-def delete_namespace_contents(store: Store, namespace: str) -> None:
-    for rt in resources.RESOURCE_TYPES:
-        if not rt.namespaced:
-            continue
-        items, _ = store.list(rt, namespace)
-        for item in items:
-            store.delete(rt, namespace, item["metadata"]["name"])
