@@ -178,17 +178,27 @@ class KubernetesTarget:
         return DeploymentWatch(self, release)
 
     def logs(self, lines: int = 20) -> str:
+        """The last `lines` lines the moved container of a new pod wrote: of the container that
+        died for a pod that restarted (pods/log `previous`), else of the current one. "" when
+        no pod has any (logs are a courtesy; the verdict already stands)."""
         _, core = self.apis
         try:
-            for pod in self._new_pods(self._read()):
-                name = pod["metadata"]["name"]
-                text = core.read_namespaced_pod_log(
-                    name, self.namespace, container=self._container, tail_lines=lines, previous=False,
-                    _request_timeout=10, _preload_content=False).data.decode("utf-8", "replace")
-                if text.strip():
-                    return text
-        except Exception:  # noqa: BLE001 - logs are a courtesy; the verdict already stands
+            deployment = self._read()
+            container = self._container or self._pick_container(deployment)
+            pods = self._new_pods(deployment)
+        except Exception:  # noqa: BLE001 - see above
             return ""
+        for pod in pods:
+            statuses = [s for s in pod.get("status", {}).get("containerStatuses") or [] if s.get("name") == container]
+            restarted = bool(statuses and statuses[0].get("restartCount"))
+            try:
+                text = core.read_namespaced_pod_log(
+                    pod["metadata"]["name"], self.namespace, container=container, tail_lines=lines, previous=restarted,
+                    _request_timeout=10, _preload_content=False).data.decode("utf-8", "replace")
+            except Exception:  # noqa: BLE001 - 400 while a container waits to start: try the next pod
+                continue
+            if text.strip():
+                return text
         return ""
 
     def stop(self) -> None:
@@ -248,33 +258,57 @@ class KubernetesTarget:
                           label_selector=selector).get("items", [])
 
     def _pod_digests(self, deployment: dict[str, Any], container: str) -> list[str | None]:
+        """The digest each current pod's `container` runs (from its imageID), None where unknown."""
         digests = []
-        for pod in self._pods(self._selector(deployment)):
+        for pod in self._current_pods(deployment):
             for status in pod.get("status", {}).get("containerStatuses") or []:
                 if status["name"] == container:
                     image_id = status.get("imageID") or ""
                     digests.append(image_id.rsplit("@", 1)[1] if "@" in image_id else None)
         return digests
 
-    def _new_replica_set(self, deployment: dict[str, Any]) -> dict[str, Any] | None:
-        """The ReplicaSet whose pod template is the Deployment's current one (the newest revision)."""
+    def _replica_sets(self, deployment: dict[str, Any]) -> list[dict[str, Any]]:
+        """The ReplicaSets this Deployment controls (ownerReferences by uid, as the controller sets them)."""
         apps, _ = self.apis
         sets = self._call("list replicasets", apps.list_namespaced_replica_set, self.namespace,
                           label_selector=self._selector(deployment)).get("items", [])
-        uid = deployment["metadata"].get("uid")
-        owned = [rs for rs in sets if any(o.get("uid") == uid for o in rs["metadata"].get("ownerReferences", []))] or sets
+        return [rs for rs in sets if deployment["metadata"].get("uid") in _owner_uids(rs)]
+
+    def _current_pods(self, deployment: dict[str, Any]) -> list[dict[str, Any]]:
+        """The pods that make up the Deployment now: owned by one of its ReplicaSets that is meant
+        to run pods (spec.replicas > 0), and neither terminating nor finished. Terminating pods
+        linger for their grace period and evicted or failed pods stay listed (status.phase Failed)
+        on a real cluster; counting them would report drift right after a healthy deploy."""
+        live = {rs["metadata"]["uid"] for rs in self._replica_sets(deployment) if rs["spec"].get("replicas", 0) > 0}
+        return [pod for pod in self._pods(self._selector(deployment)) if _owner_uids(pod) & live and _counts(pod)]
+
+    def _restart_counts(self, deployment: dict[str, Any]) -> dict[str, int]:
+        """restartCount of the moved container per pod uid, as it is now (the watch's baseline)."""
+        container = self._container or self._pick_container(deployment)
+        counts = {}
+        for pod in self._pods(self._selector(deployment)):
+            for status in pod.get("status", {}).get("containerStatuses") or []:
+                if status.get("name") == container:
+                    counts[pod["metadata"].get("uid")] = status.get("restartCount", 0)
+        return counts
+
+    def _new_replica_set(self, deployment: dict[str, Any]) -> dict[str, Any] | None:
+        """The ReplicaSet whose pod template is the Deployment's current one (the newest revision)."""
         image = _container(deployment, self._container or self._pick_container(deployment))["image"]
-        matching = [rs for rs in owned if image in [c["image"] for c in rs["spec"]["template"]["spec"]["containers"]]]
+        matching = [rs for rs in self._replica_sets(deployment)
+                    if image in [c["image"] for c in rs["spec"]["template"]["spec"]["containers"]]]
         revision = lambda rs: int(rs["metadata"].get("annotations", {}).get("deployment.kubernetes.io/revision", 0))
         return max(matching, key=revision) if matching else None
 
     def _new_pods(self, deployment: dict[str, Any]) -> list[dict[str, Any]]:
+        """The new ReplicaSet's pods that count (see _current_pods)."""
         new = self._new_replica_set(deployment)
         if new is None:
             return []
         template_hash = new["metadata"].get("labels", {}).get("pod-template-hash")
         selector = self._selector(deployment) + (f",pod-template-hash={template_hash}" if template_hash else "")
-        return self._pods(selector)
+        uid = new["metadata"]["uid"]
+        return [pod for pod in self._pods(selector) if uid in _owner_uids(pod) and _counts(pod)]
 
 
 class _Conflict(Exception):
@@ -309,6 +343,9 @@ class DeploymentWatch:
         # shut the others down would otherwise keep its thread blocked for a whole watch period.
         self._streams_lock = threading.Lock()
         deployment = target._read()
+        # Restarts count from here: pods that keep running across this rollout (an idempotent
+        # re-run, a revert to a ReplicaSet whose pods survived) bring weeks of restarts with them.
+        self._restarts_at_start = target._restart_counts(deployment)
         self._threads = [
             threading.Thread(target=self._follow, args=(kind, selector), daemon=True, name=f"watch-{kind}")
             for kind, selector in (("deployments", {"field_selector": f"metadata.name={target.deployment}"}),
@@ -392,8 +429,9 @@ class DeploymentWatch:
                 if waiting_failure:
                     return waiting_failure
                 name = pod["metadata"]["name"]
-                if status.get("restartCount", 0) >= self.target.max_restarts:
-                    return f"pod {name} restarted {status['restartCount']} times"
+                restarts = status.get("restartCount", 0) - self._restarts_at_start.get(pod["metadata"].get("uid"), 0)
+                if restarts >= self.target.max_restarts:
+                    return f"pod {name} restarted {restarts} times since the rollout started"
         return None
 
     def _waiting_failure(self, pod: dict[str, Any], status: dict[str, Any]) -> str | None:
@@ -427,6 +465,15 @@ class DeploymentWatch:
                     sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass  # already closed: its thread has ended
+
+
+def _owner_uids(obj: dict[str, Any]) -> set[str]:
+    return {ref.get("uid") for ref in obj["metadata"].get("ownerReferences") or []}
+
+
+def _counts(pod: dict[str, Any]) -> bool:
+    """Not terminating (deletionTimestamp) and not finished (phase Failed, e.g. evicted, or Succeeded)."""
+    return not pod["metadata"].get("deletionTimestamp") and pod.get("status", {}).get("phase") not in ("Failed", "Succeeded")
 
 
 def _container(deployment: dict[str, Any], name: str) -> dict[str, Any]:

@@ -1,0 +1,190 @@
+"""Kubernetes pods as real clusters keep them: pods that restarted long before a rollout,
+pods that linger while terminating, evicted pods that stay listed, and container logs.
+`rollout` runs against the API simulator whose kubelet runs pods on the real Docker engine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from conftest import APP_IMAGE, ROLLOUT
+from kube_sim.harness import RunningSimulator, running_simulator, wait_for
+from support.images import registry_digest
+
+HOLD = "rollout-test/hold"  # a finalizer nobody removes but the test
+
+
+@pytest.fixture(scope="module")
+def kube(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, registry: str) -> Iterator[RunningSimulator]:
+    # A short restart back-off so the tests can make pods restart quickly.
+    with running_simulator(tmp_path_factory.mktemp("kube-pods"), "docker", ["--backoff-base", "1", "--backoff-cap", "2"]) as sim:
+        yield sim
+
+
+class Cluster:
+    """One Deployment (container `app`, 2 replicas, maxSurge 1, maxUnavailable 0) and a rollout.toml for it."""
+
+    def __init__(self, root: Path, sim: RunningSimulator) -> None:
+        self.root, self.sim = root, sim
+        self.name = f"p{uuid.uuid4().hex[:8]}"
+        manifest = {
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": self.name, "labels": {"app": self.name}},
+            "spec": {
+                "replicas": 2, "selector": {"matchLabels": {"app": self.name}},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                "template": {"metadata": {"labels": {"app": self.name}}, "spec": {
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [{"name": "app", "image": f"{APP_IMAGE}:good1", "env": [{"name": "PORT", "value": "8080"}]}],
+                }},
+            },
+        }
+        (root / "deployment.json").write_text(json.dumps(manifest))
+        self.kubectl("create", "-f", str(root / "deployment.json"), "--validate=false")
+        self.kubectl("rollout", "status", f"deployment/{self.name}", "--timeout=90s")
+        (root / "rollout.toml").write_text(f"""
+[apps.web]
+image = "{APP_IMAGE}"
+
+[apps.web.health]
+timeout = 60
+interval = 1
+stable = 2
+
+[[apps.web.targets]]
+name = "cluster"
+kind = "kubernetes"
+kubeconfig = "{sim.kubeconfig}"
+deployment = "{self.name}"
+""")
+
+    def kubectl(self, *args: str) -> str:
+        result = self.sim.kubectl(*args)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {"ROLLOUT_CONFIG": str(self.root / "rollout.toml"), "PATH": "/usr/bin:/bin"}
+        return subprocess.run([*ROLLOUT, *args], capture_output=True, text=True, env=env, timeout=300, stdin=subprocess.DEVNULL)
+
+    def pods(self) -> list[dict[str, Any]]:
+        return json.loads(self.kubectl("get", "pods", "-l", f"app={self.name}", "-o", "json"))["items"]
+
+    def app_image(self) -> str:
+        deployment = json.loads(self.kubectl("get", "deployment", self.name, "-o", "json"))
+        return deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+
+    def history(self) -> list[dict[str, Any]]:
+        return json.loads(self.run("history", "--json", "-n", "100").stdout)
+
+    def status(self) -> dict[str, Any]:
+        result = self.run("status", "--json")
+        assert result.returncode == 0, result.stderr
+        [target] = json.loads(result.stdout)["targets"]
+        return target
+
+    def remove(self) -> None:
+        for pod in self.pods():
+            if pod["metadata"].get("finalizers"):
+                self.sim.kubectl("patch", "pod", pod["metadata"]["name"], "--type=json",
+                                 "-p", '[{"op": "remove", "path": "/metadata/finalizers"}]')
+        self.sim.kubectl("delete", "deployment", self.name, "--wait=false")
+
+
+@pytest.fixture
+def cluster(kube: RunningSimulator, tmp_path: Path) -> Iterator[Cluster]:
+    made = Cluster(tmp_path, kube)
+    yield made
+    made.remove()
+
+
+def app_status(pod: dict[str, Any]) -> dict[str, Any]:
+    return next((s for s in pod["status"].get("containerStatuses") or [] if s["name"] == "app"), {})
+
+
+def restart_each_pod(cluster: Cluster, docker_client: Any, times: int) -> dict[str, int]:
+    """Kills every pod's app container `times` times (an OOM kill, a node hiccup: what weeks of
+    running bring), each time waiting for the kubelet to restart it and the pod to be ready again.
+    Returns restartCount per pod uid."""
+    for _ in range(times):
+        for pod in cluster.pods():
+            before = app_status(pod)["restartCount"]
+            docker_client.containers.get(app_status(pod)["containerID"].removeprefix("docker://")).kill()
+            uid = pod["metadata"]["uid"]
+
+            def restarted_and_ready() -> bool:
+                now = next(p for p in cluster.pods() if p["metadata"]["uid"] == uid)
+                return app_status(now).get("restartCount", 0) > before and bool(app_status(now).get("ready"))
+
+            wait_for(restarted_and_ready, timeout=60, what="the killed container to be restarted and ready")
+    return {p["metadata"]["uid"]: app_status(p)["restartCount"] for p in cluster.pods()}
+
+
+def test_re_deploying_what_runs_on_pods_that_restarted_before_is_healthy(cluster: Cluster, docker_client: Any) -> None:
+    """An idempotent CI re-run on long-lived pods: their old restarts are not this rollout's."""
+    assert cluster.run("deploy", "web:good1").returncode == 0
+    counts = restart_each_pod(cluster, docker_client, times=2)  # max_restarts is 2
+    assert all(count >= 2 for count in counts.values())
+    result = cluster.run("deploy", "web:good1")
+    assert result.returncode == 0, result.stderr
+    newest = cluster.history()[0]
+    assert (newest["kind"], newest["status"]) == ("deploy", "healthy")
+    assert cluster.app_image() == f"{APP_IMAGE}@{registry_digest(docker_client, APP_IMAGE, 'good1')}"
+    assert {p["metadata"]["uid"] for p in cluster.pods()} == set(counts)  # the same pods kept running
+
+
+def test_a_revert_to_pods_that_restarted_before_is_healthy(cluster: Cluster, docker_client: Any) -> None:
+    """A failed rollout keeps the old pods up; the revert scales their ReplicaSet back and those
+    pods, with the restarts they had, are the release it reverts to."""
+    assert cluster.run("deploy", "web:good1").returncode == 0
+    counts = restart_each_pod(cluster, docker_client, times=2)
+    result = cluster.run("deploy", "web:crash")
+    assert result.returncode == 1, result.stderr  # failed and reverted; not "REVERT FAILED" (3)
+    revert, failed, good = cluster.history()[:3]
+    assert (revert["kind"], revert["status"], revert["reverts_to"]) == ("revert", "healthy", good["id"])
+    assert failed["status"] == "failed"
+    assert cluster.app_image() == f"{APP_IMAGE}@{registry_digest(docker_client, APP_IMAGE, 'good1')}"
+    # The reused ReplicaSet's pods survived with their restart counts, as on a real cluster.
+    survivors = {p["metadata"]["uid"]: app_status(p)["restartCount"] for p in cluster.pods() if p["metadata"]["uid"] in counts}
+    assert survivors and all(survivors[uid] >= counts[uid] for uid in survivors)
+
+
+def test_terminating_pods_are_not_drift(cluster: Cluster, docker_client: Any) -> None:
+    """Right after a healthy deploy the replaced pods are still listed while they terminate (here
+    held by a finalizer, as a real cluster's may be): status must not report them as drift."""
+    assert cluster.run("deploy", "web:good1").returncode == 0
+    old = [p["metadata"]["name"] for p in cluster.pods()]
+    for name in old:
+        cluster.kubectl("patch", "pod", name, "--type=merge", "-p", json.dumps({"metadata": {"finalizers": [HOLD]}}))
+    assert cluster.run("deploy", "web:good2").returncode == 0
+    terminating = [p for p in cluster.pods() if p["metadata"]["name"] in old]
+    assert len(terminating) == len(old) and all(p["metadata"].get("deletionTimestamp") for p in terminating)
+    state = cluster.status()
+    assert state["in_sync"] is True and state["digest"] == registry_digest(docker_client, APP_IMAGE, "good2")
+
+
+def test_evicted_pods_stay_listed_and_are_not_drift(cluster: Cluster, docker_client: Any) -> None:
+    assert cluster.run("deploy", "web:good1").returncode == 0
+    evicted = cluster.pods()[0]["metadata"]["name"]
+    # What the kubelet's eviction manager writes (pkg/kubelet/eviction): phase Failed, reason Evicted.
+    status = {"status": {"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory. "}}
+    cluster.kubectl("patch", "pod", evicted, "--subresource=status", "--type=merge", "-p", json.dumps(status))
+    cluster.kubectl("rollout", "status", f"deployment/{cluster.name}", "--timeout=60s")  # replaced
+    assert cluster.run("deploy", "web:good2").returncode == 0
+    [pod] = [p for p in cluster.pods() if p["metadata"]["name"] == evicted]
+    assert (pod["status"]["phase"], pod["status"]["reason"]) == ("Failed", "Evicted")  # still listed
+    assert app_status(pod)["imageID"].endswith(registry_digest(docker_client, APP_IMAGE, "good1"))
+    state = cluster.status()
+    assert state["in_sync"] is True and state["digest"] == registry_digest(docker_client, APP_IMAGE, "good2")
+
+
+def test_a_crashing_release_shows_the_log_of_the_container_that_died(cluster: Cluster) -> None:
+    assert cluster.run("deploy", "web:good1").returncode == 0
+    result = cluster.run("deploy", "web:crash")
+    assert result.returncode == 1, result.stderr
+    assert "fatal: cannot read /etc/app.conf" in result.stderr  # the crash image's own stderr, via pods/log
