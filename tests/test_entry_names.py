@@ -159,13 +159,16 @@ def test_the_command_refuses_in_one_line_and_changes_nothing(tmp_path: Path, led
 
 
 @pytest.fixture(scope="module")
-def numbered_tags(docker_client: Any, registry: str) -> str:
+def numbered_tags(docker_client: Any, registry: str) -> Iterator[str]:
     """CI build numbers as tags: NUMBERED:1, :2, :3 are good1, good2, good3 (pushed again: same content)."""
-    for number, build in (("1", "good1"), ("2", "good2"), ("3", "good3")):
+    numbers = (("1", "good1"), ("2", "good2"), ("3", "good3"))
+    for number, build in numbers:
         docker_client.images.get(f"{APP_IMAGE}:{build}").tag(NUMBERED, number)
         for line in docker_client.images.push(NUMBERED, number, stream=True, decode=True):
             assert "error" not in line, line
-    return NUMBERED
+    yield NUMBERED
+    for number, _ in numbers:  # the engine's tags only; the images keep their own names
+        docker_client.images.remove(f"{NUMBERED}:{number}")
 
 
 def test_revert_to_build_numbers_on_the_engine(project: Project, numbered_tags: str) -> None:
