@@ -91,6 +91,7 @@ def sub_table(table: Mapping[str, Any], key: str, path: Path | None, where: str)
 
 
 def string(value: Any) -> str:
+    """Any string (an empty one too: a required key says `missing`)."""
     if not isinstance(value, str):
         raise Invalid(f"must be a string, not {type(value).__name__}")
     return value
@@ -104,10 +105,12 @@ def table(value: Any) -> dict[str, Any]:
 
 
 def is_string_list(value: Any) -> bool:
+    """True for a list whose items are all strings (an empty list too)."""
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def string_list(reason: str = "must be an array of strings") -> Validator:
+    """A validator for an array of strings; `reason` is the error's wording."""
     def validate(value: Any) -> list[str]:
         if not is_string_list(value):
             raise Invalid(reason)
@@ -116,6 +119,7 @@ def string_list(reason: str = "must be an array of strings") -> Validator:
 
 
 def string_or_list(value: Any) -> str | list[str]:
+    """A string or an array of strings (a command: shell form or exec form)."""
     if not (isinstance(value, str) or is_string_list(value)):
         raise Invalid("must be a string or an array of strings")
     return value
@@ -139,6 +143,7 @@ def seconds(value: Any) -> float:
 
 
 def whole(least: int) -> Validator:
+    """A validator for a whole number >= least (TOML booleans are not numbers here)."""
     def validate(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise Invalid(f"must be a whole number >= {least}", show_value=True)
@@ -156,6 +161,7 @@ def matching(pattern: str, reason: str) -> Validator:
 
 
 def one_of(*choices: str) -> Validator:
+    """A validator for one of the given words, which the error lists."""
     def validate(value: Any) -> str:
         if value not in choices:
             raise Invalid("use " + " or ".join(f'"{c}"' for c in choices), show_value=True)
