@@ -375,12 +375,19 @@ def _build(table: dict[str, Any], path: Path, where: str) -> BuildSettings | Non
     if not table:
         return None
     values = S.check(table, BUILD_SCHEMA, path, where)
-    context = (path.parent / Path(values["context"]).expanduser()).resolve()
-    dockerfile = (context / Path(values.get("dockerfile") or "Dockerfile").expanduser()).resolve()
+    context = _absolute(path.parent, values["context"], path, where + "context")
+    dockerfile = _absolute(context, values.get("dockerfile") or "Dockerfile", path, where + "dockerfile")
     return BuildSettings(context=context, dockerfile=dockerfile, tag=values.get("tag") or DEFAULT_TAG_TEMPLATE,
                          build_args={str(k): str(v) for k, v in values.get("build_args", {}).items()},
                          target=values.get("target") or None, platform=values.get("platform") or None,
                          context_as_written=values["context"])
+
+
+def _absolute(base: Path, value: str, path: Path, where: str) -> Path:
+    try:
+        return (base / Path(value).expanduser()).resolve()
+    except (ValueError, RuntimeError) as exc:  # a NUL byte in the path; a symlink loop
+        raise ConfigError(f"{path}: {where} = {value!r}: not a usable path ({exc})") from None
 
 
 def require_build(app: AppConfig, path: Path | None) -> BuildSettings:

@@ -376,3 +376,10 @@ def test_a_target_kind_is_one_registered_entry(tmp_path: Path, monkeypatch: pyte
         assert str(path) in str(caught.value) and names in str(caught.value)
     with pytest.raises(ConfigError, match="use \"docker\" or \"kubernetes\" or \"nomad\""):
         configuration.load(str(write(tmp_path, BASE_APP + '[[apps.web.targets]]\nname = "x"\nkind = "swarm"\n')))
+
+
+def test_a_build_path_that_cannot_be_a_path_is_a_config_error(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE_APP + '[apps.web.build]\ncontext = "src\\u0000x"\n' + TARGET)
+    with pytest.raises(ConfigError, match=r"apps.web.build.context = 'src\\x00x': not a usable path") as caught:
+        configuration.load(str(path))
+    assert str(path) in str(caught.value)

@@ -2,8 +2,9 @@
 
 A kind is its settings schema (checked by rollout.schema when rollout.toml is loaded)
 and the class that implements rollout.targets.Target, named by module and class so
-it is imported only when an app uses that kind (the CLI starts fast). Adding a kind
-is one module plus one entry in KINDS.
+it is imported only when an app uses that kind (the CLI starts fast). For rollout.toml
+and open_target, adding a kind is one module plus one entry in KINDS (`rollout init`'s
+scaffold is not registered here yet).
 
 The schemas live here for now, next to each other; each entry names the module that
 implements it, where its schema may move once that module is free to change.
