@@ -15,14 +15,12 @@ the build context and Dockerfile exist (`require_build`, for rebuild and check).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from rollout import schema as S
 from rollout.errors import ConfigError, InvalidReference
@@ -439,6 +437,8 @@ def _channel(raw: str, index: int, path: Path | None) -> Channel:
         style = "slack" if (_hostname(url) or "").lower() in SLACK_HOSTS else "json"
     else:
         style = "apprise"
+        import importlib.util
+
         # find_spec, not import: Apprise takes long to import, and only a send needs it.
         if importlib.util.find_spec("apprise") is None:
             raise S.problem(path, where, f" ({redact_url(url)}) needs Apprise: pip install 'rollout[notify]',"
@@ -449,6 +449,8 @@ def _channel(raw: str, index: int, path: Path | None) -> Channel:
 
 
 def _hostname(url: str) -> str | None:
+    from urllib.parse import urlsplit  # only for [notify] URLs: not on every command's start-up path
+
     try:
         return urlsplit(url).hostname
     except ValueError:  # e.g. an unclosed [ in the host

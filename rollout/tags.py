@@ -8,10 +8,13 @@ grammar: `[\\w][\\w.-]{0,127}`).
 
 from __future__ import annotations
 
-import datetime as dt
 import re
+from typing import TYPE_CHECKING
 
 from rollout.errors import UserError
+
+if TYPE_CHECKING:
+    import datetime as dt
 
 DEFAULT_TAG_TEMPLATE = "{date}.{n}"
 TAG_PLACEHOLDERS = {"date", "n", "git", "base"}
@@ -36,6 +39,8 @@ def render_tag(template: str, *, n: int, first_base_digest: str | None, git: str
     Raises UserError (exit 2) when the template needs {git} outside a git work tree, {base}
     without an external base image, or renders something that is not a valid tag.
     """
+    import datetime as dt  # here, not at the top: rollout.config imports this module on every start-up
+
     values = {"date": (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%d"), "n": str(n)}
     if "{git}" in template:
         if not git:
