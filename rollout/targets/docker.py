@@ -16,6 +16,7 @@ import re
 import sys
 import threading
 import urllib.parse
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -97,7 +98,7 @@ def _ssh_pool(self: Any, url: str, proxies: Any = None) -> Any:
 
 
 from rollout.config import AppConfig, TargetConfig
-from rollout.errors import ConfigError, TargetUnreachable, UserError, one_line
+from rollout.errors import EXIT_USAGE, ConfigError, NotApplied, TargetUnreachable, UserError, one_line
 from rollout.faults import kill_point
 from rollout.reference import repo_digests
 from rollout.targets import Observation, Release, Running
@@ -108,7 +109,8 @@ LABEL_ENTRY = "rollout.entry"
 LABEL_TAG = "rollout.tag"
 LABEL_DIGEST = "rollout.digest"
 LABEL_APP = "rollout.app"
-STOP_TIMEOUT = 10
+DEFAULT_STOP_TIMEOUT = 10  # seconds: the engine's when a container sets none (moby container.DefaultStopTimeout)
+NO_RESTART = {"Name": "no", "MaximumRetryCount": 0}
 ENGINE_RETRY_SECONDS = 20.0  # a restarting dockerd is back within seconds; longer is an outage
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -188,19 +190,53 @@ class DockerTarget:
             raise TargetUnreachable(f"target {self.name}: pulling {release.image} did not produce the image") from None
 
     def apply(self, release: Release) -> str | None:
-        old = self._container(self.container_name)
+        """Move the container named `container` to release.image; return the image it ran before (None: none).
+
+        Order, each step a crash-safety kill point (tests/test_crash_safety.py):
+        1. the new container is created under a temporary name, the old one untouched
+           (docker:created), or a kept container that already runs this release is taken back;
+        2. the old container is set aside as NAME.rollout-<entry>, still running (docker:renamed);
+        3. the new container takes the name, the old one is stopped as its operator configured and
+           its restart policy set to "no", so the engine never brings it back (docker:stopped);
+        4. the new one is started (docker:started).
+        Creating first means that when the engine cannot run the new container (it refuses the
+        create, or a network it would join does not exist) the old one was never touched:
+        NotApplied, exit 2. The engine unreachable before anything changed is NotApplied too
+        (exit 5). Any later error propagates: the target changed, and the orchestrator reverts it.
+        """
+        try:
+            old = self._container(self.container_name)
+            retired = self._retired()
+        except TargetUnreachable as exc:
+            raise NotApplied(str(exc)) from None
+        except (docker.errors.APIError, requests.exceptions.ConnectionError) as exc:
+            raise NotApplied(f"target {self.name}: cannot list the containers of the Docker engine at"
+                             f" {self.where}: {_short(exc)}") from None
         before = old.attrs["Config"]["Image"] if old else None
-        retired = self._retired()
         spare = next((c for c in retired if c.attrs["Config"]["Image"] == release.image), None)
-        self._replaced_id = old.id if old is not None else None
-        if old is not None:
-            self._retire(old, taken={c.name for c in retired})
-        if spare is not None:
-            spare.rename(self.container_name)
-            container = spare
-        else:
-            container = self._create(release, old)
+        if spare is None:
+            container = self._create_runnable(release, old)
             kill_point("docker:created")
+            # The policy it was created with (the old one's, or the `restart` setting) stays.
+            policy = None
+        else:
+            container = spare
+            # What the kept container gets back: the policy of the one it replaces, read before
+            # retiring sets that to "no".
+            policy = _restart_policy(old) if old is not None else self._restart_setting(spare)
+            # A kept container is normally stopped already; one a daemon restart or an operator
+            # brought up must be down before it takes the name (and the port) back.
+            self._stop(spare)
+        if old is not None:
+            self._set_aside(old, taken={c.name for c in retired})
+        container.rename(self.container_name)
+        for quiet in ([old] if old is not None else []) + [c for c in retired if c is not spare]:
+            if quiet is old or _may_come_back(quiet):
+                self._quiet(quiet)
+        if old is not None:
+            kill_point("docker:stopped")
+        self._set_restart_policy(container, policy)
+        self._replaced_id = old.id if old is not None else None
         self._started_id = container.id
         container.start()
         kill_point("docker:started")
@@ -230,17 +266,29 @@ class DockerTarget:
         return raw.decode("utf-8", "replace")
 
     def stop(self) -> None:
-        """Stop the failed release and start again the container it replaced, if there was one."""
+        """Stop the release the last apply started and start again the container it replaced, if any.
+
+        The failed container is stopped as its operator configured (see `_stop`), set aside as a
+        retired container with restart policy "no", and the one it replaced takes the name back
+        with the restart policy the failed one carried over from it. A failed first release (it
+        replaced nothing) keeps the name, stopped, with policy "no": its policy can only have come
+        from the `restart` setting, which the next create applies again.
+        """
         if self._started_id is None:
             return
         failed = self.client.containers.get(self._started_id)
-        failed.stop(timeout=STOP_TIMEOUT)
-        if self._replaced_id is not None:
-            failed.reload()
-            self._retire(failed, taken={c.name for c in self._retired()})
-            previous = self.client.containers.get(self._replaced_id)
-            previous.rename(self.container_name)
-            previous.start()
+        policy = _restart_policy(failed)
+        self._stop(failed)
+        if self._replaced_id is None:
+            self._set_restart_policy(failed, NO_RESTART)
+            return
+        self._set_aside(failed, taken={c.name for c in self._retired()})
+        self._quiet(failed)
+        previous = self.client.containers.get(self._replaced_id)
+        self._stop(previous)  # kept stopped by us; down again if anything brought it up meanwhile
+        previous.rename(self.container_name)
+        self._set_restart_policy(previous, policy)
+        previous.start()
 
     # -- helpers -------------------------------------------------------------
 
@@ -274,16 +322,122 @@ class DockerTarget:
         retired = [c for c in containers if c.name.startswith(prefix)]
         return sorted(retired, key=lambda c: c.attrs["State"].get("FinishedAt", ""), reverse=True)
 
-    def _retire(self, container: Any, taken: set[str]) -> None:
+    def _set_aside(self, container: Any, taken: set[str]) -> None:
+        """Rename container to NAME.rollout-<entry> (or -<short id> when that is taken).
+
+        moby renames a running container's network sandbox too (daemon/rename.go), and a
+        container the engine is restarting has none between two runs: the rename fails with
+        "sandbox ... not found". So a restarting container is stopped first; stopping it through
+        the API cancels its restart manager (daemon/kill.go, ExitOnNext), so it stays down.
+        """
         entry = container.labels.get(LABEL_ENTRY) or container.short_id
         new_name = f"{self.container_name}.rollout-{entry}"
         if new_name in taken:
             new_name = f"{new_name}-{container.short_id}"
-        container.rename(new_name)
+        container.reload()
+        if container.status == "restarting":
+            self._stop(container)
+        try:
+            container.rename(new_name)
+        except docker.errors.APIError:
+            container.reload()
+            if container.status != "restarting":
+                raise
+            self._stop(container)  # it crashed and began restarting between our look and the rename
+            container.rename(new_name)
         kill_point("docker:renamed")
-        if container.status in ("running", "restarting", "paused"):
-            container.stop(timeout=STOP_TIMEOUT)
-            kill_point("docker:stopped")
+
+    def _create_runnable(self, release: Release, old: Any) -> Any:
+        """The new container, created (not started) under a temporary name; NotApplied (exit 2) when it cannot run.
+
+        "Cannot run": the engine refuses the create (an invalid port, a missing volume driver,
+        memory below its minimum...), or a network it would join does not exist (this engine
+        accepts such a create and fails only the start, moby 20.10). Either way nothing is left
+        behind and the old container was not touched; the message is the engine's own words.
+        The temporary name starts like a retired container's, so one left by a killed rollout
+        is found, reused or pruned like them.
+        """
+        name = f"{self.container_name}.rollout-new-{release.entry_id}-{uuid.uuid4().hex[:6]}"
+        try:
+            container = self._create(release, old, name=name)
+        except UserError as refused:
+            reason = one_line(refused)
+        else:
+            missing = self._missing_networks(container)
+            if not missing:
+                return container
+            container.remove(force=True)
+            reason = (f"target {self.name}: network {missing[0]} does not exist on the Docker engine at"
+                      f" {self.where}: create it (docker network create {missing[0]}) or fix `network`")
+        raise NotApplied(f"{reason}; {self.container_name} left as it was", exit_code=EXIT_USAGE)
+
+    def _missing_networks(self, container: Any) -> list[str]:
+        """User-defined networks container would join that the engine does not have (built-in modes are always there)."""
+        mode = container.attrs["HostConfig"].get("NetworkMode") or "default"
+        names = set((container.attrs.get("NetworkSettings") or {}).get("Networks") or {})
+        if mode not in ("default", "bridge", "host", "none") and not mode.startswith("container:"):
+            names.add(mode)
+        missing = []
+        for name in sorted(names - {"default", "bridge", "host", "none"}):
+            try:
+                self.client.networks.get(name)
+            except docker.errors.NotFound:
+                missing.append(name)
+        return missing
+
+    def _stop(self, container: Any) -> None:
+        """Stop container the way its operator configured, waiting as long as that takes.
+
+        `POST /containers/{id}/stop` without `t` makes the engine use the container's own
+        StopSignal (`--stop-signal`, else the image's STOPSIGNAL, else SIGTERM) and StopTimeout
+        (`--stop-timeout`, else 10 s; negative: no SIGKILL at all) (moby
+        api/server/router/container/container_routes.go postContainersStop, daemon/stop.go
+        ContainerStop). A paused container is unpaused by the engine for it; a restarting one
+        has its restart manager cancelled. Stopped already: the engine answers 304, nothing to do.
+        The SDK's stop() either sends `t` or gives up on the HTTP call after its own timeout
+        plus 10 s, so the request is made here, waiting the container's grace plus our timeout.
+        Raises docker.errors.APIError when the engine fails.
+        """
+        grace = container.attrs["Config"].get("StopTimeout")
+        grace = DEFAULT_STOP_TIMEOUT if grace is None else int(grace)
+        api = self.client.api
+        wait = None if grace < 0 else grace + (api.timeout or 0)
+        response = api._post(api._url("/containers/{0}/stop", container.id), timeout=wait)  # noqa: SLF001
+        api._raise_for_status(response)  # noqa: SLF001
+
+    def _quiet(self, container: Any) -> None:
+        """Stop a retired container and set its restart policy to "no", so it stays down.
+
+        Stopped through the API, `unless-stopped` would stay down on its own, but `always`
+        comes back when dockerd restarts and `on-failure` too when the stop left a non-zero exit
+        code (SIGTERM: 143): the daemon's restore starts every container whose restart manager
+        says so (moby daemon/daemon.go restore, restartmanager/restartmanager.go ShouldRestart).
+        A retired container that came back would fight the live one for its name's port.
+        The policy is given back when the container is started again (apply's spare, stop()).
+        """
+        self._stop(container)
+        self._set_restart_policy(container, NO_RESTART)
+
+    def _set_restart_policy(self, container: Any, policy: dict[str, Any] | None) -> None:
+        """`docker update --restart` for container (the engine refuses it while restarting: stop first)."""
+        if policy is None or _restart_policy(container) == policy:
+            return
+        self.client.api.update_container(container.id, restart_policy=policy)
+        container.attrs["HostConfig"]["RestartPolicy"] = dict(policy)
+
+    def _restart_setting(self, spare: Any) -> dict[str, Any] | None:
+        """The policy for a kept container taking the name back when no container holds it.
+
+        Its own, unless retiring it set that to "no": then the target's `restart` setting if
+        any (what a create would apply), else "no" stays.
+        """
+        if spare is not None and _restart_policy(spare) != NO_RESTART:
+            return _restart_policy(spare)
+        setting = self.settings.get("restart")
+        if not setting:
+            return None
+        name, _, retries = str(setting).partition(":")
+        return {"Name": name, "MaximumRetryCount": int(retries or 0)}
 
     def _prune(self, containers: list[Any]) -> None:
         if not containers:
@@ -496,6 +650,8 @@ class DockerWatch:
             return Observation(False, f"container restarted (restart count {restarts})")
         if state.get("OOMKilled"):
             return Observation(False, "container was killed: out of memory")
+        if state.get("Paused"):
+            return Observation(False, "container was paused")
         if state.get("Status") != "running":
             return Observation(False, f"container exited with code {state.get('ExitCode')}")
         health = (state.get("Health") or {}).get("Status")
@@ -510,6 +666,17 @@ class DockerWatch:
             self._stream.close()
         except Exception:  # noqa: BLE001 - closing a dead stream is fine
             pass
+
+
+def _restart_policy(container: Any) -> dict[str, Any]:
+    """container's restart policy as the engine reports it, e.g. {"Name": "on-failure", "MaximumRetryCount": 3}."""
+    policy = container.attrs["HostConfig"].get("RestartPolicy") or {}
+    return {"Name": policy.get("Name") or "no", "MaximumRetryCount": int(policy.get("MaximumRetryCount") or 0)}
+
+
+def _may_come_back(container: Any) -> bool:
+    """A retired container that runs, or that the engine may start again by itself."""
+    return container.status not in ("exited", "created", "dead") or _restart_policy(container) != NO_RESTART
 
 
 def _describe_event(status: str, event: dict[str, Any]) -> str:
