@@ -360,16 +360,20 @@ class DockerTarget:
         name = f"{self.container_name}.rollout-new-{release.entry_id}-{uuid.uuid4().hex[:6]}"
         try:
             container = self._create(release, old, name=name)
-        except UserError as refused:
-            reason = one_line(refused)
-        else:
             missing = self._missing_networks(container)
-            if not missing:
-                return container
-            container.remove(force=True)
-            reason = (f"target {self.name}: network {missing[0]} does not exist on the Docker engine at"
-                      f" {self.where}: create it (docker network create {missing[0]}) or fix `network`")
-        raise NotApplied(f"{reason}; {self.container_name} left as it was", exit_code=EXIT_USAGE)
+        except UserError as refused:
+            raise NotApplied(f"{one_line(refused)}; {self.container_name} left as it was",
+                             exit_code=EXIT_USAGE) from None
+        except (docker.errors.APIError, requests.exceptions.ConnectionError) as exc:
+            # The engine failed or went away, not the settings; the old container is as it was.
+            raise NotApplied(f"target {self.name}: cannot create the new container on the Docker engine at"
+                             f" {self.where}: {_short(exc)}; {self.container_name} left as it was") from None
+        if not missing:
+            return container
+        container.remove(force=True)
+        raise NotApplied(f"target {self.name}: network {missing[0]} does not exist on the Docker engine at"
+                         f" {self.where}: create it (docker network create {missing[0]}) or fix `network`;"
+                         f" {self.container_name} left as it was", exit_code=EXIT_USAGE)
 
     def _missing_networks(self, container: Any) -> list[str]:
         """User-defined networks container would join that the engine does not have (built-in modes are always there)."""
