@@ -40,7 +40,7 @@ from rollout.faults import kill_point
 from rollout.ledger import Entry, Ledger, PushedBuild
 from rollout.orchestrator import Orchestrator
 from rollout.output import clip
-from rollout.reference import Reference, repo_digests
+from rollout.reference import Reference, checked_digest, repo_digests
 from rollout.tags import render_tag
 
 _TERMINAL_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -344,7 +344,8 @@ def _follow_push(stream: Iterable[dict[str, Any]], image: str) -> str:
             digest = aux["Digest"]
     if digest is None:
         raise RegistryUnreachable(f"pushing {image} finished without the registry naming a digest")
-    return digest
+    # The engine relays the registry's answer: checked before it is recorded in the immutable ledger.
+    return checked_digest(digest, f"pushing {image}: the engine reported", RegistryUnreachable)
 
 
 def __getattr__(name: str) -> Any:

@@ -51,7 +51,7 @@ def test_first_deploy_runs_the_exact_digest_and_records_it(project: Project, doc
     status = json.loads(project.run("status", "--json").stdout)
     assert status["current"]["id"] == entry["id"]
     assert status["targets"] == [{"name": "local", "image": f"{APP_IMAGE}@{digest}", "digest": digest, "running": True,
-                                  "in_sync": True, "error": None}]
+                                  "in_sync": True, "error": None, "warning": None}]
     # A stopped container is not "in sync", whatever digest it has.
     container.stop(timeout=1)
     stopped = json.loads(project.run("status", "--json").stdout)["targets"][0]

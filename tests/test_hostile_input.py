@@ -102,7 +102,7 @@ HOSTILE = [
     ref("uppercase app", "WEB:v1", "invalid"),
     ref("path traversal", "../../etc/passwd:v1", "invalid"),
     ref("another registry's repository", "127.0.0.1:5000/other/repo:v1", "names no configured app"),
-    Hostile("SQL in revert --to", ("revert", "--to", "1; DROP TABLE entries"), 2, "no healthy entry"),
+    Hostile("SQL in revert --to", ("revert", "--to", "1; DROP TABLE entries"), 2, "no entry of web has tag"),
     Hostile("revert to an unknown id", ("revert", "--to", "999999"), 2, "999999"),
     Hostile("history of an unknown app", ("history", "shop"), 2, "unknown app"),
     Hostile("status of an unknown app", ("status", "shop"), 2, "unknown app"),

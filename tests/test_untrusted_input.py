@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import Project, write_config
+from conftest import APP_IMAGE, Project, write_config
 from rollout.errors import InvalidReference, RegistryUnreachable
 from rollout.reference import checked_container_name, checked_digest, checked_image, checked_tag, parse
 from rollout.registry import RegistryClient
@@ -204,3 +204,19 @@ def test_deploy_refuses_a_registry_digest_that_is_no_digest(project: Project, re
     assert recorded(project) == ledger_before
     assert docker_client.api.inspect_container(project.container) == inspect_before
     assert project.version() == "good1"
+
+
+def test_a_label_read_back_from_the_engine_never_shapes_a_container_name(project: Project, registry: str,
+                                                                          docker_client) -> None:  # type: ignore[no-untyped-def]
+    """Anyone may set `rollout.entry` on a container: it is the engine's answer, not ours. A value that
+    is no ledger id must not reach the rename (an engine URL and the name the next revert looks up)."""
+    docker_client.containers.run(f"{APP_IMAGE}:good1", name=project.container, detach=True, network_mode="host",
+                                 environment={"PORT": str(project.port)},
+                                 labels={"rollout.entry": "../../containers/x/kill?signal=9"})
+    old = docker_client.containers.get(project.container)
+    result = project.run("deploy", "web:good2")
+    assert result.returncode == 0, result.stderr
+    assert project.version_once_listening() == "good2"
+    old.reload()
+    assert old.name == f"{project.container}.rollout-{old.short_id}"
+    assert old.status == "exited"

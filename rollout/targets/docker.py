@@ -100,7 +100,7 @@ def _ssh_pool(self: Any, url: str, proxies: Any = None) -> Any:
 from rollout.config import AppConfig, TargetConfig
 from rollout.errors import EXIT_USAGE, ConfigError, NotApplied, TargetUnreachable, UserError, one_line
 from rollout.faults import kill_point
-from rollout.reference import repo_digests
+from rollout.reference import checked_digest, checked_image, repo_digests
 from rollout.targets import Observation, Release, Running
 from rollout.targets.container_spec import create_spec
 
@@ -167,7 +167,7 @@ class DockerTarget:
         container = self._container(self.container_name)
         if container is None:
             return Running(None, None, "no container", active=False)
-        image = container.attrs["Config"]["Image"]
+        image = self._configured_image(container)
         return Running(image, self._digest_of(container), container.status, active=container.status == "running")
 
     def prepare(self, release: Release) -> None:
@@ -212,7 +212,7 @@ class DockerTarget:
         except (docker.errors.APIError, requests.exceptions.ConnectionError) as exc:
             raise NotApplied(f"target {self.name}: cannot list the containers of the Docker engine at"
                              f" {self.where}: {_short(exc)}") from None
-        before = old.attrs["Config"]["Image"] if old else None
+        before = self._configured_image(old) if old else None
         spare = next((c for c in retired if c.attrs["Config"]["Image"] == release.image), None)
         if spare is None:
             container = self._create_runnable(release, old)
@@ -300,10 +300,19 @@ class DockerTarget:
         except docker.errors.APIError as exc:
             raise TargetUnreachable(f"target {self.name}: cannot inspect {name}: {_short(exc)}") from None
 
+    def _configured_image(self, container: Any) -> str:
+        """The image container was created from (Config.Image), checked: what an engine answers is
+        input too, and this value reaches the ledger and engine URL paths (images/{name}/json)."""
+        return checked_image(container.attrs["Config"]["Image"],
+                             f"target {self.name}: the engine's Config.Image of container {container.name}",
+                             TargetUnreachable)
+
     def _digest_of(self, container: Any) -> str | None:
-        configured = container.attrs["Config"]["Image"]
-        if "@sha256:" in configured:
-            return configured.split("@", 1)[1]
+        configured = self._configured_image(container)
+        if "@" in configured:
+            return checked_digest(configured.split("@", 1)[1],
+                                  f"target {self.name}: the digest in container {container.name}'s image",
+                                  TargetUnreachable)
         try:
             names = self.client.images.get(container.attrs["Image"]).attrs.get("RepoDigests") or []
         except docker.errors.ImageNotFound:
@@ -330,8 +339,9 @@ class DockerTarget:
         "sandbox ... not found". So a restarting container is stopped first; stopping it through
         the API cancels its restart manager (daemon/kill.go, ExitOnNext), so it stays down.
         """
-        entry = container.labels.get(LABEL_ENTRY) or container.short_id
-        new_name = f"{self.container_name}.rollout-{entry}"
+        entry = container.labels.get(LABEL_ENTRY) or ""
+        # A label is the engine's answer, and anyone may set it: only a ledger id goes into a name.
+        new_name = f"{self.container_name}.rollout-{entry if entry.isascii() and entry.isdigit() else container.short_id}"
         if new_name in taken:
             new_name = f"{new_name}-{container.short_id}"
         container.reload()
@@ -453,8 +463,8 @@ class DockerTarget:
         # inspect per container) says which references containers still use.
         in_use = {summary.get("Image") for summary in self.client.api.containers(all=True)}
         for pulled in {c.attrs["Config"]["Image"] for c in containers} - in_use:
-            if "@sha256:" not in pulled:
-                continue
+            if "@sha256:" not in pulled or not _is_image(pulled):
+                continue  # not a digest reference we pulled, or not one at all: never a path to DELETE
             try:
                 self.client.images.remove(pulled)
             except docker.errors.APIError:
@@ -692,6 +702,14 @@ def _describe_event(status: str, event: dict[str, Any]) -> str:
     if status == "restart":
         return "container restarted"
     return "HEALTHCHECK reports unhealthy"
+
+
+def _is_image(value: str) -> bool:
+    try:
+        checked_image(value, "", ValueError)
+    except ValueError:
+        return False
+    return True
 
 
 def _engine_call(where: str, call: Callable[[], T]) -> T:
