@@ -99,6 +99,9 @@ class Channel:
 
     url: str = field(repr=False)
     style: str
+    # Set when a `${NAME}` in the URL is unset: only sending needs it, so only a command that
+    # may notify (deploy, revert, rebuild) refuses to start; status and history do not care.
+    unset: str | None = field(default=None, compare=False)
 
     @property
     def shown(self) -> str:
@@ -423,9 +426,10 @@ def _channel(raw: str, index: int, path: Path | None) -> Channel:
     """
     where = f"notify.urls[{index}]"
     missing = [name for name in _ENV_VAR.findall(raw) if not os.environ.get(name)]
-    if missing:
-        raise S.problem(path, where, f": environment variable {missing[0]} is not set: export it or change the URL")
-    url = _ENV_VAR.sub(lambda m: os.environ[m.group(1)], raw).strip()
+    unset = (str(S.problem(path, where, f": environment variable {missing[0]} is not set: export it or change the URL"))
+             if missing else None)
+    # An unset variable is checked as a placeholder word, so the rest of the URL is still checked at load.
+    url = _ENV_VAR.sub(lambda m: os.environ.get(m.group(1)) or "unset", raw).strip()
     scheme, sep, _ = url.partition("://")
     if not sep or not scheme:
         raise S.problem(path, where, " is not a URL: use https://..., slack+https://... or an Apprise URL")
@@ -445,7 +449,7 @@ def _channel(raw: str, index: int, path: Path | None) -> Channel:
                             " or use an http(s):// webhook")
     if style != "apprise" and not _hostname(url):
         raise S.problem(path, where, f" ({redact_url(url)}) has no host")
-    return Channel(url, style)
+    return Channel(url, style, unset)
 
 
 def _hostname(url: str) -> str | None:

@@ -31,6 +31,7 @@ from typing import Any, Callable
 from tenacity import Retrying, retry_if_result, stop_after_attempt, wait_chain, wait_fixed
 
 # The [notify] table is checked by rollout.config when rollout.toml is loaded; these are its types.
+from rollout.errors import ConfigError
 from rollout.config import DEFAULT_EVENTS, EVENTS, Channel, NotifySettings  # noqa: F401 - part of this module's API
 from rollout.output import redact_url  # noqa: F401 - part of this module's API
 from rollout.reference import short_digest
@@ -287,6 +288,9 @@ def notifier_for(settings: NotifySettings, path: Path | None, warn: Warn) -> Not
     `path` is not used any more ([notify] is checked when rollout.toml is loaded); it stays
     until the CLI stops passing it.
     """
+    for channel in settings.channels:
+        if channel.unset:
+            raise ConfigError(channel.unset)
     return Notifier(settings, warn) if settings.channels else None
 
 
