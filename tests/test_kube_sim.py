@@ -183,7 +183,7 @@ def test_set_image_history_and_undo(sim: RunningSimulator, tmp_path: Path) -> No
     status = sim.kubectl("rollout", "status", "deployment/web", "--timeout=30s")
     assert status.returncode == 0, status.stderr
     assert "out of 3 new replicas have been updated" in status.stdout  # it watched a real rolling update
-    assert images_of_pods(sim, "web") == {f"{IMAGE}:slow-v2"}
+    wait_for(lambda: images_of_pods(sim, "web") == {f"{IMAGE}:slow-v2"}, what="the replaced pods to go")
 
     history = sim.kubectl("rollout", "history", "deployment/web")
     assert history.returncode == 0, history.stderr
@@ -295,7 +295,7 @@ def test_pause_holds_the_rollout_and_resume_releases_it(sim: RunningSimulator, t
     assert "you cannot rollback a paused deployment" in undo.stderr
     assert sim.kubectl("rollout", "resume", "deployment/paused").returncode == 0
     assert sim.kubectl("rollout", "status", "deployment/paused", "--timeout=20s").returncode == 0
-    assert images_of_pods(sim, "paused") == {f"{IMAGE}:v2"}
+    wait_for(lambda: images_of_pods(sim, "paused") == {f"{IMAGE}:v2"}, what="the replaced pods to go")
 
 
 def test_revision_history_limit_removes_the_oldest_replicasets(sim: RunningSimulator, tmp_path: Path) -> None:
@@ -313,7 +313,7 @@ def test_recreate_scales_the_old_replicaset_down_before_the_new_one_up(sim: Runn
     assert sim.kubectl("rollout", "status", "deployment/recreated", "--timeout=20s").returncode == 0
     assert sim.kubectl("set", "image", "deployment/recreated", f"app={IMAGE}:v2").returncode == 0
     assert sim.kubectl("rollout", "status", "deployment/recreated", "--timeout=20s").returncode == 0
-    assert images_of_pods(sim, "recreated") == {f"{IMAGE}:v2"}
+    wait_for(lambda: images_of_pods(sim, "recreated") == {f"{IMAGE}:v2"}, what="the replaced pods to go")
     events = get_json(sim, "events", "--field-selector", "involvedObject.name=recreated")["items"]
     scaling = [e["message"] for e in sorted(events, key=lambda e: e["metadata"]["name"]) if e["reason"] == "ScalingReplicaSet"]
     assert len(scaling) == 3
@@ -813,10 +813,10 @@ def test_a_finalizer_holds_a_deleted_object_until_it_is_removed(sim: RunningSimu
     forged = sim.kubectl("patch", "pod", name, "--type=merge", "-p", '{"metadata":{"deletionTimestamp":"2030-01-01T00:00:00Z"}}')
     assert forged.returncode == 1 and "metadata.deletionTimestamp" in forged.stderr and "field is immutable" in forged.stderr
     assert sim.kubectl("delete", "pod", name, "--wait=false").returncode == 0
-    # Its container stopped (the pod reached a terminal phase), yet the finalizer keeps it listed.
-    held = wait_for_pod(sim, "held", lambda p: p["metadata"]["name"] == name and p["status"]["phase"] in ("Succeeded", "Failed"),
-                        "the held pod to stop")
-    assert held["metadata"]["deletionTimestamp"] and held["metadata"]["deletionGracePeriodSeconds"] == 0
+    # Its container stopped and the kubelet deleted it (grace period 0), yet the finalizer keeps it listed.
+    held = wait_for_pod(sim, "held", lambda p: p["metadata"]["name"] == name and p["metadata"].get("deletionGracePeriodSeconds") == 0,
+                        "the kubelet's final delete")
+    assert held["metadata"]["deletionTimestamp"] and held["status"]["phase"] in ("Succeeded", "Failed")
     assert "Terminating" in sim.kubectl("get", "pod", name, "--no-headers").stdout
     more = sim.kubectl("patch", "pod", name, "--type=merge", "-p", '{"metadata":{"finalizers":["example.com/hold","example.com/more"]}}')
     assert more.returncode == 1 and "no new finalizers can be added if the object is being deleted" in more.stderr
