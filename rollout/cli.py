@@ -473,7 +473,7 @@ _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "C
 
 def main() -> None:
     try:
-        code = app(prog_name="rollout", standalone_mode=False)
+        code = _run_command()
     except _ClickException as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare `rollout`: its message is the help
             print(exc.format_message())
@@ -487,6 +487,15 @@ def main() -> None:
         Console().error("aborted")
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def _run_command() -> Any:
+    try:
+        return app(prog_name="rollout", standalone_mode=False)
+    finally:
+        notifying = sys.modules.get("rollout.notify")
+        if notifying is not None:  # only a command that had something to send imported it
+            notifying.drain()
 
 
 if __name__ == "__main__":

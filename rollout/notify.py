@@ -165,6 +165,16 @@ class Dispatcher:
 _dispatcher = Dispatcher()
 
 
+def drain() -> bool:
+    """Wait (bounded) for the process's queued notifications; the CLI calls it before it exits.
+
+    Before, not from atexit alone: at interpreter shutdown concurrent.futures refuses new work
+    ("cannot schedule new futures after interpreter shutdown"), which Apprise and urllib3 need,
+    so a notification still queued then would fail every try. atexit stays as the fallback.
+    """
+    return _dispatcher.drain()
+
+
 @dataclass(frozen=True)
 class _Try:
     """What one delivery attempt came to."""
