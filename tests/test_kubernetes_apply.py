@@ -268,3 +268,25 @@ def test_an_image_that_pull_policy_never_cannot_find_fails_at_once(tmp_path: Pat
                 " with pull policy of Never") in result.stderr
         assert cluster.history()[0]["kind"] == "revert"
         assert cluster.images()["app"] == good1
+
+
+# --- item 5: proxies, as kubectl picks them ----------------------------------------------------
+
+
+def test_a_cluster_on_loopback_is_never_reached_through_a_proxy(tmp_path: Path, registry: str) -> None:
+    """kubectl never proxies loopback; the Python client would send 127.0.0.1 to HTTPS_PROXY/HTTP_PROXY."""
+    from support.ports import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with simulator(tmp_path) as sim:
+        cluster = Cluster(tmp_path, sim, [app_container()])
+        proxied = {"HTTP_PROXY": dead, "HTTPS_PROXY": dead, "http_proxy": dead, "https_proxy": dead}
+        run = lambda *args: subprocess.run([*ROLLOUT, *args], capture_output=True, text=True, timeout=180,  # noqa: E731
+                                           env={"ROLLOUT_CONFIG": str(tmp_path / "rollout.toml"), "PATH": "/usr/bin:/bin",
+                                                **proxied}, stdin=subprocess.DEVNULL)
+        result = run("deploy", "web:good2")
+        assert result.returncode == 0, result.stderr
+        assert cluster.images()["app"].startswith(f"{APP_IMAGE}@sha256:")
+        status = run("status", "--json")
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["targets"][0]["in_sync"] is True

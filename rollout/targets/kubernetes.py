@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from rollout.config import AppConfig, TargetConfig
 from rollout.errors import EXIT_UNREACHABLE, EXIT_USAGE, NotApplied, TargetUnreachable, UserError, one_line
-from rollout.reference import parse
+from rollout.reference import checked_digest, checked_image, parse
 from rollout.targets import Observation, Release, Running
 
 log = logging.getLogger(__name__)
@@ -71,18 +71,19 @@ class KubernetesTarget:
 
             kubeconfig = self.settings.get("kubeconfig") or os.environ.get("KUBECONFIG")
             default = Path(os.path.expanduser("~/.kube/config"))
+            settings = client.Configuration()
             try:
                 if kubeconfig or default.exists():
-                    api_client = config.new_client_from_config(
-                        config_file=os.path.expanduser(kubeconfig) if kubeconfig else str(default),
-                        context=self.settings.get("context"),
-                    )
+                    config.load_kube_config(config_file=os.path.expanduser(kubeconfig) if kubeconfig else str(default),
+                                            context=self.settings.get("context"), client_configuration=settings)
                 else:
-                    config.load_incluster_config()
-                    api_client = client.ApiClient()
+                    config.load_incluster_config(client_configuration=settings)
             except Exception as exc:  # noqa: BLE001 - ConfigException, missing files, bad YAML
                 raise UserError(f"target {self.name}: cannot load Kubernetes config: {one_line(exc)}") from None
-            api_client.configuration.retries = 1
+            _route_through_proxy_as_kubectl_does(settings)
+            settings.retries = 1
+            # The connection pool (and its proxy) is made here, from the settings as they are now.
+            api_client = client.ApiClient(configuration=settings)
             self._apis = (client.AppsV1Api(api_client), client.CoreV1Api(api_client))
         return self._apis
 
@@ -119,8 +120,8 @@ class KubernetesTarget:
     def running(self) -> Running:
         deployment = self._read()
         container = self._pick_container(deployment)
-        image = _container(deployment, container)["image"]
-        template_digest = image.split("@", 1)[1] if "@" in image else None
+        image = _checked_image(self.name, _container(deployment, container)["image"], "the pod template's image")
+        template_digest = _digest_in(self.name, image, "the pod template's image")
         pod_digests = sorted({d for d in self._pod_digests(deployment, container) if d})
         drifting = [d for d in pod_digests if d != template_digest]
         digest = drifting[0] if drifting else template_digest or (pod_digests[0] if pod_digests else None)
@@ -147,7 +148,7 @@ class KubernetesTarget:
         for _attempt in range(CONFLICT_RETRIES):
             deployment = self._read()
             container = self._container or self._pick_container(deployment)
-            before = _container(deployment, container)["image"]
+            before = _checked_image(self.name, _container(deployment, container)["image"], "the pod template's image")
             patch = {
                 "metadata": {
                     "resourceVersion": deployment["metadata"]["resourceVersion"],
@@ -263,8 +264,7 @@ class KubernetesTarget:
         for pod in self._current_pods(deployment):
             for status in pod.get("status", {}).get("containerStatuses") or []:
                 if status["name"] == container:
-                    image_id = status.get("imageID") or ""
-                    digests.append(image_id.rsplit("@", 1)[1] if "@" in image_id else None)
+                    digests.append(_digest_in(self.name, status.get("imageID") or "", f"pod {pod['metadata']['name']}'s imageID"))
         return digests
 
     def _replica_sets(self, deployment: dict[str, Any]) -> list[dict[str, Any]]:
@@ -474,6 +474,35 @@ def _owner_uids(obj: dict[str, Any]) -> set[str]:
 def _counts(pod: dict[str, Any]) -> bool:
     """Not terminating (deletionTimestamp) and not finished (phase Failed, e.g. evicted, or Succeeded)."""
     return not pod["metadata"].get("deletionTimestamp") and pod.get("status", {}).get("phase") not in ("Failed", "Succeeded")
+
+
+def _route_through_proxy_as_kubectl_does(settings: Any) -> None:
+    """Apply rollout's proxy rule (rollout.proxies: Go's httpproxy, which kubectl follows) to the
+    client's settings, unless the kubeconfig names its own `proxy-url` (kubectl honours that first).
+
+    The client reads HTTPS_PROXY itself, by urllib's rule: no exception for loopback, so a dead
+    proxy would cut rollout off from a cluster on 127.0.0.1 that kubectl reaches.
+    """
+    from rollout.proxies import proxies_for
+
+    if not getattr(settings, "_proxy_from_env", settings.proxy is None):
+        return  # proxy-url from the kubeconfig
+    proxy = next(iter(proxies_for(settings.host).values()), None)
+    settings.proxy = proxy  # also stops the client re-reading the environment when the host changes
+    settings.no_proxy = None  # decided above, by our rule
+
+
+def _checked_image(target: str, image: object, what: str) -> str:
+    """An image the API server answered with, checked before it reaches the ledger or a message."""
+    return checked_image(image, f"target {target}: {what}", TargetUnreachable)
+
+
+def _digest_in(target: str, image: str, what: str) -> str | None:
+    """The digest after "@" in a pod template image or an imageID (None when there is none), checked:
+    an API server's answer is input too (an imageID may be any text a runtime reports)."""
+    if "@" not in image:
+        return None
+    return checked_digest(image.rsplit("@", 1)[1], f"target {target}: {what}", TargetUnreachable)
 
 
 def _container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
