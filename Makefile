@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-PYTEST_ARGS ?=
+# Test files run in parallel, each on one worker (module fixtures such as a simulator stay per file).
+PYTEST_ARGS ?= -n 4 --dist loadfile
 
 .PHONY: venv testbed test demo bench clean
 
