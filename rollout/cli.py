@@ -495,7 +495,11 @@ def _run_command() -> Any:
     finally:
         notifying = sys.modules.get("rollout.notify")
         if notifying is not None:  # only a command that had something to send imported it
-            notifying.drain()
+            try:
+                notifying.drain()
+            except KeyboardInterrupt:  # the rollout itself is over: Ctrl-C only gives up on sending
+                Console().error("interrupted while sending notifications: some were not sent")
+                sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def name_entry(ledger: LedgerBackend, app: str, text: str, option: str = "--to")
     by_id = _entry_of(ledger, app, text)
     tagged = ledger.with_tag(app, text)
     if by_id is None and not tagged:
-        other = ledger.find(int(text)) if int(text) <= _MAX_ID else None
+        other = _find(ledger, text)
         owner = f"entry #{text} belongs to app {other.app}" if other else f"there is no entry #{text}"
         raise UserError(f"{said}: no entry of {app} has tag {text!r} and {owner}: see `rollout history {app}`")
     if by_id is None:
@@ -77,11 +77,11 @@ def _by_id(ledger: LedgerBackend, app: str, number: str, said: str) -> NamedEntr
         raise UserError(f"{said}: {number!r} is not an entry id (a number): see `rollout history {app}`")
     entry = _entry_of(ledger, app, number)
     if entry is None:
-        other = ledger.find(int(number)) if int(number) <= _MAX_ID else None
+        other = _find(ledger, number)
         if other is not None:
             raise UserError(f"{said}: entry #{other.id} belongs to app {other.app}, not {app}:"
                             f" see `rollout history {app}`")
-        raise UserError(f"{said}: there is no entry #{int(number)}: see `rollout history {app}`")
+        raise UserError(f"{said}: there is no entry #{number.lstrip('0') or '0'}: see `rollout history {app}`")
     return NamedEntry(entry, f"{said}: entry #{entry.id} ({_label(entry)})")
 
 
@@ -99,11 +99,16 @@ def _by_tag(ledger: LedgerBackend, app: str, tag: str, said: str) -> NamedEntry:
 
 
 def _entry_of(ledger: LedgerBackend, app: str, number: str) -> Entry | None:
-    entry_id = int(number)
-    if entry_id > _MAX_ID:
-        return None
-    entry = ledger.find(entry_id)
+    entry = _find(ledger, number)
     return entry if entry is not None and entry.app == app else None
+
+
+def _find(ledger: LedgerBackend, number: str) -> Entry | None:
+    """The entry with id `number` (ASCII digits), of any app; None when no id can be that large.
+    The length is checked first: int() refuses more than 4300 digits (CPython's int_max_str_digits)."""
+    if len(number.lstrip("0")) > len(str(_MAX_ID)) or int(number) > _MAX_ID:
+        return None
+    return ledger.find(int(number))
 
 
 def _newest_healthy(entries: list[Entry]) -> Entry | None:

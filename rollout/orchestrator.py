@@ -178,7 +178,10 @@ class Orchestrator:
         self.reporter.warn(f"restoring #{good.id} {_label(good)} on {', '.join(t.name for t in off)} as #{revert.id}")
         # A new flag: verifiers of the interrupted attempt keep seeing theirs set, and stop.
         self._cancelled = threading.Event()
-        back = self._attempt(revert, off, ALL_AT_ONCE)
+        try:
+            back = self._attempt(revert, off, ALL_AT_ONCE)
+        except RolloutError as exc:  # the revert could not even start on a target: it failed
+            back = _Attempt(failures={"revert": one_line(exc)})
         interrupted = [e.id for e in abandoned]
         if back.failures:
             self._tell("revert_failed", self.ledger.get(revert.id), reason=back.reason, interrupted_entries=interrupted)
@@ -277,7 +280,7 @@ class Orchestrator:
                     # The target is as it was: it is not among those a revert must bring back.
                     attempt.refused.append(result)
                     attempt.failures[target.name] = f"apply refused: {one_line(result)}"
-                    self.ledger.set_target(entry.id, target.name, outcome="refused", image_after=release.image,
+                    self.ledger.set_target(entry.id, target.name, outcome="refused",
                                            detail=attempt.failures[target.name])
                     continue
                 attempt.moved.append(target)
@@ -308,8 +311,9 @@ class Orchestrator:
                 self.reporter.info(f"#{entry.id} pausing {strategy.pause:g}s before the next batch")
                 if self._cancelled.wait(strategy.pause):
                     break
-        if attempt.failures and attempt.refused and not attempt.moved:
-            # Refused before any target changed: nothing to revert; fail like a failed prepare (exit 5 / 2).
+        if attempt.failures and attempt.refused and not attempt.moved and not settle_failure:
+            # The entry asked for was refused before any target changed: nothing to revert; fail it
+            # like a failed prepare (exit 5 / 2). A revert refused is a failed revert (the caller's).
             self.ledger.set_status(entry.id, L.FAILED, error=attempt.reason)
             raise attempt.refused[0]
         if attempt.failures:

@@ -90,6 +90,8 @@ def test_a_number_only_an_entry_id_says_which_entry_it_took(ledger: Ledger) -> N
     ("#99", "there is no entry #99"),
     ("#99999999999999999999", "there is no entry #99999999999999999999"),  # beyond SQLite's INTEGER
     ("99999999999999999999", "no entry of web has tag '99999999999999999999'"),
+    ("#" + "1" * 5000, "there is no entry #" + "1" * 5000),  # beyond what int() reads (4300 digits)
+    ("1" * 5000, "no entry of web has tag"),
     ("#abc", "'abc' is not an entry id"),
     ("id:", "'' is not an entry id"),
     ("#²", "'²' is not an entry id"),

@@ -541,3 +541,28 @@ def test_a_lease_lost_before_a_recovery_changes_nothing(bed: Bed) -> None:
             bed.orchestrator().recover()
     assert bed.ledger.get(unfinished.id).status == L.PENDING
     assert len(bed.history()) == 2
+
+
+@pytest.mark.parametrize("refusal", [NotApplied("target local: patch refused: forbidden", 5),
+                                     TargetUnreachable("target local: cannot pull the healthy release")])
+def test_a_recovery_whose_revert_cannot_start_is_a_failed_revert(bed: Bed, refusal: Exception) -> None:
+    """Recovery puts back the last healthy release over an unverified one: if that cannot even start,
+    the app is not on a healthy release (exit 3, revert_failed), never "nothing changed" (5)."""
+    good = bed.healthy("v1")
+    bed.publish("v2")
+    unfinished = bed.ledger.record(L.NewEntry(app="web", repository=IMAGE, tag="v2", digest=digest_of("v2")))
+    target = bed.targets[0]
+    target.image, target.digest = image("v2"), digest_of("v2")  # the dead rollout had moved it
+    if isinstance(refusal, NotApplied):
+        target.behaviours[good.digest] = Behaviour(apply_error=refusal)
+    else:
+        target.behaviours[good.digest] = Behaviour(prepare_error=refusal)
+
+    recovered = bed.orchestrator().recover()
+
+    assert recovered is not None and recovered.exit_code == EXIT_UNRECOVERED
+    assert recovered.message.startswith("REVERT FAILED")
+    assert bed.ledger.get(unfinished.id).status == L.INTERRUPTED
+    assert recovered.entry.kind == L.REVERT and recovered.entry.status == L.FAILED
+    assert bed.ledger.unfinished("web") == []
+    assert target.image == image("v2")
