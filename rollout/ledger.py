@@ -349,10 +349,6 @@ class LedgerBackend(Protocol):
         below `before_id` (either filter optional): what a revert goes back to."""
         ...
 
-    def healthy_with_tag(self, app: str, tag: str) -> Entry | None:
-        """The app's newest healthy entry recorded with that tag (`rollout revert --to TAG`)."""
-        ...
-
     def with_tag(self, app: str, tag: str) -> list[Entry]:
         """Every entry of the app recorded with that tag, whatever its kind and status, newest first."""
         ...
@@ -585,12 +581,6 @@ class SqliteLedger(LedgerBackend):
             sql += " AND id < ?"
             params.append(before_id)
         row = self._one(sql + " ORDER BY id DESC LIMIT 1", params)
-        return Entry.from_row(row) if row else None
-
-    def healthy_with_tag(self, app: str, tag: str) -> Entry | None:
-        row = self._one(
-            "SELECT * FROM entries WHERE app = ? AND tag = ? AND status = 'healthy' ORDER BY id DESC LIMIT 1", [app, tag]
-        )
         return Entry.from_row(row) if row else None
 
     def with_tag(self, app: str, tag: str) -> list[Entry]:

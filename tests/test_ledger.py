@@ -186,7 +186,8 @@ def test_digests_for_tag_counts_every_attempt(ledger: Ledger) -> None:
     record(ledger, "v1", "api", app="api")
     assert ledger.digests_for_tag("web", "v1") == {digest_of("first"), digest_of("repushed")}
     assert ledger.digests_for_tag("web", "v9") == set()
-    assert ledger.healthy_with_tag("web", "v1").digest == digest_of("first")  # type: ignore[union-attr]
+    assert [(e.digest, e.status) for e in ledger.with_tag("web", "v1")] == [(digest_of("repushed"), L.FAILED),
+                                                                            (digest_of("first"), L.HEALTHY)]
 
 
 def test_unfinished_lists_in_progress_entries(ledger: Ledger) -> None:
