@@ -23,6 +23,10 @@ from rollout.targets import Watch
 
 @dataclass(frozen=True)
 class Verdict:
+    """How a release fared on one target: healthy or not, why (a one-line reason such as
+    "running, http 200" or "container exited with code 1"), and `elapsed`: seconds from the start of
+    verify() to the verdict, on the clock verify() was given (monotonic by default)."""
+
     healthy: bool
     reason: str
     elapsed: float
@@ -54,6 +58,23 @@ Progress = Callable[[str], None]
 
 def verify(watch: Watch, policy: HealthPolicy, *, probe: Probe = http_probe,
            clock: Callable[[], float] = time.monotonic, on_progress: Progress | None = None) -> Verdict:
+    """Wait until the release on one target is healthy, fails, or runs out of time.
+
+    Healthy: `watch` reports ready (a container running and passing its image's HEALTHCHECK
+    if it has one; a Deployment's updated replicas all available, as `kubectl rollout status`
+    judges), `policy.http`, when set, answers 2xx, and both hold without a break for
+    `policy.stable` seconds (a break restarts the count). Failed: the watch reports a failure
+    (a crash, restart, OOM kill, failing HEALTHCHECK, crash loop or pull error: the target
+    decides, see rollout.targets) at the first look after it, or `policy.timeout` seconds pass
+    without a healthy verdict. Between looks it sleeps in `watch.wait`, at most
+    `policy.interval` seconds, so an engine event ends the wait early.
+
+    All times are seconds on `clock` (time.monotonic unless a test passes another: a
+    wall-clock step must not stretch or cut the timeout). Each HTTP probe may take
+    min(2, max(interval, 0.5)) seconds. `on_progress` gets a one-line status after each look.
+    Returns a Verdict; raises only what `watch` raises (the orchestrator turns that into an
+    unhealthy verdict, "cannot verify: ..."), never for what the app or its probe does.
+    """
     start = clock()
     deadline = start + policy.timeout
     healthy_since: float | None = None

@@ -34,17 +34,35 @@ from rollout.targets import Observation, Release, Running, Target, Watch
 
 
 class Resolver(Protocol):
-    def resolve(self, ref: Reference) -> str: ...
+    """Where digests come from (rollout.registry.RegistryClient in production)."""
+
+    def resolve(self, ref: Reference) -> str:
+        """The digest ref names now ("sha256:..."): its tag's, or its own digest once confirmed.
+
+        Raises TagNotFound (exit 2), RegistryAuthError or RegistryUnreachable (exit 5).
+        """
+        ...
 
 
 class Reporter(Protocol):
-    def info(self, message: str) -> None: ...
+    """Where a rollout tells people what happens (rollout.output.Console in the CLI): one-line
+    messages, never secrets. Methods must not raise; they are called from verifier threads too."""
 
-    def warn(self, message: str) -> None: ...
+    def info(self, message: str) -> None:
+        """A step that went as planned ("#12 healthy on web")."""
+        ...
 
-    def progress(self, target: str, message: str) -> None: ...
+    def warn(self, message: str) -> None:
+        """Something that needs a look: a failure, a revert, a recovery."""
+        ...
 
-    def logs(self, target: str, text: str) -> None: ...
+    def progress(self, target: str, message: str) -> None:
+        """The latest state of one target while it is verified ("running, stable 2.0/5s (3.1s)")."""
+        ...
+
+    def logs(self, target: str, text: str) -> None:
+        """The tail of a failed target's log (Target.logs), shown when its verdict is unhealthy."""
+        ...
 
 
 Verifier = Callable[[Watch, HealthPolicy, Callable[[str], None]], Verdict]
@@ -54,6 +72,14 @@ Listener = Callable[[str, dict[str, object]], None]
 
 @dataclass
 class Outcome:
+    """How deploy, revert or recover ended, for the CLI to print and exit with.
+
+    exit_code: EXIT_OK (0) healthy, EXIT_REVERTED (1) failed and reverted, EXIT_UNRECOVERED (3)
+    failed and not reverted (rollout.errors); entry: the entry asked for (for recover, its
+    revert entry), as finally recorded; revert: the automatic revert entry, if one ran;
+    message: one line saying what happened.
+    """
+
     exit_code: int
     entry: Entry
     revert: Entry | None = None
@@ -74,6 +100,18 @@ class _Attempt:
 
 
 class Orchestrator:
+    """Runs one app's deploys, reverts and recoveries: resolve -> record -> prepare -> apply ->
+    verify -> healthy, or failed -> automatic revert of the targets that changed.
+
+    Every step is recorded in the ledger before or as it happens, so a rollout killed at any
+    moment leaves an unfinished entry that `recover` finishes. The caller holds the app's
+    lock (rollout.lock) around every public method. `verifier` is health.verify in
+    production, `listener` (optional) gets the milestones for notifications. Targets are
+    prepared, applied and verified in parallel, `app.rollout.max_parallel` at a time, in
+    batches when the strategy is rolling (plan_batches); every ledger write happens on the
+    calling thread.
+    """
+
     def __init__(self, app: AppConfig, ledger: Ledger, resolver: Resolver, targets: list[Target],
                  verifier: Verifier, reporter: Reporter, listener: Listener | None = None) -> None:
         self.app = app
@@ -90,7 +128,12 @@ class Orchestrator:
     # -- public operations ---------------------------------------------------
 
     def resolve(self, ref: Reference, *, allow_retag: bool = False) -> str:
-        """The digest to deploy for ref, refusing a tag that was re-pushed with other content."""
+        """The digest to deploy for ref ("sha256:..."), refusing a tag that was re-pushed with other content.
+
+        Raises UserError (exit 2) when ref is not in the app's repository or its tag no longer
+        points at the digest given with it, RetagRefused (exit 2) when the ledger recorded the
+        tag with another digest (unless allow_retag), and what the resolver raises.
+        """
         if ref.name != self.app.image:
             raise UserError(f"{ref} is not in app {self.app.name}'s repository {self.app.image}")
         digest = self.resolver.resolve(ref)
@@ -111,6 +154,22 @@ class Orchestrator:
     def deploy(self, ref: Reference, *, allow_retag: bool = False, reason: str | None = None,
                kind: str = L.DEPLOY, build_key: str | None = None,
                base_digests: dict[str, str] | None = None) -> Outcome:
+        """Deploy ref to every target of the app; revert them automatically if it is not healthy.
+
+        Resolves ref (`resolve`), checks that every target answers, records a `kind` entry
+        (deploy, or rebuild with its build_key and base_digests), then prepares (pulls), applies
+        and verifies it (`_attempt`). Returns an Outcome: exit 0 healthy; 1 failed and the
+        targets that changed were put back on the app's newest healthy entry with another digest
+        (recorded as a revert entry, verified like a deploy); 3 failed with no healthy entry to
+        go back to, or the revert failed too.
+
+        Raises, before any target changed (the entry, if recorded, is failed): UserError /
+        RetagRefused (exit 2) and the resolver's errors (exit 2 or 5) from resolve;
+        TargetUnreachable (exit 5), or the target's own RolloutError, when a target cannot be
+        read or prepared; NotApplied (its own exit code, 5 or 2) when every target refused the
+        change. Interrupted (exit 128 + signal) after putting the last healthy release back;
+        LeaseLost (exit 4) when another rollout took the app's lock meanwhile.
+        """
         digest = self.resolve(ref, allow_retag=allow_retag)
         self._check_reachable()
         current = self.ledger.current(self.app.name)
@@ -122,7 +181,13 @@ class Orchestrator:
         return self._run(entry, f"#{entry.id} {kind} {self.app.name} {_label(entry)}")
 
     def revert(self, to: Entry | None = None, *, reason: str | None = None) -> Outcome:
-        """Go back to `to`, or by default to the healthy entry before the current one with another digest."""
+        """Go back to `to`, or by default to the healthy entry before the current one with another digest.
+
+        The revert is its own entry (kind revert, reverts_to = to.id), applied to every target and
+        verified like a deploy; its Outcome's exit code is 0 healthy, 1 or 3 as for `deploy`.
+        Raises UserError (exit 2) when there is nothing to revert to, or `to` is another app's or
+        was never healthy; TargetUnreachable (exit 5) and the other errors `deploy` raises.
+        """
         current = self.ledger.current(self.app.name)
         if to is None:
             if current is None:
@@ -383,6 +448,8 @@ ALL_AT_ONCE = Strategy()
 
 
 def plan_batches(targets: list[Target], strategy: Strategy) -> list[list[Target]]:
+    """The batches an entry moves through, in order: all targets in one batch, unless the
+    strategy is rolling: then `batch_size` targets per batch, in configured order."""
     if strategy.kind != "rolling" or not targets:
         return [list(targets)]
     size = max(1, strategy.batch_size)

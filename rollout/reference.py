@@ -71,16 +71,18 @@ class Reference:
         return f"{self.registry}/{self.repository}"
 
     def pinned(self) -> str:
-        """name@digest: the exact image, whatever the tag points at later."""
+        """name@digest: the exact image, whatever the tag points at later; ValueError without a digest."""
         if self.digest is None:
             raise ValueError(f"{self} has no digest to pin")
         return f"{self.name}@{self.digest}"
 
     def with_digest(self, digest: str) -> Reference:
+        """A copy with `digest` set; InvalidReference (exit 2) when it is not sha256/sha512 by the grammar above."""
         _check_digest(digest, digest)
         return replace(self, digest=digest)
 
     def with_tag(self, tag: str) -> Reference:
+        """A copy with `tag` set; InvalidReference (exit 2) when it is not a tag by the grammar above."""
         _check_tag(tag, tag)
         return replace(self, tag=tag)
 
@@ -97,7 +99,8 @@ def parse(text: str) -> Reference:
     """Parse a reference such as `busybox`, `127.0.0.1:5000/web:v2` or `web@sha256:...`.
 
     Familiar Docker Hub names are normalised (`busybox` -> docker.io/library/busybox)
-    and a reference with neither tag nor digest gets the tag `latest`.
+    and a reference with neither tag nor digest gets the tag `latest`. Raises
+    InvalidReference (exit 2; also a ValueError) naming the bad part and the rule.
     """
     registry, repository, tag, digest = _parse_parts(text)
     if tag is None and digest is None:
@@ -106,7 +109,9 @@ def parse(text: str) -> Reference:
 
 
 def parse_repository(text: str) -> tuple[str, str]:
-    """(registry, repository) of a name given without tag or digest, e.g. in config."""
+    """(registry, repository) of a name given without tag or digest, e.g. in config:
+    "busybox" -> ("docker.io", "library/busybox"). InvalidReference (exit 2) for a bad name
+    or one that carries a tag or digest."""
     registry, repository, tag, digest = _parse_parts(text)
     if digest is not None or tag is not None:
         why = "give the repository alone, without a tag or digest"
@@ -132,7 +137,8 @@ def repo_digests(names: Iterable[str]) -> set[tuple[str, str, str]]:
 
 
 def registry_endpoint(registry: str) -> str:
-    """The host[:port] to send registry API requests to."""
+    """The host[:port] to send registry API requests to: docker.io's API is served at
+    registry-1.docker.io (as the Docker CLI and moby `registry/config.go` map it)."""
     return _DOCKER_HUB_ENDPOINT if registry == DOCKER_HUB else registry
 
 
@@ -142,6 +148,7 @@ def short_digest(digest: str | None) -> str:
 
 
 def is_digest(text: str) -> bool:
+    """Whether text is a digest rollout uses: sha256:<64 lowercase hex> or sha512:<128>."""
     return _DIGEST.fullmatch(text) is not None
 
 

@@ -66,16 +66,24 @@ _head_refused_lock = threading.Lock()
 
 @dataclass(frozen=True)
 class Challenge:
+    """A registry's `WWW-Authenticate` challenge (RFC 7235 section 4.1; the Docker token
+    authentication spec, distribution `docs/spec/auth/token.md`): the scheme and its
+    parameters (`realm`, `service`, `scope` for Bearer), names lower-cased."""
+
     scheme: str  # "basic" or "bearer", lower-cased
     params: dict[str, str]
 
 
 @dataclass
 class CachedToken:
+    """A Bearer token for one (registry, scope); `expires_at` is a time.monotonic() deadline
+    in seconds, already shortened by TOKEN_EXPIRY_MARGIN."""
+
     value: str = field(repr=False)
     expires_at: float  # time.monotonic() deadline
 
     def fresh(self) -> bool:
+        """Whether the token may still be sent (monotonic clock: not fooled by a wall-clock step)."""
         return time.monotonic() < self.expires_at
 
 
@@ -96,6 +104,8 @@ RETRYABLE_ERRORS = (
 
 
 def is_transient(error: BaseException) -> bool:
+    """Whether a failed request is worth another attempt: connection errors, timeouts, a body
+    cut short, 429 and 5xx answers (TransientStatus); never a TLS verification failure."""
     # A certificate that fails verification will fail the same way next time.
     return isinstance(error, RETRYABLE_ERRORS) and not isinstance(error, requests.exceptions.SSLError)
 
@@ -142,6 +152,10 @@ def host_of(registry: str) -> str:
 
 
 def is_loopback(registry: str) -> bool:
+    """Whether a registry host (`host[:port]`, `[v6]:port`) is `localhost` or a loopback address
+    (127.0.0.0/8, ::1): such registries are spoken to over plain HTTP, as dockerd treats
+    127.0.0.0/8 as insecure by default (moby `registry/config.go`, "localhost is by default
+    considered as an insecure registry")."""
     host = host_of(registry).lower()
     if host == "localhost":
         return True
@@ -160,7 +174,8 @@ def base_url(registry: str, insecure: Iterable[str] = ()) -> str:
 
 
 def retry_after_seconds(response: requests.Response) -> float | None:
-    """Retry-After as seconds (it may be a number or an HTTP date), capped; None if absent."""
+    """Retry-After as seconds (delay-seconds or an HTTP date, RFC 9110 section 10.2.3), capped
+    at RETRY_AFTER_CAP; None if absent or unreadable."""
     value = response.headers.get("Retry-After")
     if not value:
         return None
@@ -175,7 +190,8 @@ def retry_after_seconds(response: requests.Response) -> float | None:
 
 
 def backoff(state: RetryCallState) -> float:
-    """Exponential back-off, except that a 429/503 with Retry-After waits what the registry asked."""
+    """Seconds to wait before the next attempt: exponential from BACKOFF_FIRST up to BACKOFF_MAX,
+    except that a 429/503 with Retry-After waits what the registry asked (capped)."""
     error = state.outcome.exception() if state.outcome else None
     if isinstance(error, TransientStatus):
         asked = retry_after_seconds(error.response)
@@ -217,12 +233,21 @@ def token_lifetime(body: dict[str, Any]) -> float:
 
 
 def basic_authorization(credentials: Credentials) -> str:
+    """The `Authorization: Basic ...` header value for credentials (RFC 7617: base64 of
+    `user:secret`). The result holds the secret: send it, never log or print it."""
     pair = f"{credentials.username}:{credentials.secret}".encode()
     return "Basic " + base64.b64encode(pair).decode("ascii")
 
 
 class RegistryClient:
-    """Talks to registries for one rollout command; keeps a connection pool and token cache."""
+    """Talks to registries for one rollout command; keeps a connection pool and token cache.
+
+    timeout: seconds each HTTP request may take; attempts: tries of one request on transient
+    failures (at least 1; none starts after TOTAL_RETRY_BUDGET seconds); docker_config: the
+    directory of Docker's config.json for credentials (None: $DOCKER_CONFIG or ~/.docker);
+    insecure: registries spoken to over plain HTTP; ca_bundle: a PEM file verifying TLS.
+    `request_counts` counts requests sent, by (method, "manifest" | "token").
+    """
 
     def __init__(
         self,
@@ -247,9 +272,13 @@ class RegistryClient:
         self.request_counts: collections.Counter[tuple[str, str]] = collections.Counter()
 
     def base_url(self, registry: str) -> str:
+        """`http(s)://host[:port]` of the registry's API, as the module function base_url decides
+        with this client's insecure list."""
         return base_url(registry, self._insecure)
 
     def manifest_url(self, ref: Reference, reference: str) -> str:
+        """The manifest URL of ref's repository for `reference` (a tag or a digest):
+        `<base>/v2/<repository>/manifests/<reference>` (OCI distribution spec, "Pulling manifests")."""
         return f"{self.base_url(ref.registry)}/v2/{ref.repository}/manifests/{reference}"
 
     def resolve(self, ref: Reference) -> str:
