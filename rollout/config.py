@@ -42,7 +42,10 @@ class HealthPolicy:
 
     timeout: seconds a release may take to become healthy; interval: seconds between looks
     (> 0); stable: seconds it must then stay healthy; http: a URL that must answer 2xx, or
-    None; max_restarts: restarts of a new container or pod that fail the release at once.
+    None; max_restarts: restarts of a new pod, counted per pod from when the rollout started,
+    that fail the release at once (Kubernetes; a docker container fails at its first restart).
+    The seconds are measured on the monotonic clock (rollout.health.verify), so a wall-clock
+    step during a rollout neither stretches nor cuts them.
     """
 
     timeout: float = 60.0
@@ -105,6 +108,7 @@ class Channel:
 
     @property
     def shown(self) -> str:
+        """What may be printed about the URL: scheme and host only (rollout.output.redact_url)."""
         return redact_url(self.url)
 
 
@@ -143,6 +147,7 @@ class AppConfig:
 
     @property
     def image(self) -> str:
+        """The app's repository, fully qualified: "registry/repository" (e.g. "docker.io/library/nginx")."""
         return f"{self.registry}/{self.repository}"
 
 

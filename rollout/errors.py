@@ -60,7 +60,8 @@ class Unreachable(RolloutError):
 
 
 class RegistryUnreachable(Unreachable):
-    pass
+    """A registry (or its token service) could not be asked, or answered something unusable
+    (a 5xx after retries, a digest that does not fit its manifest); exit 5."""
 
 
 class RegistryAuthError(Unreachable):
@@ -68,7 +69,8 @@ class RegistryAuthError(Unreachable):
 
 
 class TargetUnreachable(Unreachable):
-    pass
+    """A Docker engine or Kubernetes API server could not be reached or read, or a target could
+    not be prepared (e.g. the pull failed), before anything changed; exit 5."""
 
 
 class NotApplied(RolloutError):
@@ -86,6 +88,9 @@ class NotApplied(RolloutError):
 
 
 class LockHeld(RolloutError):
+    """Another live rollout holds the app's lock (rollout.lock), and `--wait` ran out; exit 4.
+    The message names the holder (user@host, pid, since when)."""
+
     exit_code = EXIT_LOCKED
 
 

@@ -98,6 +98,8 @@ def message(payload: dict[str, object]) -> str:
 
 
 def body_for(channel: Channel, payload: dict[str, object]) -> dict[str, object]:
+    """The JSON POSTed to a webhook channel: Slack style {"text": message}; generic style the
+    payload (already cleaned, see clean_payload) plus "message" and "time" (ISO 8601 UTC, seconds)."""
     if channel.style == "slack":
         return {"text": message(payload)}
     return {**payload, "message": message(payload), "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
@@ -126,6 +128,8 @@ class Dispatcher:
     _warn: Warn | None = None
 
     def submit(self, job: _Job) -> None:
+        """Queue job for the sender thread (started on first use) and return at once; the wait at
+        exit grows to cover the job's tries (timeout * ATTEMPTS + the pauses, in seconds)."""
         with self._lock:
             # Each job may take all its attempts plus the pauses between them; the exit waits no longer than that.
             self._budget = max(self._budget, job.timeout * ATTEMPTS + sum(BACKOFF_SECONDS))
@@ -137,7 +141,10 @@ class Dispatcher:
         self.jobs.put(job)
 
     def drain(self, deadline_seconds: float | None = None) -> bool:
-        """Wait until every queued notification was sent or given up; False if time ran out first."""
+        """Wait until every queued notification was sent or given up; False if time ran out first.
+
+        deadline_seconds (monotonic) defaults to twice the longest job's budget, at most 60 s.
+        """
         limit = deadline_seconds if deadline_seconds is not None else min(60.0, self._budget * 2)
         deadline = time.monotonic() + limit
         with self.jobs.all_tasks_done:
@@ -274,7 +281,12 @@ def _send_apprise(channel: Channel, payload: dict[str, object], timeout: float, 
 
 
 class Notifier:
-    """A listener for rollout.orchestrator.Orchestrator: queues each event for every channel."""
+    """A listener for rollout.orchestrator.Orchestrator: queues each event for every channel.
+
+    Called with (event, payload) as Orchestrator's Listener; events not in `settings.events`
+    are dropped, the payload is cut to PAYLOAD_KEYS. Returns at once and never raises for a
+    failed send: `warn` gets one line (the channel named by scheme and host only).
+    """
 
     def __init__(self, settings: NotifySettings, warn: Warn, dispatcher: Dispatcher | None = None) -> None:
         self.settings = settings
@@ -289,11 +301,15 @@ class Notifier:
             self.dispatcher.submit(_Job(channel, cleaned, self.settings.timeout, self.warn))
 
     def drain(self, deadline_seconds: float | None = None) -> bool:
+        """Wait for the queued events (Dispatcher.drain: at most deadline_seconds; False when time ran out)."""
         return self.dispatcher.drain(deadline_seconds)
 
 
 def notifier_for(settings: NotifySettings, path: Path | None, warn: Warn) -> Notifier | None:
     """The Notifier for a config's checked `[notify]` settings, or None when no URL is configured.
+
+    Raises ConfigError (exit 2, naming the file and key, never the URL's secret) when a URL
+    uses a `${NAME}` that is unset: only commands that notify call this.
 
     `path` is not used any more ([notify] is checked when rollout.toml is loaded); it stays
     until the CLI stops passing it.

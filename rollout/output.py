@@ -18,6 +18,11 @@ _ELAPSED = re.compile(r"\s*\(\d+(\.\d+)?s\)$|, stable [\d.]+/[\d.]+s")
 
 
 class Console:
+    """The CLI's Reporter (rollout.orchestrator.Reporter, rollout.rebuild.Reporter): results on
+    stdout, everything else on stderr, one line per message. Thread-safe: verifiers of several
+    targets report at once. `live` (stderr is a terminal) draws progress as a table redrawn
+    in place; otherwise a target's progress is printed only when its state changes."""
+
     def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
         self.stdout = out or sys.stdout
         self.stderr = err or sys.stderr
@@ -29,25 +34,32 @@ class Console:
         self._lock = threading.Lock()
 
     def out(self, text: str) -> None:
+        """Print text on stdout: what a command answers (a table, a line, JSON)."""
         self._close_line()
         print(text, file=self.stdout, flush=True)
 
     def json(self, value: Any) -> None:
+        """Print value as indented JSON on stdout (keys sorted; values JSON lacks as their str())."""
         self.out(json.dumps(value, indent=2, sort_keys=True, default=str))
 
     def result(self, text: str) -> None:
+        """Print a command's one-line result on stdout ("#12 healthy")."""
         self.out(text)
 
     def info(self, message: str) -> None:
+        """A step that went as planned, on stderr."""
         self._err(message)
 
     def warn(self, message: str) -> None:
+        """Something that needs a look, on stderr."""
         self._err(message)
 
     def error(self, message: str) -> None:
+        """The command's error as one stderr line, `rollout: error: ...` (white space folded)."""
         self._err(f"rollout: error: {' '.join(message.split())}")
 
     def logs(self, target: str, text: str) -> None:
+        """The last 20 lines of a target's log, each prefixed `[target] | `, on stderr; nothing for none."""
         lines = text.rstrip().splitlines()[-20:]
         if not lines:
             return
@@ -56,6 +68,9 @@ class Console:
             self._err(f"[{target}] | {line}")
 
     def progress(self, target: str, message: str) -> None:
+        """One target's latest state during verification: a row of the live table on a terminal;
+        elsewhere a line, only when the state changed (elapsed seconds and the stable count do
+        not count as a change, so cron logs stay short)."""
         with self._lock:
             if self.live:
                 self._rows[target] = message
@@ -106,6 +121,7 @@ def clip(text: str, width: int = 60) -> str:
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
+    """Plain-text columns, left-aligned, two spaces apart, headers first; trailing spaces stripped."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
     lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
              for row in [headers, *rows]]
