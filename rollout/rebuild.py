@@ -54,9 +54,15 @@ DEPLOY_EXISTING = "deploy-existing"  # an image with these inputs exists (pushed
 
 
 class Reporter(Protocol):
-    def info(self, message: str) -> None: ...
+    """Where rebuild tells people what happens (rollout.output.Console): one line per call."""
 
-    def warn(self, message: str) -> None: ...
+    def info(self, message: str) -> None:
+        """A step as planned ("[build] Step 2/4 : RUN ...", "pushed ...")."""
+        ...
+
+    def warn(self, message: str) -> None:
+        """Something that needs a look (the last build log lines of a failed build)."""
+        ...
 
 
 # -- what the ledger remembers -------------------------------------------------------
@@ -88,6 +94,8 @@ def last_build_key(ledger: Ledger, app: str) -> tuple[str | None, dict[str, str]
 
 @dataclass(frozen=True)
 class Decision:
+    """What `decide` chose for one build key, and why (one line for people)."""
+
     action: str  # UP_TO_DATE, FAILED_BEFORE, BUILD or DEPLOY_EXISTING
     why: str
     build: PushedBuild | None = None  # the earlier build with these inputs, if any
@@ -95,6 +103,14 @@ class Decision:
 
 
 def decide(ledger: Ledger, app: str, key: str, *, force: bool = False, no_deploy: bool = False) -> Decision:
+    """What rebuild does for inputs whose build key is `key`, from the ledger alone (no I/O besides it).
+
+    BUILD when forced or these inputs were never built; FAILED_BEFORE when their newest
+    rebuild entry failed (built again only with --force); UP_TO_DATE when that entry is
+    healthy and is the last build or runs now, or with `no_deploy` when a build of them was
+    pushed; DEPLOY_EXISTING when a pushed build of them is not what runs (healthy earlier,
+    never deployed, or its deploy did not finish). Raises only the ledger's errors.
+    """
     if force:
         return Decision(BUILD, "--force")
     builds = pushed_builds(ledger, app)
@@ -129,6 +145,9 @@ def decide(ledger: Ledger, app: str, key: str, *, force: bool = False, no_deploy
 
 @dataclass
 class RebuildResult:
+    """How one app's `rollout rebuild` ended: exit_code (0, 1, 3 as deploy; 10 with --check when a
+    rebuild is due), action, a one-line message, and what it looked at, built and deployed."""
+
     app: str
     exit_code: int
     action: str  # up-to-date, failed-before, rebuild-due, built, deployed, failed
@@ -140,6 +159,7 @@ class RebuildResult:
     revert: Entry | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The object `rebuild --json` prints: every field, inputs and entries as their own to_json()."""
         return {"app": self.app, "exit_code": self.exit_code, "action": self.action, "message": self.message,
                 "inputs": self.inputs.to_json() if self.inputs else None, "tag": self.tag, "digest": self.digest,
                 "entry": self.entry.to_json() if self.entry else None,
@@ -277,6 +297,10 @@ def local_engine() -> Any:
 
 
 def build_labels(app: AppConfig, inputs: Inputs) -> dict[str, str]:
+    """Labels a rebuilt image carries: `rollout.build-key`, and the OCI image-spec's pre-defined
+    annotation keys (image-spec annotations.md) `org.opencontainers.image.created` (RFC 3339,
+    UTC, seconds), `.base.name`/`.base.digest` of the final stage's external base, and
+    `.revision` (the context's full git commit) when known."""
     labels = {"rollout.build-key": inputs.build_key,
               "org.opencontainers.image.created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     base = inputs.dockerfile.final_base(inputs.settings.target)
@@ -290,7 +314,12 @@ def build_labels(app: AppConfig, inputs: Inputs) -> dict[str, str]:
 
 
 def build_and_push(client: Any, app: AppConfig, inputs: Inputs, tag: str, reporter: Reporter) -> str:
-    """Build from exactly the hashed context with pinned FROMs, push app.image:tag; return the pushed digest."""
+    """Build from exactly the hashed context with pinned FROMs, push app.image:tag; return the pushed digest.
+
+    client is a docker.DockerClient (local_engine). Returns "sha256:..." as the registry named it
+    (checked). Raises UserError (exit 2) when the build fails or the context changed while it
+    was read, RegistryUnreachable (exit 5) when the push fails or names no usable digest.
+    """
     import docker.errors
 
     settings = inputs.settings
