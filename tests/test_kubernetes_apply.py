@@ -290,3 +290,103 @@ def test_a_cluster_on_loopback_is_never_reached_through_a_proxy(tmp_path: Path, 
         status = run("status", "--json")
         assert status.returncode == 0, status.stderr
         assert json.loads(status.stdout)["targets"][0]["in_sync"] is True
+
+
+# --- a failure before the PATCH changed nothing: not applied, never reverted ----------------------
+
+
+def open_cluster_target(cluster: Cluster, tag: str, digest: str) -> tuple[Any, Any]:
+    """The project's kubernetes target through the real client, and a Release of APP_IMAGE@digest."""
+    from rollout import config as configuration
+    from rollout.targets import Release, open_target
+
+    app = configuration.load(str(cluster.root / "rollout.toml")).app("web")
+    return open_target(app.targets[0], app), Release(1, APP_IMAGE, tag, digest, "rollout: test")
+
+
+def test_a_patch_that_loses_every_race_changes_nothing_and_is_no_failed_revert(tmp_path: Path, registry: str) -> None:
+    """Another writer (an autoscaler, a second pipeline) updates the Deployment between each of
+    rollout's reads and its PATCH: every try is 409 Conflict. Nothing changed, so nothing is reverted
+    (before: counted as moved, its revert got 409 too: REVERT FAILED, exit 3)."""
+    with simulator(tmp_path, "--conflicts", "1000") as sim:
+        cluster = Cluster(tmp_path, sim, [app_container()])
+        before = cluster.deployment()
+        result = cluster.run("deploy", "web:good2")
+        assert_refused_unchanged(cluster, result, before, 5, "409 Conflict): another writer keeps updating it")
+        [entry] = cluster.history()
+        assert entry["status"] == "failed"
+
+
+def test_a_deployment_deleted_after_prepare_is_not_applied_and_a_config_error(tmp_path: Path,
+                                                                              digests: dict[str, str]) -> None:
+    from rollout.errors import NotApplied
+
+    with simulator(tmp_path) as sim:
+        cluster = Cluster(tmp_path, sim, [app_container()])
+        target, release = open_cluster_target(cluster, "good2", digests["good2"])
+        target.prepare(release)
+        assert sim.kubectl("delete", "deployment", cluster.name).returncode == 0  # someone cleans up meanwhile
+        with pytest.raises(NotApplied) as refused:
+            target.apply(release)
+        assert refused.value.exit_code == 2
+        assert "not found in namespace default" in str(refused.value) and "nothing was changed" in str(refused.value)
+
+
+def test_a_cluster_gone_between_prepare_and_apply_is_not_applied(tmp_path: Path, digests: dict[str, str]) -> None:
+    """The read apply makes before patching cannot reach the API server: nothing was sent, exit 5."""
+    from rollout.errors import NotApplied
+
+    with simulator(tmp_path) as sim:
+        cluster = Cluster(tmp_path, sim, [app_container()])
+        target, release = open_cluster_target(cluster, "good2", digests["good2"])
+        target.prepare(release)
+        sim.process.terminate()
+        sim.process.wait(timeout=60)
+        with pytest.raises(NotApplied) as refused:
+            target.apply(release)
+        assert refused.value.exit_code == 5 and "Kubernetes API unreachable" in str(refused.value)
+
+
+def test_a_patch_whose_answer_is_lost_may_have_changed_the_deployment(tmp_path: Path, digests: dict[str, str]) -> None:
+    """The connection breaks after the PATCH was sent: whether it was stored is unknown, so it is
+    not NotApplied: the orchestrator counts the target as moved and reverts it."""
+    from rollout.errors import NotApplied, TargetUnreachable
+    from support.proxy import Fault, start_proxy
+
+    with simulator(tmp_path) as sim:
+        cluster = Cluster(tmp_path, sim, [app_container()])
+        with start_proxy(sim.url.removeprefix("http://")) as proxy:
+            through_proxy = tmp_path / "kubeconfig-proxied"
+            through_proxy.write_text(sim.kubeconfig.read_text().replace(sim.url, proxy.base_url))
+            cluster.configure(kubeconfig=through_proxy)
+            target, release = open_cluster_target(cluster, "good2", digests["good2"])
+            target.prepare(release)
+            proxy.inject(Fault("reset", kind=None, method="PATCH"))
+            with pytest.raises(TargetUnreachable) as lost:
+                target.apply(release)
+            assert not isinstance(lost.value, NotApplied)
+
+
+def test_an_init_container_name_that_no_api_server_stores_is_not_printed(tmp_path: Path) -> None:
+    """A real API server refuses container names that are no DNS-1123 label (the simulator too), so
+    only something that is no real API server could answer one: it must not reach the terminal."""
+    from rollout import config as configuration
+    from rollout.targets import open_target
+
+    (tmp_path / "rollout.toml").write_text(f"""
+[apps.web]
+image = "{APP_IMAGE}"
+[[apps.web.targets]]
+name = "cluster"
+kind = "kubernetes"
+kubeconfig = "{tmp_path / 'unused-kubeconfig'}"
+deployment = "web"
+""")
+    app = configuration.load(str(tmp_path / "rollout.toml")).app("web")
+    target = open_target(app.targets[0], app)
+    hostile = "migrate\x1b[2J\nrollout: healthy"
+    answer = {"spec": {"template": {"spec": {"containers": [app_container()], "initContainers": [
+        {"name": hostile, "image": f"{APP_IMAGE}:good1"}, {"name": "seed", "image": f"{APP_IMAGE}:good1"}]}}}}
+    warning = target._init_container_warning(answer, "app")
+    assert "\x1b" not in warning and "\n" not in warning and "rollout: healthy" not in warning
+    assert "seed (" in warning and "no DNS-1123 label" in warning

@@ -13,13 +13,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import threading
 from pathlib import Path
 from typing import Any, Callable
 
 from rollout.config import AppConfig, TargetConfig
-from rollout.errors import EXIT_UNREACHABLE, EXIT_USAGE, NotApplied, TargetUnreachable, UserError, one_line
+from rollout.errors import (EXIT_UNREACHABLE, EXIT_USAGE, NotApplied, RolloutError, TargetUnreachable, UserError,
+                            one_line)
 from rollout.reference import checked_digest, checked_image, parse
 from rollout.targets import Observation, Release, Running
 
@@ -37,14 +39,18 @@ FAST_FAIL_REASONS = {"CrashLoopBackOff", "CreateContainerConfigError", "InvalidI
 # container started, say) shows it after a single failed pull.
 PULL_ERROR = "ErrImagePull"
 PULL_BACK_OFF = "ImagePullBackOff"
-# The API server answered with a decision, not a failure: nothing was written (RBAC 401/403,
-# an admission webhook's denial, 400/422 validation).
-REFUSED_STATUSES = {400, 401, 403, 422}
+# A 4xx other than 404 and 409 (each handled on its own) is the API server's decision, not a
+# failure: nothing was written (RBAC 401/403, an admission webhook's denial, 400/422 validation,
+# 429 from API Priority and Fairness).
+REFUSED_STATUSES = range(400, 500)
 CHANGE_CAUSE = "kubernetes.io/change-cause"
 LEDGER_ID = "rollout/ledger-id"
 STRATEGIC = "application/strategic-merge-patch+json"
 WATCH_SECONDS = 30
 CONFLICT_RETRIES = 5
+# A container's name: an RFC 1123 label (k8s.io/apimachinery pkg/util/validation/validation.go,
+# IsDNS1123Label), which the API server requires of every container name it stores.
+DNS_1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 class KubernetesTarget:
@@ -60,30 +66,22 @@ class KubernetesTarget:
         self._image_before: str | None = None
         self._generation: int | None = None
         self._warned = False  # the init-container warning is given once per command
+        # restartCount of the moved container per pod uid, read by apply just before its PATCH:
+        # restarts count from the rollout's start (issue 11 item 9), not from when verification begins.
+        self._restarts_before: dict[str, int] | None = None
 
     # -- connection ----------------------------------------------------------
 
     @property
     def apis(self) -> tuple[Any, Any]:
-        """(AppsV1Api, CoreV1Api), built on first use from kubeconfig or the in-cluster service account."""
+        """(AppsV1Api, CoreV1Api), built on first use by new_api_client (kubeconfig or in-cluster)."""
         if self._apis is None:
-            from kubernetes import client, config
+            from kubernetes import client
 
-            kubeconfig = self.settings.get("kubeconfig") or os.environ.get("KUBECONFIG")
-            default = Path(os.path.expanduser("~/.kube/config"))
-            settings = client.Configuration()
             try:
-                if kubeconfig or default.exists():
-                    config.load_kube_config(config_file=os.path.expanduser(kubeconfig) if kubeconfig else str(default),
-                                            context=self.settings.get("context"), client_configuration=settings)
-                else:
-                    config.load_incluster_config(client_configuration=settings)
-            except Exception as exc:  # noqa: BLE001 - ConfigException, missing files, bad YAML
-                raise UserError(f"target {self.name}: cannot load Kubernetes config: {one_line(exc)}") from None
-            _route_through_proxy_as_kubectl_does(settings)
-            settings.retries = 1
-            # The connection pool (and its proxy) is made here, from the settings as they are now.
-            api_client = client.ApiClient(configuration=settings)
+                api_client = new_api_client(self.settings.get("kubeconfig"), self.settings.get("context"))
+            except UserError as exc:
+                raise UserError(f"target {self.name}: {exc}") from None
             self._apis = (client.AppsV1Api(api_client), client.CoreV1Api(api_client))
         return self._apis
 
@@ -108,7 +106,8 @@ class KubernetesTarget:
                 raise ApiRefusal(text, exc.status, explanation or f"{exc.status} {exc.reason}") from None
             raise TargetUnreachable(text) from None
         except Exception as exc:  # noqa: BLE001 - urllib3 connection errors and friends
-            raise TargetUnreachable(f"target {self.name}: Kubernetes API unreachable ({one_line(exc)})") from None
+            unreachable = RequestNotSent if _never_sent(exc) else TargetUnreachable
+            raise unreachable(f"target {self.name}: Kubernetes API unreachable ({one_line(exc)})") from None
 
     def _read(self) -> dict[str, Any]:
         apps, _ = self.apis
@@ -144,18 +143,32 @@ class KubernetesTarget:
             log.warning("%s", warning)
 
     def apply(self, release: Release) -> str | None:
+        """Patch the container's image to release.image (plus the change-cause annotations) and
+        return the image the pod template ran before.
+
+        Raises NotApplied whenever the Deployment is certainly as it was, so the orchestrator
+        reverts nothing: a failure before the PATCH is sent (the read, the container choice, the
+        restart baseline), a PATCH the API server answers with a refusal (RBAC, admission, 422:
+        exit 2 for 422, else 5) or 404 (exit 2), one that never left (no connection: exit 5),
+        and CONFLICT_RETRIES 409 Conflicts in a row (another writer keeps updating it: exit 5).
+        A 4xx is the API server rejecting the request before storage (apiserver handlers:
+        admission and validation run before the registry's GuaranteedUpdate). Only a PATCH
+        whose fate is unknown raises TargetUnreachable (the Deployment may have changed, so it
+        is reverted): a connection lost after sending, a timeout, a 5xx (an etcd timeout's 504
+        may still commit).
+        """
         apps, _ = self.apis
         for _attempt in range(CONFLICT_RETRIES):
-            deployment = self._read()
-            container = self._container or self._pick_container(deployment)
-            before = _checked_image(self.name, _container(deployment, container)["image"], "the pod template's image")
+            resource_version, container, before = self._read_before_patch()
             patch = {
                 "metadata": {
-                    "resourceVersion": deployment["metadata"]["resourceVersion"],
+                    "resourceVersion": resource_version,
                     "annotations": {CHANGE_CAUSE: release.change_cause, LEDGER_ID: str(release.entry_id)},
                 },
                 "spec": {"template": {"spec": {"containers": [{"name": container, "image": release.image}]}}},
             }
+            # Known before the PATCH leaves, so stop() can put it back if its fate is unknown.
+            self._image_before = self._image_before or before
             try:
                 patched = self._call(f"patch deployment {self.deployment}",
                                      apps.patch_namespaced_deployment,
@@ -163,17 +176,35 @@ class KubernetesTarget:
             except _Conflict:
                 continue  # someone else changed it between our read and patch: read again
             except ApiRefusal as refusal:
-                # The API server refuses a write as a whole: the Deployment is exactly as it was.
                 # 422 Invalid is this Deployment's or config's to fix (2); RBAC and admission are the cluster's (5).
                 raise NotApplied(
                     f"target {self.name}: the API server refused to patch deployment {self.deployment}"
                     f" ({refusal.status}): {refusal.explanation}; nothing was changed",
                     exit_code=EXIT_USAGE if refusal.status == 422 else EXIT_UNREACHABLE,
                 ) from None
-            self._image_before = self._image_before or before
+            except (UserError, RequestNotSent) as unchanged:  # 404: deleted since the read; no connection
+                raise NotApplied(f"{unchanged}; nothing was changed", exit_code=unchanged.exit_code) from None
             self._generation = patched["metadata"].get("generation")
             return before
-        raise TargetUnreachable(f"target {self.name}: deployment {self.deployment} kept changing under us (409)")
+        raise NotApplied(f"target {self.name}: deployment {self.deployment} changed between each read and patch"
+                         f" ({CONFLICT_RETRIES} times 409 Conflict): another writer keeps updating it; nothing was"
+                         " changed: deploy again once it settles")
+
+    def _read_before_patch(self) -> tuple[str, str, str]:
+        """(resourceVersion, container, its image now) of the Deployment, and the restart baseline
+        taken from its pods; nothing has been sent that changes anything yet, so every failure
+        is NotApplied with the cause's exit code (2 for config, 5 for the cluster)."""
+        try:
+            deployment = self._read()
+            container = self._container or self._pick_container(deployment)
+            before = _checked_image(self.name, _container(deployment, container)["image"], "the pod template's image")
+            self._restarts_before = self._restart_counts(deployment, container)
+            return deployment["metadata"]["resourceVersion"], container, before
+        except RolloutError as exc:
+            raise NotApplied(f"{one_line(exc)}; nothing was changed", exit_code=exc.exit_code) from None
+        except (KeyError, TypeError, StopIteration) as exc:  # an answer without the fields every Deployment has
+            raise NotApplied(f"target {self.name}: deployment {self.deployment} was answered without"
+                             f" {one_line(repr(exc))}; nothing was changed") from None
 
     def watch(self, release: Release) -> "DeploymentWatch":
         return DeploymentWatch(self, release)
@@ -245,7 +276,7 @@ class KubernetesTarget:
         init = [c for c in deployment["spec"]["template"]["spec"].get("initContainers") or [] if self._runs_app(c)]
         if not init:
             return None
-        images = ", ".join(f"{c['name']} ({c['image']})" for c in init)
+        images = ", ".join(f"{_shown_name(c.get('name'))} ({c['image']})" for c in init)  # _runs_app parsed the image
         return (f"target {self.name}: init container {images} of deployment {self.deployment} also runs"
                 f" {self.app.image}; rollout moves only container {container}, so the init container keeps its image")
 
@@ -282,9 +313,8 @@ class KubernetesTarget:
         live = {rs["metadata"]["uid"] for rs in self._replica_sets(deployment) if rs["spec"].get("replicas", 0) > 0}
         return [pod for pod in self._pods(self._selector(deployment)) if _owner_uids(pod) & live and _counts(pod)]
 
-    def _restart_counts(self, deployment: dict[str, Any]) -> dict[str, int]:
-        """restartCount of the moved container per pod uid, as it is now (the watch's baseline)."""
-        container = self._container or self._pick_container(deployment)
+    def _restart_counts(self, deployment: dict[str, Any], container: str) -> dict[str, int]:
+        """restartCount of `container` per pod uid, as it is now (the restart baseline)."""
         counts = {}
         for pod in self._pods(self._selector(deployment)):
             for status in pod.get("status", {}).get("containerStatuses") or []:
@@ -315,8 +345,13 @@ class _Conflict(Exception):
     pass
 
 
+class RequestNotSent(TargetUnreachable):
+    """The API server could not be reached at all (no connection made): whatever the request was,
+    it did not reach the server, so it changed nothing."""
+
+
 class ApiRefusal(TargetUnreachable):
-    """The API server answered with a refusal (400/401/403/422): nothing was written.
+    """The API server answered with a refusal (a 4xx but 404 and 409): nothing was written.
 
     `explanation` is the server's own message from the Status body (e.g. `deployments.apps "web"
     is forbidden: User "ci" cannot patch resource "deployments" ...`); as an error on a read it
@@ -343,9 +378,15 @@ class DeploymentWatch:
         # shut the others down would otherwise keep its thread blocked for a whole watch period.
         self._streams_lock = threading.Lock()
         deployment = target._read()
-        # Restarts count from here: pods that keep running across this rollout (an idempotent
-        # re-run, a revert to a ReplicaSet whose pods survived) bring weeks of restarts with them.
-        self._restarts_at_start = target._restart_counts(deployment)
+        # Restarts count from the rollout's start (apply read them just before its PATCH): pods
+        # that keep running across this rollout (an idempotent re-run, a revert to a ReplicaSet
+        # whose pods survived) bring weeks of restarts with them, and a restart between the PATCH
+        # and this watch is this release's. Without an apply (nothing else builds a watch today),
+        # counting starts now.
+        baseline = target._restarts_before
+        if baseline is None:
+            baseline = target._restart_counts(deployment, target._container or target._pick_container(deployment))
+        self._restarts_at_start = dict(baseline)
         self._threads = [
             threading.Thread(target=self._follow, args=(kind, selector), daemon=True, name=f"watch-{kind}")
             for kind, selector in (("deployments", {"field_selector": f"metadata.name={target.deployment}"}),
@@ -476,6 +517,57 @@ def _counts(pod: dict[str, Any]) -> bool:
     return not pod["metadata"].get("deletionTimestamp") and pod.get("status", {}).get("phase") not in ("Failed", "Succeeded")
 
 
+def kubeconfig_file(explicit: str | None) -> str | None:
+    """The kubeconfig kubectl would read: `explicit` (the `kubeconfig` setting, `--kubeconfig`),
+    else $KUBECONFIG, else ~/.kube/config when it exists (each with ~ expanded); None means the
+    in-cluster service account (rest.InClusterConfig, as client-go's loader falls back to)."""
+    chosen = explicit or os.environ.get("KUBECONFIG")
+    if chosen:
+        return os.path.expanduser(chosen)
+    default = Path(os.path.expanduser("~/.kube/config"))
+    return str(default) if default.exists() else None
+
+
+def new_api_client(kubeconfig: str | None, context: str | None) -> Any:
+    """A kubernetes.client.ApiClient that connects as kubectl would: the kubeconfig
+    `kubeconfig_file(kubeconfig)` with `context` (None: its current context), or the in-cluster
+    service account; rollout's proxy rule (never loopback, NO_PROXY as Go reads it, the
+    kubeconfig's proxy-url first); one urllib3 retry (connection failures only for writes).
+    The one factory for every Kubernetes client rollout makes (the target, `rollout init`).
+
+    Raises UserError (exit 2) "cannot load Kubernetes config FILE: WHY" when it cannot be loaded.
+    """
+    from kubernetes import client, config
+
+    config_file = kubeconfig_file(kubeconfig)
+    settings = client.Configuration()
+    try:
+        if config_file:
+            config.load_kube_config(config_file=config_file, context=context, client_configuration=settings)
+        else:
+            config.load_incluster_config(client_configuration=settings)
+    except Exception as exc:  # noqa: BLE001 - ConfigException, missing files, bad YAML
+        source = config_file or "(the in-cluster service account)"
+        raise UserError(f"cannot load Kubernetes config {source}: {one_line(exc, 200)}") from None
+    _route_through_proxy_as_kubectl_does(settings)
+    settings.retries = 1
+    # The connection pool (and its proxy) is made here, from the settings as they are now.
+    return client.ApiClient(configuration=settings)
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """Whether a transport failure happened before any connection to the API server (or its proxy)
+    was made, so the request cannot have reached it: urllib3's ConnectTimeoutError, which
+    NewConnectionError and NameResolutionError subclass (urllib3 2.x exceptions.py), also as the
+    reason of MaxRetryError or the original error of a ProxyError."""
+    from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ProxyError
+
+    reason: Any = exc.reason if isinstance(exc, MaxRetryError) else exc
+    if isinstance(reason, ProxyError):
+        reason = reason.original_error
+    return isinstance(reason, ConnectTimeoutError)
+
+
 def _route_through_proxy_as_kubectl_does(settings: Any) -> None:
     """Apply rollout's proxy rule (rollout.proxies: Go's httpproxy, which kubectl follows) to the
     client's settings, unless the kubeconfig names its own `proxy-url` (kubectl honours that first).
@@ -490,6 +582,15 @@ def _route_through_proxy_as_kubectl_does(settings: Any) -> None:
     proxy = next(iter(proxies_for(settings.host).values()), None)
     settings.proxy = proxy  # also stops the client re-reading the environment when the host changes
     settings.no_proxy = None  # decided above, by our rule
+
+
+def _shown_name(name: object) -> str:
+    """A container name the API server answered, for a message: as it is when it is a DNS-1123
+    label (what a real API server stores), else a placeholder, so an answer from something that is
+    no real API server cannot put terminal escapes or extra lines into rollout's output."""
+    if isinstance(name, str) and DNS_1123_LABEL.fullmatch(name):
+        return name
+    return "<a container whose name is no DNS-1123 label>"
 
 
 def _checked_image(target: str, image: object, what: str) -> str:

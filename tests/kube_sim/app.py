@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--event-log-size", type=int, default=20000, help="watch history kept before 410 Gone")
     parser.add_argument("--rbac", help="JSON file of users (token, name, RBAC rules); other tokens may do anything")
     parser.add_argument("--admission", help="JSON file of validating admission webhooks (image policies)")
+    parser.add_argument("--conflicts", type=int, default=0,
+                        help="the next N writes to Deployments that carry a resourceVersion lose the race: 409 Conflict")
     return parser.parse_args(argv)
 
 
@@ -104,6 +106,7 @@ def build(args: argparse.Namespace) -> Cluster:
     store = Store(event_log_size=args.event_log_size)
     seed(store)
     sim = Simulator(store, args.bookmark_interval, load_authorizer(args.rbac), load_policies(args.admission))
+    sim.conflicts_left = args.conflicts
     server = ApiServer(("127.0.0.1", args.port), sim)
     runtime = make_runtime(args)
     kubelet = Kubelet(store, runtime, BackOff(args.backoff_base, args.backoff_cap))

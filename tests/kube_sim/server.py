@@ -74,6 +74,19 @@ class Simulator:
         self.after_delete: list[Any] = []
         # (namespace, pod, container, previous) -> log text, or ApiError: the kubelet's log endpoint.
         self.pod_logs: Callable[[str, str, str, bool], str] | None = None
+        # --conflicts N: writes that another writer's update beats (a controller, a second CI job
+        # changing the Deployment between the client's read and its write). Guarded by store.lock.
+        self.conflicts_left = 0
+
+    def loses_race(self, rt: ResourceType, expected_rv: str | None) -> bool:
+        """Whether this write, with its resourceVersion precondition, is one that --conflicts
+        makes lose the race: the answer is the registry's own 409 (apiserver
+        pkg/registry/generic/registry/store.go, Update: a precondition on a stale
+        resourceVersion), the object stays as it was."""
+        if not expected_rv or rt.plural != "deployments" or self.conflicts_left <= 0:
+            return False
+        self.conflicts_left -= 1
+        return True
 
 
 class ApiServer(ThreadingHTTPServer):
@@ -391,6 +404,8 @@ class Handler(BaseHTTPRequestHandler):
                 raise ApiError.bad_request("the namespace of the provided object does not match the namespace sent on the request")
             new["metadata"]["namespace"] = route.namespace
         if expected_rv and expected_rv != old["metadata"]["resourceVersion"]:
+            raise ApiError.conflict(route.rt, route.name or "")
+        if route.subresource is None and self.sim.loses_race(route.rt, expected_rv):
             raise ApiError.conflict(route.rt, route.name or "")
         if route.subresource == "status":
             new = objects.prepare_status_update(new, old)
