@@ -32,7 +32,9 @@ class Resolver(Protocol):
     def resolve(self, ref: Reference) -> str:
         """The digest ref's tag points at; TagNotFound, RegistryUnreachable (exit 5) otherwise."""
 
-    def exists(self, ref: Reference) -> bool: ...
+    def exists(self, ref: Reference) -> bool:
+        """Whether the registry has ref's manifest (one HEAD); raises as resolve does."""
+        ...
 
 
 @dataclass(frozen=True)

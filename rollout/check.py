@@ -41,9 +41,11 @@ class AppCheck:
 
     @property
     def changed(self) -> bool:
+        """Whether anything differs from the ledger (exit 10 unless something could not be looked at)."""
         return bool(self.changes)
 
     def to_json(self) -> dict[str, Any]:
+        """The object `check --json` prints for the app (targets as `status --json` shows them)."""
         return {"app": self.app, "changed": self.changed, "changes": self.changes, "errors": self.errors,
                 "current": self.current.to_json() if self.current else None,
                 "targets": [asdict(t) for t in self.targets], "tag_digest": self.tag_digest,

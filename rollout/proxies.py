@@ -153,12 +153,14 @@ class ProxyRoutedSession(requests.Session):
         self.trust_env = False
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        """requests.Session.request with `proxies` replaced by proxies_for(url) (any given is ignored)."""
         kwargs["proxies"] = proxies_for(url.decode() if isinstance(url, bytes) else url)
         if kwargs.get("verify") in (None, True):
             kwargs["verify"] = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
         return super().request(method, url, *args, **kwargs)
 
     def rebuild_proxies(self, prepared_request: requests.PreparedRequest, proxies: Any) -> dict[str, str]:
+        """requests' hook on each redirect: the proxy (and its Proxy-Authorization) for the new URL."""
         # A redirect may lead to another host: decide again for where it leads.
         return super().rebuild_proxies(prepared_request, proxies_for(str(prepared_request.url)))
 
@@ -171,9 +173,11 @@ class ProxyRoutedHandler(urllib.request.ProxyHandler):
         super().__init__({})  # no scheme -> proxy table: every request is decided below
 
     def http_open(self, request: urllib.request.Request) -> Any:
+        """urllib's hook for http:// requests: route it by proxies_for (see _route)."""
         return self._route(request)
 
     def https_open(self, request: urllib.request.Request) -> Any:
+        """urllib's hook for https:// requests: route it by proxies_for (see _route)."""
         return self._route(request)
 
     def _route(self, request: urllib.request.Request) -> Any:
