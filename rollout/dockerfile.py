@@ -123,7 +123,7 @@ def read_dockerfile(path: Path, build_args: dict[str, str] | None = None) -> Doc
 def parse_dockerfile(text: str, build_args: dict[str, str], path: Path = Path("Dockerfile")) -> Dockerfile:
     """Parse Dockerfile text: stages with their FROM images resolved through global ARGs and build_args.
 
-    Raises UserError naming path:line for a FROM that cannot be read, names no image after
+    Raises UserError (exit 2) naming path:line for a FROM that cannot be read, names no image after
     substitution or no valid reference, and when there is no FROM at all.
     """
     escape = _escape_directive(text)
@@ -269,7 +269,8 @@ _VARIABLE = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-
 
 
 def expand(text: str, variables: dict[str, str], escape: str = "\\") -> str:
-    """Docker's variable substitution: $VAR, ${VAR}, ${VAR:-word}, ${VAR:+word} (and without the colon)."""
+    """Docker's variable substitution: $VAR, ${VAR}, ${VAR:-word}, ${VAR:+word} (and without the colon);
+    an unset variable expands to "" (buildkit frontend/dockerfile/shell/lex.go)."""
     out, index = "", 0
     while index < len(text):
         if text[index] == escape and index + 1 < len(text) and text[index + 1] == "$":
