@@ -12,8 +12,10 @@ from typing import Iterator
 
 import pytest
 
-from conftest import APP_IMAGE, Project, free_port, http_get, write_config
-from test_crash_safety import finish, rollout
+from support.cli import finish
+from support.images import APP_IMAGE
+from support.ports import free_port
+from support.project import Project, http_get, write_config
 
 DEPLOYS = 10
 STEPS = ["recorded", "status:applying", "target:applied", "status:verifying", "target:healthy", "status:healthy"]
@@ -37,7 +39,7 @@ def entries(project: Project) -> list[dict]:
 def test_ten_concurrent_deploys_of_one_app_serialise(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
     write_config(project, timeout=20, stable=1)
     tags = list(itertools.islice(itertools.cycle(["good1", "good2", "good3"]), DEPLOYS))
-    processes = [rollout(project, "deploy", f"web:{tag}", "--wait", "120") for tag in tags]
+    processes = [project.start("deploy", f"web:{tag}", "--wait", "120") for tag in tags]
     # Waited for in start order, the first may be the last to get the lease: give it all ten deploys' time.
     results = [finish(process, timeout=300) for process in processes]
 
@@ -89,7 +91,7 @@ container = "{container}"
 network = "host"
 env = {{ PORT = "{port}" }}
 """)
-    processes = [rollout(project, "deploy", "web:good1"), rollout(project, "deploy", "api:good2")]
+    processes = [project.start("deploy", "web:good1"), project.start("deploy", "api:good2")]
     results = [finish(process) for process in processes]
 
     assert [code for code, _ in results] == [0, 0], results

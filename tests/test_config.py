@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Project, write_config
 from rollout import config as configuration
 from rollout.config import TARGET_KEYS, BuildSettings, Channel, HealthPolicy, Strategy
 from rollout.errors import EXIT_USAGE, ConfigError
+from support.project import Project, write_config
 
 FULL = """
 [ledger]

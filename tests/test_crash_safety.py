@@ -14,21 +14,18 @@ process's lock. The test prints kills tried / recovered / lost; lost must be 0.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import sqlite3
-import subprocess
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import pytest
 
-from conftest import ROLLOUT, Project, write_config
+from support.cli import finish
+from support.project import STEP_TIMEOUT, Project, write_config
 from support.proxy import Fault, RegistryProxy, start_proxy
 
 GOOD = ("good1", "good2", "good3")
-STEP_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -88,38 +85,6 @@ def slow_pull_proxy(registry: str) -> Iterator[RegistryProxy]:
         yield proxy
 
 
-def rollout(project: Project, *args: str, kill_at: str | None = None) -> subprocess.Popen[str]:
-    env = {**os.environ, "ROLLOUT_CONFIG": str(project.config), **project.env}
-    env.pop("ROLLOUT_LEDGER", None)
-    env.pop("ROLLOUT_TEST_KILL_AT", None)
-    if kill_at:
-        env["ROLLOUT_TEST_KILL_AT"] = kill_at
-    return subprocess.Popen([*ROLLOUT, *args], env=env, cwd=project.root, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(process: subprocess.Popen[str], timeout: float = STEP_TIMEOUT) -> tuple[int, str]:
-    _, stderr = process.communicate(timeout=timeout)
-    return process.returncode, stderr
-
-
-def ledger_rows(project: Project, sql: str, params: tuple = ()) -> list[tuple]:
-    conn = sqlite3.connect(f"file:{project.ledger}?mode=ro", uri=True, timeout=30)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
-
-
-def wait_for_entry(project: Project, process: subprocess.Popen[str], after_id: int, kind: str, status: str) -> bool:
-    deadline = time.monotonic() + STEP_TIMEOUT
-    while time.monotonic() < deadline and process.poll() is None:
-        if ledger_rows(project, "SELECT 1 FROM entries WHERE id > ? AND kind = ? AND status = ?", (after_id, kind, status)):
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def other_good(project: Project) -> str:
     serving = project.version()
     return next(tag for tag in GOOD if tag != serving)
@@ -137,7 +102,7 @@ class Harness:
     def kill(self, moment: Moment) -> str | None:
         """Run the deploy and kill it at the moment; None when it died there, else why not."""
         project = self.project
-        last_id = ledger_rows(project, "SELECT coalesce(max(id), 0) FROM entries")[0][0]
+        last_id = project.ledger_rows("SELECT coalesce(max(id), 0) FROM entries")[0][0]
         tag = other_good(project) if moment.tag == "good" else moment.tag
         if moment.during_pull:
             self.hold_the_pull()
@@ -145,11 +110,11 @@ class Harness:
         if moment.after is not None:
             # Windows wide enough that a busy machine's slow poll cannot see them close before the kill.
             write_config(project, timeout=10, stable=4)
-        process = rollout(project, "deploy", f"web:{tag}", kill_at=moment.kill_at)
+        process = project.start("deploy", f"web:{tag}", kill_at=moment.kill_at)
         try:
             if moment.after is not None:
                 kind, status, delay = moment.after
-                if not wait_for_entry(project, process, last_id, kind, status):
+                if not project.wait_for_entry(process, last_id, kind, status):
                     return f"no {kind} entry reached {status}"
                 time.sleep(delay)
                 process.send_signal(signal.SIGKILL)
@@ -161,7 +126,7 @@ class Harness:
                     return "the engine never started pulling"
                 # The held request must be the engine's pull (prepare runs once the entry is
                 # `applying`), not one of rollout's own registry requests.
-                if not ledger_rows(project, "SELECT 1 FROM entries WHERE id > ? AND kind = 'deploy' AND status = 'applying'",
+                if not project.ledger_rows("SELECT 1 FROM entries WHERE id > ? AND kind = 'deploy' AND status = 'applying'",
                                    (last_id,)):
                     return "a registry request was held before the engine pulled (the entry is not applying)"
                 time.sleep(0.5)
@@ -203,20 +168,20 @@ class Harness:
     def recover(self, moment: Moment, interrupted_ids: list[int]) -> str | None:
         """Run the next command and check the app is back on a healthy recorded digest; None when it is."""
         project = self.project
-        [(integrity,)] = ledger_rows(project, "PRAGMA integrity_check")
+        [(integrity,)] = project.ledger_rows("PRAGMA integrity_check")
         if integrity != "ok":
             return f"integrity_check: {integrity}"
         if moment.recovery_kill_at:
-            code, stderr = finish(rollout(project, "status", "--json", kill_at=moment.recovery_kill_at))
+            code, stderr = finish(project.start("status", "--json", kill_at=moment.recovery_kill_at))
             if code != -signal.SIGKILL:
                 return f"the recovering status was not killed at {moment.recovery_kill_at}: exit {code}: {stderr[-300:]}"
-            [(integrity,)] = ledger_rows(project, "PRAGMA integrity_check")
+            [(integrity,)] = project.ledger_rows("PRAGMA integrity_check")
             if integrity != "ok":
                 return f"integrity_check after the second kill: {integrity}"
         deployed = None
         if moment.recover_with == "deploy":
             deployed = other_good(project)
-            code, stderr = finish(rollout(project, "deploy", f"web:{deployed}"))
+            code, stderr = finish(project.start("deploy", f"web:{deployed}"))
             if code != 0:
                 return f"the next deploy exited {code}: {stderr.strip()[-400:]}"
         result = project.run("status", "--json")
@@ -231,7 +196,7 @@ class Harness:
             return f"serves {serving!r}, the ledger's current entry is {current['tag']!r}"
         if deployed is not None and serving != deployed:
             return f"the next deploy of {deployed} left {serving!r} serving"
-        statuses = dict(ledger_rows(project, "SELECT id, status FROM entries"))
+        statuses = dict(project.ledger_rows("SELECT id, status FROM entries"))
         unfinished = [i for i, s in statuses.items() if s in ("pending", "applying", "verifying")]
         if unfinished:
             return f"entries still unfinished: {unfinished}"
@@ -247,8 +212,8 @@ class Harness:
         self.tried += 1
         problem = self.kill(moment)
         if problem is None:
-            interrupted = [row[0] for row in ledger_rows(
-                self.project, "SELECT id FROM entries WHERE status IN ('pending', 'applying', 'verifying')")]
+            interrupted = [row[0] for row in self.project.ledger_rows(
+                "SELECT id FROM entries WHERE status IN ('pending', 'applying', 'verifying')")]
             problem = self.recover(moment, interrupted)
         if problem is None:
             self.recovered += 1

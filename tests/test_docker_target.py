@@ -9,7 +9,9 @@ import subprocess
 
 import pytest
 
-from conftest import APP_IMAGE, Project, free_port, write_config
+from support.images import APP_IMAGE
+from support.ports import free_port
+from support.project import Project, write_config
 
 pytestmark = pytest.mark.usefixtures("project")
 

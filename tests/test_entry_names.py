@@ -19,10 +19,11 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import APP_IMAGE, Project, write_config
-from rollout.errors import UserError
 from rollout.entries import name_entry
+from rollout.errors import UserError
 from rollout.ledger import HEALTHY, Ledger, NewEntry
+from support.images import APP_IMAGE
+from support.project import Project, write_config
 
 ROLLOUT = str(Path(sys.executable).parent / "rollout")
 NUMBERED = f"{APP_IMAGE.rsplit('/', 1)[0]}/numbered"  # tags 1, 2, 3: the test builds good1, good2, good3

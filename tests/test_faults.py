@@ -24,11 +24,13 @@ from typing import Iterator
 
 import pytest
 
-from conftest import APP_IMAGE, REGISTRY, Project, need, write_config
+from support.bed import need
+from support.cli import finish
+from support.images import APP_IMAGE, REGISTRY
+from support.project import Project, write_config
 from support.proxy import Fault, RegistryProxy, start_proxy
 from support.registry_server import RegistryProcess, start_registry
 from support.token_server import TokenServer, start_token_server
-from test_crash_safety import finish, rollout, wait_for_entry
 
 USER, PASSWORD = "deployer", "t0ken-Pa55word-for-tests"
 WRONG_PASSWORD = "wrong-Pa55word-never-shown"
@@ -292,8 +294,8 @@ def test_engine_stopped_during_verify_is_waited_for_and_the_revert_completes(
     assert result.returncode == 0, result.stderr
     good = project.history()[0]
 
-    process = rollout(project, "deploy", "web:good2")
-    assert wait_for_entry(project, process, good["id"], "deploy", "verifying")
+    process = project.start("deploy", "web:good2")
+    assert project.wait_for_entry(process, good["id"], "deploy", "verifying")
     private_engine.stop()  # its containers stop with it
     time.sleep(2)
     private_engine.start()
@@ -315,8 +317,8 @@ def test_engine_that_stays_away_ends_in_exit_3_with_the_state_recorded(
     write_config(project, stable=6, extra=f'host = "{private_engine.socket}"')
     assert project.run("deploy", "web:good1").returncode == 0
     good = project.history()[0]
-    process = rollout(project, "deploy", "web:good2")
-    assert wait_for_entry(project, process, good["id"], "deploy", "verifying")
+    process = project.start("deploy", "web:good2")
+    assert project.wait_for_entry(process, good["id"], "deploy", "verifying")
     private_engine.stop()
     try:
         stdout, stderr = process.communicate(timeout=120)

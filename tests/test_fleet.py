@@ -27,9 +27,13 @@ from typing import Iterator
 
 import pytest
 
-from conftest import APP_IMAGE, ROLLOUT, free_port, http_get, need
 from rollout.ledger import Ledger
+from support.bed import need
+from support.cli import ROLLOUT
 from support.fleet import Engine, Fleet, FleetUnavailable, start_fleet
+from support.images import APP_IMAGE
+from support.ports import free_port
+from support.project import http_get
 
 BREAKS_ON_GOOD2 = ("trap 'exit 0' TERM INT;"
                    " if grep -q good2 /www/version; then echo 'fatal: good2 needs a newer kernel' >&2; exit 1; fi;"

@@ -8,10 +8,10 @@ from typing import Iterator
 
 import pytest
 
-from fakes import READY, STARTING, FakeClock, ScriptedWatch, crashing_timeline
 from rollout.config import HealthPolicy
 from rollout.health import http_probe, verify
 from rollout.targets import Observation
+from support.fakes import READY, STARTING, FakeClock, ScriptedWatch, crashing_timeline
 
 POLICY = HealthPolicy(timeout=30, interval=1, stable=5)
 

@@ -23,9 +23,10 @@ from typing import Any, Callable, Iterator, Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import ROLLOUT, Project, write_config
 from rollout.config import APP_KEYS, HEALTH_KEYS, TARGET_KEYS, TOP_KEYS, parse
 from rollout.errors import ConfigError
+from support.cli import ROLLOUT
+from support.project import Project, write_config
 
 SHA = "0" * 64
 Edit = Callable[[str], str]

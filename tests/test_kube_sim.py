@@ -12,8 +12,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import need
 from kube_sim.harness import RunningSimulator, running_simulator, wait_for
+from support.bed import need
 
 IMAGE = "127.0.0.1:5000/kube-sim-test/app"
 RULES = [

@@ -14,8 +14,10 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import APP_IMAGE, REGISTRY, ROLLOUT, free_port
 from kube_sim.harness import RunningSimulator, running_simulator
+from support.cli import ROLLOUT
+from support.images import APP_IMAGE, REGISTRY
+from support.ports import free_port
 from support.proxy import Fault, start_proxy
 
 SIDECAR = f"{REGISTRY}/rollout-test/sidecar:v1"

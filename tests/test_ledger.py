@@ -22,7 +22,7 @@ import pytest
 from rollout import ledger as L
 from rollout.errors import EXIT_LOCKED, EXIT_USAGE, LeaseLost, LedgerBusy, LedgerError
 from rollout.ledger import Ledger, NewEntry
-from fakes import IMAGE, digest_of
+from support.fakes import IMAGE, fake_digest
 from support.ledger_interface import InterfaceOnly, interface_names
 
 
@@ -40,7 +40,7 @@ def ledger(path: Path) -> Iterator[Ledger]:
 
 def record(ledger: Ledger, tag: str | None, label: str, *, status: str | None = None, app: str = "web",
            **extra: object) -> L.Entry:
-    entry = ledger.record(NewEntry(app=app, repository=IMAGE, tag=tag, digest=digest_of(label), **extra))  # type: ignore[arg-type]
+    entry = ledger.record(NewEntry(app=app, repository=IMAGE, tag=tag, digest=fake_digest(label), **extra))  # type: ignore[arg-type]
     if status is not None:
         for step in (L.APPLYING, L.VERIFYING, status):
             ledger.set_status(entry.id, step, error="broken" if status == L.FAILED and step == status else None)
@@ -121,11 +121,11 @@ def test_reopening_keeps_entries(path: Path) -> None:
 
 
 def test_record_and_outcome_round_trip(ledger: Ledger) -> None:
-    entry = ledger.record(NewEntry(app="web", repository=IMAGE, tag="v1", digest=digest_of("v1"), reason="launch",
-                                   actor="alice@ci", build_key="k1", base_digests={"busybox": digest_of("base")}))
+    entry = ledger.record(NewEntry(app="web", repository=IMAGE, tag="v1", digest=fake_digest("v1"), reason="launch",
+                                   actor="alice@ci", build_key="k1", base_digests={"busybox": fake_digest("base")}))
     assert (entry.status, entry.kind, entry.actor, entry.reason) == (L.PENDING, L.DEPLOY, "alice@ci", "launch")
-    assert entry.image == f"{IMAGE}@{digest_of('v1')}"
-    assert entry.base_digests == {"busybox": digest_of("base")}
+    assert entry.image == f"{IMAGE}@{fake_digest('v1')}"
+    assert entry.base_digests == {"busybox": fake_digest("base")}
     assert entry.finished_at is None
 
     ledger.set_status(entry.id, L.APPLYING)
@@ -172,9 +172,9 @@ def test_current_and_last_healthy(ledger: Ledger) -> None:
     assert ledger.current("web") == a2
     assert ledger.last_healthy("web") == a2
     # Skipping entries that run the same digest as the one being left behind.
-    assert ledger.last_healthy("web", not_digest=digest_of("a")) == b
-    assert ledger.last_healthy("web", not_digest=digest_of("b")) == a2
-    assert ledger.last_healthy("web", not_digest=digest_of("a"), before_id=b.id) is None
+    assert ledger.last_healthy("web", not_digest=fake_digest("a")) == b
+    assert ledger.last_healthy("web", not_digest=fake_digest("b")) == a2
+    assert ledger.last_healthy("web", not_digest=fake_digest("a"), before_id=b.id) is None
     assert ledger.last_healthy("web", before_id=b.id) == a1
     assert ledger.current("nobody") is None
 
@@ -184,10 +184,10 @@ def test_digests_for_tag_counts_every_attempt(ledger: Ledger) -> None:
     record(ledger, "v1", "repushed", status=L.FAILED)
     record(ledger, "v2", "other")
     record(ledger, "v1", "api", app="api")
-    assert ledger.digests_for_tag("web", "v1") == {digest_of("first"), digest_of("repushed")}
+    assert ledger.digests_for_tag("web", "v1") == {fake_digest("first"), fake_digest("repushed")}
     assert ledger.digests_for_tag("web", "v9") == set()
-    assert [(e.digest, e.status) for e in ledger.with_tag("web", "v1")] == [(digest_of("repushed"), L.FAILED),
-                                                                            (digest_of("first"), L.HEALTHY)]
+    assert [(e.digest, e.status) for e in ledger.with_tag("web", "v1")] == [(fake_digest("repushed"), L.FAILED),
+                                                                            (fake_digest("first"), L.HEALTHY)]
 
 
 def test_unfinished_lists_in_progress_entries(ledger: Ledger) -> None:
@@ -244,8 +244,8 @@ def test_finished_entry_keeps_its_status_through_the_api(ledger: Ledger) -> None
 def test_what_was_deployed_is_immutable_even_while_in_progress(ledger: Ledger, path: Path) -> None:
     entry = record(ledger, "v1", "v1")
     with raw(path) as conn, pytest.raises(sqlite3.DatabaseError, match="immutable"):
-        conn.execute("UPDATE entries SET digest = ? WHERE id = ?", [digest_of("other"), entry.id])
-    assert ledger.get(entry.id).digest == digest_of("v1")
+        conn.execute("UPDATE entries SET digest = ? WHERE id = ?", [fake_digest("other"), entry.id])
+    assert ledger.get(entry.id).digest == fake_digest("v1")
 
 
 def test_replace_cannot_overwrite_a_recorded_entry(ledger: Ledger, path: Path) -> None:
@@ -258,7 +258,7 @@ def test_replace_cannot_overwrite_a_recorded_entry(ledger: Ledger, path: Path) -
             conn.execute(
                 "INSERT OR REPLACE INTO entries (id, app, repository, tag, digest, kind, status, actor, created_at)"
                 " VALUES (?, 'web', ?, 'v1', ?, 'deploy', 'healthy', 'forger', 'now')",
-                [entry.id, IMAGE, digest_of("forged")],
+                [entry.id, IMAGE, fake_digest("forged")],
             )
         with pytest.raises(sqlite3.DatabaseError):
             first_event = conn.execute("SELECT min(id) FROM events WHERE entry_id = ?", [entry.id]).fetchone()[0]
@@ -377,21 +377,21 @@ def test_build_records_round_trip_through_the_interface(ledger: Ledger) -> None:
     from rollout import rebuild
 
     only = InterfaceOnly(ledger)
-    first = L.PushedBuild("web", "reg.lan/web", "20240101.1", digest_of("b1"), "key-1", {"busybox": digest_of("base")},
+    first = L.PushedBuild("web", "reg.lan/web", "20240101.1", fake_digest("b1"), "key-1", {"busybox": fake_digest("base")},
                           at="", deploy=True)
-    second = L.PushedBuild("web", "reg.lan/web", "20240101.2", digest_of("b2"), "key-2", {}, at="", deploy=False)
+    second = L.PushedBuild("web", "reg.lan/web", "20240101.2", fake_digest("b2"), "key-2", {}, at="", deploy=False)
     rebuild.record_push(only, first)  # type: ignore[arg-type]
-    only.record_build(L.PushedBuild("api", "reg.lan/api", "1", digest_of("api"), "key-1", {}, at="", deploy=True))
+    only.record_build(L.PushedBuild("api", "reg.lan/api", "1", fake_digest("api"), "key-1", {}, at="", deploy=True))
     only.record_build(second)
     builds = rebuild.pushed_builds(only, "web")  # type: ignore[arg-type]
     assert [(b.tag, b.base_digests, b.deploy) for b in builds] == [
-        ("20240101.1", {"busybox": digest_of("base")}, True), ("20240101.2", {}, False)]
+        ("20240101.1", {"busybox": fake_digest("base")}, True), ("20240101.2", {}, False)]
     assert all(b.at.endswith("+00:00") for b in builds), "at is the recorded event's ISO 8601 UTC time"
-    assert builds[1].image == f"reg.lan/web:20240101.2@{digest_of('b2')}"
+    assert builds[1].image == f"reg.lan/web:20240101.2@{fake_digest('b2')}"
     assert rebuild.last_build_key(only, "web") == ("key-2", {})  # type: ignore[arg-type]
 
     older = record(ledger, "20240101.1", "b1", status=L.FAILED, kind=L.REBUILD, build_key="key-1",
-                   base_digests={"busybox": digest_of("base")})
+                   base_digests={"busybox": fake_digest("base")})
     newer = record(ledger, "20240101.3", "b3", status=L.HEALTHY, kind=L.REBUILD, build_key="key-1")
     record(ledger, "20240101.4", "b4", kind=L.REBUILD, build_key="key-3")
     record(ledger, "v9", "deploy", status=L.HEALTHY)

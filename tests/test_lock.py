@@ -16,7 +16,7 @@ import pytest
 from rollout import lock
 from rollout.errors import EXIT_LOCKED, LeaseLost, LedgerBusy, LockHeld
 from rollout.ledger import Ledger, default_actor
-from fakes import plant, take_over
+from support.fakes import plant, take_over
 from support.ledger_interface import InterfaceOnly
 
 

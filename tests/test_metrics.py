@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Project
+from support.project import Project
 from support.receiver import start_receiver
 
 pytestmark = pytest.mark.usefixtures("project")
@@ -111,7 +111,7 @@ def test_pushgateway_gets_the_same_metrics(project: Project) -> None:
 
 
 def test_a_pushgateway_that_is_down_is_a_warning_without_its_credentials(project: Project) -> None:
-    from conftest import free_port
+    from support.ports import free_port
 
     result = project.run("deploy", "web:good1", "--pushgateway", f"http://job:gw-Secret@127.0.0.1:{free_port()}")
     assert result.returncode == 0, result.stderr

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from conftest import Project, free_port, write_config
+from support.ports import free_port
+from support.project import Project, write_config
 from support.receiver import start_receiver
 
 from rollout import notify

@@ -7,19 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from fakes import (
-    IMAGE,
-    Behaviour,
-    FakeResolver,
-    FakeTarget,
-    RecordingReporter,
-    app_config,
-    crashes,
-    digest_of,
-    scripted_verifier,
-    take_over,
-    unreachable,
-)
 from rollout import ledger as L
 from rollout import lock
 from rollout.config import AppConfig
@@ -40,6 +27,19 @@ from rollout.ledger import Entry, Ledger
 from rollout.orchestrator import Orchestrator, Outcome
 from rollout.reference import parse
 from rollout.targets import Release
+from support.fakes import (
+    IMAGE,
+    Behaviour,
+    FakeResolver,
+    FakeTarget,
+    RecordingReporter,
+    app_config,
+    crashes,
+    fake_digest,
+    scripted_verifier,
+    take_over,
+    unreachable,
+)
 
 
 @dataclass
@@ -53,7 +53,7 @@ class Bed:
     def publish(self, tag: str, label: str | None = None, behaviour: Behaviour | None = None,
                 on: tuple[str, ...] | None = None) -> str:
         """Push tag to the fake registry (as content `label`) and script how targets run it."""
-        digest = digest_of(label or tag)
+        digest = fake_digest(label or tag)
         self.resolver.tags[tag] = digest
         if behaviour is not None:
             for target in self.targets:
@@ -94,7 +94,7 @@ def pair(tmp_path: Path) -> Bed:
 
 
 def image(label: str) -> str:
-    return f"{IMAGE}@{digest_of(label)}"
+    return f"{IMAGE}@{fake_digest(label)}"
 
 
 def statuses(ledger: Ledger, entry: Entry) -> list[str]:
@@ -111,7 +111,7 @@ def test_healthy_deploy_moves_the_target_and_records_every_step(bed: Bed) -> Non
 
     assert outcome.exit_code == EXIT_OK and outcome.revert is None
     entry = outcome.entry
-    assert (entry.status, entry.tag, entry.digest, entry.kind) == (L.HEALTHY, "v2", digest_of("v2"), L.DEPLOY)
+    assert (entry.status, entry.tag, entry.digest, entry.kind) == (L.HEALTHY, "v2", fake_digest("v2"), L.DEPLOY)
     assert (entry.previous_id, entry.reason) == (first.id, "new checkout")
     assert statuses(bed.ledger, entry) == ["recorded", "status:applying", "status:verifying", "status:healthy"]
     [row] = bed.ledger.targets(entry.id)
@@ -131,7 +131,7 @@ def test_first_deploy_has_nothing_before(bed: Bed) -> None:
 def test_deploy_by_digest_alone(bed: Bed) -> None:
     outcome = bed.orchestrator().deploy(parse(image("v7")))
     assert outcome.exit_code == EXIT_OK
-    assert (outcome.entry.tag, outcome.entry.digest) == (None, digest_of("v7"))
+    assert (outcome.entry.tag, outcome.entry.digest) == (None, fake_digest("v7"))
 
 
 def test_all_targets_are_verified(pair: Bed) -> None:
@@ -161,7 +161,7 @@ def test_failed_deploy_reverts_to_the_previous_healthy_entry(bed: Bed) -> None:
     assert bed.targets[0].image == good.image
     assert [e.id for e in bed.history()] == [good.id, failed.id, revert.id]
     # The broken release's last log lines were shown.
-    assert any("last words of " + digest_of("v2") in text for text in bed.reporter.said("logs"))
+    assert any("last words of " + fake_digest("v2") in text for text in bed.reporter.said("logs"))
     assert f"reverted to #{good.id}" in outcome.message
 
 
@@ -175,7 +175,7 @@ def test_two_broken_releases_land_on_the_last_healthy_digest(bed: Bed) -> None:
     assert outcome.exit_code == EXIT_REVERTED
     assert outcome.revert is not None and outcome.revert.digest == good.digest
     assert bed.targets[0].digest == good.digest
-    assert digest_of("v2") not in {e.digest for e in bed.history() if e.status == L.HEALTHY}
+    assert fake_digest("v2") not in {e.digest for e in bed.history() if e.status == L.HEALTHY}
 
 
 def test_revert_goes_to_the_newest_healthy_release(bed: Bed) -> None:
@@ -231,13 +231,13 @@ def test_apply_failing_on_the_second_target_reverts_both(pair: Bed) -> None:
 
     assert outcome.exit_code == EXIT_REVERTED
     a, b = pair.targets
-    assert a.applied() == b.applied() == [good.digest, digest_of("v2"), good.digest]
+    assert a.applied() == b.applied() == [good.digest, fake_digest("v2"), good.digest]
     assert a.image == b.image == good.image
     rows = {r.target: r for r in pair.ledger.targets(outcome.entry.id)}
     assert rows["a"].outcome == "applied"
     assert (rows["b"].outcome, rows["b"].detail) == ("failed", "apply failed: name conflict")
     # Nothing was verified once an apply had failed.
-    assert digest_of("v2") not in [d for call, d in a.calls if call == "watch"]
+    assert fake_digest("v2") not in [d for call, d in a.calls if call == "watch"]
 
 
 def test_apply_refused_before_any_change_is_not_a_failed_revert(bed: Bed) -> None:
@@ -266,8 +266,8 @@ def test_apply_refused_on_one_target_reverts_only_the_targets_that_changed(pair:
     assert outcome.exit_code == EXIT_REVERTED
     a, b = pair.targets
     assert a.image == b.image == good.image
-    assert b.applied() == [good.digest, digest_of("v2")]  # the revert never touched b
-    assert a.applied() == [good.digest, digest_of("v2"), good.digest]
+    assert b.applied() == [good.digest, fake_digest("v2")]  # the revert never touched b
+    assert a.applied() == [good.digest, fake_digest("v2"), good.digest]
     assert outcome.revert is not None
     assert {r.target for r in pair.ledger.targets(outcome.revert.id)} == {"a"}
     rows = {r.target: r.outcome for r in pair.ledger.targets(outcome.entry.id)}
@@ -308,18 +308,18 @@ def test_retagged_release_is_refused(bed: Bed) -> None:
     with pytest.raises(RetagRefused) as caught:
         bed.deploy("v1")
     assert caught.value.exit_code == EXIT_USAGE
-    assert digest_of("original") in str(caught.value) and digest_of("repushed") in str(caught.value)
+    assert fake_digest("original") in str(caught.value) and fake_digest("repushed") in str(caught.value)
     assert "--allow-retag" in str(caught.value)
     assert len(bed.history()) == 1
-    assert bed.targets[0].applied() == [digest_of("original")]
+    assert bed.targets[0].applied() == [fake_digest("original")]
 
 
 def test_allow_retag_accepts_the_new_digest(bed: Bed) -> None:
     bed.healthy("v1", label="original")
     bed.publish("v1", label="repushed")
     outcome = bed.deploy("v1", allow_retag=True)
-    assert outcome.exit_code == EXIT_OK and outcome.entry.digest == digest_of("repushed")
-    assert bed.targets[0].digest == digest_of("repushed")
+    assert outcome.exit_code == EXIT_OK and outcome.entry.digest == fake_digest("repushed")
+    assert bed.targets[0].digest == fake_digest("repushed")
 
 
 def test_same_tag_same_digest_is_not_a_retag(bed: Bed) -> None:
@@ -330,13 +330,13 @@ def test_same_tag_same_digest_is_not_a_retag(bed: Bed) -> None:
 def test_tag_and_digest_that_disagree_are_refused(bed: Bed) -> None:
     bed.publish("v1")
     with pytest.raises(UserError, match="not the digest given"):
-        bed.orchestrator().deploy(parse(f"{IMAGE}:v1@{digest_of('something else')}"))
+        bed.orchestrator().deploy(parse(f"{IMAGE}:v1@{fake_digest('something else')}"))
     assert bed.history() == [] and bed.targets[0].calls == []
 
 
 def test_tag_and_matching_digest_deploy(bed: Bed) -> None:
     bed.publish("v1")
-    assert bed.orchestrator().deploy(parse(f"{IMAGE}:v1@{digest_of('v1')}")).exit_code == EXIT_OK
+    assert bed.orchestrator().deploy(parse(f"{IMAGE}:v1@{fake_digest('v1')}")).exit_code == EXIT_OK
 
 
 def test_image_from_another_repository_is_refused(bed: Bed) -> None:
@@ -430,7 +430,7 @@ def test_revert_with_nothing_to_go_back_to(bed: Bed) -> None:
 
 
 def test_revert_to_another_apps_entry_is_refused(bed: Bed) -> None:
-    other = bed.ledger.record(L.NewEntry(app="api", repository=IMAGE, tag="v1", digest=digest_of("api")))
+    other = bed.ledger.record(L.NewEntry(app="api", repository=IMAGE, tag="v1", digest=fake_digest("api")))
     with pytest.raises(UserError, match="belongs to app api"):
         bed.orchestrator().revert(other)
 
@@ -472,7 +472,7 @@ def test_a_lost_lease_stops_before_the_next_write_and_leaves_the_entry_to_the_ne
     # so the new holder's recovery finds the entry unfinished and puts v1 back itself.
     assert entry.status == L.VERIFYING
     assert [e.id for e in bed.history()] == [first.id, entry.id]
-    assert bed.targets[0].stopped == 0 and bed.targets[0].applied() == [digest_of("v1"), digest_of("v2")]
+    assert bed.targets[0].stopped == 0 and bed.targets[0].applied() == [fake_digest("v1"), fake_digest("v2")]
     assert [held.holder for held in lock.read(bed.ledger, "web")] == ["ops@other"], "the new holder keeps its lock"
     recovered = bed.orchestrator().recover()
     assert recovered is not None and recovered.exit_code == EXIT_OK
@@ -487,7 +487,7 @@ def test_a_lost_lease_names_our_entry_even_after_the_new_holder_recorded_its_own
         take_over(bed.ledger)
         other = Ledger(bed.ledger.path)
         other.set_status(2, L.INTERRUPTED, error="interrupted: recovered by ops@other")
-        other.record(L.NewEntry(app="web", repository=IMAGE, tag="v1", digest=digest_of("v1"), kind=L.REVERT))
+        other.record(L.NewEntry(app="web", repository=IMAGE, tag="v1", digest=fake_digest("v1"), kind=L.REVERT))
         other.close()
         return scripted_verifier(watch, policy, progress)
 
@@ -534,7 +534,7 @@ def test_a_lease_lost_during_a_pause_between_batches_leaves_the_next_batch_alone
 def test_a_lease_lost_before_a_recovery_changes_nothing(bed: Bed) -> None:
     bed.healthy("v1")
     bed.publish("v2")
-    unfinished = bed.ledger.record(L.NewEntry(app="web", repository=IMAGE, tag="v2", digest=digest_of("v2")))
+    unfinished = bed.ledger.record(L.NewEntry(app="web", repository=IMAGE, tag="v2", digest=fake_digest("v2")))
     with pytest.raises(LeaseLost):
         with lock.held(bed.ledger, "web"):
             take_over(bed.ledger)
@@ -550,9 +550,9 @@ def test_a_recovery_whose_revert_cannot_start_is_a_failed_revert(bed: Bed, refus
     the app is not on a healthy release (exit 3, revert_failed), never "nothing changed" (5)."""
     good = bed.healthy("v1")
     bed.publish("v2")
-    unfinished = bed.ledger.record(L.NewEntry(app="web", repository=IMAGE, tag="v2", digest=digest_of("v2")))
+    unfinished = bed.ledger.record(L.NewEntry(app="web", repository=IMAGE, tag="v2", digest=fake_digest("v2")))
     target = bed.targets[0]
-    target.image, target.digest = image("v2"), digest_of("v2")  # the dead rollout had moved it
+    target.image, target.digest = image("v2"), fake_digest("v2")  # the dead rollout had moved it
     if isinstance(refusal, NotApplied):
         target.behaviours[good.digest] = Behaviour(apply_error=refusal)
     else:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Project
 from rollout.health import http_probe
 from rollout.notify import Channel, send
 from rollout.proxies import proxies_for
@@ -26,6 +25,7 @@ from rollout.registry import RegistryClient
 from support.bed import TLS_HOST, need
 from support.forward_proxy import ForwardProxy, start_forward_proxy
 from support.ports import free_port
+from support.project import Project
 from support.receiver import start_receiver
 from support.registry_server import RegistryProcess, push_random_image, start_registry
 from support.token_server import make_self_signed

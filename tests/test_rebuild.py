@@ -23,11 +23,13 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import REGISTRY, ROLLOUT, Project, http_get, write_config
 from rollout import lock
 from rollout.ledger import Ledger
 from rollout.reference import parse
 from rollout.registry import RegistryClient
+from support.cli import ROLLOUT
+from support.images import REGISTRY
+from support.project import Project, http_get, write_config
 from support.proxy import RegistryProxy, start_proxy
 
 BUSYBOX = f"{REGISTRY}/rollout-test/busybox:base"

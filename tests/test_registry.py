@@ -480,7 +480,7 @@ def test_other_refusals_of_head_are_still_errors(proxy: RegistryProxy) -> None:
 
 
 def test_deploy_from_a_registry_that_refuses_head(project, registry: str) -> None:  # type: ignore[no-untyped-def]
-    from conftest import write_config
+    from support.project import write_config
 
     good1 = RegistryClient().resolve(parse(f"{registry}/rollout-test/app:good1"))
     with start_proxy(registry) as front:

@@ -6,7 +6,8 @@ import base64
 import json
 from pathlib import Path
 
-from conftest import APP_IMAGE, Project, write_config
+from support.images import APP_IMAGE
+from support.project import Project, write_config
 from support.registry_server import start_registry
 
 USER = "deployer"

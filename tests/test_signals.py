@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from conftest import Project, write_config
-from test_crash_safety import finish, ledger_rows, rollout, wait_for_entry
+from support.cli import finish
+from support.project import Project, write_config
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -25,8 +25,8 @@ def test_a_signal_during_verify_reverts_and_exits_128_plus_signal(project: Proje
     good = project.history()[0]
     # good2 would pass, but only after a 5 s stable window: an unverified release is never kept.
     write_config(project, timeout=60, stable=5 if tag == "good2" else 1)
-    process = rollout(project, "deploy", f"web:{tag}")
-    assert wait_for_entry(project, process, good["id"], "deploy", "verifying"), process.communicate()
+    process = project.start("deploy", f"web:{tag}")
+    assert project.wait_for_entry(process, good["id"], "deploy", "verifying"), process.communicate()
     if tag == "good2":
         # Wait until the new release answers: the signal lands inside its stable window.
         while project.version() != "good2" and process.poll() is None:
@@ -46,4 +46,4 @@ def test_a_signal_during_verify_reverts_and_exits_128_plus_signal(project: Proje
         "revert", "healthy", good["id"], good["digest"])
     status = json.loads(project.run("status", "--json").stdout)
     assert status["current"]["id"] == revert["id"] and status["targets"][0]["in_sync"]
-    assert ledger_rows(project, "SELECT app FROM locks") == []
+    assert project.ledger_rows("SELECT app FROM locks") == []

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fakes import IMAGE, FakeTarget, RecordingReporter, FakeResolver, app_config, crashes, digest_of, scripted_verifier
 from rollout import ledger as L
 from rollout.errors import EXIT_OK, EXIT_REVERTED
 from rollout.ledger import Ledger
 from rollout.orchestrator import Orchestrator, Strategy, plan_batches
 from rollout.reference import parse
+from support.fakes import IMAGE, FakeTarget, RecordingReporter, FakeResolver, app_config, crashes, fake_digest, scripted_verifier
 
 NAMES = ("h1", "h2", "h3", "h4", "h5")
 
@@ -23,8 +23,8 @@ def orchestrator(tmp_path: Path, rollout: dict) -> tuple[Orchestrator, list[Fake
 
 
 def publish(resolver: FakeResolver, tag: str) -> str:
-    resolver.tags[tag] = digest_of(tag)
-    return digest_of(tag)
+    resolver.tags[tag] = fake_digest(tag)
+    return fake_digest(tag)
 
 
 def test_batches_follow_the_strategy() -> None:
@@ -46,8 +46,8 @@ def test_rolling_stops_at_the_first_failing_batch_and_reverts_only_moved_targets
     assert rows == {"h1": "healthy", "h2": "healthy", "h3": "healthy", "h4": "failed"}  # h5 never touched
     revert_rows = {row.target for row in ledger.targets(outcome.revert.id)}
     assert revert_rows == {"h1", "h2", "h3", "h4"}
-    assert all(t.digest == digest_of("v1") for t in targets)
-    assert [c for c in targets[4].calls if c[0] == "apply"] == [("apply", digest_of("v1"))]  # h5 only ever got v1
+    assert all(t.digest == fake_digest("v1") for t in targets)
+    assert [c for c in targets[4].calls if c[0] == "apply"] == [("apply", fake_digest("v1"))]  # h5 only ever got v1
 
 
 def test_parallel_moves_every_target_and_reverts_every_target(tmp_path: Path) -> None:
@@ -60,4 +60,4 @@ def test_parallel_moves_every_target_and_reverts_every_target(tmp_path: Path) ->
     assert outcome.exit_code == EXIT_REVERTED
     assert {row.target for row in ledger.targets(outcome.entry.id)} == set(NAMES)
     assert ledger.get(outcome.revert.id).status == L.HEALTHY
-    assert all(t.digest == digest_of("v1") for t in targets)
+    assert all(t.digest == fake_digest("v1") for t in targets)

@@ -18,10 +18,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import APP_IMAGE, Project, write_config
 from rollout.errors import InvalidReference, RegistryUnreachable
 from rollout.reference import checked_container_name, checked_digest, checked_image, checked_tag, parse
 from rollout.registry import RegistryClient
+from support.images import APP_IMAGE
+from support.project import Project, write_config
 from support.proxy import Fault, RegistryProxy, start_proxy
 from support.registry_server import RegistryProcess, push_random_image, start_registry
 

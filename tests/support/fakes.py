@@ -25,7 +25,7 @@ REPOSITORY = "shop/web"
 IMAGE = f"{REGISTRY}/{REPOSITORY}"
 
 
-def digest_of(label: str) -> str:
+def fake_digest(label: str) -> str:
     """A well-formed, distinct sha256 digest per label, so failures name something readable."""
     return "sha256:" + hashlib.sha256(label.encode()).hexdigest()
 
