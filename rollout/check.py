@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable
 from rollout.build import Inputs, Resolver, gather_inputs
 from rollout.config import AppConfig
 from rollout.errors import EXIT_CHANGED, EXIT_OK, EXIT_UNREACHABLE, RolloutError, TagNotFound, Unreachable, one_line
-from rollout.ledger import Entry, Ledger
+from rollout.ledger import Entry, LedgerBackend
 from rollout.rebuild import last_build_key
 from rollout.reference import Reference
 from rollout.targets import Target, TargetState, observe
@@ -52,7 +52,7 @@ class AppCheck:
                 "build": self.inputs.to_json() if self.inputs else None, "last_build_key": self.last_build_key}
 
 
-def check(apps: Iterable[AppConfig], *, config_path: Path | None, ledger: Ledger, registry: Resolver,
+def check(apps: Iterable[AppConfig], *, config_path: Path | None, ledger: LedgerBackend, registry: Resolver,
           open_target: Callable[[Any, AppConfig], Target]) -> list[AppCheck]:
     """For each app, compare what its targets run, its current tag and its build inputs with the ledger.
 
@@ -72,7 +72,7 @@ def check_exit_code(reports: list[AppCheck]) -> int:
     return EXIT_CHANGED if any(r.changed for r in reports) else EXIT_OK
 
 
-def _check_app(app: AppConfig, config_path: Path | None, ledger: Ledger, registry: Resolver,
+def _check_app(app: AppConfig, config_path: Path | None, ledger: LedgerBackend, registry: Resolver,
                open_target: Callable[[Any, AppConfig], Target]) -> AppCheck:
     report = AppCheck(app.name, current=ledger.current(app.name))
     current = report.current
@@ -96,7 +96,7 @@ def _check_app(app: AppConfig, config_path: Path | None, ledger: Ledger, registr
     return report
 
 
-def _check_inputs(app: AppConfig, config_path: Path | None, ledger: Ledger, registry: Resolver, report: AppCheck) -> None:
+def _check_inputs(app: AppConfig, config_path: Path | None, ledger: LedgerBackend, registry: Resolver, report: AppCheck) -> None:
     try:
         inputs = gather_inputs(app, config_path, registry)
     except Unreachable as exc:

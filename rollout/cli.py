@@ -1,26 +1,29 @@
-"""The `rollout` command: a thin layer over rollout.orchestrator, rollout.ledger and the targets.
+"""The `rollout` command: parses arguments, calls one function of rollout.operations, prints its result.
 
-Exit codes: 0 healthy; 1 failed and reverted to a healthy entry; 2 bad input or
-config, nothing changed; 3 failed and could not revert; 4 another rollout holds
-the app's lock; 5 registry or target unreachable before anything changed;
-10 (`check`, `rebuild --check`) something changed; 130/143 interrupted.
+Nothing else happens here: locking, recovery, the ledger, targets and notifications are the
+operations' (rollout/operations.py), so another front end gets the same behaviour. What is the
+CLI's own: reading -c/--config, human and --json output, installing the SIGINT/SIGTERM handlers
+the operations ask for, and turning errors into one line on stderr and an exit code.
+
+Exit codes (README, "Exit codes"): 0 healthy; 1 failed and reverted to a healthy entry; 2 bad
+input or config, nothing changed; 3 failed and could not revert; 4 another rollout holds the
+app's lock; 5 registry or target unreachable before anything changed; 10 (`check`,
+`rebuild --check`) something changed; 70 internal error; 130/143 interrupted.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 from contextlib import contextmanager
-from dataclasses import asdict
 from typing import Any, Iterator, Optional
 
 import typer
 
 from rollout import config as configuration
-from rollout.errors import (EXIT_INTERNAL, EXIT_UNREACHABLE, Interrupted, LeaseLost, LockHeld, RolloutError, UserError,
-                            one_line)
+from rollout import operations
+from rollout.errors import EXIT_INTERNAL, Interrupted, LeaseLost, RolloutError, one_line
 from rollout.output import Console, clip, table
 from rollout.reference import short_digest
 
@@ -29,55 +32,20 @@ app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_e
 lock_app = typer.Typer(no_args_is_help=True, help="Inspect or release app locks.")
 app.add_typer(lock_app, name="lock")
 
-_state: dict[str, Any] = {}
-
-APP_NAME = re.compile(r"^(?P<app>[A-Za-z0-9][A-Za-z0-9_-]*)(?P<rest>[:@].*)?$", re.DOTALL)
-
 
 @app.callback()
 def main_options(
+    ctx: typer.Context,
     config: Optional[str] = typer.Option(None, "-c", "--config", help="rollout.toml (default $ROLLOUT_CONFIG or ./rollout.toml)"),
 ) -> None:
-    _state["config"] = config
+    """Options for every command: which rollout.toml (kept in the click context for the command)."""
+    ctx.obj = config
 
 
-def _config(required: bool = True) -> configuration.Config:
-    cfg = configuration.load(_state.get("config"), required=required)
-    if cfg.registry.docker_config:
-        # One source of credentials for our registry client and for the engine's pulls (the SDK reads it).
-        os.environ["DOCKER_CONFIG"] = cfg.registry.docker_config
-    return cfg
-
-
-def _ledger(cfg: configuration.Config):  # type: ignore[no-untyped-def]
-    from rollout.ledger import Ledger
-
-    return Ledger(cfg.ledger_path)
-
-
-def _registry(cfg: configuration.Config):  # type: ignore[no-untyped-def]
-    from rollout.registry import RegistryClient
-
-    return RegistryClient(docker_config=cfg.registry.docker_config, insecure=cfg.registry.insecure,
-                          ca_bundle=cfg.registry.ca_bundle)
-
-
-def _orchestrator(cfg: configuration.Config, app_cfg: configuration.AppConfig, ledger: Any, console: Console):  # type: ignore[no-untyped-def]
-    from rollout.health import verify
-    from rollout.orchestrator import Orchestrator
-    from rollout.targets import open_target
-
-    targets = [open_target(t, app_cfg) for t in app_cfg.targets]
-    return Orchestrator(app_cfg, ledger, _registry(cfg), targets,
-                        lambda watch, policy, progress: verify(watch, policy, on_progress=progress), console,
-                        listener=_notifier(cfg, console))
-
-
-def _notifier(cfg: configuration.Config, console: Console):  # type: ignore[no-untyped-def]
-    """The [notify] webhooks as an orchestrator listener (None when none are configured)."""
-    from rollout import notify
-
-    return notify.notifier_for(cfg.notify, cfg.path, console.warn)
+def _config(ctx: typer.Context, required: bool = True) -> configuration.Config:
+    """The rollout.toml this invocation names (-c, else $ROLLOUT_CONFIG, else ./rollout.toml), loaded and checked.
+    Raises ConfigError (exit 2)."""
+    return configuration.load(ctx.obj, required=required)
 
 
 METRICS_FILE = typer.Option(None, "--metrics-file", metavar="PATH",
@@ -85,39 +53,9 @@ METRICS_FILE = typer.Option(None, "--metrics-file", metavar="PATH",
 PUSHGATEWAY = typer.Option(None, "--pushgateway", metavar="URL", help="After the run, push the metrics to this Pushgateway.")
 
 
-def _measured(command: str, run: Any, metrics_file: Optional[str], pushgateway: Optional[str], app_of: Any) -> Any:
-    """run, timed, with its metrics written to --metrics-file / pushed to --pushgateway whatever the outcome."""
-    from rollout import metrics
-
-    def subject() -> tuple[str, configuration.Config]:
-        cfg = _config()
-        return app_of(cfg), cfg
-
-    return metrics.measured(command, run, metrics_file=metrics_file, pushgateway=pushgateway, subject=subject)
-
-
-def parse_release(text: str, cfg: configuration.Config):  # type: ignore[no-untyped-def]
-    """APP:TAG, APP@DIGEST, APP:TAG@DIGEST, or a full registry/repo:tag of a configured app."""
-    from rollout.reference import parse
-
-    match = APP_NAME.match(text)
-    if match and match["app"] in cfg.apps:
-        app_cfg = cfg.apps[match["app"]]
-        if not match["rest"]:
-            raise UserError(f"give a tag or digest: rollout deploy {app_cfg.name}:TAG")
-        return app_cfg, parse(app_cfg.image + match["rest"])
-    ref = parse(text)
-    for app_cfg in cfg.apps.values():
-        if app_cfg.image == ref.name:
-            if "@" not in text and ":" not in text.rsplit("/", 1)[-1]:
-                raise UserError(f"give a tag or digest: rollout deploy {app_cfg.name}:TAG")
-            return app_cfg, ref
-    known = ", ".join(f"{a.name} ({a.image})" for a in cfg.apps.values()) or "none"
-    raise UserError(f"{text!r} names no configured app: configured apps are {known}")
-
-
 @app.command()
 def deploy(
+    ctx: typer.Context,
     release: str = typer.Argument(..., metavar="APP:TAG", help="APP:TAG, APP@DIGEST, APP:TAG@DIGEST or REGISTRY/REPO:TAG"),
     allow_retag: bool = typer.Option(False, "--allow-retag", help="Accept a tag that now resolves to another digest."),
     wait: float = typer.Option(0.0, "--wait", metavar="SECONDS", help="Wait this long for another rollout's lock."),
@@ -128,17 +66,18 @@ def deploy(
     """Deploy an exact digest to every target of the app, verify health, revert automatically on failure."""
 
     def run(console: Console) -> int:
-        cfg = _config()
-        app_cfg, ref = parse_release(release, cfg)
-        ledger = _ledger(cfg)
-        return _under_lock(cfg, app_cfg, ledger, console, wait,
-                           lambda orchestrator: orchestrator.deploy(ref, allow_retag=allow_retag, reason=reason))
+        outcome = operations.deploy(_config(ctx), release, reporter=console, allow_retag=allow_retag, wait=wait,
+                                    reason=reason, interrupts=_signals_interrupt,
+                                    metrics=operations.MetricsOptions(metrics_file, pushgateway))
+        console.result(outcome.message)
+        return outcome.exit_code
 
-    _run(_measured("deploy", run, metrics_file, pushgateway, lambda cfg: parse_release(release, cfg)[0].name))
+    _run(run)
 
 
 @app.command()
 def revert(
+    ctx: typer.Context,
     app_name: Optional[str] = typer.Argument(None, metavar="[APP]"),
     to: Optional[str] = typer.Option(None, "--to", metavar="'#ID'|TAG",
                                      help="Go back to entry '#ID' (or id:ID), or to the newest healthy entry with TAG"
@@ -151,24 +90,18 @@ def revert(
     """Go back to the previous healthy release (or --to a chosen one) and verify it."""
 
     def run(console: Console) -> int:
-        from rollout.entries import name_entry
+        outcome = operations.revert(_config(ctx), app_name, reporter=console, to=to, wait=wait, reason=reason,
+                                    interrupts=_signals_interrupt,
+                                    metrics=operations.MetricsOptions(metrics_file, pushgateway))
+        console.result(outcome.message)
+        return outcome.exit_code
 
-        cfg = _config()
-        app_cfg = cfg.app(app_name)
-        ledger = _ledger(cfg)
-        target_entry = None
-        if to is not None:
-            named = name_entry(ledger, app_cfg.name, to)
-            console.info(named.how)
-            target_entry = named.entry
-        return _under_lock(cfg, app_cfg, ledger, console, wait,
-                           lambda orchestrator: orchestrator.revert(target_entry, reason=reason))
-
-    _run(_measured("revert", run, metrics_file, pushgateway, lambda cfg: cfg.app(app_name).name))
+    _run(run)
 
 
 @app.command()
 def history(
+    ctx: typer.Context,
     app_name: Optional[str] = typer.Argument(None, metavar="[APP]"),
     n: int = typer.Option(20, "-n", min=1, help="How many entries, newest first."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -176,10 +109,7 @@ def history(
     """The ledger's entries, newest first."""
 
     def run(console: Console) -> int:
-        cfg = _config(required=False)
-        if app_name is not None and cfg.apps:
-            cfg.app(app_name)
-        entries = _ledger(cfg).history(app_name, n)
+        entries = operations.history(_config(ctx, required=False), app_name, n)
         if as_json:
             console.json([e.to_json() for e in entries])
             return 0
@@ -194,46 +124,39 @@ def history(
 
 @app.command()
 def status(
+    ctx: typer.Context,
     app_name: Optional[str] = typer.Argument(None, metavar="[APP]"),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """What the ledger says should run, what each target really runs, and whether they match."""
-    from rollout.targets import observe
 
     def run(console: Console) -> int:
-        cfg = _config()
-        apps = [cfg.app(app_name)] if app_name or len(cfg.apps) == 1 else list(cfg.apps.values())
-        ledger = _ledger(cfg)
-        reports, unreachable = [], False
-        for app_cfg in apps:
-            _recover_if_abandoned(cfg, app_cfg, ledger, console)
-            current = ledger.current(app_cfg.name)
-            targets = observe(app_cfg, current.digest if current else None)
-            unreachable = unreachable or any(t.error for t in targets)
-            reports.append({"app": app_cfg.name, "current": current.to_json() if current else None,
-                            "targets": [asdict(t) for t in targets]})
+        result = operations.status(_config(ctx), app_name, reporter=console, interrupts=_signals_interrupt)
+        for report in result.apps:
+            if report.recovery is not None:
+                console.result(report.recovery.message)
         if as_json:
-            console.json(reports[0] if len(reports) == 1 else reports)
-        else:
-            for report in reports:
-                current = report["current"]
-                head = (f"{report['app']}: #{current['id']} {current['tag'] or '-'} {current['digest']}"
-                        if current else f"{report['app']}: no healthy entry yet")
-                rows = [[t["name"], short_digest(t["digest"]) if t["digest"] else "-",
-                         "in sync" if t["in_sync"] else ("UNREACHABLE" if t["error"]
-                                                         else "DRIFT" if t["running"] else "STOPPED"),
-                         t.get("error") or t["image"] or "no container"] for t in report["targets"]]
-                console.out(head + "\n" + table(["TARGET", "DIGEST", "STATE", "IMAGE"], rows))
-                for t in report["targets"]:
-                    if t.get("warning"):
-                        console.warn(t["warning"])
-        return EXIT_UNREACHABLE if unreachable else 0
+            console.json(result.to_json())
+            return result.exit_code
+        for report in result.apps:
+            current = report.current
+            head = (f"{report.app}: #{current.id} {current.tag or '-'} {current.digest}"
+                    if current else f"{report.app}: no healthy entry yet")
+            rows = [[t.name, short_digest(t.digest) if t.digest else "-",
+                     "in sync" if t.in_sync else ("UNREACHABLE" if t.error else "DRIFT" if t.running else "STOPPED"),
+                     t.error or t.image or "no container"] for t in report.targets]
+            console.out(head + "\n" + table(["TARGET", "DIGEST", "STATE", "IMAGE"], rows))
+            for t in report.targets:
+                if t.warning:
+                    console.warn(t.warning)
+        return result.exit_code
 
     _run(run)
 
 
 @app.command()
 def rebuild(
+    ctx: typer.Context,
     app_name: Optional[str] = typer.Argument(None, metavar="[APP]"),
     check_only: bool = typer.Option(False, "--check", help="Only report: exit 0 up to date, 10 a rebuild is due."),
     no_deploy: bool = typer.Option(False, "--no-deploy", help="Build and push only."),
@@ -244,40 +167,23 @@ def rebuild(
     pushgateway: Optional[str] = PUSHGATEWAY,
 ) -> None:
     """Rebuild, push and deploy the app's image when a base image or the build context changed."""
-    from rollout import rebuild as rebuilding
 
     def run(console: Console) -> int:
-        cfg = _config()
-        app_cfg = cfg.app(app_name)
-        ledger = _ledger(cfg)
-        with _signals_interrupt():
-            result = rebuilding.rebuild(
-                app_cfg, config_path=cfg.path, ledger=ledger, registry=_registry(cfg),
-                orchestrator=lambda: _orchestrator(cfg, app_cfg, ledger, console), engine=rebuilding.local_engine,
-                reporter=console, force=force, no_deploy=no_deploy, check_only=check_only, wait=wait)
-        _notify_rebuild(cfg, app_cfg, result, console, check_only)
+        result = operations.rebuild(_config(ctx), app_name, reporter=console, check_only=check_only,
+                                    no_deploy=no_deploy, force=force, wait=wait, interrupts=_signals_interrupt,
+                                    metrics=operations.MetricsOptions(metrics_file, pushgateway))
         if as_json:
             console.json(result.to_json())
         else:
             console.result(result.message)
         return result.exit_code
 
-    _run(_measured("rebuild", run, metrics_file, pushgateway, lambda cfg: cfg.app(app_name).name))
-
-
-def _notify_rebuild(cfg: configuration.Config, app_cfg: configuration.AppConfig, result: Any, console: Console,
-                    check_only: bool) -> None:
-    """rebuild_skipped / rebuild_built: the rebuild outcomes the orchestrator never sees."""
-    from rollout import notify
-
-    notifier = _notifier(cfg, console)
-    event = None if check_only or notifier is None else notify.rebuild_event(result, app_cfg.image)
-    if event is not None:
-        notifier(*event)
+    _run(run)
 
 
 @app.command()
 def init(
+    ctx: typer.Context,
     from_container: Optional[str] = typer.Option(None, "--from-container", metavar="NAME",
                                                  help="Fill a docker target from this running container."),
     host: Optional[str] = typer.Option(None, "--host", help="Docker host of --from-container (DOCKER_HOST syntax)."),
@@ -292,24 +198,16 @@ def init(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
 ) -> None:
     """Write a commented rollout.toml (at -c or ./rollout.toml), filled from a running container or Deployment."""
-    from rollout import scaffold
 
     def run(console: Console) -> int:
-        path = configuration.config_path(_state.get("config"))
-        if from_container and from_deployment:
-            raise UserError("give --from-container or --from-deployment, not both")
-        if path.exists() and not force:
-            raise UserError(f"{path} already exists: pass --force to overwrite it")
-        if from_container:
-            draft = scaffold.from_container(from_container, host, app_name, image)
-        elif from_deployment:
-            draft = scaffold.from_deployment(from_deployment, namespace, kubeconfig, context, container, app_name, image)
-        else:
-            draft = scaffold.blank(app_name, image)
-        scaffold.write(path, scaffold.render(draft), force=force)
+        written = operations.init(configuration.config_path(ctx.obj), from_container=from_container,
+                                  host=host, from_deployment=from_deployment, namespace=namespace,
+                                  kubeconfig=kubeconfig, context=context, container=container, app_name=app_name,
+                                  image=image, force=force)
+        draft = written.draft
         for note in draft.notes:
             console.info(f"note: {note}")
-        console.result(f"wrote {path}: app {draft.app} ({draft.image}), target {draft.target['name']};"
+        console.result(f"wrote {written.path}: app {draft.app} ({draft.image}), target {draft.target['name']};"
                        f" next: rollout deploy {draft.app}:TAG")
         return 0
 
@@ -318,21 +216,17 @@ def init(
 
 @app.command()
 def check(
+    ctx: typer.Context,
     app_names: Optional[list[str]] = typer.Argument(None, metavar="[APP...]"),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Report drift, re-pushed tags and changed build inputs; never builds. Exit 0 unchanged, 10 changed, 5 unreachable."""
-    from rollout import rebuild as rebuilding
-    from rollout.targets import open_target
 
     def run(console: Console) -> int:
-        cfg = _config()
-        apps = [cfg.app(name) for name in app_names] if app_names else list(cfg.apps.values())
-        reports = rebuilding.check(apps, config_path=cfg.path, ledger=_ledger(cfg), registry=_registry(cfg),
-                                   open_target=open_target)
+        result = operations.check(_config(ctx), app_names)
         if as_json:
-            console.json([r.to_json() for r in reports])
-        for report in reports:
+            console.json(result.to_json())
+        for report in result.apps:
             if not as_json:
                 state = "CHANGED" if report.changed else ("UNREACHABLE" if report.errors else "unchanged")
                 console.out(f"{report.app}: {state}")
@@ -340,26 +234,23 @@ def check(
                     console.out(f"{report.app}:   {line}")
             for line in report.errors:
                 console.warn(f"{report.app}: cannot check: {line}")
-        return rebuilding.check_exit_code(reports)
+        return result.exit_code
 
     _run(run)
 
 
 @lock_app.command("status")
-def lock_status(app_name: Optional[str] = typer.Argument(None, metavar="[APP]"),
+def lock_status(ctx: typer.Context, app_name: Optional[str] = typer.Argument(None, metavar="[APP]"),
                 as_json: bool = typer.Option(False, "--json")) -> None:
     """Who holds which app's lock."""
-    import time
-
-    from rollout import lock
 
     def run(console: Console) -> int:
-        leases = lock.read(_ledger(_config(required=False)), app_name)
-        now = time.time()
+        states = operations.lock_status(_config(ctx, required=False), app_name)
         if as_json:
-            console.json([{**l.__dict__, "stale": l.is_stale(now)} for l in leases])
+            console.json([s.to_json() for s in states])
         else:
-            rows = [[l.app, l.holder, str(l.pid), l.acquired_at[:19], "stale" if l.is_stale(now) else "held"] for l in leases]
+            rows = [[s.lease.app, s.lease.holder, str(s.lease.pid), s.lease.acquired_at[:19],
+                     "stale" if s.stale else "held"] for s in states]
             console.out(table(["APP", "HOLDER", "PID", "SINCE (UTC)", "STATE"], rows) if rows else "no locks held")
         return 0
 
@@ -367,12 +258,11 @@ def lock_status(app_name: Optional[str] = typer.Argument(None, metavar="[APP]"),
 
 
 @lock_app.command("release")
-def lock_release(app_name: str = typer.Argument(..., metavar="APP")) -> None:
+def lock_release(ctx: typer.Context, app_name: str = typer.Argument(..., metavar="APP")) -> None:
     """Release an app's lock by hand (when its holder is gone)."""
-    from rollout import lock
 
     def run(console: Console) -> int:
-        lease = lock.force_release(_ledger(_config(required=False)), app_name)
+        lease = operations.lock_release(_config(ctx, required=False), app_name)
         console.result(f"released {app_name} (held by {lease.describe()})" if lease else f"{app_name} was not locked")
         return 0
 
@@ -381,8 +271,7 @@ def lock_release(app_name: str = typer.Argument(..., metavar="APP")) -> None:
 
 @contextmanager
 def _signals_interrupt() -> Iterator[None]:
-    """SIGINT/SIGTERM raise Interrupted, so the orchestrator can put the last healthy release back."""
-    from rollout.errors import Interrupted
+    """SIGINT/SIGTERM raise Interrupted while an operation asks for it, so it can put the last healthy release back."""
 
     def interrupt(signum: int, _frame: Any) -> None:
         raise Interrupted(signum)
@@ -393,51 +282,6 @@ def _signals_interrupt() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _under_lock(cfg: configuration.Config, app_cfg: configuration.AppConfig, ledger: Any, console: Console,
-                wait: float, action: Any) -> int:
-    """Hold the app's lock, finish any interrupted rollout, then run action(orchestrator)."""
-    from rollout import lock
-
-    with lock.held(ledger, app_cfg.name, wait), _signals_interrupt():
-        orchestrator = _orchestrator(cfg, app_cfg, ledger, console)
-        recovered = _recover(orchestrator, console)
-        if recovered is not None:
-            return recovered
-        outcome = action(orchestrator)
-    console.result(outcome.message)
-    return outcome.exit_code
-
-
-def _recover(orchestrator: Any, console: Console) -> int | None:
-    """Finish an interrupted rollout first; None when there was nothing to do or it went well."""
-    outcome = orchestrator.recover()
-    if outcome is None or outcome.exit_code == 0:
-        if outcome is not None:
-            console.info(outcome.message)
-        return None
-    console.result(outcome.message)
-    return outcome.exit_code
-
-
-def _recover_if_abandoned(cfg: configuration.Config, app_cfg: configuration.AppConfig, ledger: Any,
-                          console: Console) -> None:
-    """`status` finishes an interrupted rollout too, unless a live rollout holds the app."""
-    from rollout import lock
-
-    if not ledger.unfinished(app_cfg.name):
-        return
-    try:
-        # lock.held, not a bare lease: a recovery's verify can outlast one lease period.
-        with lock.held(ledger, app_cfg.name, 0), _signals_interrupt():
-            _recover(_orchestrator(cfg, app_cfg, ledger, console), console)
-    except LockHeld:
-        return  # a rollout is running right now: its entry is not abandoned
-    except LeaseLost as lost:
-        console.warn(f"{app_cfg.name}: interrupted rollout not recovered: {lost}")
-    except RolloutError as exc:
-        console.warn(f"{app_cfg.name}: interrupted rollout not recovered yet: {exc}")
 
 
 def _run(command: Any) -> None:
@@ -472,6 +316,11 @@ _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "C
 
 
 def main() -> None:
+    """The `rollout` console script: runs one command and exits with its code (module docstring).
+
+    A usage error (unknown command or option, a value out of range) is one line on stderr, exit 2;
+    a bare `rollout` prints the help.
+    """
     try:
         code = _run_command()
     except _ClickException as exc:
@@ -493,13 +342,11 @@ def _run_command() -> Any:
     try:
         return app(prog_name="rollout", standalone_mode=False)
     finally:
-        notifying = sys.modules.get("rollout.notify")
-        if notifying is not None:  # only a command that had something to send imported it
-            try:
-                notifying.drain()
-            except KeyboardInterrupt:  # the rollout itself is over: Ctrl-C only gives up on sending
-                Console().error("interrupted while sending notifications: some were not sent")
-                sys.exit(130)
+        try:
+            operations.drain_notifications()
+        except operations.NotificationsInterrupted as stop:
+            Console().error(str(stop))
+            sys.exit(stop.exit_code)
 
 
 if __name__ == "__main__":

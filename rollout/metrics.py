@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from rollout.errors import EXIT_INTERNAL, Interrupted, LeaseLost, RolloutError, one_line
+from rollout.errors import EXIT_INTERNAL, one_line
 
 if TYPE_CHECKING:
     from rollout.ledger import LedgerBackend
@@ -194,57 +194,25 @@ def redact(url: str) -> str:
     return redact_url(url)
 
 
-# -- the CLI wrapper ------------------------------------------------------------------
+# -- after a command -----------------------------------------------------------------
 
 
-def measured(command: str, run: Callable[[Any], int], *, metrics_file: str | None, pushgateway: str | None,
-             subject: Callable[[], tuple[str, Any]]) -> Callable[[Any], int]:
-    """Wrap a CLI command body: time it, then write/push its metrics, whatever its outcome.
+def record(run: Run, *, ledger_path: str | os.PathLike[str], apps: Iterable[str], metrics_file: str | None,
+           pushgateway: str | None, warn: Warn) -> None:
+    """Write `run`'s metrics to metrics_file and/or push them to pushgateway, with the ledger's
+    series for `apps` (their names); rollout.operations calls it after deploy, revert and rebuild.
 
-    `subject()` returns (app name, rollout.config.Config); it is called after the
-    command, so a command that failed before naming an app (bad config) writes nothing.
+    Never raises: metrics are reported, not part of the outcome; each failure is one warning
+    through `warn` (a Pushgateway URL shown without its credentials).
     """
-    if not metrics_file and not pushgateway:
-        return run
-
-    def wrapped(console: Any) -> int:
-        started = time.monotonic()
-        code = EXIT_INTERNAL
-        try:
-            code = run(console)
-            return code
-        except RolloutError as exc:
-            code = exc.exit_code
-            raise
-        except (Interrupted, LeaseLost) as stop:
-            code = stop.exit_code
-            raise
-        except KeyboardInterrupt:
-            code = 130
-            raise
-        finally:
-            _record(command, code, time.monotonic() - started, metrics_file, pushgateway, subject, console.warn)
-
-    return wrapped
-
-
-def _record(command: str, code: int, duration: float, metrics_file: str | None, pushgateway: str | None,
-            subject: Callable[[], tuple[str, Any]], warn: Warn) -> None:
-    """Never raises: metrics are reported, not part of the outcome."""
-    try:
-        app, cfg = subject()
-    except Exception:  # noqa: BLE001 - no app or no config: the error itself was already reported
-        return
     from rollout.ledger import open_ledger
 
-    run = Run(command=command, app=app, ended_at=time.time(), duration=duration, exit_code=code)
     try:
-        ledger = open_ledger(cfg.ledger_path)
+        ledger = open_ledger(ledger_path)
     except Exception as exc:  # noqa: BLE001
         warn(f"warning: metrics not written: cannot open the ledger ({one_line(exc)})")
         return
     try:
-        apps = list(cfg.apps) or [app]
         if metrics_file:
             try:
                 write_textfile(metrics_file, run, ledger, apps)

@@ -25,7 +25,6 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from tenacity import Retrying, retry_if_result, stop_after_attempt, wait_chain, wait_fixed
@@ -305,14 +304,11 @@ class Notifier:
         return self.dispatcher.drain(deadline_seconds)
 
 
-def notifier_for(settings: NotifySettings, path: Path | None, warn: Warn) -> Notifier | None:
+def notifier_for(settings: NotifySettings, warn: Warn) -> Notifier | None:
     """The Notifier for a config's checked `[notify]` settings, or None when no URL is configured.
 
     Raises ConfigError (exit 2, naming the file and key, never the URL's secret) when a URL
     uses a `${NAME}` that is unset: only commands that notify call this.
-
-    `path` is not used any more ([notify] is checked when rollout.toml is loaded); it stays
-    until the CLI stops passing it.
     """
     for channel in settings.channels:
         if channel.unset:

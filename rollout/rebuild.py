@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
 from rollout import ledger as L
-from rollout import lock
 from rollout.build import Inputs, Resolver, gather_inputs, git_commit
 from rollout.build_context import PINNED_DOCKERFILE, build_context_tar
 from rollout.config import AppConfig
@@ -168,45 +167,43 @@ class RebuildResult:
 
 def rebuild(app: AppConfig, *, config_path: Path | None, ledger: Ledger, registry: Resolver,
             orchestrator: Callable[[], Orchestrator], engine: Callable[[], Any], reporter: Reporter,
-            force: bool = False, no_deploy: bool = False, check_only: bool = False, wait: float = 0.0) -> RebuildResult:
+            force: bool = False, no_deploy: bool = False) -> RebuildResult:
     """Build, push and deploy app's image when its inputs changed; otherwise change nothing.
 
-    The app's lock is held for the whole run (inputs, build, push, deploy), so two
-    overlapping runs never build twice: the second waits up to `wait` seconds, then
-    exits 4, or, having waited, finds the first one's build up to date.
+    Call it holding the app's lock for the whole run (inputs, build, push, deploy), with any
+    unfinished rollout recovered first, as rollout.operations.rebuild does: so two overlapping
+    runs never build twice (the second waits for the lock, then finds the first one's build
+    up to date).
     """
-    if check_only:
-        return _plan(app, config_path, ledger, registry, force=force, no_deploy=no_deploy)[0]
-    with lock.held(ledger, app.name, wait):
-        if ledger.unfinished(app.name):
-            # A rollout that died left an entry half done: put the app back on its healthy release first.
-            recovered = orchestrator().recover()
-            if recovered is not None and recovered.exit_code != EXIT_OK:
-                return RebuildResult(app.name, recovered.exit_code, "failed", recovered.message,
-                                     entry=recovered.entry)
-        result, inputs, decision = _plan(app, config_path, ledger, registry, force=force, no_deploy=no_deploy)
-        if decision.action in (UP_TO_DATE, FAILED_BEFORE):
-            return result
-        if decision.action == DEPLOY_EXISTING:
-            tag, digest = _existing(decision)
-            reporter.info(f"{app.name}: {decision.why}: deploying it")
-            return _deploy(app, orchestrator(), inputs, tag, digest, f"rebuild: {decision.why}")
-        tag = _new_tag(app, inputs, ledger)
-        digest = _earlier_push_of_this_build(engine, app, inputs, tag, registry)
-        if digest is not None:
-            reporter.info(f"{app.name}: {app.image}:{tag} is this build, pushed by a run that stopped before"
-                          " recording it: recording it now")
-        else:
-            reporter.info(f"{app.name}: {decision.why}: building {app.image}:{tag} ({inputs.describe()})")
-            digest = build_and_push(engine(), app, inputs, tag, reporter)
-            kill_point("docker:pushed")
-        record_push(ledger, PushedBuild(app.name, app.image, tag, digest, inputs.build_key, inputs.base_digests,
-                                        at=L.now_iso(), deploy=not no_deploy))
-        reporter.info(f"{app.name}: pushed {app.image}:{tag} as {digest}")
-        if no_deploy:
-            return RebuildResult(app.name, EXIT_OK, "built", f"built and pushed {app.image}:{tag} ({digest}), not deployed:"
-                                 f" `rollout deploy {app.name}:{tag}` deploys it", inputs, tag, digest)
+    result, inputs, decision = _plan(app, config_path, ledger, registry, force=force, no_deploy=no_deploy)
+    if decision.action in (UP_TO_DATE, FAILED_BEFORE):
+        return result
+    if decision.action == DEPLOY_EXISTING:
+        tag, digest = _existing(decision)
+        reporter.info(f"{app.name}: {decision.why}: deploying it")
         return _deploy(app, orchestrator(), inputs, tag, digest, f"rebuild: {decision.why}")
+    tag = _new_tag(app, inputs, ledger)
+    digest = _earlier_push_of_this_build(engine, app, inputs, tag, registry)
+    if digest is not None:
+        reporter.info(f"{app.name}: {app.image}:{tag} is this build, pushed by a run that stopped before"
+                      " recording it: recording it now")
+    else:
+        reporter.info(f"{app.name}: {decision.why}: building {app.image}:{tag} ({inputs.describe()})")
+        digest = build_and_push(engine(), app, inputs, tag, reporter)
+        kill_point("docker:pushed")
+    record_push(ledger, PushedBuild(app.name, app.image, tag, digest, inputs.build_key, inputs.base_digests,
+                                    at=L.now_iso(), deploy=not no_deploy))
+    reporter.info(f"{app.name}: pushed {app.image}:{tag} as {digest}")
+    if no_deploy:
+        return RebuildResult(app.name, EXIT_OK, "built", f"built and pushed {app.image}:{tag} ({digest}), not deployed:"
+                             f" `rollout deploy {app.name}:{tag}` deploys it", inputs, tag, digest)
+    return _deploy(app, orchestrator(), inputs, tag, digest, f"rebuild: {decision.why}")
+
+
+def plan(app: AppConfig, *, config_path: Path | None, ledger: Ledger, registry: Resolver, force: bool = False,
+         no_deploy: bool = False) -> RebuildResult:
+    """`rebuild --check`: whether a rebuild is due (exit_code 10) or not (0), changing nothing; no lock needed."""
+    return _plan(app, config_path, ledger, registry, force=force, no_deploy=no_deploy)[0]
 
 
 def _plan(app: AppConfig, config_path: Path | None, ledger: Ledger, registry: Resolver, *,
@@ -375,13 +372,3 @@ def _follow_push(stream: Iterable[dict[str, Any]], image: str) -> str:
         raise RegistryUnreachable(f"pushing {image} finished without the registry naming a digest")
     # The engine relays the registry's answer: checked before it is recorded in the immutable ledger.
     return checked_digest(digest, f"pushing {image}: the engine reported", RegistryUnreachable)
-
-
-def __getattr__(name: str) -> Any:
-    """`check` moved to rollout.check; rollout.rebuild.check (and check_exit_code, AppCheck) still
-    find it until every caller imports it from there. Looked up lazily: rollout.check imports this module."""
-    if name in ("check", "check_exit_code", "AppCheck"):
-        from rollout import check as checking
-
-        return getattr(checking, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,566 @@
+"""The use cases behind the `rollout` commands, for every front end: the CLI, a scheduler, a webhook receiver, a test.
+
+One function per command: deploy, revert, status, history, check, rebuild, init, lock_status,
+lock_release. Each takes a loaded rollout.config.Config (init: the path to write) and plain
+arguments, tells a Reporter its progress (rollout.output.Console is one), and returns a result
+object. Failures are raised as rollout.errors exceptions, each carrying its exit code (README,
+"Exit codes"): RolloutError subclasses (2 bad input, 4 lock held, 5 unreachable before anything
+changed), and the BaseExceptions Interrupted (128 + signal) and LeaseLost (4). Printing and
+exiting are the front end's job; nothing here writes to stdout.
+
+What keeps an app safe lives here, so that every front end gets it:
+- the app's lock (rollout.lock.held) around everything that may record an entry or change a
+  target: deploy, revert, rebuild, and the recovery that status may run;
+- recovery: an entry an earlier rollout left unfinished (killed, interrupted) is finished first,
+  its targets put back on the newest healthy release (Orchestrator.recover);
+- interruption: the front end passes `interrupts`, a factory of a context manager inside which
+  SIGINT/SIGTERM raise rollout.errors.Interrupted in the calling thread (the CLI installs signal
+  handlers; a worker thread cannot, and passes nothing). It is entered where the orchestrator can
+  answer an interruption by putting the last healthy release back: once the lock is held for
+  deploy, revert and status, around the whole run for rebuild;
+- notifications: the [notify] listener is created here, and drain_notifications() sends what is
+  still queued; call it once before the process exits (the sends run in a background thread);
+- metrics: deploy, revert and rebuild write --metrics-file / push to --pushgateway (MetricsOptions)
+  whatever their outcome.
+
+Several operations may run in one process one after another. The Docker SDK reads the engine's
+registry credentials from $DOCKER_CONFIG only, so an operation on a config with
+`[registry] docker_config` sets it while it runs (see _docker_config): operations on configs
+with different docker_config values must not run at the same time in one process.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Optional, TypeVar
+
+from rollout.errors import EXIT_INTERNAL, EXIT_OK, EXIT_UNREACHABLE, Interrupted, LeaseLost, LockHeld, RolloutError, \
+    UserError
+
+if TYPE_CHECKING:
+    from rollout.check import AppCheck
+    from rollout.config import AppConfig, Config
+    from rollout.ledger import Entry, Lease, LedgerBackend
+    from rollout.orchestrator import Orchestrator, Outcome, Reporter
+    from rollout.rebuild import RebuildResult
+    from rollout.reference import Reference
+    from rollout.scaffold import Draft
+    from rollout.targets import TargetState
+
+__all__ = [
+    "AppStatus", "CheckResult", "Initialised", "Interruptions", "LockState", "MetricsOptions",
+    "NotificationsInterrupted", "Status", "check", "deploy", "drain_notifications", "exit_code_of", "history",
+    "init", "lock_release", "lock_status", "no_interruptions", "parse_release", "rebuild", "revert", "status",
+]
+
+Interruptions = Callable[[], ContextManager[object]]
+T = TypeVar("T")
+
+APP_NAME = re.compile(r"^(?P<app>[A-Za-z0-9][A-Za-z0-9_-]*)(?P<rest>[:@].*)?$", re.DOTALL)
+EXIT_KEYBOARD_INTERRUPT = 130  # 128 + SIGINT, as a shell reports a process ended by Ctrl-C
+
+
+def no_interruptions() -> ContextManager[object]:
+    """The default `interrupts`: signals are left as they are (a front end that installs no handlers)."""
+    return nullcontext()
+
+
+class NotificationsInterrupted(RolloutError):
+    """Ctrl-C while queued notifications were being sent: the rollout was over, some were not sent. Exit 130."""
+
+    exit_code = EXIT_KEYBOARD_INTERRUPT
+
+
+@dataclass(frozen=True)
+class MetricsOptions:
+    """Where deploy/revert/rebuild report their run: a Prometheus textfile (path) and/or a Pushgateway (URL).
+
+    Written after the operation whatever its outcome (rollout.metrics); a failure to write is one
+    warning through the reporter, never an error of the operation.
+    """
+
+    file: Optional[str] = None
+    pushgateway: Optional[str] = None
+
+    @property
+    def wanted(self) -> bool:
+        return bool(self.file or self.pushgateway)
+
+
+# -- deploy, revert, rebuild: under the app's lock ----------------------------------------
+
+
+def parse_release(text: str, cfg: "Config") -> tuple["AppConfig", "Reference"]:
+    """The app and image reference `text` names: APP:TAG, APP@DIGEST, APP:TAG@DIGEST, or a full
+    REGISTRY/REPO:TAG of a configured app's repository.
+
+    Raises UserError (exit 2) when no tag or digest is given or no configured app matches, and
+    InvalidReference (exit 2) for text that is no image reference (Docker's reference grammar).
+    """
+    from rollout.reference import parse
+
+    match = APP_NAME.match(text)
+    if match and match["app"] in cfg.apps:
+        app_cfg = cfg.apps[match["app"]]
+        if not match["rest"]:
+            raise UserError(f"give a tag or digest: rollout deploy {app_cfg.name}:TAG")
+        return app_cfg, parse(app_cfg.image + match["rest"])
+    ref = parse(text)
+    for app_cfg in cfg.apps.values():
+        if app_cfg.image == ref.name:
+            if "@" not in text and ":" not in text.rsplit("/", 1)[-1]:
+                raise UserError(f"give a tag or digest: rollout deploy {app_cfg.name}:TAG")
+            return app_cfg, ref
+    known = ", ".join(f"{a.name} ({a.image})" for a in cfg.apps.values()) or "none"
+    raise UserError(f"{text!r} names no configured app: configured apps are {known}")
+
+
+def deploy(cfg: "Config", release: str, *, reporter: "Reporter", allow_retag: bool = False, wait: float = 0.0,
+           reason: Optional[str] = None, interrupts: Interruptions = no_interruptions,
+           metrics: Optional[MetricsOptions] = None) -> "Outcome":
+    """Deploy `release` (parse_release's forms) to every target of its app, verify, revert on failure.
+
+    Holds the app's lock, waiting up to `wait` seconds for it, and first finishes a rollout an
+    earlier run left unfinished. Returns the Outcome: exit_code 0 healthy, 1 failed and reverted,
+    3 failed and not reverted (also a recovery that failed: then nothing new was deployed), with
+    the entry, its revert entry if any, and a one-line message. Raises UserError / RetagRefused /
+    InvalidReference (2), LockHeld / LedgerBusy / LeaseLost (4), Unreachable / NotApplied (5 or
+    2), Interrupted (130/143, after putting the last healthy release back).
+    """
+    app, ref = parse_release(release, cfg)
+
+    def run() -> "Outcome":
+        with _docker_config(cfg), _ledger(cfg) as ledger:
+            return _under_lock(cfg, app, ledger, reporter, wait, interrupts,
+                               lambda orchestrator: orchestrator.deploy(ref, allow_retag=allow_retag, reason=reason))
+
+    return _measured("deploy", app, cfg, metrics, reporter, run)
+
+
+def revert(cfg: "Config", app_name: Optional[str] = None, *, reporter: "Reporter", to: Optional[str] = None,
+           wait: float = 0.0, reason: Optional[str] = None, interrupts: Interruptions = no_interruptions,
+           metrics: Optional[MetricsOptions] = None) -> "Outcome":
+    """Put app `app_name` (None: the only app) back on an earlier healthy entry and verify it.
+
+    `to` names that entry as rollout.entries reads it ('#ID', id:ID, TAG, tag:TAG; which entry it
+    took is reported); None: the healthy entry before the current one with another digest. Lock,
+    recovery, Outcome and errors as deploy; UserError (2) when there is nothing to revert to.
+    """
+    app = cfg.app(app_name)
+
+    def run() -> "Outcome":
+        from rollout.entries import name_entry
+
+        with _docker_config(cfg), _ledger(cfg) as ledger:
+            target_entry = None
+            if to is not None:
+                named = name_entry(ledger, app.name, to)
+                reporter.info(named.how)
+                target_entry = named.entry
+            return _under_lock(cfg, app, ledger, reporter, wait, interrupts,
+                               lambda orchestrator: orchestrator.revert(target_entry, reason=reason))
+
+    return _measured("revert", app, cfg, metrics, reporter, run)
+
+
+def rebuild(cfg: "Config", app_name: Optional[str] = None, *, reporter: "Reporter", check_only: bool = False,
+            no_deploy: bool = False, force: bool = False, wait: float = 0.0,
+            interrupts: Interruptions = no_interruptions, metrics: Optional[MetricsOptions] = None) -> "RebuildResult":
+    """Rebuild, push and deploy the app's image when a base image or its build context changed (rollout.rebuild).
+
+    `check_only`: only say whether a rebuild is due (exit_code 10), without the lock; `no_deploy`:
+    build and push only; `force`: build even when the inputs are unchanged or failed before.
+    Otherwise holds the app's lock for the whole run (inputs, build, push, deploy), waiting up to
+    `wait` seconds, and first finishes a rollout an earlier run left unfinished (a failed
+    recovery is the result, action "failed"). Sends the rebuild_skipped / rebuild_built
+    notifications the orchestrator never sees. Returns the RebuildResult (its exit_code as
+    deploy's, or 10); raises as deploy, plus ConfigError (2) for a missing build context.
+    """
+    app = cfg.app(app_name)
+    return _measured("rebuild", app, cfg, metrics, reporter,
+                     lambda: _rebuild(cfg, app, reporter, check_only, no_deploy, force, wait, interrupts))
+
+
+def _rebuild(cfg: "Config", app: "AppConfig", reporter: "Reporter", check_only: bool, no_deploy: bool, force: bool,
+             wait: float, interrupts: Interruptions) -> "RebuildResult":
+    from rollout import lock
+    from rollout import rebuild as rebuilding
+
+    with _docker_config(cfg), _ledger(cfg) as ledger:
+        registry = _registry(cfg)
+        with interrupts():
+            if check_only:
+                result = rebuilding.plan(app, config_path=cfg.path, ledger=ledger, registry=registry,
+                                         force=force, no_deploy=no_deploy)
+            else:
+                with lock.held(ledger, app.name, wait):
+                    orchestrator = functools.cache(lambda: _orchestrator(cfg, app, ledger, reporter))
+                    recovered = _recover_first(ledger, app, orchestrator, reporter)
+                    if recovered is not None:
+                        result = rebuilding.RebuildResult(app.name, recovered.exit_code, "failed", recovered.message,
+                                                          entry=recovered.entry)
+                    else:
+                        result = rebuilding.rebuild(
+                            app, config_path=cfg.path, ledger=ledger, registry=registry, orchestrator=orchestrator,
+                            engine=rebuilding.local_engine, reporter=reporter, force=force, no_deploy=no_deploy)
+    _notify_rebuild(cfg, app, result, reporter, check_only)
+    return result
+
+
+def _notify_rebuild(cfg: "Config", app: "AppConfig", result: "RebuildResult", reporter: "Reporter",
+                    check_only: bool) -> None:
+    """rebuild_skipped / rebuild_built: the rebuild outcomes the orchestrator never sees."""
+    from rollout import notify
+
+    # Created even for --check, whose result is never sent: an unset ${NAME} in a [notify] URL
+    # stops every command that notifies, `rebuild --check` included, as before.
+    notifier = _notifier(cfg, reporter)
+    event = None if check_only or notifier is None else notify.rebuild_event(result, app.image)
+    if event is not None:
+        notifier(*event)  # type: ignore[misc]
+
+
+def _under_lock(cfg: "Config", app: "AppConfig", ledger: "LedgerBackend", reporter: "Reporter", wait: float,
+                interrupts: Interruptions, action: Callable[["Orchestrator"], "Outcome"]) -> "Outcome":
+    """Hold the app's lock, finish any interrupted rollout, then run action(orchestrator)."""
+    from rollout import lock
+
+    with lock.held(ledger, app.name, wait), interrupts():
+        orchestrator = functools.cache(lambda: _orchestrator(cfg, app, ledger, reporter))
+        orchestrator()  # built before any recovery: a target or [notify] in error stops the command here
+        recovered = _recover_first(ledger, app, orchestrator, reporter)
+        if recovered is not None:
+            return recovered
+        return action(orchestrator())
+
+
+def _recover_first(ledger: "LedgerBackend", app: "AppConfig", orchestrator: Callable[[], "Orchestrator"],
+                   reporter: "Reporter") -> Optional["Outcome"]:
+    """Finish a rollout of app an earlier run left unfinished. Call it holding the app's lock.
+
+    None when there was nothing to finish or the recovery went well (its message reported as
+    info); the recovery's Outcome when it failed: the command must stop there.
+    """
+    if not ledger.unfinished(app.name):
+        return None
+    outcome = orchestrator().recover()
+    if outcome is None or outcome.exit_code == EXIT_OK:
+        if outcome is not None:
+            reporter.info(outcome.message)
+        return None
+    return outcome
+
+
+# -- status, history, check: read, and recover what was abandoned ---------------------------
+
+
+@dataclass
+class AppStatus:
+    """One app for `status`: the ledger's current entry (None: no healthy entry yet) and what each target runs.
+
+    `recovery` is the failed Outcome of a recovery status ran first (REVERT FAILED), else None.
+    to_json() is the shape `status --json` prints: {app, current: entry|null, targets: [...]}.
+    """
+
+    app: str
+    current: Optional["Entry"]
+    targets: list["TargetState"]
+    recovery: Optional["Outcome"] = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"app": self.app, "current": self.current.to_json() if self.current else None,
+                "targets": [asdict(t) for t in self.targets]}
+
+
+@dataclass
+class Status:
+    """`status` of one or several apps; exit_code 5 (EXIT_UNREACHABLE) when a target could not be read, else 0."""
+
+    apps: list[AppStatus] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_UNREACHABLE if any(t.error for a in self.apps for t in a.targets) else EXIT_OK
+
+    def to_json(self) -> Any:
+        """One app's object when one app was asked for, else a list of them (README, `status --json`)."""
+        reports = [a.to_json() for a in self.apps]
+        return reports[0] if len(reports) == 1 else reports
+
+
+def status(cfg: "Config", app_name: Optional[str] = None, *, reporter: "Reporter",
+           interrupts: Interruptions = no_interruptions) -> Status:
+    """What the ledger says should run and what each target runs, for one app (or every app).
+
+    `app_name` None: the only app, or all of them when several are configured. An app with an
+    unfinished entry is recovered first unless a live rollout holds its lock; a recovery that
+    cannot run is a warning, one that fails is the app's `recovery`. Targets are asked
+    concurrently; one that cannot be read is its TargetState.error, not an exception. Raises
+    ConfigError / UserError (2) for a bad config or an unknown app, LedgerError (2) / LedgerBusy (4).
+    """
+    from rollout.targets import observe
+
+    apps = [cfg.app(app_name)] if app_name or len(cfg.apps) == 1 else list(cfg.apps.values())
+    result = Status()
+    with _docker_config(cfg), _ledger(cfg) as ledger:
+        for app in apps:
+            recovery = _recover_if_abandoned(cfg, app, ledger, reporter, interrupts)
+            current = ledger.current(app.name)
+            result.apps.append(AppStatus(app.name, current, observe(app, current.digest if current else None), recovery))
+    return result
+
+
+def _recover_if_abandoned(cfg: "Config", app: "AppConfig", ledger: "LedgerBackend", reporter: "Reporter",
+                          interrupts: Interruptions) -> Optional["Outcome"]:
+    """`status` finishes an interrupted rollout too, unless a live rollout holds the app; the failed Outcome, if any."""
+    from rollout import lock
+
+    if not ledger.unfinished(app.name):
+        return None
+    try:
+        # lock.held, not a bare lease: a recovery's verify can outlast one lease period.
+        with lock.held(ledger, app.name, 0), interrupts():
+            return _recover_first(ledger, app, functools.cache(lambda: _orchestrator(cfg, app, ledger, reporter)), reporter)
+    except LockHeld:
+        return None  # a rollout is running right now: its entry is not abandoned
+    except LeaseLost as lost:
+        reporter.warn(f"{app.name}: interrupted rollout not recovered: {lost}")
+    except RolloutError as exc:
+        reporter.warn(f"{app.name}: interrupted rollout not recovered yet: {exc}")
+    return None
+
+
+def history(cfg: "Config", app_name: Optional[str] = None, limit: int = 20) -> list["Entry"]:
+    """The ledger's entries, newest first, at most `limit`; of one app, or of all apps when app_name is None.
+
+    Works without a rollout.toml (cfg with no apps: any app name is read from the ledger as
+    given). Raises UserError (2) for an app the config does not have, LedgerError (2) / LedgerBusy (4).
+    """
+    if app_name is not None and cfg.apps:
+        cfg.app(app_name)
+    with _ledger(cfg) as ledger:
+        return ledger.history(app_name, limit)
+
+
+@dataclass
+class CheckResult:
+    """`check` of some apps (rollout.check.AppCheck each); exit_code 5 unreachable, 10 changed, 0 unchanged."""
+
+    apps: list["AppCheck"]
+
+    @property
+    def exit_code(self) -> int:
+        from rollout.check import check_exit_code
+
+        return check_exit_code(self.apps)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [a.to_json() for a in self.apps]
+
+
+def check(cfg: "Config", app_names: Optional[list[str]] = None) -> CheckResult:
+    """Drift, re-pushed tags and changed build inputs of the named apps (None or empty: all); never builds.
+
+    Registry traffic is HEADs only. Unreachable targets or registries are each app's `errors`;
+    raises UserError (2) for an unknown app, ConfigError (2) for a missing build context.
+    """
+    from rollout import check as checking
+    from rollout.targets import open_target
+
+    apps = [cfg.app(name) for name in app_names] if app_names else list(cfg.apps.values())
+    with _docker_config(cfg), _ledger(cfg) as ledger:
+        return CheckResult(checking.check(apps, config_path=cfg.path, ledger=ledger, registry=_registry(cfg),
+                                          open_target=open_target))
+
+
+# -- locks ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LockState:
+    """A held lease and whether it is stale (its holder gone or its time up: the next rollout takes it over)."""
+
+    lease: "Lease"
+    stale: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """The shape `lock status --json` prints: the lease's fields plus `stale`."""
+        return {**self.lease.__dict__, "stale": self.stale}
+
+
+def lock_status(cfg: "Config", app_name: Optional[str] = None) -> list[LockState]:
+    """Who holds which app's lock (of one app, or all), ordered by app. Raises LedgerError (2) / LedgerBusy (4)."""
+    from rollout import lock
+
+    with _ledger(cfg) as ledger:
+        leases = lock.read(ledger, app_name)
+    now = time.time()  # wall clock: Lease.expires_at is Unix time
+    return [LockState(lease, lease.is_stale(now)) for lease in leases]
+
+
+def lock_release(cfg: "Config", app_name: str) -> Optional["Lease"]:
+    """Release app_name's lock whoever holds it (its holder is gone); the lease released, None if it was free."""
+    from rollout import lock
+
+    with _ledger(cfg) as ledger:
+        return lock.force_release(ledger, app_name)
+
+
+# -- init ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Initialised:
+    """What init wrote: the file and the draft it was rendered from (app, image, target, notes for the user)."""
+
+    path: Path
+    draft: "Draft"
+
+
+def init(path: Path, *, from_container: Optional[str] = None, host: Optional[str] = None,
+         from_deployment: Optional[str] = None, namespace: Optional[str] = None, kubeconfig: Optional[str] = None,
+         context: Optional[str] = None, container: Optional[str] = None, app_name: Optional[str] = None,
+         image: Optional[str] = None, force: bool = False) -> Initialised:
+    """Write a commented rollout.toml at `path`, filled from a running container (on Docker host
+    `host`), a Deployment, or blank (rollout.scaffold).
+
+    Raises UserError (2) when both sources are given or the file exists without `force`, and what
+    the scaffold raises: ConfigError (2), TargetUnreachable (5).
+    """
+    from rollout import scaffold
+
+    if from_container and from_deployment:
+        raise UserError("give --from-container or --from-deployment, not both")
+    if path.exists() and not force:
+        raise UserError(f"{path} already exists: pass --force to overwrite it")
+    if from_container:
+        draft = scaffold.from_container(from_container, host, app_name, image)
+    elif from_deployment:
+        draft = scaffold.from_deployment(from_deployment, namespace, kubeconfig, context, container, app_name, image)
+    else:
+        draft = scaffold.blank(app_name, image)
+    scaffold.write(path, scaffold.render(draft), force=force)
+    return Initialised(path, draft)
+
+
+# -- notifications and metrics --------------------------------------------------------------------
+
+
+def drain_notifications() -> None:
+    """Wait (bounded, rollout.notify.Dispatcher.drain) for the notifications still queued; call once before exiting.
+
+    Not from atexit alone: at interpreter shutdown Apprise and urllib3 cannot start new work, so
+    a notification still queued then would fail every try. Raises NotificationsInterrupted (exit
+    130) on Ctrl-C: the rollout itself is over, only sending is given up.
+    """
+    notifying = sys.modules.get("rollout.notify")
+    if notifying is None:  # only an operation that had something to send imported it
+        return
+    try:
+        notifying.drain()
+    except KeyboardInterrupt:
+        raise NotificationsInterrupted("interrupted while sending notifications: some were not sent") from None
+
+
+def exit_code_of(error: BaseException) -> int:
+    """The exit code an exception ends a command with (README, "Exit codes"): its own exit_code for
+    rollout's errors, Interrupted and LeaseLost; 130 for KeyboardInterrupt; 70 (a bug) otherwise."""
+    if isinstance(error, (RolloutError, Interrupted, LeaseLost)):
+        return error.exit_code
+    if isinstance(error, KeyboardInterrupt):
+        return EXIT_KEYBOARD_INTERRUPT
+    return EXIT_INTERNAL
+
+
+def _measured(command: str, app: "AppConfig", cfg: "Config", metrics: Optional[MetricsOptions], reporter: "Reporter",
+              run: Callable[[], T]) -> T:
+    """run(), timed, its metrics written/pushed afterwards whatever its outcome; run() returns an object with exit_code."""
+    if metrics is None or not metrics.wanted:
+        return run()
+    from rollout import metrics as metering
+
+    started = time.monotonic()
+    code = EXIT_INTERNAL
+    try:
+        result = run()
+        code = result.exit_code  # type: ignore[attr-defined]
+        return result
+    except BaseException as error:
+        code = exit_code_of(error)
+        raise
+    finally:
+        finished = metering.Run(command=command, app=app.name, ended_at=time.time(),
+                                duration=time.monotonic() - started, exit_code=code)
+        metering.record(finished, ledger_path=cfg.ledger_path, apps=list(cfg.apps) or [app.name],
+                        metrics_file=metrics.file, pushgateway=metrics.pushgateway, warn=reporter.warn)
+
+
+# -- wiring -------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _ledger(cfg: "Config") -> Iterator["LedgerBackend"]:
+    from rollout.ledger import open_ledger
+
+    ledger = open_ledger(cfg.ledger_path)
+    try:
+        yield ledger
+    finally:
+        ledger.close()
+
+
+@contextmanager
+def _docker_config(cfg: "Config") -> Iterator[None]:
+    """$DOCKER_CONFIG set to `[registry] docker_config` while an operation runs, then put back.
+
+    Why the environment: the Docker SDK reads the engine's pull credentials (docker.auth) and
+    the docker targets read Docker contexts from $DOCKER_CONFIG, and the target kinds take no
+    other way to be given it yet (open_target(config, app)). Our own registry client is given
+    it explicitly (_registry). Process-wide: see this module's docstring.
+    """
+    wanted = cfg.registry.docker_config
+    if not wanted:
+        yield
+        return
+    before = os.environ.get("DOCKER_CONFIG")
+    os.environ["DOCKER_CONFIG"] = wanted
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("DOCKER_CONFIG", None)
+        else:
+            os.environ["DOCKER_CONFIG"] = before
+
+
+def _registry(cfg: "Config") -> Any:
+    from rollout.registry import RegistryClient
+
+    return RegistryClient(docker_config=cfg.registry.docker_config, insecure=cfg.registry.insecure,
+                          ca_bundle=cfg.registry.ca_bundle)
+
+
+def _notifier(cfg: "Config", reporter: "Reporter") -> Any:
+    """The [notify] channels as an orchestrator listener (None when none are configured).
+    Raises ConfigError (2) for a URL with an unset ${NAME}."""
+    from rollout import notify
+
+    return notify.notifier_for(cfg.notify, reporter.warn)
+
+
+def _orchestrator(cfg: "Config", app: "AppConfig", ledger: "LedgerBackend", reporter: "Reporter") -> "Orchestrator":
+    from rollout.health import verify
+    from rollout.orchestrator import Orchestrator
+    from rollout.targets import open_target
+
+    targets = [open_target(t, app) for t in app.targets]
+    return Orchestrator(app, ledger, _registry(cfg), targets,
+                        lambda watch, policy, progress: verify(watch, policy, on_progress=progress), reporter,
+                        listener=_notifier(cfg, reporter))
