@@ -1,7 +1,7 @@
 """`rollout init`: write a commented rollout.toml, filled from a running container or Deployment when asked.
 
-What is read from a container is what the operator chose (env, command, network,
-ports, volumes, restart policy, user), not what came with the image.
+What is read from a container is what the operator chose (env, network, ports,
+volumes, restart policy, user), not what came with the image.
 
 rollout.toml is the file teams commit, and a container's env and command often hold
 database URLs with passwords and API keys, so nothing is written that could be one
@@ -11,9 +11,9 @@ on every deploy anyway, so leaving them out loses nothing):
   name that does not look like a secret; the others are named in a comment, never
   their values. No `${VAR}` placeholder is written: rollout.toml is not expanded, so a
   placeholder would be deployed as its literal text.
-- command / entrypoint: left out whole (named in a comment) when an argument carries a
-  credential (`carries_secret`): a secret-named `key=value` or flag followed by its value,
-  a password in a URL, a well-known token form. A redacted command would deploy broken.
+- command / entrypoint: never written, only named in a comment. Which arguments are
+  credentials is beyond telling (`mysqld -phunter2`, `curl -u admin:s3cr3t`, `psql -W x`,
+  `vault login s.X`, `app -k KEY`), and the deploy carries them over.
 - labels are never written (they are carried over, and may hold tokens).
 - a Deployment: only where it is (kubeconfig, context, namespace, name, container); its
   env stays in the cluster, since the kubernetes target changes nothing but the image.
@@ -32,17 +32,10 @@ from typing import Any
 
 from rollout import config as configuration
 from rollout.errors import InvalidReference, TargetUnreachable, UserError, one_line
-from rollout.reference import parse
+from rollout.reference import checked_container_name, parse
 
 SECRET_NAME = re.compile(r"PASS|PWD|SECRET|TOKEN|KEY|CREDENTIAL|AUTH|PRIVATE|CERT|DSN|COOKIE|SALT|SESSION|SIGN",
                          re.IGNORECASE)
-SECRET_ARGUMENT = re.compile(r"(pass|pwd|secret|token|key|credential|auth)[\w-]*[=:]", re.IGNORECASE)
-SECRET_FLAG = re.compile(r"-{1,2}[\w-]*(pass|pwd|secret|token|key|credential|auth)[\w-]*", re.IGNORECASE)
-# scheme://user:password@host (RFC 3986 section 3.2.1 userinfo), anywhere in a value.
-URL_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:[^/\s@]+@")
-# Token forms whose prefix gives them away: AWS access key ids, GitHub, GitLab, Slack, Stripe, JWTs.
-TOKEN_FORM = re.compile(r"AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{20,}|glpat-[\w-]{20,}|xox[abposr]-[\w-]{10,}"
-                        r"|[sr]k_(live|test)_[A-Za-z0-9]{10,}|eyJ[\w-]{10,}\.[\w-]{10,}\.")
 # Env values rollout can tell are harmless: a short number, a yes/no or environment/log-level
 # word, an absolute path, or host:port. Anything else (a word, a URL: a webhook URL is its own
 # secret) may be one.
@@ -53,6 +46,9 @@ HARMLESS_VALUE = re.compile(
     r"|[A-Za-z0-9.-]+:[0-9]{1,5}"
 )
 APP_NAME = re.compile(r"[^A-Za-z0-9_-]+")
+# An app name init may write: what `rollout deploy APP:TAG` can name (rollout.cli APP_NAME) and a
+# bare TOML key (TOML 1.0, unquoted keys: A-Za-z0-9_-), so `[apps.NAME]` needs no quoting.
+VALID_APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 EXAMPLE_IMAGE = "registry.example.com/team/web"
 
 
@@ -73,7 +69,7 @@ class Draft:
 
 
 def blank(app: str | None, image: str | None) -> Draft:
-    name = app or "web"
+    name = _checked_app_name(app, "--app") if app else "web"
     return Draft(app=name, image=image or EXAMPLE_IMAGE,
                  target={"name": "local", "kind": "docker", "container": name, "network": "host"},
                  notes=["an example: set `container` to the container to manage, and `image` above to its repository"])
@@ -104,8 +100,15 @@ def from_container(name: str, host: str | None, app: str | None = None, image: s
     image_config = image_attrs.get("Config") or {}
     running = _container_image(attrs["Config"].get("Image") or "", image_attrs)
     labels = attrs["Config"].get("Labels") or {}
-    container_name = attrs["Name"].lstrip("/")
-    app_name = app or labels.get("rollout.app") or _app_name(container_name)
+    container_name = checked_container_name(attrs.get("Name"), f"the engine answered container {name!r} with the name",
+                                            UserError, "nothing was written").lstrip("/")
+    if app:
+        app_name = _checked_app_name(app, "--app")
+    elif "rollout.app" in labels:
+        app_name = _checked_app_name(labels["rollout.app"], f"the label rollout.app of container {container_name}",
+                                     "pass --app NAME")
+    else:
+        app_name = _app_name(container_name)
     draft = Draft(app=app_name, image=image or _repository(running, "--image"), target={}, running=running,
                   source=f"container {container_name} on {where}")
     settings: dict[str, Any] = {"name": "local" if not host else _app_name(host.split("://")[-1]) or "host",
@@ -123,14 +126,11 @@ def from_container(name: str, host: str | None, app: str | None = None, image: s
     if hidden:
         draft.notes.append("env not copied, only named (rollout cannot tell these values are not secrets;"
                            f" the running container keeps them and each deploy carries them over): {', '.join(hidden)}")
-    for key, setting in (("Cmd", "command"), ("Entrypoint", "entrypoint")):
-        value = attrs["Config"].get(key)
-        if value and value != image_config.get(key):
-            if carries_secret(value):
-                draft.notes.append(f"{setting} not copied: an argument carries a credential"
-                                   " (the running container keeps it and each deploy carries it over)")
-            else:
-                settings[setting] = list(value)
+    own = [setting for key, setting in (("Cmd", "command"), ("Entrypoint", "entrypoint"))
+           if attrs["Config"].get(key) and attrs["Config"].get(key) != image_config.get(key)]
+    if own:
+        draft.notes.append(f"{' and '.join(own)} not copied (an argument may be a credential): the running"
+                           " container keeps them and each deploy carries them over")
     user = attrs["Config"].get("User")
     if user and user != image_config.get("User"):
         settings["user"] = user
@@ -149,21 +149,17 @@ def from_container(name: str, host: str | None, app: str | None = None, image: s
 
 def from_deployment(name: str, namespace: str | None, kubeconfig: str | None, context: str | None,
                     container: str | None, app: str | None = None, image: str | None = None) -> Draft:
-    from kubernetes import client, config
+    from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
-    config_file = os.path.expanduser(kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config")
+    from rollout.targets.kubernetes import kubeconfig_file, new_api_client
+
     try:
-        if kubeconfig or Path(config_file).exists():
-            api_client = config.new_client_from_config(config_file=config_file, context=context)
-            namespace = namespace or _context_namespace(config_file, context)
-        else:
-            config.load_incluster_config()
-            api_client = client.ApiClient()
-    except Exception as exc:  # noqa: BLE001 - ConfigException, missing files, bad YAML
-        raise UserError(f"cannot load Kubernetes config {config_file}: {one_line(exc, 200)}: pass --kubeconfig") from None
-    namespace = namespace or "default"
-    api_client.configuration.retries = 1
+        api_client = new_api_client(kubeconfig, context)
+    except UserError as exc:
+        raise UserError(f"{exc}: pass --kubeconfig") from None
+    config_file = kubeconfig_file(kubeconfig)
+    namespace = namespace or (_context_namespace(config_file, context) if config_file else None) or "default"
     try:
         response = client.AppsV1Api(api_client).read_namespaced_deployment(
             name, namespace, _request_timeout=30, _preload_content=False)
@@ -191,7 +187,8 @@ def from_deployment(name: str, namespace: str | None, kubeconfig: str | None, co
     settings["namespace"] = namespace
     settings["deployment"] = name
     settings["container"] = chosen
-    draft = Draft(app=app or _app_name(name), image=image or _repository(running, "--image"), target=settings,
+    app_name = _checked_app_name(app, "--app") if app else _app_name(name)
+    draft = Draft(app=app_name, image=image or _repository(running, "--image"), target=settings,
                   running=running, source=f"deployment {name} in namespace {namespace}")
     deadline = deployment["spec"].get("progressDeadlineSeconds")
     if deadline:
@@ -300,18 +297,6 @@ def harmless_value(name: str, value: str) -> bool:
     return not SECRET_NAME.search(name) and (value == "" or HARMLESS_VALUE.fullmatch(value) is not None)
 
 
-def carries_secret(arguments: list[str]) -> bool:
-    """Whether a command line carries a credential: `--password=x`, `token: x`, `PGPASSWORD=x`
-    (SECRET_ARGUMENT), a secret-named flag followed by its value (`--password x`), a URL with a
-    password (`postgres://u:pw@db`), or a well-known token form (TOKEN_FORM)."""
-    for position, part in enumerate(arguments):
-        if SECRET_ARGUMENT.search(part) or URL_PASSWORD.search(part) or TOKEN_FORM.search(part):
-            return True
-        if SECRET_FLAG.fullmatch(part) and position + 1 < len(arguments):
-            return True
-    return False
-
-
 def _operator_env(env: list[str], from_image: list[str]) -> tuple[dict[str, str], list[str]]:
     """The env the operator set (not inherited from the image): (written as is, only named)."""
     inherited = set(from_image)
@@ -358,6 +343,16 @@ def _context_namespace(config_file: str, context: str | None) -> str | None:
 
 def _app_name(text: str) -> str:
     return APP_NAME.sub("-", text).strip("-_")[:63] or "web"
+
+
+def _checked_app_name(value: object, source: str, hint: str = "") -> str:
+    """value when it fits VALID_APP_NAME, else UserError (exit 2) naming source and value."""
+    if isinstance(value, str) and VALID_APP_NAME.fullmatch(value):
+        return value
+    why = ("an app name is a letter or digit, then up to 62 letters, digits, _ or -" if isinstance(value, str)
+           else f"a {type(value).__name__}, not text")
+    shown = json.dumps(value, ensure_ascii=True)[:80] if isinstance(value, str) else type(value).__name__
+    raise UserError(f"{source} is {shown}, which is not an app name: {why}" + (f"; {hint}" if hint else ""))
 
 
 def _key(key: str) -> str:

@@ -13,8 +13,11 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import APP_IMAGE, ROLLOUT, free_port, http_get
 from kube_sim.harness import RunningSimulator, running_simulator
+from support.cli import ROLLOUT
+from support.images import APP_IMAGE
+from support.ports import free_port
+from support.project import http_get
 
 
 def rollout(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -203,19 +206,6 @@ def test_init_writes_no_secret_from_a_container_and_the_deploy_keeps_them(tmp_pa
             container.remove(force=True)
 
 
-@pytest.mark.parametrize(("command", "carries"), [
-    (["app", "--password=hunter2"], True), (["app", "--password", "hunter2"], True),
-    (["app", "--db", "postgres://u:s3cr3t@db/app"], True), (["sh", "-c", "PGPASSWORD=hunter2 psql"], True),
-    (["app", "AKIAIOSFODNN7EXAMPLE"], True), (["app", "--token", "ghp_abcdefghijklmnopqrstuvwx"], True),
-    (["nginx", "-g", "daemon off;"], False), (["app", "--db", "postgres://db:5432/app"], False),
-    (["app", "--verbose"], False),
-])
-def test_commands_that_carry_a_credential_are_told_apart(command: list[str], carries: bool) -> None:
-    from rollout.scaffold import carries_secret
-
-    assert carries_secret(command) is carries
-
-
 @pytest.mark.parametrize(("name", "value", "written"), [
     ("PORT", "18604", True), ("LOG_LEVEL", "debug", True), ("DATA_DIR", "/var/lib/app", True),
     ("DB_ADDR", "db:5432", True), ("DEBUG", "", True),
@@ -243,5 +233,81 @@ def test_init_from_a_deployment_writes_no_env(kube: RunningSimulator, tmp_path: 
             assert secret not in text + result.stdout + result.stderr, secret
         [target] = tomllib.loads(text)["apps"][name]["targets"]
         assert set(target) == {"name", "kind", "kubeconfig", "namespace", "deployment", "container"}
+    finally:
+        kube.kubectl("delete", "deployment", name, "--wait=false")
+
+
+# -- commands are never written; names read back are checked; the cluster is reached as kubectl does -----
+
+# Credentials in forms no pattern can tell from other arguments: MySQL's -pPASSWORD, curl's
+# -u user:password, a Vault token, psql/app flags whose value is a secret.
+SECRET_COMMAND = ["sh", "-c", SERVE, "app", "mysqld", "-phunter2", "curl", "-u", "admin:s3cr3t", "vault", "login",
+                  "s.AbCdEf0123456789", "psql", "-W", "hunter2", "app", "-k", "k3y-0f-the-app"]
+
+
+def test_init_never_writes_a_command_and_the_deploy_keeps_it(tmp_path: Path, docker_client: Any, registry: str) -> None:
+    name, port = f"rt-init-{uuid.uuid4().hex[:8]}", free_port()
+    docker_client.containers.run(f"{APP_IMAGE}:good1", SECRET_COMMAND, name=name, detach=True, network_mode="host",
+                                 environment={"PORT": str(port)})
+    try:
+        config = tmp_path / "rollout.toml"
+        result = rollout(config, "init", "--from-container", name)
+        assert result.returncode == 0, result.stderr
+        text = config.read_text()
+        for secret in ("hunter2", "s3cr3t", "s.AbCdEf0123456789", "k3y-0f-the-app"):
+            assert secret not in text + result.stdout + result.stderr, secret
+        [target] = tomllib.loads(text)["apps"][name]["targets"]
+        assert "command" not in target and "entrypoint" not in target
+        assert "command not copied" in text and "command not copied" in result.stderr  # named, not written
+
+        deployed = rollout(config, "deploy", f"{name}:good2")
+        assert deployed.returncode == 0, deployed.stderr
+        assert http_get(f"http://127.0.0.1:{port}/version") == "good2"
+        assert docker_client.containers.get(name).attrs["Config"]["Cmd"] == SECRET_COMMAND  # carried over
+    finally:
+        for container in docker_client.containers.list(all=True, filters={"name": name}):
+            container.remove(force=True)
+
+
+def test_an_app_name_init_cannot_write_is_refused_in_one_line(tmp_path: Path, docker_client: Any, registry: str) -> None:
+    """The rollout.app label is anyone's text; --app is the user's: either must be a name
+    `rollout deploy APP:TAG` can name, or nothing is written (exit 2)."""
+    name = f"rt-init-{uuid.uuid4().hex[:8]}"
+    docker_client.containers.run(f"{APP_IMAGE}:good1", name=name, detach=True, network_mode="host",
+                                 environment={"PORT": str(free_port())},
+                                 labels={"rollout.app": "web\x1b[2J\nrollout: ok"})
+    try:
+        config = tmp_path / "rollout.toml"
+        result = rollout(config, "init", "--from-container", name)
+        assert result.returncode == 2, result.stderr
+        error = one_error_line(result)
+        assert "rollout.app" in error and "not an app name" in error and "\x1b" not in result.stderr
+        assert not config.exists()
+        for args in (["--from-container", name, "--app", "web shop"], ["--app", "web.shop"]):
+            result = rollout(config, "init", *args)
+            assert result.returncode == 2 and "--app" in one_error_line(result), result.stderr
+            assert not config.exists()
+        written = rollout(config, "init", "--from-container", name, "--app", "shop")  # --app chooses
+        assert written.returncode == 0, written.stderr
+        assert list(tomllib.loads(config.read_text())["apps"]) == ["shop"]
+    finally:
+        for container in docker_client.containers.list(all=True, filters={"name": name}):
+            container.remove(force=True)
+
+
+def test_init_from_a_deployment_on_loopback_never_goes_through_a_proxy(kube: RunningSimulator, tmp_path: Path,
+                                                                       registry: str) -> None:
+    """kubectl never proxies loopback; neither does `rollout deploy`, and init uses the same client."""
+    name = f"shop-{uuid.uuid4().hex[:6]}"
+    create_deployment(kube, tmp_path, name)
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    proxied = {"HTTP_PROXY": dead, "HTTPS_PROXY": dead, "http_proxy": dead, "https_proxy": dead}
+    try:
+        config = tmp_path / "rollout.toml"
+        result = rollout(config, "init", "--from-deployment", name, "--kubeconfig", str(kube.kubeconfig),
+                         "--container", "app", env=proxied)
+        assert result.returncode == 0, result.stderr
+        [target] = tomllib.loads(config.read_text())["apps"][name]["targets"]
+        assert target["deployment"] == name
     finally:
         kube.kubectl("delete", "deployment", name, "--wait=false")

@@ -16,8 +16,10 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import APP_IMAGE, REGISTRY, ROLLOUT, need
 from kube_sim.harness import RunningSimulator, running_simulator
+from support.bed import need
+from support.cli import ROLLOUT
+from support.images import APP_IMAGE, REGISTRY
 
 SIDECAR = f"{REGISTRY}/rollout-test/sidecar:v1"
 CI_TOKEN = "ci-token"

@@ -12,9 +12,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import APP_IMAGE, ROLLOUT
 from kube_sim.harness import RunningSimulator, running_simulator, wait_for
-from support.images import registry_digest
+from support.cli import ROLLOUT
+from support.images import APP_IMAGE, digest_of
 
 HOLD = "rollout-test/hold"  # a finalizer nobody removes but the test
 
@@ -134,7 +134,7 @@ def test_re_deploying_what_runs_on_pods_that_restarted_before_is_healthy(cluster
     assert result.returncode == 0, result.stderr
     newest = cluster.history()[0]
     assert (newest["kind"], newest["status"]) == ("deploy", "healthy")
-    assert cluster.app_image() == f"{APP_IMAGE}@{registry_digest(docker_client, APP_IMAGE, 'good1')}"
+    assert cluster.app_image() == f"{APP_IMAGE}@{digest_of(docker_client, 'good1')}"
     assert {p["metadata"]["uid"] for p in cluster.pods()} == set(counts)  # the same pods kept running
 
 
@@ -148,7 +148,7 @@ def test_a_revert_to_pods_that_restarted_before_is_healthy(cluster: Cluster, doc
     revert, failed, good = cluster.history()[:3]
     assert (revert["kind"], revert["status"], revert["reverts_to"]) == ("revert", "healthy", good["id"])
     assert failed["status"] == "failed"
-    assert cluster.app_image() == f"{APP_IMAGE}@{registry_digest(docker_client, APP_IMAGE, 'good1')}"
+    assert cluster.app_image() == f"{APP_IMAGE}@{digest_of(docker_client, 'good1')}"
     # The reused ReplicaSet's pods survived with their restart counts, as on a real cluster.
     survivors = {p["metadata"]["uid"]: app_status(p)["restartCount"] for p in cluster.pods() if p["metadata"]["uid"] in counts}
     assert survivors and all(survivors[uid] >= counts[uid] for uid in survivors)
@@ -165,7 +165,7 @@ def test_terminating_pods_are_not_drift(cluster: Cluster, docker_client: Any) ->
     terminating = [p for p in cluster.pods() if p["metadata"]["name"] in old]
     assert len(terminating) == len(old) and all(p["metadata"].get("deletionTimestamp") for p in terminating)
     state = cluster.status()
-    assert state["in_sync"] is True and state["digest"] == registry_digest(docker_client, APP_IMAGE, "good2")
+    assert state["in_sync"] is True and state["digest"] == digest_of(docker_client, "good2")
 
 
 def test_evicted_pods_stay_listed_and_are_not_drift(cluster: Cluster, docker_client: Any) -> None:
@@ -178,9 +178,9 @@ def test_evicted_pods_stay_listed_and_are_not_drift(cluster: Cluster, docker_cli
     assert cluster.run("deploy", "web:good2").returncode == 0
     [pod] = [p for p in cluster.pods() if p["metadata"]["name"] == evicted]
     assert (pod["status"]["phase"], pod["status"]["reason"]) == ("Failed", "Evicted")  # still listed
-    assert app_status(pod)["imageID"].endswith(registry_digest(docker_client, APP_IMAGE, "good1"))
+    assert app_status(pod)["imageID"].endswith(digest_of(docker_client, "good1"))
     state = cluster.status()
-    assert state["in_sync"] is True and state["digest"] == registry_digest(docker_client, APP_IMAGE, "good2")
+    assert state["in_sync"] is True and state["digest"] == digest_of(docker_client, "good2")
 
 
 def test_a_crashing_release_shows_the_log_of_the_container_that_died(cluster: Cluster) -> None:
@@ -188,3 +188,25 @@ def test_a_crashing_release_shows_the_log_of_the_container_that_died(cluster: Cl
     result = cluster.run("deploy", "web:crash")
     assert result.returncode == 1, result.stderr
     assert "fatal: cannot read /etc/app.conf" in result.stderr  # the crash image's own stderr, via pods/log
+
+
+def test_restarts_between_the_patch_and_verification_are_the_release_s(cluster: Cluster, docker_client: Any) -> None:
+    """Restarts count from the rollout's start (apply, before its PATCH), not from when the watch
+    is built: pods that restart in between are judged with those restarts."""
+    from rollout import config as configuration
+    from rollout.targets import Release, open_target
+
+    assert cluster.run("deploy", "web:good1").returncode == 0
+    app = configuration.load(str(cluster.root / "rollout.toml")).app("web")
+    target = open_target(app.targets[0], app)
+    # The digest that runs already (an idempotent re-run): the same pods keep running.
+    release = Release(99, APP_IMAGE, "good1", digest_of(docker_client, "good1"), "rollout: test")
+    target.prepare(release)
+    target.apply(release)
+    restart_each_pod(cluster, docker_client, times=2)  # max_restarts is 2
+    watch = target.watch(release)
+    try:
+        observation = watch.observe()
+    finally:
+        watch.close()
+    assert observation.failed is not None and "restarted 2 times since the rollout started" in observation.failed
