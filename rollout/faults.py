@@ -13,6 +13,7 @@ import os
 import signal
 
 KILL_AT_ENV = "ROLLOUT_TEST_KILL_AT"
+FAIL_AT_ENV = "ROLLOUT_TEST_FAIL_AT"
 
 _steps_seen: collections.Counter[str] = collections.Counter()
 
@@ -26,10 +27,19 @@ def kill_point(step: str) -> None:
     ledger's event names (``recorded``, ``status:applying``, ``target:applied`` ...), the
     docker target's (``docker:renamed``, ``docker:stopped``, ``docker:created``,
     ``docker:started``) and rebuild's ``docker:pushed`` (pushed, ``build:pushed`` not yet
-    recorded). Unset or naming another moment: no effect. Raises nothing.
+    recorded). With ``ROLLOUT_TEST_FAIL_AT="<step>#<n>"`` it raises InjectedFault there
+    instead, so a test sees what an error at that moment leaves behind (the step itself
+    is done). Unset or naming another moment: no effect, raises nothing.
     """
-    wanted = os.environ.get(KILL_AT_ENV)
-    if wanted:
+    kill_at, fail_at = os.environ.get(KILL_AT_ENV), os.environ.get(FAIL_AT_ENV)
+    if kill_at or fail_at:
         _steps_seen[step] += 1
-        if wanted == f"{step}#{_steps_seen[step]}":
+        moment = f"{step}#{_steps_seen[step]}"
+        if kill_at == moment:
             os.kill(os.getpid(), signal.SIGKILL)
+        if fail_at == moment:
+            raise InjectedFault(f"fault injected at {moment} ({FAIL_AT_ENV})")
+
+
+class InjectedFault(RuntimeError):
+    """The error a test asked kill_point to raise at a named moment."""

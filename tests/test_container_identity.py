@@ -20,7 +20,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import APP_IMAGE, Project, free_port, write_config
+from support.images import APP_IMAGE
+from support.ports import free_port
+from support.project import Project, write_config
 
 pytestmark = pytest.mark.usefixtures("project")
 
@@ -30,8 +32,8 @@ APP_COMMAND = ["-c", "trap 'exit 0' TERM INT; httpd -f -p 127.0.0.1:8080 -h /www
 # `docker create` ({placeholders} are filled per test). Left out, and why: --cpu-period/--cpu-quota
 # (the same setting as --cpus), --uts (refused with --hostname), --userns (needs the daemon's
 # userns-remap), --storage-opt (needs xfs project quotas), --cpu-rt-* (needs a real-time kernel),
-# --gpus, --runtime other than runc, --privileged (hides the capability settings), --rm (a container
-# that removes itself is never replaced), -P (random host ports), --platform/--pull/--quiet/
+# --gpus, --runtime other than runc, --privileged (hides the capability settings), --rm (deliberately
+# not carried: the replaced container is kept for a revert; tests/test_docker_restart.py), -P (random host ports), --platform/--pull/--quiet/
 # --disable-content-trust/--detach-keys/--sig-proxy (client side only, nothing stored), --mac-address
 # (this docker CLI sends it per network, which needs API 1.44; the engine here has 1.41: the unit
 # tests cover Config.MacAddress).
@@ -242,6 +244,45 @@ def test_networks_with_aliases_and_static_addresses_survive_deploy_and_revert(pr
     finally:
         for name in (project.container, peer):
             subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
+
+
+def user_defined(container: dict[str, Any]) -> list[str]:
+    return sorted(name for name in container["NetworkSettings"]["Networks"] if name not in ("bridge", "host", "none"))
+
+
+def test_user_defined_networks_of_a_container_on_the_default_bridge_survive_a_deploy(  # type: ignore[no-untyped-def]
+        project: Project, docker_client, networks: list[Any]) -> None:
+    """`docker run` without --network (the default bridge: mode "default"), later `docker network connect
+    --alias api NET`: the new container is on NET with its alias too (this engine runs with
+    --bridge=none, yet it takes and starts such a container, and connects it)."""
+    net = networks[1]
+    write_plain_config(project)
+    try:
+        docker("run", "-d", "--name", project.container, f"{APP_IMAGE}:good1")
+        docker("network", "connect", "--alias", "api", "--alias", "web-api", net.name, project.container)
+        before = inspect(project.container)
+        assert before["HostConfig"]["NetworkMode"] == "default"
+        assert endpoints(before)[net.name]["Aliases"] == ["api", "web-api"]
+
+        result = project.run("deploy", "web:good2")
+
+        assert result.returncode == 0, result.stderr
+        after = inspect(project.container)
+        assert after["Id"] != before["Id"] and after["HostConfig"]["NetworkMode"] == "default"
+        # The default bridge does not exist on this engine (--bridge=none): it disables such a
+        # container's own networking (Config.NetworkDisabled, carried), and its "bridge" entry is an
+        # empty placeholder. Every network that exists is compared.
+        assert user_defined(after) == user_defined(before) == [net.name]
+        assert endpoints(after)[net.name]["Aliases"] == ["api", "web-api"]
+    finally:
+        for container in docker_client.containers.list(all=True, filters={"name": project.container}):
+            container.remove(force=True)
+        # A container whose networking the engine disabled keeps its endpoints when it stops or is
+        # removed (moby 20.10 releaseNetwork returns early): only a forced disconnect by name frees them.
+        net.reload()
+        for endpoint in (net.attrs.get("Containers") or {}).values():
+            subprocess.run(["docker", "network", "disconnect", "-f", net.name, endpoint["Name"]],
+                           capture_output=True, timeout=60)
 
 
 def differences(before: Any, after: Any, path: str = "") -> list[str]:

@@ -193,3 +193,51 @@ def test_a_first_deploy_gets_dockers_defaults_and_the_settings() -> None:
 def test_legacy_links_are_given_back_as_create_takes_them() -> None:
     assert legacy_links(["/db:/web/database", "/cache:/web/cache"]) == ["db:database", "cache:cache"]
     assert legacy_links(None) is None
+
+
+def test_a_container_on_the_default_bridge_keeps_the_user_defined_networks_it_was_connected_to() -> None:
+    """`docker run` without --network (mode "default", or --network bridge), then `docker network
+    connect --alias api net2`: the default bridge takes other networks, unlike host/none/container:."""
+    for mode in ("default", "bridge"):
+        old = inspected(HostConfig__NetworkMode=mode)
+        old["NetworkSettings"]["Networks"] = {
+            "bridge": {"IPAMConfig": None, "Links": None, "Aliases": None, "NetworkID": "", "IPAddress": ""},
+            "net2": {"IPAMConfig": {}, "Links": None, "Aliases": ["api", OLD_ID[:12]], "NetworkID": "9" * 64,
+                     "DriverOpts": {}},
+        }
+        spec = create_spec("reg/web@sha256:" + "3" * 64, LABELS, old, IMAGE_CONFIG, {})
+        assert spec.body["HostConfig"]["NetworkMode"] == mode and "NetworkingConfig" not in spec.body
+        assert spec.more_networks == {"net2": {"Aliases": ["api"]}}, mode
+    ids = {"net2": "9" * 64}
+    for alone in ("host", "none", "container:" + OLD_ID):
+        assert network_plan(alone, "default", {"net2": {"Aliases": ["api"]}}, ids) == ({}, {}), alone
+
+
+def test_rm_is_not_carried_so_the_replaced_container_is_kept() -> None:
+    old = inspected(HostConfig__AutoRemove=True, HostConfig__RestartPolicy={"Name": "no", "MaximumRetryCount": 0})
+    body = create_spec("reg/web@sha256:" + "3" * 64, LABELS, old, IMAGE_CONFIG, {}).body
+    assert not body["HostConfig"].get("AutoRemove")
+    assert body["HostConfig"]["RestartPolicy"] == {"Name": "no", "MaximumRetryCount": 0}
+
+
+def test_the_restart_setting_is_parsed_once_and_its_count_is_bounded_at_load(tmp_path: Any) -> None:
+    from rollout.config import load
+    from rollout.errors import ConfigError
+    from rollout.targets.container_spec import restart_policy
+
+    assert restart_policy("on-failure:123456789") == {"Name": "on-failure", "MaximumRetryCount": 123456789}
+    assert restart_policy("always") == {"Name": "always", "MaximumRetryCount": 0}
+    config = tmp_path / "rollout.toml"
+    template = ('[apps.web]\nimage = "reg/web"\n[[apps.web.targets]]\nname = "local"\nkind = "docker"\n'
+                'container = "web"\nrestart = "{}"\n')
+    config.write_text(template.format("on-failure:123456789"))
+    [target] = load(str(config)).apps["web"].targets
+    assert target.settings["restart"] == "on-failure:123456789"
+    # 10 digits and more: refused at load (exit 2) instead of failing the create, or int() itself.
+    config.write_text(template.format("on-failure:" + "9" * 5000))
+    try:
+        load(str(config))
+    except ConfigError as exc:
+        assert "restart" in str(exc) and "9 digits" in str(exc)
+    else:
+        raise AssertionError("a 5000-digit retry count was accepted")

@@ -30,6 +30,10 @@ UNLESS_FROM_IMAGE = ("Cmd", "Entrypoint", "User", "WorkingDir", "Healthcheck", "
 # Config maps merged key by key from the image and the operator: only the operator's keys are carried.
 MERGED_WITH_IMAGE = ("ExposedPorts", "Volumes", "Labels")
 BUILTIN_NETWORKS = {"host", "none", "bridge", "default"}
+# Network modes that join no other network: the engine refuses `docker network connect` with them
+# (moby daemon/container_operations.go: "container sharing network namespace with another container
+# or host cannot be connected to any other network"). The default bridge is not one of them.
+ALONE_NETWORK_MODES = ("host", "none")
 # EndpointSettings the operator chooses (`--ip`, `--ip6`, `--link-local-ip`, `--network-alias`,
 # `--link`, `docker network connect --driver-opt`); the rest (ids, gateway, allocated addresses) is derived.
 ENDPOINT_SETTINGS = ("IPAMConfig", "Links", "Aliases", "DriverOpts")
@@ -68,6 +72,9 @@ def create_spec(image: str, labels: dict[str, str], old: dict[str, Any] | None, 
         host_config["Links"] = legacy_links(host_config.get("Links"))
         endpoints = operator_endpoints(old)
     old_mode = host_config.get("NetworkMode") or "default"
+    # `--rm` is not carried: stopping the replaced container would make the engine delete it,
+    # and with it the fast revert (docker.py warns when the old one had it).
+    host_config.pop("AutoRemove", None)
     apply_overrides(config, host_config, settings)
     if old is not None:
         reuse_anonymous_volumes(host_config, anonymous_volumes(old))
@@ -170,18 +177,24 @@ def network_plan(mode: str, old_mode: str, endpoints: dict[str, dict[str, Any]],
     `old_mode`); either may be a network's name or (a prefix of) its id, as `--network` takes
     (ids: name -> id). The network it names keeps the old endpoint settings on it, keyed by
     `mode` as the docker CLI keys them; the old container's other user-defined networks are joined
-    too, except the one `network` replaced. A built-in or `container:` mode joins nothing else:
-    the engine refuses that.
+    too, except the one `network` replaced. `host`, `none` and `container:` modes join nothing
+    else (the engine refuses that); the default bridge (`bridge`, `default`) does, as after a
+    `docker network connect`.
     """
     ids = ids or {}
     primary_name = _network_named(mode, ids)
     endpoint = endpoints.get(primary_name or "")
     primary = {mode: endpoint} if endpoint else {}
-    if mode in BUILTIN_NETWORKS or mode.startswith("container:"):
+    if joins_no_other_network(mode):
         return primary, {}
     replaced = {primary_name, _network_named(old_mode, ids)}
     more = {name: settings for name, settings in endpoints.items() if name not in replaced}
     return primary, more
+
+
+def joins_no_other_network(mode: str) -> bool:
+    """Whether a container in HostConfig.NetworkMode `mode` cannot be on any other network."""
+    return mode in ALONE_NETWORK_MODES or mode.startswith("container:")
 
 
 def _network_named(mode: str, ids: dict[str, str]) -> str | None:
@@ -268,8 +281,7 @@ def apply_overrides(config: dict[str, Any], host_config: dict[str, Any], setting
     if "network" in s:
         host_config["NetworkMode"] = s["network"]
     if "restart" in s:
-        name, _, retries = s["restart"].partition(":")
-        host_config["RestartPolicy"] = {"Name": name, "MaximumRetryCount": int(retries or 0)}
+        host_config["RestartPolicy"] = restart_policy(s["restart"])
     if "volumes" in s:
         host_config["Binds"] = list(s["volumes"])
     if "ports" in s:
@@ -280,3 +292,14 @@ def apply_overrides(config: dict[str, Any], host_config: dict[str, Any], setting
             bindings[port] = [{"HostIp": host_ip, "HostPort": host_port_only}]
             config.setdefault("ExposedPorts", {})[port] = {}
         host_config["PortBindings"] = bindings
+
+
+def restart_policy(setting: str) -> dict[str, Any]:
+    """HostConfig.RestartPolicy for a `restart` setting as `docker run --restart` takes it:
+    "no", "always", "unless-stopped" or "on-failure[:N]" -> {"Name": ..., "MaximumRetryCount": N}.
+
+    The setting was checked at load (rollout.targets.kinds: N has at most 9 digits, which the
+    engine's int field holds). Raises ValueError for a count that is no number.
+    """
+    name, _, retries = str(setting).partition(":")
+    return {"Name": name, "MaximumRetryCount": int(retries or 0)}

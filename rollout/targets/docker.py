@@ -6,6 +6,7 @@ is `docker start` of a container that already exists: no pull, no create.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import hashlib
 import logging
@@ -100,9 +101,10 @@ def _ssh_pool(self: Any, url: str, proxies: Any = None) -> Any:
 from rollout.config import AppConfig, TargetConfig
 from rollout.errors import EXIT_USAGE, ConfigError, NotApplied, TargetUnreachable, UserError, one_line
 from rollout.faults import kill_point
+from rollout.proxies import proxies_for
 from rollout.reference import checked_digest, checked_image, repo_digests
 from rollout.targets import Observation, Release, Running
-from rollout.targets.container_spec import create_spec
+from rollout.targets.container_spec import BUILTIN_NETWORKS, ROLLOUT_LABEL_PREFIX, create_spec, restart_policy
 
 KEEP_RETIRED = 3
 LABEL_ENTRY = "rollout.entry"
@@ -115,6 +117,7 @@ ENGINE_RETRY_SECONDS = 20.0  # a restarting dockerd is back within seconds; long
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 FAILURE_EVENTS = {"die", "oom", "restart", "health_status: unhealthy"}
+NEW_INFIX = ".rollout-new-"  # NAME.rollout-new-<entry>-<random>: a new container before it takes the name
 
 
 class DockerTarget:
@@ -123,7 +126,7 @@ class DockerTarget:
         self.app = app
         self.settings = config.settings
         self.container_name: str = config.settings["container"]
-        # Unset: docker.from_env(), which also honours DOCKER_TLS_VERIFY / DOCKER_CERT_PATH.
+        # Unset: $DOCKER_HOST or the local socket, with DOCKER_TLS_VERIFY / DOCKER_CERT_PATH (as docker.from_env()).
         self.host: str | None = config.settings.get("host") or None
         # A missing or broken Docker context is a config error (exit 2), found before anything runs.
         try:
@@ -131,8 +134,8 @@ class DockerTarget:
         except ConfigError as exc:
             raise ConfigError(f"target {self.name}: {exc}") from None
         self._client: docker.DockerClient | None = None
-        self._started_id: str | None = None
-        self._replaced_id: str | None = None  # the container the last apply retired
+        self._started_id: str | None = None  # the container the last apply made to take the name
+        self._replaced: _Replaced | None = None  # the one it replaced, as it was before
 
     @property
     def where(self) -> str:
@@ -199,45 +202,26 @@ class DockerTarget:
         3. the new container takes the name, the old one is stopped as its operator configured and
            its restart policy set to "no", so the engine never brings it back (docker:stopped);
         4. the new one is started (docker:started).
-        Creating first means that when the engine cannot run the new container (it refuses the
-        create, or a network it would join does not exist) the old one was never touched:
-        NotApplied, exit 2. The engine unreachable before anything changed is NotApplied too
-        (exit 5). Any later error propagates: the target changed, and the orchestrator reverts it.
+        Step 1 changes nothing the app runs, so any error in it is NotApplied (see `_prepare`):
+        exit 2 when the settings are the cause, else 5, no container left behind. An error from
+        step 2 on propagates: the target changed, and the orchestrator reverts it, or calls
+        stop() when there is nothing to revert to.
         """
-        try:
-            old = self._container(self.container_name)
-            retired = self._retired()
-        except TargetUnreachable as exc:
-            raise NotApplied(str(exc)) from None
-        except (docker.errors.APIError, requests.exceptions.ConnectionError) as exc:
-            raise NotApplied(f"target {self.name}: cannot list the containers of the Docker engine at"
-                             f" {self.where}: {_short(exc)}") from None
-        before = self._configured_image(old) if old else None
-        spare = next((c for c in retired if c.attrs["Config"]["Image"] == release.image), None)
-        if spare is None:
-            container = self._create_runnable(release, old)
-            kill_point("docker:created")
-            # The policy it was created with (the old one's, or the `restart` setting) stays.
-            policy = None
-        else:
-            container = spare
-            # What the kept container gets back: the policy of the one it replaces, read before
-            # retiring sets that to "no".
-            policy = _restart_policy(old) if old is not None else self._restart_setting(spare)
-            # A kept container is normally stopped already; one a daemon restart or an operator
-            # brought up must be down before it takes the name (and the port) back.
-            self._stop(spare)
+        self._started_id, self._replaced = None, None
+        change = self._prepare(release)
+        old, container = change.old, change.container
+        # Known before anything changes, so stop() can undo an apply that fails half way.
+        self._replaced, self._started_id = change.replaced, container.id
         if old is not None:
-            self._set_aside(old, taken={c.name for c in retired})
+            self._set_aside(old, taken={c.name for c in change.retired})
         container.rename(self.container_name)
-        for quiet in ([old] if old is not None else []) + [c for c in retired if c is not spare]:
+        others = [c for c in change.retired if c is not change.spare]
+        for quiet in ([old] if old is not None else []) + others:
             if quiet is old or _may_come_back(quiet):
                 self._quiet(quiet)
         if old is not None:
             kill_point("docker:stopped")
-        self._set_restart_policy(container, policy)
-        self._replaced_id = old.id if old is not None else None
-        self._started_id = container.id
+        self._set_restart_policy(container, change.policy)
         container.start()
         kill_point("docker:started")
         container.reload()
@@ -246,9 +230,62 @@ class DockerTarget:
         self._started_at_ns = _timestamp_ns(container.attrs["State"]["StartedAt"])
         # The container just replaced is the newest retired one whatever its FinishedAt (it may
         # have exited long ago): it is what a revert starts again, so it is never pruned here.
-        now_retired = ([old] if old is not None else []) + [c for c in retired if c is not spare]
+        now_retired = ([old] if old is not None else []) + others
         self._prune(now_retired[KEEP_RETIRED:])
-        return before
+        return change.before
+
+    def _prepare(self, release: Release) -> "_Change":
+        """Step 1 of apply: what changes, and the container that takes the name, ready to start.
+
+        Nothing the app runs is touched here, so every error is NotApplied and a container created
+        here is removed again first. The cause decides the exit code: the settings (the engine
+        refuses the create, a network to join does not exist) 2; anything else 5: the engine
+        unreachable or failing (a 5xx such as a full disk), or an answer of the engine this code
+        cannot read (odd inspect data).
+        """
+        created = None
+        try:
+            old = self._container(self.container_name)
+            replaced = _Replaced.of(old) if old is not None else None
+            retired = self._retired()
+            before = self._configured_image(old) if old is not None else None
+            spare = next((c for c in retired if c.attrs["Config"]["Image"] == release.image), None)
+            if spare is None:
+                created = self._create_runnable(release, old)
+                kill_point("docker:created")
+                # The policy it was created with (the old one's, or the `restart` setting) stays.
+                policy = None
+            else:
+                # What the kept container gets back: the policy of the one it replaces, read before
+                # retiring sets that to "no".
+                policy = _restart_policy(old) if old is not None else self._restart_setting(spare)
+                # A kept container is normally stopped already; one a daemon restart or an operator
+                # brought up must be down before it takes the name (and the port) back.
+                self._stop(spare)
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the app's container is as it was
+            if created is not None:
+                _remove_quietly(self.client.api, created.id)
+            raise self._not_applied(exc) from None
+        if replaced is not None and replaced.auto_remove:
+            log.warning("container %s was started with --rm: rollout keeps the replaced container for a fast"
+                        " revert, so it creates the new one without --rm", self.container_name)
+        return _Change(old, replaced, before, created or spare, spare, retired, policy)
+
+    def _not_applied(self, exc: Exception) -> NotApplied:
+        """The NotApplied for an error in apply's first step (see `_prepare`)."""
+        left = f"{self.container_name} left as it was"
+        if isinstance(exc, NotApplied):
+            return exc
+        if isinstance(exc, UserError):
+            return NotApplied(f"{one_line(exc)}; {left}", exit_code=EXIT_USAGE)
+        if isinstance(exc, TargetUnreachable):
+            return NotApplied(f"{one_line(exc)}; {left}")
+        if isinstance(exc, (docker.errors.APIError, requests.exceptions.ConnectionError)):
+            reason = _short(exc)
+        else:
+            reason = f"{type(exc).__name__}: {one_line(exc)}"
+        return NotApplied(f"target {self.name}: cannot prepare the new container on the Docker engine at"
+                          f" {self.where}: {reason}; {left}")
 
     def watch(self, release: Release) -> "DockerWatch":
         if self._started_id is None:
@@ -266,29 +303,76 @@ class DockerTarget:
         return raw.decode("utf-8", "replace")
 
     def stop(self) -> None:
-        """Stop the release the last apply started and start again the container it replaced, if any.
+        """Undo the last apply (when there is no healthy release to revert to): the container it
+        replaced is back under its name, in the state it was in before that apply.
 
-        The failed container is stopped as its operator configured (see `_stop`), set aside as a
-        retired container with restart policy "no", and the one it replaced takes the name back
-        with the restart policy the failed one carried over from it. A failed first release (it
-        replaced nothing) keeps the name, stopped, with policy "no": its policy can only have come
-        from the `restart` setting, which the next create applies again.
+        Works from wherever apply stopped, half way included. The new container is stopped as
+        its operator configured (see `_stop`) with restart policy "no"; one that never started
+        (apply failed before its start) is removed, having nothing to show; one that ran is set
+        aside as a retired container, or, when it replaced nothing, keeps the name (its policy
+        can only have come from the `restart` setting, which the next create applies again).
+        The replaced container gets its name and restart policy back and is started again only
+        if it was up before (running, restarting, paused: a paused one comes back running, since
+        the stop ended the processes the pause had frozen); exited or created, it stays so. When
+        the engine removed it (`--rm`) it is created again from its inspected settings, without
+        `--rm`. Raises docker.errors.APIError when the engine fails.
         """
-        if self._started_id is None:
+        replaced, new_id = self._replaced, self._started_id
+        if new_id is None:
             return
-        failed = self.client.containers.get(self._started_id)
-        policy = _restart_policy(failed)
-        self._stop(failed)
-        if self._replaced_id is None:
-            self._set_restart_policy(failed, NO_RESTART)
-            return
-        self._set_aside(failed, taken={c.name for c in self._retired()})
-        self._quiet(failed)
-        previous = self.client.containers.get(self._replaced_id)
-        self._stop(previous)  # kept stopped by us; down again if anything brought it up meanwhile
-        previous.rename(self.container_name)
-        self._set_restart_policy(previous, policy)
-        previous.start()
+        failed = self._found(new_id)
+        if failed is not None:
+            self._quiet(failed)
+            if replaced is None:
+                if _never_started(failed):
+                    failed.remove(force=True)
+                return
+            if failed.name == self.container_name:
+                self._set_aside(failed, taken={c.name for c in self._retired()})
+        self._restore(replaced)
+        # Removed only now: an anonymous volume it carried stays in use until the restored container
+        # mounts it (the engine deletes a `--rm` container's anonymous volumes unless in use).
+        if failed is not None and _never_started(failed):
+            failed.remove(force=True)
+
+    def _restore(self, replaced: "_Replaced") -> None:
+        """The container an apply replaced, back under the name in its state before that apply (see stop())."""
+        previous = self._found(replaced.id)
+        if previous is not None and replaced.auto_remove and previous.status in ("exited", "dead", "removing"):
+            previous = None  # it ran and stopped, so the engine is removing it: it cannot be started again
+        if previous is None:
+            previous = self._create_again(replaced)
+        elif not (previous.status == "running" and replaced.was_up):
+            # Kept stopped by us; down again if anything brought it up meanwhile, or restarting
+            # (the engine cannot rename a restarting container).
+            self._stop(previous)
+        if previous.name != self.container_name:
+            previous.rename(self.container_name)
+        self._set_restart_policy(previous, replaced.restart_policy)
+        if replaced.was_up and previous.status != "running":
+            previous.start()
+
+    def _create_again(self, replaced: "_Replaced") -> Any:
+        """A container removed after it was replaced (`--rm`), created again under the name, not
+        started: its inspected settings (container_spec rules, without `--rm`), its own labels and
+        image (by the reference it was created with while that still names the same image)."""
+        attrs = replaced.attrs
+        image = attrs["Image"]
+        reference = attrs["Config"]["Image"]
+        try:
+            if self.client.api.inspect_image(reference)["Id"] == image:
+                image = reference
+        except docker.errors.ImageNotFound:
+            pass
+        labels = {k: v for k, v in (attrs["Config"].get("Labels") or {}).items() if k.startswith(ROLLOUT_LABEL_PREFIX)}
+        return self._create(image, labels, attrs, {}, self.container_name)
+
+    def _found(self, container_id: str) -> Any:
+        """The container with that id, or None when it is gone."""
+        try:
+            return self.client.containers.get(container_id)
+        except docker.errors.NotFound:
+            return None
 
     # -- helpers -------------------------------------------------------------
 
@@ -324,11 +408,22 @@ class DockerTarget:
         return next(iter(ours or [digest for _, _, digest in known]), None)
 
     def _retired(self) -> list[Any]:
+        """The retired containers NAME.rollout-*, most recently retired (stopped) first.
+
+        A new container a killed or failed rollout left under its temporary name
+        (NAME.rollout-new-*) is removed here instead: it never served, so it has no revert value,
+        and it must not be taken back as a kept container.
+        """
         prefix = f"{self.container_name}.rollout-"
         containers = self.client.containers.list(all=True, filters={"name": prefix})
-        # The name filter matches substrings: keep exact prefix matches, most recently retired
-        # (stopped) first; a container started again by a revert and retired later counts as new.
-        retired = [c for c in containers if c.name.startswith(prefix)]
+        # The name filter matches substrings: keep exact prefix matches; a container started
+        # again by a revert and retired later counts as new.
+        retired = []
+        for container in containers:
+            if container.name.startswith(self.container_name + NEW_INFIX):
+                container.remove(force=True)
+            elif container.name.startswith(prefix):
+                retired.append(container)
         return sorted(retired, key=lambda c: c.attrs["State"].get("FinishedAt", ""), reverse=True)
 
     def _set_aside(self, container: Any, taken: set[str]) -> None:
@@ -358,26 +453,24 @@ class DockerTarget:
         kill_point("docker:renamed")
 
     def _create_runnable(self, release: Release, old: Any) -> Any:
-        """The new container, created (not started) under a temporary name; NotApplied (exit 2) when it cannot run.
+        """The new container, created (not started) under a temporary name, checked that it can run.
 
         "Cannot run": the engine refuses the create (an invalid port, a missing volume driver,
-        memory below its minimum...), or a network it would join does not exist (this engine
-        accepts such a create and fails only the start, moby 20.10). Either way nothing is left
-        behind and the old container was not touched; the message is the engine's own words.
-        The temporary name starts like a retired container's, so one left by a killed rollout
-        is found, reused or pruned like them.
+        memory below its minimum...: UserError with the engine's own words), or a network it would
+        join does not exist (this engine accepts such a create and fails only the start, moby
+        20.10: NotApplied, exit 2). Either way no container is left behind. The temporary name
+        starts like a retired container's; one a killed rollout left is pruned (`_retired`).
         """
-        name = f"{self.container_name}.rollout-new-{release.entry_id}-{uuid.uuid4().hex[:6]}"
+        name = f"{self.container_name}{NEW_INFIX}{release.entry_id}-{uuid.uuid4().hex[:6]}"
+        labels = {LABEL_APP: self.app.name, LABEL_ENTRY: str(release.entry_id),
+                  LABEL_TAG: release.tag or "", LABEL_DIGEST: release.digest}
+        old_attrs = old.attrs if old is not None else None
+        container = self._create(release.image, labels, old_attrs, self.settings, name)
         try:
-            container = self._create(release, old, name=name)
             missing = self._missing_networks(container)
-        except UserError as refused:
-            raise NotApplied(f"{one_line(refused)}; {self.container_name} left as it was",
-                             exit_code=EXIT_USAGE) from None
-        except (docker.errors.APIError, requests.exceptions.ConnectionError) as exc:
-            # The engine failed or went away, not the settings; the old container is as it was.
-            raise NotApplied(f"target {self.name}: cannot create the new container on the Docker engine at"
-                             f" {self.where}: {_short(exc)}; {self.container_name} left as it was") from None
+        except Exception:
+            _remove_quietly(self.client.api, container.id)
+            raise
         if not missing:
             return container
         container.remove(force=True)
@@ -389,10 +482,10 @@ class DockerTarget:
         """User-defined networks container would join that the engine does not have (built-in modes are always there)."""
         mode = container.attrs["HostConfig"].get("NetworkMode") or "default"
         names = set((container.attrs.get("NetworkSettings") or {}).get("Networks") or {})
-        if mode not in ("default", "bridge", "host", "none") and not mode.startswith("container:"):
+        if not mode.startswith("container:"):
             names.add(mode)
         missing = []
-        for name in sorted(names - {"default", "bridge", "host", "none"}):
+        for name in sorted(names - BUILTIN_NETWORKS):
             try:
                 self.client.networks.get(name)
             except docker.errors.NotFound:
@@ -448,16 +541,16 @@ class DockerTarget:
         if spare is not None and _restart_policy(spare) != NO_RESTART:
             return _restart_policy(spare)
         setting = self.settings.get("restart")
-        if not setting:
-            return None
-        name, _, retries = str(setting).partition(":")
-        return {"Name": name, "MaximumRetryCount": int(retries or 0)}
+        return restart_policy(setting) if setting else None
 
     def _prune(self, containers: list[Any]) -> None:
         if not containers:
             return
         for container in containers:
-            container.remove(force=True)
+            try:
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                pass  # the engine removed it already (`--rm`), or an operator did
         # Remove the digest references we pulled, not image IDs: an image the operator also
         # tagged or runs elsewhere stays; one that only we referenced goes. One listing (no
         # inspect per container) says which references containers still use.
@@ -470,34 +563,41 @@ class DockerTarget:
             except docker.errors.APIError:
                 pass  # still in use: the engine refuses, which is what we want
 
-    def _create(self, release: Release, old: Any, name: str | None = None) -> Any:
-        """The container for release, created (not started) under `name` (default: the target's
-        container name) with everything the operator set on `old` (None: Docker's defaults) and
-        this target's settings on top (rules: rollout.targets.container_spec). Raises UserError,
-        leaving no container behind, when the engine refuses the create or a network connect.
+    def _create(self, image: str, labels: dict[str, str], old_attrs: dict[str, Any] | None,
+                settings: dict[str, Any], name: str) -> Any:
+        """A container running image, created (not started) under `name` with everything the
+        operator set on `old_attrs` (an inspected container; None: Docker's defaults), `settings`
+        (a target's rollout.toml settings) on top and `labels` over all (rules:
+        rollout.targets.container_spec). Raises UserError when the engine refuses the create or a
+        network connect (a 4xx: the settings), docker.errors.APIError when it fails (a 5xx, say a
+        full disk) and requests' ConnectionError when it is gone; no container is left behind.
         """
-        labels = {LABEL_APP: self.app.name, LABEL_ENTRY: str(release.entry_id),
-                  LABEL_TAG: release.tag or "", LABEL_DIGEST: release.digest}
-        old_attrs = old.attrs if old is not None else None
-        spec = create_spec(release.image, labels, old_attrs, self._image_config(old_attrs), self.settings,
+        spec = create_spec(image, labels, old_attrs, self._image_config(old_attrs), settings,
                            engine_name=self._engine_name(old_attrs))
         api = self.client.api
         try:
-            created = api.create_container_from_config(spec.body, name or self.container_name)
+            created = api.create_container_from_config(spec.body, name)
         except docker.errors.APIError as exc:
+            if exc.is_server_error():
+                raise
             raise UserError(f"target {self.name}: cannot create container: {_short(exc)}") from None
-        for network, endpoint in spec.more_networks.items():
-            try:
+        try:
+            for network, endpoint in spec.more_networks.items():
                 # POST /networks/{id}/connect with the EndpointSettings as inspected: the SDK's
                 # connect_container_to_network rebuilds them and cannot pass links as a list.
                 response = api._post_json(api._url("/networks/{0}/connect", network),  # noqa: SLF001
                                           data={"Container": created["Id"], "EndpointConfig": endpoint})
-                api._raise_for_status(response)  # noqa: SLF001
-            except docker.errors.APIError as exc:
-                api.remove_container(created["Id"], force=True)
-                raise UserError(f"target {self.name}: cannot connect the new container to network {network}:"
-                                f" {_short(exc)}") from None
-        return self.client.containers.get(created["Id"])
+                try:
+                    api._raise_for_status(response)  # noqa: SLF001
+                except docker.errors.APIError as exc:
+                    if exc.is_server_error():
+                        raise
+                    raise UserError(f"target {self.name}: cannot connect the new container to network {network}:"
+                                    f" {_short(exc)}") from None
+            return self.client.containers.get(created["Id"])
+        except BaseException:
+            _remove_quietly(api, created["Id"])
+            raise
 
     def _image_config(self, container: dict[str, Any] | None) -> dict[str, Any]:
         """The Config of container's image ({} without a container, or when its image is gone)."""
@@ -513,6 +613,36 @@ class DockerTarget:
         if container is None or container["HostConfig"].get("NetworkMode") != "host":
             return None
         return self.client.api.info().get("Name")
+
+
+@dataclass(frozen=True)
+class _Replaced:
+    """The container an apply replaces, as it was before that apply: what stop() brings back."""
+
+    id: str
+    was_up: bool  # running, restarting or paused: stop() starts it again
+    restart_policy: dict[str, Any]  # HostConfig.RestartPolicy, before retiring set it to "no"
+    auto_remove: bool  # `--rm`: the engine removes it once it is stopped
+    attrs: dict[str, Any]  # its `docker inspect`, to create it again once the engine removed it
+
+    @classmethod
+    def of(cls, container: Any) -> "_Replaced":
+        attrs = copy.deepcopy(container.attrs)
+        return cls(container.id, container.status in ("running", "restarting", "paused"), _restart_policy(container),
+                   bool((attrs.get("HostConfig") or {}).get("AutoRemove")), attrs)
+
+
+@dataclass(frozen=True)
+class _Change:
+    """What apply's first step decided, before anything the app runs was touched."""
+
+    old: Any  # the container holding the name (None: none)
+    replaced: _Replaced | None  # old as it was
+    before: str | None  # the image old was created from, for the ledger
+    container: Any  # the container that takes the name: created, or a kept spare
+    spare: Any  # the kept container taken back (None: created)
+    retired: list[Any]  # the retired containers, most recently retired first
+    policy: dict[str, Any] | None  # the restart policy container gets before it starts (None: its own)
 
 
 @dataclass(frozen=True)
@@ -574,26 +704,20 @@ def _context_names(store: Path) -> list[str]:
 
 
 def connect(endpoint: Endpoint, timeout: int = 30) -> docker.DockerClient:
-    """A client for endpoint; ssh:// goes through the system `ssh` (agent, ~/.ssh/config, known_hosts)."""
-    client = _client_for(endpoint, timeout)
-    if client.api.base_url.startswith("http+docker:"):
-        # A local socket or an ssh pipe: no proxy or ~/.netrc applies, and requests would
-        # otherwise re-read them from the environment on every call (~0.3 ms each).
-        client.api.trust_env = False
-    return client
-
-
-def _client_for(endpoint: Endpoint, timeout: int) -> docker.DockerClient:
-    if not endpoint.host:
-        return docker.from_env(timeout=timeout)
-    if not endpoint.host.startswith("ssh://"):
-        return docker.DockerClient(base_url=endpoint.host, timeout=timeout, tls=endpoint.tls or False)
-    _enable_ssh()
+    """A client for endpoint (timeout in seconds per request); ssh:// goes through the system `ssh`
+    (agent, ~/.ssh/config, known_hosts). Raises what the SDK raises when the engine does not answer."""
+    if endpoint.host and endpoint.host.startswith("ssh://"):
+        _enable_ssh()
+        options: dict[str, Any] = {"base_url": endpoint.host, "use_ssh_client": True}
+    elif endpoint.host:
+        options = {"base_url": endpoint.host, "tls": endpoint.tls or False}
+    else:
+        options = docker.utils.kwargs_from_env()  # $DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH
     # The SDK asks the engine for its API version as soon as it is built; build it with a
-    # placeholder version first so the ssh command line can be fixed before the first request.
-    api = docker.APIClient(base_url=endpoint.host, timeout=timeout, use_ssh_client=True,
-                           version=docker.constants.MINIMUM_DOCKER_API_VERSION)
-    if urllib.parse.urlparse(endpoint.host).port is None:
+    # placeholder version first, so the connection is set up before the first request.
+    api = docker.APIClient(timeout=timeout, version=docker.constants.MINIMUM_DOCKER_API_VERSION, **options)
+    _route(api)
+    if options.get("use_ssh_client") and urllib.parse.urlparse(endpoint.host).port is None:
         # docker-py writes port 22 into `ssh -p`, which would override a Port from ~/.ssh/config.
         adapter = api._custom_adapter  # noqa: SLF001 - the SDK offers no other way to leave the port to ssh
         adapter.ssh_host = adapter.ssh_host.removesuffix(":22")
@@ -601,6 +725,17 @@ def _client_for(endpoint: Endpoint, timeout: int) -> docker.DockerClient:
     client = docker.DockerClient.__new__(docker.DockerClient)
     client.api = api
     return client
+
+
+def _route(api: docker.APIClient) -> None:
+    """Which proxy the engine's requests take: requests' own reading of the environment is off
+    (it would send a loopback engine through HTTP(S)_PROXY, and read ~/.netrc). A local socket or an
+    ssh pipe takes none; a tcp:// or https:// engine the one the docker CLI gives it, by Go's rule
+    (rollout.proxies; go-connections sockets.ConfigureTransport sets http.ProxyFromEnvironment for
+    tcp hosts): never for loopback, NO_PROXY honoured."""
+    api.trust_env = False
+    if not api.base_url.startswith("http+docker:"):
+        api.proxies = proxies_for(api.base_url)
 
 
 def _ssh_destination(url: str) -> str:
@@ -686,6 +821,19 @@ def _restart_policy(container: Any) -> dict[str, Any]:
     """container's restart policy as the engine reports it, e.g. {"Name": "on-failure", "MaximumRetryCount": 3}."""
     policy = container.attrs["HostConfig"].get("RestartPolicy") or {}
     return {"Name": policy.get("Name") or "no", "MaximumRetryCount": int(policy.get("MaximumRetryCount") or 0)}
+
+
+def _never_started(container: Any) -> bool:
+    """A container the engine never started (State.StartedAt is Go's zero time)."""
+    return str(container.attrs["State"].get("StartedAt") or "").startswith("0001-")
+
+
+def _remove_quietly(api: Any, container_id: str) -> None:
+    """Remove a container rollout has just created, while already handling an error: that error is what counts."""
+    try:
+        api.remove_container(container_id, force=True)
+    except Exception:  # noqa: BLE001 - best effort; a leftover NAME.rollout-new-* is pruned by the next apply
+        pass
 
 
 def _may_come_back(container: Any) -> bool:

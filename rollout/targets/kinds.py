@@ -69,8 +69,9 @@ DOCKER = Kind(
         "ports": S.Field(_STRING_TABLE),
         "volumes": S.Field(S.string_list('must be an array of "SOURCE:DEST[:MODE]" strings')),
         # docker run --restart: https://docs.docker.com/engine/containers/start-containers-automatically/
-        "restart": S.Field(S.matching(r"no|always|unless-stopped|on-failure(:\d+)?",
-                                      "use no, always, unless-stopped or on-failure[:N]")),
+        # N: 1-9 digits, which the engine's int field holds (longer: its create fails, past 4300 digits int() itself).
+        "restart": S.Field(S.matching(r"no|always|unless-stopped|on-failure(:\d{1,9})?",
+                                      "use no, always, unless-stopped or on-failure[:N] (N up to 9 digits)")),
         "labels": S.Field(_STRING_TABLE),
         "user": S.Field(S.string),
     },
