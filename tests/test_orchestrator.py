@@ -26,7 +26,7 @@ from rollout.errors import (
 from rollout.ledger import Entry, Ledger
 from rollout.orchestrator import Orchestrator, Outcome
 from rollout.reference import parse
-from rollout.targets import Release
+from rollout.targets import Release, Running
 from support.fakes import (
     IMAGE,
     Behaviour,
@@ -192,9 +192,25 @@ def test_first_deploy_failing_stops_it_and_exits_3(bed: Bed) -> None:
     outcome = bed.deploy("v1")
     assert outcome.exit_code == EXIT_UNRECOVERED
     assert outcome.revert is None and outcome.entry.status == L.FAILED
-    assert bed.targets[0].stopped == 1 and bed.targets[0].image is None
+    # As a docker target: the failed container is stopped, not removed, and nothing serves.
+    assert bed.targets[0].stopped == 1
+    assert bed.targets[0].running() == Running(image("v1"), fake_digest("v1"), "exited", active=False)
     assert len(bed.history()) == 1
     assert "no healthy entry to go back to" in outcome.message
+
+
+def test_first_deploy_failing_starts_again_what_it_replaced(bed: Bed) -> None:
+    """A container (or Deployment image) that was there before rollout's first entry runs again,
+    as DockerTarget.stop and KubernetesTarget.stop put it back."""
+    target = bed.targets[0]
+    target.image, target.digest = f"{IMAGE}:hand-made", fake_digest("hand-made")
+    bed.publish("v1", behaviour=crashes())
+    outcome = bed.deploy("v1")
+    assert outcome.exit_code == EXIT_UNRECOVERED and outcome.revert is None
+    assert target.stopped == 1
+    assert target.running() == Running(f"{IMAGE}:hand-made", fake_digest("hand-made"), "running", active=True)
+    [row] = bed.ledger.targets(outcome.entry.id)
+    assert (row.outcome, row.image_before) == ("failed", f"{IMAGE}:hand-made")
 
 
 def test_revert_that_fails_too_is_loud(bed: Bed) -> None:

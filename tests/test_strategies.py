@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 from rollout import ledger as L
@@ -9,7 +11,18 @@ from rollout.errors import EXIT_OK, EXIT_REVERTED
 from rollout.ledger import Ledger
 from rollout.orchestrator import Orchestrator, Strategy, plan_batches
 from rollout.reference import parse
-from support.fakes import IMAGE, FakeTarget, RecordingReporter, FakeResolver, app_config, crashes, fake_digest, scripted_verifier
+from rollout.targets import Release
+from support.fakes import (
+    IMAGE,
+    FakeResolver,
+    FakeTarget,
+    RecordingReporter,
+    ScriptedWatch,
+    app_config,
+    crashes,
+    fake_digest,
+    scripted_verifier,
+)
 
 NAMES = ("h1", "h2", "h3", "h4", "h5")
 
@@ -61,3 +74,124 @@ def test_parallel_moves_every_target_and_reverts_every_target(tmp_path: Path) ->
     assert {row.target for row in ledger.targets(outcome.entry.id)} == set(NAMES)
     assert ledger.get(outcome.revert.id).status == L.HEALTHY
     assert all(t.digest == fake_digest("v1") for t in targets)
+
+
+class Gate:
+    """Counts how many targets are inside prepare/apply at once. Each caller is held until as many
+    as max_parallel are inside together (or every target has come), so the parallelism the
+    strategy allows is always observed and running them one at a time is seen. Then it stays a
+    moment more (GRACE) in case one more comes in, as it would if the limit were not enforced:
+    that moment can only reveal a wrong orchestrator, never fail a correct one."""
+
+    GRACE = 0.3  # seconds
+
+    def __init__(self, limit: int, total: int) -> None:
+        self.limit, self.total = limit, total
+        self.changed = threading.Condition()
+        self.inside = self.entered = self.most = 0
+
+    def hold(self) -> None:
+        with self.changed:
+            self.inside += 1
+            self.entered += 1
+            self.most = max(self.most, self.inside)
+            self.changed.notify_all()
+            # A hang guard only: with a correct orchestrator the condition comes true at once.
+            self.changed.wait_for(lambda: self.inside >= self.limit or self.entered == self.total, timeout=30)
+            self.changed.wait_for(lambda: self.inside > self.limit, timeout=self.GRACE)
+            self.inside -= 1
+            self.changed.notify_all()
+
+
+class GatedTarget(FakeTarget):
+    def __init__(self, name: str, gates: dict[str, Gate]) -> None:
+        super().__init__(name)
+        self.gates = gates
+
+    def prepare(self, release: Release) -> None:
+        self.gates["prepare"].hold()
+        super().prepare(release)
+
+    def apply(self, release: Release) -> str | None:
+        self.gates["apply"].hold()
+        return super().apply(release)
+
+
+def test_parallel_runs_max_parallel_targets_at_once_and_no_more(tmp_path: Path) -> None:
+    gates = {step: Gate(limit=2, total=len(NAMES)) for step in ("prepare", "apply")}
+    targets = [GatedTarget(name, gates) for name in NAMES]
+    resolver = FakeResolver({"v1": fake_digest("v1")})
+    app = app_config(NAMES, rollout={"strategy": "parallel", "max_parallel": 2})
+    orch = Orchestrator(app, Ledger(tmp_path / "ledger.db"), resolver, targets, scripted_verifier,  # type: ignore[arg-type]
+                        RecordingReporter())
+    assert orch.deploy(parse(f"{IMAGE}:v1")).exit_code == EXIT_OK
+    assert {step: gate.most for step, gate in gates.items()} == {"prepare": 2, "apply": 2}
+    assert all(t.digest == fake_digest("v1") for t in targets)
+
+
+class Journal:
+    """One ordered record, with monotonic times (seconds), of what targets and the reporter did."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.steps: list[tuple[float, str]] = []
+
+    def note(self, step: str) -> None:
+        with self.lock:
+            self.steps.append((time.monotonic(), step))
+
+
+class JournalingTarget(FakeTarget):
+    def __init__(self, name: str, journal: Journal) -> None:
+        super().__init__(name)
+        self.journal = journal
+
+    def apply(self, release: Release) -> str | None:
+        self.journal.note(f"apply {self.name}")
+        return super().apply(release)
+
+    def watch(self, release: Release) -> ScriptedWatch:
+        watch = super().watch(release)
+        journal, name, close = self.journal, self.name, watch.close
+
+        def closed() -> None:  # the verdict on this target is in
+            close()
+            journal.note(f"verified {name}")
+
+        watch.close = closed  # type: ignore[method-assign]
+        return watch
+
+
+class JournalingReporter(RecordingReporter):
+    def __init__(self, journal: Journal) -> None:
+        super().__init__()
+        self.journal = journal
+
+    def info(self, message: str) -> None:
+        super().info(message)
+        if "pausing" in message:
+            self.journal.note("pause")
+
+
+def test_rolling_pauses_between_batches_after_each_batch_is_verified(tmp_path: Path) -> None:
+    pause = 0.2
+    journal = Journal()
+    targets = [JournalingTarget(name, journal) for name in NAMES]
+    resolver = FakeResolver({"v1": fake_digest("v1")})
+    app = app_config(NAMES, rollout={"strategy": "rolling", "batch_size": 2, "pause": pause})
+    orch = Orchestrator(app, Ledger(tmp_path / "ledger.db"), resolver, targets, scripted_verifier,  # type: ignore[arg-type]
+                        JournalingReporter(journal))
+    assert orch.deploy(parse(f"{IMAGE}:v1")).exit_code == EXIT_OK
+
+    # Batches in order, each verified before the pause, no pause after the last one.
+    def batch(*names: str) -> set[str]:
+        return {f"apply {n}" for n in names} | {f"verified {n}" for n in names}
+
+    steps = [step for _, step in journal.steps]
+    assert [set(steps[0:4]), steps[4], set(steps[5:9]), steps[9], set(steps[10:])] == [
+        batch("h1", "h2"), "pause", batch("h3", "h4"), "pause", batch("h5")]
+    # The pause is waited out in full (a lower bound: Event.wait never returns early unless set).
+    times = dict((step, at) for at, step in journal.steps if step.startswith("apply"))
+    verified = {step: at for at, step in journal.steps if step.startswith("verified")}
+    assert times["apply h3"] - max(verified["verified h1"], verified["verified h2"]) >= pause
+    assert times["apply h5"] - max(verified["verified h3"], verified["verified h4"]) >= pause

@@ -122,6 +122,10 @@ class FakeTarget:
         self.unreachable = unreachable
         self.image: str | None = None
         self.digest: str | None = None
+        # What runs is stopped, not gone: a failed first release that stop() had nothing to put back for.
+        self.halted = False
+        # (image, digest) the last apply replaced, (None, None) when it replaced nothing; None before any apply.
+        self.replaced: tuple[str | None, str | None] | None = None
         self.calls: list[tuple[str, str | None]] = []
         self.watches: list[ScriptedWatch] = []
         self.stopped = 0
@@ -130,10 +134,13 @@ class FakeTarget:
         return self.behaviours.get(digest, Behaviour())
 
     def running(self) -> Running:
+        """As DockerTarget.running: a stopped container still names its image but is not active."""
         self.calls.append(("running", None))
         if self.unreachable is not None:
             raise self.unreachable
-        return Running(self.image, self.digest, "running" if self.image else "no container")
+        if self.image is None:
+            return Running(None, None, "no container", active=False)
+        return Running(self.image, self.digest, "exited" if self.halted else "running", active=not self.halted)
 
     def prepare(self, release: Release) -> None:
         self.calls.append(("prepare", release.digest))
@@ -148,7 +155,8 @@ class FakeTarget:
         if isinstance(error, NotApplied):
             raise error  # refused before changing anything, as the real targets promise
         # Even a failing apply may have removed the old container: the target counts as moved.
-        self.image, self.digest = release.image, release.digest
+        self.replaced = (self.image, self.digest)
+        self.image, self.digest, self.halted = release.image, release.digest, False
         if error is not None:
             raise error
         return before
@@ -166,9 +174,18 @@ class FakeTarget:
         return f"{self.name}: last words of {self.digest}"
 
     def stop(self) -> None:
+        """As the real targets' stop(): the failed release stops and what the last apply replaced
+        runs again (DockerTarget.stop starts the replaced container; KubernetesTarget.stop patches
+        the image back); a release that replaced nothing stays, stopped."""
         self.calls.append(("stop", self.digest))
         self.stopped += 1
-        self.image = self.digest = None
+        if self.replaced is None:
+            return  # nothing was applied: nothing to stop
+        image, digest = self.replaced
+        if image is None:
+            self.halted = True
+        else:
+            self.image, self.digest, self.halted = image, digest, False
 
     def applied(self) -> list[str | None]:
         return [digest for call, digest in self.calls if call == "apply"]
