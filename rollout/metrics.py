@@ -53,10 +53,13 @@ class Run:
 
     @property
     def outcome(self) -> str:
+        """The `outcome` label of this run's exit code (outcome_of)."""
         return outcome_of(self.exit_code)
 
 
 def outcome_of(exit_code: int) -> str:
+    """The `outcome` label for an exit code (README, "Exit codes"): OUTCOMES, "interrupted" for
+    any other 128 + signal, "error" for a code rollout does not document."""
     return OUTCOMES.get(exit_code, "interrupted" if exit_code > 128 else "error")
 
 
@@ -189,6 +192,7 @@ def push(gateway: str, run: Run, ledger: "LedgerBackend") -> None:
 
 
 def redact(url: str) -> str:
+    """A Pushgateway URL as it may be printed, credentials and path hidden (rollout.output.redact_url)."""
     from rollout.notify import redact_url
 
     return redact_url(url)

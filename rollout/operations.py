@@ -91,6 +91,7 @@ class MetricsOptions:
 
     @property
     def wanted(self) -> bool:
+        """Whether any metrics are to be written or pushed."""
         return bool(self.file or self.pushgateway)
 
 
@@ -275,6 +276,7 @@ class AppStatus:
     recovery: Optional["Outcome"] = None
 
     def to_json(self) -> dict[str, Any]:
+        """{app, current: Entry.to_json() | None, targets: [TargetState's fields]}; `recovery` is not part of it."""
         return {"app": self.app, "current": self.current.to_json() if self.current else None,
                 "targets": [asdict(t) for t in self.targets]}
 
@@ -287,6 +289,7 @@ class Status:
 
     @property
     def exit_code(self) -> int:
+        """5 when any target's state could not be read, else 0 (drift alone is not an error: `check` says 10)."""
         return EXIT_UNREACHABLE if any(t.error for a in self.apps for t in a.targets) else EXIT_OK
 
     def to_json(self) -> Any:
@@ -357,11 +360,13 @@ class CheckResult:
 
     @property
     def exit_code(self) -> int:
+        """rollout.check.check_exit_code: 5 something could not be looked at, else 10 something changed, else 0."""
         from rollout.check import check_exit_code
 
         return check_exit_code(self.apps)
 
     def to_json(self) -> list[dict[str, Any]]:
+        """The list `check --json` prints: AppCheck.to_json() per app, in the order asked."""
         return [a.to_json() for a in self.apps]
 
 
