@@ -298,7 +298,7 @@ class Orchestrator:
             for target in attempt.moved:
                 self._quietly(target.stop)
             message = (f"#{entry.id} failed ({attempt.reason}) and there is no healthy entry to go back to:"
-                       " the failed release was stopped, and whatever it replaced started again")
+                       " the failed release was stopped, and what it replaced was put back as it was before")
             return Outcome(EXIT_UNRECOVERED, failed, message=message)
         self.reporter.warn(f"#{entry.id} failed: {attempt.reason}; reverting to #{good.id} {_label(good)} as #{revert.id}")
         try:
