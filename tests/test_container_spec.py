@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from rollout.targets.container_spec import (
+from rollout.targets.docker.spec import (
     anonymous_volumes,
     create_spec,
     legacy_links,
@@ -223,7 +223,7 @@ def test_rm_is_not_carried_so_the_replaced_container_is_kept() -> None:
 def test_the_restart_setting_is_parsed_once_and_its_count_is_bounded_at_load(tmp_path: Any) -> None:
     from rollout.config import load
     from rollout.errors import ConfigError
-    from rollout.targets.container_spec import restart_policy
+    from rollout.targets.docker.spec import restart_policy
 
     assert restart_policy("on-failure:123456789") == {"Name": "on-failure", "MaximumRetryCount": 123456789}
     assert restart_policy("always") == {"Name": "always", "MaximumRetryCount": 0}

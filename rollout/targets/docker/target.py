@@ -8,103 +8,27 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import hashlib
-import logging
 import json
 import os
-import queue
 import re
-import sys
-import threading
-import urllib.parse
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any
 
+import docker
+import docker.errors
 import requests.exceptions
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
-
-
-def _import_docker_without_paramiko() -> None:
-    """Import the SDK without its ssh transport: paramiko (cryptography) costs ~0.15 s per command.
-
-    `_enable_ssh()` loads that transport when a target really is an ssh:// host.
-    """
-    blocked = "paramiko" not in sys.modules
-    if blocked:
-        sys.modules["paramiko"] = None  # type: ignore[assignment]  # makes `import paramiko` fail fast
-    try:
-        import docker  # noqa: F401
-    finally:
-        if blocked:
-            del sys.modules["paramiko"]
-
-
-_import_docker_without_paramiko()
-import docker  # noqa: E402
-import docker.errors  # noqa: E402
-
-
-def _enable_ssh() -> None:
-    import docker.api.client
-    import docker.transport
-
-    if not hasattr(docker.api.client, "SSHHTTPAdapter"):
-        from docker.transport.sshconn import SSHConnectionPool, SSHHTTPAdapter, SSHSocket  # imports paramiko now
-
-        SSHSocket.makefile = _ssh_makefile  # type: ignore[method-assign]
-        SSHHTTPAdapter.get_connection = _ssh_pool  # type: ignore[method-assign]
-        _pooled = SSHConnectionPool._get_conn
-        SSHConnectionPool._get_conn = lambda pool, timeout=None: _live(_pooled(pool, timeout))  # type: ignore[method-assign]
-        docker.api.client.SSHHTTPAdapter = SSHHTTPAdapter  # type: ignore[attr-defined]
-        docker.transport.SSHHTTPAdapter = SSHHTTPAdapter  # type: ignore[attr-defined]
-
-
-def _ssh_makefile(self: Any, mode: str) -> Any:
-    """A reader of the ssh pipe that the HTTP response may close without closing the pipe,
-    so the connection (one `dial-stdio`) serves the next request too."""
-    if not self.proc:
-        self.connect()
-    reader = os.fdopen(os.dup(self.proc.stdout.fileno()), "rb")
-    reader.channel = self  # what the SDK's attach/exec/log streams read from, as in its own makefile
-    return reader
-
-
-def _live(connection: Any) -> Any:
-    """A pooled ssh connection whose ssh has exited (the engine restarted, the network dropped)
-    is reconnected, not reused: the next call would fail on a dead pipe."""
-    proc = getattr(connection.sock, "proc", None)
-    if proc is not None and proc.poll() is not None:
-        try:
-            connection.close()
-        except OSError:
-            pass  # closing writes to the dead ssh's stdin
-        connection.sock = None  # http.client connects again on the next request
-    return connection
-
-
-def _ssh_pool(self: Any, url: str, proxies: Any = None) -> Any:
-    """One connection pool per adapter (every URL goes to the same engine), kept: the SDK
-    builds a new pool, so a new ssh, for every call."""
-    from docker.transport.sshconn import SSHConnectionPool
-
-    with self.pools.lock:
-        pool = self.pools.get(self.ssh_host)
-        if pool is None:
-            pool = SSHConnectionPool(ssh_client=self.ssh_client, timeout=self.timeout, maxsize=self.max_pool_size,
-                                     host=self.ssh_host)
-            self.pools[self.ssh_host] = pool
-    return pool
-
 
 from rollout.config import AppConfig, TargetConfig
 from rollout.errors import EXIT_USAGE, ConfigError, NotApplied, TargetUnreachable, UserError, one_line
 from rollout.faults import kill_point
-from rollout.proxies import proxies_for
 from rollout.reference import checked_digest, checked_image, repo_digests
-from rollout.targets import Observation, Release, Running
-from rollout.targets.container_spec import BUILTIN_NETWORKS, ROLLOUT_LABEL_PREFIX, create_spec, restart_policy
+from rollout.targets import Release, Running
+from rollout.targets.docker.endpoint import connect, resolve_endpoint
+from rollout.targets.docker.engine import ENGINE_RETRY_SECONDS, engine_call, engine_failure, log, short_reason
+from rollout.targets.docker.ssh import ssh_destination
+from rollout.targets.docker.spec import BUILTIN_NETWORKS, ROLLOUT_LABEL_PREFIX, create_spec, restart_policy
+from rollout.targets.docker.watch import DockerWatch
 
 KEEP_RETIRED = 3
 LABEL_ENTRY = "rollout.entry"
@@ -113,10 +37,6 @@ LABEL_DIGEST = "rollout.digest"
 LABEL_APP = "rollout.app"
 DEFAULT_STOP_TIMEOUT = 10  # seconds: the engine's when a container sets none (moby container.DefaultStopTimeout)
 NO_RESTART = {"Name": "no", "MaximumRetryCount": 0}
-ENGINE_RETRY_SECONDS = 20.0  # a restarting dockerd is back within seconds; longer is an outage
-T = TypeVar("T")
-log = logging.getLogger(__name__)
-FAILURE_EVENTS = {"die", "oom", "restart", "health_status: unhealthy"}
 NEW_INFIX = ".rollout-new-"  # NAME.rollout-new-<entry>-<random>: a new container before it takes the name
 
 
@@ -153,12 +73,12 @@ class DockerTarget:
                 where = self.where
                 if self.endpoint.host and self.endpoint.host != self.host:
                     where = f"{where} ({self.endpoint.host})"
-                reason, hint = _short(exc), "start it or fix `host`"
+                reason, hint = short_reason(exc), "start it or fix `host`"
                 if (self.endpoint.host or "").startswith("ssh://"):
                     # The SDK only sees the pipe close; ssh has already said why on stderr.
                     if isinstance(exc, requests.exceptions.ConnectionError):
                         reason = "ssh closed the connection; its own message, if any, is above"
-                    hint = f"check that `ssh {_ssh_destination(self.endpoint.host)} docker version` works"
+                    hint = f"check that `ssh {ssh_destination(self.endpoint.host)} docker version` works"
                 raise TargetUnreachable(
                     f"target {self.name}: Docker engine at {where} is unreachable ({reason}): {hint}"
                 ) from None
@@ -176,17 +96,17 @@ class DockerTarget:
     def prepare(self, release: Release) -> None:
         where = self.where
         try:
-            _engine_call(where, lambda: self.client.images.get(release.image))
+            engine_call(where, lambda: self.client.images.get(release.image))
             return
         except docker.errors.ImageNotFound:
             pass
         except requests.exceptions.ConnectionError as exc:
             raise TargetUnreachable(f"target {self.name}: Docker engine at {where} is unreachable"
-                                    f" ({_engine_failure(exc)}) after {ENGINE_RETRY_SECONDS:g}s of retries") from None
+                                    f" ({engine_failure(exc)}) after {ENGINE_RETRY_SECONDS:g}s of retries") from None
         try:
-            _engine_call(where, lambda: self.client.api.pull(release.repository, tag=release.digest))
+            engine_call(where, lambda: self.client.api.pull(release.repository, tag=release.digest))
         except (docker.errors.APIError, requests.exceptions.ConnectionError) as exc:
-            raise TargetUnreachable(f"target {self.name}: cannot pull {release.image}: {_short(exc)}") from None
+            raise TargetUnreachable(f"target {self.name}: cannot pull {release.image}: {short_reason(exc)}") from None
         try:  # errors inside the pull's progress stream do not raise: check the result
             self.client.images.get(release.image)
         except docker.errors.ImageNotFound:
@@ -281,7 +201,7 @@ class DockerTarget:
         if isinstance(exc, TargetUnreachable):
             return NotApplied(f"{one_line(exc)}; {left}")
         if isinstance(exc, (docker.errors.APIError, requests.exceptions.ConnectionError)):
-            reason = _short(exc)
+            reason = short_reason(exc)
         else:
             reason = f"{type(exc).__name__}: {one_line(exc)}"
         return NotApplied(f"target {self.name}: cannot prepare the new container on the Docker engine at"
@@ -354,7 +274,7 @@ class DockerTarget:
 
     def _create_again(self, replaced: "_Replaced") -> Any:
         """A container removed after it was replaced (`--rm`), created again under the name, not
-        started: its inspected settings (container_spec rules, without `--rm`), its own labels and
+        started: its inspected settings (rollout.targets.docker.spec rules, without `--rm`), its own labels and
         image (by the reference it was created with while that still names the same image)."""
         attrs = replaced.attrs
         image = attrs["Image"]
@@ -378,11 +298,11 @@ class DockerTarget:
 
     def _container(self, name: str) -> Any:
         try:
-            return _engine_call(self.where, lambda: self.client.containers.get(name))
+            return engine_call(self.where, lambda: self.client.containers.get(name))
         except docker.errors.NotFound:
             return None
         except docker.errors.APIError as exc:
-            raise TargetUnreachable(f"target {self.name}: cannot inspect {name}: {_short(exc)}") from None
+            raise TargetUnreachable(f"target {self.name}: cannot inspect {name}: {short_reason(exc)}") from None
 
     def _configured_image(self, container: Any) -> str:
         """The image container was created from (Config.Image), checked: what an engine answers is
@@ -568,7 +488,7 @@ class DockerTarget:
         """A container running image, created (not started) under `name` with everything the
         operator set on `old_attrs` (an inspected container; None: Docker's defaults), `settings`
         (a target's rollout.toml settings) on top and `labels` over all (rules:
-        rollout.targets.container_spec). Raises UserError when the engine refuses the create or a
+        rollout.targets.docker.spec). Raises UserError when the engine refuses the create or a
         network connect (a 4xx: the settings), docker.errors.APIError when it fails (a 5xx, say a
         full disk) and requests' ConnectionError when it is gone; no container is left behind.
         """
@@ -580,7 +500,7 @@ class DockerTarget:
         except docker.errors.APIError as exc:
             if exc.is_server_error():
                 raise
-            raise UserError(f"target {self.name}: cannot create container: {_short(exc)}") from None
+            raise UserError(f"target {self.name}: cannot create container: {short_reason(exc)}") from None
         try:
             for network, endpoint in spec.more_networks.items():
                 # POST /networks/{id}/connect with the EndpointSettings as inspected: the SDK's
@@ -593,7 +513,7 @@ class DockerTarget:
                     if exc.is_server_error():
                         raise
                     raise UserError(f"target {self.name}: cannot connect the new container to network {network}:"
-                                    f" {_short(exc)}") from None
+                                    f" {short_reason(exc)}") from None
             return self.client.containers.get(created["Id"])
         except BaseException:
             _remove_quietly(api, created["Id"])
@@ -645,178 +565,6 @@ class _Change:
     policy: dict[str, Any] | None  # the restart policy container gets before it starts (None: its own)
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """Where a Docker engine answers: a DOCKER_HOST-style URL (None: $DOCKER_HOST or the local socket)."""
-
-    host: str | None
-    tls: docker.tls.TLSConfig | None = None
-
-
-def resolve_endpoint(host: str | None, docker_config: str | None = None) -> Endpoint:
-    """`host` as given, or for "context:NAME" the docker endpoint of that Docker context.
-
-    Contexts are read the way the docker CLI stores them:
-    $DOCKER_CONFIG/contexts/meta/<sha256 of NAME>/meta.json holds Endpoints.docker.Host, and
-    contexts/tls/<sha256 of NAME>/docker/{ca,cert,key}.pem the TLS material, if any.
-    """
-    if not host or not host.startswith("context:"):
-        return Endpoint(host)
-    name = host[len("context:"):].strip()
-    if name == "default":
-        return Endpoint(os.environ.get("DOCKER_HOST") or None)
-    store = Path(docker_config or os.environ.get("DOCKER_CONFIG") or "~/.docker").expanduser() / "contexts"
-    key = hashlib.sha256(name.encode()).hexdigest()
-    meta_file = store / "meta" / key / "meta.json"
-    try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        endpoint = meta["Endpoints"]["docker"]
-        url = endpoint["Host"]
-    except FileNotFoundError:
-        known = sorted(_context_names(store)) or ["none"]
-        raise ConfigError(f"host = {host!r}: no Docker context {name!r} in {store} (known: {', '.join(known)}):"
-                          f" create it with `docker context create {name} --docker host=...` or set DOCKER_CONFIG") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"host = {host!r}: cannot read {meta_file} ({type(exc).__name__}: {exc}):"
-                          " recreate the context with `docker context create`") from None
-    if not isinstance(url, str) or not url:
-        raise ConfigError(f"host = {host!r}: context {name!r} has no docker endpoint host in {meta_file}")
-    tls_dir = store / "tls" / key / "docker"
-    tls = None
-    if tls_dir.is_dir():
-        ca, cert, client_key = (tls_dir / "ca.pem", tls_dir / "cert.pem", tls_dir / "key.pem")
-        tls = docker.tls.TLSConfig(
-            client_cert=(str(cert), str(client_key)) if cert.exists() and client_key.exists() else None,
-            ca_cert=str(ca) if ca.exists() else None,
-            verify=not endpoint.get("SkipTLSVerify", False),
-        )
-    return Endpoint(url, tls)
-
-
-def _context_names(store: Path) -> list[str]:
-    names = []
-    for meta_file in (store / "meta").glob("*/meta.json"):
-        try:
-            names.append(str(json.loads(meta_file.read_text(encoding="utf-8"))["Name"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return names
-
-
-def connect(endpoint: Endpoint, timeout: int = 30) -> docker.DockerClient:
-    """A client for endpoint (timeout in seconds per request); ssh:// goes through the system `ssh`
-    (agent, ~/.ssh/config, known_hosts). Raises what the SDK raises when the engine does not answer."""
-    if endpoint.host and endpoint.host.startswith("ssh://"):
-        _enable_ssh()
-        options: dict[str, Any] = {"base_url": endpoint.host, "use_ssh_client": True}
-    elif endpoint.host:
-        options = {"base_url": endpoint.host, "tls": endpoint.tls or False}
-    else:
-        options = docker.utils.kwargs_from_env()  # $DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH
-    # The SDK asks the engine for its API version as soon as it is built; build it with a
-    # placeholder version first, so the connection is set up before the first request.
-    api = docker.APIClient(timeout=timeout, version=docker.constants.MINIMUM_DOCKER_API_VERSION, **options)
-    _route(api)
-    if options.get("use_ssh_client") and urllib.parse.urlparse(endpoint.host).port is None:
-        # docker-py writes port 22 into `ssh -p`, which would override a Port from ~/.ssh/config.
-        adapter = api._custom_adapter  # noqa: SLF001 - the SDK offers no other way to leave the port to ssh
-        adapter.ssh_host = adapter.ssh_host.removesuffix(":22")
-    api._version = api.version(api_version=False)["ApiVersion"]  # noqa: SLF001 - what version="auto" does
-    client = docker.DockerClient.__new__(docker.DockerClient)
-    client.api = api
-    return client
-
-
-def _route(api: docker.APIClient) -> None:
-    """Which proxy the engine's requests take: requests' own reading of the environment is off
-    (it would send a loopback engine through HTTP(S)_PROXY, and read ~/.netrc). A local socket or an
-    ssh pipe takes none; a tcp:// or https:// engine the one the docker CLI gives it, by Go's rule
-    (rollout.proxies; go-connections sockets.ConfigureTransport sets http.ProxyFromEnvironment for
-    tcp hosts): never for loopback, NO_PROXY honoured."""
-    api.trust_env = False
-    if not api.base_url.startswith("http+docker:"):
-        api.proxies = proxies_for(api.base_url)
-
-
-def _ssh_destination(url: str) -> str:
-    parsed = urllib.parse.urlparse(url)
-    where = f"{parsed.username}@{parsed.hostname}" if parsed.username else str(parsed.hostname)
-    return f"-p {parsed.port} {where}" if parsed.port else where
-
-
-class DockerWatch:
-    """Health of one container, woken by the engine's event stream."""
-
-    def __init__(self, client: docker.DockerClient, container_id: str, not_before_ns: int,
-                 where: str = "the local socket") -> None:
-        self.client = client
-        self.where = where
-        self.container_id = container_id
-        self.not_before_ns = not_before_ns
-        self.events: queue.Queue[str] = queue.Queue()
-        self.failure: str | None = None
-        self.restart_count: int | None = None
-        # Replay from a little before the start, so a crash in the first instant is not missed.
-        since = f"{not_before_ns // 1_000_000_000 - 2}"
-        self._stream = client.events(since=since, filters={"container": container_id, "type": "container"},
-                                     decode=True)
-        self._thread = threading.Thread(target=self._pump, name=f"events-{container_id[:12]}", daemon=True)
-        self._thread.start()
-
-    def _pump(self) -> None:
-        try:
-            for event in self._stream:
-                status = event.get("status") or event.get("Action") or ""
-                if status in FAILURE_EVENTS and int(event.get("timeNano", 0)) >= self.not_before_ns:
-                    self.events.put(_describe_event(status, event))
-        except Exception:  # noqa: BLE001 - the stream ends when closed or when the engine goes away
-            self.events.put("")
-
-    def wait(self, seconds: float) -> None:
-        try:
-            event = self.events.get(timeout=seconds)
-        except queue.Empty:
-            return
-        if event and self.failure is None:
-            self.failure = event
-
-    def observe(self) -> Observation:
-        while not self.events.empty():
-            self.wait(0)
-        if self.failure:
-            return Observation(False, self.failure)
-        try:
-            attrs = _engine_call(self.where, lambda: self.client.api.inspect_container(self.container_id))
-        except docker.errors.NotFound:
-            return Observation(False, "container was removed")
-        except requests.exceptions.ConnectionError as exc:
-            return Observation(False, f"Docker engine at {self.where} is unreachable ({_engine_failure(exc)})")
-        state = attrs["State"]
-        restarts = attrs.get("RestartCount", 0)
-        if self.restart_count is None:
-            self.restart_count = restarts
-        if restarts > self.restart_count or state.get("Restarting"):
-            return Observation(False, f"container restarted (restart count {restarts})")
-        if state.get("OOMKilled"):
-            return Observation(False, "container was killed: out of memory")
-        if state.get("Paused"):
-            return Observation(False, "container was paused")
-        if state.get("Status") != "running":
-            return Observation(False, f"container exited with code {state.get('ExitCode')}")
-        health = (state.get("Health") or {}).get("Status")
-        if health == "unhealthy":
-            return Observation(False, "HEALTHCHECK reports unhealthy")
-        if health == "starting":
-            return Observation(False, detail="running, HEALTHCHECK starting")
-        return Observation(True, detail="running" + (", HEALTHCHECK healthy" if health else ""))
-
-    def close(self) -> None:
-        try:
-            self._stream.close()
-        except Exception:  # noqa: BLE001 - closing a dead stream is fine
-            pass
-
-
 def _restart_policy(container: Any) -> dict[str, Any]:
     """container's restart policy as the engine reports it, e.g. {"Name": "on-failure", "MaximumRetryCount": 3}."""
     policy = container.attrs["HostConfig"].get("RestartPolicy") or {}
@@ -841,46 +589,12 @@ def _may_come_back(container: Any) -> bool:
     return container.status not in ("exited", "created", "dead") or _restart_policy(container) != NO_RESTART
 
 
-def _describe_event(status: str, event: dict[str, Any]) -> str:
-    attributes = (event.get("Actor") or {}).get("Attributes") or {}
-    if status == "die":
-        return f"container exited with code {attributes.get('exitCode', '?')}"
-    if status == "oom":
-        return "container was killed: out of memory"
-    if status == "restart":
-        return "container restarted"
-    return "HEALTHCHECK reports unhealthy"
-
-
 def _is_image(value: str) -> bool:
     try:
         checked_image(value, "", ValueError)
     except ValueError:
         return False
     return True
-
-
-def _engine_call(where: str, call: Callable[[], T]) -> T:
-    """call(), retried with back-off for a while when the engine's socket refuses or drops the connection."""
-
-    def say_so(state: Any) -> None:
-        if state.attempt_number == 1:
-            log.warning("Docker engine at %s is unreachable (%s); retrying for up to %gs", where,
-                        _engine_failure(state.outcome.exception()), ENGINE_RETRY_SECONDS)
-
-    retrying = Retrying(stop=stop_after_delay(ENGINE_RETRY_SECONDS), wait=wait_exponential(multiplier=0.25, max=2),
-                        retry=retry_if_exception_type(requests.exceptions.ConnectionError), before_sleep=say_so,
-                        reraise=True)
-    return retrying(call)
-
-
-def _engine_failure(exc: BaseException) -> str:
-    text = str(exc)
-    if "FileNotFoundError" in text or "No such file" in text:
-        return "its socket is gone"
-    if "refused" in text.lower():
-        return "connection refused"
-    return "connection lost"
 
 
 def _timestamp_ns(text: str) -> int:
@@ -891,10 +605,3 @@ def _timestamp_ns(text: str) -> int:
     whole, fraction, zone = match.groups()
     seconds = dt.datetime.fromisoformat(whole + ("+00:00" if zone == "Z" else zone)).timestamp()
     return int(seconds) * 1_000_000_000 + int((fraction or "0").ljust(9, "0")[:9])
-
-
-def _short(exc: BaseException) -> str:
-    """The engine's own explanation when it gave one."""
-    if isinstance(exc, docker.errors.APIError) and exc.explanation:
-        return one_line(str(exc.explanation))
-    return one_line(exc)

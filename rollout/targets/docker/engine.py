@@ -1,0 +1,49 @@
+"""Calls to a Docker engine: retried while its socket refuses or drops connections, failures explained in one line."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, TypeVar
+
+import docker.errors
+import requests.exceptions
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from rollout.errors import one_line
+
+ENGINE_RETRY_SECONDS = 20.0  # a restarting dockerd is back within seconds; longer is an outage
+T = TypeVar("T")
+log = logging.getLogger("rollout.targets.docker")
+
+
+def engine_call(where: str, call: Callable[[], T]) -> T:
+    """call(), retried with back-off for up to ENGINE_RETRY_SECONDS (seconds) while the engine's socket
+    refuses or drops the connection; then the last requests.exceptions.ConnectionError is raised.
+    Other errors (docker.errors.APIError, NotFound) are raised at once."""
+
+    def say_so(state: Any) -> None:
+        if state.attempt_number == 1:
+            log.warning("Docker engine at %s is unreachable (%s); retrying for up to %gs", where,
+                        engine_failure(state.outcome.exception()), ENGINE_RETRY_SECONDS)
+
+    retrying = Retrying(stop=stop_after_delay(ENGINE_RETRY_SECONDS), wait=wait_exponential(multiplier=0.25, max=2),
+                        retry=retry_if_exception_type(requests.exceptions.ConnectionError), before_sleep=say_so,
+                        reraise=True)
+    return retrying(call)
+
+
+def engine_failure(exc: BaseException) -> str:
+    """Why a connection to the engine failed, in a few words: "its socket is gone", "connection refused" or "connection lost"."""
+    text = str(exc)
+    if "FileNotFoundError" in text or "No such file" in text:
+        return "its socket is gone"
+    if "refused" in text.lower():
+        return "connection refused"
+    return "connection lost"
+
+
+def short_reason(exc: BaseException) -> str:
+    """The engine's own explanation when it gave one."""
+    if isinstance(exc, docker.errors.APIError) and exc.explanation:
+        return one_line(str(exc.explanation))
+    return one_line(exc)
