@@ -2,40 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import subprocess
 
 import pytest
 
-from support.images import APP_IMAGE
+from support.errors import one_line_error
+from support.images import APP_IMAGE, digest_of
 from support.ports import free_port
 from support.project import Project, write_config
 
 pytestmark = pytest.mark.usefixtures("project")
 
 
-def digest_of(docker_client, tag: str) -> str:  # type: ignore[no-untyped-def]
-    image = docker_client.images.get(f"{APP_IMAGE}:{tag}")
-    return next(d.split("@")[1] for d in image.attrs["RepoDigests"] if d.startswith(APP_IMAGE + "@"))
-
-
 def deploy(project: Project, tag: str, *extra: str) -> subprocess.CompletedProcess[str]:
     return project.run("deploy", f"web:{tag}", *extra)
-
-
-def assert_no_traceback(result: subprocess.CompletedProcess[str]) -> None:
-    assert "Traceback" not in result.stderr + result.stdout
-
-
-def the_error(result: subprocess.CompletedProcess[str]) -> str:
-    """The one error line (warnings such as retries may precede it), which is the last line."""
-    lines = result.stderr.strip().splitlines()
-    errors = [line for line in lines if line.startswith("rollout: error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
-    assert_no_traceback(result)
-    return errors[0]
 
 
 def test_first_deploy_runs_the_exact_digest_and_records_it(project: Project, docker_client) -> None:  # type: ignore[no-untyped-def]
@@ -50,15 +32,16 @@ def test_first_deploy_runs_the_exact_digest_and_records_it(project: Project, doc
     assert (entry["kind"], entry["tag"], entry["digest"], entry["status"]) == ("deploy", "good1", digest, "healthy")
     assert container.labels["rollout.entry"] == str(entry["id"])
     assert container.labels["rollout.digest"] == digest
-    status = json.loads(project.run("status", "--json").stdout)
+    status = project.json("status", "--json")
     assert status["current"]["id"] == entry["id"]
     assert status["targets"] == [{"name": "local", "image": f"{APP_IMAGE}@{digest}", "digest": digest, "running": True,
                                   "in_sync": True, "error": None, "warning": None}]
     # A stopped container is not "in sync", whatever digest it has.
     container.stop(timeout=1)
-    stopped = json.loads(project.run("status", "--json").stdout)["targets"][0]
+    stopped = project.json("status", "--json")["targets"][0]
     assert (stopped["running"], stopped["in_sync"]) == (False, False)
-    assert "STOPPED" in project.run("status").stdout
+    human = project.run("status")
+    assert human.returncode == 0 and "STOPPED" in human.stdout, human.stderr
 
 
 def test_upgrade_keeps_the_old_container_stopped_for_a_fast_revert(project: Project, docker_client) -> None:  # type: ignore[no-untyped-def]
@@ -115,7 +98,7 @@ def test_crash_at_start_reverts_to_the_previous_digest(project: Project, docker_
     assert failed["status"] == "failed" and failed["tag"] == "crash"
     assert revert["kind"] == "revert" and revert["reverts_to"] == good["id"] and revert["status"] == "healthy"
     assert revert["digest"] == good["digest"] == digest_of(docker_client, "good1")
-    assert_no_traceback(result)
+    assert "Traceback" not in result.stderr + result.stdout
 
 
 @pytest.mark.parametrize("broken", ["unhealthy-http", "unhealthy-check"])
@@ -168,9 +151,7 @@ def test_revert_to_unknown_entry_changes_nothing(project: Project) -> None:
     assert deploy(project, "good1").returncode == 0
     before = project.history()
     for target in ("999", "no-such-tag"):
-        result = project.run("revert", "--to", target)
-        assert result.returncode == 2
-        the_error(result)
+        one_line_error(project.run("revert", "--to", target), 2)
     assert project.history() == before
 
 
@@ -195,9 +176,7 @@ def test_a_retagged_image_is_refused(project: Project, docker_client) -> None:  
 def test_unknown_tag_changes_nothing(project: Project) -> None:
     assert deploy(project, "good1").returncode == 0
     before = project.history()
-    result = deploy(project, "no-such-tag")
-    assert result.returncode == 2
-    assert "not found" in the_error(result)
+    assert "not found" in one_line_error(deploy(project, "no-such-tag"), 2, after="progress")
     assert project.history() == before and project.version() == "good1"
 
 
@@ -205,9 +184,7 @@ def test_registry_down_exits_5_and_changes_nothing(project: Project) -> None:
     assert deploy(project, "good1").returncode == 0
     before = project.history()
     write_config(project, image=f"127.0.0.1:{free_port()}/rollout-test/app")
-    result = deploy(project, "good2")
-    assert result.returncode == 5, result.stderr
-    assert "unreachable" in the_error(result)
+    assert "unreachable" in one_line_error(deploy(project, "good2"), 5, after="warnings")
     assert project.history() == before and project.version() == "good1"
 
 
@@ -273,11 +250,10 @@ def test_drift_is_reported(project: Project, docker_client) -> None:  # type: ig
     container.remove()
     docker_client.containers.run(f"{APP_IMAGE}:good2", name=project.container, detach=True, network_mode="host",
                                  environment={"PORT": str(project.port)})
-    status = json.loads(project.run("status", "--json").stdout)
-    [target] = status["targets"]
+    [target] = project.json("status", "--json")["targets"]
     assert target["digest"] == digest_of(docker_client, "good2") and target["in_sync"] is False
-    human = project.run("status").stdout
-    assert "DRIFT" in human
+    human = project.run("status")
+    assert human.returncode == 0 and "DRIFT" in human.stdout, human.stderr
 
 
 def test_ledger_is_private_and_immutable(project: Project) -> None:
@@ -293,8 +269,9 @@ def test_ledger_is_private_and_immutable(project: Project) -> None:
 
 
 def test_keeps_the_last_three_retired_containers(project: Project, docker_client) -> None:  # type: ignore[no-untyped-def]
-    for tag in ("good1", "good2", "good3", "checked", "crash"):
-        deploy(project, tag)
+    for tag, code in (("good1", 0), ("good2", 0), ("good3", 0), ("checked", 0), ("crash", 1)):
+        result = deploy(project, tag)
+        assert result.returncode == code, result.stderr
     assert project.version() == "checked"  # crash was reverted by restarting the kept container
     retired = [c for c in docker_client.containers.list(all=True, filters={"name": project.container})
                if c.name != project.container]

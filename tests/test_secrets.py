@@ -35,9 +35,10 @@ def test_no_password_in_ledger_events_or_output(project: Project, docker_client,
         write_config(project, image=repository)
 
         outputs = []
-        for args in (("deploy", "web:good1"), ("deploy", "web:crash"), ("history", "--json"), ("status", "--json"),
-                     ("history",)):
+        for args, code in ((("deploy", "web:good1"), 0), (("deploy", "web:crash"), 1), (("history", "--json"), 0),
+                           (("status", "--json"), 0), (("history",), 0)):
             result = project.run(*args)
+            assert result.returncode == code, (args, result.stderr)
             outputs += [result.stdout, result.stderr]
         assert project.version() == "good1"  # the failed release was reverted through the private registry
 
