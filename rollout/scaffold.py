@@ -28,7 +28,7 @@ import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from rollout import config as configuration
 from rollout.errors import InvalidReference, TargetUnreachable, UserError, one_line
@@ -66,6 +66,32 @@ class Draft:
 
 
 # -- reading a source ----------------------------------------------------------------------
+
+
+def draft_from(sources: Mapping[str, str | None], options: Mapping[str, str | None],
+               app: str | None = None, image: str | None = None) -> Draft:
+    """The Draft `rollout init` writes, found through the target kinds' registry (rollout.targets.kinds).
+
+    sources: init option -> its value, e.g. {"--from-container": "web", "--from-deployment": None};
+    the one given picks the kind whose scaffold drafts from it; none given: the blank draft.
+    options: the other init options by name ("host", "namespace", "kubeconfig", "context",
+    "container"); each kind's scaffold reads its own. Raises UserError (exit 2) when more than
+    one source is given, and what the scaffold raises (UserError 2, TargetUnreachable 5).
+    """
+    from rollout.targets.kinds import scaffolds
+
+    registered = scaffolds()
+    unknown = sorted(option for option in sources if option not in registered)
+    if unknown:
+        raise ValueError(f"no target kind drafts from {', '.join(unknown)}")  # a caller's bug, not the user's
+    given = [option for option in registered if sources.get(option)]
+    if len(given) > 1:
+        raise UserError(f"give {' or '.join(given)}, not both" if len(given) == 2 else f"give one of {', '.join(given)}")
+    if not given:
+        return blank(app, image)
+    scaffold = registered[given[0]].scaffold
+    assert scaffold is not None  # scaffolds() lists only kinds that have one
+    return scaffold.draft(str(sources[given[0]]), options, app, image)
 
 
 def blank(app: str | None, image: str | None) -> Draft:

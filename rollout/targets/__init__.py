@@ -29,6 +29,7 @@ class Release:
 
     @property
     def image(self) -> str:
+        """The pinned reference a target runs, "REPOSITORY@sha256:HEX" (never a tag, which can move)."""
         return f"{self.repository}@{self.digest}"
 
 
@@ -43,6 +44,7 @@ class Running:
     warning: str | None = None  # something the operator should know although it runs (one line)
 
     def serves(self, digest: str) -> bool:
+        """Whether the target runs `digest` ("sha256:HEX") now: a stopped container with it does not."""
         return self.active and self.digest == digest
 
 
@@ -55,33 +57,81 @@ class Observation:
     detail: str = ""
 
 
+class OutOfOrder(RuntimeError):
+    """A Target method was called out of the order the Target protocol states (e.g. watch() before a
+    successful apply()): a bug in the caller, never an operator's mistake, so it maps to no exit code
+    of its own (rollout.cli reports it as an internal error, exit 70)."""
+
+
 class Watch(Protocol):
-    def observe(self) -> Observation: ...
+    """Verification of one target after apply(), as rollout.health.verify drives it.
+
+    Call order: observe() and wait() alternate, any number of times, until the verdict; close()
+    once at the end (also after an error). Times are in seconds. observe() and wait() report a
+    failure through the Observation, never by raising: an unreachable target is a failed look.
+    """
+
+    def observe(self) -> Observation:
+        """One look now: ready (healthy by the target's own measure), failed (a one-line reason:
+        a crash, a restart, a failed HEALTHCHECK, a pull error) or neither yet (detail says why).
+        A failure seen once stays reported by every later call."""
 
     def wait(self, seconds: float) -> None:
         """Sleep up to `seconds`, returning early as soon as the target reports an event."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release what the watch holds (event streams, threads); safe to call more than once."""
 
 
 class Target(Protocol):
+    """One place a release runs: a container on a Docker host, a Kubernetes Deployment, ...
+
+    Implementations are registered by kind in rollout.targets.kinds and built by open_target, one
+    object per command. rollout.orchestrator calls them in this order:
+
+        running()                      any time, any number of times (status, check, before a deploy)
+        prepare(release)               first; may be called alone (a dry look, a fleet's first pass)
+        apply(release)                 after prepare; changes the target
+        watch(release) -> Watch        after a successful apply (else OutOfOrder)
+        logs(lines)                    after watch, when the verdict is a failure
+        stop()                         only after a failed apply or a failed verification, and only
+                                       when there is no healthy release to revert to
+
+    A revert is another prepare/apply/watch with the earlier release on a new object; stop() is
+    not a revert. Every method but logs() may raise:
+
+    - TargetUnreachable (exit 5): the target could not be reached or read.
+    - NotApplied (its exit_code: 2 for a settings cause, 5 otherwise): apply refused before it
+      changed anything, so nothing needs reverting (issue 11).
+    - UserError / ConfigError (exit 2): the target's settings cannot work (e.g. no such container).
+
+    Anything else raised by apply() means the target may have changed, and the orchestrator
+    reverts it. Times are in seconds; digests are "sha256:HEX".
+    """
+
     name: str
 
     def running(self) -> Running:
         """What runs now; raises TargetUnreachable when the target cannot be reached."""
 
     def prepare(self, release: Release) -> None:
-        """Everything that can fail before anything changes (pull, checks)."""
+        """Everything that can fail before anything changes (pull, checks); changes nothing the app runs.
+        Raises TargetUnreachable (5), NotApplied or UserError (2)."""
 
     def apply(self, release: Release) -> str | None:
-        """Move the target to release.image; return the image it ran before."""
+        """Move the target to release.image; return the image it ran before (None: nothing ran).
+        Raises NotApplied when it refused before changing anything; other errors mean it may have changed."""
 
-    def watch(self, release: Release) -> Watch: ...
+    def watch(self, release: Release) -> Watch:
+        """A Watch of what the last apply() started; raises OutOfOrder when apply() did not succeed first."""
 
-    def logs(self, lines: int = 20) -> str: ...
+    def logs(self, lines: int = 20) -> str:
+        """The last `lines` lines the released app wrote ("" when there are none or they cannot be
+        read: logs are a courtesy for a failure report and never raise)."""
 
     def stop(self) -> None:
-        """Stop what the last apply started (a first release failed and there is nothing to go back to)."""
+        """Stop what the last apply started (a first release failed and there is nothing to go back to),
+        bringing back what that apply replaced, as it was; nothing when apply() was never called."""
 
 
 TargetFactory = Callable[["TargetConfig", "AppConfig"], Target]

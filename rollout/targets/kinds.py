@@ -1,10 +1,10 @@
-"""Target kinds registered in one place: `kind = "..."` in rollout.toml -> settings schema and implementation.
+"""Target kinds registered in one place: `kind = "..."` in rollout.toml -> settings schema, implementation, scaffold.
 
-A kind is its settings schema (checked by rollout.schema when rollout.toml is loaded)
-and the class that implements rollout.targets.Target, named by module and class so
-it is imported only when an app uses that kind (the CLI starts fast). For rollout.toml
-and open_target, adding a kind is one module plus one entry in KINDS (`rollout init`'s
-scaffold is not registered here yet).
+A kind is its settings schema (checked by rollout.schema when rollout.toml is loaded),
+the class that implements rollout.targets.Target, and the scaffold `rollout init` uses to
+draft a target of that kind from what already runs (`--from-container`, `--from-deployment`).
+Implementation and scaffold are named by module and attribute so they are imported only
+when used (the CLI starts fast). Adding a kind is one module plus one entry in KINDS.
 
 The schemas live here for now, next to each other; each entry names the module that
 implements it, where its schema may move once that module is free to change.
@@ -14,16 +14,40 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from rollout import schema as S
 
 if TYPE_CHECKING:
     from rollout.config import AppConfig, TargetConfig
+    from rollout.scaffold import Draft
     from rollout.targets import Target
 
 # Keys every target has whatever its kind; rollout.config reads them, the kind gets the rest.
 COMMON_KEYS = ("name", "kind", "health")
+
+
+@dataclass(frozen=True)
+class Scaffold:
+    """How `rollout init` drafts a target of one kind from something that already runs.
+
+    option: the init option naming the source, e.g. "--from-container".
+    module, function: the drafting function, imported on first use; it is called as
+        function(SOURCE_NAME, **{o: value of o for o in options}, app=APP, image=IMAGE) and
+        returns a rollout.scaffold.Draft, raising UserError (exit 2) or TargetUnreachable (5).
+    options: the other init options it reads (e.g. "host"), by parameter name.
+    """
+
+    option: str
+    module: str
+    function: str
+    options: tuple[str, ...] = ()
+
+    def draft(self, source: str, options: Mapping[str, str | None], app: str | None, image: str | None) -> "Draft":
+        """The Draft for source (a container, a Deployment, ...); options not listed in self.options are ignored."""
+        function = getattr(importlib.import_module(self.module), self.function)
+        return function(source, **{name: options.get(name) for name in self.options},  # type: ignore[no-any-return]
+                        app=app, image=image)
 
 
 @dataclass(frozen=True)
@@ -34,6 +58,7 @@ class Kind:
     required: checks of the checked settings that no single key can make, e.g. "this key is
         required"; a function returning an error (completing "FILE: apps.X.targets[N].") or None.
     module, implementation: where the Target class lives, imported on first use.
+    scaffold: how `rollout init` drafts such a target from what runs (None: only the blank draft).
     """
 
     name: str
@@ -41,11 +66,17 @@ class Kind:
     module: str
     implementation: str
     required: tuple[Callable[[dict[str, Any]], str | None], ...] = ()
+    scaffold: Scaffold | None = None
 
     def open(self, config: "TargetConfig", app: "AppConfig") -> "Target":
         """The Target for one configured target of app (imports the kind's module on first use)."""
         cls = getattr(importlib.import_module(self.module), self.implementation)
         return cls(config, app)  # type: ignore[no-any-return]
+
+
+def scaffolds() -> dict[str, Kind]:
+    """init option ("--from-container", ...) -> the kind whose scaffold it names, in KINDS order."""
+    return {kind.scaffold.option: kind for kind in KINDS.values() if kind.scaffold is not None}
 
 
 def _needs(key: str, hint: str) -> Callable[[dict[str, Any]], str | None]:
@@ -76,6 +107,7 @@ DOCKER = Kind(
         "user": S.Field(S.string),
     },
     required=(_needs("container", "name the container to run"),),
+    scaffold=Scaffold("--from-container", "rollout.scaffold", "from_container", options=("host",)),
 )
 
 KUBERNETES = Kind(
@@ -90,6 +122,8 @@ KUBERNETES = Kind(
         "container": S.Field(S.string),
     },
     required=(_needs("deployment", "name the Deployment to move"),),
+    scaffold=Scaffold("--from-deployment", "rollout.scaffold", "from_deployment",
+                      options=("namespace", "kubeconfig", "context", "container")),
 )
 
 KINDS: dict[str, Kind] = {kind.name: kind for kind in (DOCKER, KUBERNETES)}

@@ -23,7 +23,7 @@ from rollout.config import AppConfig, TargetConfig
 from rollout.errors import EXIT_USAGE, ConfigError, NotApplied, TargetUnreachable, UserError, one_line
 from rollout.faults import kill_point
 from rollout.reference import checked_digest, checked_image, repo_digests
-from rollout.targets import Release, Running
+from rollout.targets import OutOfOrder, Release, Running
 from rollout.targets.docker.endpoint import connect, resolve_endpoint
 from rollout.targets.docker.engine import ENGINE_RETRY_SECONDS, engine_call, engine_failure, log, short_reason
 from rollout.targets.docker.ssh import ssh_destination
@@ -209,7 +209,8 @@ class DockerTarget:
 
     def watch(self, release: Release) -> "DockerWatch":
         if self._started_id is None:
-            raise RuntimeError("watch() before apply()")
+            raise OutOfOrder(f"target {self.name}: watch() needs a successful apply() first"
+                             " (call order: rollout.targets.Target)")
         return DockerWatch(self.client, self._started_id, not_before_ns=self._started_at_ns,
                            where=self.where)
 
