@@ -31,6 +31,8 @@ HELPER_TIMEOUT = 30.0
 
 @dataclass(frozen=True)
 class Credentials:
+    """A user name and secret for one registry; the secret never shows in repr/str (logs, tracebacks)."""
+
     username: str
     secret: str = field(repr=False)
     source: str = ""  # where they came from, e.g. "config.json auths" or "docker-credential-pass"
@@ -42,6 +44,7 @@ class Credentials:
 
 
 def default_config_dir() -> Path:
+    """Where the docker CLI reads config.json from: $DOCKER_CONFIG, else ~/.docker (docker/cli cli/config/config.go)."""
     return Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
 
 
@@ -74,14 +77,18 @@ def hostname_of(server: str) -> str:
 
 
 def is_docker_hub(registry: str) -> bool:
+    """Whether registry names Docker Hub under any of its names (docker.io, index.docker.io, registry-1.docker.io)."""
     return hostname_of(registry) in DOCKER_HUB_ALIASES
 
 
 def helper_server_name(registry: str) -> str:
+    """The server name a credential helper is asked for: Docker Hub's old index URL for Docker Hub, else registry as given."""
     return DOCKER_HUB_SERVER if is_docker_hub(registry) else registry
 
 
 def helper_for(config: dict[str, Any], registry: str) -> str | None:
+    """The credential helper suffix (docker-credential-SUFFIX) for registry: its credHelpers entry
+    (host names compared, Docker Hub aliases equal), else credsStore; None when neither is set."""
     helpers = config.get("credHelpers") or {}
     for key, name in helpers.items():
         if hostname_of(key) == hostname_of(registry) or (is_docker_hub(key) and is_docker_hub(registry)):
@@ -120,6 +127,8 @@ def from_helper(helper: str, registry: str) -> Credentials | None:
 
 
 def from_auths(config: dict[str, Any], registry: str) -> Credentials | None:
+    """registry's entry in config.json `auths` (keys compared by host name, with or without scheme
+    and path), None when there is none. Raises ConfigError (exit 2) for an entry that cannot be decoded."""
     wanted = hostname_of(registry)
     for key, entry in (config.get("auths") or {}).items():
         same = hostname_of(key) == wanted or (is_docker_hub(key) and is_docker_hub(registry))
@@ -131,6 +140,8 @@ def from_auths(config: dict[str, Any], registry: str) -> Credentials | None:
 
 
 def decode_auth_entry(entry: dict[str, Any], registry: str) -> Credentials | None:
+    """One `auths` entry: `auth` (base64 "user:password") or `username` + `password`; None when it has
+    neither (e.g. only an identitytoken). Raises ConfigError (exit 2) naming the registry, never the value."""
     if entry.get("auth"):
         try:
             decoded = base64.b64decode(entry["auth"], validate=True).decode()

@@ -95,6 +95,8 @@ def draft_from(sources: Mapping[str, str | None], options: Mapping[str, str | No
 
 
 def blank(app: str | None, image: str | None) -> Draft:
+    """The commented example: one docker target for container `app` (default "web"), image `image`
+    (default an example repository). Raises UserError (exit 2) for an app name init may not write."""
     name = _checked_app_name(app, "--app") if app else "web"
     return Draft(app=name, image=image or EXAMPLE_IMAGE,
                  target={"name": "local", "kind": "docker", "container": name, "network": "host"},
@@ -102,6 +104,11 @@ def blank(app: str | None, image: str | None) -> Draft:
 
 
 def from_container(name: str, host: str | None, app: str | None = None, image: str | None = None) -> Draft:
+    """A docker target drafted from container `name` on the engine at `host` (as the docker target's
+    `host`; None: $DOCKER_HOST or the local socket): what the operator chose (network, harmless env,
+    ports, volumes, restart policy, user), never what may be a secret (see the module docstring).
+    Raises UserError (exit 2) for no such container or a name init cannot use, TargetUnreachable
+    (exit 5) when the engine does not answer."""
     import docker
     import docker.errors
 
@@ -175,6 +182,10 @@ def from_container(name: str, host: str | None, app: str | None = None, image: s
 
 def from_deployment(name: str, namespace: str | None, kubeconfig: str | None, context: str | None,
                     container: str | None, app: str | None = None, image: str | None = None) -> Draft:
+    """A kubernetes target drafted from Deployment `name` (namespace: given, else the context's, else
+    "default"; kubeconfig and context as kubectl reads them): where it is and which container, never
+    its env. Raises UserError (exit 2) for no such Deployment or container, or several containers
+    without `container`; TargetUnreachable (exit 5) when the API server does not answer."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
@@ -229,6 +240,8 @@ def from_deployment(name: str, namespace: str | None, kubeconfig: str | None, co
 
 
 def render(draft: Draft) -> str:
+    """The rollout.toml text for draft: header, the app with its image, the target, notes and the
+    health section as comments; TOML that rollout.config loads as it is."""
     app = _key(draft.app)
     lines = [
         "# rollout.toml: written by `rollout init`" + (f" from {draft.source}" if draft.source else "") + ".",

@@ -17,13 +17,6 @@ PENDING = {
     "rollout/cli.py",
     "rollout/operations.py",
     "rollout/metrics.py",
-    "rollout/targets/__init__.py",
-    "rollout/targets/kinds.py",
-    "rollout/targets/docker*",
-    "rollout/targets/container_spec.py",
-    "rollout/targets/kubernetes.py",
-    "rollout/scaffold.py",
-    "rollout/credentials.py",
 }
 
 Definition = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef

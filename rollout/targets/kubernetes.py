@@ -54,6 +54,10 @@ DNS_1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 class KubernetesTarget:
+    """One container of a Kubernetes Deployment (settings: rollout.targets.kinds.KUBERNETES),
+    implementing rollout.targets.Target; only the container's image and rollout's change-cause
+    annotations are changed. Built without asking the API server."""
+
     def __init__(self, config: TargetConfig, app: AppConfig) -> None:
         self.name = config.name
         self.app = app
@@ -117,6 +121,10 @@ class KubernetesTarget:
     # -- Target protocol -----------------------------------------------------
 
     def running(self) -> Running:
+        """The pod template's image and the digest pods run: a digest differing from the template's
+        (drift) wins, else the template's, else the pods'. Only pods of current ReplicaSets that
+        are not terminating count; `warning` names an init container running the app's repository.
+        Raises TargetUnreachable (exit 5), UserError (exit 2) when the container cannot be chosen."""
         deployment = self._read()
         container = self._pick_container(deployment)
         image = _checked_image(self.name, _container(deployment, container)["image"], "the pod template's image")
@@ -128,6 +136,8 @@ class KubernetesTarget:
         return Running(image, digest, detail, warning=self._init_container_warning(deployment, container))
 
     def prepare(self, release: Release) -> None:
+        """Read the Deployment and choose the container; changes nothing. Raises UserError (exit 2)
+        for a paused Deployment, one scaled to 0, or no container to choose; TargetUnreachable (5)."""
         deployment = self._read()
         spec = deployment.get("spec", {})
         if spec.get("paused"):
@@ -207,6 +217,8 @@ class KubernetesTarget:
                              f" {one_line(repr(exc))}; nothing was changed") from None
 
     def watch(self, release: Release) -> "DeploymentWatch":
+        """A DeploymentWatch of the rollout the last apply() started (watch streams on the
+        Deployment and its pods wake it; polling is the fallback)."""
         return DeploymentWatch(self, release)
 
     def logs(self, lines: int = 20) -> str:
@@ -432,10 +444,16 @@ class DeploymentWatch:
                 self._stop.wait(1.0)
 
     def wait(self, seconds: float) -> None:
+        """Sleep up to `seconds`, returning early when the Deployment or one of its pods changed."""
         self._changed.wait(seconds)
         self._changed.clear()
 
     def observe(self) -> Observation:
+        """Ready when the rollout is complete as `kubectl rollout status` judges it
+        (kubectl/pkg/polymorphichelpers/rollout_status.go: observedGeneration caught up, updated,
+        available, no old replicas left); failed on a pod that will not heal (crash loop, restarts
+        beyond max_restarts counted from the rollout's start, pull errors by the pull rule) or on
+        ProgressDeadlineExceeded. Raises what reading the Deployment raises (TargetUnreachable)."""
         target = self.target
         deployment = target._read()
         spec, status = deployment.get("spec", {}), deployment.get("status", {})
@@ -492,6 +510,7 @@ class DeploymentWatch:
         return None
 
     def close(self) -> None:
+        """Stop the watch streams and their threads; safe to call more than once."""
         with self._streams_lock:
             self._stop.set()
             responses = list(self._responses.values())

@@ -41,6 +41,14 @@ NEW_INFIX = ".rollout-new-"  # NAME.rollout-new-<entry>-<random>: a new containe
 
 
 class DockerTarget:
+    """One named container on a Docker engine (settings: rollout.targets.kinds.DOCKER), implementing
+    rollout.targets.Target.
+
+    `host` is a DOCKER_HOST-style URL (unix://, tcp://, https://, ssh://) or "context:NAME" (a Docker
+    context, rollout.targets.docker.endpoint); unset, $DOCKER_HOST or the local socket. Built without
+    asking the engine; raises ConfigError (exit 2) for a missing or broken Docker context.
+    """
+
     def __init__(self, config: TargetConfig, app: AppConfig) -> None:
         self.name = config.name
         self.app = app
@@ -59,12 +67,15 @@ class DockerTarget:
 
     @property
     def where(self) -> str:
+        """The engine as the operator named it, for messages: `host`, $DOCKER_HOST or "the local socket"."""
         return self.host or os.environ.get("DOCKER_HOST") or "the local socket"
 
     # -- connection --------------------------------------------------------
 
     @property
     def client(self) -> docker.DockerClient:
+        """The SDK client, connected on first use (which asks the engine its API version).
+        Raises TargetUnreachable (exit 5) with the reason and a hint when the engine does not answer."""
         if self._client is None:
             try:
                 self._client = connect(self.endpoint)  # asks the engine its API version: reachable
@@ -87,6 +98,9 @@ class DockerTarget:
     # -- Target protocol ---------------------------------------------------
 
     def running(self) -> Running:
+        """The container holding the name: its configured image, the digest behind it (its repo
+        digest, else rollout's label), its state; `active` only when running. Running(None, None,
+        "no container", active=False) when there is none. Raises TargetUnreachable (exit 5)."""
         container = self._container(self.container_name)
         if container is None:
             return Running(None, None, "no container", active=False)
@@ -94,6 +108,9 @@ class DockerTarget:
         return Running(image, self._digest_of(container), container.status, active=container.status == "running")
 
     def prepare(self, release: Release) -> None:
+        """Pull release.image (by digest) unless the engine has it; changes no container.
+        Engine calls are retried for ENGINE_RETRY_SECONDS (seconds) while its socket refuses.
+        Raises TargetUnreachable (exit 5) when the engine or the pull fails."""
         where = self.where
         try:
             engine_call(where, lambda: self.client.images.get(release.image))
@@ -208,6 +225,8 @@ class DockerTarget:
                           f" {self.where}: {reason}; {left}")
 
     def watch(self, release: Release) -> "DockerWatch":
+        """A DockerWatch of the container the last apply() started, from the moment it started.
+        Raises OutOfOrder when no apply() succeeded first."""
         if self._started_id is None:
             raise OutOfOrder(f"target {self.name}: watch() needs a successful apply() first"
                              " (call order: rollout.targets.Target)")
@@ -215,6 +234,8 @@ class DockerTarget:
                            where=self.where)
 
     def logs(self, lines: int = 20) -> str:
+        """The last `lines` lines (stdout and stderr) of the container the last apply() started;
+        "" when there is none, it is gone or the engine is unreachable."""
         if self._started_id is None:
             return ""
         try:

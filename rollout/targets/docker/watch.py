@@ -46,6 +46,8 @@ class DockerWatch:
             self.events.put("")
 
     def wait(self, seconds: float) -> None:
+        """Sleep up to `seconds`, returning at once when the engine reports a failure event
+        (die, oom, restart, unhealthy) of the container since it started."""
         try:
             event = self.events.get(timeout=seconds)
         except queue.Empty:
@@ -54,6 +56,10 @@ class DockerWatch:
             self.failure = event
 
     def observe(self) -> Observation:
+        """The container's state now: failed on a failure event seen, a removed container, an
+        unreachable engine, a restart (RestartCount rising from the first look, or restarting),
+        OOM, paused, not running, or HEALTHCHECK unhealthy; ready when running and (if it has a
+        HEALTHCHECK) healthy; neither while the HEALTHCHECK is starting."""
         while not self.events.empty():
             self.wait(0)
         if self.failure:
@@ -84,6 +90,7 @@ class DockerWatch:
         return Observation(True, detail="running" + (", HEALTHCHECK healthy" if health else ""))
 
     def close(self) -> None:
+        """Close the event stream (its reader thread then ends); safe to call more than once."""
         try:
             self._stream.close()
         except Exception:  # noqa: BLE001 - closing a dead stream is fine
