@@ -4,6 +4,12 @@ Lookup order for a registry: its `credHelpers` entry, else the `credsStore`
 default, else the `auths` entry. Helpers are run as `docker-credential-NAME get`
 with the server name on stdin and answer `{"Username": ..., "Secret": ...}`.
 Secrets never reach reprs, logs or exception messages.
+
+Not docker.auth.load_config/resolve_authconfig: on the same config.json and helpers they
+find the same credentials in the common cases (tests/test_sdk_equivalence.py), but they
+ignore `username`/`password` entries, know Docker Hub under two of its three names, compare
+host names case-sensitively, skip a config.json that is not JSON silently (a 401 later instead
+of an error naming the file) and raise a bare ValueError for a bad `auth` entry.
 """
 
 from __future__ import annotations

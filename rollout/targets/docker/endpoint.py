@@ -31,6 +31,15 @@ def resolve_endpoint(host: str | None, docker_config: str | None = None) -> Endp
     Contexts are read the way the docker CLI stores them:
     $DOCKER_CONFIG/contexts/meta/<sha256 of NAME>/meta.json holds Endpoints.docker.Host, and
     contexts/tls/<sha256 of NAME>/docker/{ca,cert,key}.pem the TLS material, if any.
+    The "default" context is $DOCKER_HOST (else the local socket), as for the docker CLI.
+    Raises ConfigError (exit 2) for a context that does not exist (naming the known ones) or
+    cannot be read.
+
+    Not docker.context.ContextAPI: on the same store it gives the same host and TLS material
+    (tests/test_sdk_equivalence.py), but it finds no context when DOCKER_CONFIG holds no
+    config.json (it looks relative to the working directory), answers the local socket for
+    "default" whatever DOCKER_HOST says, returns None for a missing context instead of an
+    error, and takes no `docker_config` ([registry] docker_config) but the environment only.
     """
     if not host or not host.startswith("context:"):
         return Endpoint(host)
