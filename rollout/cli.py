@@ -134,7 +134,8 @@ def status(
         result = operations.status(_config(ctx), app_name, reporter=console, interrupts=_signals_interrupt)
         for report in result.apps:
             if report.recovery is not None:
-                console.result(report.recovery.message)
+                # On stderr with --json: stdout carries the one JSON document and nothing else.
+                (console.warn if as_json else console.result)(report.recovery.message)
         if as_json:
             console.json(result.to_json())
             return result.exit_code
