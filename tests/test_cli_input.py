@@ -10,12 +10,12 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROLLOUT = str(Path(sys.executable).parent / "rollout")
+from support.cli import run_rollout
+from support.errors import one_line_error
 
 CONFIG = """
 [apps.web]
@@ -42,10 +42,7 @@ class Cli:
         self.config.write_text(text if text is not None else CONFIG.format(image=image))
 
     def run(self, *args: str, config: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {k: v for k, v in os.environ.items() if k not in ("ROLLOUT_CONFIG", "ROLLOUT_LEDGER")}
-        command = [ROLLOUT, *(["-c", str(self.config)] if config else []), *args]
-        return subprocess.run(command, capture_output=True, text=True, env=env, cwd=self.root,
-                              stdin=subprocess.DEVNULL, timeout=60)
+        return run_rollout(*(["-c", str(self.config)] if config else []), *args, cwd=self.root, timeout=60)
 
 
 @pytest.fixture
@@ -55,48 +52,39 @@ def cli(tmp_path: Path) -> Cli:
     return bed
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int = 2) -> str:
-    assert result.returncode == code, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("rollout: error: ")
-    return lines[0]
-
-
 def test_unknown_app_is_refused_before_the_ledger_exists(cli: Cli) -> None:
-    line = assert_one_line_error(cli.run("deploy", "shop:v1"))
+    line = one_line_error(cli.run("deploy", "shop:v1"), 2)
     assert "names no configured app" in line and "web (127.0.0.1:1/shop/web)" in line
     assert not cli.ledger.exists() and not cli.ledger.parent.exists()
 
 
 def test_malformed_toml_names_the_file(cli: Cli) -> None:
     cli.write("[apps.web\nimage = 'x'\n")
-    line = assert_one_line_error(cli.run("deploy", "web:v1"))
+    line = one_line_error(cli.run("deploy", "web:v1"), 2)
     assert str(cli.config) in line and "not valid TOML" in line
     assert not cli.ledger.exists()
 
 
 def test_unknown_key_is_named(cli: Cli) -> None:
     cli.write(CONFIG.format(image="127.0.0.1:1/shop/web").replace("timeout = 5", "timeout = 5\nretries = 3"))
-    line = assert_one_line_error(cli.run("deploy", "web:v1"))
+    line = one_line_error(cli.run("deploy", "web:v1"), 2)
     assert "unknown key apps.web.health.retries" in line and str(cli.config) in line
 
 
 def test_missing_config_names_the_path(cli: Cli) -> None:
     cli.config.unlink()
-    line = assert_one_line_error(cli.run("deploy", "web:v1"))
+    line = one_line_error(cli.run("deploy", "web:v1"), 2)
     assert f"config file {cli.config} not found" in line
 
 
 def test_missing_default_config(cli: Cli) -> None:
     cli.config.unlink()
-    line = assert_one_line_error(cli.run("deploy", "web:v1", config=False))
+    line = one_line_error(cli.run("deploy", "web:v1", config=False), 2)
     assert "rollout.toml not found" in line
 
 
 def test_app_without_tag_is_refused(cli: Cli) -> None:
-    line = assert_one_line_error(cli.run("deploy", "web"))
+    line = one_line_error(cli.run("deploy", "web"), 2)
     assert "give a tag or digest: rollout deploy web:TAG" in line
     assert not cli.ledger.exists()
 
@@ -104,17 +92,14 @@ def test_app_without_tag_is_refused(cli: Cli) -> None:
 @pytest.mark.parametrize("release", ["web:bad tag", "web:$(rm -rf /)", "web:v1\nmalicious", "web:v1\r\nx", "web:",
                                      "web@sha256:abc", "web:-v1", "web:v1;reboot"])
 def test_invalid_reference_is_one_line_and_changes_nothing(cli: Cli, release: str) -> None:
-    line = assert_one_line_error(cli.run("deploy", release))
+    line = one_line_error(cli.run("deploy", release), 2)
     assert "invalid" in line or "give a tag" in line
     assert not cli.ledger.exists()
 
 
 def test_unreachable_registry_exits_5_and_records_nothing(cli: Cli) -> None:
-    result = cli.run("deploy", "web:v1")
-    assert result.returncode == 5, result.stderr
-    assert "Traceback" not in result.stderr
-    last = result.stderr.splitlines()[-1]
-    assert last.startswith("rollout: error: ") and "127.0.0.1:1" in last
+    last = one_line_error(cli.run("deploy", "web:v1"), 5, after="warnings")
+    assert "127.0.0.1:1" in last
     if cli.ledger.exists():
         with sqlite3.connect(cli.ledger) as conn:
             assert conn.execute("SELECT count(*) FROM entries").fetchone()[0] == 0
@@ -128,7 +113,7 @@ def test_history_json_on_an_empty_ledger(cli: Cli) -> None:
 
 
 def test_history_of_an_unknown_app(cli: Cli) -> None:
-    line = assert_one_line_error(cli.run("history", "shop"))
+    line = one_line_error(cli.run("history", "shop"), 2)
     assert "unknown app 'shop'" in line and "web" in line
 
 
@@ -169,7 +154,7 @@ def test_lock_status_and_release_of_a_planted_lease(cli: Cli) -> None:
 def test_corrupted_ledger_is_a_one_line_error(cli: Cli) -> None:
     cli.ledger.parent.mkdir()
     cli.ledger.write_bytes(os.urandom(4096))
-    line = assert_one_line_error(cli.run("history"))
+    line = one_line_error(cli.run("history"), 2)
     assert str(cli.ledger) in line
 
 
@@ -181,12 +166,12 @@ def test_corrupted_ledger_is_a_one_line_error(cli: Cli) -> None:
 ])
 def test_usage_errors_are_one_line_naming_the_help_to_read(cli: Cli, args: tuple[str, ...], named: str,
                                                             command: str) -> None:
-    line = assert_one_line_error(cli.run(*args))
+    line = one_line_error(cli.run(*args), 2)
     assert named in line and line.endswith(f"see `{command} --help`")
     assert not cli.ledger.exists()
 
 
 def test_bare_rollout_prints_the_help() -> None:
-    result = subprocess.run([ROLLOUT], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    result = run_rollout(timeout=60)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "deploy" in result.stdout and "revert" in result.stdout
