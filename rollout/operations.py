@@ -441,16 +441,14 @@ def init(path: Path, *, from_container: Optional[str] = None, host: Optional[str
     """
     from rollout import scaffold
 
-    if from_container and from_deployment:
+    sources = {"--from-container": from_container, "--from-deployment": from_deployment}
+    if from_container and from_deployment:  # said before "already exists", as it always was
         raise UserError("give --from-container or --from-deployment, not both")
     if path.exists() and not force:
         raise UserError(f"{path} already exists: pass --force to overwrite it")
-    if from_container:
-        draft = scaffold.from_container(from_container, host, app_name, image)
-    elif from_deployment:
-        draft = scaffold.from_deployment(from_deployment, namespace, kubeconfig, context, container, app_name, image)
-    else:
-        draft = scaffold.blank(app_name, image)
+    # The kind that drafts from the given source is found through the registry (rollout.targets.kinds).
+    draft = scaffold.draft_from(sources, {"host": host, "namespace": namespace, "kubeconfig": kubeconfig,
+                                          "context": context, "container": container}, app_name, image)
     scaffold.write(path, scaffold.render(draft), force=force)
     return Initialised(path, draft)
 
