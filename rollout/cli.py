@@ -51,6 +51,8 @@ def _config(ctx: typer.Context, required: bool = True) -> configuration.Config:
 METRICS_FILE = typer.Option(None, "--metrics-file", metavar="PATH",
                             help="After the run, write Prometheus textfile-collector metrics to PATH (atomically).")
 PUSHGATEWAY = typer.Option(None, "--pushgateway", metavar="URL", help="After the run, push the metrics to this Pushgateway.")
+WAIT = typer.Option(0.0, "--wait", metavar="SECONDS", help="Wait this long for another rollout's lock.")
+REASON = typer.Option(None, "--reason", help="Why: recorded in the ledger.")
 
 
 @app.command()
@@ -58,8 +60,8 @@ def deploy(
     ctx: typer.Context,
     release: str = typer.Argument(..., metavar="APP:TAG", help="APP:TAG, APP@DIGEST, APP:TAG@DIGEST or REGISTRY/REPO:TAG"),
     allow_retag: bool = typer.Option(False, "--allow-retag", help="Accept a tag that now resolves to another digest."),
-    wait: float = typer.Option(0.0, "--wait", metavar="SECONDS", help="Wait this long for another rollout's lock."),
-    reason: Optional[str] = typer.Option(None, "--reason", help="Why: recorded in the ledger."),
+    wait: float = WAIT,
+    reason: Optional[str] = REASON,
     metrics_file: Optional[str] = METRICS_FILE,
     pushgateway: Optional[str] = PUSHGATEWAY,
 ) -> None:
@@ -82,8 +84,8 @@ def revert(
     to: Optional[str] = typer.Option(None, "--to", metavar="'#ID'|TAG",
                                      help="Go back to entry '#ID' (or id:ID), or to the newest healthy entry with TAG"
                                           " (or tag:TAG); a bare number that is both is refused."),
-    wait: float = typer.Option(0.0, "--wait", metavar="SECONDS", help="Wait this long for another rollout's lock."),
-    reason: Optional[str] = typer.Option(None, "--reason", help="Why: recorded in the ledger."),
+    wait: float = WAIT,
+    reason: Optional[str] = REASON,
     metrics_file: Optional[str] = METRICS_FILE,
     pushgateway: Optional[str] = PUSHGATEWAY,
 ) -> None:
@@ -162,7 +164,7 @@ def rebuild(
     check_only: bool = typer.Option(False, "--check", help="Only report: exit 0 up to date, 10 a rebuild is due."),
     no_deploy: bool = typer.Option(False, "--no-deploy", help="Build and push only."),
     force: bool = typer.Option(False, "--force", help="Build even when the inputs are unchanged or failed before."),
-    wait: float = typer.Option(0.0, "--wait", metavar="SECONDS", help="Wait this long for another rollout's lock."),
+    wait: float = WAIT,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     metrics_file: Optional[str] = METRICS_FILE,
     pushgateway: Optional[str] = PUSHGATEWAY,
