@@ -27,13 +27,14 @@ def _share() -> tuple[int, int]:
 
 
 _first, _last = _share()
-_candidates = itertools.count(_first)
+# Each process starts at its own place in its slice and goes round it once: another test run on the
+# machine at the same time (a developer's, while CI runs) has the same slices but other start points.
+_start = _first + os.getpid() * 7919 % (_last - _first + 1)
+_candidates = itertools.chain(range(_start, _last + 1), range(_first, _start))
 
 
 def free_port() -> int:
     for port in _candidates:
-        if port > _last:
-            break
         with socket.socket() as probe:
             try:
                 probe.bind(("0.0.0.0", port))  # also refuses a port someone holds on 127.0.0.1 only
