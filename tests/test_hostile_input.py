@@ -1,10 +1,13 @@
 """Hostile input through the real CLI: one-line error, documented exit code, nothing changed.
 
-A healthy app runs on the real engine with a ledger holding its entry; then every input of the
-table is thrown at `rollout`. After each: exactly one `rollout: error:` line on stderr, no
-traceback, the documented exit code, and the ledger's rows, the lock table and the app's
-container exactly as they were. The config loader is also fuzzed with Hypothesis: whatever
-TOML-shaped data it gets, only ConfigError may come out.
+Every input of the table is one test. After each: exactly one `rollout: error:` line on stderr,
+no traceback, the documented exit code, and the ledger's rows and lock table exactly as they
+were. Inputs refused while reading the config or the reference (pure) run without the engine:
+DOCKER_HOST points at a socket that does not exist, so touching the engine would show as exit 5.
+Inputs that get further (an unreachable registry or engine, a broken ledger, a revert lookup) run
+against a healthy app on the real engine, whose container must be exactly as it was. The config
+loader is also fuzzed with Hypothesis: whatever TOML-shaped data it gets, only ConfigError may
+come out.
 """
 
 from __future__ import annotations
@@ -13,20 +16,23 @@ import copy
 import datetime as dt
 import hashlib
 import math
-import os
 import sqlite3
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rollout.config import APP_KEYS, HEALTH_KEYS, TARGET_KEYS, TOP_KEYS, parse
 from rollout.errors import ConfigError
-from support.cli import ROLLOUT
-from support.project import Project, write_config
+from rollout.ledger import HEALTHY, Ledger, NewEntry
+from support.cli import run_rollout
+from support.errors import one_line_error
+from support.fakes import fake_digest
+from support.images import APP_IMAGE
+from support.project import Project
 
 SHA = "0" * 64
 Edit = Callable[[str], str]
@@ -40,6 +46,11 @@ class Hostile:
     needle: str  # a word the error line must contain (case-insensitive)
     config: Edit | None = None  # how to spoil the config text
     ledger: str | None = None  # which broken ledger the config points at (see broken_ledger)
+    engine: bool = False  # gets past config and reference parsing: run against the real engine
+
+    @property
+    def pure(self) -> bool:
+        return not self.engine
 
 
 def ref(name: str, release: str, needle: str = "invalid") -> Hostile:
@@ -51,7 +62,7 @@ def conf(name: str, edit: Edit, needle: str, code: int = 2, args: tuple[str, ...
 
 
 def ledger(name: str, kind: str, needle: str, args: tuple[str, ...] = ("deploy", "web:good2")) -> Hostile:
-    return Hostile(name, args, 2, needle, ledger=kind)
+    return Hostile(name, args, 2, needle, ledger=kind, engine=True)
 
 
 def replace(old: str, new: str) -> Edit:
@@ -103,8 +114,8 @@ HOSTILE = [
     ref("uppercase app", "WEB:v1", "invalid"),
     ref("path traversal", "../../etc/passwd:v1", "invalid"),
     ref("another registry's repository", "127.0.0.1:5000/other/repo:v1", "names no configured app"),
-    Hostile("SQL in revert --to", ("revert", "--to", "1; DROP TABLE entries"), 2, "no entry of web has tag"),
-    Hostile("revert to an unknown id", ("revert", "--to", "999999"), 2, "999999"),
+    Hostile("SQL in revert --to", ("revert", "--to", "1; DROP TABLE entries"), 2, "no entry of web has tag", engine=True),
+    Hostile("revert to an unknown id", ("revert", "--to", "999999"), 2, "999999", engine=True),
     Hostile("history of an unknown app", ("history", "shop"), 2, "unknown app"),
     Hostile("status of an unknown app", ("status", "shop"), 2, "unknown app"),
     # The config: malformed, wrong-typed, unknown keys, dangerous values.
@@ -127,8 +138,10 @@ HOSTILE = [
     conf("no targets", lambda text: text.split("[[apps.web.targets]]")[0], "no targets"),
     conf("ledger path is a number", prepend("[ledger]\npath = 3"), "ledger.path"),
     conf("apps is a string", lambda text: 'apps = "web"\n', "apps"),
-    conf("registry unreachable", replace("127.0.0.1:5000/", "127.0.0.1:1/"), "unreachable", code=5),
-    conf("engine unreachable", append('host = "tcp://127.0.0.1:1"'), "unreachable", code=5),
+    Hostile("registry unreachable", ("deploy", "web:good2"), 5, "unreachable",
+            config=replace("127.0.0.1:5000/", "127.0.0.1:1/"), engine=True),
+    Hostile("engine unreachable", ("deploy", "web:good2"), 5, "unreachable",
+            config=append('host = "tcp://127.0.0.1:1"'), engine=True),
     # The ledger: corrupted, from a newer rollout, not a ledger, where it cannot be.
     ledger("corrupted ledger", "corrupt", "ledger"),
     ledger("corrupted ledger, history", "corrupt", "ledger", args=("history",)),
@@ -174,54 +187,82 @@ def tree_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def snapshot(project: Project, docker_client) -> dict[str, object]:  # type: ignore[no-untyped-def]
-    conn = sqlite3.connect(f"file:{project.ledger}?mode=ro", uri=True)
-    try:
-        rows = {table: conn.execute(f"SELECT * FROM {table}").fetchall() for table in ("entries", "events", "targets", "locks")}
-    finally:
-        conn.close()
+NO_ENGINE = {"DOCKER_HOST": "unix:///nonexistent/rollout-hostile-input-no-engine.sock"}
+
+
+def ledger_state(project: Project) -> dict[str, object]:
+    rows = {table: project.ledger_rows(f"SELECT * FROM {table}") for table in ("entries", "events", "targets", "locks")}
+    return {**rows, "mode": oct(project.ledger.stat().st_mode & 0o777)}
+
+
+def app_state(project: Project, docker_client) -> dict[str, object]:  # type: ignore[no-untyped-def]
     containers = sorted((c.name, c.id, c.status, c.attrs["Config"]["Image"], c.attrs["State"]["StartedAt"])
                         for c in docker_client.containers.list(all=True, filters={"name": project.container}))
-    return {**rows, "containers": containers, "mode": oct(project.ledger.stat().st_mode & 0o777)}
+    return {**ledger_state(project), "containers": containers}
 
 
-def run(project: Project, config: Path, args: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("ROLLOUT_CONFIG", "ROLLOUT_LEDGER", "ROLLOUT_DEBUG")}
-    return subprocess.run([*ROLLOUT, "-c", str(config), *args], capture_output=True, text=True, env=env,
-                          cwd=project.root, stdin=subprocess.DEVNULL, timeout=120)
-
-
-def test_hostile_input_is_refused_in_one_line_and_changes_nothing(project: Project, docker_client) -> None:  # type: ignore[no-untyped-def]
-    assert len(HOSTILE) >= 40
-    write_config(project, stable=1.5)
-    assert project.run("deploy", "web:good1").returncode == 0
+def refuse(project: Project, case: Hostile, scratch: Path, state: Callable[[], object],
+           env: dict[str, str] | None = None) -> None:
+    """Throw case at rollout with project's config (spoilt as the case says): one error line,
+    its exit code, `state` unchanged, a broken ledger left as it was."""
     base = project.config.read_text()
-    before = snapshot(project, docker_client)
-    problems = []
-    for number, case in enumerate(HOSTILE):
-        config = project.root / "hostile.toml"
-        text = case.config(base) if case.config else base
-        broken = None
-        if case.ledger:
-            broken = broken_ledger(project.root / "broken" / str(number), case.ledger)
-            text = f'[ledger]\npath = "{broken}"\n' + text
-        config.write_text(text)
-        on_disk = tree_digest(broken) if broken else None
-        result = run(project, config, case.args)
-        lines = result.stderr.splitlines()
-        errors = [line for line in lines if line.startswith("rollout: error: ")]
-        # Retry warnings may precede the error of an unreachable registry; nothing may follow it.
-        if (result.returncode != case.code or len(errors) != 1 or lines[-1] != errors[0]
-                or any(not line.startswith("rollout: warning: ") for line in lines[:-1])
-                or "Traceback" in result.stderr + result.stdout or case.needle.lower() not in errors[0].lower()):
-            problems.append(f"{case.name}: exit {result.returncode}, stderr {result.stderr[-500:]!r}")
-        if broken is not None and tree_digest(broken) != on_disk:
-            problems.append(f"{case.name}: the broken ledger {broken} was modified")
-        if snapshot(project, docker_client) != before:
-            problems.append(f"{case.name}: the ledger or the container changed")
-            before = snapshot(project, docker_client)
-    assert problems == [], "\n".join(problems)
-    assert project.version() == "good1"
+    text = case.config(base) if case.config else base
+    broken = None
+    if case.ledger:
+        broken = broken_ledger(scratch, case.ledger)
+        text = f'[ledger]\npath = "{broken}"\n' + text
+    # Next to rollout.toml: the default ledger path is relative to the config file.
+    config = project.root / "hostile.toml"
+    config.write_text(text)
+    on_disk = tree_digest(broken) if broken else None
+    before = state()
+    result = run_rollout("-c", str(config), *case.args, env=env, cwd=project.root, timeout=120)
+    # Retry warnings may precede the error of an unreachable registry; nothing may follow it.
+    line = one_line_error(result, case.code, after="warnings")
+    assert case.needle.lower() in line.lower(), line
+    if broken is not None:
+        assert tree_digest(broken) == on_disk, f"the broken ledger {broken} was modified"
+    assert state() == before, "the ledger or the container changed"
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """A project whose ledger holds a healthy entry of web, recorded through the ledger's own API;
+    no engine: its container is never created."""
+    project = Project.create(tmp_path_factory.mktemp("hostile-pure"))
+    ledger = Ledger(project.ledger)
+    entry = ledger.record(NewEntry(app="web", repository=APP_IMAGE, tag="good1", digest=fake_digest("good1")))
+    ledger.set_status(entry.id, HEALTHY)
+    ledger.close()
+    return project
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory, docker_client, registry: str) -> Iterator[Project]:  # type: ignore[no-untyped-def]
+    """A healthy app on the real engine, deployed once for every case that needs the engine."""
+    project = Project.create(tmp_path_factory.mktemp("hostile-engine"))
+    result = project.run("deploy", "web:good1")
+    assert result.returncode == 0, result.stderr
+    yield project
+    project.remove_containers(docker_client)
+
+
+def test_the_table_is_whole() -> None:
+    assert len(HOSTILE) >= 40
+    assert len({case.name for case in HOSTILE}) == len(HOSTILE), "each input names its own test"
+
+
+@pytest.mark.parametrize("case", [c for c in HOSTILE if c.pure], ids=lambda c: c.name)
+def test_pure_hostile_input_is_refused_in_one_line_without_the_engine(recorded: Project, tmp_path: Path,
+                                                                      case: Hostile) -> None:
+    refuse(recorded, case, tmp_path, lambda: ledger_state(recorded), env=NO_ENGINE)
+
+
+@pytest.mark.parametrize("case", [c for c in HOSTILE if c.engine], ids=lambda c: c.name)
+def test_hostile_input_is_refused_in_one_line_and_changes_nothing(deployed: Project, docker_client, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                  case: Hostile) -> None:
+    refuse(deployed, case, tmp_path, lambda: app_state(deployed, docker_client))
+    assert deployed.version() == "good1"
 
 
 # -- fuzzing the config loader ---------------------------------------------------------------

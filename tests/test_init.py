@@ -4,7 +4,6 @@ or from a Deployment on the Kubernetes simulator; each one then drives a real de
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import tomllib
 import uuid
@@ -14,23 +13,15 @@ from typing import Any, Iterator
 import pytest
 
 from kube_sim.harness import RunningSimulator, running_simulator
-from support.cli import ROLLOUT
+from support.cli import run_rollout
+from support.errors import one_line_error
 from support.images import APP_IMAGE
 from support.ports import free_port
 from support.project import http_get
 
 
 def rollout(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if k not in ("ROLLOUT_CONFIG", "ROLLOUT_LEDGER", "KUBECONFIG")}
-    return subprocess.run([*ROLLOUT, "-c", str(config), *args], capture_output=True, text=True, timeout=300,
-                          env={**environment, **(env or {})}, cwd=config.parent, stdin=subprocess.DEVNULL)
-
-
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("rollout: error: "), result.stderr
-    assert "Traceback" not in result.stderr
-    return lines[0]
+    return run_rollout("-c", str(config), *args, env=env, cwd=config.parent, timeout=300)
 
 
 @pytest.fixture
@@ -75,7 +66,7 @@ def test_init_never_overwrites_without_force(tmp_path: Path) -> None:
     config.write_text("# mine\n")
     result = rollout(config, "init")
     assert result.returncode == 2
-    assert "already exists" in one_error_line(result) and "--force" in result.stderr
+    assert "already exists" in one_line_error(result, 2) and "--force" in result.stderr
     assert config.read_text() == "# mine\n"
 
     result = rollout(config, "init", "--force", "--app", "shop", "--image", "127.0.0.1:5000/team/shop")
@@ -90,11 +81,11 @@ def test_init_never_overwrites_without_force(tmp_path: Path) -> None:
 def test_init_errors_are_one_line_and_write_nothing(tmp_path: Path, docker_client: Any) -> None:
     config = tmp_path / "rollout.toml"
     result = rollout(config, "init", "--from-container", f"no-such-{uuid.uuid4().hex[:6]}")
-    assert result.returncode == 2 and "no container" in one_error_line(result)
+    assert result.returncode == 2 and "no container" in one_line_error(result, 2)
     result = rollout(config, "init", "--from-container", "x", "--host", f"tcp://127.0.0.1:{free_port()}")
-    assert result.returncode == 5 and "cannot reach the Docker engine" in one_error_line(result)
+    assert result.returncode == 5 and "cannot reach the Docker engine" in one_line_error(result, 5)
     result = rollout(config, "init", "--from-container", "x", "--from-deployment", "y")
-    assert result.returncode == 2 and "not both" in one_error_line(result)
+    assert result.returncode == 2 and "not both" in one_line_error(result, 2)
     assert not config.exists()
 
 
@@ -129,7 +120,7 @@ def test_init_from_a_deployment_then_deploy(kube: RunningSimulator, tmp_path: Pa
     # Two containers: which one is the app's must be said.
     result = rollout(config, "init", "--from-deployment", name, "--kubeconfig", str(kube.kubeconfig))
     assert result.returncode == 2
-    assert "app, proxy" in one_error_line(result) and "--container" in result.stderr
+    assert "app, proxy" in one_line_error(result, 2) and "--container" in result.stderr
     assert not config.exists()
 
     result = rollout(config, "init", "--from-deployment", name, "--kubeconfig", str(kube.kubeconfig),
@@ -154,7 +145,7 @@ def test_init_from_a_missing_deployment_is_one_line(kube: RunningSimulator, tmp_
     result = rollout(config, "init", "--from-deployment", "nope", "--kubeconfig", str(kube.kubeconfig),
                      "--namespace", "elsewhere")
     assert result.returncode == 2
-    assert "no deployment 'nope' in namespace elsewhere" in one_error_line(result)
+    assert "no deployment 'nope' in namespace elsewhere" in one_line_error(result, 2)
     assert not config.exists()
 
 
@@ -280,12 +271,12 @@ def test_an_app_name_init_cannot_write_is_refused_in_one_line(tmp_path: Path, do
         config = tmp_path / "rollout.toml"
         result = rollout(config, "init", "--from-container", name)
         assert result.returncode == 2, result.stderr
-        error = one_error_line(result)
+        error = one_line_error(result, 2)
         assert "rollout.app" in error and "not an app name" in error and "\x1b" not in result.stderr
         assert not config.exists()
         for args in (["--from-container", name, "--app", "web shop"], ["--app", "web.shop"]):
             result = rollout(config, "init", *args)
-            assert result.returncode == 2 and "--app" in one_error_line(result), result.stderr
+            assert result.returncode == 2 and "--app" in one_line_error(result, 2), result.stderr
             assert not config.exists()
         written = rollout(config, "init", "--from-container", name, "--app", "shop")  # --app chooses
         assert written.returncode == 0, written.stderr

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,8 +17,9 @@ import pytest
 
 from kube_sim.harness import RunningSimulator, running_simulator
 from support.bed import need
-from support.cli import ROLLOUT
-from support.images import APP_IMAGE, REGISTRY
+from support.cli import run_rollout
+from support.images import APP_IMAGE, REGISTRY, digest_of
+from support.kube import KubeApp
 
 SIDECAR = f"{REGISTRY}/rollout-test/sidecar:v1"
 CI_TOKEN = "ci-token"
@@ -40,7 +40,7 @@ def kubectl_present() -> None:
 @pytest.fixture(scope="module")
 def digests(docker_client: Any, registry: str) -> dict[str, str]:
     """The registry's digest of each test tag, as the engine reads it from the registry."""
-    return {tag: docker_client.images.get_registry_data(f"{APP_IMAGE}:{tag}").id for tag in ("good1", "good2", "good3")}
+    return {tag: digest_of(docker_client, tag) for tag in ("good1", "good2", "good3")}
 
 
 @contextmanager
@@ -56,66 +56,26 @@ def simulator(directory: Path, *args: str, rbac: dict[str, Any] | None = None,
         yield sim
 
 
-class Cluster:
+class Cluster(KubeApp):
     """One Deployment on the simulator and a rollout project pointing at it."""
 
     def __init__(self, root: Path, sim: RunningSimulator, containers: list[dict[str, Any]],
                  init_containers: list[dict[str, Any]] | None = None, annotations: dict[str, str] | None = None,
                  app_image: str = APP_IMAGE) -> None:
-        self.root, self.sim = root, sim
-        self.name = f"k{uuid.uuid4().hex[:8]}"
         pod_spec: dict[str, Any] = {"containers": containers}
         if init_containers:
             pod_spec["initContainers"] = init_containers
-        manifest = {
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": self.name, "labels": {"app": self.name}, "annotations": annotations or {}},
-            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": self.name}},
-                     "template": {"metadata": {"labels": {"app": self.name}}, "spec": pod_spec}},
-        }
-        (root / "deployment.json").write_text(json.dumps(manifest))
-        created = sim.kubectl("create", "-f", str(root / "deployment.json"), "--validate=false")
-        assert created.returncode == 0, created.stderr
-        assert sim.kubectl("rollout", "status", f"deployment/{self.name}", "--timeout=60s").returncode == 0
+        super().__init__(root, sim, pod_spec, annotations=annotations or {}, ready_within="60s")
         self.configure(app_image=app_image)
 
     def configure(self, app_image: str = APP_IMAGE, kubeconfig: Path | None = None, extra: str = "") -> None:
-        (self.root / "rollout.toml").write_text(f"""
-[apps.web]
-image = "{app_image}"
-[apps.web.health]
-timeout = 60
-interval = 1
-stable = 1
-[[apps.web.targets]]
-name = "cluster"
-kind = "kubernetes"
-kubeconfig = "{kubeconfig or self.sim.kubeconfig}"
-deployment = "{self.name}"
-{extra}
-""")
+        self.write_config(app_image, stable=1, kubeconfig=kubeconfig, extra=extra)
 
     def kubeconfig_for(self, token: str) -> Path:
         """The simulator's kubeconfig with another user's bearer token."""
         path = self.root / f"kubeconfig-{token}"
         path.write_text(self.sim.kubeconfig.read_text().replace("kube-sim-ignored-token", token))
         return path
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {"ROLLOUT_CONFIG": str(self.root / "rollout.toml"), "PATH": "/usr/bin:/bin"}
-        return subprocess.run([*ROLLOUT, *args], capture_output=True, text=True, env=env, timeout=180,
-                              stdin=subprocess.DEVNULL)
-
-    def deployment(self) -> dict[str, Any]:
-        result = self.sim.kubectl("get", "deployment", self.name, "-o", "json")
-        assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout)
-
-    def images(self, kind: str = "containers") -> dict[str, str]:
-        return {c["name"]: c["image"] for c in self.deployment()["spec"]["template"]["spec"].get(kind) or []}
-
-    def history(self) -> list[dict[str, Any]]:
-        return json.loads(self.run("history", "--json", "-n", "100").stdout)
 
 
 def app_container(image: str = f"{APP_IMAGE}:good1", **extra: Any) -> dict[str, Any]:
@@ -283,9 +243,8 @@ def test_a_cluster_on_loopback_is_never_reached_through_a_proxy(tmp_path: Path, 
     with simulator(tmp_path) as sim:
         cluster = Cluster(tmp_path, sim, [app_container()])
         proxied = {"HTTP_PROXY": dead, "HTTPS_PROXY": dead, "http_proxy": dead, "https_proxy": dead}
-        run = lambda *args: subprocess.run([*ROLLOUT, *args], capture_output=True, text=True, timeout=180,  # noqa: E731
-                                           env={"ROLLOUT_CONFIG": str(tmp_path / "rollout.toml"), "PATH": "/usr/bin:/bin",
-                                                **proxied}, stdin=subprocess.DEVNULL)
+        run = lambda *args: run_rollout(*args, env={"ROLLOUT_CONFIG": str(cluster.config), **proxied},  # noqa: E731
+                                        bare=True, timeout=180)
         result = run("deploy", "web:good2")
         assert result.returncode == 0, result.stderr
         assert cluster.images()["app"].startswith(f"{APP_IMAGE}@sha256:")

@@ -5,16 +5,14 @@ pods that linger while terminating, evicted pods that stay listed, and container
 from __future__ import annotations
 
 import json
-import subprocess
-import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 from kube_sim.harness import RunningSimulator, running_simulator, wait_for
-from support.cli import ROLLOUT
 from support.images import APP_IMAGE, digest_of
+from support.kube import KubeApp
 
 HOLD = "rollout-test/hold"  # a finalizer nobody removes but the test
 
@@ -26,67 +24,20 @@ def kube(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, registry:
         yield sim
 
 
-class Cluster:
+class Cluster(KubeApp):
     """One Deployment (container `app`, 2 replicas, maxSurge 1, maxUnavailable 0) and a rollout.toml for it."""
 
     def __init__(self, root: Path, sim: RunningSimulator) -> None:
-        self.root, self.sim = root, sim
-        self.name = f"p{uuid.uuid4().hex[:8]}"
-        manifest = {
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": self.name, "labels": {"app": self.name}},
-            "spec": {
-                "replicas": 2, "selector": {"matchLabels": {"app": self.name}},
-                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-                "template": {"metadata": {"labels": {"app": self.name}}, "spec": {
-                    "terminationGracePeriodSeconds": 5,
-                    "containers": [{"name": "app", "image": f"{APP_IMAGE}:good1", "env": [{"name": "PORT", "value": "8080"}]}],
-                }},
-            },
-        }
-        (root / "deployment.json").write_text(json.dumps(manifest))
-        self.kubectl("create", "-f", str(root / "deployment.json"), "--validate=false")
-        self.kubectl("rollout", "status", f"deployment/{self.name}", "--timeout=90s")
-        (root / "rollout.toml").write_text(f"""
-[apps.web]
-image = "{APP_IMAGE}"
-
-[apps.web.health]
-timeout = 60
-interval = 1
-stable = 2
-
-[[apps.web.targets]]
-name = "cluster"
-kind = "kubernetes"
-kubeconfig = "{sim.kubeconfig}"
-deployment = "{self.name}"
-""")
-
-    def kubectl(self, *args: str) -> str:
-        result = self.sim.kubectl(*args)
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {"ROLLOUT_CONFIG": str(self.root / "rollout.toml"), "PATH": "/usr/bin:/bin"}
-        return subprocess.run([*ROLLOUT, *args], capture_output=True, text=True, env=env, timeout=300, stdin=subprocess.DEVNULL)
+        app = {"name": "app", "image": f"{APP_IMAGE}:good1", "env": [{"name": "PORT", "value": "8080"}]}
+        super().__init__(root, sim, {"terminationGracePeriodSeconds": 5, "containers": [app]}, prefix="p", replicas=2,
+                         strategy={"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}})
+        self.write_config()
 
     def pods(self) -> list[dict[str, Any]]:
         return json.loads(self.kubectl("get", "pods", "-l", f"app={self.name}", "-o", "json"))["items"]
 
     def app_image(self) -> str:
-        deployment = json.loads(self.kubectl("get", "deployment", self.name, "-o", "json"))
-        return deployment["spec"]["template"]["spec"]["containers"][0]["image"]
-
-    def history(self) -> list[dict[str, Any]]:
-        return json.loads(self.run("history", "--json", "-n", "100").stdout)
-
-    def status(self) -> dict[str, Any]:
-        result = self.run("status", "--json")
-        assert result.returncode == 0, result.stderr
-        [target] = json.loads(result.stdout)["targets"]
-        return target
+        return self.images()["app"]
 
     def remove(self) -> None:
         for pod in self.pods():

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
 import threading
 import uuid
 from datetime import datetime
@@ -15,9 +14,9 @@ from typing import Any, Iterator
 import pytest
 
 from kube_sim.harness import RunningSimulator, running_simulator
-from support.cli import run_rollout
 from support.errors import one_line_error
 from support.images import APP_IMAGE, REGISTRY, digest_of
+from support.kube import KubeApp
 from support.ports import free_port
 from support.proxy import Fault, start_proxy
 
@@ -42,68 +41,24 @@ def deployments_removed_after_each_test(kube: RunningSimulator) -> Iterator[None
     del KubeProject.created[created_before:]
 
 
-class KubeProject:
+class KubeProject(KubeApp):
+    """Containers `app` (the app's image, tag good1) and `sidecar`, 2 replicas rolled one at a time."""
+
     created: list[str] = []  # Deployment names, removed after each test
 
     def __init__(self, root: Path, sim: RunningSimulator, image: str = APP_IMAGE, replicas: int = 2,
                  pull_policy: str = "IfNotPresent", command: list[str] | None = None) -> None:
-        self.root = root
-        self.sim = sim
-        self.name = f"k{uuid.uuid4().hex[:8]}"
         self.image = image
-        manifest = {
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": self.name, "labels": {"app": self.name}},
-            "spec": {
-                "replicas": replicas, "selector": {"matchLabels": {"app": self.name}},
-                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-                "template": {"metadata": {"labels": {"app": self.name}}, "spec": {"containers": [
-                    {"name": "app", "image": f"{image}:good1", "imagePullPolicy": pull_policy,
-                     "env": [{"name": "PORT", "value": "8080"}], **({"command": command} if command else {})},
-                    {"name": "sidecar", "image": SIDECAR, "env": [{"name": "PORT", "value": "8081"}]},
-                ]}},
-            },
-        }
-        path = root / "deployment.json"
-        path.write_text(json.dumps(manifest))
-        created = sim.kubectl("create", "-f", str(path), "--validate=false")
-        assert created.returncode == 0, created.stderr
+        app = {"name": "app", "image": f"{image}:good1", "imagePullPolicy": pull_policy,
+               "env": [{"name": "PORT", "value": "8080"}], **({"command": command} if command else {})}
+        sidecar = {"name": "sidecar", "image": SIDECAR, "env": [{"name": "PORT", "value": "8081"}]}
+        super().__init__(root, sim, {"containers": [app, sidecar]}, replicas=replicas,
+                         strategy={"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}})
         KubeProject.created.append(self.name)
-        assert sim.kubectl("rollout", "status", f"deployment/{self.name}", "--timeout=90s").returncode == 0
         self.write_config()
 
-    def write_config(self, timeout: float = 60, extra: str = "") -> None:
-        (self.root / "rollout.toml").write_text(f"""
-[apps.web]
-image = "{self.image}"
-
-[apps.web.health]
-timeout = {timeout}
-interval = 1
-stable = 2
-
-[[apps.web.targets]]
-name = "cluster"
-kind = "kubernetes"
-kubeconfig = "{self.sim.kubeconfig}"
-deployment = "{self.name}"
-{extra}
-""")
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return run_rollout(*args, env={"ROLLOUT_CONFIG": str(self.root / "rollout.toml")}, bare=True, timeout=300)
-
-    def deployment(self) -> dict[str, Any]:
-        result = self.sim.kubectl("get", "deployment", self.name, "-o", "json")
-        assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout)
-
-    def images(self) -> dict[str, str]:
-        containers = self.deployment()["spec"]["template"]["spec"]["containers"]
-        return {c["name"]: c["image"] for c in containers}
-
-    def history(self) -> list[dict[str, Any]]:
-        return json.loads(self.run("history", "--json", "-n", "100").stdout)
+    def write_config(self, image: str | None = None, **options: Any) -> None:  # type: ignore[override]
+        super().write_config(image or self.image, **options)
 
 
 def events(root: Path, entry_id: int) -> dict[str, datetime]:
@@ -281,14 +236,16 @@ def test_a_deployment_changed_between_read_and_patch_is_read_again_not_overwritt
 
 def test_a_deployment_that_keeps_changing_is_given_up_on_unchanged(kube: RunningSimulator, tmp_path: Path,
                                                                     docker_client: Any) -> None:
-    from rollout.errors import TargetUnreachable
+    from rollout.errors import NotApplied
     from rollout.targets import Release
     from rollout.targets.kubernetes import CONFLICT_RETRIES
 
     project = KubeProject(tmp_path, kube)
     target, edits = conflicting_target(project, changes=CONFLICT_RETRIES)
-    with pytest.raises(TargetUnreachable, match=r"kept changing under us \(409\)"):
+    # Nothing of rollout's was stored: not applied (exit 5), so the orchestrator reverts nothing.
+    with pytest.raises(NotApplied, match=r"\(5 times 409 Conflict\): another writer keeps updating it") as given_up:
         target.apply(Release(7, APP_IMAGE, "good2", digest_of(docker_client, "good2"), "rollout: test"))
+    assert given_up.value.exit_code == 5
     assert len(edits) == CONFLICT_RETRIES
     assert project.images()["app"] == f"{APP_IMAGE}:good1"
 
