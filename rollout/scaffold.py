@@ -278,8 +278,9 @@ def render(draft: Draft) -> str:
         lines.append(f"{_key(key)} = {_toml(value)}")
     if draft.target.get("kind") == "docker":
         lines += [
-            "# The settings above are used when the container does not exist yet; an existing",
-            "# container's own settings (env, mounts, ports, network...) are carried over on each deploy.",
+            "# The settings above win over the running container's on every deploy that creates a container",
+            "# (remove one to let the container's own value carry over instead); everything not set here",
+            "# (other env, mounts, ports, network, restart policy...) is carried over from the container.",
         ]
     lines += [
         "",
