@@ -81,7 +81,9 @@ def _check_app(app: AppConfig, config_path: Path | None, ledger: LedgerBackend, 
         if state.error:
             report.errors.append(f"target {state.name}: {state.error}")
         elif current and not state.in_sync:
-            report.changes.append(f"target {state.name} runs {state.image or 'nothing'}, not #{current.id} {current.image}")
+            what = (f"runs {state.image}" if state.running else
+                    f"is stopped ({state.image})" if state.image else "runs nothing")
+            report.changes.append(f"target {state.name} {what}, not #{current.id} {current.image}")
     if current is not None and current.tag:
         try:
             report.tag_digest = registry.resolve(Reference(app.registry, app.repository, tag=current.tag))

@@ -296,6 +296,15 @@ def test_check_reports_a_target_that_drifted(bed: RebuildBed, docker_client) -> 
     assert report["changed"] and any("target local runs nothing" in line for line in report["changes"])
 
 
+def test_check_says_a_stopped_target_is_stopped(bed: RebuildBed, docker_client) -> None:  # type: ignore[no-untyped-def]
+    assert bed.rebuild().returncode == 0
+    docker_client.containers.get(bed.project.container).stop()
+    result = bed.project.run("check", "--json")
+    assert result.returncode == 10
+    [report] = json.loads(result.stdout)
+    assert any(line.startswith("target local is stopped (") for line in report["changes"]), report["changes"]
+
+
 def test_bad_build_config_names_the_file_and_key(bed: RebuildBed) -> None:
     write_config(bed.project, bed.app_image, extra='\n[apps.web.build]\ncontext = "ctx"\nstage = "app"\n')
     result = bed.rebuild()
