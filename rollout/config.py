@@ -24,6 +24,7 @@ from typing import Any
 
 from rollout import schema as S
 from rollout.errors import ConfigError, InvalidReference
+from rollout.ledger_url import is_url, redact
 from rollout.output import redact_url
 from rollout.reference import parse_repository
 from rollout.tags import DEFAULT_TAG_TEMPLATE, template_problem
@@ -166,7 +167,8 @@ class Config:
     """A whole rollout.toml; `path` is None when no file was found and none was required."""
 
     path: Path | None
-    ledger_path: Path
+    # A SQLite file (Path) or a PostgreSQL URL (str): what rollout.ledger.open_ledger takes.
+    ledger_location: Path | str
     apps: dict[str, AppConfig]
     registry: RegistrySettings = RegistrySettings()
     notify: NotifySettings = NotifySettings()
@@ -222,7 +224,7 @@ def _notify_timeout(value: Any) -> float:
 
 
 TOP_SCHEMA: S.Schema = {key: S.Field(S.table) for key in ("ledger", "apps", "registry", "notify")}
-LEDGER_SCHEMA: S.Schema = {"path": S.Field(S.string)}
+LEDGER_SCHEMA: S.Schema = {"path": S.Field(S.string), "url": S.Field(S.string)}
 REGISTRY_SCHEMA: S.Schema = {
     "insecure": S.Field(S.string_list()),
     "ca_bundle": S.Field(S.string),
@@ -289,7 +291,7 @@ def load(explicit: str | None = None, *, required: bool = True) -> Config:
     if not path.exists():
         if required or explicit or os.environ.get("ROLLOUT_CONFIG"):
             raise ConfigError(f"config file {path} not found: create it (see examples/) or pass -c PATH")
-        return Config(path=None, ledger_path=_ledger_path(None, {}), apps={})
+        return Config(path=None, ledger_location=_ledger_location(None, {}), apps={})
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
@@ -312,15 +314,29 @@ def parse(data: dict[str, Any], path: Path) -> Config:
         docker_config=_relative(path, registry_table.get("docker_config")),
     )
     notify = notify_settings(S.sub_table(data, "notify", path, ""), path)
-    return Config(path=path, ledger_path=_ledger_path(path, data), apps=apps, registry=registry, notify=notify)
+    return Config(path=path, ledger_location=_ledger_location(path, data), apps=apps, registry=registry, notify=notify)
 
 
-def _ledger_path(path: Path | None, data: dict[str, Any]) -> Path:
+def _ledger_location(path: Path | None, data: dict[str, Any]) -> Path | str:
+    """$ROLLOUT_LEDGER_URL, then $ROLLOUT_LEDGER (a file), then [ledger] url or path, then the default file.
+
+    The environment wins over the file so one config serves a laptop (SQLite) and CI runners
+    that share a PostgreSQL ledger.
+    """
+    settings = S.check(S.sub_table(data, "ledger", path, ""), LEDGER_SCHEMA, path, "ledger.")
+    if "url" in settings and "path" in settings:
+        raise S.problem(path, "ledger.", "set url (a PostgreSQL ledger) or path (a SQLite file), not both")
+    for source, url in (("$ROLLOUT_LEDGER_URL", os.environ.get("ROLLOUT_LEDGER_URL")),
+                        (f"{path}: [ledger] url" if path else "", settings.get("url"))):
+        if url:
+            if not is_url(url):
+                raise ConfigError(f"{source} is {redact(url)!r}, not a PostgreSQL URL:"
+                                  " write it as postgresql://USER@HOST:PORT/DBNAME (libpq's form)")
+            return url
     if os.environ.get("ROLLOUT_LEDGER"):
         return Path(os.environ["ROLLOUT_LEDGER"])
-    configured = S.check(S.sub_table(data, "ledger", path, ""), LEDGER_SCHEMA, path, "ledger.").get("path")
     base = path.parent if path else Path.cwd()
-    return base / (configured or DEFAULT_LEDGER)
+    return base / (settings.get("path") or DEFAULT_LEDGER)
 
 
 def _app(name: str, table: dict[str, Any], path: Path) -> AppConfig:

@@ -104,6 +104,11 @@ class LedgerBusy(RolloutError):
     exit_code = EXIT_LOCKED
 
 
+class LedgerUnreachable(Unreachable):
+    """The ledger's database server (PostgreSQL) cannot be reached or refused the login; exit 5.
+    The message names the server with its password masked."""
+
+
 class LeaseLost(BaseException):
     """Another rollout took over this app's lock while we ran: stop at once, write and change nothing more.
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 from rollout import faults
 from rollout.errors import LeaseLost, LedgerBusy, LedgerError, one_line
+from rollout.ledger_url import is_url
 
 SCHEMA_VERSION = 2
 
@@ -299,6 +300,11 @@ class LedgerBackend(Protocol):
     #: what a caller that must keep going (the lease heartbeat) catches.
     database_errors: tuple[type[BaseException], ...]
 
+    def now(self) -> float:
+        """Wall-clock Unix time in seconds by the ledger's clock (the database server's for
+        PostgreSQL): what `Lease.expires_at` is compared with."""
+        ...
+
     def reopen(self) -> "LedgerBackend":
         """Another handle on the same ledger with its own connection, for another thread.
 
@@ -466,6 +472,10 @@ class SqliteLedger(LedgerBackend):
         # Run inside every write transaction, under SQLite's write lock: guard_writes installs
         # one that refuses the write once another rollout has taken the app's lease.
         self._guard: Callable[[sqlite3.Connection], None] | None = None
+
+    def now(self) -> float:
+        # One machine, one clock: the holders of a SQLite ledger's leases share it.
+        return time.time()
 
     def reopen(self) -> "SqliteLedger":
         # sqlite3 connections are not for concurrent use: another thread needs its own.
@@ -720,11 +730,17 @@ Ledger = SqliteLedger
 
 
 def open_ledger(location: str | os.PathLike[str]) -> LedgerBackend:
-    """The ledger at `location`: today a SQLite file path (created if missing).
+    """The ledger at `location`: a `postgresql://` (or `postgres://`) URL opens the PostgreSQL
+    backend (rollout.ledger_postgres), anything else is a SQLite file path (created if missing).
 
-    The one place a backend is chosen, so a URL scheme for another backend (issue 13:
-    postgresql://) is added here. Raises LedgerError / LedgerBusy (see SqliteLedger).
+    The one place a backend is chosen. Raises LedgerError / LedgerBusy (see SqliteLedger),
+    LedgerUnreachable (exit 5) when a PostgreSQL server cannot be reached.
     """
+    if is_url(location):
+        # Imported here: psycopg's import costs every SQLite user start-up time.
+        from rollout.ledger_postgres import PostgresLedger
+
+        return PostgresLedger(location)
     return SqliteLedger(location)
 
 

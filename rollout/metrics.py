@@ -201,7 +201,7 @@ def redact(url: str) -> str:
 # -- after a command -----------------------------------------------------------------
 
 
-def record(run: Run, *, ledger_path: str | os.PathLike[str], apps: Iterable[str], metrics_file: str | None,
+def record(run: Run, *, ledger_location: str | os.PathLike[str], apps: Iterable[str], metrics_file: str | None,
            pushgateway: str | None, warn: Warn) -> None:
     """Write `run`'s metrics to metrics_file and/or push them to pushgateway, with the ledger's
     series for `apps` (their names); rollout.operations calls it after deploy, revert and rebuild.
@@ -212,7 +212,7 @@ def record(run: Run, *, ledger_path: str | os.PathLike[str], apps: Iterable[str]
     from rollout.ledger import open_ledger
 
     try:
-        ledger = open_ledger(ledger_path)
+        ledger = open_ledger(ledger_location)
     except Exception as exc:  # noqa: BLE001
         warn(f"warning: metrics not written: cannot open the ledger ({one_line(exc)})")
         return

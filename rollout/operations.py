@@ -406,7 +406,7 @@ def lock_status(cfg: "Config", app_name: Optional[str] = None) -> list[LockState
 
     with _ledger(cfg) as ledger:
         leases = lock.read(ledger, app_name)
-    now = time.time()  # wall clock: Lease.expires_at is Unix time
+        now = ledger.now()  # the ledger's clock: Lease.expires_at is measured on it
     return [LockState(lease, lease.is_stale(now)) for lease in leases]
 
 
@@ -501,7 +501,7 @@ def _measured(command: str, app: "AppConfig", cfg: "Config", metrics: Optional[M
     finally:
         finished = metering.Run(command=command, app=app.name, ended_at=time.time(),
                                 duration=time.monotonic() - started, exit_code=code)
-        metering.record(finished, ledger_path=cfg.ledger_path, apps=list(cfg.apps) or [app.name],
+        metering.record(finished, ledger_location=cfg.ledger_location, apps=list(cfg.apps) or [app.name],
                         metrics_file=metrics.file, pushgateway=metrics.pushgateway, warn=reporter.warn)
 
 
@@ -512,7 +512,7 @@ def _measured(command: str, app: "AppConfig", cfg: "Config", metrics: Optional[M
 def _ledger(cfg: "Config") -> Iterator["LedgerBackend"]:
     from rollout.ledger import open_ledger
 
-    ledger = open_ledger(cfg.ledger_path)
+    ledger = open_ledger(cfg.ledger_location)
     try:
         yield ledger
     finally:

@@ -41,6 +41,21 @@ def registry() -> str:
     return REGISTRY
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def ledger_location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Where a test's ledger lives, once per backend: a SQLite file, then a fresh PostgreSQL
+    database on the test bed's server (as a postgresql:// URL). Open it with
+    rollout.ledger.open_ledger; every ledger, lock, orchestrator, crash-safety and concurrency
+    test takes this fixture so both backends keep the same guarantees (issue 13)."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "state" / "ledger.db")
+        return
+    from support import pg
+
+    with pg.fresh_database() as url:
+        yield url
+
+
 @pytest.fixture
 def project(tmp_path: Path, docker_client, registry: str) -> Iterator[Project]:  # type: ignore[no-untyped-def]
     bed = Project.create(tmp_path)

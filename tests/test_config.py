@@ -94,7 +94,7 @@ def test_full_example_parses(tmp_path: Path) -> None:
     path = write(tmp_path, FULL)
     cfg = configuration.load(str(path))
     assert cfg.path == path
-    assert cfg.ledger_path == tmp_path / "var" / "rollout.db"
+    assert cfg.ledger_location == tmp_path / "var" / "rollout.db"
     assert cfg.registry.insecure == ("registry.internal:5000",)
     assert cfg.registry.ca_bundle == str(tmp_path / "certs" / "ca.pem")
     assert cfg.registry.docker_config == str(tmp_path / "docker" / "config.json")
@@ -131,7 +131,7 @@ def test_target_health_overrides_app_health_key_by_key(tmp_path: Path) -> None:
 
 def test_ledger_defaults_next_to_the_config(tmp_path: Path) -> None:
     path = write(tmp_path, '[apps.web]\nimage = "127.0.0.1:5000/web"\n[[apps.web.targets]]\nname = "a"\ncontainer = "w"\n')
-    assert configuration.load(str(path)).ledger_path == tmp_path / "state" / "ledger.db"
+    assert configuration.load(str(path)).ledger_location == tmp_path / "state" / "ledger.db"
 
 
 def test_environment_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -140,7 +140,7 @@ def test_environment_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("ROLLOUT_LEDGER", str(tmp_path / "override.db"))
     cfg = configuration.load(None)
     assert cfg.path == path
-    assert cfg.ledger_path == tmp_path / "override.db"
+    assert cfg.ledger_location == tmp_path / "override.db"
 
 
 def test_missing_config_names_the_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -155,7 +155,7 @@ def test_missing_config_names_the_path(tmp_path: Path, monkeypatch: pytest.Monke
 def test_optional_config_may_be_absent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     cfg = configuration.load(None, required=False)
-    assert cfg.apps == {} and cfg.ledger_path == tmp_path / "state" / "ledger.db"
+    assert cfg.apps == {} and cfg.ledger_location == tmp_path / "state" / "ledger.db"
 
 
 BASE_APP = '[apps.web]\nimage = "127.0.0.1:5000/web"\n'
@@ -223,7 +223,7 @@ def test_malformed_toml_names_the_file_and_line(tmp_path: Path) -> None:
 
 def test_ledger_path_absolute_is_kept(tmp_path: Path) -> None:
     path = write(tmp_path, f'[ledger]\npath = "{tmp_path / "abs.db"}"\n' + BASE_APP + TARGET)
-    assert configuration.load(str(path)).ledger_path == tmp_path / "abs.db"
+    assert configuration.load(str(path)).ledger_location == tmp_path / "abs.db"
 
 
 def test_one_app_is_the_default(tmp_path: Path) -> None:
@@ -257,7 +257,7 @@ def test_shipped_docker_example_parses() -> None:
     cfg = configuration.load(str(example))
     web = cfg.app(None)
     assert web.image == "127.0.0.1:5000/rollout-test/app"
-    assert cfg.ledger_path == example.parent / "state" / "ledger.db"
+    assert cfg.ledger_location == example.parent / "state" / "ledger.db"
     assert [t.kind for t in web.targets] == ["docker"]
 
 

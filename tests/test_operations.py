@@ -88,7 +88,7 @@ def test_a_second_front_end_deploys_and_reverts_through_operations_alone(project
 
 def test_an_operation_refuses_an_app_another_rollout_holds(project: Project, loaded: configuration.Config,
                                                            docker_client) -> None:  # type: ignore[no-untyped-def]
-    ledger = open_ledger(loaded.ledger_path)
+    ledger = open_ledger(loaded.ledger_location)
     try:
         with lock.held(ledger, "web"):
             with pytest.raises(LockHeld) as held:

@@ -1,0 +1,28 @@
+"""Telling a PostgreSQL ledger URL from a SQLite path, and showing one without its password.
+
+Kept apart from rollout.ledger_postgres so config loading and messages need no psycopg import.
+"""
+
+from __future__ import annotations
+
+import re
+
+URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_url(location: object) -> bool:
+    """True when a ledger location names a PostgreSQL server (`postgresql://` or `postgres://`,
+    the schemes libpq accepts in a connection URI)."""
+    return isinstance(location, str) and location.startswith(URL_SCHEMES)
+
+
+def redact(url: str) -> str:
+    """The URL or libpq key=value string with any password replaced by `***`, for messages.
+
+    `postgresql://alice:s3cret@db:5432/rollout?sslmode=verify-full` ->
+    `postgresql://alice:***@db:5432/rollout?sslmode=verify-full`; a `password=` parameter in
+    the query string or in a key=value string is masked too.
+    """
+    masked = re.sub(r"^(postgres(?:ql)?://[^:@/?#]*):[^@/?#]*@", r"\1:***@", url)
+    masked = re.sub(r"([?&]password=)[^&#]*", r"\1***", masked, flags=re.IGNORECASE)
+    return re.sub(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", masked, flags=re.IGNORECASE)
