@@ -16,7 +16,7 @@ from rollout import config as configuration
 from rollout.config import AppConfig, HealthPolicy
 from rollout.errors import NotApplied, TagNotFound, TargetUnreachable
 from rollout.health import Verdict, verify
-from rollout.ledger import Ledger
+from rollout.ledger import Ledger, LedgerBackend
 from rollout.reference import Reference
 from rollout.targets import Observation, Release, Running, Watch
 
@@ -251,20 +251,25 @@ def app_config(target_names: tuple[str, ...] = ("local",), health: dict[str, Any
     return configuration.parse(data, path).app("web")
 
 
-def plant(ledger: Ledger, app: str, *, holder: str, host: str, pid: int, expires_at: float) -> None:
-    """A lease row as another rollout (another process or machine) would have left it."""
+def _sql(ledger: LedgerBackend, sql: str) -> str:
+    """sql written with SQLite's `?` placeholders, in the form ledger's driver takes (psycopg's `%s`)."""
+    return sql if isinstance(ledger, Ledger) else sql.replace("?", "%s")
+
+
+def plant(ledger: LedgerBackend, app: str, *, holder: str, host: str, pid: int, expires_at: float) -> None:
+    """A lease row as another rollout (another process or machine) would have left it (expires_at: Unix seconds)."""
     with ledger.transaction() as conn:
-        conn.execute(
-            "INSERT INTO locks (app, holder, host, pid, acquired_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+        conn.execute(  # type: ignore[attr-defined]
+            _sql(ledger, "INSERT INTO locks (app, holder, host, pid, acquired_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)"),
             [app, holder, host, pid, "2024-01-01T00:00:00+00:00", expires_at],
         )
 
 
-def take_over(ledger: Ledger, app: str = "web") -> None:
+def take_over(ledger: LedgerBackend, app: str = "web") -> None:
     """What another rollout does once this one stalled past its lease: its own row replaces ours,
-    in one commit, so our heartbeat never sees the app without a holder."""
-    other = Ledger(ledger.path)
+    in one commit, so our heartbeat never sees the app without a holder (either backend)."""
+    other = ledger.reopen()
     with other.transaction() as conn:
-        conn.execute("DELETE FROM locks WHERE app = ?", [app])
+        conn.execute(_sql(other, "DELETE FROM locks WHERE app = ?"), [app])  # type: ignore[attr-defined]
         plant(other, app, holder="ops@other", host="other-host", pid=4242, expires_at=time.time() + 60)
     other.close()
