@@ -31,6 +31,8 @@ app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_e
                   help="Deploy container images by exact digest, record every deploy, revert automatically.")
 lock_app = typer.Typer(no_args_is_help=True, help="Inspect or release app locks.")
 app.add_typer(lock_app, name="lock")
+ledger_app = typer.Typer(no_args_is_help=True, help="Move the ledger to another backend.")
+app.add_typer(ledger_app, name="ledger")
 
 
 @app.callback()
@@ -267,6 +269,29 @@ def lock_release(ctx: typer.Context, app_name: str = typer.Argument(..., metavar
     def run(console: Console) -> int:
         lease = operations.lock_release(_config(ctx, required=False), app_name)
         console.result(f"released {app_name} (held by {lease.describe()})" if lease else f"{app_name} was not locked")
+        return 0
+
+    _run(run)
+
+
+@ledger_app.command("copy")
+def ledger_copy(ctx: typer.Context,
+                to: str = typer.Option(..., "--to", metavar="DEST",
+                                       help="A postgresql:// URL or a SQLite file path; must be empty."),
+                as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Copy the configured ledger whole (ids, entries, events, build records; no leases) to DEST and verify it.
+    Exit 2 DEST not empty or not a ledger location, 4 a rollout in progress, 5 a server unreachable."""
+
+    def run(console: Console) -> int:
+        result = operations.ledger_copy(_config(ctx, required=False), to)
+        if as_json:
+            console.json(result.to_json())
+            return 0
+        rows = [[name, side.ledger, *(str(n) for n in side.rows.values()), side.sha256]
+                for name, side in (("source", result.source), ("copy", result.destination))]
+        console.out(table(["", "LEDGER", *(t.upper() for t in result.source.rows), "CONTENT"], rows))
+        console.result("copied and verified (same rows, same content hash); no lease copied: every app is unlocked"
+                       " there. Point [ledger] (or $ROLLOUT_LEDGER_URL / $ROLLOUT_LEDGER) at the copy to use it.")
         return 0
 
     _run(run)

@@ -16,7 +16,7 @@ import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Generator, Iterable, Iterator, Protocol
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -452,6 +452,59 @@ class LedgerBackend(Protocol):
         """How many distinct build keys the app's rebuild entries have (the tag's `{n}` counter)."""
         ...
 
+    # -- the whole ledger, for `rollout ledger copy` (rollout.ledger_copy) ---------------
+
+    def dump(self) -> Generator[tuple[str, dict[str, Any]], None, None]:
+        """Every row of the history, as (table, {column: value}): the tables of COPIED_TABLES in
+        that order, each ordered by id, every column as stored (ids, original timestamps, JSON
+        text). Leases are not history and are left out. Read in one snapshot, so a rollout writing
+        meanwhile cannot make entries and their events disagree; close the generator (or exhaust
+        it) to end that read. Inside a `transaction()` of this handle it reads that transaction,
+        its own writes included."""
+        ...
+
+    def load(self, rows: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        """Insert another ledger's `dump()` rows as they are (same ids, same timestamps), in one
+        transaction that first locks out other writers; then new ids continue after the largest
+        copied one. The immutability triggers stay on (they refuse changes, not inserts).
+
+        Raises LedgerError (exit 2), writing nothing, when this ledger already holds entries,
+        target rows, events or leases, or when a row's table or columns are not this ledger's
+        (see load_batches); the backend's database error when a row breaks a constraint.
+        """
+        ...
+
+
+# What `dump()` yields and `load()` takes, in this order: referenced rows before referring ones.
+COPIED_TABLES = ("entries", "targets", "events")
+_LOAD_BATCH = 1000  # rows per executemany: bounded memory for a 1,000,000-entry ledger
+
+
+def load_batches(rows: Iterable[tuple[str, dict[str, Any]]], columns: dict[str, list[str]],
+                 size: int = _LOAD_BATCH) -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
+    """`dump()` rows grouped for executemany: (table, [values in `columns[table]` order]), at most
+    `size` rows a batch, never mixing tables, in the order given.
+
+    `columns` maps each table this ledger loads to its column names (read from the database).
+    Raises LedgerError naming the table and columns when a row's table is not one of them or its
+    columns differ (a ledger of another rollout version): nothing of such a row is written.
+    """
+    table, batch = None, []
+    for name, row in rows:
+        if name not in columns:
+            raise LedgerError(f"cannot load rows of table {name!r}: a ledger copy holds only"
+                              f" {', '.join(COPIED_TABLES)}")
+        if set(row) != set(columns[name]):
+            raise LedgerError(f"a {name} row has columns {sorted(row)}, this ledger's are {sorted(columns[name])}:"
+                              " copy between ledgers of the same rollout version")
+        if batch and (name != table or len(batch) >= size):
+            yield table, batch  # type: ignore[misc]
+            batch = []
+        table = name
+        batch.append(tuple(row[column] for column in columns[name]))
+    if batch:
+        yield table, batch  # type: ignore[misc]
+
 
 class SqliteLedger(LedgerBackend):
     """The ledger in one SQLite file (WAL mode, created 0600); every method is a short
@@ -700,6 +753,41 @@ class SqliteLedger(LedgerBackend):
         row = self.db.execute("SELECT COUNT(DISTINCT build_key) FROM entries WHERE app = ? AND kind = ?",
                               [app, REBUILD]).fetchone()
         return int(row[0])
+
+    # -- the whole ledger (rollout.ledger_copy) ------------------------------------
+
+    def dump(self) -> Generator[tuple[str, dict[str, Any]], None, None]:
+        # A deferred BEGIN: in WAL mode the first SELECT fixes one snapshot for all three tables,
+        # without taking the write lock (rollouts keep running while a copy reads).
+        outermost = not self.db.in_transaction
+        if outermost:
+            self.db.execute("BEGIN")
+        try:
+            for table in COPIED_TABLES:
+                cursor = self.db.execute(f"SELECT * FROM {table} ORDER BY id")
+                names = [c[0] for c in cursor.description]
+                for values in cursor:  # row by row: a large ledger is never all in memory
+                    yield table, dict(zip(names, values))
+        finally:
+            if outermost and self.db.in_transaction:
+                self.db.execute("COMMIT")
+
+    def load(self, rows: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        # BEGIN IMMEDIATE (transaction()) holds the write lock from the emptiness check to the
+        # last insert. AUTOINCREMENT needs no help: SQLite raises sqlite_sequence to the largest
+        # id inserted, so the next entry gets max + 1.
+        with self.transaction():
+            held = [table for table in (*COPIED_TABLES, "locks")
+                    if self.db.execute(f"SELECT EXISTS (SELECT 1 FROM {table})").fetchone()[0]]
+            if held:
+                raise LedgerError(f"ledger {self.path} is not empty (it holds {', '.join(held)}):"
+                                  " copy into a new file or an empty database")
+            columns = {table: [row[1] for row in self.db.execute(f"PRAGMA table_info({table})")]
+                       for table in COPIED_TABLES}
+            for table, batch in load_batches(rows, columns):
+                names = columns[table]
+                self.db.executemany(f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                                    batch)
 
     # -- helpers ---------------------------------------------------------------
 

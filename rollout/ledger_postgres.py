@@ -33,7 +33,7 @@ import json
 import os
 import socket
 from dataclasses import asdict
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generator, Iterable, Iterator
 
 import psycopg
 from psycopg import conninfo as pg_conninfo
@@ -42,8 +42,8 @@ from psycopg.rows import dict_row
 from rollout import faults
 from rollout.errors import LeaseLost, LedgerError, LedgerUnreachable, one_line
 from rollout.ledger_url import redact
-from rollout.ledger import (BUILD_PUSHED, FINISHED, PENDING, REBUILD, SCHEMA_VERSION, Entry, Lease,
-                            LedgerBackend, NewEntry, PushedBuild, TargetRow, default_actor)
+from rollout.ledger import (BUILD_PUSHED, COPIED_TABLES, FINISHED, PENDING, REBUILD, SCHEMA_VERSION, Entry,
+                            Lease, LedgerBackend, NewEntry, PushedBuild, TargetRow, default_actor, load_batches)
 
 # The ledger's timestamp form (rollout.ledger.now_iso), from the server's clock.
 _NOW = "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"
@@ -501,6 +501,48 @@ class PostgresLedger(LedgerBackend):
         row = self._one("SELECT COUNT(DISTINCT build_key) AS n FROM entries WHERE app = %s AND kind = %s",
                         [app, REBUILD])
         return int(row["n"])
+
+    # -- the whole ledger (rollout.ledger_copy) ------------------------------------------
+
+    def dump(self) -> Generator[tuple[str, dict[str, Any]], None, None]:
+        # REPEATABLE READ: one snapshot for the three tables. Server-side cursors stream the rows
+        # (a client-side one would hold a 1,000,000-entry ledger in memory).
+        outermost = self.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        if outermost:
+            self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        try:
+            for table in COPIED_TABLES:
+                with self.conn.cursor(name=f"rollout_dump_{table}") as cursor:
+                    cursor.itersize = 2000
+                    cursor.execute(f"SELECT * FROM {table} ORDER BY id")
+                    for row in cursor:
+                        yield table, row
+        finally:
+            if outermost:
+                _Transaction(self)._rollback()  # read only: nothing to commit
+
+    def load(self, rows: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        with self.transaction() as conn:
+            # EXCLUSIVE: readers go on, writers (a rollout already pointed here) wait for the copy.
+            conn.execute(f"LOCK TABLE {', '.join(COPIED_TABLES)}, locks IN EXCLUSIVE MODE")
+            held = [table for table in (*COPIED_TABLES, "locks")
+                    if conn.execute(f"SELECT EXISTS (SELECT 1 FROM {table}) AS held").fetchone()["held"]]
+            if held:
+                raise LedgerError(f"ledger {self.location} is not empty (it holds {', '.join(held)}):"
+                                  " copy into a new file or an empty database")
+            columns = {table: [row["attname"] for row in conn.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0"
+                " AND NOT attisdropped ORDER BY attnum", [table])] for table in COPIED_TABLES}
+            with conn.cursor() as cursor:
+                for table, batch in load_batches(rows, columns):
+                    names = columns[table]
+                    cursor.executemany(f"INSERT INTO {table} ({', '.join(names)})"
+                                       f" VALUES ({', '.join(['%s'] * len(names))})", batch)
+            # Explicit ids leave the identity sequences where they were: move each past the
+            # largest copied id, or the next record() would collide with a copied row.
+            for table in COPIED_TABLES:
+                conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), COALESCE(MAX(id), 0) + 1, false)"
+                             f" FROM {table}")
 
     # -- helpers -------------------------------------------------------------------
 

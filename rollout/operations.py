@@ -1,7 +1,7 @@
 """The use cases behind the `rollout` commands, for every front end: the CLI, a scheduler, a webhook receiver, a test.
 
 One function per command: deploy, revert, status, history, check, rebuild, init, lock_status,
-lock_release. Each takes a loaded rollout.config.Config (init: the path to write) and plain
+lock_release, ledger_copy. Each takes a loaded rollout.config.Config (init: the path to write) and plain
 arguments, tells a Reporter its progress (rollout.output.Console is one), and returns a result
 object. Failures are raised as rollout.errors exceptions, each carrying its exit code (README,
 "Exit codes"): RolloutError subclasses (2 bad input, 4 lock held, 5 unreachable before anything
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from rollout.check import AppCheck
     from rollout.config import AppConfig, Config
     from rollout.ledger import Entry, Lease, LedgerBackend
+    from rollout.ledger_copy import CopyResult
     from rollout.orchestrator import Orchestrator, Outcome, Reporter
     from rollout.rebuild import RebuildResult
     from rollout.reference import Reference
@@ -57,7 +58,8 @@ if TYPE_CHECKING:
 __all__ = [
     "AppStatus", "CheckResult", "Initialised", "Interruptions", "LockState", "MetricsOptions",
     "NotificationsInterrupted", "Status", "check", "deploy", "drain_notifications", "exit_code_of", "history",
-    "init", "lock_release", "lock_status", "no_interruptions", "parse_release", "rebuild", "revert", "status",
+    "init", "ledger_copy", "lock_release", "lock_status", "no_interruptions", "parse_release", "rebuild", "revert",
+    "status",
 ]
 
 Interruptions = Callable[[], ContextManager[object]]
@@ -416,6 +418,19 @@ def lock_release(cfg: "Config", app_name: str) -> Optional["Lease"]:
 
     with _ledger(cfg) as ledger:
         return lock.force_release(ledger, app_name)
+
+
+# -- ledger ---------------------------------------------------------------------------------------
+
+
+def ledger_copy(cfg: "Config", destination: str) -> "CopyResult":
+    """Copy the configured ledger (cfg.ledger_location) whole to `destination`, a postgresql:// URL
+    or a SQLite file path, and verify it (rollout.ledger_copy.copy_ledger). Raises LedgerError (2:
+    missing source, bad or non-empty destination), SourceBusy (4: a rollout in progress),
+    LedgerUnreachable (5), CopyNotVerified (70); the destination is written only by a verified copy."""
+    from rollout.ledger_copy import copy_ledger
+
+    return copy_ledger(cfg.ledger_location, destination)
 
 
 # -- init ---------------------------------------------------------------------------------------
