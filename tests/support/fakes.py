@@ -1,13 +1,12 @@
 """In-memory stand-ins for the orchestrator's collaborators: registry resolver,
 targets and their watches (behaviour scripted per digest), reporter, clock.
 
-The ledger is never faked: tests use a real SQLite file.
+The ledger is never faked: tests use a real one (a SQLite file or a PostgreSQL database).
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +18,7 @@ from rollout.health import Verdict, verify
 from rollout.ledger import Ledger, LedgerBackend
 from rollout.reference import Reference
 from rollout.targets import Observation, Release, Running, Watch
+from support.raw_ledger import run_sql
 
 REGISTRY = "127.0.0.1:5000"
 REPOSITORY = "shop/web"
@@ -257,19 +257,20 @@ def _sql(ledger: LedgerBackend, sql: str) -> str:
 
 
 def plant(ledger: LedgerBackend, app: str, *, holder: str, host: str, pid: int, expires_at: float) -> None:
-    """A lease row as another rollout (another process or machine) would have left it (expires_at: Unix seconds)."""
-    with ledger.transaction() as conn:
-        conn.execute(  # type: ignore[attr-defined]
-            _sql(ledger, "INSERT INTO locks (app, holder, host, pid, acquired_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)"),
-            [app, holder, host, pid, "2024-01-01T00:00:00+00:00", expires_at],
-        )
+    """A lease row as another rollout (another process or machine) would have left it, on either
+    backend; `expires_at` is wall-clock seconds on the ledger's clock (`ledger.now()`)."""
+    run_sql(ledger, "INSERT INTO locks (app, holder, host, pid, acquired_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+            [app, holder, host, pid, "2024-01-01T00:00:00+00:00", expires_at])
 
 
 def take_over(ledger: LedgerBackend, app: str = "web") -> None:
     """What another rollout does once this one stalled past its lease: its own row replaces ours,
-    in one commit, so our heartbeat never sees the app without a holder (either backend)."""
+    in one commit on another connection, so our heartbeat never sees the app without a holder."""
     other = ledger.reopen()
-    with other.transaction() as conn:
-        conn.execute(_sql(other, "DELETE FROM locks WHERE app = ?"), [app])  # type: ignore[attr-defined]
-        plant(other, app, holder="ops@other", host="other-host", pid=4242, expires_at=time.time() + 60)
-    other.close()
+    try:
+        expires_at = other.now() + 60
+        with other.transaction():
+            run_sql(other, "DELETE FROM locks WHERE app = ?", [app])
+            plant(other, app, holder="ops@other", host="other-host", pid=4242, expires_at=expires_at)
+    finally:
+        other.close()
