@@ -15,7 +15,7 @@ from rollout import config as configuration
 from rollout.config import AppConfig, HealthPolicy
 from rollout.errors import NotApplied, TagNotFound, TargetUnreachable
 from rollout.health import Verdict, verify
-from rollout.ledger import Ledger, LedgerBackend
+from rollout.ledger import LedgerBackend
 from rollout.reference import Reference
 from rollout.targets import Observation, Release, Running, Watch
 from support.raw_ledger import run_sql
@@ -249,11 +249,6 @@ def app_config(target_names: tuple[str, ...] = ("local",), health: dict[str, Any
         "targets": [{"name": name, "kind": "docker", "container": f"web-{name}"} for name in target_names],
     }}}
     return configuration.parse(data, path).app("web")
-
-
-def _sql(ledger: LedgerBackend, sql: str) -> str:
-    """sql written with SQLite's `?` placeholders, in the form ledger's driver takes (psycopg's `%s`)."""
-    return sql if isinstance(ledger, Ledger) else sql.replace("?", "%s")
 
 
 def plant(ledger: LedgerBackend, app: str, *, holder: str, host: str, pid: int, expires_at: float) -> None:
