@@ -58,6 +58,18 @@ def ledger_location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
 
 @pytest.fixture
 def project(tmp_path: Path, docker_client, registry: str) -> Iterator[Project]:  # type: ignore[no-untyped-def]
+    """A project on the real engine with a SQLite ledger (support.project.Project)."""
     bed = Project.create(tmp_path)
     yield bed
+    bed.remove_containers(docker_client)
+
+
+@pytest.fixture
+def ledger_project(tmp_path: Path, docker_client, registry: str,  # type: ignore[no-untyped-def]
+                   ledger_location: str) -> Iterator[Project]:
+    """`project`, once per ledger backend (ledger_location): the orchestrator, crash-safety,
+    concurrency and operations tests run every rollout against SQLite and PostgreSQL (issue 13)."""
+    bed = Project.create(tmp_path, ledger_location)
+    yield bed
+    bed.close()
     bed.remove_containers(docker_client)

@@ -1,9 +1,10 @@
-"""Every path through the rollout state machine, with in-memory targets and a real ledger file."""
+"""Every path through the rollout state machine, with in-memory targets and a real ledger: every
+test runs once on a SQLite file and once on a PostgreSQL database (the ledger_location fixture)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -23,7 +24,7 @@ from rollout.errors import (
     TargetUnreachable,
     UserError,
 )
-from rollout.ledger import Entry, Ledger
+from rollout.ledger import Entry, LedgerBackend, open_ledger
 from rollout.orchestrator import Orchestrator, Outcome
 from rollout.reference import parse
 from rollout.targets import Release, Running
@@ -44,7 +45,7 @@ from support.fakes import (
 
 @dataclass
 class Bed:
-    ledger: Ledger
+    ledger: LedgerBackend
     app: AppConfig
     targets: list[FakeTarget]
     resolver: FakeResolver = field(default_factory=FakeResolver)
@@ -78,26 +79,29 @@ class Bed:
         return list(reversed(self.ledger.history("web")))
 
 
-def make_bed(tmp_path: Path, names: tuple[str, ...] = ("local",)) -> Bed:
-    ledger = Ledger(tmp_path / "ledger.db")
-    return Bed(ledger, app_config(names), [FakeTarget(name) for name in names])
+def make_bed(ledger_location: str, names: tuple[str, ...] = ("local",)) -> Iterator[Bed]:
+    ledger = open_ledger(ledger_location)
+    try:
+        yield Bed(ledger, app_config(names), [FakeTarget(name) for name in names])
+    finally:
+        ledger.close()
 
 
 @pytest.fixture
-def bed(tmp_path: Path) -> Bed:
-    return make_bed(tmp_path)
+def bed(ledger_location: str) -> Iterator[Bed]:
+    yield from make_bed(ledger_location)
 
 
 @pytest.fixture
-def pair(tmp_path: Path) -> Bed:
-    return make_bed(tmp_path, ("a", "b"))
+def pair(ledger_location: str) -> Iterator[Bed]:
+    yield from make_bed(ledger_location, ("a", "b"))
 
 
 def image(label: str) -> str:
     return f"{IMAGE}@{fake_digest(label)}"
 
 
-def statuses(ledger: Ledger, entry: Entry) -> list[str]:
+def statuses(ledger: LedgerBackend, entry: Entry) -> list[str]:
     return [e["event"] for e in ledger.events(entry.id) if e["event"] == "recorded" or e["event"].startswith("status:")]
 
 
@@ -501,7 +505,7 @@ def test_a_lost_lease_names_our_entry_even_after_the_new_holder_recorded_its_own
 
     def verifier_during_which_another_rollout_takes_over_and_recovers(watch, policy, progress):  # type: ignore[no-untyped-def]
         take_over(bed.ledger)
-        other = Ledger(bed.ledger.path)
+        other = bed.ledger.reopen()
         other.set_status(2, L.INTERRUPTED, error="interrupted: recovered by ops@other")
         other.record(L.NewEntry(app="web", repository=IMAGE, tag="v1", digest=fake_digest("v1"), kind=L.REVERT))
         other.close()

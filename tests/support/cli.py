@@ -16,7 +16,7 @@ from typing import Mapping
 # The console script installed next to this interpreter (the project's venv).
 ROLLOUT = [str(Path(sys.executable).parent / "rollout")]
 # Set by a developer's shell or by an earlier test: they would change what rollout reads.
-AMBIENT = ("ROLLOUT_CONFIG", "ROLLOUT_LEDGER", "ROLLOUT_DEBUG", "ROLLOUT_TEST_KILL_AT", "KUBECONFIG")
+AMBIENT = ("ROLLOUT_CONFIG", "ROLLOUT_LEDGER", "ROLLOUT_LEDGER_URL", "ROLLOUT_DEBUG", "ROLLOUT_TEST_KILL_AT", "KUBECONFIG")
 # What cron gives a job: tests of the Kubernetes target run with it, so rollout must not need
 # anything from the caller's environment (no HOME, no proxies, no venv on PATH).
 BARE = {"PATH": "/usr/bin:/bin"}

@@ -1,5 +1,10 @@
 """A rollout project on the real engine: one docker app, its rollout.toml, its ledger, and ways
-to drive the CLI against it (the `project` fixture in conftest.py builds one per test)."""
+to drive the CLI against it (the `project` fixture in conftest.py builds one per test on a
+SQLite ledger; `ledger_project` builds one per ledger backend).
+
+The ledger is a SQLite file under the project, or a PostgreSQL database named by URL: then
+every rollout run gets it as $ROLLOUT_LEDGER_URL, as a CI runner sharing a team ledger would.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from rollout.ledger import LedgerBackend, open_ledger
+from rollout.ledger_url import is_url
 
 from .cli import run_rollout, start_rollout
 from .images import APP_IMAGE
@@ -37,11 +45,20 @@ class Project:
     container: str
     port: int
     env: dict[str, str] = field(default_factory=dict)  # extra variables for every rollout run
+    ledger_url: str | None = None  # a PostgreSQL ledger; None: the SQLite file `ledger`
+    _pg: Any = field(default=None, repr=False)  # the read connection ledger_rows keeps to PostgreSQL
 
     @classmethod
-    def create(cls, root: Path) -> "Project":
-        """A project under root with a unique container name and a free port, its config written."""
-        made = cls(root=root, container=f"rt-{uuid.uuid4().hex[:8]}", port=free_port())
+    def create(cls, root: Path, ledger: str | None = None, container: str | None = None) -> "Project":
+        """A project under root with a free port, its config written. ledger: a postgresql:// URL
+        (set as $ROLLOUT_LEDGER_URL for every run) or None for the SQLite file under root;
+        container: the app's container name, unique when not given (two runners of one app share it)."""
+        if ledger is not None and not is_url(ledger):
+            assert Path(ledger) == root / "state" / "ledger.db", f"a SQLite ledger lives at {root}/state/ledger.db"
+            ledger = None
+        made = cls(root=root, container=container or f"rt-{uuid.uuid4().hex[:8]}", port=free_port(), ledger_url=ledger)
+        if ledger is not None:
+            made.env["ROLLOUT_LEDGER_URL"] = ledger
         write_config(made)
         return made
 
@@ -51,7 +68,32 @@ class Project:
 
     @property
     def ledger(self) -> Path:
+        """The SQLite ledger file (the default location for a config in root)."""
         return self.root / "state" / "ledger.db"
+
+    @property
+    def on_postgres(self) -> bool:
+        return self.ledger_url is not None
+
+    @property
+    def backend(self) -> str:
+        """The ledger backend's name for reports: "PostgreSQL" or "SQLite"."""
+        return "PostgreSQL" if self.on_postgres else "SQLite"
+
+    @property
+    def ledger_location(self) -> str:
+        """What rollout.ledger.open_ledger takes: the PostgreSQL URL or the SQLite file's path."""
+        return self.ledger_url or str(self.ledger)
+
+    def open_ledger(self) -> LedgerBackend:
+        """The project's ledger through rollout's own API (close it after use)."""
+        return open_ledger(self.ledger_location)
+
+    def close(self) -> None:
+        """Close the connection ledger_rows keeps to PostgreSQL (before the database is dropped)."""
+        if self._pg is not None:
+            self._pg.close()
+            self._pg = None
 
     def _env(self, kill_at: str | None = None) -> dict[str, str]:
         return {"ROLLOUT_CONFIG": str(self.config), **self.env, **({"ROLLOUT_TEST_KILL_AT": kill_at} if kill_at else {})}
@@ -85,12 +127,24 @@ class Project:
         return answer
 
     def ledger_rows(self, sql: str, params: tuple = ()) -> list[tuple]:
-        """Rows of a query on the ledger file, read-only (the ledger's own tests check its API)."""
-        conn = sqlite3.connect(f"file:{self.ledger}?mode=ro", uri=True, timeout=30)
-        try:
-            return conn.execute(sql, params).fetchall()
-        finally:
-            conn.close()
+        """Rows of a read-only query on the ledger, as tuples (the ledger's own tests check its API).
+
+        Written with SQLite's `?` placeholders; on PostgreSQL they become psycopg's `%s`, and
+        each query runs in its own (autocommit) transaction, so it sees every commit before it.
+        """
+        if self.ledger_url is None:
+            conn = sqlite3.connect(f"file:{self.ledger}?mode=ro", uri=True, timeout=30)
+            try:
+                return conn.execute(sql, params).fetchall()
+            finally:
+                conn.close()
+        if self._pg is None or self._pg.closed:
+            import psycopg
+
+            # One connection for the project's life: wait_for_entry polls every 20 ms.
+            self._pg = psycopg.connect(self.ledger_url, autocommit=True,
+                                       options="-c default_transaction_read_only=on")
+        return self._pg.execute(sql.replace("?", "%s"), params).fetchall()
 
     def wait_for_entry(self, process: subprocess.Popen[str], after_id: int, kind: str, status: str) -> bool:
         """Wait (at most STEP_TIMEOUT s) while process runs until an entry of `kind` newer than
