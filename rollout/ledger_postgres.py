@@ -296,7 +296,12 @@ class PostgresLedger(LedgerBackend):
                               " restore it from a backup") from None
 
     def _has_table(self, name: str) -> bool:
-        return self._one("SELECT to_regclass(%s) IS NOT NULL AS present", [name])["present"]
+        # A scan of pg_class under the statement's snapshot, not to_regclass(): to_regclass answers
+        # from the session's catalog cache, which keeps the "no such table" of the check made
+        # before waiting on the schema lock, so an opener that waited while another created the
+        # schema would see `entries` but not `meta` and refuse a good ledger.
+        return self._one("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relname = %s"
+                         " AND pg_catalog.pg_table_is_visible(oid)) AS present", [name])["present"]
 
     # -- writing -----------------------------------------------------------------
 
