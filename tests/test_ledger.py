@@ -1,5 +1,11 @@
-"""The ledger on a real SQLite file: permissions, schema, round-trips, and immutability
-enforced by triggers stored in the file itself (so raw SQL cannot rewrite history)."""
+"""The ledger on both backends (the `ledger_location` fixture: a SQLite file, then a fresh
+PostgreSQL database): schema, round-trips, and immutability enforced by triggers stored in the
+database itself, so raw SQL cannot rewrite history.
+
+What only one backend has is tested apart: SQLite's file modes, WAL and busy handling below
+(each names its PostgreSQL counterpart), PostgreSQL's server clock, TRUNCATE, isolation and
+libpq conventions in tests/test_ledger_postgres.py.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import closing, contextmanager, nullcontext
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -21,24 +27,28 @@ import pytest
 
 from rollout import ledger as L
 from rollout.errors import EXIT_LOCKED, EXIT_USAGE, LeaseLost, LedgerBusy, LedgerError
-from rollout.ledger import Ledger, NewEntry
+from rollout.ledger import Ledger, LedgerBackend, NewEntry, open_ledger
+from rollout.ledger_url import redact
+from support import pg
 from support.fakes import IMAGE, fake_digest
 from support.ledger_interface import InterfaceOnly, interface_names
+from support.raw_ledger import is_postgres, raw, run_sql
 
 
 @pytest.fixture
 def path(tmp_path: Path) -> Path:
+    """Where a SQLite-only test keeps its ledger file."""
     return tmp_path / "state" / "ledger.db"
 
 
 @pytest.fixture
-def ledger(path: Path) -> Iterator[Ledger]:
-    opened = Ledger(path)
+def ledger(ledger_location: str) -> Iterator[LedgerBackend]:
+    opened = open_ledger(ledger_location)
     yield opened
     opened.close()
 
 
-def record(ledger: Ledger, tag: str | None, label: str, *, status: str | None = None, app: str = "web",
+def record(ledger: LedgerBackend, tag: str | None, label: str, *, status: str | None = None, app: str = "web",
            **extra: object) -> L.Entry:
     entry = ledger.record(NewEntry(app=app, repository=IMAGE, tag=tag, digest=fake_digest(label), **extra))  # type: ignore[arg-type]
     if status is not None:
@@ -48,8 +58,8 @@ def record(ledger: Ledger, tag: str | None, label: str, *, status: str | None = 
 
 
 @contextmanager
-def raw(path: Path) -> Iterator[sqlite3.Connection]:
-    """A plain connection that knows nothing of rollout: only what is in the file protects it."""
+def raw_file(path: Path) -> Iterator[sqlite3.Connection]:
+    """A plain sqlite3 connection, for the SQLite-only tests (PRAGMAs, journal modes, its write lock)."""
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         yield conn
@@ -57,26 +67,71 @@ def raw(path: Path) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
+def one_line_naming(message: str, location: str) -> bool:
+    """The message is one line and names the ledger (a URL with its password masked), never the password."""
+    return "\n" not in message and redact(location) in message and pg.PASSWORD not in message
+
+
 def mode(path: Path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
-def test_new_ledger_is_private_to_its_owner(ledger: Ledger, path: Path) -> None:
+# -- opening and the schema -------------------------------------------------------------------
+
+def test_new_sqlite_ledger_is_private_to_its_owner(path: Path) -> None:
+    # SQLite only: file modes. PostgreSQL counterpart (test_ledger_postgres): another role cannot read the tables.
+    ledger = Ledger(path)
     record(ledger, "v1", "v1")
     assert mode(path.parent) == 0o700
     assert mode(path) == 0o600
     wal = path.with_name(path.name + "-wal")
     assert wal.exists(), "WAL mode keeps a -wal file while the ledger is open"
     assert mode(wal) == 0o600
+    ledger.close()
 
 
-def test_ledger_uses_wal_and_stores_its_schema_version(ledger: Ledger, path: Path) -> None:
-    with raw(path) as conn:
+def test_ledger_stores_its_schema_version(ledger: LedgerBackend, ledger_location: str) -> None:
+    with raw(ledger_location) as conn:
+        assert conn.execute("SELECT key, value FROM meta") == [("schema_version", str(L.SCHEMA_VERSION))]
+
+
+def test_sqlite_ledger_uses_wal(path: Path) -> None:
+    # SQLite only: journal modes (a PostgreSQL server always writes ahead).
+    Ledger(path).close()
+    with raw_file(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(L.SCHEMA_VERSION)
+
+
+def test_ten_rollouts_opening_a_brand_new_ledger_at_once_all_succeed(ledger_location: str) -> None:
+    # Ten rollouts started together on a new ledger: one creates the schema (SQLite: under its
+    # write lock, then each switches to WAL; PostgreSQL: under a transaction-scoped advisory
+    # lock), the others wait for it and find it done; none fails or creates it twice.
+    start, errors, opened = threading.Barrier(10), [], []
+
+    def open_one() -> None:
+        try:
+            start.wait(timeout=30)
+            ledger = open_ledger(ledger_location)
+            opened.append(ledger)
+            ledger.event(None, "opened")
+        except Exception as exc:  # noqa: BLE001 - every failure is reported by the assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=90)
+    for ledger in opened:
+        ledger.close()
+    assert errors == [] and len(opened) == 10
+    with raw(ledger_location) as conn:
+        assert conn.one("SELECT count(*) FROM events WHERE event = 'opened'") == 10
+        assert conn.execute("SELECT key, value FROM meta") == [("schema_version", str(L.SCHEMA_VERSION))]
 
 
 def test_a_new_ledger_opens_while_another_rollout_writes_it_before_switching_to_wal(path: Path) -> None:
+    # SQLite only: the switch to WAL. PostgreSQL counterpart: the ten openers above.
     # The moment ten rollouts started together on a new ledger hit: one has created the schema and
     # is writing, the file is not in WAL yet, and SQLite refuses the switch at once, not after waiting.
     Ledger(path).close()
@@ -91,16 +146,18 @@ def test_a_new_ledger_opens_while_another_rollout_writes_it_before_switching_to_
             opened = Ledger(path)
         finally:
             finished.join()
-    with raw(path) as conn:
+    with raw_file(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("SELECT value FROM meta WHERE key = 'written'").fetchone()[0] == "by another rollout"
     opened.close()
 
 
 def test_a_ledger_held_past_the_busy_timeout_is_a_one_line_lock_error(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # SQLite only: its busy timeout. A PostgreSQL write waits for the one row it needs, not for
+    # the whole database; its counterpart is the write-guard isolation test in test_ledger_postgres.
     monkeypatch.setattr(L, "_BUSY_TIMEOUT", 0.2)
     path.parent.mkdir()
-    with raw(path) as writer:
+    with raw_file(path) as writer:
         writer.execute("BEGIN IMMEDIATE")
         with pytest.raises(LedgerBusy) as caught:
             Ledger(path)
@@ -111,16 +168,18 @@ def test_a_ledger_held_past_the_busy_timeout_is_a_one_line_lock_error(path: Path
     assert "\n" not in message and str(path) in message and "busy" in message and "retry" in message
 
 
-def test_reopening_keeps_entries(path: Path) -> None:
-    first = Ledger(path)
+def test_reopening_keeps_entries(ledger_location: str) -> None:
+    first = open_ledger(ledger_location)
     entry = record(first, "v1", "v1", status=L.HEALTHY)
     first.close()
-    again = Ledger(path)
+    again = open_ledger(ledger_location)
     assert again.get(entry.id) == entry
     again.close()
 
 
-def test_record_and_outcome_round_trip(ledger: Ledger) -> None:
+# -- round trips --------------------------------------------------------------------------------
+
+def test_record_and_outcome_round_trip(ledger: LedgerBackend) -> None:
     entry = ledger.record(NewEntry(app="web", repository=IMAGE, tag="v1", digest=fake_digest("v1"), reason="launch",
                                    actor="alice@ci", build_key="k1", base_digests={"busybox": fake_digest("base")}))
     assert (entry.status, entry.kind, entry.actor, entry.reason) == (L.PENDING, L.DEPLOY, "alice@ci", "launch")
@@ -147,13 +206,13 @@ def test_record_and_outcome_round_trip(ledger: Ledger) -> None:
     assert ledger.events(entry.id)[-1]["detail"] == {"error": "http 500"}
 
 
-def test_unknown_entry_is_a_one_line_ledger_error(ledger: Ledger) -> None:
+def test_unknown_entry_is_a_one_line_ledger_error(ledger: LedgerBackend) -> None:
     with pytest.raises(LedgerError, match="no ledger entry #42"):
         ledger.get(42)
     assert ledger.find(42) is None
 
 
-def test_history_is_newest_first_limited_and_per_app(ledger: Ledger) -> None:
+def test_history_is_newest_first_limited_and_per_app(ledger: LedgerBackend) -> None:
     ids = [record(ledger, f"v{i}", f"v{i}").id for i in range(1, 6)]
     other = record(ledger, "v1", "other", app="api").id
     assert [e.id for e in ledger.history()] == [other, *reversed(ids)]
@@ -162,7 +221,7 @@ def test_history_is_newest_first_limited_and_per_app(ledger: Ledger) -> None:
     assert ledger.history("nobody") == []
 
 
-def test_current_and_last_healthy(ledger: Ledger) -> None:
+def test_current_and_last_healthy(ledger: LedgerBackend) -> None:
     a1 = record(ledger, "v1", "a", status=L.HEALTHY)
     b = record(ledger, "v2", "b", status=L.HEALTHY)
     record(ledger, "v3", "c", status=L.FAILED)
@@ -179,7 +238,7 @@ def test_current_and_last_healthy(ledger: Ledger) -> None:
     assert ledger.current("nobody") is None
 
 
-def test_digests_for_tag_counts_every_attempt(ledger: Ledger) -> None:
+def test_digests_for_tag_counts_every_attempt(ledger: LedgerBackend) -> None:
     record(ledger, "v1", "first", status=L.HEALTHY)
     record(ledger, "v1", "repushed", status=L.FAILED)
     record(ledger, "v2", "other")
@@ -190,15 +249,17 @@ def test_digests_for_tag_counts_every_attempt(ledger: Ledger) -> None:
                                                                             (fake_digest("first"), L.HEALTHY)]
 
 
-def test_unfinished_lists_in_progress_entries(ledger: Ledger) -> None:
+def test_unfinished_lists_in_progress_entries(ledger: LedgerBackend) -> None:
     record(ledger, "v1", "a", status=L.HEALTHY)
     stuck = record(ledger, "v2", "b")
     ledger.set_status(stuck.id, L.APPLYING)
     assert [e.id for e in ledger.unfinished("web")] == [stuck.id]
 
 
+# -- immutability: enforced by the database, whoever sends the SQL ------------------------------
+
 REWRITES = [
-    ("UPDATE entries SET digest = 'sha256:' || hex(randomblob(32)) WHERE id = ?", "digest"),
+    ("UPDATE entries SET digest = 'sha256:' || upper(digest) WHERE id = ?", "digest"),
     ("UPDATE entries SET app = 'api' WHERE id = ?", "app"),
     ("UPDATE entries SET repository = 'evil.example/web' WHERE id = ?", "repository"),
     ("UPDATE entries SET tag = 'v9' WHERE id = ?", "tag"),
@@ -212,90 +273,144 @@ REWRITES = [
 ]
 
 
-def snapshot(path: Path, entry_id: int) -> tuple[object, ...]:
-    with raw(path) as conn:
+def snapshot(location: str, entry_id: int) -> tuple[object, ...]:
+    with raw(location) as conn:
         return (
-            conn.execute("SELECT * FROM entries WHERE id = ?", [entry_id]).fetchall(),
-            conn.execute("SELECT * FROM events WHERE entry_id = ? ORDER BY id", [entry_id]).fetchall(),
-            conn.execute("SELECT * FROM targets WHERE entry_id = ? ORDER BY id", [entry_id]).fetchall(),
+            conn.execute("SELECT * FROM entries WHERE id = ?", [entry_id]),
+            conn.execute("SELECT * FROM events WHERE entry_id = ? ORDER BY id", [entry_id]),
+            conn.execute("SELECT * FROM targets WHERE entry_id = ? ORDER BY id", [entry_id]),
         )
 
 
 @pytest.mark.parametrize("sql", [sql for sql, _ in REWRITES], ids=[name for _, name in REWRITES])
-@pytest.mark.parametrize("through", ["ledger connection", "plain sqlite3 connection"])
-def test_finished_entries_cannot_be_rewritten(ledger: Ledger, path: Path, sql: str, through: str) -> None:
+@pytest.mark.parametrize("through", ["ledger connection", "plain connection"])
+def test_finished_entries_cannot_be_rewritten(ledger: LedgerBackend, ledger_location: str, sql: str,
+                                              through: str) -> None:
     entry = record(ledger, "v1", "v1", status=L.HEALTHY)
     ledger.set_target(entry.id, "local", outcome="healthy", image_after=entry.image)
-    before = snapshot(path, entry.id)
-    connection = nullcontext(ledger.db) if through == "ledger connection" else raw(path)
-    with connection as conn, pytest.raises(sqlite3.DatabaseError, match="ledger"):
-        conn.execute(sql, [entry.id])
-    assert snapshot(path, entry.id) == before
+    before = snapshot(ledger_location, entry.id)
+    assert before[0] and before[1] and before[2], "there is something to rewrite"
+    if through == "ledger connection":
+        with pytest.raises(ledger.database_errors, match="ledger"):
+            run_sql(ledger, sql, [entry.id])
+    else:
+        with raw(ledger_location) as conn, pytest.raises(conn.error, match="ledger"):
+            conn.execute(sql, [entry.id])
+    assert snapshot(ledger_location, entry.id) == before
 
 
-def test_finished_entry_keeps_its_status_through_the_api(ledger: Ledger) -> None:
+def test_finished_entry_keeps_its_status_through_the_api(ledger: LedgerBackend) -> None:
     entry = record(ledger, "v1", "v1", status=L.HEALTHY)
-    with pytest.raises(sqlite3.DatabaseError, match="finished entry keeps its outcome"):
+    with pytest.raises(ledger.database_errors, match="finished entry keeps its outcome"):
         ledger.set_status(entry.id, L.FAILED, error="rewritten")
     assert ledger.get(entry.id) == entry
     assert [e["event"] for e in ledger.events(entry.id)][-1] == "status:healthy"
 
 
-def test_what_was_deployed_is_immutable_even_while_in_progress(ledger: Ledger, path: Path) -> None:
+def test_what_was_deployed_is_immutable_even_while_in_progress(ledger: LedgerBackend, ledger_location: str) -> None:
     entry = record(ledger, "v1", "v1")
-    with raw(path) as conn, pytest.raises(sqlite3.DatabaseError, match="immutable"):
+    with raw(ledger_location) as conn, pytest.raises(conn.error, match="immutable"):
         conn.execute("UPDATE entries SET digest = ? WHERE id = ?", [fake_digest("other"), entry.id])
     assert ledger.get(entry.id).digest == fake_digest("v1")
 
 
-def test_replace_cannot_overwrite_a_recorded_entry(ledger: Ledger, path: Path) -> None:
-    """INSERT OR REPLACE deletes the old row without firing delete triggers (SQLite runs them
-    for REPLACE only with recursive_triggers on), so the file must refuse it some other way."""
+# Each backend's way of overwriting a row by inserting one with its id. SQLite's REPLACE deletes
+# the old row without firing delete triggers (SQLite runs them for REPLACE only with
+# recursive_triggers on); PostgreSQL's upsert becomes an UPDATE of the recorded row.
+OVERWRITES = {
+    "sqlite": ("INSERT OR REPLACE INTO entries (id, app, repository, tag, digest, kind, status, actor, created_at)"
+               " VALUES (?, 'web', ?, 'v1', ?, 'deploy', 'healthy', 'forger', 'now')",
+               "REPLACE INTO events (id, entry_id, at, event) VALUES (?, ?, 'now', 'forged')"),
+    "postgres": ("INSERT INTO entries (id, app, repository, tag, digest, kind, status, actor, created_at)"
+                 " VALUES (?, 'web', ?, 'v1', ?, 'deploy', 'healthy', 'forger', 'now')"
+                 " ON CONFLICT (id) DO UPDATE SET digest = excluded.digest, actor = excluded.actor",
+                 "INSERT INTO events (id, entry_id, at, event) VALUES (?, ?, 'now', 'forged')"
+                 " ON CONFLICT (id) DO UPDATE SET event = excluded.event"),
+}
+
+
+def test_an_insert_with_a_recorded_id_cannot_overwrite_an_entry_or_event(ledger: LedgerBackend,
+                                                                         ledger_location: str) -> None:
     entry = record(ledger, "v1", "v1", status=L.HEALTHY)
-    before = snapshot(path, entry.id)
-    with raw(path) as conn:
-        with pytest.raises(sqlite3.DatabaseError):
-            conn.execute(
-                "INSERT OR REPLACE INTO entries (id, app, repository, tag, digest, kind, status, actor, created_at)"
-                " VALUES (?, 'web', ?, 'v1', ?, 'deploy', 'healthy', 'forger', 'now')",
-                [entry.id, IMAGE, fake_digest("forged")],
-            )
-        with pytest.raises(sqlite3.DatabaseError):
-            first_event = conn.execute("SELECT min(id) FROM events WHERE entry_id = ?", [entry.id]).fetchone()[0]
-            conn.execute("REPLACE INTO events (id, entry_id, at, event) VALUES (?, ?, 'now', 'forged')",
-                         [first_event, entry.id])
-    assert snapshot(path, entry.id) == before
+    before = snapshot(ledger_location, entry.id)
+    overwrite_entry, overwrite_event = OVERWRITES["postgres" if is_postgres(ledger_location) else "sqlite"]
+    with raw(ledger_location) as conn:
+        with pytest.raises(conn.error, match="ledger"):
+            conn.execute(overwrite_entry, [entry.id, IMAGE, fake_digest("forged")])
+        first_event = conn.one("SELECT min(id) FROM events WHERE entry_id = ?", [entry.id])
+        with pytest.raises(conn.error, match="ledger"):
+            conn.execute(overwrite_event, [first_event, entry.id])
+    assert snapshot(ledger_location, entry.id) == before
 
 
-def test_recorded_reason_cannot_be_rewritten(ledger: Ledger, path: Path) -> None:
+def test_recorded_reason_cannot_be_rewritten(ledger: LedgerBackend, ledger_location: str) -> None:
     """The reason is part of what was recorded (`--reason`, 'automatic revert: ...')."""
     entry = record(ledger, "v1", "v1", status=L.HEALTHY, reason="hotfix for incident 12")
-    with raw(path) as conn, pytest.raises(sqlite3.DatabaseError):
+    with raw(ledger_location) as conn, pytest.raises(conn.error, match="immutable"):
         conn.execute("UPDATE entries SET reason = 'routine' WHERE id = ?", [entry.id])
     assert ledger.get(entry.id).reason == "hotfix for incident 12"
 
 
-def test_in_progress_entry_moves_forward(ledger: Ledger) -> None:
+def test_in_progress_entry_moves_forward(ledger: LedgerBackend) -> None:
     entry = record(ledger, "v1", "v1")
     ledger.set_status(entry.id, L.APPLYING)
     ledger.set_status(entry.id, L.INTERRUPTED, error="killed")
-    assert ledger.get(entry.id).status == L.INTERRUPTED
+    done = ledger.get(entry.id)
+    assert (done.status, done.error) == (L.INTERRUPTED, "killed") and done.finished_at is not None
 
 
-def test_newer_schema_is_refused_with_one_line(ledger: Ledger, path: Path) -> None:
+# -- ledgers rollout must not use -----------------------------------------------------------------
+
+def test_newer_schema_is_refused_with_one_line(ledger: LedgerBackend, ledger_location: str) -> None:
     record(ledger, "v1", "v1")
     ledger.close()
-    with raw(path) as conn:
+    with raw(ledger_location) as conn:
         conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(LedgerError) as caught:
-        Ledger(path)
+        open_ledger(ledger_location)
     message = str(caught.value)
     assert caught.value.exit_code == EXIT_USAGE
-    assert "\n" not in message
-    assert str(path) in message and "99" in message and "upgrade rollout" in message
+    assert one_line_naming(message, ledger_location)
+    assert f"schema version 99, newer than this rollout understands ({L.SCHEMA_VERSION})" in message
+    assert "upgrade rollout" in message
+    with raw(ledger_location) as conn:
+        assert conn.one("SELECT value FROM meta WHERE key = 'schema_version'") == "99", "left as it was"
+
+
+def test_a_schema_version_that_is_not_a_number_is_a_one_line_ledger_error(ledger: LedgerBackend,
+                                                                         ledger_location: str) -> None:
+    # A damaged ledger is named with what to do, never a traceback (PostgreSQL's counterpart of
+    # the corrupted SQLite file below).
+    ledger.close()
+    with raw(ledger_location) as conn:
+        conn.execute("UPDATE meta SET value = 'two' WHERE key = 'schema_version'")
+    with pytest.raises(LedgerError) as caught:
+        open_ledger(ledger_location)
+    assert caught.value.exit_code == EXIT_USAGE
+    assert one_line_naming(str(caught.value), ledger_location)
+    assert "'two'" in str(caught.value) and "restore it from a backup" in str(caught.value)
+
+
+def test_a_database_with_tables_but_no_rollout_schema_is_refused_and_left_alone(ledger_location: str) -> None:
+    # Pointed at someone else's database (with an `entries` table of its own), rollout refuses
+    # rather than adding its tables and triggers next to theirs.
+    if not is_postgres(ledger_location):
+        Path(ledger_location).parent.mkdir(mode=0o700)
+    with raw(ledger_location) as conn:
+        conn.execute("CREATE TABLE entries (id INTEGER PRIMARY KEY, what TEXT)")
+        conn.execute("INSERT INTO entries (id, what) VALUES (1, 'theirs')")
+    with pytest.raises(LedgerError) as caught:
+        open_ledger(ledger_location)
+    assert caught.value.exit_code == EXIT_USAGE
+    assert one_line_naming(str(caught.value), ledger_location)
+    assert "schema version" in str(caught.value)
+    with raw(ledger_location) as conn:
+        assert not conn.has_table("meta") and not conn.has_table("events") and not conn.has_table("locks")
+        assert conn.execute("SELECT id, what FROM entries") == [(1, "theirs")]
 
 
 def test_corrupted_file_is_a_ledger_error(tmp_path: Path) -> None:
+    # SQLite only: a damaged file (PostgreSQL counterpart: the garbled schema version above).
     path = tmp_path / "ledger.db"
     path.write_bytes(os.urandom(8192))
     with pytest.raises(LedgerError) as caught:
@@ -305,6 +420,7 @@ def test_corrupted_file_is_a_ledger_error(tmp_path: Path) -> None:
 
 
 def test_unwritable_directory_is_a_ledger_error(tmp_path: Path) -> None:
+    # SQLite only: paths. PostgreSQL counterpart (test_ledger_postgres): a role without CREATE.
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(LedgerError, match="cannot open ledger"):
@@ -314,6 +430,7 @@ def test_unwritable_directory_is_a_ledger_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize("code", [sqlite3.SQLITE_BUSY, sqlite3.SQLITE_BUSY_RECOVERY, sqlite3.SQLITE_BUSY_SNAPSHOT,
                                   sqlite3.SQLITE_BUSY_TIMEOUT, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_LOCKED_SHAREDCACHE])
 def test_every_kind_of_busy_is_busy_not_damage(code: int) -> None:
+    # SQLite only: its result codes (PostgreSQL has no busy answer: a write waits for its row).
     # Another process recovering the WAL after a crash answers BUSY_RECOVERY: a healthy ledger
     # must not be reported as unreadable ("restore it from a backup").
     error = sqlite3.OperationalError("database is locked")
@@ -328,22 +445,28 @@ def test_every_kind_of_busy_is_busy_not_damage(code: int) -> None:
 ROLLOUT = Path(L.__file__).parent
 
 
-def test_the_sqlite_ledger_implements_every_operation_of_the_interface(path: Path) -> None:
-    # Every operation declared by the interface is the SQLite class's own (not the Protocol's
-    # empty stub), takes the same parameters, and is documented (shapes, units, errors).
+def test_each_backend_implements_every_operation_of_the_interface(ledger: LedgerBackend,
+                                                                  ledger_location: str) -> None:
+    # open_ledger picks the backend by the location's form; every operation the interface
+    # declares is that class's own (not the Protocol's empty stub), takes the same parameters,
+    # and is documented (shapes, units, errors).
+    backend = type(ledger)
+    if is_postgres(ledger_location):
+        import psycopg
+
+        from rollout.ledger_postgres import PostgresLedger
+
+        assert backend is PostgresLedger and ledger.database_errors == (psycopg.Error,)
+    else:
+        assert backend is L.SqliteLedger and ledger.database_errors == (sqlite3.Error,)
     for name in interface_names() - {"database_errors"}:
-        declared, implemented = getattr(L.LedgerBackend, name), L.SqliteLedger.__dict__.get(name)
-        assert implemented is not None, f"SqliteLedger does not implement {name}"
+        declared, implemented = getattr(L.LedgerBackend, name), backend.__dict__.get(name)
+        assert implemented is not None, f"{backend.__name__} does not implement {name}"
         assert list(inspect.signature(implemented).parameters) == list(inspect.signature(declared).parameters), name
         assert inspect.getdoc(declared), f"LedgerBackend.{name} has no docstring"
     assert L.Ledger is L.SqliteLedger, "callers construct Ledger(path)"
-    opened = L.open_ledger(path)
-    try:
-        assert isinstance(opened, L.SqliteLedger) and opened.database_errors == (sqlite3.Error,)
-    finally:
-        opened.close()
     for public in (L.LedgerBackend, L.SqliteLedger, L.Entry, L.NewEntry, L.TargetRow, L.Lease, L.PushedBuild,
-                   L.open_ledger, L.now_iso, L.default_actor):
+                   L.open_ledger, L.now_iso, L.default_actor, backend):
         assert inspect.getdoc(public), f"{public.__name__} has no docstring"
     assert "wall-clock" in (inspect.getdoc(L.Lease) or "") and "monotonic" in (inspect.getdoc(L.Lease) or "")
 
@@ -373,7 +496,7 @@ def test_no_module_outside_the_ledger_runs_sql_or_calls_its_private_methods() ->
     assert offenders == {}
 
 
-def test_build_records_round_trip_through_the_interface(ledger: Ledger) -> None:
+def test_build_records_round_trip_through_the_interface(ledger: LedgerBackend) -> None:
     from rollout import rebuild
 
     only = InterfaceOnly(ledger)
@@ -405,12 +528,15 @@ def test_build_records_round_trip_through_the_interface(ledger: Ledger) -> None:
     assert (decision.action, decision.entry, decision.build) == (rebuild.DEPLOY_EXISTING, newer, builds[0])
 
 
-def test_leases_are_taken_renewed_and_released_through_the_interface(ledger: Ledger, path: Path) -> None:
+def test_leases_are_taken_renewed_and_released_through_the_interface(ledger: LedgerBackend,
+                                                                     ledger_location: str) -> None:
     only = InterfaceOnly(ledger)
-    before = time.time()
+    # The test server runs on this machine: its clock and ours agree to well within a second.
+    assert abs(only.now() - time.time()) < 1, "now() is wall-clock epoch seconds"
+    before = only.now()
     lease = only.take_lease("web", 30.0)
     assert lease is not None and (lease.app, lease.holder, lease.pid) == ("web", L.default_actor(), os.getpid())
-    assert before + 30.0 <= lease.expires_at <= time.time() + 30.0, "expires_at is wall-clock epoch seconds"
+    assert before + 30.0 <= lease.expires_at <= only.now() + 30.0, "expires_at is the ledger's clock + lease_seconds"
     assert only.take_lease("web", 30.0) is None, "a live holder keeps its lease"
     assert only.leases() == [lease] and only.leases("api") == []
     assert only.renew_lease(lease, 60.0)
@@ -433,7 +559,7 @@ def test_leases_are_taken_renewed_and_released_through_the_interface(ledger: Led
         only.check_guard()
     only.guard_writes(None)
     only.event(None, "unguarded write")
-    with raw(path) as conn:
+    with raw(ledger_location) as conn:
         events = [e for (e,) in conn.execute("SELECT event FROM events WHERE entry_id IS NULL ORDER BY id")]
     assert events == ["guarded write", "lock:released-by-hand", "unguarded write"]
 
@@ -441,8 +567,8 @@ def test_leases_are_taken_renewed_and_released_through_the_interface(ledger: Led
 KILLED_AT_A_LEDGER_STEP = """
 import sys
 from rollout import faults
-from rollout.ledger import Ledger
-ledger = Ledger(sys.argv[1])
+from rollout.ledger import open_ledger
+ledger = open_ledger(sys.argv[1])
 for n in (1, 2, 3):
     ledger.event(None, "step")
     print(n, flush=True)
@@ -456,13 +582,13 @@ print("survived", flush=True)
     ("docker:created#1", ["1", "2", "3"], 3),
     ("", ["1", "2", "3", "survived"], 3),  # unset: the hooks do nothing
 ])
-def test_a_fault_hook_kills_the_process_right_after_the_named_step(path: Path, kill_at: str, printed: list[str],
-                                                                   recorded: int) -> None:
+def test_a_fault_hook_kills_the_process_right_after_the_named_step(ledger_location: str, kill_at: str,
+                                                                   printed: list[str], recorded: int) -> None:
     env = {**os.environ, "ROLLOUT_TEST_KILL_AT": kill_at}
-    done = subprocess.run([sys.executable, "-c", KILLED_AT_A_LEDGER_STEP, str(path)], env=env,
+    done = subprocess.run([sys.executable, "-c", KILLED_AT_A_LEDGER_STEP, ledger_location], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == (-signal.SIGKILL if kill_at else 0), done.stderr
     assert done.stdout.split() == printed
-    with raw(path) as conn:
-        assert conn.execute("SELECT count(*) FROM events WHERE event = 'step'").fetchone()[0] == recorded
+    with raw(ledger_location) as conn:
+        assert conn.one("SELECT count(*) FROM events WHERE event = 'step'") == recorded
     assert not hasattr(L, "kill_point"), "the test hook lives in rollout.faults, not in the ledger"
