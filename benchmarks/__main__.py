@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from benchmarks import docker_host, fleet, kubernetes, ledger_scale, registry_cost, startup
+from benchmarks import concurrent_deploys, docker_host, fleet, kubernetes, ledger_scale, registry_cost, startup
 from benchmarks.common import ScenarioFailed, ScenarioResult, Settings, Skipped, machine_info
 from benchmarks.report import render_table
 
@@ -28,9 +28,10 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "B2": ("recovery time (docker host)", docker_host.recovery_time),
     "B3": ("Kubernetes failure detection", kubernetes.detection),
     "B4": ("registry cost of a check", registry_cost.check_cost),
-    "B5": ("ledger scale", ledger_scale.ledger_scale),
+    "B5": ("ledger scale (SQLite and PostgreSQL)", ledger_scale.ledger_scale),
     "B6": ("start-up", startup.start_up),
     "B7": ("fleet upgrade (3 docker engines)", fleet.fleet_upgrade),
+    "B11": ("concurrent deploys, 2 runners, one PostgreSQL ledger", concurrent_deploys.concurrent_deploys),
 }
 
 # Exceptions that mean the harness's own code is wrong, not that a measurement failed.

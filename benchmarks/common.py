@@ -211,7 +211,8 @@ def docker_app_toml(app: str, image: str, container: str, *, health: dict[str, A
 
 
 def rollout_env(config: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("ROLLOUT_LEDGER", "KUBECONFIG")}
+    # The caller's own ledger settings must not leak in: $ROLLOUT_LEDGER_URL beats the config's ledger.
+    env = {k: v for k, v in os.environ.items() if k not in ("ROLLOUT_LEDGER", "ROLLOUT_LEDGER_URL", "KUBECONFIG")}
     env.update(ROLLOUT_CONFIG=str(config), **extra)
     return env
 

@@ -1,11 +1,15 @@
-"""B5 ledger scale: rollout stays instant as the ledger grows.
+"""B5 ledger scale: rollout stays instant as the ledger grows, on SQLite and on PostgreSQL.
 
-A ledger is filled with plain SQLite INSERTs shaped like real deploys (one entry,
-one target row and the six events a healthy deploy writes), through the real
-schema and its triggers. Then `rollout history APP -n 20` and `rollout status APP
---json` run as whole processes against it, alternating with the same commands on
-an empty ledger (the baseline: what the size costs). Ledger.record latency is
-measured in-process on both, and the file size gives bytes per entry.
+Both backends get the same rows shaped like real deploys (one entry, one target row and
+the six events a healthy deploy writes; one release in ten failed) through the real schema
+and its triggers: SQLite through plain INSERTs, PostgreSQL through COPY into a fresh
+database on the test bed's server (benchmarks.postgres). Then `rollout history APP -n 20`
+and `rollout status APP --json` run as whole processes, rotating among four sides: the big
+and an empty ledger of each backend. Big vs empty is what the size costs; PostgreSQL vs
+SQLite at the same size is what the server costs (psycopg's import and a login with
+SCRAM are most of it: `pg_*` metrics). The writes of one deploy (record, the status and
+target writes, the write guard's check) are timed in-process through each backend while
+holding the app's lease with the write guard on, as `rollout deploy` does them.
 """
 
 from __future__ import annotations
@@ -13,73 +17,136 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import sqlite3
+import statistics
+import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
-from benchmarks.common import (APP_IMAGE, ROLLOUT, Comparison, ScenarioFailed, ScenarioResult, Settings, alternate,
+from benchmarks import postgres
+from benchmarks.common import (APP_IMAGE, ROLLOUT, Comparison, ScenarioFailed, ScenarioResult, Settings,
                                docker, docker_app_toml, percentile, remove_containers, require_docker, require_test_images,
                                rollout_env, run)
-from rollout.ledger import Ledger, NewEntry
+from benchmarks.docker_host import rotate
+from rollout import lock
+from rollout.ledger import HEALTHY, Ledger, LedgerBackend, NewEntry, open_ledger
 
 CONTAINER = "bench-b5-app"
 QUERIED_APP = "app-000"
+INSERT_APP = "bench-insert"
 CHUNK = 20_000
 COMMAND_TARGET = "<= 0.3 s"
+WRITE_TARGETS = {"SQLite": "p99 <= 5 ms", "PostgreSQL": "p99 <= 10 ms"}
+
+
+@dataclass
+class Side:
+    """One ledger the commands run against: a config directory, plus the URL of a PostgreSQL ledger."""
+
+    backend: str  # SQLite | PostgreSQL
+    big: bool
+    directory: Path
+    url: str | None = None
+    samples: dict[str, list[float]] = field(default_factory=dict)
+
+    def label(self, entries: int) -> str:
+        return f"{self.backend}, {entries:,} entries" if self.big else f"{self.backend}, empty ledger"
+
+    def env(self) -> dict[str, str]:
+        extra = {"ROLLOUT_LEDGER_URL": self.url} if self.url else {}
+        return rollout_env(self.directory / "rollout.toml", **extra)
+
+    def ledger(self) -> LedgerBackend:
+        return open_ledger(self.url or str(self.directory / "state" / "ledger.db"))
 
 
 def ledger_scale(settings: Settings, result: ScenarioResult) -> None:
     require_docker()
     require_test_images("good1")
+    postgres.require_server()
     root = settings.workdir / "b5"
-    big, empty = root / "big", root / "empty"
-    for directory in (big, empty):
-        directory.mkdir(parents=True)
-        write_config(directory)
     remove_containers(CONTAINER)
-    try:
-        # A container that exists, so `status` inspects a real target as it would in use.
-        docker("run", "-d", "--name", CONTAINER, "--network", "none", f"{APP_IMAGE}:good1")
-        started = time.perf_counter()
-        fill(big / "state" / "ledger.db", settings.ledger_entries, settings.ledger_apps)
-        result.metrics["fill_seconds"] = round(time.perf_counter() - started, 1)
-        Ledger(empty / "state" / "ledger.db").close()
-        entries, size = ledger_size(big / "state" / "ledger.db")
-        result.metrics.update(entries=entries, apps=settings.ledger_apps, bytes_per_entry=round(size / entries),
-                              ledger_mb=round(size / 1e6, 1))
-        time_commands(settings, result, big, empty)
-        time_inserts(settings, result, big, empty)
-    finally:
-        remove_containers(CONTAINER)
+    with postgres.fresh_databases(2) as (big_url, empty_url):
+        sides = [Side("SQLite", True, root / "sqlite-big"), Side("SQLite", False, root / "sqlite-empty"),
+                 Side("PostgreSQL", True, root / "pg-big", big_url), Side("PostgreSQL", False, root / "pg-empty", empty_url)]
+        for side in sides:
+            side.directory.mkdir(parents=True)
+            write_config(side.directory)
+            side.ledger().close()  # the real schema, indexes and triggers
+        try:
+            # A container that exists, so `status` inspects a real target as it would in use.
+            docker("run", "-d", "--name", CONTAINER, "--network", "none", f"{APP_IMAGE}:good1")
+            # Timings on a shared machine: the load says how much of a p99 is other work's.
+            result.metrics["load_avg_1m_start"] = round(os.getloadavg()[0], 2)
+            fill_both(settings, result, sides[0], sides[2])
+            time_commands(settings, result, sides)
+            time_writes(settings, result, sides)
+            explain_queries(result, big_url)
+            result.metrics.update({f"pg_{k}": v for k, v in postgres.server_settings(big_url).items()})
+            result.metrics.update(pg_cost_breakdown(settings, big_url))
+            result.metrics["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
+        finally:
+            remove_containers(CONTAINER)
 
 
 def write_config(directory: Path) -> None:
     (directory / "rollout.toml").write_text(docker_app_toml(QUERIED_APP, APP_IMAGE, CONTAINER))
 
 
-def time_commands(settings: Settings, result: ScenarioResult, big: Path, empty: Path) -> None:
+def fill_both(settings: Settings, result: ScenarioResult, sqlite_side: Side, pg_side: Side) -> None:
+    entries, apps = settings.ledger_entries, settings.ledger_apps
+    path = sqlite_side.directory / "state" / "ledger.db"
+    started = time.perf_counter()
+    fill(path, entries, apps)
+    result.metrics["sqlite_fill_seconds"] = round(time.perf_counter() - started, 1)
+    assert pg_side.url is not None
+    started = time.perf_counter()
+    postgres.copy_deploys(pg_side.url, deploy_chunks(entries, apps))
+    result.metrics["pg_fill_seconds"] = round(time.perf_counter() - started, 1)
+    count, size = ledger_size(path)
+    pg_count = postgres.query(pg_side.url, "SELECT count(*) FROM entries")[0][0]
+    if pg_count != count:
+        raise ScenarioFailed(f"the PostgreSQL ledger holds {pg_count} entries after the load, the SQLite one {count}")
+    pg_size = postgres.size_bytes(pg_side.url)
+    result.metrics.update(entries=count, apps=apps, sqlite_bytes_per_entry=round(size / count),
+                          sqlite_ledger_mb=round(size / 1e6, 1), pg_bytes_per_entry=round(pg_size / count),
+                          pg_database_mb=round(pg_size / 1e6, 1))
+
+
+def time_commands(settings: Settings, result: ScenarioResult, sides: list[Side]) -> None:
     commands = {
         "rollout history APP -n 20": ["history", QUERIED_APP, "-n", "20"],
         "rollout status APP --json": ["status", QUERIED_APP, "--json"],
     }
-    label = f"{settings.ledger_entries:,} entries"
+    entries = settings.ledger_entries
     for name, args in commands.items():
-        comparison = Comparison(name, label, "empty ledger", target=COMMAND_TARGET)
 
-        def timed_in(directory: Path, _index: int, args: list[str] = args) -> float:
-            started = time.perf_counter()
-            done = run([ROLLOUT, *args], env=rollout_env(directory / "rollout.toml"), cwd=directory, timeout=120,
-                       what=f"rollout {args[0]}")
-            elapsed = time.perf_counter() - started
-            if args[0] == "status":
-                check_status(done.stdout, directory == big)
-            return elapsed
+        def timed_in(side: Side, args: list[str] = args) -> Callable[[int], float]:
+            def once(_index: int) -> float:
+                started = time.perf_counter()
+                done = run([ROLLOUT, *args], env=side.env(), cwd=side.directory, timeout=120,
+                           what=f"rollout {args[0]} ({side.label(entries)})")
+                elapsed = time.perf_counter() - started
+                if args[0] == "status":
+                    check_status(done.stdout, side.big)
+                else:
+                    check_history(done.stdout, side.big)
+                return elapsed
+            return once
 
-        for directory in (big, empty):  # warm the page cache untimed, as on a server that runs rollout daily
-            timed_in(directory, -1)
-        alternate(settings.runs, lambda i: timed_in(empty, i), lambda i: timed_in(big, i), comparison)
-        result.comparisons.append(comparison)
+        for side in sides:  # warm the page cache untimed, as on a server that runs rollout daily
+            timed_in(side)(-1)
+        samples = rotate(settings.runs, {side.label(entries): timed_in(side) for side in sides})
+        sqlite_big, sqlite_empty, pg_big, pg_empty = (samples[side.label(entries)] for side in sides)
+        labels = [side.label(entries) for side in sides]
+        result.comparisons += [
+            Comparison(name, labels[0], labels[1], sqlite_big, sqlite_empty, target=COMMAND_TARGET),
+            Comparison(name, labels[2], labels[3], pg_big, pg_empty, target=COMMAND_TARGET),
+            Comparison(name, labels[2], labels[0], pg_big, sqlite_big),
+        ]
 
 
 def check_status(stdout: str, expect_entry: bool) -> None:
@@ -91,29 +158,106 @@ def check_status(stdout: str, expect_entry: bool) -> None:
         raise ScenarioFailed(f"rollout status --json did not report what the ledger holds: {stdout[:300]!r}")
 
 
-def time_inserts(settings: Settings, result: ScenarioResult, big: Path, empty: Path) -> None:
+def check_history(stdout: str, expect_entries: bool) -> None:
+    rows = [line for line in stdout.splitlines()[1:] if line.strip()]  # under the header
+    if len(rows) != (20 if expect_entries else 0):
+        raise ScenarioFailed(f"rollout history -n 20 printed {len(rows)} entries: {stdout[:300]!r}")
+
+
+def time_writes(settings: Settings, result: ScenarioResult, sides: list[Side]) -> None:
+    """Per backend: the latency of each ledger write of `count` deploys, on the big and the empty ledger."""
     count = 200 if settings.quick else 1000
-    samples: dict[Path, list[float]] = {}
-    for directory in (empty, big):
-        ledger = Ledger(directory / "state" / "ledger.db")
+    entries = settings.ledger_entries
+    writes: dict[str, list[float]] = {}
+    per_deploy: dict[str, list[float]] = {}
+    records: dict[str, list[float]] = {}
+    for side in sides:
+        label = side.label(entries)
+        writes[label], per_deploy[label], records[label] = [], [], []
+        ledger = side.ledger()
         try:
-            samples[directory] = [record_once(ledger, index) * 1000 for index in range(count)]
+            with lock.held(ledger, INSERT_APP):
+                for index in range(count):
+                    timings = deploy_writes(ledger, index)
+                    writes[label] += [ms for _, ms in timings]
+                    per_deploy[label].append(sum(ms for _, ms in timings))
+                    records[label] += [ms for op, ms in timings if op == "record"]
         finally:
             ledger.close()
-    comparison = Comparison("Ledger.record latency", f"{settings.ledger_entries:,} entries", "empty ledger",
-                            samples[big], samples[empty], "ms", "p99 <= 5 ms")
-    result.comparisons.append(comparison)
-    result.metrics.update(
-        insert_p50_ms=round(percentile(samples[big], 0.50), 3), insert_p99_ms=round(percentile(samples[big], 0.99), 3),
-        insert_p99_ms_empty=round(percentile(samples[empty], 0.99), 3), inserts_timed=count,
-    )
+    for backend in ("SQLite", "PostgreSQL"):
+        big, empty = (s.label(entries) for s in sides if s.backend == backend)
+        result.comparisons.append(Comparison(
+            "ledger write of a deploy (record, status, target, guard check), each", big, empty,
+            writes[big], writes[empty], "ms", WRITE_TARGETS[backend]))
+        key = "sqlite" if backend == "SQLite" else "pg"
+        result.metrics.update({
+            f"{key}_write_p50_ms": round(percentile(writes[big], 0.50), 3),
+            f"{key}_write_p99_ms": round(percentile(writes[big], 0.99), 3),
+            f"{key}_record_p99_ms": round(percentile(records[big], 0.99), 3),
+            f"{key}_deploy_writes_p99_ms": round(percentile(per_deploy[big], 0.99), 3),
+            f"{key}_write_p99_ms_empty": round(percentile(writes[empty], 0.99), 3),
+        })
+    result.metrics["deploys_timed"] = count
 
 
-def record_once(ledger: Ledger, index: int) -> float:
+def deploy_writes(ledger: LedgerBackend, index: int) -> list[tuple[str, float]]:
+    """The ledger calls of one healthy single-target deploy, in the orchestrator's order; (call, ms) each."""
     digest = "sha256:" + hashlib.sha256(f"insert-{index}".encode()).hexdigest()
-    started = time.perf_counter()
-    ledger.record(NewEntry(app="bench-insert", repository=APP_IMAGE, tag=f"9.{index}", digest=digest))
-    return time.perf_counter() - started
+    image = f"{APP_IMAGE}@{digest}"
+    timings: list[tuple[str, float]] = []
+
+    def timed(name: str, call: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        value = call()
+        timings.append((name, (time.perf_counter() - started) * 1000))
+        return value
+
+    entry = timed("record", lambda: ledger.record(NewEntry(app=INSERT_APP, repository=APP_IMAGE, tag=f"9.{index}",
+                                                           digest=digest)))
+    timed("status", lambda: ledger.set_status(entry.id, "applying"))
+    timed("guard", ledger.check_guard)
+    timed("target", lambda: ledger.set_target(entry.id, "local", outcome="applied", image_before=None, image_after=image))
+    timed("status", lambda: ledger.set_status(entry.id, "verifying"))
+    timed("target", lambda: ledger.set_target(entry.id, "local", outcome="healthy", detail="running after 0.0s"))
+    timed("status", lambda: ledger.set_status(entry.id, HEALTHY))
+    return timings
+
+
+def explain_queries(result: ScenarioResult, url: str) -> None:
+    """EXPLAIN ANALYZE of the queries history and status send, on the big PostgreSQL ledger (ms, plan)."""
+    queries = {
+        "history": ("SELECT * FROM entries WHERE app = %s ORDER BY id DESC LIMIT %s", [QUERIED_APP, 20]),
+        "current": ("SELECT * FROM entries WHERE app = %s AND status = 'healthy' ORDER BY id DESC LIMIT 1",
+                    [QUERIED_APP]),
+        "unfinished": ("SELECT * FROM entries WHERE status IN ('pending', 'applying', 'verifying') AND app = %s"
+                       " ORDER BY id", [QUERIED_APP]),
+    }
+    for name, (sql, params) in queries.items():
+        ms, plan = postgres.explain(url, sql, params)
+        result.metrics[f"pg_explain_{name}_ms"] = ms
+        result.metrics[f"pg_explain_{name}_plan"] = plan
+
+
+def pg_cost_breakdown(settings: Settings, url: str) -> dict[str, float]:
+    """Where a whole process's extra time on PostgreSQL goes: psycopg's import, and one login, in seconds.
+
+    Both as whole processes against `python -c pass` (medians), the same interpreter and venv as rollout.
+    """
+    runs = max(3, settings.runs)
+    scripts = {
+        "pass": "pass",
+        "import": "import psycopg",
+        "login": f"import psycopg; psycopg.connect({url!r}).close()",
+    }
+    samples: dict[str, list[float]] = {name: [] for name in scripts}
+    for _ in range(runs):
+        for name, script in scripts.items():
+            started = time.perf_counter()
+            run([sys.executable, "-c", script], timeout=60, what=f"python -c {name}")
+            samples[name].append(time.perf_counter() - started)
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    return {"pg_psycopg_import_s": round(medians["import"] - medians["pass"], 3),
+            "pg_login_s": round(medians["login"] - medians["import"], 3)}
 
 
 def fill(path: Path, entries: int, apps: int) -> None:
@@ -123,13 +267,7 @@ def fill(path: Path, entries: int, apps: int) -> None:
     try:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA foreign_keys = ON")
-        for first in range(0, entries, CHUNK):
-            entry_rows, target_rows, event_rows = [], [], []
-            for number in range(first, min(entries, first + CHUNK)):
-                entry, target, events = shaped_like_a_deploy(number + 1, apps)
-                entry_rows.append(entry)
-                target_rows.append(target)
-                event_rows.extend(events)
+        for entry_rows, target_rows, event_rows in deploy_chunks(entries, apps):
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(
                 "INSERT INTO entries (id, app, repository, tag, digest, kind, status, previous_id, reverts_to, actor,"
@@ -143,6 +281,18 @@ def fill(path: Path, entries: int, apps: int) -> None:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         conn.close()
+
+
+def deploy_chunks(entries: int, apps: int) -> Iterator[tuple[list[tuple], list[tuple], list[tuple]]]:
+    """(entry rows, target rows, event rows) of `entries` deploys, CHUNK entries at a time, ids from 1."""
+    for first in range(0, entries, CHUNK):
+        entry_rows, target_rows, event_rows = [], [], []
+        for number in range(first, min(entries, first + CHUNK)):
+            entry, target, events = shaped_like_a_deploy(number + 1, apps)
+            entry_rows.append(entry)
+            target_rows.append(target)
+            event_rows.extend(events)
+        yield entry_rows, target_rows, event_rows
 
 
 EPOCH = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
