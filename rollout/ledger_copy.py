@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from rollout.errors import EXIT_INTERNAL, EXIT_LOCKED, LedgerError, RolloutError
+from rollout.errors import EXIT_INTERNAL, EXIT_LOCKED, LedgerError, RolloutError, one_line
 from rollout.ledger import COPIED_TABLES, IN_PROGRESS, LedgerBackend, open_ledger
 from rollout.ledger_url import is_url, redact
 
@@ -125,7 +125,8 @@ def copy_ledger(source_location: str | Path, destination: str) -> CopyResult:
     created if missing), and verify it.
 
     Raises LedgerError (exit 2: a missing source file, a destination that is not a ledger
-    location, is the source itself, or is not empty), SourceBusy (exit 4), LedgerUnreachable
+    location, is the source itself, or is not empty; a database error while copying, e.g. a
+    PostgreSQL role without the rights the copy needs), SourceBusy (exit 4), LedgerUnreachable
     (exit 5, a PostgreSQL server down), CopyNotVerified (exit 70); nothing is written to the
     destination in any of these cases (a new SQLite file may be left created and empty).
     """
@@ -142,6 +143,12 @@ def copy_ledger(source_location: str | Path, destination: str) -> CopyResult:
         copy_to = open_ledger(target)
         try:
             read, written = copy(source, copy_to)
+        except (*source.database_errors, *copy_to.database_errors) as exc:
+            # The destination's transaction was rolled back. The usual cause on PostgreSQL: a role
+            # that does not own the tables (moving the id sequences takes the owner's UPDATE on them).
+            raise LedgerError(f"copying into {target_name} failed ({redact(one_line(exc))}): nothing was written"
+                              " there; on PostgreSQL run the copy as the role that owns the ledger's tables,"
+                              " then retry") from None
         finally:
             copy_to.close()
     finally:

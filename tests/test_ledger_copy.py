@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
+import uuid
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Iterator
@@ -339,3 +340,65 @@ def test_the_fingerprint_depends_on_every_value_and_on_order() -> None:
         of([rows[1], rows[0]])
     with pytest.raises(CopyNotVerified, match="out of order"):
         of([rows[2], rows[0]])
+
+
+@pytest.fixture
+def operator_role() -> Iterator[tuple[str, str]]:
+    """A login role of the test server that owns nothing (README, "Ledger backends": what operators
+    should connect as): (name, password); dropped afterwards."""
+    name, password = f"rollout_op_{uuid.uuid4().hex[:12]}", uuid.uuid4().hex
+    with pg.admin() as conn:
+        conn.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")
+    try:
+        yield name, password
+    finally:
+        with pg.admin() as conn:
+            conn.execute(f"DROP ROLE {name}")
+
+
+def test_a_role_that_does_not_own_the_tables_works_but_cannot_unlock_history(
+        operator_role: tuple[str, str], tmp_path: Path, stack: ExitStack) -> None:
+    # operator_role first: fixtures are torn down in reverse, so the databases that grant it
+    # something are dropped (stack) before the role is.
+    import psycopg
+
+    source = location("sqlite", tmp_path, stack, "source")
+    seed(source)
+    owned = location("postgres", tmp_path, stack, "")
+    copy_json(source, owned)  # the owner (the role that created the tables) copies
+    database = owned.rsplit("/", 1)[1]
+    with psycopg.connect(host=str(pg.SOCKET_DIR), port=pg.PORT, user="postgres", dbname=database,
+                         autocommit=True) as conn:
+        conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {operator_role[0]}")
+    name, password = operator_role
+    as_operator = f"postgresql://{name}:{password}@{pg.HOST}:{pg.PORT}/{database}"
+    ledger = L.open_ledger(as_operator)
+    try:
+        # Everything a rollout does, with the README's grant...
+        lease = ledger.take_lease("web", 30)
+        assert lease is not None and ledger.renew_lease(lease, 30)
+        entry = ledger.record(L.NewEntry("web", "reg.lan/web", "2.0", digest(2)))
+        ledger.set_target(entry.id, "web-1", outcome="healthy", image_after=entry.image)
+        ledger.set_status(entry.id, L.HEALTHY)
+        ledger.release_lease(lease)
+        assert ledger.current("web") == ledger.get(entry.id)
+        # ...but not what would let it rewrite history: the triggers stay.
+        for sql in ("DROP TRIGGER entries_no_delete ON entries", "ALTER TABLE events DISABLE TRIGGER ALL",
+                    "TRUNCATE events", "DELETE FROM entries WHERE id = 1"):
+            with pytest.raises(psycopg.Error):
+                with ledger.transaction() as conn:
+                    conn.execute(sql)  # type: ignore[attr-defined]
+    finally:
+        ledger.close()
+
+    # A copy into a database as such a role cannot move the id sequences: refused, nothing written.
+    empty = location("postgres", tmp_path, stack, "")
+    L.open_ledger(empty).close()  # the owner creates the tables
+    with psycopg.connect(host=str(pg.SOCKET_DIR), port=pg.PORT, user="postgres", dbname=empty.rsplit("/", 1)[1],
+                         autocommit=True) as conn:
+        conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {name}")
+    into = f"postgresql://{name}:{password}@{pg.HOST}:{pg.PORT}/{empty.rsplit('/', 1)[1]}"
+    result = rollout(source, "ledger", "copy", "--to", into)
+    line = one_line_error(result, EXIT_USAGE)
+    assert "nothing was written" in line and "owns the ledger's tables" in line and password not in line
+    assert rows_of(empty) == []
