@@ -409,6 +409,22 @@ class LedgerBackend(Protocol):
         checking. Used by rollout.lock.held for the block it guards."""
         ...
 
+    # -- the point of no return (issue 13, point 6) ----------------------------------
+
+    def tolerate_outage(self) -> None:
+        """Say that a target is about to change: from now on this handle's writes must reach the
+        ledger even if its database server goes away (PostgreSQL: retried, reconnecting, for about
+        30 s in all, then spooled to a local file that the next command replays, rollout.ledger_spool),
+        and `get`/`find` of the entries it wrote answer from what it knows. Before this call a lost
+        server raises LedgerUnreachable (exit 5): nothing has changed yet. Idempotent. SQLite: nothing
+        to do, a local file is never unreachable."""
+        ...
+
+    def outage_report(self) -> str | None:
+        """One line for the user when writes made after tolerate_outage had to be spooled (or
+        could not be): how many, to which file, and that the next command replays them; else None."""
+        ...
+
     # -- leases (rollout.lock holds the policy: waiting, heartbeat) -----------------
 
     def leases(self, app: str | None = None) -> list[Lease]:
@@ -610,6 +626,12 @@ class SqliteLedger(LedgerBackend):
         """Raise what the next write would (LeaseLost once the app's lock is lost), writing nothing."""
         with self.transaction():
             pass
+
+    def tolerate_outage(self) -> None:
+        pass  # a local file is never unreachable: a failed write is an error, as always
+
+    def outage_report(self) -> str | None:
+        return None
 
     def guard_writes(self, lease: Lease | None) -> None:
         self._guard = None if lease is None else _still_held(lease)
@@ -817,10 +839,13 @@ class SqliteLedger(LedgerBackend):
 Ledger = SqliteLedger
 
 
-def open_ledger(location: str | os.PathLike[str]) -> LedgerBackend:
+def open_ledger(location: str | os.PathLike[str], state_dir: str | os.PathLike[str] | None = None) -> LedgerBackend:
     """The ledger at `location`: a `postgresql://` (or `postgres://`) URL opens the PostgreSQL
     backend (rollout.ledger_postgres), anything else is a SQLite file path (created if missing).
 
+    `state_dir` (PostgreSQL only): the config's state directory, where writes the server could
+    not take after a target changed are spooled, and from where opening replays them first
+    (rollout.ledger_spool); None: no spool (such writes are reported lost).
     The one place a backend is chosen. Raises LedgerError / LedgerBusy (see SqliteLedger),
     LedgerUnreachable (exit 5) when a PostgreSQL server cannot be reached.
     """
@@ -828,7 +853,7 @@ def open_ledger(location: str | os.PathLike[str]) -> LedgerBackend:
         # Imported here: psycopg's import costs every SQLite user start-up time.
         from rollout.ledger_postgres import PostgresLedger
 
-        return PostgresLedger(location)
+        return PostgresLedger(location, state_dir)
     return SqliteLedger(location)
 
 

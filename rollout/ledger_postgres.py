@@ -32,7 +32,10 @@ from __future__ import annotations
 import json
 import os
 import socket
-from dataclasses import asdict
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable, Generator, Iterable, Iterator
 
 import psycopg
@@ -43,12 +46,22 @@ from rollout import faults
 from rollout.errors import LeaseLost, LedgerError, LedgerUnreachable, one_line
 from rollout.ledger_url import redact
 from rollout.ledger import (BUILD_PUSHED, COPIED_TABLES, FINISHED, PENDING, REBUILD, SCHEMA_VERSION, Entry,
-                            Lease, LedgerBackend, NewEntry, PushedBuild, TargetRow, default_actor, load_batches)
+                            Lease, LedgerBackend, NewEntry, PushedBuild, TargetRow, default_actor, load_batches,
+                            now_iso)
+from rollout.ledger_spool import VERSION as SPOOL_VERSION
+from rollout.ledger_spool import Spool, spool_path
 
 # The ledger's timestamp form (rollout.ledger.now_iso), from the server's clock.
 _NOW = "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"
 _EPOCH = "extract(epoch from clock_timestamp())::double precision"
 _CONNECT_TIMEOUT = 10  # seconds, libpq's connect_timeout unless the URL sets one
+# After a target changed: seconds spent retrying writes, in all, before they go to the spool
+# (issue 13: bounded retries, then a local spool), and the pause between reconnection attempts.
+_RETRY_SECONDS = 30.0
+_RETRY_PAUSE = 1.0
+_KNOWN_ENTRIES = 64  # entries a handle remembers, to answer `get` while the server is away
+# SQLSTATE classes of a connection that is gone: 08 connection exception, 57P admin/crash shutdown.
+_GONE_STATES = ("08", "57P")
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -171,32 +184,257 @@ def _still_held(lease: Lease) -> Callable[[psycopg.Connection[Any]], None]:
     return guard
 
 
+# -- the writes, as functions of (connection, arguments, time) --------------------------------------
+# One implementation for a write made now (`at` None: the server's clock) and for one retried or
+# replayed later (`at`: when it was made). Arguments are LedgerBackend's, by name (rollout.ledger_spool).
+
+def _insert_event(conn: psycopg.Connection[Any], entry_id: int | None, event: str, detail: dict[str, Any],
+                  at: str | None) -> None:
+    conn.execute(f"INSERT INTO events (entry_id, at, event, detail) VALUES (%s, COALESCE(%s::text, {_NOW}), %s, %s)",
+                 [entry_id, at, event, json.dumps(detail, sort_keys=True, default=str)])
+
+
+def _apply_record(conn: psycopg.Connection[Any], args: dict[str, Any], at: str | None) -> Entry:
+    values = {name: value for name, value in args.items() if name != "id"}
+    if values["base_digests"] is not None:
+        values["base_digests"] = json.dumps(values["base_digests"], sort_keys=True)
+    values["status"] = PENDING
+    if args.get("id") is not None and args["id"] > 0:
+        values = {"id": args["id"], **values}  # the id it got before its first commit was lost
+    row = conn.execute(
+        f"INSERT INTO entries ({', '.join(values)}, created_at) VALUES ({', '.join(['%s'] * len(values))},"
+        f" COALESCE(%s::text, {_NOW})) RETURNING *", [*values.values(), at]).fetchone()
+    _insert_event(conn, row["id"], "recorded", {"kind": args["kind"], "tag": args["tag"], "digest": args["digest"]}, at)
+    return Entry.from_row(row)
+
+
+def _apply_set_status(conn: psycopg.Connection[Any], args: dict[str, Any], at: str | None) -> None:
+    status, error = args["status"], args["error"]
+    conn.execute(f"UPDATE entries SET status = %s, finished_at = CASE WHEN %s THEN COALESCE(%s::text, {_NOW}) END,"
+                 " error = %s WHERE id = %s", [status, status in FINISHED, at, error, args["entry_id"]])
+    _insert_event(conn, args["entry_id"], f"status:{status}", {"error": error} if error else {}, at)
+
+
+def _apply_set_target(conn: psycopg.Connection[Any], args: dict[str, Any], at: str | None) -> None:
+    conn.execute(
+        "INSERT INTO targets (entry_id, target, image_before, image_after, outcome, detail, updated_at)"
+        f" VALUES (%s, %s, %s, %s, %s, %s, COALESCE(%s::text, {_NOW}))"
+        " ON CONFLICT (entry_id, target) DO UPDATE SET outcome = excluded.outcome,"
+        " detail = excluded.detail, updated_at = excluded.updated_at,"
+        " image_before = COALESCE(excluded.image_before, targets.image_before),"
+        " image_after = COALESCE(excluded.image_after, targets.image_after)",
+        [args["entry_id"], args["target"], args["image_before"], args["image_after"], args["outcome"],
+         args["detail"], at])
+    _insert_event(conn, args["entry_id"], f"target:{args['outcome']}",
+                  {"target": args["target"], "detail": args["detail"]}, at)
+
+
+def _apply_event(conn: psycopg.Connection[Any], args: dict[str, Any], at: str | None) -> None:
+    _insert_event(conn, args["entry_id"], args["event"], args["detail"], at)
+
+
+def _apply_release_lease(conn: psycopg.Connection[Any], args: dict[str, Any], at: str | None) -> None:
+    # Only our own row: a lease another rollout took since (ours expired meanwhile) is left alone.
+    conn.execute("DELETE FROM locks WHERE app = %s AND pid = %s AND host = %s", [args["app"], args["pid"], args["host"]])
+
+
+_WRITES: dict[str, Callable[[psycopg.Connection[Any], dict[str, Any], str | None], Any]] = {
+    "record": _apply_record, "set_status": _apply_set_status, "set_target": _apply_set_target,
+    "event": _apply_event, "release_lease": _apply_release_lease,
+}
+_ENTRY_REFERENCES = ("entry_id", "previous_id", "reverts_to")
+LATE_OUTCOME, REPLAYED = "spool:late-outcome", "spool:replayed"
+
+
+@dataclass
+class _Story:
+    """How one writer's delayed writes landed: placeholder ids given their real ids, entries whose
+    writes became `spool:late-outcome` events (another runner had finished them), entries this
+    writer finished itself, and the last spool line replayed (`through`, its `seq`).
+    Kept as the detail of a `spool:replayed` ledger event, so a later replay continues it."""
+
+    ids: dict[int, int] = field(default_factory=dict)
+    diverted: dict[int, int] = field(default_factory=dict)
+    finished: set[int] = field(default_factory=set)
+    through: int = 0
+
+    def real(self, entry_id: int | None) -> int | None:
+        """The id the ledger knows entry_id by (a placeholder mapped, else as given)."""
+        return self.ids.get(entry_id, entry_id) if entry_id is not None else None
+
+    def resolved(self, args: dict[str, Any]) -> dict[str, Any]:
+        """args with every entry reference that is a mapped placeholder replaced by its real id."""
+        return {name: self.real(value) if name in _ENTRY_REFERENCES else value for name, value in args.items()}
+
+    def copy(self) -> "_Story":
+        return _Story(dict(self.ids), dict(self.diverted), set(self.finished), self.through)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ids": {str(k): v for k, v in self.ids.items()}, "through": self.through,
+                "diverted": {str(k): v for k, v in self.diverted.items()}, "finished": sorted(self.finished)}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> "_Story":
+        return cls({int(k): v for k, v in value.get("ids", {}).items()},
+                   {int(k): v for k, v in value.get("diverted", {}).items()},
+                   set(value.get("finished", [])), int(value.get("through", 0)))
+
+
+def _replay_one(conn: psycopg.Connection[Any], op: str, args: dict[str, Any], at: str, story: _Story) -> None:
+    """Apply one delayed write (retried or spooled) as of `at`, unguarded: it was made under our lease.
+
+    Conflicts are not errors: a write to an entry another runner has finished meanwhile (a recovery
+    marked it interrupted) and every later write of an entry recorded as its answer (the automatic
+    revert) become `spool:late-outcome` events on that entry, so the true outcome is on record
+    without changing a finished entry or recording a healthy entry after the other runner's.
+    """
+    if op == "record":
+        written, previous = args.get("id"), args.get("previous_id")
+        if previous is not None and previous in story.diverted:
+            if written is not None:
+                story.diverted[written] = story.diverted[previous]
+            _late(conn, story.diverted[previous], op, args, at)
+            return
+        entry = _apply_record(conn, {**story.resolved(args), "id": written if written and written > 0 else None}, at)
+        if written is not None and written < 0:
+            story.ids[written] = entry.id
+        return
+    written = args.get("entry_id")
+    if op != "release_lease" and written is not None:
+        if written not in story.diverted:
+            real = story.real(written)
+            row = conn.execute("SELECT status FROM entries WHERE id = %s FOR UPDATE", [real]).fetchone()
+            if row is not None and row["status"] in FINISHED and real not in story.finished:
+                story.diverted[written] = real
+        if written in story.diverted:
+            _late(conn, story.diverted[written], op, args, at)
+            return
+        if op == "set_status" and args["status"] in FINISHED:
+            story.finished.add(story.real(written))
+    _WRITES[op](conn, story.resolved(args), at)
+
+
+def _late(conn: psycopg.Connection[Any], entry_id: int, op: str, args: dict[str, Any], at: str) -> None:
+    detail = {name: value for name, value in args.items() if name not in ("entry_id", "id")}
+    _insert_event(conn, entry_id, LATE_OUTCOME, {"write": op, **detail}, at)
+
+
+def _committed(conn: psycopg.Connection[Any], xids: list[int]) -> bool:
+    """Whether one of these transactions (txid_current()) committed; `txid_status` is PostgreSQL's
+    answer to a COMMIT whose reply was lost. Raises _Undecided while one is still in progress."""
+    for xid in xids:
+        status = conn.execute("SELECT txid_status(%s) AS status", [xid]).fetchone()["status"]
+        if status == "committed":
+            return True
+        if status == "in progress":
+            raise _Undecided(f"transaction {xid} is still committing")
+    return False  # aborted, or so old the server no longer knows (NULL): replayed rather than lost
+
+
+class _Undecided(Exception):
+    """An earlier try's COMMIT is still in progress on the server: ask again later."""
+
+
+@dataclass
+class _Outage:
+    """A handle's state once a target is about to change (PostgresLedger.tolerate_outage)."""
+
+    writer: str = field(default_factory=lambda: uuid.uuid4().hex)
+    spent: float = 0.0  # seconds spent retrying, in all (monotonic)
+    spooling: bool = False  # the budget is spent: every later write goes to the spool, in order
+    story: _Story = field(default_factory=_Story)
+    seq: int = 0
+    txn: int = 0
+    last_placeholder: int = 0
+    spooled: int = 0
+    lost: int = 0
+    lost_reason: str = ""
+
+    def placeholder(self) -> int:
+        """A new negative id for an entry recorded while the server is away."""
+        self.last_placeholder -= 1
+        return self.last_placeholder
+
+
+def _gone(conn: psycopg.Connection[Any], exc: BaseException) -> bool:
+    """Whether exc says the server, or our connection to it, is gone (not that a statement was refused)."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    return conn.closed or conn.broken or state is None or state.startswith(_GONE_STATES)
+
+
 class _Transaction:
-    """BEGIN ... COMMIT on an autocommit connection; nested blocks join the outermost."""
+    """BEGIN ... COMMIT on an autocommit connection; nested blocks join the outermost.
+
+    Before the handle tolerates an outage, a lost connection anywhere in the block ends it with
+    LedgerUnreachable (exit 5). After (PostgresLedger.tolerate_outage), the block's writes are
+    kept as they are made; when the connection drops the block runs on without the server
+    (`offline`) and, at its end, PostgresLedger._settle retries them or spools them.
+    """
 
     def __init__(self, ledger: "PostgresLedger") -> None:
         self.ledger = ledger
-        self.outermost = ledger.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        self.outermost = ledger._txn is None
+        self.writes: list[dict[str, Any]] = []  # {"op", "at", "args"} made in the block, after tolerate_outage
+        self.offline = False  # the server is not taking this block's writes: settled at its end
+        self.unconfirmed: list[int] = []  # txid_current() of tries whose COMMIT got no answer
+        self.xid: int | None = None
 
     def __enter__(self) -> psycopg.Connection[Any]:
-        conn = self.ledger.conn
-        if self.outermost:
+        ledger = self.ledger
+        if not self.outermost:
+            return ledger.conn
+        ledger._txn = self
+        outage = ledger._outage
+        if outage is not None and outage.spooling:
+            self.offline = True  # not even tried: spooled writes stay in order behind earlier ones
+            return ledger.conn
+        try:
+            conn = ledger._live()
             conn.execute("BEGIN")
-            if self.ledger._guard is not None:
-                try:
-                    self.ledger._guard(conn)
-                except BaseException:
-                    self._rollback()
-                    raise
+            if outage is not None:
+                self.xid = conn.execute("SELECT txid_current() AS xid").fetchone()["xid"]
+            if ledger._guard is not None:
+                ledger._guard(conn)
+        except BaseException as exc:
+            self._rollback()
+            lost = isinstance(exc, LedgerUnreachable) or _gone(ledger.conn, exc)
+            if outage is not None and lost:
+                self.offline = True
+                return ledger.conn
+            ledger._txn = None
+            if lost and not isinstance(exc, LedgerUnreachable):
+                raise _unreachable(ledger.url, exc) from None
+            raise
         return conn
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if not self.outermost:
             return
-        if exc_type is None:
-            self.ledger.conn.execute("COMMIT")
-        else:
-            self._rollback()
+        ledger = self.ledger
+        try:
+            if exc_type is not None:
+                if not self.offline:
+                    self._rollback()
+                if isinstance(exc, BaseException) and _gone(ledger.conn, exc):
+                    raise _unreachable(ledger.url, exc) from None
+                return
+            if not self.offline:
+                try:
+                    ledger.conn.execute("COMMIT")
+                    return
+                except psycopg.OperationalError as failed:
+                    if not _gone(ledger.conn, failed):
+                        raise
+                    if ledger._outage is None:
+                        raise _unreachable(ledger.url, failed) from None
+                    if self.xid is not None:
+                        self.unconfirmed.append(self.xid)  # sent, unanswered: it may have committed
+            if self.writes:
+                ledger._settle(self.writes, self.unconfirmed)
+        finally:
+            ledger._txn = None
 
     def _rollback(self) -> None:
         try:
@@ -218,29 +456,46 @@ class PostgresLedger(LedgerBackend):
 
     database_errors: tuple[type[BaseException], ...] = (psycopg.Error,)
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, state_dir: str | os.PathLike[str] | None = None) -> None:
         self.url = url
+        self._txn: _Transaction | None = None
+        self._outage: _Outage | None = None  # set by tolerate_outage: a target is about to change
+        self._known: dict[int, Entry] = {}  # the latest entries this handle wrote, newest last
         self.conn = self._connect()
         self._guard: Callable[[psycopg.Connection[Any]], None] | None = None
         self._ensure_schema()
+        # Where writes go when the server is away after a target changed; replayed first, here.
+        self._spool = Spool(spool_path(Path(state_dir), redact(url))) if state_dir is not None else None
+        if self._spool is not None and self._spool.exists():
+            self._replay_spool()
 
     @property
     def location(self) -> str:
         """The URL with its password masked: how messages name this ledger."""
         return redact(self.url)
 
-    def _connect(self) -> psycopg.Connection[Any]:
+    def _connect(self, timeout: int | None = None) -> psycopg.Connection[Any]:
         try:
             params = pg_conninfo.conninfo_to_dict(self.url)
         except psycopg.ProgrammingError as exc:
             raise LedgerError(f"[ledger] url {redact(self.url)} is not a valid PostgreSQL URL"
                               f" ({redact(one_line(exc))}): write it as postgresql://USER@HOST:PORT/DBNAME") from None
         params.setdefault("connect_timeout", str(_CONNECT_TIMEOUT))
+        if timeout is not None:  # a retry must not outlast what is left of the retry budget
+            params["connect_timeout"] = str(max(1, min(int(params["connect_timeout"]), timeout)))
         params.setdefault("application_name", "rollout")
         try:
             return psycopg.connect(**params, autocommit=True, row_factory=dict_row)
         except psycopg.Error as exc:
             raise _unreachable(self.url, exc) from None
+
+    def _live(self, timeout: int | None = None) -> psycopg.Connection[Any]:
+        """The connection, made again if the last one was lost (psycopg never reconnects by
+        itself). Only between transactions: a new connection would silently drop one half done.
+        Raises LedgerUnreachable when the server cannot be reached."""
+        if self.conn.closed or self.conn.broken:
+            self.conn = self._connect(timeout)
+        return self.conn
 
     def reopen(self) -> "PostgresLedger":
         return type(self)(self.url)
@@ -306,53 +561,76 @@ class PostgresLedger(LedgerBackend):
     # -- writing -----------------------------------------------------------------
 
     def record(self, new: NewEntry) -> Entry:
-        values = asdict(new)
-        if values["base_digests"] is not None:
-            values["base_digests"] = json.dumps(values["base_digests"], sort_keys=True)
-        values["status"] = PENDING
-        columns = ", ".join(values)
-        with self.transaction() as conn:
-            row = conn.execute(
-                f"INSERT INTO entries ({columns}, created_at) VALUES ({', '.join(['%s'] * len(values))}, {_NOW})"
-                " RETURNING *", list(values.values())).fetchone()
-            self._event(row["id"], "recorded", {"kind": new.kind, "tag": new.tag, "digest": new.digest})
+        entry = self._write("record", {**asdict(new), "id": None})
         faults.kill_point("recorded")
-        return Entry.from_row(row)
+        return entry
 
     def set_status(self, entry_id: int, status: str, error: str | None = None) -> None:
-        with self.transaction() as conn:
-            conn.execute(
-                f"UPDATE entries SET status = %s, finished_at = CASE WHEN %s THEN {_NOW} END, error = %s"
-                " WHERE id = %s", [status, status in FINISHED, error, entry_id])
-            self._event(entry_id, f"status:{status}", {"error": error} if error else {})
+        self._write("set_status", {"entry_id": entry_id, "status": status, "error": error})
         faults.kill_point(f"status:{status}")
 
     def set_target(self, entry_id: int, target: str, *, outcome: str, image_before: str | None = None,
                    image_after: str | None = None, detail: str | None = None) -> None:
-        with self.transaction() as conn:
-            conn.execute(
-                "INSERT INTO targets (entry_id, target, image_before, image_after, outcome, detail, updated_at)"
-                f" VALUES (%s, %s, %s, %s, %s, %s, {_NOW})"
-                " ON CONFLICT (entry_id, target) DO UPDATE SET outcome = excluded.outcome,"
-                " detail = excluded.detail, updated_at = excluded.updated_at,"
-                " image_before = COALESCE(excluded.image_before, targets.image_before),"
-                " image_after = COALESCE(excluded.image_after, targets.image_after)",
-                [entry_id, target, image_before, image_after, outcome, detail])
-            self._event(entry_id, f"target:{outcome}", {"target": target, "detail": detail})
+        self._write("set_target", {"entry_id": entry_id, "target": target, "outcome": outcome,
+                                   "image_before": image_before, "image_after": image_after, "detail": detail})
         faults.kill_point(f"target:{outcome}")
 
     def event(self, entry_id: int | None, event: str, detail: dict[str, Any] | None = None) -> None:
-        with self.transaction():
-            self._event(entry_id, event, detail or {})
+        # Stored as JSON now, so a spooled event holds exactly what the ledger would have.
+        self._write("event", {"entry_id": entry_id, "event": event,
+                              "detail": json.loads(json.dumps(detail or {}, default=str))})
         faults.kill_point(event)
 
     def _event(self, entry_id: int | None, event: str, detail: dict[str, Any]) -> None:
-        self.conn.execute(f"INSERT INTO events (entry_id, at, event, detail) VALUES (%s, {_NOW}, %s, %s)",
-                          [entry_id, event, json.dumps(detail, sort_keys=True, default=str)])
+        _insert_event(self.conn, entry_id, event, detail, None)
+
+    def _write(self, op: str, args: dict[str, Any]) -> Any:
+        """One LedgerBackend write (`op` in _WRITES) in a transaction of its own or the caller's.
+
+        After tolerate_outage the write is also kept in the transaction, so that a connection lost
+        before its commit is answered by retrying or spooling it (_settle); `record` then answers
+        with the entry as it will be recorded, under a negative placeholder id if it has none yet.
+        """
+        with self.transaction() as conn:
+            txn, outage = self._txn, self._outage
+            assert txn is not None
+            at = now_iso()
+            if outage is None:
+                result = _WRITES[op](conn, args, None)
+            else:
+                txn.writes.append({"op": op, "at": at, "args": args})
+                result = None
+                if not txn.offline:
+                    try:
+                        result = _WRITES[op](conn, outage.story.resolved(args), None)
+                    except psycopg.OperationalError as exc:
+                        if not _gone(conn, exc):
+                            raise
+                        txn.offline = True
+                if op == "record":
+                    # The id it got is kept: a retry inserts it again under that id (the identity
+                    # sequence does not hand it out twice, even though its transaction was lost).
+                    args["id"] = result.id if result is not None else outage.placeholder()
+                    if result is None:
+                        result = Entry(**args, status=PENDING, created_at=at, finished_at=None, error=None)
+            self._learn(op, args, result, at)
+        return result
+
+    def _learn(self, op: str, args: dict[str, Any], result: Any, at: str) -> None:
+        """Remember what this handle wrote to an entry: `get` answers from it while the server is away."""
+        if op == "record":
+            self._known[result.id] = result
+        elif op == "set_status" and args["entry_id"] in self._known:
+            entry = self._known.pop(args["entry_id"])
+            self._known[entry.id] = replace(entry, status=args["status"], error=args["error"],
+                                            finished_at=at if args["status"] in FINISHED else None)
+        while len(self._known) > _KNOWN_ENTRIES:
+            del self._known[next(iter(self._known))]
 
     def abandon_open_transaction(self) -> None:
         if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             _Transaction(self)._rollback()
+        self._txn = None
 
     def transaction(self) -> _Transaction:
         # Yields the psycopg connection: for this module and tests only (LedgerBackend says object).
@@ -365,6 +643,123 @@ class PostgresLedger(LedgerBackend):
     def guard_writes(self, lease: Lease | None) -> None:
         self._guard = None if lease is None else _still_held(lease)
 
+    # -- the server away after a target changed (issue 13, point 6) ------------------
+
+    def tolerate_outage(self) -> None:
+        if self._outage is None:
+            self._outage = _Outage()
+
+    def outage_report(self) -> str | None:
+        outage = self._outage
+        if outage is None or not (outage.spooled or outage.lost):
+            return None
+        said = f"ledger {self.location} was unreachable after targets changed:"
+        if outage.spooled and self._spool is not None:
+            said += (f" {outage.spooled} write(s) spooled to {self._spool.path}; the next rollout command"
+                     " that opens this ledger with this config replays them")
+        if outage.lost:
+            said += (f"{';' if outage.spooled else ''} {outage.lost} write(s) could not be spooled ({outage.lost_reason})"
+                     " and are lost: compare `rollout history` with what the targets run")
+        return said
+
+    def _settle(self, writes: list[dict[str, Any]], unconfirmed: list[int]) -> None:
+        """Get a transaction's writes into the ledger after its connection was lost: reconnect and
+        retry them in one transaction (skipped if an unconfirmed earlier COMMIT did commit) until
+        the handle's retry budget (_RETRY_SECONDS in all) is spent, then spool them. Unguarded:
+        they were made under our lease, which may have lapsed only because the server was away."""
+        outage = self._outage
+        assert outage is not None
+        tries: dict[int, _Story] = {}
+        while not outage.spooling:
+            left = _RETRY_SECONDS - outage.spent
+            if left <= 0:
+                outage.spooling = True
+                break
+            started, xid = time.monotonic(), None
+            story = outage.story.copy()
+            try:
+                conn = self._live(timeout=int(left) + 1)
+                if unconfirmed and _committed(conn, unconfirmed):
+                    committed = [tries[x] for x in unconfirmed if x in tries]
+                    outage.story = committed[-1] if committed else outage.story
+                    return
+                conn.execute("BEGIN")
+                xid = conn.execute("SELECT txid_current() AS xid").fetchone()["xid"]
+                for write in writes:
+                    _replay_one(conn, write["op"], write["args"], write["at"], story)
+                conn.execute("COMMIT")
+                outage.story = story
+                return
+            except (LedgerUnreachable, psycopg.OperationalError, _Undecided) as exc:
+                if isinstance(exc, psycopg.OperationalError) and not _gone(self.conn, exc):
+                    raise
+                _Transaction(self)._rollback()
+                if xid is not None:
+                    unconfirmed.append(xid)
+                    tries[xid] = story
+                time.sleep(min(_RETRY_PAUSE, max(0.0, left - (time.monotonic() - started))))  # the server's return
+            finally:
+                outage.spent += time.monotonic() - started
+        self._spool_writes(writes, unconfirmed)
+
+    def _spool_writes(self, writes: list[dict[str, Any]], unconfirmed: list[int]) -> None:
+        outage = self._outage
+        assert outage is not None
+        outage.txn += 1
+        lines = []
+        for write in writes:
+            outage.seq += 1
+            lines.append({"v": SPOOL_VERSION, "writer": outage.writer, "seq": outage.seq, "txn": outage.txn,
+                          "unless_committed": list(unconfirmed), "op": write["op"], "at": write["at"],
+                          "args": outage.story.resolved(write["args"])})
+        if self._spool is None:
+            outage.lost, outage.lost_reason = outage.lost + len(lines), "this handle has no state directory to spool to"
+            return
+        try:
+            self._spool.append(lines)
+            outage.spooled += len(lines)
+        except OSError as exc:
+            outage.lost, outage.lost_reason = outage.lost + len(lines), f"{self._spool.path}: {one_line(exc)}"
+
+    def _replay_spool(self) -> None:
+        """Replay the writes an earlier command spooled for this ledger, in one transaction, before
+        anything else (see rollout.ledger_spool); the file is removed once they are in."""
+        assert self._spool is not None
+        try:
+            with self._spool.claimed() as lines:
+                if lines:
+                    with self.transaction() as conn:
+                        self._replay_lines(conn, lines)
+        except (psycopg.Error, _Undecided) as exc:
+            raise LedgerError(f"the ledger writes spooled in {self._spool.path} cannot be replayed into"
+                              f" {self.location} ({redact(one_line(exc))}): retry in a moment; if it persists,"
+                              " move the file away and record its content by hand") from None
+
+    def _replay_lines(self, conn: psycopg.Connection[Any], lines: list[dict[str, Any]]) -> None:
+        stories: dict[str, _Story] = {}
+        replayed: dict[str, int] = {}
+        skip: dict[tuple[str, int], bool] = {}
+        for line in lines:
+            writer = line["writer"]
+            if writer not in stories:
+                row = conn.execute("SELECT detail FROM events WHERE entry_id IS NULL AND event = %s"
+                                   " AND (detail::jsonb ->> 'writer') = %s ORDER BY id DESC LIMIT 1",
+                                   [REPLAYED, writer]).fetchone()
+                stories[writer] = _Story.from_json(json.loads(row["detail"])) if row else _Story()
+            story = stories[writer]
+            if line["seq"] <= story.through:
+                continue  # an earlier replay got it in (and died before removing the file)
+            group = (writer, line["txn"])
+            if group not in skip:
+                skip[group] = _committed(conn, line.get("unless_committed") or [])
+            if not skip[group]:
+                _replay_one(conn, line["op"], line["args"], line["at"], story)
+                replayed[writer] = replayed.get(writer, 0) + 1
+            story.through = line["seq"]
+        for writer, count in replayed.items():
+            _insert_event(conn, None, REPLAYED, {"writer": writer, "writes": count, "spool": self._spool.path.name
+                                                 if self._spool else None, **stories[writer].to_json()}, None)
+
     # -- reading -----------------------------------------------------------------
 
     def get(self, entry_id: int) -> Entry:
@@ -374,6 +769,18 @@ class PostgresLedger(LedgerBackend):
         return entry
 
     def find(self, entry_id: int) -> Entry | None:
+        known = self._known.get(entry_id)
+        if self._outage is not None and known is not None:
+            # After a target changed the server may be away, or behind what was spooled: what this
+            # handle wrote is the truth about its own entries (a placeholder id is one not yet recorded).
+            real = self._outage.story.real(entry_id)
+            if self._outage.spooling or real is None or real < 0:
+                return known
+            try:
+                row = self._one("SELECT * FROM entries WHERE id = %s", [real])
+            except LedgerUnreachable:
+                return known
+            return Entry.from_row(row) if row else known
         row = self._one("SELECT * FROM entries WHERE id = %s", [entry_id])
         return Entry.from_row(row) if row else None
 
@@ -470,9 +877,8 @@ class PostgresLedger(LedgerBackend):
         return cursor.rowcount == 1
 
     def release_lease(self, lease: Lease) -> None:
-        with self.transaction() as conn:
-            conn.execute("DELETE FROM locks WHERE app = %s AND pid = %s AND host = %s",
-                         [lease.app, lease.pid, lease.host])
+        # A write like the others: after a target changed, a release the server cannot take is spooled.
+        self._write("release_lease", {"app": lease.app, "pid": lease.pid, "host": lease.host})
 
     def force_release(self, app: str) -> Lease | None:
         with self.transaction() as conn:
@@ -564,10 +970,20 @@ class PostgresLedger(LedgerBackend):
         return [Entry.from_row(row) for row in self._rows(sql, params)]
 
     def _rows(self, sql: str, params: list[Any]) -> Iterator[dict[str, Any]]:
-        return iter(self.conn.execute(sql, params).fetchall())
+        return iter(self._read(sql, params).fetchall())
 
     def _one(self, sql: str, params: list[Any]) -> dict[str, Any] | None:
-        return self.conn.execute(sql, params).fetchone()
+        return self._read(sql, params).fetchone()
+
+    def _read(self, sql: str, params: list[Any]) -> psycopg.Cursor[Any]:
+        """Run a query, reconnecting first if the last connection was lost; LedgerUnreachable if it is gone."""
+        try:
+            conn = self.conn if self._txn is not None else self._live()
+            return conn.execute(sql, params)
+        except psycopg.OperationalError as exc:
+            if _gone(self.conn, exc):
+                raise _unreachable(self.url, exc) from None
+            raise
 
 
 __all__ = ["PostgresLedger", "MIGRATIONS"]

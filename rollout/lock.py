@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from rollout.errors import LockHeld, one_line
+from rollout.errors import LedgerUnreachable, LockHeld, one_line
 from rollout.ledger import Lease, LedgerBackend
 
 __all__ = ["LEASE_SECONDS", "Lease", "acquire", "force_release", "held", "read", "release", "renew", "try_acquire"]
@@ -96,16 +96,21 @@ def held(ledger: LedgerBackend, app: str, wait: float = 0.0, lease_seconds: floa
         heartbeat_ledger.close()
         raise
     stop = threading.Event()
+    # A database server that went away (LedgerUnreachable; the next renewal reconnects) is one of them.
+    failures = (LedgerUnreachable, *heartbeat_ledger.database_errors)
 
     def beat() -> None:
         while not stop.wait(lease_seconds / 3):
             try:
                 if renew(heartbeat_ledger, lease, lease_seconds):
                     continue
-            except heartbeat_ledger.database_errors as exc:
+            except failures as exc:
                 # A full disk or a briefly unreadable ledger must not end the heartbeat, or the
                 # lease would expire under a rollout that is still running: try again next beat.
-                log.warning("cannot renew the lock on %s (%s); retrying", app, one_line(exc))
+                # A server that is away is not repeated every beat: the rollout reports the
+                # outage once, with what it did about its writes (LedgerBackend.outage_report).
+                (log.debug if isinstance(exc, LedgerUnreachable) else log.warning)(
+                    "cannot renew the lock on %s (%s); retrying", app, one_line(exc))
                 continue
             # Our row is gone: we stalled past the lease (a suspended machine, a stopped process)
             # and another rollout took the app over. Taking it back would make two holders.
@@ -113,7 +118,7 @@ def held(ledger: LedgerBackend, app: str, wait: float = 0.0, lease_seconds: floa
                 taker = read(heartbeat_ledger, app)
                 heartbeat_ledger.event(None, "lock:lost", {"app": app, "pid": lease.pid,
                                                            "to": taker[0].holder if taker else None})
-            except heartbeat_ledger.database_errors:
+            except failures:
                 taker = []  # the warning below still goes out
             log.warning("the lock on %s was taken over by %s while this rollout ran: stopping at the next"
                         " step; the new holder decides what %s runs", app,
@@ -130,4 +135,11 @@ def held(ledger: LedgerBackend, app: str, wait: float = 0.0, lease_seconds: floa
         stop.set()
         thread.join()
         heartbeat_ledger.close()
-        release(ledger, lease)
+        try:
+            release(ledger, lease)
+        except LedgerUnreachable:
+            # The server went away before any target changed (after, the release is spooled with
+            # the other writes): the lease is left to lapse, at once for a rollout on this host
+            # (our pid is gone), after lease_seconds elsewhere. Not reported: nothing depends on
+            # it, and a command ending on the outage keeps to its one-line error.
+            pass

@@ -140,7 +140,7 @@ def deploy(cfg: "Config", release: str, *, reporter: "Reporter", allow_retag: bo
     app, ref = parse_release(release, cfg)
 
     def run() -> "Outcome":
-        with _docker_config(cfg), _ledger(cfg) as ledger:
+        with _docker_config(cfg), _ledger(cfg, reporter) as ledger:
             return _under_lock(cfg, app, ledger, reporter, wait, interrupts,
                                lambda orchestrator: orchestrator.deploy(ref, allow_retag=allow_retag, reason=reason))
 
@@ -161,7 +161,7 @@ def revert(cfg: "Config", app_name: Optional[str] = None, *, reporter: "Reporter
     def run() -> "Outcome":
         from rollout.entries import name_entry
 
-        with _docker_config(cfg), _ledger(cfg) as ledger:
+        with _docker_config(cfg), _ledger(cfg, reporter) as ledger:
             target_entry = None
             if to is not None:
                 named = name_entry(ledger, app.name, to)
@@ -196,7 +196,7 @@ def _rebuild(cfg: "Config", app: "AppConfig", reporter: "Reporter", check_only: 
     from rollout import lock
     from rollout import rebuild as rebuilding
 
-    with _docker_config(cfg), _ledger(cfg) as ledger:
+    with _docker_config(cfg), _ledger(cfg, reporter) as ledger:
         registry = _registry(cfg)
         with interrupts():
             if check_only:
@@ -314,7 +314,7 @@ def status(cfg: "Config", app_name: Optional[str] = None, *, reporter: "Reporter
 
     apps = [cfg.app(app_name)] if app_name or len(cfg.apps) == 1 else list(cfg.apps.values())
     result = Status()
-    with _docker_config(cfg), _ledger(cfg) as ledger:
+    with _docker_config(cfg), _ledger(cfg, reporter) as ledger:
         for app in apps:
             recovery = _recover_if_abandoned(cfg, app, ledger, reporter, interrupts)
             current = ledger.current(app.name)
@@ -524,14 +524,26 @@ def _measured(command: str, app: "AppConfig", cfg: "Config", metrics: Optional[M
 
 
 @contextmanager
-def _ledger(cfg: "Config") -> Iterator["LedgerBackend"]:
+def _ledger(cfg: "Config", reporter: Optional["Reporter"] = None) -> Iterator["LedgerBackend"]:
+    """The config's ledger for the block, closed after. Opening a PostgreSQL ledger first replays
+    the writes an earlier command spooled in the config's state directory (rollout.ledger_spool);
+    when this command had to spool writes, the reporter gets one warning saying so."""
     from rollout.ledger import open_ledger
 
-    ledger = open_ledger(cfg.ledger_location)
+    ledger = open_ledger(cfg.ledger_location, _state_dir(cfg))
     try:
         yield ledger
     finally:
+        report = ledger.outage_report()
+        if report and reporter is not None:
+            reporter.warn(report)
         ledger.close()
+
+
+def _state_dir(cfg: "Config") -> Path:
+    """The config's state directory (next to rollout.toml, or the working directory without one),
+    where the SQLite ledger lives by default and a PostgreSQL ledger's writes are spooled."""
+    return (cfg.path.parent if cfg.path else Path.cwd()) / "state"
 
 
 @contextmanager

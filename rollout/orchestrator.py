@@ -279,11 +279,14 @@ class Orchestrator:
                             f" (see `rollout status {name}`)") from None
 
     def _run_uninterrupted(self, entry: Entry) -> Outcome:
+        # What a failure goes back to, asked before any target changes: afterwards the ledger's
+        # server may be away (LedgerBackend.tolerate_outage). Under the lock nothing else can
+        # make another entry of this app healthy meanwhile, so the answer is the same.
+        good = self.ledger.last_healthy(self.app.name, not_digest=entry.digest)
         attempt = self._attempt(entry, self.targets, settle_failure=False)
         if not attempt.failures:
             self._tell("healthy", entry)
             return Outcome(EXIT_OK, self.ledger.get(entry.id), message=f"#{entry.id} healthy")
-        good = self.ledger.last_healthy(self.app.name, not_digest=entry.digest)
         # One commit: a failed release is never on record without the revert that answers it,
         # so a rollout killed in between leaves an unfinished entry for recovery, not a silent failure.
         with self.ledger.transaction():
@@ -340,6 +343,9 @@ class Orchestrator:
             # No ledger write comes between a long pull or a pause and this change: if another
             # rollout took the app over meanwhile, stop here (LeaseLost) and leave the entry to it.
             self.ledger.check_guard()
+            # The point of no return: from the first apply on, this rollout must finish (verify,
+            # revert) and its writes must reach the ledger even if the ledger's server goes away.
+            self.ledger.tolerate_outage()
             for target, result in _each(lambda t: t.apply(release), batch, strategy.max_parallel):
                 if isinstance(result, NotApplied):
                     # The target is as it was: it is not among those a revert must bring back.
