@@ -1,9 +1,11 @@
-"""App leases stored in a real ledger, held by real processes."""
+"""App leases stored in a real ledger, held by real processes, on both backends (the
+`ledger_location` fixture: a SQLite file, then a PostgreSQL database). Lease expiry is judged
+by the ledger's clock (`ledger.now()`): what only PostgreSQL adds (the server's clock against
+a skewed client, isolation of the write guard) is in tests/test_ledger_postgres.py."""
 
 from __future__ import annotations
 
 import socket
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -15,23 +17,29 @@ import pytest
 
 from rollout import lock
 from rollout.errors import EXIT_LOCKED, LeaseLost, LedgerBusy, LockHeld
-from rollout.ledger import Ledger, default_actor
+from rollout.ledger import LedgerBackend, default_actor, open_ledger
 from support.fakes import plant, take_over
 from support.ledger_interface import InterfaceOnly
+from support.raw_ledger import run_sql
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    opened = Ledger(tmp_path / "ledger.db")
+def ledger(ledger_location: str) -> Iterator[LedgerBackend]:
+    opened = open_ledger(ledger_location)
     yield opened
     opened.close()
 
 
-def lock_events(ledger: Ledger) -> list[str]:
-    return [row[0] for row in ledger.db.execute("SELECT event FROM events WHERE entry_id IS NULL ORDER BY id")]
+def lock_events(ledger: LedgerBackend) -> list[str]:
+    """The ledger's events about no entry, oldest first, read on a handle of its own (no write guard)."""
+    reader = ledger.reopen()
+    try:
+        return [event for (event,) in run_sql(reader, "SELECT event FROM events WHERE entry_id IS NULL ORDER BY id")]
+    finally:
+        reader.close()
 
 
-def test_acquire_then_release(ledger: Ledger) -> None:
+def test_acquire_then_release(ledger: LedgerBackend) -> None:
     lease = lock.acquire(ledger, "web")
     assert (lease.app, lease.holder, lease.host) == ("web", default_actor(), socket.gethostname())
     assert lock.read(ledger) == [lease]
@@ -40,7 +48,7 @@ def test_acquire_then_release(ledger: Ledger) -> None:
     assert lock.acquire(ledger, "web") is not None
 
 
-def test_leases_are_per_app(ledger: Ledger) -> None:
+def test_leases_are_per_app(ledger: LedgerBackend) -> None:
     web = lock.acquire(ledger, "web")
     api = lock.acquire(ledger, "api")
     assert [lease.app for lease in lock.read(ledger)] == ["api", "web"]
@@ -51,15 +59,15 @@ def test_leases_are_per_app(ledger: Ledger) -> None:
 HOLDER = textwrap.dedent("""
     import sys
     from rollout import lock
-    from rollout.ledger import Ledger
-    with lock.held(Ledger(sys.argv[1]), "web", lease_seconds=30):
+    from rollout.ledger import open_ledger
+    with lock.held(open_ledger(sys.argv[1]), "web", lease_seconds=30):
         print("held", flush=True)
         sys.stdin.read()
 """)
 
 
-def test_live_holder_blocks_and_is_named(ledger: Ledger, tmp_path: Path) -> None:
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(ledger.path)], stdin=subprocess.PIPE,
+def test_live_holder_blocks_and_is_named(ledger: LedgerBackend, ledger_location: str) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, ledger_location], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
@@ -77,30 +85,30 @@ def test_live_holder_blocks_and_is_named(ledger: Ledger, tmp_path: Path) -> None
     lock.acquire(ledger, "web")
 
 
-def test_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(ledger: Ledger) -> None:
+def test_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(ledger: LedgerBackend) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # reaped: the pid names no process now
-    plant(ledger, "web", holder="bob@here", host=socket.gethostname(), pid=dead.pid, expires_at=time.time() + 3600)
+    plant(ledger, "web", holder="bob@here", host=socket.gethostname(), pid=dead.pid, expires_at=ledger.now() + 3600)
     lease = lock.acquire(ledger, "web", wait=0)
     assert lock.read(ledger, "web") == [lease]
     assert "lock:taken-over" in lock_events(ledger)
 
 
-def test_expired_lease_from_another_host_is_taken_over(ledger: Ledger) -> None:
-    plant(ledger, "web", holder="bob@elsewhere", host="elsewhere.invalid", pid=1, expires_at=time.time() - 1)
+def test_expired_lease_from_another_host_is_taken_over(ledger: LedgerBackend) -> None:
+    plant(ledger, "web", holder="bob@elsewhere", host="elsewhere.invalid", pid=1, expires_at=ledger.now() - 1)
     lease = lock.acquire(ledger, "web", wait=0)
     assert lease.host == socket.gethostname()
     assert "lock:taken-over" in lock_events(ledger)
 
 
-def test_unexpired_lease_from_another_host_blocks(ledger: Ledger) -> None:
+def test_unexpired_lease_from_another_host_blocks(ledger: LedgerBackend) -> None:
     # The pid means nothing here: it belongs to another machine.
-    plant(ledger, "web", holder="bob@elsewhere", host="elsewhere.invalid", pid=999999, expires_at=time.time() + 3600)
+    plant(ledger, "web", holder="bob@elsewhere", host="elsewhere.invalid", pid=999999, expires_at=ledger.now() + 3600)
     with pytest.raises(LockHeld, match="bob@elsewhere"):
         lock.acquire(ledger, "web", wait=0)
 
 
-def test_held_renews_while_inside_and_releases_after(ledger: Ledger) -> None:
+def test_held_renews_while_inside_and_releases_after(ledger: LedgerBackend) -> None:
     with lock.held(ledger, "web", lease_seconds=0.6) as lease:
         first = lock.read(ledger, "web")[0].expires_at
         assert first >= lease.expires_at  # equal unless a heartbeat already ran
@@ -112,15 +120,15 @@ def test_held_renews_while_inside_and_releases_after(ledger: Ledger) -> None:
     assert lock.read(ledger, "web") == []
 
 
-def test_held_releases_when_the_block_raises(ledger: Ledger) -> None:
+def test_held_releases_when_the_block_raises(ledger: LedgerBackend) -> None:
     with pytest.raises(RuntimeError):
         with lock.held(ledger, "web"):
             raise RuntimeError("deploy blew up")
     assert lock.read(ledger, "web") == []
 
 
-def test_force_release_names_the_holder(ledger: Ledger) -> None:
-    plant(ledger, "web", holder="bob@elsewhere", host="elsewhere.invalid", pid=7, expires_at=time.time() + 3600)
+def test_force_release_names_the_holder(ledger: LedgerBackend) -> None:
+    plant(ledger, "web", holder="bob@elsewhere", host="elsewhere.invalid", pid=7, expires_at=ledger.now() + 3600)
     gone = lock.force_release(ledger, "web")
     assert gone is not None and gone.holder == "bob@elsewhere"
     assert lock.read(ledger) == []
@@ -131,22 +139,23 @@ def test_force_release_names_the_holder(ledger: Ledger) -> None:
 CONTENDER = textwrap.dedent("""
     import os, sys, time
     from rollout import lock
-    from rollout.ledger import Ledger
-    ledger_path, marks = sys.argv[1], sys.argv[2]
+    from rollout.ledger import open_ledger
+    location, marks = sys.argv[1], sys.argv[2]
     def mark(what):
         fd = os.open(marks, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         os.write(fd, f"{what} {os.getpid()}\\n".encode())
         os.close(fd)
-    with lock.held(Ledger(ledger_path), "web", wait=60, lease_seconds=10):
+    with lock.held(open_ledger(location), "web", wait=60, lease_seconds=10):
         mark("start")
         time.sleep(0.02)
         mark("end")
 """)
 
 
-def test_contending_processes_hold_the_lease_one_at_a_time(ledger: Ledger, tmp_path: Path) -> None:
+def test_contending_processes_hold_the_lease_one_at_a_time(ledger: LedgerBackend, ledger_location: str,
+                                                            tmp_path: Path) -> None:
     marks = tmp_path / "marks"
-    contenders = [subprocess.Popen([sys.executable, "-c", CONTENDER, str(ledger.path), str(marks)])
+    contenders = [subprocess.Popen([sys.executable, "-c", CONTENDER, ledger_location, str(marks)])
                   for _ in range(10)]
     for process in contenders:
         assert process.wait(timeout=60) == 0
@@ -159,14 +168,15 @@ def test_contending_processes_hold_the_lease_one_at_a_time(ledger: Ledger, tmp_p
     assert lock.read(ledger) == []
 
 
-def test_a_failing_renewal_does_not_end_the_heartbeat(ledger: Ledger, monkeypatch: pytest.MonkeyPatch,
+def test_a_failing_renewal_does_not_end_the_heartbeat(ledger: LedgerBackend, monkeypatch: pytest.MonkeyPatch,
                                                       caplog: pytest.LogCaptureFixture) -> None:
     real_renew, calls = lock.renew, []
 
     def flaky(*args: object, **kwargs: object) -> bool:
         calls.append(1)
         if len(calls) == 1:
-            raise sqlite3.OperationalError("database or disk is full")
+            # What the backend's driver raises for a full disk (sqlite3.OperationalError, psycopg's).
+            raise ledger.database_errors[0]("database or disk is full")
         return real_renew(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(lock, "renew", flaky)
@@ -179,11 +189,12 @@ def test_a_failing_renewal_does_not_end_the_heartbeat(ledger: Ledger, monkeypatc
     assert "cannot renew the lock on web (database or disk is full)" in caplog.text
 
 
-def test_a_lease_taken_over_is_not_taken_back(ledger: Ledger, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_lease_taken_over_is_not_taken_back(ledger: LedgerBackend, caplog: pytest.LogCaptureFixture) -> None:
     with lock.held(ledger, "web", lease_seconds=0.6) as lease:
         # As if this process had stalled past its lease and another rollout had taken over.
         take_over(ledger)
-        # Our next write is refused under SQLite's write lock, whatever the heartbeat has noticed yet.
+        # Our next write is refused inside its own transaction (SQLite: under its write lock;
+        # PostgreSQL: after locking our lease row), whatever the heartbeat has noticed yet.
         with pytest.raises(LeaseLost, match="another rollout took over the lock on web"):
             ledger.event(None, "too-late")
         assert "too-late" not in lock_events(ledger)
@@ -198,10 +209,10 @@ def test_a_lease_taken_over_is_not_taken_back(ledger: Ledger, caplog: pytest.Log
     assert "taken over by ops@other" in caplog.text
 
 
-def test_a_heartbeat_connection_that_cannot_open_leaves_no_lease_behind(ledger: Ledger,
+def test_a_heartbeat_connection_that_cannot_open_leaves_no_lease_behind(ledger: LedgerBackend, ledger_location: str,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    def busy() -> Ledger:
-        raise LedgerBusy(f"ledger {ledger.path} is busy (database is locked)")
+    def busy() -> LedgerBackend:
+        raise LedgerBusy(f"ledger {ledger_location} is busy (database is locked)")
 
     # The heartbeat's handle is a second ledger object on the same ledger (LedgerBackend.reopen).
     monkeypatch.setattr(ledger, "reopen", busy)
@@ -211,7 +222,7 @@ def test_a_heartbeat_connection_that_cannot_open_leaves_no_lease_behind(ledger: 
     assert lock.read(ledger, "web") == [], "nobody would renew or release it"
 
 
-def test_the_lock_needs_nothing_but_the_ledger_interface(ledger: Ledger) -> None:
+def test_the_lock_needs_nothing_but_the_ledger_interface(ledger: LedgerBackend) -> None:
     # Handed a ledger that answers only LedgerBackend's operations (no SQL, no private
     # methods), every lock operation still works: it would on another backend too.
     only = InterfaceOnly(ledger)
@@ -225,7 +236,7 @@ def test_the_lock_needs_nothing_but_the_ledger_interface(ledger: Ledger) -> None
         assert lock.read(only, "web")[0].expires_at > lease.expires_at, "the heartbeat renewed it"  # type: ignore[arg-type]
         only.event(None, "written while held")
     assert lock.read(only) == []  # type: ignore[arg-type]
-    plant(ledger, "web", holder="bob@elsewhere", host="elsewhere.invalid", pid=1, expires_at=time.time() - 1)
+    plant(ledger, "web", holder="bob@elsewhere", host="elsewhere.invalid", pid=1, expires_at=ledger.now() - 1)
     taken = lock.try_acquire(only, "web")  # type: ignore[arg-type]
     assert taken is not None and lock.renew(only, taken)  # type: ignore[arg-type]
     released = lock.force_release(only, "web")  # type: ignore[arg-type]
