@@ -1,12 +1,12 @@
 """Concurrent `rollout deploy` runs on the real engine: one app's rollouts serialise through its
-lease, different apps' rollouts run side by side.
+lease, different apps' rollouts run side by side; on a SQLite ledger and on a PostgreSQL one
+(ledger_project), whose lease row and server clock must serialise them just the same.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import sqlite3
 import uuid
 from typing import Iterator
 
@@ -22,21 +22,25 @@ STEPS = ["recorded", "status:applying", "target:applied", "status:verifying", "t
 
 
 def entries(project: Project) -> list[dict]:
-    conn = sqlite3.connect(project.ledger)
-    conn.row_factory = sqlite3.Row
+    """Every entry, oldest first, as its JSON plus `steps` (its event names, in order) and
+    `verifying_at` (when it started verifying); a SQLite ledger must pass integrity_check first."""
+    if not project.on_postgres:
+        assert project.ledger_rows("PRAGMA integrity_check") == [("ok",)]
+    ledger = project.open_ledger()
     try:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        rows = [dict(row) for row in conn.execute("SELECT * FROM entries ORDER BY id")]
-        for row in rows:
-            row["steps"] = [e for (e,) in conn.execute("SELECT event FROM events WHERE entry_id = ? ORDER BY id", [row["id"]])]
-            row["verifying_at"] = conn.execute(
-                "SELECT at FROM events WHERE entry_id = ? AND event = 'status:verifying'", [row["id"]]).fetchone()[0]
+        rows = []
+        for entry in reversed(ledger.history()):
+            events = ledger.events(entry.id)
+            rows.append({**entry.to_json(), "steps": [e["event"] for e in events],
+                         "verifying_at": next(e["at"] for e in events if e["event"] == "status:verifying")})
         return rows
     finally:
-        conn.close()
+        ledger.close()
 
 
-def test_ten_concurrent_deploys_of_one_app_serialise(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ten_concurrent_deploys_of_one_app_serialise(ledger_project: Project,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    project = ledger_project
     write_config(project, timeout=20, stable=1)
     tags = list(itertools.islice(itertools.cycle(["good1", "good2", "good3"]), DEPLOYS))
     processes = [project.start("deploy", f"web:{tag}", "--wait", "120") for tag in tags]
@@ -58,20 +62,21 @@ def test_ten_concurrent_deploys_of_one_app_serialise(project: Project, capsys: p
     assert status["current"]["id"] == last["id"] and status["targets"][0]["digest"] == last["digest"]
     assert json.loads(project.run("lock", "status", "--json").stdout) == []
     with capsys.disabled():
-        print(f"\nconcurrency: {DEPLOYS} concurrent deploys of one app: {DEPLOYS} healthy, serialised,"
-              f" 0 overlapping entries")
+        print(f"\nconcurrency ({project.backend}): {DEPLOYS} concurrent deploys of one app: {DEPLOYS} healthy,"
+              " serialised, 0 overlapping entries")
 
 
 @pytest.fixture
-def second_app(project: Project, docker_client) -> Iterator[tuple[str, int]]:  # type: ignore[no-untyped-def]
+def second_app(ledger_project: Project, docker_client) -> Iterator[tuple[str, int]]:  # type: ignore[no-untyped-def]
     container, port = f"rt-{uuid.uuid4().hex[:8]}", free_port()
     yield container, port
     for leftover in docker_client.containers.list(all=True, filters={"name": container}):
         leftover.remove(force=True)
 
 
-def test_deploys_of_two_apps_run_in_parallel(project: Project, second_app: tuple[str, int],
+def test_deploys_of_two_apps_run_in_parallel(ledger_project: Project, second_app: tuple[str, int],
                                              capsys: pytest.CaptureFixture[str]) -> None:
+    project = ledger_project
     container, port = second_app
     # A stable window long enough that two serialised rollouts could not overlap by accident.
     write_config(project, timeout=30, stable=4, extra=f"""
@@ -104,5 +109,5 @@ env = {{ PORT = "{port}" }}
     assert project.version() == "good1"
     assert http_get(f"http://127.0.0.1:{port}/version") == "good2"
     with capsys.disabled():
-        print(f"\nconcurrency: 2 apps deployed at once: verify windows overlapped"
+        print(f"\nconcurrency ({project.backend}): 2 apps deployed at once: verify windows overlapped"
               f" ({overlap_start[11:23]} to {overlap_end[11:23]} UTC)")

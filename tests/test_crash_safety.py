@@ -5,10 +5,16 @@ rollout.faults.kill_point) makes the process kill itself right after the n-th su
 moments between steps (waiting for health, an engine pull) are reached by killing at a
 fixed delay after a step the test sees in the ledger.
 
-After every kill the ledger must pass `PRAGMA integrity_check`, and the next `rollout status`
-(or `deploy`) must mark the interrupted entry `interrupted`, get the app onto a healthy
-recorded digest (the recovery rule, Orchestrator.recover) and not be blocked by the dead
-process's lock. The test prints kills tried / recovered / lost; lost must be 0.
+It runs on both ledger backends (ledger_project). After every kill the ledger must be whole:
+a SQLite file passes `PRAGMA integrity_check`, and on either backend every entry's events tell
+one consistent story (`recorded` first, status moves only forward and matches the entry, a
+finished entry has its finish time, each target row's outcome is its last target event): what
+a transaction cut off by the kill may not break, whether SQLite's journal or PostgreSQL's
+server rolls it back. Then the next `rollout status` (or `deploy`) must mark the interrupted
+entry `interrupted`, get the app onto a healthy recorded digest (the recovery rule,
+Orchestrator.recover), leave no entry unfinished, and the dead process's lease must block
+nobody: the lock is taken at once (on PostgreSQL, no row lock of the killed session is left).
+The test prints kills tried / recovered / lost per backend; lost must be 0.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from rollout import lock
+from rollout.ledger import FINISHED, open_ledger
 from support.cli import finish
 from support.project import STEP_TIMEOUT, Project, write_config
 from support.proxy import Fault, RegistryProxy, start_proxy
@@ -88,6 +96,58 @@ def slow_pull_proxy(registry: str) -> Iterator[RegistryProxy]:
 def other_good(project: Project) -> str:
     serving = project.version()
     return next(tag for tag in GOOD if tag != serving)
+
+
+# Where an entry's status may be, in order: a status event never goes back (rollout.ledger).
+RANK = {"pending": 0, "applying": 1, "verifying": 2, **{status: 3 for status in FINISHED}}
+
+
+def ledger_problem(project: Project) -> str | None:
+    """What is broken in the ledger, or None (see the module docstring): read through
+    rollout's own ledger API, so both backends answer the same questions."""
+    if not project.on_postgres:
+        [(integrity,)] = project.ledger_rows("PRAGMA integrity_check")
+        if integrity != "ok":
+            return f"integrity_check: {integrity}"
+    ledger = project.open_ledger()
+    try:
+        for entry in ledger.history():
+            events = [e["event"] for e in ledger.events(entry.id)]
+            moves = [e.removeprefix("status:") for e in events if e.startswith("status:")]
+            if not events or events[0] != "recorded":
+                return f"#{entry.id}'s events do not start with recorded: {events}"
+            ranks = [RANK["pending"], *(RANK[status] for status in moves)]
+            if any(later <= before for before, later in zip(ranks, ranks[1:])):
+                return f"#{entry.id}'s status went back or repeated: {moves}"
+            if (moves[-1] if moves else "pending") != entry.status:
+                return f"#{entry.id} is {entry.status} but its last status event says {moves[-1:]}"
+            if (entry.finished_at is not None) != (entry.status in FINISHED):
+                return f"#{entry.id} is {entry.status} with finished_at {entry.finished_at}"
+            last_event = {e["detail"]["target"]: e["event"] for e in ledger.events(entry.id)
+                          if e["event"].startswith("target:")}
+            outcomes = {row.target: f"target:{row.outcome}" for row in ledger.targets(entry.id)}
+            if last_event != outcomes:
+                return f"#{entry.id}'s target rows {outcomes} are not its last target events {last_event}"
+        return None
+    finally:
+        ledger.close()
+
+
+def lock_is_free(project: Project) -> str | None:
+    """None when the app's lock can be taken at once (a dead holder's lease taken over); else why not.
+    On PostgreSQL a row lock left behind fails after lock_timeout instead of hanging the test."""
+    location = project.ledger_location + ("?options=-c%20lock_timeout%3D10s" if project.on_postgres else "")
+    ledger = open_ledger(location)
+    try:
+        lease = lock.try_acquire(ledger, "web")
+        if lease is None:
+            return f"the lock is still held: {[held.describe() for held in lock.read(ledger, 'web')]}"
+        lock.release(ledger, lease)
+        return None
+    except ledger.database_errors as exc:
+        return f"taking the lock failed: {exc}"
+    finally:
+        ledger.close()
 
 
 class Harness:
@@ -168,16 +228,14 @@ class Harness:
     def recover(self, moment: Moment, interrupted_ids: list[int]) -> str | None:
         """Run the next command and check the app is back on a healthy recorded digest; None when it is."""
         project = self.project
-        [(integrity,)] = project.ledger_rows("PRAGMA integrity_check")
-        if integrity != "ok":
-            return f"integrity_check: {integrity}"
+        if problem := ledger_problem(project):
+            return problem
         if moment.recovery_kill_at:
             code, stderr = finish(project.start("status", "--json", kill_at=moment.recovery_kill_at))
             if code != -signal.SIGKILL:
                 return f"the recovering status was not killed at {moment.recovery_kill_at}: exit {code}: {stderr[-300:]}"
-            [(integrity,)] = project.ledger_rows("PRAGMA integrity_check")
-            if integrity != "ok":
-                return f"integrity_check after the second kill: {integrity}"
+            if problem := ledger_problem(project):
+                return f"after the second kill: {problem}"
         deployed = None
         if moment.recover_with == "deploy":
             deployed = other_good(project)
@@ -206,7 +264,7 @@ class Harness:
         locks = project.run("lock", "status", "--json")
         if locks.returncode != 0 or not all(lease["stale"] for lease in json.loads(locks.stdout)):
             return f"a live lock is left after recovery: {locks.stdout}{locks.stderr}"
-        return None
+        return ledger_problem(project) or lock_is_free(project)
 
     def run(self, moment: Moment) -> None:
         self.tried += 1
@@ -221,8 +279,9 @@ class Harness:
             self.lost.append(f"{moment.name}: {problem}")
 
 
-def test_sigkill_at_every_moment_loses_nothing(project: Project, slow_pull_proxy: RegistryProxy, docker_client: Any,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_sigkill_at_every_moment_loses_nothing(ledger_project: Project, slow_pull_proxy: RegistryProxy,
+                                               docker_client: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    project = ledger_project
     assert len({(m.tag, m.kill_at, m.after, m.during_pull, m.recovery_kill_at) for m in MOMENTS}) == len(MOMENTS) >= 20
     write_config(project, timeout=4, stable=1)
     first = project.run("deploy", "web:good1")
@@ -231,7 +290,7 @@ def test_sigkill_at_every_moment_loses_nothing(project: Project, slow_pull_proxy
     for moment in MOMENTS:
         harness.run(moment)
     with capsys.disabled():
-        print(f"\ncrash safety: kills tried {harness.tried} / recovered {harness.recovered} / lost {len(harness.lost)}")
+        print(f"\ncrash safety ({project.backend}): kills tried {harness.tried} / recovered {harness.recovered} / lost {len(harness.lost)}")
         for line in harness.lost:
             print(f"  LOST {line}")
     assert harness.lost == []

@@ -1,6 +1,7 @@
 """A second front end (a scheduler, a webhook receiver, this test) deploys and reverts through
 rollout.operations alone, on the real engine and registry, and gets what the CLI gets: the
-app's lock, recovery of a rollout that was killed, and registry credentials from rollout.toml."""
+app's lock, recovery of a rollout that was killed, and registry credentials from rollout.toml.
+Every test runs once on a SQLite ledger and once on a PostgreSQL one (ledger_project)."""
 
 from __future__ import annotations
 
@@ -39,16 +40,28 @@ FRONT_END = textwrap.dedent("""
 
 
 @pytest.fixture
-def loaded(project: Project, monkeypatch: pytest.MonkeyPatch) -> configuration.Config:
-    """The project's rollout.toml as a front end loads it (its own ledger, whatever the environment says)."""
-    monkeypatch.delenv("ROLLOUT_LEDGER", raising=False)
-    return configuration.load(str(project.config))
+def project(ledger_project: Project, monkeypatch: pytest.MonkeyPatch) -> Project:
+    """ledger_project, with this process's environment naming its ledger as the CLI's runs get it
+    ($ROLLOUT_LEDGER_URL for PostgreSQL, nothing for the file next to rollout.toml)."""
+    for name in ("ROLLOUT_LEDGER", "ROLLOUT_LEDGER_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in ledger_project.env.items():
+        monkeypatch.setenv(name, value)
+    return ledger_project
+
+
+@pytest.fixture
+def loaded(project: Project) -> configuration.Config:
+    """The project's rollout.toml as a front end loads it (the project's ledger)."""
+    loaded = configuration.load(str(project.config))
+    assert str(loaded.ledger_location) == project.ledger_location
+    return loaded
 
 
 def front_end(project: Project, release: str, kill_at: str) -> subprocess.CompletedProcess[str]:
-    """Run FRONT_END in its own process, SIGKILLed at the moment kill_at (rollout.faults)."""
+    """Run FRONT_END in its own process (this process's environment: the project's ledger),
+    SIGKILLed at the moment kill_at (rollout.faults)."""
     env = {**os.environ, KILL_AT_ENV: kill_at}
-    env.pop("ROLLOUT_LEDGER", None)
     return subprocess.run([sys.executable, "-c", FRONT_END, str(project.config), release], capture_output=True,
                           text=True, env=env, timeout=180, cwd=project.root, stdin=subprocess.DEVNULL)
 
@@ -138,7 +151,6 @@ def test_a_front_end_killed_mid_deploy_is_recovered_by_the_next_operation(projec
 def test_registry_credentials_from_rollout_toml_reach_the_engines_pull(
         project: Project, docker_client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.delenv("DOCKER_CONFIG", raising=False)
-    monkeypatch.delenv("ROLLOUT_LEDGER", raising=False)
     user, password = "deployer", f"pw-{uuid.uuid4().hex}"
     with start_registry(tmp_path / "registry", auth="htpasswd", users={user: password}) as private:
         repository = f"{private.host}/team/app"

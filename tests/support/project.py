@@ -49,18 +49,28 @@ class Project:
     _pg: Any = field(default=None, repr=False)  # the read connection ledger_rows keeps to PostgreSQL
 
     @classmethod
-    def create(cls, root: Path, ledger: str | None = None, container: str | None = None) -> "Project":
-        """A project under root with a free port, its config written. ledger: a postgresql:// URL
-        (set as $ROLLOUT_LEDGER_URL for every run) or None for the SQLite file under root;
-        container: the app's container name, unique when not given (two runners of one app share it)."""
+    def create(cls, root: Path, ledger: str | None = None) -> "Project":
+        """A project under root with a unique container name and a free port, its config written.
+        ledger: a postgresql:// URL (set as $ROLLOUT_LEDGER_URL for every run), or the SQLite
+        file under root (root/state/ledger.db, the default) given as None or as that path."""
         if ledger is not None and not is_url(ledger):
             assert Path(ledger) == root / "state" / "ledger.db", f"a SQLite ledger lives at {root}/state/ledger.db"
             ledger = None
-        made = cls(root=root, container=container or f"rt-{uuid.uuid4().hex[:8]}", port=free_port(), ledger_url=ledger)
+        root.mkdir(parents=True, exist_ok=True)
+        made = cls(root=root, container=f"rt-{uuid.uuid4().hex[:8]}", port=free_port(), ledger_url=ledger)
         if ledger is not None:
             made.env["ROLLOUT_LEDGER_URL"] = ledger
         write_config(made)
         return made
+
+    def another_runner(self, root: Path) -> "Project":
+        """The same app run from another config dir, as a second operator or CI runner would: a
+        copy of this rollout.toml under root, the same container and port, the same ledger URL."""
+        other = type(self)(root=root, container=self.container, port=self.port, env=dict(self.env),
+                           ledger_url=self.ledger_url)
+        root.mkdir(parents=True, exist_ok=True)
+        other.config.write_text(self.config.read_text())
+        return other
 
     @property
     def config(self) -> Path:
