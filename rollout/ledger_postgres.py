@@ -59,6 +59,7 @@ _CONNECT_TIMEOUT = 10  # seconds, libpq's connect_timeout unless the URL sets on
 # (issue 13: bounded retries, then a local spool), and the pause between reconnection attempts.
 _RETRY_SECONDS = 30.0
 _RETRY_PAUSE = 1.0
+_QUICK_CONNECT = 2  # seconds: the one reconnection a write tries before the rollout moves on
 _KNOWN_ENTRIES = 64  # entries a handle remembers, to answer `get` while the server is away
 # SQLSTATE classes of a connection that is gone: 08 connection exception, 57P admin/crash shutdown.
 _GONE_STATES = ("08", "57P")
@@ -295,9 +296,14 @@ def _replay_one(conn: psycopg.Connection[Any], op: str, args: dict[str, Any], at
                 story.diverted[written] = story.diverted[previous]
             _late(conn, story.diverted[previous], op, args, at)
             return
-        entry = _apply_record(conn, {**story.resolved(args), "id": written if written and written > 0 else None}, at)
+        pinned = written
         if written is not None and written < 0:
-            story.ids[written] = entry.id
+            # Its id is taken from the sequence first and kept even if this transaction is lost
+            # (a sequence never hands a value out twice), so later writes and a spool name it for good.
+            pinned = story.ids.get(written) or conn.execute(
+                "SELECT nextval(pg_get_serial_sequence('entries', 'id')) AS id").fetchone()["id"]
+            story.ids[written] = pinned
+        _apply_record(conn, {**story.resolved(args), "id": pinned}, at)
         return
     written = args.get("entry_id")
     if op != "release_lease" and written is not None:
@@ -336,12 +342,29 @@ class _Undecided(Exception):
 
 
 @dataclass
+class _Group:
+    """The writes of one transaction the server did not take, and the ids (txid_current()) of
+    tries of them whose COMMIT got no answer: if one committed, the group is in already."""
+
+    writes: list[dict[str, Any]]
+    unconfirmed: list[int]
+
+
+@dataclass
 class _Outage:
-    """A handle's state once a target is about to change (PostgresLedger.tolerate_outage)."""
+    """A handle's state once a target is about to change (PostgresLedger.tolerate_outage).
+
+    Writes the server did not take wait in `backlog`, in order; while it is not empty every later
+    write joins it (the ledger must not see them out of order), each first trying once to get the
+    backlog in (_flush). `since`: monotonic time the backlog started; _RETRY_SECONDS later, or at
+    close, it goes to the spool, and so does every later write (`spooling`).
+    """
 
     writer: str = field(default_factory=lambda: uuid.uuid4().hex)
-    spent: float = 0.0  # seconds spent retrying, in all (monotonic)
-    spooling: bool = False  # the budget is spent: every later write goes to the spool, in order
+    since: float | None = None
+    spooling: bool = False
+    backlog: list[_Group] = field(default_factory=list)
+    tries: dict[int, tuple[_Story, int]] = field(default_factory=dict)  # unanswered flush: xid -> (story, groups)
     story: _Story = field(default_factory=_Story)
     seq: int = 0
     txn: int = 0
@@ -370,7 +393,7 @@ class _Transaction:
     Before the handle tolerates an outage, a lost connection anywhere in the block ends it with
     LedgerUnreachable (exit 5). After (PostgresLedger.tolerate_outage), the block's writes are
     kept as they are made; when the connection drops the block runs on without the server
-    (`offline`) and, at its end, PostgresLedger._settle retries them or spools them.
+    (`offline`) and, at its end, hands them to PostgresLedger._defer: retried, then spooled.
     """
 
     def __init__(self, ledger: "PostgresLedger") -> None:
@@ -387,8 +410,10 @@ class _Transaction:
             return ledger.conn
         ledger._txn = self
         outage = ledger._outage
-        if outage is not None and outage.spooling:
-            self.offline = True  # not even tried: spooled writes stay in order behind earlier ones
+        if outage is not None and outage.backlog:
+            ledger._flush(wait=False)
+        if outage is not None and (outage.spooling or outage.backlog):
+            self.offline = True  # not tried: these writes must land after the waiting ones
             return ledger.conn
         try:
             conn = ledger._live()
@@ -432,7 +457,7 @@ class _Transaction:
                     if self.xid is not None:
                         self.unconfirmed.append(self.xid)  # sent, unanswered: it may have committed
             if self.writes:
-                ledger._settle(self.writes, self.unconfirmed)
+                ledger._defer(self.writes, self.unconfirmed)
         finally:
             ledger._txn = None
 
@@ -501,6 +526,9 @@ class PostgresLedger(LedgerBackend):
         return type(self)(self.url)
 
     def close(self) -> None:
+        # The last chance for writes still waiting: retried for what is left of the budget, then spooled.
+        if self._outage is not None and self._outage.backlog:
+            self._flush(wait=True)
         self.conn.close()
 
     def now(self) -> float:
@@ -588,7 +616,7 @@ class PostgresLedger(LedgerBackend):
         """One LedgerBackend write (`op` in _WRITES) in a transaction of its own or the caller's.
 
         After tolerate_outage the write is also kept in the transaction, so that a connection lost
-        before its commit is answered by retrying or spooling it (_settle); `record` then answers
+        before its commit is answered by retrying or spooling it (_defer); `record` then answers
         with the entry as it will be recorded, under a negative placeholder id if it has none yet.
         """
         with self.transaction() as conn:
@@ -662,56 +690,88 @@ class PostgresLedger(LedgerBackend):
                      " and are lost: compare `rollout history` with what the targets run")
         return said
 
-    def _settle(self, writes: list[dict[str, Any]], unconfirmed: list[int]) -> None:
-        """Get a transaction's writes into the ledger after its connection was lost: reconnect and
-        retry them in one transaction (skipped if an unconfirmed earlier COMMIT did commit) until
-        the handle's retry budget (_RETRY_SECONDS in all) is spent, then spool them. Unguarded:
-        they were made under our lease, which may have lapsed only because the server was away."""
+    def _defer(self, writes: list[dict[str, Any]], unconfirmed: list[int]) -> None:
+        """Keep a transaction's writes the server did not take, behind those already waiting;
+        spooled at once when the retry budget is spent already."""
         outage = self._outage
         assert outage is not None
-        tries: dict[int, _Story] = {}
-        while not outage.spooling:
-            left = _RETRY_SECONDS - outage.spent
-            if left <= 0:
+        outage.backlog.append(_Group(writes, unconfirmed))
+        if outage.since is None:
+            outage.since = time.monotonic()
+        if outage.spooling:
+            self._flush(wait=False)
+
+    def _flush(self, *, wait: bool) -> None:
+        """Get the waiting writes into the ledger: reconnect and apply them all in one transaction
+        (unguarded: they were made under our lease, which may have lapsed only because the server
+        was away; conflicts as _replay_one says). `wait` False: one try, with a short connect
+        timeout, so targets are never held up by the ledger; True (at close): try again every
+        _RETRY_PAUSE s. Once the backlog is _RETRY_SECONDS old it is spooled instead."""
+        outage = self._outage
+        assert outage is not None
+        while outage.backlog:
+            left = _RETRY_SECONDS - (time.monotonic() - (outage.since or time.monotonic()))
+            if outage.spooling or left <= 0:
                 outage.spooling = True
-                break
-            started, xid = time.monotonic(), None
-            story = outage.story.copy()
+                self._spool_backlog()
+                return
+            story, xid = outage.story.copy(), None
             try:
-                conn = self._live(timeout=int(left) + 1)
-                if unconfirmed and _committed(conn, unconfirmed):
-                    committed = [tries[x] for x in unconfirmed if x in tries]
-                    outage.story = committed[-1] if committed else outage.story
-                    return
+                conn = self._live(timeout=int(left) + 1 if wait else _QUICK_CONNECT)
+                self._drop_committed(conn)
                 conn.execute("BEGIN")
                 xid = conn.execute("SELECT txid_current() AS xid").fetchone()["xid"]
-                for write in writes:
-                    _replay_one(conn, write["op"], write["args"], write["at"], story)
+                for group in outage.backlog:
+                    if not _committed(conn, group.unconfirmed):
+                        for write in group.writes:
+                            _replay_one(conn, write["op"], write["args"], write["at"], story)
                 conn.execute("COMMIT")
-                outage.story = story
+                outage.story, outage.since = story, None
+                outage.backlog.clear()
+                outage.tries.clear()
                 return
             except (LedgerUnreachable, psycopg.OperationalError, _Undecided) as exc:
                 if isinstance(exc, psycopg.OperationalError) and not _gone(self.conn, exc):
-                    raise
+                    outage.spooling = True  # refused, not lost: kept in the spool, whose replay says why
+                    continue
                 _Transaction(self)._rollback()
+                outage.story.ids.update(story.ids)  # ids taken from the sequence are theirs for good
                 if xid is not None:
-                    unconfirmed.append(xid)
-                    tries[xid] = story
-                time.sleep(min(_RETRY_PAUSE, max(0.0, left - (time.monotonic() - started))))  # the server's return
-            finally:
-                outage.spent += time.monotonic() - started
-        self._spool_writes(writes, unconfirmed)
+                    outage.tries[xid] = (story, len(outage.backlog))
+                if not wait:
+                    return
+                time.sleep(min(_RETRY_PAUSE, max(0.0, left)))  # waiting for the server to come back
+            except psycopg.Error:
+                outage.spooling = True  # refused, not lost: kept in the spool, whose replay says why
+                _Transaction(self)._rollback()
 
-    def _spool_writes(self, writes: list[dict[str, Any]], unconfirmed: list[int]) -> None:
+    def _drop_committed(self, conn: psycopg.Connection[Any]) -> None:
+        """Drop the waiting groups an earlier flush got in after all (its COMMIT unanswered)."""
         outage = self._outage
         assert outage is not None
-        outage.txn += 1
+        for xid, (story, count) in list(outage.tries.items()):
+            if _committed(conn, [xid]):
+                outage.story = story
+                del outage.backlog[:count]
+                break
+        outage.tries.clear()
+
+    def _spool_backlog(self) -> None:
+        outage = self._outage
+        assert outage is not None
         lines = []
-        for write in writes:
-            outage.seq += 1
-            lines.append({"v": SPOOL_VERSION, "writer": outage.writer, "seq": outage.seq, "txn": outage.txn,
-                          "unless_committed": list(unconfirmed), "op": write["op"], "at": write["at"],
-                          "args": outage.story.resolved(write["args"])})
+        for index, group in enumerate(outage.backlog):
+            outage.txn += 1
+            unless = group.unconfirmed + [xid for xid, (_, count) in outage.tries.items() if index < count]
+            for write in group.writes:
+                outage.seq += 1
+                lines.append({"v": SPOOL_VERSION, "writer": outage.writer, "seq": outage.seq, "txn": outage.txn,
+                              "unless_committed": unless, "op": write["op"], "at": write["at"],
+                              "args": {**outage.story.resolved(write["args"]),
+                                       **({"id": outage.story.real(write["args"]["id"])}
+                                          if write["op"] == "record" else {})}})
+        outage.backlog.clear()
+        outage.tries.clear()
         if self._spool is None:
             outage.lost, outage.lost_reason = outage.lost + len(lines), "this handle has no state directory to spool to"
             return
@@ -774,7 +834,7 @@ class PostgresLedger(LedgerBackend):
             # After a target changed the server may be away, or behind what was spooled: what this
             # handle wrote is the truth about its own entries (a placeholder id is one not yet recorded).
             real = self._outage.story.real(entry_id)
-            if self._outage.spooling or real is None or real < 0:
+            if self._outage.spooling or self._outage.backlog or real is None or real < 0:
                 return known
             try:
                 row = self._one("SELECT * FROM entries WHERE id = %s", [real])

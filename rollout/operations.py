@@ -534,10 +534,10 @@ def _ledger(cfg: "Config", reporter: Optional["Reporter"] = None) -> Iterator["L
     try:
         yield ledger
     finally:
+        ledger.close()  # first: writes still waiting are retried or spooled there
         report = ledger.outage_report()
         if report and reporter is not None:
             reporter.warn(report)
-        ledger.close()
 
 
 def _state_dir(cfg: "Config") -> Path:
