@@ -119,10 +119,12 @@ class CopyResult:
         return {"source": self.source.to_json(), "destination": self.destination.to_json(), "leases_copied": 0}
 
 
-def copy_ledger(source_location: str | Path, destination: str) -> CopyResult:
+def copy_ledger(source_location: str | Path, destination: str, state_dir: str | Path | None = None) -> CopyResult:
     """Copy the ledger at `source_location` (Config.ledger_location: a SQLite path or a
     postgresql:// URL) whole into `destination` (a postgresql:// URL, or a SQLite file path,
-    created if missing), and verify it.
+    created if missing), and verify it. `state_dir`: the config's state directory, so that a
+    PostgreSQL source first replays writes spooled there during an outage (open_ledger); the
+    copy itself never spools (it is one transaction: it commits whole or not at all).
 
     Raises LedgerError (exit 2: a missing source file, a destination that is not a ledger
     location, is the source itself, or is not empty; a database error while copying, e.g. a
@@ -137,7 +139,7 @@ def copy_ledger(source_location: str | Path, destination: str) -> CopyResult:
                           " rollout.toml, $ROLLOUT_LEDGER_URL and $ROLLOUT_LEDGER")
     if _same(source_location, target):
         raise LedgerError(f"--to {target_name} is the configured ledger itself: name another file or database")
-    source = open_ledger(source_location)
+    source = open_ledger(source_location, state_dir)
     try:
         refuse_busy(source)
         copy_to = open_ledger(target)

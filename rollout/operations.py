@@ -430,7 +430,8 @@ def ledger_copy(cfg: "Config", destination: str) -> "CopyResult":
     LedgerUnreachable (5), CopyNotVerified (70); the destination is written only by a verified copy."""
     from rollout.ledger_copy import copy_ledger
 
-    return copy_ledger(cfg.ledger_location, destination)
+    # The state dir: a PostgreSQL source replays its spooled writes before it is copied.
+    return copy_ledger(cfg.ledger_location, destination, _state_dir(cfg))
 
 
 # -- init ---------------------------------------------------------------------------------------
