@@ -326,17 +326,21 @@ def _ledger_location(path: Path | None, data: dict[str, Any]) -> Path | str:
     settings = S.check(S.sub_table(data, "ledger", path, ""), LEDGER_SCHEMA, path, "ledger.")
     if "url" in settings and "path" in settings:
         raise S.problem(path, "ledger.", "set url (a PostgreSQL ledger) or path (a SQLite file), not both")
-    for source, url in (("$ROLLOUT_LEDGER_URL", os.environ.get("ROLLOUT_LEDGER_URL")),
-                        (f"{path}: [ledger] url" if path else "", settings.get("url"))):
-        if url:
-            if not is_url(url):
-                raise ConfigError(f"{source} is {redact(url)!r}, not a PostgreSQL URL:"
-                                  " write it as postgresql://USER@HOST:PORT/DBNAME (libpq's form)")
-            return url
+    if os.environ.get("ROLLOUT_LEDGER_URL"):
+        return _checked_url("$ROLLOUT_LEDGER_URL", os.environ["ROLLOUT_LEDGER_URL"])
     if os.environ.get("ROLLOUT_LEDGER"):
         return Path(os.environ["ROLLOUT_LEDGER"])
+    if settings.get("url"):
+        return _checked_url(f"{path}: [ledger] url", settings["url"])
     base = path.parent if path else Path.cwd()
     return base / (settings.get("path") or DEFAULT_LEDGER)
+
+
+def _checked_url(source: str, url: str) -> str:
+    if not is_url(url):
+        raise ConfigError(f"{source} is {redact(url)!r}, not a PostgreSQL URL:"
+                          " write it as postgresql://USER@HOST:PORT/DBNAME (libpq's form)")
+    return url
 
 
 def _app(name: str, table: dict[str, Any], path: Path) -> AppConfig:

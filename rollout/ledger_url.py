@@ -21,8 +21,22 @@ def redact(url: str) -> str:
 
     `postgresql://alice:s3cret@db:5432/rollout?sslmode=verify-full` ->
     `postgresql://alice:***@db:5432/rollout?sslmode=verify-full`; a `password=` parameter in
-    the query string or in a key=value string is masked too.
+    the query string or in a key=value string is masked too, and so is the password of a URL of
+    any other scheme (a mistyped `mysql://...` is shown masked in the error that refuses it).
     """
-    masked = re.sub(r"^(postgres(?:ql)?://[^:@/?#]*):[^@/?#]*@", r"\1:***@", url)
+    masked = _mask_userinfo(url)
     masked = re.sub(r"([?&]password=)[^&#]*", r"\1***", masked, flags=re.IGNORECASE)
     return re.sub(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", masked, flags=re.IGNORECASE)
+
+
+def _mask_userinfo(url: str) -> str:
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url
+    # The user part ends at the last '@' before the query: a password may hold '@' or ':' itself.
+    query = rest.find("?")
+    at = rest.rfind("@", 0, query if query >= 0 else len(rest))
+    user, colon, _password = rest[:max(at, 0)].partition(":")
+    if at < 0 or not colon:
+        return url
+    return f"{scheme}://{user}:***@{rest[at + 1:]}"

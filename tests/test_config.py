@@ -383,3 +383,47 @@ def test_a_build_path_that_cannot_be_a_path_is_a_config_error(tmp_path: Path) ->
     with pytest.raises(ConfigError, match=r"apps.web.build.context = 'src\\x00x': not a usable path") as caught:
         configuration.load(str(path))
     assert str(path) in str(caught.value)
+
+
+URL_APP = BASE_APP + TARGET
+
+
+@pytest.mark.parametrize(("environment", "ledger_table", "expected"), [
+    ({}, 'url = "postgresql://ops@db.internal:5432/rollout"', "postgresql://ops@db.internal:5432/rollout"),
+    ({"ROLLOUT_LEDGER_URL": "postgresql://ci@127.0.0.1/ledger"}, 'path = "state/x.db"',
+     "postgresql://ci@127.0.0.1/ledger"),
+    ({"ROLLOUT_LEDGER_URL": "postgres://ci@127.0.0.1/ledger", "ROLLOUT_LEDGER": "/tmp/file.db"},
+     'url = "postgresql://ops@db/rollout"', "postgres://ci@127.0.0.1/ledger"),
+    ({"ROLLOUT_LEDGER": "FILE"}, 'url = "postgresql://ops@db/rollout"', "FILE"),
+])
+def test_ledger_location_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, environment: dict[str, str],
+                               ledger_table: str, expected: str) -> None:
+    """$ROLLOUT_LEDGER_URL beats $ROLLOUT_LEDGER beats the file's [ledger] url or path (README, Ledger backends)."""
+    monkeypatch.delenv("ROLLOUT_LEDGER_URL", raising=False)
+    monkeypatch.delenv("ROLLOUT_LEDGER", raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, str(tmp_path / "file.db") if value == "FILE" else value)
+    path = write(tmp_path, f"[ledger]\n{ledger_table}\n" + URL_APP)
+    location = configuration.load(str(path)).ledger_location
+    assert location == (tmp_path / "file.db" if expected == "FILE" else expected)
+
+
+@pytest.mark.parametrize(("ledger_table", "environment", "message"), [
+    ('url = "postgresql://a@b/c"\npath = "x.db"', {}, "set url (a PostgreSQL ledger) or path (a SQLite file), not both"),
+    ('url = "mysql://ops:hunter2@db/rollout"', {}, "[ledger] url is 'mysql://ops:***@db/rollout', not a PostgreSQL URL"),
+    ("", {"ROLLOUT_LEDGER_URL": "db.internal password=hunter2"},
+     "$ROLLOUT_LEDGER_URL is 'db.internal password=***', not a PostgreSQL URL"),
+])
+def test_bad_ledger_url_is_one_line_without_the_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         ledger_table: str, environment: dict[str, str],
+                                                         message: str) -> None:
+    monkeypatch.delenv("ROLLOUT_LEDGER_URL", raising=False)
+    monkeypatch.delenv("ROLLOUT_LEDGER", raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    path = write(tmp_path, (f"[ledger]\n{ledger_table}\n" if ledger_table else "") + URL_APP)
+    with pytest.raises(ConfigError) as caught:
+        configuration.load(str(path))
+    text = str(caught.value)
+    assert message in text and "hunter2" not in text and "\n" not in text
+    assert caught.value.exit_code == EXIT_USAGE
