@@ -73,6 +73,18 @@ class TargetUnreachable(Unreachable):
     not be prepared (e.g. the pull failed), before anything changed; exit 5."""
 
 
+class RouterUnreachable(Unreachable):
+    """A reverse proxy's admin endpoint (Caddy's admin API, HAProxy's runtime API socket) could not
+    be reached, timed out, or answered something unusable; exit 5. Raised before a change, the
+    proxy routes as it did. The message names the admin address (it holds no secret)."""
+
+
+class RouterConfigError(UserError):
+    """The reverse proxy runs, but its own config lacks what rollout.toml's traffic section names:
+    the route @id or backend, one reverse_proxy handler with upstreams, a server line for a slot,
+    an admin-level socket; exit 2, nothing changed. The message says what to add where."""
+
+
 class NotApplied(RolloutError):
     """A target refused a change before changing anything, so there is nothing to revert.
 
