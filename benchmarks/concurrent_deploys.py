@@ -19,6 +19,7 @@ is the ratio (1 = the second app costs nothing; 2 = the apps serialised too).
 from __future__ import annotations
 
 import getpass
+import os
 import subprocess
 import threading
 import time
@@ -117,13 +118,15 @@ def concurrent_deploys(settings: Settings, result: ScenarioResult) -> None:
                                          f" {(err.strip() or out.strip()).splitlines()[-1:]}")
             one_app = Comparison(f"wall time of {deploys} concurrent deploys per app, 2 runners, one PostgreSQL ledger",
                                  f"2 apps x {deploys}", f"1 app x {deploys}", target="ratio ~ 1 (apps in parallel)")
-            checked: dict[str, Any] = {"deploys_checked": 0, "leases_seen": 0, "handover_gaps_s": []}
+            checked: dict[str, Any] = {"deploys_checked": 0, "leases_seen": 0, "handover_gaps_s": [],
+                                       "to_recorded_s": []}
 
             def side(apps: tuple[str, ...]) -> float:
                 wall, stats = deploy_at_once(directories, url, apps, deploys)
                 checked["deploys_checked"] += stats["deploys"]
                 checked["leases_seen"] += stats["leases"]
                 checked["handover_gaps_s"] += stats["gaps"]
+                checked["to_recorded_s"] += stats["to_recorded"]
                 if len(apps) > 1:
                     checked.setdefault("apps_overlap_s", []).append(stats["overlap"])
                 return wall
@@ -131,10 +134,13 @@ def concurrent_deploys(settings: Settings, result: ScenarioResult) -> None:
             alternate(settings.runs, lambda _i: side(APPS[:1]), lambda _i: side(APPS), one_app)
             result.comparisons.append(one_app)
             gaps = sorted(checked.pop("handover_gaps_s"))
+            to_recorded = sorted(checked.pop("to_recorded_s"))
             result.metrics.update(
                 deploys_per_app=deploys, runners=len(RUNNERS), **checked,
                 handover_gap_median_s=round(gaps[len(gaps) // 2], 3) if gaps else None,
                 handover_gap_max_s=round(gaps[-1], 3) if gaps else None,
+                handover_until_recorded_median_s=round(to_recorded[len(to_recorded) // 2], 3) if to_recorded else None,
+                load_avg_1m=round(os.getloadavg()[0], 2),
             )
         finally:
             remove_containers(PREFIX)
@@ -194,7 +200,8 @@ def check_ledger(url: str, first_id: int, processes: list[Launched],
         url,
         "SELECT e.id, e.app, e.actor, e.status,"
         " (SELECT at FROM events v WHERE v.entry_id = e.id AND v.event = 'status:applying' ORDER BY v.id LIMIT 1),"
-        " (SELECT at FROM events v WHERE v.entry_id = e.id AND v.event = ANY(%s) ORDER BY v.id LIMIT 1)"
+        " (SELECT at FROM events v WHERE v.entry_id = e.id AND v.event = ANY(%s) ORDER BY v.id LIMIT 1),"
+        " e.created_at"
         " FROM entries e WHERE e.id > %s ORDER BY e.id", [list(FINISHED_EVENTS), first_id])
     apps = sorted({p.app for p in processes})
     if len(rows) != len(processes) or any(row[3] != "healthy" or row[4] is None or row[5] is None for row in rows):
@@ -209,13 +216,17 @@ def check_ledger(url: str, first_id: int, processes: list[Launched],
                 raise ScenarioFailed(f"{runner} started {launched} deploys of {app}, the ledger has {recorded}"
                                      f" entries by {user}@{runner}")
     intervals = {app: sorted((iso_time(r[4]), iso_time(r[5]), r[0]) for r in rows if r[1] == app) for app in apps}
-    gaps = []
+    recorded = {r[0]: iso_time(r[6]) for r in rows}
+    gaps, to_recorded = [], []
     for app, spans in intervals.items():
         for (start, end, entry), (next_start, _next_end, next_entry) in zip(spans, spans[1:]):
             if next_start < end:
                 raise ScenarioFailed(f"{app}: entry #{next_entry} started applying {end - next_start:.3f}s before"
                                      f" #{entry} finished: two deploys of one app overlapped")
             gaps.append(next_start - end)
+            # Of the hand-over, how much passes before the next holder records its entry (release,
+            # the waiter's poll, building the orchestrator, resolving the digest: all under the lease).
+            to_recorded.append(recorded[next_entry] - end)
     by_pid = {p.process.pid: p for p in processes}
     for app, host, pid, holder in seen:
         launched = by_pid.get(pid)
@@ -233,4 +244,5 @@ def check_ledger(url: str, first_id: int, processes: list[Launched],
                       for a_start, a_end, _a in intervals[apps[0]] for b_start, b_end, _b in intervals[apps[1]])
         if overlap <= 0:
             raise ScenarioFailed(f"{apps[0]} and {apps[1]} never deployed at the same time: the apps serialised")
-    return {"deploys": len(rows), "leases": len(holders), "gaps": gaps, "overlap": round(overlap, 3)}
+    return {"deploys": len(rows), "leases": len(holders), "gaps": gaps, "to_recorded": to_recorded,
+            "overlap": round(overlap, 3)}

@@ -18,13 +18,15 @@ import datetime as dt
 import hashlib
 import json
 import os
+import queue
 import sqlite3
 import statistics
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from benchmarks import postgres
 from benchmarks.common import (APP_IMAGE, ROLLOUT, Comparison, ScenarioFailed, ScenarioResult, Settings,
@@ -97,23 +99,61 @@ def write_config(directory: Path) -> None:
 
 
 def fill_both(settings: Settings, result: ScenarioResult, sqlite_side: Side, pg_side: Side) -> None:
+    """The same deploys into both big ledgers at once: generated once, inserted and COPYed on two threads."""
     entries, apps = settings.ledger_entries, settings.ledger_apps
     path = sqlite_side.directory / "state" / "ledger.db"
-    started = time.perf_counter()
-    fill(path, entries, apps)
-    result.metrics["sqlite_fill_seconds"] = round(time.perf_counter() - started, 1)
     assert pg_side.url is not None
+    url = pg_side.url
     started = time.perf_counter()
-    postgres.copy_deploys(pg_side.url, deploy_chunks(entries, apps))
-    result.metrics["pg_fill_seconds"] = round(time.perf_counter() - started, 1)
+    fan_out(deploy_chunks(entries, apps), [lambda chunks: fill(path, chunks),
+                                           lambda chunks: postgres.copy_deploys(url, chunks)])
+    result.metrics["fill_seconds"] = round(time.perf_counter() - started, 1)
     count, size = ledger_size(path)
-    pg_count = postgres.query(pg_side.url, "SELECT count(*) FROM entries")[0][0]
+    pg_count = postgres.query(url, "SELECT count(*) FROM entries")[0][0]
     if pg_count != count:
         raise ScenarioFailed(f"the PostgreSQL ledger holds {pg_count} entries after the load, the SQLite one {count}")
-    pg_size = postgres.size_bytes(pg_side.url)
+    pg_size = postgres.size_bytes(url)
     result.metrics.update(entries=count, apps=apps, sqlite_bytes_per_entry=round(size / count),
                           sqlite_ledger_mb=round(size / 1e6, 1), pg_bytes_per_entry=round(pg_size / count),
                           pg_database_mb=round(pg_size / 1e6, 1))
+
+
+def fan_out(items: Iterator[Any], consumers: list[Callable[[Iterator[Any]], None]]) -> None:
+    """Hand every item to each consumer, each on its own thread (a small queue each); re-raise the first error.
+
+    sqlite3 and psycopg release the GIL while the database works, so the two loads overlap.
+    A consumer that fails keeps draining its queue, so the producer never blocks on it.
+    """
+    done = object()
+    queues: list[queue.Queue[Any]] = [queue.Queue(maxsize=2) for _ in consumers]
+    errors: list[BaseException] = []
+
+    def drain(q: queue.Queue[Any]) -> Iterator[Any]:
+        while (item := q.get()) is not done:
+            yield item
+
+    def consume(consumer: Callable[[Iterator[Any]], None], q: queue.Queue[Any]) -> None:
+        try:
+            consumer(drain(q))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            errors.append(exc)
+            for _ in drain(q):
+                pass
+
+    threads = [threading.Thread(target=consume, args=(c, q), daemon=True) for c, q in zip(consumers, queues)]
+    for thread in threads:
+        thread.start()
+    try:
+        for item in items:
+            for q in queues:
+                q.put(item)
+    finally:
+        for q in queues:
+            q.put(done)
+        for thread in threads:
+            thread.join()
+    if errors:
+        raise errors[0]
 
 
 def time_commands(settings: Settings, result: ScenarioResult, sides: list[Side]) -> None:
@@ -239,35 +279,37 @@ def explain_queries(result: ScenarioResult, url: str) -> None:
 
 
 def pg_cost_breakdown(settings: Settings, url: str) -> dict[str, float]:
-    """Where a whole process's extra time on PostgreSQL goes: psycopg's import, and one login, in seconds.
+    """Where a whole process's extra time on PostgreSQL goes, in seconds (medians): psycopg's import
+    (`python -c 'import psycopg'` minus `python -c pass`, whole processes, the interpreter and venv
+    rollout runs on) and one login (psycopg.connect + close as the `rollout` role, SCRAM over TCP,
+    in this process)."""
+    import psycopg
 
-    Both as whole processes against `python -c pass` (medians), the same interpreter and venv as rollout.
-    """
-    runs = max(3, settings.runs)
-    scripts = {
-        "pass": "pass",
-        "import": "import psycopg",
-        "login": f"import psycopg; psycopg.connect({url!r}).close()",
-    }
-    samples: dict[str, list[float]] = {name: [] for name in scripts}
+    runs = max(5, settings.runs)
+    imports: dict[str, list[float]] = {"pass": [], "import psycopg": []}
     for _ in range(runs):
-        for name, script in scripts.items():
+        for script, samples in imports.items():
             started = time.perf_counter()
-            run([sys.executable, "-c", script], timeout=60, what=f"python -c {name}")
-            samples[name].append(time.perf_counter() - started)
-    medians = {name: statistics.median(values) for name, values in samples.items()}
-    return {"pg_psycopg_import_s": round(medians["import"] - medians["pass"], 3),
-            "pg_login_s": round(medians["login"] - medians["import"], 3)}
+            run([sys.executable, "-c", script], timeout=60, what=f"python -c {script!r}")
+            samples.append(time.perf_counter() - started)
+    logins = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        psycopg.connect(url).close()
+        logins.append(time.perf_counter() - started)
+    return {"pg_psycopg_import_s": round(statistics.median(imports["import psycopg"])
+                                         - statistics.median(imports["pass"]), 3),
+            "pg_login_s": round(statistics.median(logins), 4)}
 
 
-def fill(path: Path, entries: int, apps: int) -> None:
-    """Append `entries` finished deploys, spread round-robin over `apps`, with plain INSERTs."""
+def fill(path: Path, chunks: Iterable[tuple[list[tuple], list[tuple], list[tuple]]]) -> None:
+    """Append the deploys of `chunks` (deploy_chunks) to the SQLite ledger at `path`, with plain INSERTs."""
     Ledger(path).close()  # the real schema, indexes and triggers
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA foreign_keys = ON")
-        for entry_rows, target_rows, event_rows in deploy_chunks(entries, apps):
+        for entry_rows, target_rows, event_rows in chunks:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(
                 "INSERT INTO entries (id, app, repository, tag, digest, kind, status, previous_id, reverts_to, actor,"
