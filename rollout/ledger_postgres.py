@@ -25,6 +25,15 @@ starts every guarded transaction with `SELECT ... FOR SHARE` of our own row. Und
 COMMITTED the row lock is held to commit, so a take-over (an UPDATE of that row) waits for a
 guarded write to commit and cannot slip between the check and the write; once a take-over has
 committed, the guard's re-read sees another holder and raises LeaseLost.
+
+The server going away (issue 13, point 6): before `tolerate_outage` (the orchestrator calls it
+just before a target's first apply) a lost connection is LedgerUnreachable, exit 5, nothing
+changed. After it, a write the server does not take is kept, in order, with the time it was made;
+each later write first tries once (short connect timeout) to get the waiting ones in, so targets
+are never held up by the ledger; `close` retries for what is left of _RETRY_SECONDS, then spools
+them (rollout.ledger_spool), and the next handle opened with that state directory replays them
+first. An unanswered COMMIT is settled by `txid_status`, not guessed. psycopg never reconnects by
+itself: every transaction and read between transactions reconnects a lost connection first.
 """
 
 from __future__ import annotations
@@ -730,20 +739,19 @@ class PostgresLedger(LedgerBackend):
                 outage.backlog.clear()
                 outage.tries.clear()
                 return
-            except (LedgerUnreachable, psycopg.OperationalError, _Undecided) as exc:
-                if isinstance(exc, psycopg.OperationalError) and not _gone(self.conn, exc):
-                    outage.spooling = True  # refused, not lost: kept in the spool, whose replay says why
-                    continue
+            except (LedgerUnreachable, psycopg.Error, _Undecided) as exc:
                 _Transaction(self)._rollback()
                 outage.story.ids.update(story.ids)  # ids taken from the sequence are theirs for good
+                if isinstance(exc, psycopg.Error) and not _gone(self.conn, exc):
+                    # Refused, not lost (a bug, a changed schema): kept in the spool, whose replay
+                    # by the next command says why, rather than dropped or retried for nothing.
+                    outage.spooling = True
+                    continue
                 if xid is not None:
                     outage.tries[xid] = (story, len(outage.backlog))
                 if not wait:
                     return
                 time.sleep(min(_RETRY_PAUSE, max(0.0, left)))  # waiting for the server to come back
-            except psycopg.Error:
-                outage.spooling = True  # refused, not lost: kept in the spool, whose replay says why
-                _Transaction(self)._rollback()
 
     def _drop_committed(self, conn: psycopg.Connection[Any]) -> None:
         """Drop the waiting groups an earlier flush got in after all (its COMMIT unanswered)."""
