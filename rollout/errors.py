@@ -75,8 +75,9 @@ class TargetUnreachable(Unreachable):
 
 class RouterUnreachable(Unreachable):
     """A reverse proxy's admin endpoint (Caddy's admin API, HAProxy's runtime API socket) could not
-    be reached, timed out, or answered something unusable; exit 5. Raised before a change, the
-    proxy routes as it did. The message names the admin address (it holds no secret)."""
+    be reached, timed out, or answered something unusable; exit 5. Raised before any change (the
+    proxy routes as it did) except where rollout.routers.Router.switch says otherwise. The message
+    names the admin address (it holds no secret)."""
 
 
 class RouterConfigError(UserError):

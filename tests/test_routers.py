@@ -23,7 +23,7 @@ from rollout.errors import EXIT_UNREACHABLE, EXIT_USAGE, ConfigError, RouterConf
 from rollout.routers import Router, open_router
 from support.load import Answer, Load
 from support.ports import free_port
-from support.routers import Proxy, proxy
+from support.routers import Proxy, caddy, haproxy, proxy
 from support.upstreams import Upstream, upstreams
 
 KINDS = ["caddy", "haproxy"]
@@ -248,3 +248,49 @@ def test_switch_refuses_an_upstream_that_is_not_host_port(to: str) -> None:
     router = open_router("caddy", f"http://127.0.0.1:{free_port()}", "web")
     with pytest.raises(ValueError):
         router.switch(to)
+
+
+def test_caddy_finds_the_reverse_proxy_inside_a_subroute(tmp_path: Path) -> None:
+    # The Caddyfile adapter nests handlers in subroutes; the @id route can hold one that way.
+    with upstreams("blue", "green") as (blue, green):
+        nested = [{"handler": "subroute", "routes": [
+            {"handle": [{"handler": "headers", "response": {"set": {"X-Slot": ["any"]}}}]},
+            {"handle": [{"handler": "reverse_proxy", "upstreams": [{"dial": blue.address}]}]},
+        ]}]
+        with caddy(tmp_path, blue.address, handle=nested) as running:
+            router = open_router("caddy", running.admin, running.route)
+            assert router.upstreams() == [blue.address]
+            router.switch(green.address)
+            assert router.upstreams() == [green.address]
+            assert Bed(running, blue, green).get() == (200, "green")
+
+
+@pytest.mark.parametrize("handle,says", [
+    ([{"handler": "static_response", "body": "maintenance"}], "no reverse_proxy handler"),
+    ([{"handler": "subroute", "routes": [
+        {"handle": [{"handler": "reverse_proxy", "upstreams": [{"dial": "127.0.0.1:9"}]}]},
+        {"handle": [{"handler": "reverse_proxy", "upstreams": [{"dial": "127.0.0.1:10"}]}]}]}],
+     "2 reverse_proxy handlers (handle/0/routes/0/handle/0, handle/0/routes/1/handle/0)"),
+], ids=["none", "two"])
+def test_caddy_refuses_a_route_without_exactly_one_reverse_proxy(tmp_path: Path, handle: list[dict[str, object]],
+                                                               says: str) -> None:
+    with caddy(tmp_path, "127.0.0.1:9", handle=handle) as running:
+        router = open_router("caddy", running.admin, running.route)
+        for call in (router.check, router.upstreams, lambda: router.switch("127.0.0.1:11")):
+            with pytest.raises(RouterConfigError) as raised:
+                call()
+            assert says in _one_line(raised.value) and "@id" in str(raised.value)
+
+
+def test_haproxy_refuses_a_stats_socket_below_level_admin(tmp_path: Path) -> None:
+    with upstreams("blue", "green") as (blue, green):
+        with haproxy(tmp_path, [blue.address, green.address], level="operator") as running:
+            router = open_router("haproxy", running.admin, running.route)
+            with pytest.raises(RouterConfigError) as raised:
+                router.check()
+            assert "level admin" in _one_line(raised.value) and "operator" in str(raised.value)
+            with pytest.raises(RouterConfigError) as raised:
+                router.switch(green.address)
+            assert "level admin" in _one_line(raised.value)
+            assert router.upstreams() == [blue.address]  # reading is allowed; nothing changed
+            assert Bed(running, blue, green).get() == (200, "blue")

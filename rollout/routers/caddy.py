@@ -118,8 +118,9 @@ class CaddyRouter:
         return http.client.HTTPConnection(*self._address, timeout=self.timeout)
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
-        """One admin API request; the decoded JSON answer (None when empty). 404 and 4xx are the
-        operator's config (RouterConfigError), anything else that is not 2xx is RouterUnreachable."""
+        """One admin API request; the decoded JSON answer (None when empty). A 4xx is the proxy's
+        config (RouterConfigError: no such @id, a refused change, a Host/Origin Caddy does not
+        allow); no answer in time, a 5xx or a 2xx that is not JSON is RouterUnreachable."""
         conn = self._connection()
         try:
             conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
@@ -154,9 +155,9 @@ class CaddyRouter:
             raise RouterConfigError(f"Caddy at {self.admin} has no object with @id {self.route!r}: add"
                                     f" \"@id\": \"{self.route}\" to the route in Caddy's JSON config"
                                     " (or fix traffic.route)")
-        if status == 403:
-            raise RouterUnreachable(f"Caddy admin API at {self.admin} refused rollout ({reason}):"
-                                    " check its `origins` setting")
+        if status == 403:  # Host/Origin not allowed: the admin's `origins` setting, not a passing fault
+            raise RouterConfigError(f"Caddy admin API at {self.admin} refused rollout ({reason}):"
+                                    " add this address to the admin `origins` setting")
         if 400 <= status < 500:
             raise RouterConfigError(f"Caddy at {self.admin} refused {method} {path}: {reason}")
         raise RouterUnreachable(f"Caddy admin API at {self.admin} answered {method} {path} with {status}: {reason}")

@@ -82,10 +82,11 @@ def _short_dir() -> Iterator[Path]:
 
 
 @contextmanager
-def caddy(tmp: Path, upstream: str, route: str = "web", admin: str = "tcp") -> Iterator[Proxy]:
+def caddy(tmp: Path, upstream: str, route: str = "web", admin: str = "tcp",
+          handle: list[dict[str, object]] | None = None) -> Iterator[Proxy]:
     """A Caddy whose one server listens on a free loopback port with one route, "@id": route,
-    reverse-proxying to `upstream` ("HOST:PORT"). `admin`: "tcp" (http://127.0.0.1:PORT) or
-    "unix" (unix//PATH, Caddy's notation)."""
+    reverse-proxying to `upstream` ("HOST:PORT"), or running the handlers `handle` instead.
+    `admin`: "tcp" (http://127.0.0.1:PORT) or "unix" (unix//PATH, Caddy's notation)."""
     need(shutil.which("caddy") is not None, "caddy (.ci/testbed proxies)")
     listen = free_port()
     with _short_dir() as short:
@@ -100,8 +101,8 @@ def caddy(tmp: Path, upstream: str, route: str = "web", admin: str = "tcp") -> I
             "apps": {"http": {"servers": {"app": {
                 "listen": [f"127.0.0.1:{listen}"],
                 "automatic_https": {"disable": True},
-                "routes": [{"@id": route, "handle": [{"handler": "reverse_proxy",
-                                                       "upstreams": [{"dial": upstream}]}]}],
+                "routes": [{"@id": route, "handle": handle or [{"handler": "reverse_proxy",
+                                                                 "upstreams": [{"dial": upstream}]}]}],
             }}}},
         }
         path = tmp / "caddy.json"
@@ -112,24 +113,25 @@ def caddy(tmp: Path, upstream: str, route: str = "web", admin: str = "tcp") -> I
         from rollout.routers.caddy import CaddyRouter
 
         with _process(["caddy", "run", "--config", str(path)], log, env) as process:
-            _wait_for(lambda: _answers(CaddyRouter(address, route)) and _accepts(listen), process, log, "caddy")
+            _wait_for(lambda: _admin_answers(CaddyRouter(address, route)) and _accepts(listen), process, log, "caddy")
             yield Proxy("caddy", f"http://127.0.0.1:{listen}", address, route, log)
 
 
 @contextmanager
-def haproxy(tmp: Path, servers: list[str], backend: str = "web", admin: str = "unix") -> Iterator[Proxy]:
+def haproxy(tmp: Path, servers: list[str], backend: str = "web", admin: str = "unix",
+            level: str = "admin") -> Iterator[Proxy]:
     """An HAProxy with one frontend on a free loopback port and one backend `backend` holding one
     server line per address in `servers` (s1, s2, ...): the first enabled, the others `disabled`,
-    as an operator writes the slots. The stats socket is at level admin: `admin` "unix"
-    (unix:///PATH) or "tcp" (tcp://127.0.0.1:PORT)."""
+    as an operator writes the slots. The stats socket is at `level` (admin: what rollout needs):
+    `admin` "unix" (unix:///PATH) or "tcp" (tcp://127.0.0.1:PORT)."""
     need(shutil.which("haproxy") is not None, "haproxy (.ci/testbed proxies)")
     listen = free_port()
     with _short_dir() as short:
         if admin == "unix":
-            socket_line, address = f"stats socket {short}/admin.sock mode 600 level admin", f"unix://{short}/admin.sock"
+            socket_line, address = f"stats socket {short}/admin.sock mode 600 level {level}", f"unix://{short}/admin.sock"
         else:
             port = free_port()
-            socket_line, address = f"stats socket ipv4@127.0.0.1:{port} level admin", f"tcp://127.0.0.1:{port}"
+            socket_line, address = f"stats socket ipv4@127.0.0.1:{port} level {level}", f"tcp://127.0.0.1:{port}"
         lines = [f"    server s{i} {server}{'' if i == 1 else ' disabled'}" for i, server in enumerate(servers, 1)]
         config = "\n".join([
             "global",
@@ -153,19 +155,21 @@ def haproxy(tmp: Path, servers: list[str], backend: str = "web", admin: str = "u
 
         # -db: stay in the foreground, so the test owns the process and its end.
         with _process(["haproxy", "-db", "-f", str(path)], log) as process:
-            _wait_for(lambda: _answers(HAProxyRouter(address, backend)) and _accepts(listen), process, log, "haproxy")
+            _wait_for(lambda: _admin_answers(HAProxyRouter(address, backend)) and _accepts(listen), process, log, "haproxy")
             yield Proxy("haproxy", f"http://127.0.0.1:{listen}", address, backend, log)
 
 
-def _answers(router: object) -> bool:
-    """Whether the proxy's admin endpoint answers with the route in place (rollout's own client:
-    no http_proxy environment variable a test may have set gets in the way)."""
-    from rollout.errors import RolloutError
+def _admin_answers(router: object) -> bool:
+    """Whether the proxy's admin endpoint answers (rollout's own client, so no http_proxy variable
+    a test may have set gets in the way); a config without what rollout needs still answers."""
+    from rollout.errors import RouterUnreachable, UserError
 
     try:
         router.check()  # type: ignore[attr-defined]
         return True
-    except RolloutError:
+    except UserError:
+        return True
+    except RouterUnreachable:
         return False
 
 
