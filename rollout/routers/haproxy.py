@@ -16,8 +16,8 @@ Why server states and not `set server addr` or weights (HAProxy 2.6 management g
   requests in flight and connections to it finish, its health checks go on; going back is
   `state ready`, as fast as going forward (the old release is still running for a revert);
 - each slot stays a named server with its own stats and checks, so `show servers state` tells
-  exactly which slot takes traffic; rewriting one server's address would make the old slot's
-  in-flight connections invisible and its idle server-side connections reusable after the switch;
+  exactly which slot takes traffic; rewriting one server's address (`set server addr`) would
+  leave the old slot's in-flight connections on a server that no longer names it (not tried here);
 - the order (new ready before old drained) means there is never a moment without a server, so
   no 503; for that instant both take new requests, which is safe: both are verified releases.
 Weights (`set server weight 0`) would do the same as drain with less meaning in the stats.
