@@ -420,6 +420,11 @@ class LedgerBackend(Protocol):
         to do, a local file is never unreachable."""
         ...
 
+    def writes_waiting(self) -> bool:
+        """True while writes made after tolerate_outage wait for (or were spooled away from) a server
+        that is not answering: the orchestrator moves no further batch then. SQLite: always False."""
+        ...
+
     def outage_report(self) -> str | None:
         """One line for the user when writes made after tolerate_outage had to be spooled (or
         could not be): how many, to which file, and that the next command replays them; else None."""
@@ -629,6 +634,9 @@ class SqliteLedger(LedgerBackend):
 
     def tolerate_outage(self) -> None:
         pass  # a local file is never unreachable: a failed write is an error, as always
+
+    def writes_waiting(self) -> bool:
+        return False
 
     def outage_report(self) -> str | None:
         return None

@@ -686,6 +686,10 @@ class PostgresLedger(LedgerBackend):
         if self._outage is None:
             self._outage = _Outage()
 
+    def writes_waiting(self) -> bool:
+        outage = self._outage
+        return outage is not None and (outage.spooling or bool(outage.backlog))
+
     def outage_report(self) -> str | None:
         outage = self._outage
         if outage is None or not (outage.spooled or outage.lost):

@@ -340,6 +340,12 @@ class Orchestrator:
             if len(batches) > 1:
                 self.reporter.info(f"#{entry.id} batch {number}/{len(batches)}: {', '.join(t.name for t in batch)}")
             applied = []
+            if number > 1 and self.ledger.writes_waiting():
+                # Widening a release the ledger cannot record would leave more targets to explain:
+                # fail it, so the batches already moved go back (their writes reach the ledger later).
+                attempt.failures["ledger"] = ("the ledger's server stopped answering: not moving the next batch"
+                                              f" ({', '.join(t.name for t in batch)})")
+                break
             # No ledger write comes between a long pull or a pause and this change: if another
             # rollout took the app over meanwhile, stop here (LeaseLost) and leave the entry to it.
             self.ledger.check_guard()

@@ -586,3 +586,28 @@ def test_a_recovery_whose_revert_cannot_start_is_a_failed_revert(bed: Bed, refus
     assert recovered.entry.kind == L.REVERT and recovered.entry.status == L.FAILED
     assert bed.ledger.unfinished("web") == []
     assert target.image == image("v2")
+
+
+def test_a_ledger_that_stops_answering_mid_rollout_stops_it_widening(pair: Bed) -> None:
+    """Once the ledger's server is away (writes waiting, LedgerBackend.writes_waiting), no further
+    batch moves: the release fails and the batch already moved goes back."""
+    pair.app = app_config(("a", "b"), rollout={"strategy": "rolling", "batch_size": 1, "pause": 0})
+    pair.healthy("v1")
+    pair.publish("v2")
+    real = pair.ledger
+
+    class AwayAfterTheFirstBatch:
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        def writes_waiting(self) -> bool:
+            return any(t.image == image("v2") for t in pair.targets)
+
+    pair.ledger = AwayAfterTheFirstBatch()  # type: ignore[assignment]
+    outcome = pair.deploy("v2")
+
+    a, b = pair.targets
+    assert outcome.exit_code == EXIT_REVERTED
+    assert "not moving the next batch (b)" in (outcome.entry.error or "")
+    assert a.image == image("v1") and b.image == image("v1")
+    assert fake_digest("v2") not in b.applied(), "the second batch was never touched"
