@@ -52,7 +52,7 @@ from psycopg import conninfo as pg_conninfo
 from psycopg.rows import dict_row
 
 from rollout import faults
-from rollout.errors import LeaseLost, LedgerError, LedgerUnreachable, one_line
+from rollout.errors import LeaseLost, LedgerBusy, LedgerError, LedgerUnreachable, one_line
 from rollout.ledger_url import redact
 from rollout.ledger import (BUILD_PUSHED, COPIED_TABLES, FINISHED, PENDING, REBUILD, SCHEMA_VERSION, Entry,
                             Lease, LedgerBackend, NewEntry, PushedBuild, TargetRow, default_actor, load_batches,
@@ -63,6 +63,7 @@ from rollout.ledger_spool import Spool, spool_path
 # The ledger's timestamp form (rollout.ledger.now_iso), from the server's clock.
 _NOW = "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"
 _EPOCH = "extract(epoch from clock_timestamp())::double precision"
+_BUSY_SECONDS = 30  # lock_timeout: as long as the SQLite backend's busy timeout
 _CONNECT_TIMEOUT = 10  # seconds, libpq's connect_timeout unless the URL sets one
 # After a target changed: seconds spent retrying writes, in all, before they go to the spool
 # (issue 13: bounded retries, then a local spool), and the pause between reconnection attempts.
@@ -451,6 +452,10 @@ class _Transaction:
             if exc_type is not None:
                 if not self.offline:
                     self._rollback()
+                if isinstance(exc, psycopg.errors.LockNotAvailable):
+                    raise LedgerBusy(f"ledger {ledger.location} is busy: another session has held a row rollout"
+                                     f" needs for over {_BUSY_SECONDS} s (lock_timeout); find it in"
+                                     " pg_stat_activity and retry") from None
                 if isinstance(exc, BaseException) and _gone(ledger.conn, exc):
                     raise _unreachable(ledger.url, exc) from None
                 return
@@ -514,7 +519,16 @@ class PostgresLedger(LedgerBackend):
         except psycopg.ProgrammingError as exc:
             raise LedgerError(f"[ledger] url {redact(self.url)} is not a valid PostgreSQL URL"
                               f" ({redact(one_line(exc))}): write it as postgresql://USER@HOST:PORT/DBNAME") from None
+        for name in ("port", "connect_timeout"):
+            # libpq would refuse these only when connecting, in words that read like an outage.
+            if params.get(name) and not all(part.strip().isdigit() for part in str(params[name]).split(",")):
+                raise LedgerError(f"[ledger] url {redact(self.url)}: {name} {params[name]!r} is not a number:"
+                                  " write it as postgresql://USER@HOST:PORT/DBNAME")
         params.setdefault("connect_timeout", str(_CONNECT_TIMEOUT))
+        # A row lock held by a stuck session (a lease row, a guarded write) must not hang every
+        # rollout behind it: give up after _BUSY_SECONDS like SQLite's busy timeout (LedgerBusy).
+        # Put first, so `options` the URL sets come later and win.
+        params["options"] = f"-c lock_timeout={_BUSY_SECONDS * 1000} " + str(params.get("options") or "")
         if timeout is not None:  # a retry must not outlast what is left of the retry budget
             params["connect_timeout"] = str(max(1, min(int(params["connect_timeout"]), timeout)))
         params.setdefault("application_name", "rollout")
@@ -564,6 +578,9 @@ class PostgresLedger(LedgerBackend):
                     raise LedgerError(f"ledger {self.location} has an `entries` table but no rollout schema"
                                       " version: point [ledger] url at another database or schema")
                 for step in range(version + 1, SCHEMA_VERSION + 1) if version is not None else ():
+                    if step not in MIGRATIONS:
+                        raise LedgerError(f"ledger {self.location} has schema version {version}, which no rollout"
+                                          " release wrote to PostgreSQL: restore the database from a backup")
                     MIGRATIONS[step](conn)
                 conn.execute(_TABLES)
                 conn.execute(_TRIGGERS)

@@ -26,7 +26,8 @@ import pytest
 from rollout import ledger as L
 from rollout import ledger_postgres as LP
 from rollout import lock
-from rollout.errors import EXIT_UNREACHABLE, EXIT_USAGE, LeaseLost, LedgerError, LedgerUnreachable, LockHeld
+from rollout.errors import (EXIT_LOCKED, EXIT_UNREACHABLE, EXIT_USAGE, LeaseLost, LedgerBusy, LedgerError,
+                            LedgerUnreachable, LockHeld)
 from rollout.ledger import LedgerBackend, NewEntry, open_ledger
 from support import pg
 from support.cli import run_rollout
@@ -350,7 +351,7 @@ LEAKS = {  # name: (URL, the password in it, what the error names instead, exit 
     "no such database": (f"postgresql://{pg.USER}:{RIGHT}@{pg.HOST}:{pg.PORT}/no_such_db_here", RIGHT,
                          'database "no_such_db_here" does not exist', EXIT_UNREACHABLE),
     "port not a number": (f"postgresql://{pg.USER}:{RIGHT}@{pg.HOST}:notaport/{{db}}", RIGHT,
-                          '"notaport"', EXIT_UNREACHABLE),
+                          "port 'notaport' is not a number", EXIT_USAGE),
 }
 
 
@@ -411,3 +412,38 @@ def test_the_skewed_clock_hook_really_moves_the_child_s_clock(tmp_path: Path) ->
     done = subprocess.run([sys.executable, "-c", "import time; print(time.time())"], env=env,
                           capture_output=True, text=True, timeout=30, check=True)
     assert float(done.stdout) - time.time() == pytest.approx(HOUR, abs=60)
+
+
+# -- what libpq would only find when connecting, and rows held by a stuck session ---------------------
+
+
+def test_a_connect_timeout_that_is_not_a_number_is_bad_input(url: str) -> None:
+    with pytest.raises(LedgerError, match=r"connect_timeout 'soon' is not a number") as caught:
+        open_ledger(url + "?connect_timeout=soon")
+    assert caught.value.exit_code == EXIT_USAGE and pg.PASSWORD not in str(caught.value)
+
+
+def test_a_lease_row_held_by_a_stuck_session_is_ledger_busy_not_a_hang(ledger: LedgerBackend, url: str) -> None:
+    """lock_timeout (30 s unless the URL's options say otherwise) ends the wait with LedgerBusy (exit 4)."""
+    lease = ledger.take_lease("web", 60)
+    assert lease is not None
+    impatient = open_ledger(url + "?options=-c%20lock_timeout%3D300")
+    try:
+        with raw(url) as stuck:
+            stuck.execute("BEGIN")
+            stuck.execute("SELECT 1 FROM locks WHERE app = ? FOR UPDATE", ["web"])
+            with pytest.raises(LedgerBusy, match="is busy: another session has held a row") as caught:
+                impatient.release_lease(lease)
+            assert caught.value.exit_code == EXIT_LOCKED and pg.PASSWORD not in str(caught.value)
+            stuck.execute("ROLLBACK")
+        assert [held.pid for held in impatient.leases("web")] == [lease.pid], "the refused release changed nothing"
+    finally:
+        impatient.close()
+
+
+def test_a_schema_version_no_release_wrote_is_refused(url: str) -> None:
+    open_ledger(url).close()
+    with raw(url) as conn:
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    with pytest.raises(LedgerError, match="has schema version 1, which no rollout release wrote to PostgreSQL"):
+        open_ledger(url)
