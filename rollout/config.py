@@ -124,14 +124,36 @@ class NotifySettings:
 
 
 @dataclass(frozen=True)
+class Traffic:
+    """`[apps.NAME.traffic]` (overridable key by key by a target's own `traffic` table): a docker
+    target deployed without downtime behind a reverse proxy (issue 14, rollout.targets.docker.traffic).
+
+    router: "caddy" or "haproxy" (rollout.routers); admin: the proxy's admin endpoint; route: the
+    Caddy route @id or HAProxy backend whose upstream rollout sets; slots: two or more distinct
+    host ports (1-65535) the app's releases take turns on, dialled as 127.0.0.1:SLOT; slot_env:
+    the env var that tells the container its port (None: the target's `ports` mapping has
+    "{port}" instead); drain: seconds the old release keeps running after the stable window.
+    """
+
+    router: str
+    admin: str
+    route: str
+    slots: tuple[int, ...]
+    slot_env: str | None = None
+    drain: float = 0.0
+
+
+@dataclass(frozen=True)
 class TargetConfig:
     """One `[[apps.NAME.targets]]` table: its kind's settings (checked by that kind's schema,
-    rollout.targets.kinds) and its health policy (the app's, overridden key by key)."""
+    rollout.targets.kinds), its health policy (the app's, overridden key by key) and its traffic
+    section (the app's, overridden key by key; None: stop-first, as without one)."""
 
     name: str
     kind: str
     settings: dict[str, Any]
     health: HealthPolicy
+    traffic: Traffic | None = None
 
 
 @dataclass(frozen=True)
@@ -236,6 +258,7 @@ APP_SCHEMA: S.Schema = {
     "targets": S.Field(lambda v: v),  # an array of tables: checked in _app
     "build": S.Field(S.table),
     "rollout": S.Field(S.table),
+    "traffic": S.Field(S.table),
 }
 HEALTH_SCHEMA: S.Schema = {
     "timeout": S.Field(S.seconds),
@@ -263,7 +286,34 @@ NOTIFY_SCHEMA: S.Schema = {
     "events": S.Field(_events),
     "timeout": S.Field(_notify_timeout),
 }
-TARGET_SCHEMA: S.Schema = {"name": S.Field(S.string), "kind": S.Field(S.string), "health": S.Field(S.table)}
+TARGET_SCHEMA: S.Schema = {"name": S.Field(S.string), "kind": S.Field(S.string), "health": S.Field(S.table),
+                           "traffic": S.Field(S.table)}
+
+
+def _slots(value: Any) -> tuple[int, ...]:
+    if (not isinstance(value, list) or len(value) < 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536 for v in value)):
+        raise S.Invalid("must be an array of two or more host ports (1-65535), e.g. [18081, 18082]", show_value=True)
+    if len(set(value)) != len(value):
+        raise S.Invalid("must be distinct ports: each release takes a slot of its own", show_value=True)
+    return tuple(value)
+
+
+TRAFFIC_SCHEMA: S.Schema = {
+    "router": S.Field(S.one_of("caddy", "haproxy")),
+    "admin": S.Field(S.string),
+    "route": S.Field(S.string),
+    "slots": S.Field(_slots),
+    "slot_env": S.Field(S.matching(r"[A-Za-z_][A-Za-z0-9_]*", "must be an environment variable name, e.g. \"PORT\"")),
+    "drain": S.Field(S.seconds),
+}
+TRAFFIC_REQUIRED = {
+    "router": '"caddy" or "haproxy"',
+    "admin": 'the proxy\'s admin endpoint, e.g. "http://127.0.0.1:2019" or "unix:///run/haproxy/admin.sock"',
+    "route": "the Caddy route @id or the HAProxy backend name",
+    "slots": "two or more host ports, e.g. [18081, 18082]",
+}
+PORT_PLACEHOLDER = "{port}"  # in a target's `ports` values and health.http: the release's slot
 
 # The keys allowed in each place, for callers that list them (tests, fuzzers).
 TOP_KEYS = set(TOP_SCHEMA)
@@ -359,7 +409,8 @@ def _app(name: str, table: dict[str, Any], path: Path) -> AppConfig:
         raise S.problem(path, where, f"targets must be an array of tables ([[apps.{name}.targets]])")
     if not raw_targets:
         raise ConfigError(f"{path}: app {name!r} has no targets: add a [[apps.{name}.targets]] table")
-    targets = tuple(_target(t, i, health, path, where) for i, t in enumerate(raw_targets))
+    traffic = S.check(values.get("traffic", {}), TRAFFIC_SCHEMA, path, where + "traffic.")
+    targets = tuple(_target(t, i, health, traffic, path, where) for i, t in enumerate(raw_targets))
     names = [t.name for t in targets]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -370,7 +421,8 @@ def _app(name: str, table: dict[str, Any], path: Path) -> AppConfig:
                      build=build, rollout=rollout)
 
 
-def _target(table: dict[str, Any], index: int, app_health: HealthPolicy, path: Path, app_where: str) -> TargetConfig:
+def _target(table: dict[str, Any], index: int, app_health: HealthPolicy, app_traffic: dict[str, Any], path: Path,
+            app_where: str) -> TargetConfig:
     where = f"{app_where}targets[{index}]."
     kind_name = table.get("kind", DEFAULT_KIND)
     if not isinstance(kind_name, str) or kind_name not in KINDS:
@@ -386,7 +438,47 @@ def _target(table: dict[str, Any], index: int, app_health: HealthPolicy, path: P
         if problem:
             raise S.problem(path, where, problem)
     health = _health(values.get("health", {}), app_health, path, where + "health.")
-    return TargetConfig(name=values["name"], kind=kind_name, settings=settings, health=health)
+    own = S.check(values.get("traffic", {}), TRAFFIC_SCHEMA, path, where + "traffic.")
+    traffic = _traffic({**app_traffic, **own}, kind_name, settings, health, path,
+                       where if own else app_where)
+    return TargetConfig(name=values["name"], kind=kind_name, settings=settings, health=health, traffic=traffic)
+
+
+def _traffic(values: dict[str, Any], kind: str, settings: dict[str, Any], health: HealthPolicy, path: Path,
+             where: str) -> Traffic | None:
+    """One target's traffic section (the app's keys, then the target's), checked as a whole: the
+    required keys, the admin address's form for its router, and how the container learns its slot
+    (slot_env, or "{port}" in the target's `ports`: one of the two). "{port}" in `ports` or in
+    health.http without a traffic section is an error too (there is no slot to stand for).
+    `where` is the dotted prefix of the table the keys came from. Raises ConfigError (exit 2)."""
+    in_ports = [k for k, v in (settings.get("ports") or {}).items() if PORT_PLACEHOLDER in str(v)]
+    in_http = PORT_PLACEHOLDER in (health.http or "")
+    if not values:
+        if in_ports:
+            raise S.problem(path, where, f"ports: {in_ports[0]!r} maps to {PORT_PLACEHOLDER} but there is no traffic"
+                            " section to choose the slot: add [apps.NAME.traffic] or write the host port")
+        if in_http:
+            raise S.problem(path, where, f"health.http has {PORT_PLACEHOLDER} but there is no traffic section to"
+                            " choose the slot: add [apps.NAME.traffic] or write the port")
+        return None
+    if kind != "docker":
+        raise S.problem(path, where, f"traffic: a {kind} target takes no traffic section (only docker targets"
+                        " switch a reverse proxy between slots)")
+    for key, hint in TRAFFIC_REQUIRED.items():
+        if key not in values or values[key] == "":
+            raise S.problem(path, where, f"traffic.{key} is missing: {hint}")
+    if ("slot_env" in values) == bool(in_ports):
+        raise S.problem(path, where, "traffic: tell the container its slot one way: slot_env = \"PORT\" (an env var)"
+                        f" or a `ports` mapping to \"{PORT_PLACEHOLDER}\" (e.g. ports = {{ \"80/tcp\" ="
+                        f" \"{PORT_PLACEHOLDER}\" }}), not both, not neither")
+    from rollout.routers import open_router  # only for an app with a traffic section
+
+    try:
+        open_router(values["router"], values["admin"], values["route"])  # checks the forms; contacts nothing
+    except ConfigError as exc:
+        raise S.problem(path, where, str(exc)) from None
+    return Traffic(values["router"], values["admin"], values["route"], values["slots"], values.get("slot_env"),
+                   values.get("drain", 0.0))
 
 
 def _health(table: dict[str, Any], defaults: HealthPolicy, path: Path, where: str) -> HealthPolicy:

@@ -427,3 +427,74 @@ def test_bad_ledger_url_is_one_line_without_the_password(tmp_path: Path, monkeyp
     text = str(caught.value)
     assert message in text and "hunter2" not in text and "\n" not in text
     assert caught.value.exit_code == EXIT_USAGE
+
+
+# -- [apps.NAME.traffic] (issue 14) -------------------------------------------------------------
+
+TRAFFIC = ('[apps.web.traffic]\nrouter = "haproxy"\nadmin = "unix:///run/haproxy/admin.sock"\nroute = "web"\n'
+           'slots = [18081, 18082]\nslot_env = "PORT"\n')
+
+
+def test_traffic_section_is_typed_and_a_target_overrides_it_key_by_key(tmp_path: Path) -> None:
+    from rollout.config import Traffic
+
+    path = write(tmp_path, BASE_APP + '[apps.web.health]\nhttp = "http://127.0.0.1:{port}/health"\n' + TRAFFIC
+                 + 'drain = 2.5\n' + TARGET
+                 + '[[apps.web.targets]]\nname = "edge"\ncontainer = "web"\nhost = "ssh://edge"\n'
+                 + 'traffic = { router = "caddy", admin = "http://127.0.0.1:2019", slots = [9001, 9002, 9003] }\n')
+    local, edge = configuration.load(str(path)).apps["web"].targets
+    assert local.traffic == Traffic("haproxy", "unix:///run/haproxy/admin.sock", "web", (18081, 18082), "PORT", 2.5)
+    assert edge.traffic == Traffic("caddy", "http://127.0.0.1:2019", "web", (9001, 9002, 9003), "PORT", 2.5)
+
+
+def test_without_a_traffic_section_targets_stay_stop_first(tmp_path: Path) -> None:
+    [target] = configuration.load(str(write(tmp_path, BASE_APP + TARGET))).apps["web"].targets
+    assert target.traffic is None
+
+
+def test_a_ports_mapping_to_the_slot_replaces_slot_env(tmp_path: Path) -> None:
+    text = BASE_APP + TRAFFIC.replace('slot_env = "PORT"\n', "") + TARGET + 'ports = { "80/tcp" = "127.0.0.1:{port}" }\n'
+    [target] = configuration.load(str(write(tmp_path, text))).apps["web"].targets
+    assert target.traffic is not None and target.traffic.slot_env is None
+    assert target.settings["ports"] == {"80/tcp": "127.0.0.1:{port}"}
+
+
+NO_SLOT_ENV = TRAFFIC.replace('slot_env = "PORT"\n', "")
+BAD_TRAFFIC = {
+    "unknown traffic key": (BASE_APP + TRAFFIC + 'drian = 5\n' + TARGET, "unknown key apps.web.traffic.drian"),
+    "unknown router": (BASE_APP + TRAFFIC.replace('"haproxy"', '"nginx"') + TARGET, "apps.web.traffic.router = 'nginx'"),
+    "one slot": (BASE_APP + TRAFFIC.replace("[18081, 18082]", "[18081]") + TARGET, "apps.web.traffic.slots = [18081]"),
+    "same slot twice": (BASE_APP + TRAFFIC.replace("[18081, 18082]", "[18081, 18081]") + TARGET, "must be distinct"),
+    "slot out of range": (BASE_APP + TRAFFIC.replace("18082", "70000") + TARGET, "apps.web.traffic.slots"),
+    "slot not a number": (BASE_APP + TRAFFIC.replace("18082", '"18082"') + TARGET, "apps.web.traffic.slots"),
+    "negative drain": (BASE_APP + TRAFFIC + 'drain = -1\n' + TARGET, "apps.web.traffic.drain = -1"),
+    "slot_env not a name": (BASE_APP + TRAFFIC.replace('"PORT"', '"MY PORT"') + TARGET, "apps.web.traffic.slot_env"),
+    "missing admin": (BASE_APP + TRAFFIC.replace('admin = "unix:///run/haproxy/admin.sock"\n', "") + TARGET,
+                      "apps.web.traffic.admin is missing"),
+    "missing slots in the target's table": (
+        BASE_APP + TARGET + 'traffic = { router = "caddy", admin = "http://127.0.0.1:2019", route = "web", slot_env = "PORT" }\n',
+        "apps.web.targets[0].traffic.slots is missing"),
+    "admin of another router's form": (
+        BASE_APP + TRAFFIC.replace("unix:///run/haproxy/admin.sock", "http://127.0.0.1:2019") + TARGET,
+        "apps.web.traffic.admin = 'http://127.0.0.1:2019' is not an HAProxy runtime API address"),
+    "neither slot_env nor a ports mapping": (BASE_APP + NO_SLOT_ENV + TARGET, "apps.web.traffic: tell the container its slot"),
+    "both slot_env and a ports mapping": (BASE_APP + TRAFFIC + TARGET + 'ports = { "80" = "{port}" }\n',
+                                          "not both, not neither"),
+    "{port} in ports without traffic": (BASE_APP + TARGET + 'ports = { "80" = "{port}" }\n',
+                                        "apps.web.ports: '80' maps to {port} but there is no traffic section"),
+    "{port} in health.http without traffic": (
+        BASE_APP + '[apps.web.health]\nhttp = "http://127.0.0.1:{port}/"\n' + TARGET, "health.http has {port}"),
+    "traffic on a kubernetes target": (
+        BASE_APP + TRAFFIC + '[[apps.web.targets]]\nname = "k"\nkind = "kubernetes"\ndeployment = "web"\n',
+        "a kubernetes target takes no traffic section"),
+}
+
+
+@pytest.mark.parametrize("text,names", list(BAD_TRAFFIC.values()), ids=list(BAD_TRAFFIC))
+def test_traffic_mistakes_name_the_file_and_the_key(tmp_path: Path, text: str, names: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        configuration.load(str(path))
+    message = str(caught.value)
+    assert caught.value.exit_code == EXIT_USAGE
+    assert str(path) in message and names in message and "\n" not in message
