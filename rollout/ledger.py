@@ -527,7 +527,103 @@ def load_batches(rows: Iterable[tuple[str, dict[str, Any]]], columns: dict[str, 
         yield table, batch  # type: ignore[misc]
 
 
-class SqliteLedger(LedgerBackend):
+class SqlReads(LedgerBackend):
+    """The read queries both SQL backends share (LedgerBackend's contracts), written once with
+    `?` placeholders: SqliteLedger runs them as they are, PostgresLedger turns `?` into `%s`
+    (no query here holds a literal `?` or `%`). A backend provides `find`, `_rows` (dict rows)
+    and `_one` (a dict row or None).
+    """
+
+    def get(self, entry_id: int) -> Entry:
+        entry = self.find(entry_id)  # type: ignore[attr-defined]
+        if entry is None:
+            raise LedgerError(f"no ledger entry #{entry_id}: see `rollout history` for the ids")
+        return entry
+
+    def history(self, app: str | None = None, limit: int | None = None) -> list[Entry]:
+        return self._newest_first({} if app is None else {"app": app}, limit)
+
+    def current(self, app: str) -> Entry | None:
+        """The app's newest healthy entry: what should be running now."""
+        row = self._one("SELECT * FROM entries WHERE app = ? AND status = 'healthy' ORDER BY id DESC LIMIT 1", [app])
+        return Entry.from_row(row) if row else None
+
+    def last_healthy(self, app: str, *, not_digest: str | None = None, before_id: int | None = None) -> Entry | None:
+        sql = "SELECT * FROM entries WHERE app = ? AND status = 'healthy'"
+        params: list[Any] = [app]
+        if not_digest is not None:
+            sql += " AND digest != ?"
+            params.append(not_digest)
+        if before_id is not None:
+            sql += " AND id < ?"
+            params.append(before_id)
+        row = self._one(sql + " ORDER BY id DESC LIMIT 1", params)
+        return Entry.from_row(row) if row else None
+
+    def with_tag(self, app: str, tag: str) -> list[Entry]:
+        """Every entry of `app` recorded with `tag`, whatever its kind and status, newest first."""
+        return [Entry.from_row(row) for row in
+                self._rows("SELECT * FROM entries WHERE app = ? AND tag = ? ORDER BY id DESC", [app, tag])]
+
+    def digests_for_tag(self, app: str, tag: str) -> set[str]:
+        return {row["digest"] for row in self._rows("SELECT DISTINCT digest FROM entries WHERE app = ? AND tag = ?", [app, tag])}
+
+    def unfinished(self, app: str | None = None) -> list[Entry]:
+        sql = "SELECT * FROM entries WHERE status IN ('pending', 'applying', 'verifying')"
+        params: list[Any] = []
+        if app is not None:
+            sql += " AND app = ?"
+            params.append(app)
+        return [Entry.from_row(row) for row in self._rows(sql + " ORDER BY id", params)]
+
+    def counts(self, app: str) -> dict[tuple[str, str], int]:
+        rows = self._rows("SELECT kind, status, COUNT(*) AS n FROM entries WHERE app = ? GROUP BY kind, status", [app])
+        return {(row["kind"], row["status"]): int(row["n"]) for row in rows}
+
+    def targets(self, entry_id: int) -> list[TargetRow]:
+        rows = self._rows(
+            "SELECT entry_id, target, image_before, image_after, outcome, detail, updated_at FROM targets"
+            " WHERE entry_id = ? ORDER BY id",
+            [entry_id],
+        )
+        return [TargetRow(**row) for row in rows]
+
+    def events(self, entry_id: int) -> list[dict[str, Any]]:
+        rows = self._rows("SELECT at, event, detail FROM events WHERE entry_id = ? ORDER BY id", [entry_id])
+        return [{**row, "detail": json.loads(row["detail"])} for row in rows]
+
+    def leases(self, app: str | None = None) -> list[Lease]:
+        sql = "SELECT app, holder, host, pid, acquired_at, expires_at, heartbeat_at FROM locks"
+        params: list[Any] = []
+        if app is not None:
+            sql += " WHERE app = ?"
+            params.append(app)
+        return [Lease(**row) for row in self._rows(sql + " ORDER BY app", params)]
+
+    def rebuilds(self, app: str, build_key: str | None = None, limit: int | None = None) -> list[Entry]:
+        equal = {"app": app, "kind": REBUILD}
+        if build_key is not None:
+            equal["build_key"] = build_key
+        return self._newest_first(equal, limit)
+
+    def build_key_count(self, app: str) -> int:
+        row = self._one("SELECT COUNT(DISTINCT build_key) AS n FROM entries WHERE app = ? AND kind = ?", [app, REBUILD])
+        return int(row["n"]) if row else 0
+
+    def _newest_first(self, equal: dict[str, Any], limit: int | None) -> list[Entry]:
+        """Entries whose columns equal `equal` (names from this module, never from input), newest first."""
+        sql = "SELECT * FROM entries"
+        if equal:
+            sql += " WHERE " + " AND ".join(f"{column} = ?" for column in equal)
+        params: list[Any] = list(equal.values())
+        sql += " ORDER BY id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [Entry.from_row(row) for row in self._rows(sql, params)]
+
+
+class SqliteLedger(SqlReads):
     """The ledger in one SQLite file (WAL mode, created 0600); every method is a short
     transaction so concurrent rollouts interleave safely. Method contracts: LedgerBackend.
 
@@ -646,78 +742,11 @@ class SqliteLedger(LedgerBackend):
 
     # -- reading -------------------------------------------------------------
 
-    def get(self, entry_id: int) -> Entry:
-        row = self._one("SELECT * FROM entries WHERE id = ?", [entry_id])
-        if row is None:
-            raise LedgerError(f"no ledger entry #{entry_id}: see `rollout history` for the ids")
-        return Entry.from_row(row)
-
     def find(self, entry_id: int) -> Entry | None:
         row = self._one("SELECT * FROM entries WHERE id = ?", [entry_id])
         return Entry.from_row(row) if row else None
 
-    def history(self, app: str | None = None, limit: int | None = None) -> list[Entry]:
-        return self._newest_first({} if app is None else {"app": app}, limit)
-
-    def current(self, app: str) -> Entry | None:
-        """The app's newest healthy entry: what should be running now."""
-        row = self._one("SELECT * FROM entries WHERE app = ? AND status = 'healthy' ORDER BY id DESC LIMIT 1", [app])
-        return Entry.from_row(row) if row else None
-
-    def last_healthy(self, app: str, *, not_digest: str | None = None, before_id: int | None = None) -> Entry | None:
-        sql = "SELECT * FROM entries WHERE app = ? AND status = 'healthy'"
-        params: list[Any] = [app]
-        if not_digest is not None:
-            sql += " AND digest != ?"
-            params.append(not_digest)
-        if before_id is not None:
-            sql += " AND id < ?"
-            params.append(before_id)
-        row = self._one(sql + " ORDER BY id DESC LIMIT 1", params)
-        return Entry.from_row(row) if row else None
-
-    def with_tag(self, app: str, tag: str) -> list[Entry]:
-        """Every entry of `app` recorded with `tag`, whatever its kind and status, newest first."""
-        return [Entry.from_row(row) for row in
-                self._rows("SELECT * FROM entries WHERE app = ? AND tag = ? ORDER BY id DESC", [app, tag])]
-
-    def digests_for_tag(self, app: str, tag: str) -> set[str]:
-        return {row["digest"] for row in self._rows("SELECT DISTINCT digest FROM entries WHERE app = ? AND tag = ?", [app, tag])}
-
-    def unfinished(self, app: str | None = None) -> list[Entry]:
-        sql = "SELECT * FROM entries WHERE status IN ('pending', 'applying', 'verifying')"
-        params: list[Any] = []
-        if app is not None:
-            sql += " AND app = ?"
-            params.append(app)
-        return [Entry.from_row(row) for row in self._rows(sql + " ORDER BY id", params)]
-
-    def counts(self, app: str) -> dict[tuple[str, str], int]:
-        """How many entries the app has, by (kind, status)."""
-        rows = self.db.execute("SELECT kind, status, COUNT(*) FROM entries WHERE app = ? GROUP BY kind, status", [app])
-        return {(kind, status): count for kind, status, count in rows.fetchall()}
-
-    def targets(self, entry_id: int) -> list[TargetRow]:
-        rows = self._rows(
-            "SELECT entry_id, target, image_before, image_after, outcome, detail, updated_at FROM targets"
-            " WHERE entry_id = ? ORDER BY id",
-            [entry_id],
-        )
-        return [TargetRow(**row) for row in rows]
-
-    def events(self, entry_id: int) -> list[dict[str, Any]]:
-        rows = self._rows("SELECT at, event, detail FROM events WHERE entry_id = ? ORDER BY id", [entry_id])
-        return [{**row, "detail": json.loads(row["detail"])} for row in rows]
-
     # -- leases ----------------------------------------------------------------
-
-    def leases(self, app: str | None = None) -> list[Lease]:
-        sql = "SELECT app, holder, host, pid, acquired_at, expires_at, heartbeat_at FROM locks"
-        params: list[Any] = []
-        if app is not None:
-            sql += " WHERE app = ?"
-            params.append(app)
-        return [Lease(**row) for row in self._rows(sql + " ORDER BY app", params)]
 
     def take_lease(self, app: str, lease_seconds: float) -> Lease | None:
         now = time.time()
@@ -773,17 +802,6 @@ class SqliteLedger(LedgerBackend):
                     "app", "repository", "tag", "digest", "build_key", "base_digests", "deploy")}))
         return builds
 
-    def rebuilds(self, app: str, build_key: str | None = None, limit: int | None = None) -> list[Entry]:
-        equal = {"app": app, "kind": REBUILD}
-        if build_key is not None:
-            equal["build_key"] = build_key
-        return self._newest_first(equal, limit)
-
-    def build_key_count(self, app: str) -> int:
-        row = self.db.execute("SELECT COUNT(DISTINCT build_key) FROM entries WHERE app = ? AND kind = ?",
-                              [app, REBUILD]).fetchone()
-        return int(row[0])
-
     # -- the whole ledger (rollout.ledger_copy) ------------------------------------
 
     def dump(self) -> Generator[tuple[str, dict[str, Any]], None, None]:
@@ -820,18 +838,6 @@ class SqliteLedger(LedgerBackend):
                                     batch)
 
     # -- helpers ---------------------------------------------------------------
-
-    def _newest_first(self, equal: dict[str, Any], limit: int | None) -> list[Entry]:
-        """Entries whose columns equal `equal` (names from this module, never from input), newest first."""
-        sql = "SELECT * FROM entries"
-        if equal:
-            sql += " WHERE " + " AND ".join(f"{column} = ?" for column in equal)
-        params: list[Any] = list(equal.values())
-        sql += " ORDER BY id DESC"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
-        return [Entry.from_row(row) for row in self._rows(sql, params)]
 
     def _rows(self, sql: str, params: list[Any]) -> Iterator[dict[str, Any]]:
         cursor = self.db.execute(sql, params)

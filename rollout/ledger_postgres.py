@@ -55,7 +55,7 @@ from rollout import faults
 from rollout.errors import LeaseLost, LedgerBusy, LedgerError, LedgerUnreachable, one_line
 from rollout.ledger_url import redact
 from rollout.ledger import (BUILD_PUSHED, COPIED_TABLES, FINISHED, PENDING, REBUILD, SCHEMA_VERSION, Entry,
-                            Lease, LedgerBackend, NewEntry, PushedBuild, TargetRow, default_actor, load_batches,
+                            Lease, LedgerBackend, NewEntry, PushedBuild, SqlReads, TargetRow, default_actor, load_batches,
                             now_iso)
 from rollout.ledger_spool import VERSION as SPOOL_VERSION
 from rollout.ledger_spool import Spool, spool_path
@@ -482,7 +482,7 @@ class _Transaction:
             pass  # the connection is gone: the server rolled the transaction back itself
 
 
-class PostgresLedger(LedgerBackend):
+class PostgresLedger(SqlReads):
     """The ledger in a PostgreSQL database (schema in the connection's search_path).
 
     `url`: a `postgresql://` URL or libpq key=value string. Opening connects (libpq's
@@ -851,12 +851,6 @@ class PostgresLedger(LedgerBackend):
 
     # -- reading -----------------------------------------------------------------
 
-    def get(self, entry_id: int) -> Entry:
-        entry = self.find(entry_id)
-        if entry is None:
-            raise LedgerError(f"no ledger entry #{entry_id}: see `rollout history` for the ids")
-        return entry
-
     def find(self, entry_id: int) -> Entry | None:
         known = self._known.get(entry_id)
         if self._outage is not None and known is not None:
@@ -873,63 +867,7 @@ class PostgresLedger(LedgerBackend):
         row = self._one("SELECT * FROM entries WHERE id = %s", [entry_id])
         return Entry.from_row(row) if row else None
 
-    def history(self, app: str | None = None, limit: int | None = None) -> list[Entry]:
-        return self._newest_first({} if app is None else {"app": app}, limit)
-
-    def current(self, app: str) -> Entry | None:
-        row = self._one("SELECT * FROM entries WHERE app = %s AND status = 'healthy' ORDER BY id DESC LIMIT 1", [app])
-        return Entry.from_row(row) if row else None
-
-    def last_healthy(self, app: str, *, not_digest: str | None = None, before_id: int | None = None) -> Entry | None:
-        sql = "SELECT * FROM entries WHERE app = %s AND status = 'healthy'"
-        params: list[Any] = [app]
-        if not_digest is not None:
-            sql += " AND digest != %s"
-            params.append(not_digest)
-        if before_id is not None:
-            sql += " AND id < %s"
-            params.append(before_id)
-        row = self._one(sql + " ORDER BY id DESC LIMIT 1", params)
-        return Entry.from_row(row) if row else None
-
-    def with_tag(self, app: str, tag: str) -> list[Entry]:
-        return [Entry.from_row(row) for row in
-                self._rows("SELECT * FROM entries WHERE app = %s AND tag = %s ORDER BY id DESC", [app, tag])]
-
-    def digests_for_tag(self, app: str, tag: str) -> set[str]:
-        return {row["digest"] for row in
-                self._rows("SELECT DISTINCT digest FROM entries WHERE app = %s AND tag = %s", [app, tag])}
-
-    def unfinished(self, app: str | None = None) -> list[Entry]:
-        sql = "SELECT * FROM entries WHERE status IN ('pending', 'applying', 'verifying')"
-        params: list[Any] = []
-        if app is not None:
-            sql += " AND app = %s"
-            params.append(app)
-        return [Entry.from_row(row) for row in self._rows(sql + " ORDER BY id", params)]
-
-    def counts(self, app: str) -> dict[tuple[str, str], int]:
-        rows = self._rows("SELECT kind, status, COUNT(*) AS n FROM entries WHERE app = %s GROUP BY kind, status", [app])
-        return {(row["kind"], row["status"]): int(row["n"]) for row in rows}
-
-    def targets(self, entry_id: int) -> list[TargetRow]:
-        rows = self._rows("SELECT entry_id, target, image_before, image_after, outcome, detail, updated_at"
-                          " FROM targets WHERE entry_id = %s ORDER BY id", [entry_id])
-        return [TargetRow(**row) for row in rows]
-
-    def events(self, entry_id: int) -> list[dict[str, Any]]:
-        rows = self._rows("SELECT at, event, detail FROM events WHERE entry_id = %s ORDER BY id", [entry_id])
-        return [{**row, "detail": json.loads(row["detail"])} for row in rows]
-
     # -- leases ------------------------------------------------------------------
-
-    def leases(self, app: str | None = None) -> list[Lease]:
-        sql = "SELECT app, holder, host, pid, acquired_at, expires_at, heartbeat_at FROM locks"
-        params: list[Any] = []
-        if app is not None:
-            sql += " WHERE app = %s"
-            params.append(app)
-        return [Lease(**row) for row in self._rows(sql + " ORDER BY app", params)]
 
     def take_lease(self, app: str, lease_seconds: float) -> Lease | None:
         holder, host, pid = default_actor(), socket.gethostname(), os.getpid()
@@ -991,17 +929,6 @@ class PostgresLedger(LedgerBackend):
                 "app", "repository", "tag", "digest", "build_key", "base_digests", "deploy")}))
         return builds
 
-    def rebuilds(self, app: str, build_key: str | None = None, limit: int | None = None) -> list[Entry]:
-        equal = {"app": app, "kind": REBUILD}
-        if build_key is not None:
-            equal["build_key"] = build_key
-        return self._newest_first(equal, limit)
-
-    def build_key_count(self, app: str) -> int:
-        row = self._one("SELECT COUNT(DISTINCT build_key) AS n FROM entries WHERE app = %s AND kind = %s",
-                        [app, REBUILD])
-        return int(row["n"])
-
     # -- the whole ledger (rollout.ledger_copy) ------------------------------------------
 
     def dump(self) -> Generator[tuple[str, dict[str, Any]], None, None]:
@@ -1046,18 +973,6 @@ class PostgresLedger(LedgerBackend):
 
     # -- helpers -------------------------------------------------------------------
 
-    def _newest_first(self, equal: dict[str, Any], limit: int | None) -> list[Entry]:
-        """Entries whose columns equal `equal` (names from this module, never from input), newest first."""
-        sql = "SELECT * FROM entries"
-        if equal:
-            sql += " WHERE " + " AND ".join(f"{column} = %s" for column in equal)
-        params: list[Any] = list(equal.values())
-        sql += " ORDER BY id DESC"
-        if limit is not None:
-            sql += " LIMIT %s"
-            params.append(limit)
-        return [Entry.from_row(row) for row in self._rows(sql, params)]
-
     def _rows(self, sql: str, params: list[Any]) -> Iterator[dict[str, Any]]:
         return iter(self._read(sql, params).fetchall())
 
@@ -1065,7 +980,9 @@ class PostgresLedger(LedgerBackend):
         return self._read(sql, params).fetchone()
 
     def _read(self, sql: str, params: list[Any]) -> psycopg.Cursor[Any]:
-        """Run a query, reconnecting first if the last connection was lost; LedgerUnreachable if it is gone."""
+        """Run a query (`?` placeholders, as SqlReads writes them, or psycopg's `%s`), reconnecting
+        first if the last connection was lost; LedgerUnreachable if it is gone."""
+        sql = sql.replace("?", "%s")
         try:
             conn = self.conn if self._txn is not None else self._live()
             return conn.execute(sql, params)
