@@ -1,7 +1,8 @@
 """SIGINT / SIGTERM during a deploy: stop waiting, put the last healthy release back, exit 130 / 143.
 
 The real `rollout deploy` on the real engine receives the signal while it waits for the new
-release to prove healthy.
+release to prove healthy; on a SQLite ledger and on a PostgreSQL one (ledger_project): the
+interrupted entry, the revert and the released lock must reach either backend (issue 13).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from support.project import Project, write_config
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 @pytest.mark.parametrize("tag", ["never-ready", "good2"])
-def test_a_signal_during_verify_reverts_and_exits_128_plus_signal(project: Project, signum: int, code: int,
+def test_a_signal_during_verify_reverts_and_exits_128_plus_signal(ledger_project: Project, signum: int, code: int,
                                                                   tag: str) -> None:
+    project = ledger_project
     write_config(project, timeout=60, stable=1)
     assert project.run("deploy", "web:good1").returncode == 0
     good = project.history()[0]

@@ -1,14 +1,19 @@
-"""Rolling and parallel strategies across several targets (the orchestrator with in-memory targets)."""
+"""Rolling and parallel strategies across several targets (the orchestrator with in-memory
+targets): every test that runs the orchestrator runs once on a SQLite file and once on a
+PostgreSQL database (the ledger_location fixture), so batches, their ledger rows and reverts
+hold on both backends (issue 13)."""
 
 from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
+from typing import Iterator
+
+import pytest
 
 from rollout import ledger as L
 from rollout.errors import EXIT_OK, EXIT_REVERTED
-from rollout.ledger import Ledger
+from rollout.ledger import LedgerBackend, open_ledger
 from rollout.orchestrator import Orchestrator, Strategy, plan_batches
 from rollout.reference import parse
 from rollout.targets import Release
@@ -27,12 +32,19 @@ from support.fakes import (
 NAMES = ("h1", "h2", "h3", "h4", "h5")
 
 
-def orchestrator(tmp_path: Path, rollout: dict) -> tuple[Orchestrator, list[FakeTarget], FakeResolver, Ledger]:
-    ledger = Ledger(tmp_path / "ledger.db")
+@pytest.fixture
+def ledger(ledger_location: str) -> Iterator[LedgerBackend]:
+    """The test's ledger, once per backend (ledger_location), closed after the test."""
+    opened = open_ledger(ledger_location)
+    yield opened
+    opened.close()
+
+
+def orchestrator(ledger: LedgerBackend, rollout: dict) -> tuple[Orchestrator, list[FakeTarget], FakeResolver]:
     targets = [FakeTarget(name) for name in NAMES]
     resolver = FakeResolver()
     app = app_config(NAMES, rollout=rollout)
-    return Orchestrator(app, ledger, resolver, targets, scripted_verifier, RecordingReporter()), targets, resolver, ledger  # type: ignore[arg-type]
+    return Orchestrator(app, ledger, resolver, targets, scripted_verifier, RecordingReporter()), targets, resolver  # type: ignore[arg-type]
 
 
 def publish(resolver: FakeResolver, tag: str) -> str:
@@ -47,8 +59,8 @@ def test_batches_follow_the_strategy() -> None:
     assert [[t.name for t in b] for b in plan_batches(targets, Strategy())] == [list(NAMES)]
 
 
-def test_rolling_stops_at_the_first_failing_batch_and_reverts_only_moved_targets(tmp_path: Path) -> None:
-    orch, targets, resolver, ledger = orchestrator(tmp_path, {"strategy": "rolling", "batch_size": 2})
+def test_rolling_stops_at_the_first_failing_batch_and_reverts_only_moved_targets(ledger: LedgerBackend) -> None:
+    orch, targets, resolver = orchestrator(ledger, {"strategy": "rolling", "batch_size": 2})
     publish(resolver, "v1")
     assert orch.deploy(parse(f"{IMAGE}:v1")).exit_code == EXIT_OK
     bad = publish(resolver, "v2")
@@ -63,8 +75,8 @@ def test_rolling_stops_at_the_first_failing_batch_and_reverts_only_moved_targets
     assert [c for c in targets[4].calls if c[0] == "apply"] == [("apply", fake_digest("v1"))]  # h5 only ever got v1
 
 
-def test_parallel_moves_every_target_and_reverts_every_target(tmp_path: Path) -> None:
-    orch, targets, resolver, ledger = orchestrator(tmp_path, {"strategy": "parallel", "max_parallel": 2})
+def test_parallel_moves_every_target_and_reverts_every_target(ledger: LedgerBackend) -> None:
+    orch, targets, resolver = orchestrator(ledger, {"strategy": "parallel", "max_parallel": 2})
     publish(resolver, "v1")
     assert orch.deploy(parse(f"{IMAGE}:v1")).exit_code == EXIT_OK
     bad = publish(resolver, "v2")
@@ -117,12 +129,12 @@ class GatedTarget(FakeTarget):
         return super().apply(release)
 
 
-def test_parallel_runs_max_parallel_targets_at_once_and_no_more(tmp_path: Path) -> None:
+def test_parallel_runs_max_parallel_targets_at_once_and_no_more(ledger: LedgerBackend) -> None:
     gates = {step: Gate(limit=2, total=len(NAMES)) for step in ("prepare", "apply")}
     targets = [GatedTarget(name, gates) for name in NAMES]
     resolver = FakeResolver({"v1": fake_digest("v1")})
     app = app_config(NAMES, rollout={"strategy": "parallel", "max_parallel": 2})
-    orch = Orchestrator(app, Ledger(tmp_path / "ledger.db"), resolver, targets, scripted_verifier,  # type: ignore[arg-type]
+    orch = Orchestrator(app, ledger, resolver, targets, scripted_verifier,  # type: ignore[arg-type]
                         RecordingReporter())
     assert orch.deploy(parse(f"{IMAGE}:v1")).exit_code == EXIT_OK
     assert {step: gate.most for step, gate in gates.items()} == {"prepare": 2, "apply": 2}
@@ -173,13 +185,13 @@ class JournalingReporter(RecordingReporter):
             self.journal.note("pause")
 
 
-def test_rolling_pauses_between_batches_after_each_batch_is_verified(tmp_path: Path) -> None:
+def test_rolling_pauses_between_batches_after_each_batch_is_verified(ledger: LedgerBackend) -> None:
     pause = 0.2
     journal = Journal()
     targets = [JournalingTarget(name, journal) for name in NAMES]
     resolver = FakeResolver({"v1": fake_digest("v1")})
     app = app_config(NAMES, rollout={"strategy": "rolling", "batch_size": 2, "pause": pause})
-    orch = Orchestrator(app, Ledger(tmp_path / "ledger.db"), resolver, targets, scripted_verifier,  # type: ignore[arg-type]
+    orch = Orchestrator(app, ledger, resolver, targets, scripted_verifier,  # type: ignore[arg-type]
                         JournalingReporter(journal))
     assert orch.deploy(parse(f"{IMAGE}:v1")).exit_code == EXIT_OK
 
