@@ -62,7 +62,8 @@ def verify(watch: Watch, policy: HealthPolicy, *, probe: Probe = http_probe,
 
     Healthy: `watch` reports ready (a container running and passing its image's HEALTHCHECK
     if it has one; a Deployment's updated replicas all available, as `kubectl rollout status`
-    judges), `policy.http`, when set, answers 2xx, and both hold without a break for
+    judges), `policy.http`, when set, answers 2xx ("{port}" in it: the slot the observation
+    names, Observation.slot), and both hold without a break for
     `policy.stable` seconds (a break restarts the count). Failed: the watch reports a failure
     (a crash, restart, OOM kill, failing HEALTHCHECK, crash loop or pull error: the target
     decides, see rollout.targets) at the first look after it, or `policy.timeout` seconds pass
@@ -85,7 +86,9 @@ def verify(watch: Watch, policy: HealthPolicy, *, probe: Probe = http_probe,
             return Verdict(False, observation.failed, now - start)
         ready, detail = observation.ready, observation.detail
         if ready and policy.http:
-            ready, probe_detail = probe(policy.http, min(2.0, max(policy.interval, 0.5)))
+            # "{port}" in the URL stands for the slot a release is verified on (a traffic section).
+            url = policy.http if observation.slot is None else policy.http.replace("{port}", str(observation.slot))
+            ready, probe_detail = probe(url, min(2.0, max(policy.interval, 0.5)))
             detail = f"{detail}, {probe_detail}" if detail else probe_detail
         if ready:
             healthy_since = now if healthy_since is None else healthy_since

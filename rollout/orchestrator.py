@@ -402,7 +402,7 @@ class Orchestrator:
         return attempt
 
     def _verify_all(self, targets: list[Target], release: Release) -> list[Verdict]:
-        def one(target: Target) -> Verdict:
+        def judge(target: Target) -> Verdict:
             try:
                 watch = _Cancellable(target.watch(release), self._cancelled)
             except Exception as exc:  # noqa: BLE001 - a target we cannot watch is not healthy
@@ -414,6 +414,18 @@ class Orchestrator:
                 return Verdict(False, f"cannot verify: {one_line(exc)}", 0.0)
             finally:
                 watch.close()
+
+        def one(target: Target) -> Verdict:
+            verdict = judge(target)
+            # Optional Target.settle (targets/__init__.py): a target that moved traffic to the release
+            # acts on the verdict at once, here, before any ledger write (a failed one goes back first).
+            settle = getattr(target, "settle", None)
+            if settle is not None:
+                try:
+                    settle(verdict.healthy)
+                except Exception as exc:  # noqa: BLE001 - the verdict stands; the operator is told
+                    self.reporter.warn(f"target {target.name}: {one_line(exc)}")
+            return verdict
 
         if len(targets) == 1:
             return [one(targets[0])]

@@ -55,6 +55,9 @@ class Observation:
     ready: bool
     failed: str | None = None
     detail: str = ""
+    # The host port the release is verified on (a docker target with a traffic section): "{port}"
+    # in the health policy's http URL stands for it (rollout.health.verify).
+    slot: int | None = None
 
 
 class OutOfOrder(RuntimeError):
@@ -96,6 +99,12 @@ class Target(Protocol):
         logs(lines)                    after watch, when the verdict is a failure
         stop()                         only after a failed apply or a failed verification, and only
                                        when there is no healthy release to revert to
+
+    Optional: settle(healthy) is called right after each verdict on the release the last apply()
+    started, on the verifying thread, when the target has it (a docker target with a traffic
+    section: rollout.targets.docker.target): healthy, the release it replaced is stopped (after
+    the drain time); not healthy, the traffic goes back to that release at once and the new one
+    is stopped. What it raises is reported as a warning, never changes the verdict.
 
     A revert is another prepare/apply/watch with the earlier release on a new object; stop() is
     not a revert. Every method but logs() may raise:

@@ -2,6 +2,12 @@
 
 The old container is renamed and stopped, never deleted at once, so going back
 is `docker start` of a container that already exists: no pull, no create.
+
+Without a traffic section that is stop-first: the old container stops before the new one starts,
+and requests in between fail. With one (rollout.config.Traffic, issue 14) nothing is stopped
+first: the new container starts beside the live one on the idle slot, is verified there and takes
+the traffic through the router (rollout.targets.docker.traffic), and the old one keeps running
+through the stable window and the drain time, so a failure is a switch back (`settle`).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import datetime as dt
 import json
 import os
 import re
+import threading
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -23,11 +30,13 @@ from rollout.config import AppConfig, TargetConfig
 from rollout.errors import EXIT_USAGE, ConfigError, NotApplied, TargetUnreachable, UserError, one_line
 from rollout.faults import kill_point
 from rollout.reference import checked_digest, checked_image, repo_digests
+from rollout.routers import Router, open_router
 from rollout.targets import OutOfOrder, Release, Running
 from rollout.targets.docker.endpoint import connect, resolve_endpoint
 from rollout.targets.docker.engine import ENGINE_RETRY_SECONDS, engine_call, engine_failure, log, short_reason
 from rollout.targets.docker.ssh import ssh_destination
 from rollout.targets.docker.spec import BUILTIN_NETWORKS, ROLLOUT_LABEL_PREFIX, create_spec, restart_policy
+from rollout.targets.docker.traffic import LABEL_SLOT, SlotWatch, port_of, upstream
 from rollout.targets.docker.watch import DockerWatch
 
 KEEP_RETIRED = 3
@@ -64,6 +73,11 @@ class DockerTarget:
         self._client: docker.DockerClient | None = None
         self._started_id: str | None = None  # the container the last apply made to take the name
         self._replaced: _Replaced | None = None  # the one it replaced, as it was before
+        self.traffic = config.traffic  # None: stop-first
+        self.health = config.health
+        self._router: Router | None = None
+        self._upstreams: list[str] = []  # what the router sent traffic to at the last prepare()
+        self._beside: _Beside | None = None  # the last apply's release on its slot (traffic only)
 
     @property
     def where(self) -> str:
@@ -107,10 +121,23 @@ class DockerTarget:
         image = self._configured_image(container)
         return Running(image, self._digest_of(container), container.status, active=container.status == "running")
 
+    @property
+    def router(self) -> "Router":
+        """The traffic section's router (rollout.routers), built on first use; contacts nothing."""
+        if self._router is None:
+            assert self.traffic is not None, "only a target with a traffic section has a router"
+            self._router = open_router(self.traffic.router, self.traffic.admin, self.traffic.route)
+        return self._router
+
     def prepare(self, release: Release) -> None:
-        """Pull release.image (by digest) unless the engine has it; changes no container.
+        """Pull release.image (by digest) unless the engine has it; changes no container. With a
+        traffic section, first ask the router where the traffic goes (RouterUnreachable, exit 5, or
+        RouterConfigError, exit 2, when it cannot say: nothing changed).
         Engine calls are retried for ENGINE_RETRY_SECONDS (seconds) while its socket refuses.
         Raises TargetUnreachable (exit 5) when the engine or the pull fails."""
+        if self.traffic is not None:
+            self.router.check()
+            self._upstreams = self.router.upstreams()
         where = self.where
         try:
             engine_call(where, lambda: self.client.images.get(release.image))
@@ -139,11 +166,14 @@ class DockerTarget:
         3. the new container takes the name, the old one is stopped as its operator configured and
            its restart policy set to "no", so the engine never brings it back (docker:stopped);
         4. the new one is started (docker:started).
+        That is stop-first; with a traffic section none of it happens: see `_apply_beside`.
         Step 1 changes nothing the app runs, so any error in it is NotApplied (see `_prepare`):
         exit 2 when the settings are the cause, else 5, no container left behind. An error from
         step 2 on propagates: the target changed, and the orchestrator reverts it, or calls
         stop() when there is nothing to revert to.
         """
+        if self.traffic is not None:
+            return self._apply_beside(release)
         self._started_id, self._replaced = None, None
         change = self._prepare(release)
         old, container = change.old, change.container
@@ -230,8 +260,10 @@ class DockerTarget:
         if self._started_id is None:
             raise OutOfOrder(f"target {self.name}: watch() needs a successful apply() first"
                              " (call order: rollout.targets.Target)")
-        return DockerWatch(self.client, self._started_id, not_before_ns=self._started_at_ns,
-                           where=self.where)
+        watch = DockerWatch(self.client, self._started_id, not_before_ns=self._started_at_ns, where=self.where)
+        if self._beside is None:
+            return watch
+        return SlotWatch(watch, self._beside.slot, self.health.http, self._switch)  # type: ignore[return-value]
 
     def logs(self, lines: int = 20) -> str:
         """The last `lines` lines (stdout and stderr) of the container the last apply() started;
@@ -261,6 +293,13 @@ class DockerTarget:
         """
         replaced, new_id = self._replaced, self._started_id
         if new_id is None:
+            return
+        if self._beside is not None:
+            # Beside the live one, nothing else was touched: only the new container goes down
+            # (settle(False) already did it and moved the traffic back; this is for an apply that failed).
+            started = self._found(new_id)
+            if started is not None and self._beside.started:
+                self._quiet(started)
             return
         failed = self._found(new_id)
         if failed is not None:
@@ -316,6 +355,136 @@ class DockerTarget:
         except docker.errors.NotFound:
             return None
 
+    # -- zero downtime (a traffic section) ------------------------------------
+
+    def _apply_beside(self, release: Release) -> str | None:
+        """apply() with a traffic section: the release runs on a slot beside the live container,
+        which is not touched; return the image the live one runs (None: none).
+
+        The container for it, in this order: one of ours that already runs release.image on a slot
+        (the old release during or after a failed window: a revert is then only a switch); else a
+        kept container of that image created for the idle slot, started again; else a new one,
+        created under a temporary name (NAME.rollout-new-*) for the idle slot (`slot_env` set to
+        it, or "{port}" in `ports` replaced) and started. The idle slot is the first of `slots`
+        that neither the router sends traffic to nor the live container was created for; another
+        container of ours still on it is stopped first. Any error before the start is NotApplied
+        (nothing the app serves changed). The traffic moves only in verification (SlotWatch).
+        """
+        assert self.traffic is not None
+        self._started_id, self._replaced, self._beside = None, None, None
+        created = None
+        try:
+            live = self._container(self.container_name)
+            retired = self._retired()
+            before = self._configured_image(live) if live is not None else None
+            ours = ([live] if live is not None else []) + retired
+            routed = {port_of(address) for address in self._upstreams}
+            serving = sorted((c for c in ours if c.status == "running" and c.attrs["Config"]["Image"] == release.image
+                              and _slot_of(c) in self.traffic.slots),
+                             key=lambda c: _slot_of(c) not in routed)
+            previous = live if live is not None and (not serving or serving[0].id != live.id) else None
+            if serving:
+                container, slot, started = serving[0], _slot_of(serving[0]), False
+            else:
+                taken = routed | ({_slot_of(live)} if live is not None else set())
+                slot = next((s for s in self.traffic.slots if s not in taken), None)
+                if slot is None:
+                    raise NotApplied(f"target {self.name}: no idle slot among {list(self.traffic.slots)} (the router"
+                                     f" sends traffic to {', '.join(self._upstreams)}): add a slot", exit_code=EXIT_USAGE)
+                for other in ours:
+                    if other is not live and _slot_of(other) == slot and other.status != "exited":
+                        self._quiet(other)  # a leftover on the idle slot would hold its port
+                spare = next((c for c in retired if c.attrs["Config"]["Image"] == release.image
+                              and _slot_of(c) == slot), None)
+                if spare is not None:
+                    container = spare
+                    self._set_restart_policy(spare, _restart_policy(live) if live is not None
+                                             else self._restart_setting(spare))
+                else:
+                    created = container = self._create_runnable(release, live, self._slot_settings(slot),
+                                                                {LABEL_SLOT: str(slot)})
+                started = True
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the app's container is as it was
+            if created is not None:
+                _remove_quietly(self.client.api, created.id)
+            raise self._not_applied(exc) from None
+        self._started_id = container.id
+        self._beside = _Beside(slot, container.id, previous.id if previous is not None else None,
+                               list(self._upstreams), started)
+        if started:
+            container.start()
+            kill_point("docker:started")
+        container.reload()
+        self._started_at_ns = _timestamp_ns(container.attrs["State"]["StartedAt"])
+        return before
+
+    def _slot_settings(self, slot: int) -> dict[str, Any]:
+        """The target's settings for a container on `slot`: slot_env set to it, or "{port}" in `ports` replaced."""
+        assert self.traffic is not None
+        settings = dict(self.settings)
+        if self.traffic.slot_env:
+            settings["env"] = {**(settings.get("env") or {}), self.traffic.slot_env: str(slot)}
+        else:
+            settings["ports"] = {k: str(v).replace("{port}", str(slot)) for k, v in (settings.get("ports") or {}).items()}
+        return settings
+
+    def _switch(self) -> None:
+        """Move the traffic to the last apply's slot, then give its container the name (the one that
+        held it is set aside, still running). Called by SlotWatch once the release is ready there."""
+        beside = self._beside
+        assert beside is not None
+        beside.switched = beside.upstreams != [upstream(beside.slot)]
+        if beside.switched:  # already the only upstream (a revert after a switch back): no reload at all
+            self.router.switch(upstream(beside.slot))
+        kill_point("traffic:switched")
+        self._take_name(beside.container_id)
+
+    def _take_name(self, container_id: str) -> None:
+        """Give the container with that id the name, setting aside the one holding it (still running)."""
+        container = self._found(container_id)
+        if container is None or container.name == self.container_name:
+            return
+        holder = self._container(self.container_name)
+        if holder is not None:
+            self._set_aside(holder, taken={c.name for c in self._retired(keep=container_id)})
+        container.rename(self.container_name)
+
+    def settle(self, healthy: bool) -> None:
+        """After the verdict on the last apply's release (optional Target method; stop-first: nothing).
+
+        Healthy: the release it replaced keeps running for `drain` more seconds (the stable window
+        has already passed), then is stopped as its operator configured with restart policy "no",
+        and kept (a later revert starts it again on the idle slot); the oldest kept ones beyond
+        KEEP_RETIRED are pruned. Not healthy: when the traffic had moved, it goes back at once to
+        exactly what the router sent it to before (the old container, still running), the old
+        container takes the name back, and then the new one is stopped (kept for its logs).
+        Raises what the router (RouterUnreachable, exit 5) or the engine raise; the orchestrator's
+        revert then switches again.
+        """
+        beside, self._beside = self._beside, None
+        if beside is None:
+            return
+        if not healthy:
+            if beside.switched and beside.upstreams:
+                self.router.switch(beside.upstreams[0])
+                kill_point("traffic:switched-back")
+            if beside.previous_id is not None:
+                self._take_name(beside.previous_id)
+            failed = self._found(beside.container_id)
+            if failed is not None and beside.started:
+                self._quiet(failed)
+            return
+        if beside.previous_id is None:
+            return
+        assert self.traffic is not None
+        if beside.switched and self.traffic.drain > 0:
+            threading.Event().wait(self.traffic.drain)  # requests in flight on the old slot finish
+        previous = self._found(beside.previous_id)
+        if previous is not None:
+            self._quiet(previous)
+        retired = [c for c in self._retired() if c.id != beside.container_id]
+        self._prune(retired[KEEP_RETIRED:])
+
     # -- helpers -------------------------------------------------------------
 
     def _container(self, name: str) -> Any:
@@ -349,12 +518,13 @@ class DockerTarget:
         # An image pulled under another name only (a mirror): its digest is still the content's.
         return next(iter(ours or [digest for _, _, digest in known]), None)
 
-    def _retired(self) -> list[Any]:
+    def _retired(self, keep: str | None = None) -> list[Any]:
         """The retired containers NAME.rollout-*, most recently retired (stopped) first.
 
         A new container a killed or failed rollout left under its temporary name
         (NAME.rollout-new-*) is removed here instead: it never served, so it has no revert value,
-        and it must not be taken back as a kept container.
+        and it must not be taken back as a kept container. `keep`: the id of one that is not such a
+        leftover (a release beside the live one, about to take the name) and is left alone.
         """
         prefix = f"{self.container_name}.rollout-"
         containers = self.client.containers.list(all=True, filters={"name": prefix})
@@ -363,7 +533,8 @@ class DockerTarget:
         retired = []
         for container in containers:
             if container.name.startswith(self.container_name + NEW_INFIX):
-                container.remove(force=True)
+                if container.id != keep:
+                    container.remove(force=True)
             elif container.name.startswith(prefix):
                 retired.append(container)
         return sorted(retired, key=lambda c: c.attrs["State"].get("FinishedAt", ""), reverse=True)
@@ -394,7 +565,8 @@ class DockerTarget:
             container.rename(new_name)
         kill_point("docker:renamed")
 
-    def _create_runnable(self, release: Release, old: Any) -> Any:
+    def _create_runnable(self, release: Release, old: Any, settings: dict[str, Any] | None = None,
+                         labels: dict[str, str] | None = None) -> Any:
         """The new container, created (not started) under a temporary name, checked that it can run.
 
         "Cannot run": the engine refuses the create (an invalid port, a missing volume driver,
@@ -404,10 +576,10 @@ class DockerTarget:
         starts like a retired container's; one a killed rollout left is pruned (`_retired`).
         """
         name = f"{self.container_name}{NEW_INFIX}{release.entry_id}-{uuid.uuid4().hex[:6]}"
-        labels = {LABEL_APP: self.app.name, LABEL_ENTRY: str(release.entry_id),
+        labels = {**(labels or {}), LABEL_APP: self.app.name, LABEL_ENTRY: str(release.entry_id),
                   LABEL_TAG: release.tag or "", LABEL_DIGEST: release.digest}
         old_attrs = old.attrs if old is not None else None
-        container = self._create(release.image, labels, old_attrs, self.settings, name)
+        container = self._create(release.image, labels, old_attrs, self.settings if settings is None else settings, name)
         try:
             missing = self._missing_networks(container)
         except Exception:
@@ -572,6 +744,24 @@ class _Replaced:
         attrs = copy.deepcopy(container.attrs)
         return cls(container.id, container.status in ("running", "restarting", "paused"), _restart_policy(container),
                    bool((attrs.get("HostConfig") or {}).get("AutoRemove")), attrs)
+
+
+@dataclass
+class _Beside:
+    """A release an apply started (or found running) on a slot beside the live container (traffic)."""
+
+    slot: int  # the host port it listens on
+    container_id: str
+    previous_id: str | None  # the live container it replaces (None: none, or itself)
+    upstreams: list[str]  # what the router sent traffic to before: where a failure switches back
+    started: bool  # started by this apply (False: it already ran there)
+    switched: bool = False  # the router's traffic moved to it
+
+
+def _slot_of(container: Any) -> int | None:
+    """The slot a container was created for (its rollout.slot label), None without one."""
+    text = (container.labels or {}).get(LABEL_SLOT) or ""
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 @dataclass(frozen=True)

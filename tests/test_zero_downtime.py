@@ -1,0 +1,323 @@
+"""Zero-downtime deploys on a docker host through a real reverse proxy (issue 14), end to end:
+the real engine and registry, a real HAProxy or Caddy started per test (support.routers), a steady
+client load through the proxy (support.load) while rollout deploys, fails and reverts.
+
+The app is the test image on the host network; `slot_env = "PORT"` tells each release its slot.
+HAProxy must lose no request at all. Caddy 2.6 closes a few connections at each config reload (its
+listener swap, see rollout.routers.caddy): those are reported (record_property), never a 5xx.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from rollout.config import HealthPolicy
+from rollout.health import verify
+from rollout.ledger import open_ledger
+from rollout.reference import parse
+from rollout.targets import Observation
+from rollout.targets.docker.traffic import SlotWatch
+from rollout.orchestrator import Orchestrator
+from support.fakes import (IMAGE, FakeClock, FakeResolver, FakeTarget, RecordingReporter, ScriptedWatch, app_config,
+                           crashes, fake_digest, scripted_verifier)
+from support.images import APP_IMAGE, digest_of
+from support.load import Load
+from support.ports import free_port
+from support.project import Project, http_get
+from support.routers import Proxy, proxy
+
+ROUTERS = ["haproxy", "caddy"]
+WAIT = 60.0  # seconds: a hang guard on what a test waits for, not a measurement
+
+
+@pytest.fixture(params=ROUTERS)
+def bed(request: pytest.FixtureRequest, project: Project, tmp_path: Path) -> Iterator[tuple[Project, Proxy, list[int]]]:
+    """The project's app behind a fresh proxy with two slots, the traffic on the first (where nothing runs yet)."""
+    slots = [free_port(), free_port()]
+    proxy_dir = tmp_path / "proxy"
+    proxy_dir.mkdir()
+    with proxy(request.param, proxy_dir, [f"127.0.0.1:{s}" for s in slots]) as running:
+        write_traffic_config(project, running, slots)
+        yield project, running, slots
+
+
+def write_traffic_config(project: Project, running: Proxy, slots: list[int], *, stable: float = 1.5,
+                         admin: str | None = None) -> None:
+    project.config.write_text(f"""
+[apps.web]
+image = "{APP_IMAGE}"
+
+[apps.web.health]
+timeout = 20
+interval = 0.3
+stable = {stable}
+http = "http://127.0.0.1:{{port}}/health"
+
+[apps.web.traffic]
+router = "{running.kind}"
+admin = "{admin or running.admin}"
+route = "{running.route}"
+slots = {slots}
+slot_env = "PORT"
+drain = 0.5
+
+[[apps.web.targets]]
+name = "local"
+kind = "docker"
+container = "{project.container}"
+network = "host"
+""")
+
+
+def routed(running: Proxy) -> list[str]:
+    from rollout.routers import open_router
+
+    return open_router(running.kind, running.admin, running.route).upstreams()
+
+
+def through(running: Proxy) -> str | None:
+    return http_get(f"{running.url}/version")
+
+
+def failures(load: Load) -> list[str]:
+    return [a.error or f"http {a.status}: {a.body[:60]}" for a in load.answers if not a.ok]
+
+
+def served(load: Load) -> list[str]:
+    """The versions that answered, in order of the requests' starts."""
+    return [a.body.strip() for a in sorted(list(load.answers), key=lambda a: a.started) if a.ok]
+
+
+def check_failures(running: Proxy, load: Load, record_property: Any) -> None:
+    """0 failed requests through HAProxy; through Caddy the count is reported, and none is a 5xx."""
+    failed = failures(load)
+    record_property(f"{running.kind}_failed_requests", f"{len(failed)} of {len(load.answers)}")
+    print(f"{running.kind}: {len(failed)} failed of {len(load.answers)} requests", failed[:5])
+    if running.kind == "haproxy":
+        assert failed == [], f"{len(failed)} of {len(load.answers)} requests failed: {failed[:5]}"
+    else:
+        assert not [f for f in failed if f.startswith("http 5")], failed[:5]
+    assert len(load.answers) - len(failed) > 20, "the load hardly ran"
+
+
+def deploy(project: Project, tag: str) -> Any:
+    return project.run("deploy", f"web:{tag}")
+
+
+def test_healthy_upgrade_moves_traffic_without_dropping_requests(bed, docker_client, record_property) -> None:  # type: ignore[no-untyped-def]
+    project, running, slots = bed
+    first = deploy(project, "good1")
+    assert first.returncode == 0, first.stderr
+    # The first release went to the idle slot (the proxy pointed at slot 1, where nothing ran).
+    assert routed(running) == [f"127.0.0.1:{slots[1]}"] and through(running) == "good1"
+    old = docker_client.containers.get(project.container)
+    with Load(running.url, workers=4, path="/version") as load:
+        load.wait_after(time.monotonic(), 20)
+        result = deploy(project, "good2")
+        assert result.returncode == 0, result.stderr
+        load.wait_after(time.monotonic(), 20)
+    check_failures(running, load, record_property)
+    bodies = served(load)
+    assert bodies[0] == "good1" and bodies[-1] == "good2"
+    assert routed(running) == [f"127.0.0.1:{slots[0]}"]
+    new = docker_client.containers.get(project.container)
+    assert new.labels["rollout.tag"] == "good2" and new.labels["rollout.slot"] == str(slots[0])
+    old.reload()
+    # Kept, stopped, under a retired name: what a later revert starts again.
+    assert old.name.startswith(f"{project.container}.rollout-") and old.status == "exited"
+    statuses = [(e["tag"], e["status"]) for e in project.history()]
+    assert statuses == [("good2", "healthy"), ("good1", "healthy")]
+
+
+def test_crash_at_start_never_takes_traffic(bed, docker_client, record_property) -> None:  # type: ignore[no-untyped-def]
+    project, running, slots = bed
+    assert deploy(project, "good1").returncode == 0
+    live = docker_client.containers.get(project.container)
+    started_at = live.attrs["State"]["StartedAt"]
+    with Load(running.url, workers=4, path="/version") as load:
+        load.wait_after(time.monotonic(), 20)
+        result = deploy(project, "crash")
+        assert result.returncode == 1, result.stderr
+        load.wait_after(time.monotonic(), 20)
+    # The traffic never moved: no switch, so not even Caddy reloaded.
+    assert failures(load) == [], failures(load)[:5]
+    record_property(f"{running.kind}_failed_requests", f"0 of {len(load.answers)}")
+    assert set(served(load)) == {"good1"}
+    assert routed(running) == [f"127.0.0.1:{slots[1]}"]
+    live.reload()
+    assert live.name == project.container and live.status == "running"
+    assert live.attrs["State"]["StartedAt"] == started_at  # never stopped or restarted
+    assert "exited with code 1" in result.stderr and "Traceback" not in result.stderr
+    revert, failed, good = project.history()
+    assert failed["status"] == "failed" and revert["kind"] == "revert" and revert["status"] == "healthy"
+
+
+def test_failing_health_after_the_switch_switches_back_to_the_running_old_release(bed, docker_client, record_property) -> None:  # type: ignore[no-untyped-def]
+    project, running, slots = bed
+    assert deploy(project, "good1").returncode == 0
+    old = docker_client.containers.get(project.container)
+    started_at = old.attrs["State"]["StartedAt"]
+    write_traffic_config(project, running, slots, stable=10)  # a window long enough to break the release in
+    broken: list[str] = []
+
+    def break_it_once_it_serves(load: Load) -> None:
+        """As soon as good2 answers through the proxy, its /health goes away (a release that fails after the switch)."""
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline and "good2" not in served(load):
+            time.sleep(0.02)  # polling the load's answers, not waiting for time to pass
+        [new] = [c for c in docker_client.containers.list(filters={"label": "rollout.tag=good2"})
+                 if c.name.startswith(project.container)]
+        new.exec_run(["rm", "/www/health"])
+        broken.append(new.id)
+
+    with Load(running.url, workers=4, path="/version") as load:
+        load.wait_after(time.monotonic(), 20)
+        breaker = threading.Thread(target=break_it_once_it_serves, args=(load,), daemon=True)
+        breaker.start()
+        result = deploy(project, "good2")
+        assert result.returncode == 1, result.stderr
+        breaker.join(WAIT)
+        load.wait_after(time.monotonic(), 20)
+    assert broken, "good2 never took the traffic"
+    check_failures(running, load, record_property)
+    bodies = served(load)
+    assert "good2" in bodies and bodies[-1] == "good1"
+    assert routed(running) == [f"127.0.0.1:{slots[1]}"]
+    old.reload()
+    # The old release served throughout: the same container, never stopped, back under the name.
+    assert old.name == project.container and old.status == "running"
+    assert old.attrs["State"]["StartedAt"] == started_at
+    assert docker_client.containers.get(broken[0]).status == "exited"
+    revert, failed, good = project.history()
+    assert (failed["tag"], failed["status"]) == ("good2", "failed") and "http 404" in failed["error"]
+    assert (revert["tag"], revert["kind"], revert["status"]) == ("good1", "revert", "healthy")
+
+
+def test_manual_revert_is_a_switch_to_the_kept_release(bed, docker_client, record_property) -> None:  # type: ignore[no-untyped-def]
+    project, running, slots = bed
+    assert deploy(project, "good1").returncode == 0
+    first_id = docker_client.containers.get(project.container).id
+    assert deploy(project, "good2").returncode == 0
+    with Load(running.url, workers=4, path="/version") as load:
+        load.wait_after(time.monotonic(), 20)
+        result = project.run("revert")
+        assert result.returncode == 0, result.stderr
+        load.wait_after(time.monotonic(), 20)
+    check_failures(running, load, record_property)
+    bodies = served(load)
+    assert bodies[0] == "good2" and bodies[-1] == "good1"
+    # The kept good1 container was started again on its own slot: no create.
+    assert docker_client.containers.get(project.container).id == first_id
+    assert routed(running) == [f"127.0.0.1:{slots[1]}"]
+    newest = project.history()[0]
+    assert (newest["kind"], newest["tag"], newest["status"]) == ("revert", "good1", "healthy")
+    assert newest["digest"] == digest_of(docker_client, "good1")
+
+
+def test_an_unreachable_router_refuses_the_deploy_before_anything_changes(bed, docker_client) -> None:  # type: ignore[no-untyped-def]
+    project, running, slots = bed
+    assert deploy(project, "good1").returncode == 0
+    live = docker_client.containers.get(project.container)
+    dead = "unix:///nonexistent/admin.sock" if running.kind == "haproxy" else f"http://127.0.0.1:{free_port()}"
+    write_traffic_config(project, running, slots, admin=dead)
+    result = deploy(project, "good2")
+    assert result.returncode == 5, result.stderr
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("rollout: error:")]
+    assert "cannot be reached" in error and dead in error, result.stderr
+    assert "Traceback" not in result.stderr
+    live.reload()
+    assert live.status == "running" and through(running) == "good1"
+    assert [c.name for c in docker_client.containers.list(all=True, filters={"name": project.container})] == [live.name]
+    assert [(e["tag"], e["status"]) for e in project.history()] == [("good2", "failed"), ("good1", "healthy")]
+
+
+# -- the pieces, without an engine or a proxy ----------------------------------------------------
+
+
+class SettlingTarget(FakeTarget):
+    """A FakeTarget with the optional settle(healthy): records each call and the entry's ledger
+    status at that moment (the orchestrator must call it before it records the verdict)."""
+
+    def __init__(self, name: str, ledger: Any, fail_settle: bool = False) -> None:
+        super().__init__(name)
+        self.ledger, self.fail_settle = ledger, fail_settle
+        self.settled: list[tuple[str | None, bool, str]] = []
+
+    def settle(self, healthy: bool) -> None:
+        newest = max(self.ledger.history("web"), key=lambda e: e.id)
+        self.settled.append((self.digest, healthy, newest.status))
+        if self.fail_settle:
+            raise RuntimeError("the old container would not stop")
+
+
+def test_settle_follows_every_verdict_before_the_ledger_records_it(tmp_path: Path) -> None:
+    ledger = open_ledger(str(tmp_path / "ledger.db"))
+    try:
+        target = SettlingTarget("local", ledger)
+        resolver = FakeResolver({"good": fake_digest("good"), "bad": fake_digest("bad")})
+        target.behaviours[fake_digest("bad")] = crashes()
+        run = Orchestrator(app_config(), ledger, resolver, [target], scripted_verifier, RecordingReporter())
+        assert run.deploy(parse(f"{IMAGE}:good")).exit_code == 0
+        assert run.deploy(parse(f"{IMAGE}:bad")).exit_code == 1
+        # good healthy; bad failed, told while its entry was still verifying (the switch back comes
+        # first); then the automatic revert to good, verified and settled like any release.
+        assert target.settled == [(fake_digest("good"), True, "verifying"), (fake_digest("bad"), False, "verifying"),
+                                  (fake_digest("good"), True, "verifying")]
+    finally:
+        ledger.close()
+
+
+def test_a_failing_settle_is_a_warning_and_the_verdict_stands(tmp_path: Path) -> None:
+    ledger = open_ledger(str(tmp_path / "ledger.db"))
+    try:
+        target = SettlingTarget("local", ledger, fail_settle=True)
+        reporter = RecordingReporter()
+        run = Orchestrator(app_config(), ledger, FakeResolver({"good": fake_digest("good")}), [target],
+                           scripted_verifier, reporter)
+        outcome = run.deploy(parse(f"{IMAGE}:good"))
+        assert outcome.exit_code == 0 and outcome.entry.status == "healthy"
+        assert reporter.said("warn") == ["target local: the old container would not stop"]
+    finally:
+        ledger.close()
+
+
+def test_slot_watch_switches_once_the_release_answers_on_its_slot() -> None:
+    clock = FakeClock()
+    inner = ScriptedWatch([(0, Observation(False, detail="running, HEALTHCHECK starting")),
+                           (1, Observation(True, detail="running"))], clock)
+    probed: list[str] = []
+    answers = iter([(False, "http 503"), (True, "http 200")])
+    switched: list[float] = []
+
+    def probe(url: str, timeout: float) -> tuple[bool, str]:
+        probed.append(url)
+        return next(answers, (True, "http 200"))
+
+    watch = SlotWatch(inner, 18082, "http://127.0.0.1:{port}/health", lambda: switched.append(clock()))
+    watch.probe = probe
+    policy = HealthPolicy(timeout=30, interval=0.5, stable=2, http="http://127.0.0.1:{port}/health")
+    verdict = verify(watch, policy, probe=probe, clock=clock)
+    assert verdict.healthy, verdict
+    # Not probed before the container was ready; not switched before the slot answered 2xx;
+    # switched once, and the whole stable window counted after the switch (traffic on it);
+    # every probe, before and after the switch, on the slot.
+    assert len(switched) == 1 and switched[0] >= 1.5 + 1000 and clock.now - switched[0] >= policy.stable
+    assert set(probed) == {"http://127.0.0.1:18082/health"} and len(probed) >= 3
+
+
+def test_slot_watch_fails_the_release_when_the_switch_fails() -> None:
+    clock = FakeClock()
+    inner = ScriptedWatch([(0, Observation(True, detail="running"))], clock)
+
+    def refuse() -> None:
+        raise RuntimeError("HAProxy runtime API cannot be reached")
+
+    watch = SlotWatch(inner, 18081, None, refuse)
+    verdict = verify(watch, HealthPolicy(timeout=30, interval=0.5, stable=1), clock=clock)
+    assert not verdict.healthy
+    assert verdict.reason == "cannot switch traffic to slot 18081: HAProxy runtime API cannot be reached"
