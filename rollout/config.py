@@ -24,7 +24,7 @@ from typing import Any
 
 from rollout import schema as S
 from rollout.errors import ConfigError, InvalidReference
-from rollout.ledger_url import is_url, redact
+from rollout.ledger_url import is_url, looks_like_conninfo, redact
 from rollout.output import redact_url
 from rollout.reference import parse_repository
 from rollout.tags import DEFAULT_TAG_TEMPLATE, template_problem
@@ -375,15 +375,23 @@ def _ledger_location(path: Path | None, data: dict[str, Any]) -> Path | str:
     """
     settings = S.check(S.sub_table(data, "ledger", path, ""), LEDGER_SCHEMA, path, "ledger.")
     if "url" in settings and "path" in settings:
-        raise S.problem(path, "ledger.", "set url (a PostgreSQL ledger) or path (a SQLite file), not both")
+        raise S.problem(path, "", "[ledger] sets both url and path: keep url (a PostgreSQL ledger) or path (a SQLite file)")
     if os.environ.get("ROLLOUT_LEDGER_URL"):
         return _checked_url("$ROLLOUT_LEDGER_URL", os.environ["ROLLOUT_LEDGER_URL"])
     if os.environ.get("ROLLOUT_LEDGER"):
-        return Path(os.environ["ROLLOUT_LEDGER"])
+        return _checked_path("$ROLLOUT_LEDGER", os.environ["ROLLOUT_LEDGER"], "$ROLLOUT_LEDGER_URL")
     if settings.get("url"):
         return _checked_url(f"{path}: [ledger] url", settings["url"])
     base = path.parent if path else Path.cwd()
-    return base / (settings.get("path") or DEFAULT_LEDGER)
+    return base / _checked_path(f"{path}: [ledger] path", settings.get("path") or DEFAULT_LEDGER, "[ledger] url")
+
+
+def _checked_path(source: str, value: str, instead: str) -> Path:
+    # A URL taken for a file name would give this runner a private SQLite ledger (outside the team's
+    # history and locks) and write the password into a directory name.
+    if "://" in value or looks_like_conninfo(value):
+        raise ConfigError(f"{source} is {redact(value)!r}, a database URL, not a SQLite file: put it in {instead}")
+    return Path(value)
 
 
 def _checked_url(source: str, url: str) -> str:

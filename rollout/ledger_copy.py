@@ -33,7 +33,7 @@ from typing import Any, Iterable, Iterator
 
 from rollout.errors import EXIT_INTERNAL, EXIT_LOCKED, LedgerError, RolloutError, one_line
 from rollout.ledger import COPIED_TABLES, IN_PROGRESS, LedgerBackend, open_ledger
-from rollout.ledger_url import is_url, redact
+from rollout.ledger_url import is_url, looks_like_conninfo, redact
 
 
 class SourceBusy(RolloutError):
@@ -218,6 +218,10 @@ def _destination(text: str) -> str | Path:
                           " or a SQLite file path")
     if not text.strip():
         raise LedgerError("--to is empty: give a postgresql:// URL or a SQLite file path")
+    if looks_like_conninfo(text):
+        # Not echoed, and never a file name: a key=value string carries its password in the clear.
+        raise LedgerError("--to is a libpq key=value string: give the PostgreSQL ledger as a postgresql:// URL"
+                          " (the password in ~/.pgpass or $PGPASSWORD), or a SQLite file path")
     return Path(text).expanduser()
 
 

@@ -20,23 +20,42 @@ def redact(url: str) -> str:
     """The URL or libpq key=value string with any password replaced by `***`, for messages.
 
     `postgresql://alice:s3cret@db:5432/rollout?sslmode=verify-full` ->
-    `postgresql://alice:***@db:5432/rollout?sslmode=verify-full`; a `password=` parameter in
-    the query string or in a key=value string is masked too, and so is the password of a URL of
-    any other scheme (a mistyped `mysql://...` is shown masked in the error that refuses it).
+    `postgresql://alice:***@db:5432/rollout?sslmode=verify-full`. Everything between the user
+    name's `:` and the last `@` counts as the password (a generated one may hold `?`, `/`, `@`
+    or `%`); any `password=` or `sslpassword=` parameter, in the query string or in a key=value
+    string, is masked too; so is the password of a URL of another scheme (a mistyped
+    `mysql://...` is shown masked in the error that refuses it).
     """
     masked = _mask_userinfo(url)
-    masked = re.sub(r"([?&]password=)[^&#]*", r"\1***", masked, flags=re.IGNORECASE)
-    return re.sub(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", masked, flags=re.IGNORECASE)
+    masked = re.sub(r"([?&](?:ssl)?password=)[^&#]*", r"\1***", masked, flags=re.IGNORECASE)
+    # A key=value string's password (the query string's were masked above: not again, to keep what follows).
+    return re.sub(r"((?<![?&\w])(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", masked, flags=re.IGNORECASE)
+
+
+def looks_like_conninfo(text: str) -> bool:
+    """True for a libpq key=value connection string (`host=db dbname=rollout`): a ledger location
+    must be a postgresql:// URL, and such a string must never be taken for a file name."""
+    return re.match(r"\s*[A-Za-z_]+\s*=", text) is not None
 
 
 def _mask_userinfo(url: str) -> str:
     scheme, separator, rest = url.partition("://")
-    if not separator:
+    at = rest.rfind("@")
+    if not separator or at < 0:
         return url
-    # The user part ends at the last '@' before the query: a password may hold '@' or ':' itself.
-    query = rest.find("?")
-    at = rest.rfind("@", 0, query if query >= 0 else len(rest))
-    user, colon, _password = rest[:max(at, 0)].partition(":")
-    if at < 0 or not colon:
-        return url
-    return f"{scheme}://{user}:***@{rest[at + 1:]}"
+    user, colon, _password = rest[:at].partition(":")
+    return f"{scheme}://{user}:***@{rest[at + 1:]}" if colon else url
+
+
+def scrub(message: str, url: str) -> str:
+    """`message` (a driver's error about `url`) masked like `redact`, and with every piece of the
+    URL's password removed: libpq splits `user:pa@ss@host` at the first '@', so its messages may
+    quote the password's tail as part of a host name."""
+    masked = redact(message)
+    scheme, separator, rest = url.partition("://")
+    at = rest.rfind("@")
+    password = rest[:at].partition(":")[2] if separator and at >= 0 else ""
+    for piece in sorted({password, *password.split("@"), *password.split("/")}, key=len, reverse=True):
+        if len(piece) >= 3:
+            masked = masked.replace(piece, "***")
+    return masked

@@ -409,7 +409,12 @@ def test_ledger_location_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
 
 
 @pytest.mark.parametrize(("ledger_table", "environment", "message"), [
-    ('url = "postgresql://a@b/c"\npath = "x.db"', {}, "set url (a PostgreSQL ledger) or path (a SQLite file), not both"),
+    ('url = "postgresql://a@b/c"\npath = "x.db"', {}, "[ledger] sets both url and path: keep url"),
+    ('path = "postgresql://ops:hunter2@db/rollout"', {},
+     "[ledger] path is 'postgresql://ops:***@db/rollout', a database URL, not a SQLite file: put it in [ledger] url"),
+    ("", {"ROLLOUT_LEDGER": "postgresql://ops:hunter2@db/rollout"},
+     "$ROLLOUT_LEDGER is 'postgresql://ops:***@db/rollout', a database URL, not a SQLite file: put it in $ROLLOUT_LEDGER_URL"),
+    ("", {"ROLLOUT_LEDGER": "host=db password=hunter2"}, "a database URL, not a SQLite file"),
     ('url = "mysql://ops:hunter2@db/rollout"', {}, "[ledger] url is 'mysql://ops:***@db/rollout', not a PostgreSQL URL"),
     ("", {"ROLLOUT_LEDGER_URL": "db.internal password=hunter2"},
      "$ROLLOUT_LEDGER_URL is 'db.internal password=***', not a PostgreSQL URL"),
