@@ -14,6 +14,7 @@ import os
 import socket
 import sqlite3
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Generator, Iterable, Iterator, Protocol
@@ -25,7 +26,7 @@ from rollout import faults
 from rollout.errors import LeaseLost, LedgerBusy, LedgerError, one_line
 from rollout.ledger_url import is_url
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 PENDING, APPLYING, VERIFYING = "pending", "applying", "verifying"
 HEALTHY, FAILED, INTERRUPTED = "healthy", "failed", "interrupted"
@@ -82,7 +83,8 @@ CREATE TABLE IF NOT EXISTS locks (
     pid INTEGER NOT NULL,
     acquired_at TEXT NOT NULL,
     expires_at REAL NOT NULL,
-    heartbeat_at TEXT
+    heartbeat_at TEXT,
+    token TEXT
 );
 CREATE TRIGGER IF NOT EXISTS entries_identity_immutable
 BEFORE UPDATE OF id, app, repository, tag, digest, kind, previous_id, reverts_to, actor, reason, created_at, build_key, base_digests ON entries
@@ -118,6 +120,9 @@ BEGIN SELECT RAISE(ABORT, 'ledger events are append-only'); END;
 # sqlite-utils, imported only when a ledger is created or migrated (its import costs ~45 ms).
 MIGRATIONS: dict[int, Callable[["sqlite_utils.Database"], object]] = {
     2: lambda db: db["locks"].add_column("heartbeat_at", str),
+    # A lease is told apart by a token of its own, not by (host, pid): containers sharing a host
+    # name (host networking) reuse pids, pid 1 above all.
+    3: lambda db: db["locks"].add_column("token", str),
 }
 
 
@@ -227,6 +232,9 @@ class Lease:
     acquired_at: str
     expires_at: float
     heartbeat_at: str | None = None
+    # `machine_identity():random`: which lease this is (guard, renew and release match on it) and
+    # on which machine its holder runs. None on a lease an older rollout took (matched by host and pid).
+    token: str | None = None
 
     def describe(self) -> str:
         """`user@host (pid N, since TIME)`, for error messages."""
@@ -234,11 +242,44 @@ class Lease:
 
     def is_stale(self, now: float) -> bool:
         """True when another rollout may take this lease over: it expired (now: wall-clock
-        seconds), or its holder ran on this host and that pid is gone (a SIGKILLed rollout
-        blocks nobody on its own machine)."""
+        seconds by the ledger's clock), or its holder ran on this machine (same boot and pid
+        namespace, `machine_identity`) and that pid is gone: a SIGKILLed rollout blocks nobody
+        on its own machine. Another container with the same host name is not this machine."""
         if self.expires_at <= now:
             return True
-        return self.host == socket.gethostname() and not _pid_alive(self.pid)
+        if self.token is not None:
+            same_machine = self.token.startswith(machine_identity() + ":")
+        else:
+            same_machine = self.host == socket.gethostname()
+        return same_machine and not _pid_alive(self.pid)
+
+    def matches(self) -> tuple[str, list[Any]]:
+        """The SQL condition (`?` placeholders) and parameters that find this lease's row and no other."""
+        if self.token is not None:
+            return "app = ? AND token = ?", [self.app, self.token]
+        return "app = ? AND pid = ? AND host = ? AND token IS NULL", [self.app, self.pid, self.host]
+
+
+def machine_identity() -> str:
+    """This process's machine as far as pids go: the kernel's boot id and the pid namespace's
+    inode (two containers on one host share the boot id, not the namespace). Falls back to the
+    host name where /proc does not say."""
+    global _MACHINE
+    if _MACHINE is None:
+        try:
+            boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+            _MACHINE = f"{boot}-{os.stat('/proc/self/ns/pid').st_ino}"
+        except OSError:
+            _MACHINE = socket.gethostname()
+    return _MACHINE
+
+
+_MACHINE: str | None = None
+
+
+def new_lease_token() -> str:
+    """A token for a lease this process takes: `machine_identity():random hex`."""
+    return f"{machine_identity()}:{uuid.uuid4().hex}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -593,7 +634,7 @@ class SqlReads(LedgerBackend):
         return [{**row, "detail": json.loads(row["detail"])} for row in rows]
 
     def leases(self, app: str | None = None) -> list[Lease]:
-        sql = "SELECT app, holder, host, pid, acquired_at, expires_at, heartbeat_at FROM locks"
+        sql = "SELECT app, holder, host, pid, acquired_at, expires_at, heartbeat_at, token FROM locks"
         params: list[Any] = []
         if app is not None:
             sql += " WHERE app = ?"
@@ -758,25 +799,27 @@ class SqliteLedger(SqlReads):
             if held:
                 self._event(None, "lock:taken-over", {"app": app, "from": held[0].holder, "pid": held[0].pid})
             started = now_iso()
-            lease = Lease(app, default_actor(), socket.gethostname(), os.getpid(), started, now + lease_seconds, started)
+            lease = Lease(app, default_actor(), socket.gethostname(), os.getpid(), started, now + lease_seconds, started,
+                          new_lease_token())
             self.db.execute(
-                "INSERT OR REPLACE INTO locks (app, holder, host, pid, acquired_at, expires_at, heartbeat_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [lease.app, lease.holder, lease.host, lease.pid, lease.acquired_at, lease.expires_at, lease.heartbeat_at],
+                "INSERT OR REPLACE INTO locks (app, holder, host, pid, acquired_at, expires_at, heartbeat_at, token)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [lease.app, lease.holder, lease.host, lease.pid, lease.acquired_at, lease.expires_at, lease.heartbeat_at,
+                 lease.token],
             )
         return lease
 
     def renew_lease(self, lease: Lease, lease_seconds: float) -> bool:
         with self.transaction():
-            cursor = self.db.execute(
-                "UPDATE locks SET expires_at = ?, heartbeat_at = ? WHERE app = ? AND pid = ? AND host = ?",
-                [time.time() + lease_seconds, now_iso(), lease.app, lease.pid, lease.host],
-            )
+            where, params = lease.matches()
+            cursor = self.db.execute(f"UPDATE locks SET expires_at = ?, heartbeat_at = ? WHERE {where}",
+                                     [time.time() + lease_seconds, now_iso(), *params])
         return cursor.rowcount == 1
 
     def release_lease(self, lease: Lease) -> None:
         with self.transaction():
-            self.db.execute("DELETE FROM locks WHERE app = ? AND pid = ? AND host = ?", [lease.app, lease.pid, lease.host])
+            where, params = lease.matches()
+            self.db.execute(f"DELETE FROM locks WHERE {where}", params)
 
     def force_release(self, app: str) -> Lease | None:
         with self.transaction():
@@ -873,8 +916,8 @@ def open_ledger(location: str | os.PathLike[str], state_dir: str | os.PathLike[s
 
 def _still_held(lease: Lease) -> Callable[[sqlite3.Connection], None]:
     def guard(conn: sqlite3.Connection) -> None:
-        row = conn.execute("SELECT 1 FROM locks WHERE app = ? AND pid = ? AND host = ?",
-                           [lease.app, lease.pid, lease.host]).fetchone()
+        where, params = lease.matches()
+        row = conn.execute(f"SELECT 1 FROM locks WHERE {where}", params).fetchone()
         if row is None:
             raise LeaseLost(f"another rollout took over the lock on {lease.app} while this one ran:"
                             f" stopped without changing anything more; it now decides what {lease.app} runs"

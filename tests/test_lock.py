@@ -243,3 +243,45 @@ def test_the_lock_needs_nothing_but_the_ledger_interface(ledger: LedgerBackend) 
     assert released is not None and (released.holder, released.pid) == (taken.holder, taken.pid)
     assert lock.read(only) == []  # type: ignore[arg-type]
     assert lock_events(ledger) == ["written while held", "lock:taken-over", "lock:released-by-hand"]
+
+
+# -- a lease is its token, not (host, pid) ---------------------------------------------------------
+
+
+def test_a_lease_taken_over_by_a_holder_with_the_same_host_and_pid_is_still_lost(ledger: LedgerBackend) -> None:
+    """Containers sharing a host name (host networking) reuse pids, pid 1 above all: the guard,
+    the renewal and the release match the lease's own token, so the first holder cannot write
+    over, renew or drop the lease of a second one that took the app over with the same pid."""
+    first = lock.try_acquire(ledger, "web", lease_seconds=60)
+    assert first is not None and first.token
+    other = ledger.reopen()
+    try:
+        with other.transaction():
+            run_sql(other, "DELETE FROM locks WHERE app = ?", ["web"])
+            plant(other, "web", holder=first.holder, host=first.host, pid=first.pid, expires_at=other.now() + 60,
+                  token="another-machine:0123")
+    finally:
+        other.close()
+    ledger.guard_writes(first)
+    with pytest.raises(LeaseLost):
+        ledger.check_guard()
+    ledger.guard_writes(None)
+    assert not lock.renew(ledger, first)
+    lock.release(ledger, first)
+    [held] = lock.read(ledger, "web")
+    assert held.token == "another-machine:0123", "the first holder's release left the second's lease alone"
+
+
+def test_a_dead_pid_on_another_machine_with_the_same_host_name_is_not_stale(ledger: LedgerBackend) -> None:
+    """Only on this machine (same boot and pid namespace) does a gone pid free a lease early."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    pid = int(dead.stdout)
+    plant(ledger, "web", holder="ops@twin", host=socket.gethostname(), pid=pid, expires_at=ledger.now() + 60,
+          token="other-boot-id-4026531836:0123")
+    assert lock.try_acquire(ledger, "api") is not None  # another app is free
+    assert lock.try_acquire(ledger, "web") is None, "a twin container's live lease is not taken over"
+    from rollout.ledger import machine_identity
+
+    run_sql(ledger, "UPDATE locks SET token = ? WHERE app = ?", [machine_identity() + ":0123", "web"])
+    assert lock.try_acquire(ledger, "web") is not None, "on this machine a gone pid frees the lease at once"

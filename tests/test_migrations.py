@@ -80,6 +80,7 @@ def v1_ledger(ledger_location: str, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     open_ledger(ledger_location).close()
     with sqlite3.connect(source) as old, raw(ledger_location) as conn:
         conn.execute("ALTER TABLE locks DROP COLUMN heartbeat_at")
+        conn.execute("ALTER TABLE locks DROP COLUMN token")
         for table in COPIED:
             cursor = old.execute(f"SELECT * FROM {table}")
             names = [column[0] for column in cursor.description]
@@ -115,8 +116,8 @@ def test_a_v1_ledger_is_migrated_to_the_current_schema_with_its_data_intact(v1_l
     open_ledger(v1_ledger).close()
 
     after = snapshot(v1_ledger)
-    assert after["version"] == str(L.SCHEMA_VERSION) == "2"
-    assert after["lock_columns"][-1] == "heartbeat_at"  # type: ignore[index]
+    assert after["version"] == str(L.SCHEMA_VERSION) == "3"
+    assert after["lock_columns"][-2:] == ["heartbeat_at", "token"]  # type: ignore[index]
     assert {k: after[k] for k in ("entries", "targets", "events")} == {k: before[k] for k in ("entries", "targets", "events")}
 
 
@@ -140,7 +141,7 @@ def test_the_migrated_ledger_works_for_history_and_leases(v1_ledger: str, tmp_pa
     lease = lock.acquire(ledger, "web")
     assert lock.renew(ledger, lease)
     [held] = lock.read(ledger, "web")
-    assert held.pid == os.getpid() and held.heartbeat_at is not None
+    assert held.pid == os.getpid() and held.heartbeat_at is not None and held.token == lease.token is not None
     lock.release(ledger, lease)
     # Immutability survives the migration.
     with pytest.raises(ledger.database_errors, match="immutable"):
@@ -158,7 +159,7 @@ def test_rollout_migrates_a_v1_sqlite_ledger_when_it_first_opens_it(v1_sqlite: s
     result = run_rollout("history", "--json", env=ledger_env(v1_sqlite), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout)) == 3
-    assert snapshot(v1_sqlite)["version"] == "2"
+    assert snapshot(v1_sqlite)["version"] == str(L.SCHEMA_VERSION)
 
 
 def test_a_migration_failing_half_way_leaves_the_v1_ledger_as_it_was(v1_ledger: str,
@@ -181,7 +182,7 @@ def test_a_migration_failing_half_way_leaves_the_v1_ledger_as_it_was(v1_ledger: 
     assert snapshot(v1_ledger) == before
     monkeypatch.setitem(steps, 2, real_step)
     open_ledger(v1_ledger).close()
-    assert snapshot(v1_ledger)["version"] == "2"
+    assert snapshot(v1_ledger)["version"] == str(L.SCHEMA_VERSION)
 
 
 def test_a_ledger_from_a_newer_rollout_is_refused_and_left_untouched(v1_ledger: str, tmp_path: Path) -> None:

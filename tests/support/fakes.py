@@ -251,11 +251,13 @@ def app_config(target_names: tuple[str, ...] = ("local",), health: dict[str, Any
     return configuration.parse(data, path).app("web")
 
 
-def plant(ledger: LedgerBackend, app: str, *, holder: str, host: str, pid: int, expires_at: float) -> None:
+def plant(ledger: LedgerBackend, app: str, *, holder: str, host: str, pid: int, expires_at: float,
+          token: str | None = None) -> None:
     """A lease row as another rollout (another process or machine) would have left it, on either
-    backend; `expires_at` is wall-clock seconds on the ledger's clock (`ledger.now()`)."""
-    run_sql(ledger, "INSERT INTO locks (app, holder, host, pid, acquired_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
-            [app, holder, host, pid, "2024-01-01T00:00:00+00:00", expires_at])
+    backend; `expires_at` is wall-clock seconds on the ledger's clock (`ledger.now()`); `token`
+    None: a lease as a rollout before schema version 3 took it."""
+    run_sql(ledger, "INSERT INTO locks (app, holder, host, pid, acquired_at, expires_at, token) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [app, holder, host, pid, "2024-01-01T00:00:00+00:00", expires_at, token])
 
 
 def take_over(ledger: LedgerBackend, app: str = "web") -> None:
