@@ -5,6 +5,10 @@ Each test gets its own base image repository and app repository, both reached th
 the proxy (127.0.0.1:PORT is loopback, so dockerd talks plain HTTP to it). The base
 ships /bin/start-app, which the app's CMD runs: a new base can change what the app
 serves (/base) or make it crash.
+
+The tests about the lock, overlapping runs, a run stopped or killed part way, and the rebuild
+decision read from the ledger run on both ledger backends (ledger_bed / the ledger fixture:
+a SQLite file and a PostgreSQL database, issue 13); the build and registry tests use SQLite.
 """
 
 from __future__ import annotations
@@ -24,10 +28,9 @@ from typing import Any, Iterator
 import pytest
 
 from rollout import lock
-from rollout.ledger import Ledger
+from rollout.ledger import LedgerBackend, open_ledger
 from rollout.reference import parse
 from rollout.registry import RegistryClient
-from support.cli import ROLLOUT
 from support.images import REGISTRY
 from support.project import Project, http_get, write_config
 from support.proxy import RegistryProxy, start_proxy
@@ -65,7 +68,7 @@ class RebuildBed:
     def pushed_builds(self) -> int:
         from rollout.rebuild import pushed_builds
 
-        ledger = Ledger(self.project.ledger)
+        ledger = self.project.open_ledger()
         try:
             return len(pushed_builds(ledger, "web"))
         finally:
@@ -103,6 +106,27 @@ def registry_digest(ref: str) -> str:
 
 @pytest.fixture
 def bed(project: Project, docker_client, registry: str) -> Iterator[RebuildBed]:  # type: ignore[no-untyped-def]
+    """A rebuild bed on a SQLite ledger."""
+    yield from make_bed(project, docker_client, registry)
+
+
+@pytest.fixture
+def ledger_bed(ledger_project: Project, docker_client, registry: str) -> Iterator[RebuildBed]:  # type: ignore[no-untyped-def]
+    """A rebuild bed once per ledger backend (ledger_project)."""
+    yield from make_bed(ledger_project, docker_client, registry)
+
+
+@pytest.fixture
+def ledger(ledger_location: str) -> Iterator[LedgerBackend]:
+    """A ledger alone (no engine), once per backend (ledger_location), closed after the test."""
+    opened = open_ledger(ledger_location)
+    yield opened
+    opened.close()
+
+
+def make_bed(project: Project, docker_client, registry: str) -> Iterator[RebuildBed]:  # type: ignore[no-untyped-def]
+    """A base image (v1) and a build context for the app pushed through a fresh counting proxy,
+    project's config pointed at them; the proxy closed and its images removed afterwards."""
     proxy = start_proxy(registry)
     suffix = uuid.uuid4().hex[:10]
     base = f"{proxy.host}/rt-base-{suffix}:v1"
@@ -235,12 +259,10 @@ def test_crashing_base_is_reverted_recorded_and_not_rebuilt_again(bed: RebuildBe
     assert bed.pushed_builds() == 3 and bed.served_base() == "v1"
 
 
-def test_overlapping_runs_build_once(bed: RebuildBed) -> None:
+def test_overlapping_runs_build_once(ledger_bed: RebuildBed) -> None:
+    bed = ledger_bed
     # Both start at once; whichever takes the app lock first builds, the other waits for it.
-    env = {**os.environ, "ROLLOUT_CONFIG": str(bed.project.config)}
-    runs = [subprocess.Popen([*ROLLOUT, "rebuild", "--wait", "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env=env, cwd=bed.project.root, stdin=subprocess.DEVNULL)
-            for _ in range(2)]
+    runs = [bed.project.start("rebuild", "--wait", "120") for _ in range(2)]
     outputs = [run.communicate(timeout=180) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
     assert bed.pushed_builds() == 1
@@ -248,8 +270,9 @@ def test_overlapping_runs_build_once(bed: RebuildBed) -> None:
     assert len(bed.entries()) == 1
 
 
-def test_a_held_lock_exits_4_and_builds_nothing(bed: RebuildBed) -> None:
-    ledger = Ledger(bed.project.ledger)
+def test_a_held_lock_exits_4_and_builds_nothing(ledger_bed: RebuildBed) -> None:
+    bed = ledger_bed
+    ledger = bed.project.open_ledger()
     try:
         with lock.held(ledger, "web"):
             result = bed.rebuild()
@@ -350,7 +373,7 @@ def test_a_failing_build_pushes_nothing_and_is_tried_again_next_run(bed: Rebuild
 # -- the decision alone, on a real ledger (no engine) ------------------------------------
 
 
-def remember(ledger: Ledger, tag: str, key: str, status: str | None) -> None:
+def remember(ledger: LedgerBackend, tag: str, key: str, status: str | None) -> None:
     """A pushed build, and (unless status is None) its rebuild entry finished with status."""
     from rollout import ledger as L
     from rollout.rebuild import PushedBuild, record_push
@@ -375,34 +398,32 @@ def remember(ledger: Ledger, tag: str, key: str, status: str | None) -> None:
     ([("a", "k1", None)], "k1", "deploy-existing"),  # pushed with --no-deploy
     ([("a", "k1", "interrupted")], "k1", "deploy-existing"),
 ])
-def test_decision(tmp_path: Path, history: list[tuple[str, str, str | None]], key: str, expected: str) -> None:
+def test_decision(ledger: LedgerBackend, history: list[tuple[str, str, str | None]], key: str,
+                  expected: str) -> None:
     from rollout.rebuild import decide
 
-    ledger = Ledger(tmp_path / "ledger.db")
     for tag, build_key, status in history:
         remember(ledger, tag, build_key, status)
     assert decide(ledger, "web", key).action == expected
     assert decide(ledger, "web", key, force=True).action == "build"
 
 
-def test_no_deploy_counts_a_pushed_build_as_up_to_date(tmp_path: Path) -> None:
+def test_no_deploy_counts_a_pushed_build_as_up_to_date(ledger: LedgerBackend) -> None:
     from rollout.rebuild import decide
 
-    ledger = Ledger(tmp_path / "ledger.db")
     remember(ledger, "a", "k1", None)
     assert decide(ledger, "web", "k1", no_deploy=True).action == "up-to-date"
 
 
-def test_sigterm_during_the_deploy_reverts_and_the_next_run_deploys_the_same_build(bed: RebuildBed, docker_client) -> None:  # type: ignore[no-untyped-def]
+def test_sigterm_during_the_deploy_reverts_and_the_next_run_deploys_the_same_build(ledger_bed: RebuildBed, docker_client) -> None:  # type: ignore[no-untyped-def]
     import signal
 
+    bed = ledger_bed
     # Stable for 4 s: the stop surely lands while the new build is being verified.
     write_config(bed.project, bed.app_image, stable=4, extra='\n[apps.web.build]\ncontext = "ctx"\n')
     assert bed.rebuild().returncode == 0
     push_base(docker_client, bed.base, SERVING_BASE.format(version="v2"))
-    env = {**os.environ, "ROLLOUT_CONFIG": str(bed.project.config)}
-    run = subprocess.Popen([*ROLLOUT, "rebuild"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env=env, cwd=bed.project.root, stdin=subprocess.DEVNULL)
+    run = bed.project.start("rebuild")
     assert run.stderr is not None
     seen = []
     for line in run.stderr:  # stop it while the new build is being verified (systemd stopping the unit)
@@ -425,7 +446,8 @@ def test_sigterm_during_the_deploy_reverts_and_the_next_run_deploys_the_same_bui
 
 
 def test_a_run_killed_between_push_and_record_is_finished_by_the_next_without_building_again(
-        bed: RebuildBed, docker_client) -> None:  # type: ignore[no-untyped-def]
+        ledger_bed: RebuildBed, docker_client) -> None:  # type: ignore[no-untyped-def]
+    bed = ledger_bed
     bed.project.env["ROLLOUT_TEST_KILL_AT"] = "docker:pushed#1"
     killed = bed.rebuild()
     assert killed.returncode == -9, killed.stderr
