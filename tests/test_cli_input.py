@@ -16,6 +16,7 @@ import pytest
 
 from support.cli import run_rollout
 from support.errors import one_line_error
+from support.raw_ledger import is_postgres, run_sql
 
 CONFIG = """
 [apps.web]
@@ -33,21 +34,33 @@ network = "host"
 
 
 class Cli:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, ledger_url: str | None = None) -> None:
         self.root = root
         self.config = root / "rollout.toml"
         self.ledger = root / "state" / "ledger.db"
+        # A PostgreSQL ledger reaches every run as $ROLLOUT_LEDGER_URL; None: the SQLite file above.
+        self.env = {"ROLLOUT_LEDGER_URL": ledger_url} if ledger_url else {}
 
     def write(self, text: str | None = None, image: str = "127.0.0.1:1/shop/web") -> None:
         self.config.write_text(text if text is not None else CONFIG.format(image=image))
 
     def run(self, *args: str, config: bool = True) -> subprocess.CompletedProcess[str]:
-        return run_rollout(*(["-c", str(self.config)] if config else []), *args, cwd=self.root, timeout=60)
+        return run_rollout(*(["-c", str(self.config)] if config else []), *args, env=self.env, cwd=self.root,
+                           timeout=60)
 
 
 @pytest.fixture
 def cli(tmp_path: Path) -> Cli:
     bed = Cli(tmp_path)
+    bed.write()
+    return bed
+
+
+@pytest.fixture
+def ledger_cli(tmp_path: Path, ledger_location: str) -> Cli:
+    """`cli` once per ledger backend (ledger_location): the lock commands on SQLite and PostgreSQL (issue 13)."""
+    bed = Cli(tmp_path, ledger_location if is_postgres(ledger_location) else None)
+    assert bed.env or Path(ledger_location) == bed.ledger  # the SQLite ledger is the config's default file
     bed.write()
     return bed
 
@@ -124,26 +137,31 @@ def test_history_without_a_config(tmp_path: Path) -> None:
     assert result.stdout.split()[:3] == ["ID", "APP", "KIND"]
 
 
-def test_lock_status_with_no_locks(cli: Cli) -> None:
+def test_lock_status_with_no_locks(ledger_cli: Cli) -> None:
+    cli = ledger_cli
     result = cli.run("lock", "status")
     assert (result.returncode, result.stdout.strip()) == (0, "no locks held")
     result = cli.run("lock", "status", "--json")
     assert (result.returncode, json.loads(result.stdout)) == (0, [])
 
 
-def test_lock_release_of_an_unlocked_app(cli: Cli) -> None:
+def test_lock_release_of_an_unlocked_app(ledger_cli: Cli) -> None:
+    cli = ledger_cli
     result = cli.run("lock", "release", "web")
     assert (result.returncode, result.stdout.strip()) == (0, "web was not locked")
 
 
-def test_lock_status_and_release_of_a_planted_lease(cli: Cli) -> None:
-    from rollout.ledger import Ledger
+def test_lock_status_and_release_of_a_planted_lease(ledger_cli: Cli, ledger_location: str) -> None:
+    from rollout.ledger import open_ledger
 
-    ledger = Ledger(cli.ledger)
-    with ledger.transaction() as conn:
-        conn.execute("INSERT INTO locks (app, holder, host, pid, acquired_at, expires_at) VALUES ('web', 'bob@elsewhere', 'elsewhere.invalid', 4242, ?, 9e12)",
-                     ["2024-05-01T10:00:00+00:00"])
-    ledger.close()
+    cli = ledger_cli
+    ledger = open_ledger(ledger_location)
+    try:
+        run_sql(ledger, "INSERT INTO locks (app, holder, host, pid, acquired_at, expires_at)"
+                        " VALUES ('web', 'bob@elsewhere', 'elsewhere.invalid', 4242, ?, 9e12)",
+                ["2024-05-01T10:00:00+00:00"])
+    finally:
+        ledger.close()
     status = cli.run("lock", "status")
     assert status.returncode == 0 and "bob@elsewhere" in status.stdout and "held" in status.stdout
     released = cli.run("lock", "release", "web")

@@ -210,12 +210,13 @@ def test_deploy_by_digest_and_by_full_reference(project: Project, docker_client)
     assert [(e["tag"], e["digest"]) for e in entries] == [("good1", digest_of(docker_client, "good1")), (None, digest)]
 
 
-def test_lock_held_by_another_rollout_exits_4(project: Project) -> None:
+def test_lock_held_by_another_rollout_exits_4(ledger_project: Project) -> None:
+    """On both ledger backends (issue 13): the lease is the ledger's."""
     from rollout import lock
-    from rollout.ledger import Ledger
 
+    project = ledger_project
     assert deploy(project, "good1").returncode == 0
-    ledger = Ledger(project.ledger)
+    ledger = project.open_ledger()
     lease = lock.acquire(ledger, "web")
     try:
         result = deploy(project, "good2", "--wait", "0.5")
@@ -223,20 +224,26 @@ def test_lock_held_by_another_rollout_exits_4(project: Project) -> None:
         assert f"pid {os.getpid()}" in result.stderr
     finally:
         lock.release(ledger, lease)
+        ledger.close()
     assert project.version() == "good1"
     assert deploy(project, "good2").returncode == 0
 
 
-def test_a_killed_holders_lock_does_not_block(project: Project) -> None:
+def test_a_killed_holders_lock_does_not_block(ledger_project: Project) -> None:
+    """On both ledger backends (issue 13): the lease is the ledger's."""
+    from support.raw_ledger import run_sql
+
+    project = ledger_project
     holder = subprocess.Popen(
         ["python3", "-c", "import time; time.sleep(60)"],
     )
-    from rollout.ledger import Ledger
-
-    ledger = Ledger(project.ledger)
-    with ledger.transaction() as conn:
-        conn.execute("INSERT INTO locks (app, holder, host, pid, acquired_at, expires_at) VALUES ('web', 'someone@host', ?, ?, 'then', 9e12)",
-                     [__import__("socket").gethostname(), holder.pid])
+    ledger = project.open_ledger()
+    try:
+        run_sql(ledger, "INSERT INTO locks (app, holder, host, pid, acquired_at, expires_at)"
+                        " VALUES ('web', 'someone@host', ?, ?, 'then', 9e12)",
+                [__import__("socket").gethostname(), holder.pid])
+    finally:
+        ledger.close()
     holder.kill()
     holder.wait()
     result = deploy(project, "good1")
