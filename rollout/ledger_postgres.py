@@ -28,11 +28,9 @@ committed, the guard's re-read sees another holder and raises LeaseLost.
 
 The server going away (issue 13, point 6): before `tolerate_outage` (the orchestrator calls it
 just before a target's first apply) a lost connection is LedgerUnreachable, exit 5, nothing
-changed. After it, a write the server does not take is kept, in order, with the time it was made;
-each later write first tries once (short connect timeout) to get the waiting ones in, so targets
-are never held up by the ledger; `close` retries for what is left of _RETRY_SECONDS, then spools
-them (rollout.ledger_spool), and the next handle opened with that state directory replays them
-first. An unanswered COMMIT is settled by `txid_status`, not guessed. psycopg never reconnects by
+changed. After it, a write the server does not take is kept, in order, with the time it was made,
+retried, then spooled, and replayed by the next command: rollout.ledger_outage (this module's
+_Transaction hands it the writes of a block the server did not take). psycopg never reconnects by
 itself: every transaction and read between transactions reconnects a lost connection first.
 """
 
@@ -41,8 +39,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
-import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterable, Iterator
@@ -57,7 +53,7 @@ from rollout.ledger_url import redact
 from rollout.ledger import (BUILD_PUSHED, COPIED_TABLES, FINISHED, PENDING, REBUILD, SCHEMA_VERSION, Entry,
                             Lease, LedgerBackend, NewEntry, PushedBuild, SqlReads, TargetRow, default_actor, load_batches,
                             now_iso)
-from rollout.ledger_spool import VERSION as SPOOL_VERSION
+from rollout.ledger_outage import Outage, Undecided, gone, replay_spool, rollback
 from rollout.ledger_spool import Spool, spool_path
 
 # The ledger's timestamp form (rollout.ledger.now_iso), from the server's clock.
@@ -65,14 +61,7 @@ _NOW = "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS
 _EPOCH = "extract(epoch from clock_timestamp())::double precision"
 _BUSY_SECONDS = 30  # lock_timeout: as long as the SQLite backend's busy timeout
 _CONNECT_TIMEOUT = 10  # seconds, libpq's connect_timeout unless the URL sets one
-# After a target changed: seconds spent retrying writes, in all, before they go to the spool
-# (issue 13: bounded retries, then a local spool), and the pause between reconnection attempts.
-_RETRY_SECONDS = 30.0
-_RETRY_PAUSE = 1.0
-_QUICK_CONNECT = 2  # seconds: the one reconnection a write tries before the rollout moves on
 _KNOWN_ENTRIES = 64  # entries a handle remembers, to answer `get` while the server is away
-# SQLSTATE classes of a connection that is gone: 08 connection exception, 57P admin/crash shutdown.
-_GONE_STATES = ("08", "57P")
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -253,148 +242,7 @@ _WRITES: dict[str, Callable[[psycopg.Connection[Any], dict[str, Any], str | None
     "record": _apply_record, "set_status": _apply_set_status, "set_target": _apply_set_target,
     "event": _apply_event, "release_lease": _apply_release_lease,
 }
-_ENTRY_REFERENCES = ("entry_id", "previous_id", "reverts_to")
-LATE_OUTCOME, REPLAYED = "spool:late-outcome", "spool:replayed"
-
-
-@dataclass
-class _Story:
-    """How one writer's delayed writes landed: placeholder ids given their real ids, entries whose
-    writes became `spool:late-outcome` events (another runner had finished them), entries this
-    writer finished itself, and the last spool line replayed (`through`, its `seq`).
-    Kept as the detail of a `spool:replayed` ledger event, so a later replay continues it."""
-
-    ids: dict[int, int] = field(default_factory=dict)
-    diverted: dict[int, int] = field(default_factory=dict)
-    finished: set[int] = field(default_factory=set)
-    through: int = 0
-
-    def real(self, entry_id: int | None) -> int | None:
-        """The id the ledger knows entry_id by (a placeholder mapped, else as given)."""
-        return self.ids.get(entry_id, entry_id) if entry_id is not None else None
-
-    def resolved(self, args: dict[str, Any]) -> dict[str, Any]:
-        """args with every entry reference that is a mapped placeholder replaced by its real id."""
-        return {name: self.real(value) if name in _ENTRY_REFERENCES else value for name, value in args.items()}
-
-    def copy(self) -> "_Story":
-        return _Story(dict(self.ids), dict(self.diverted), set(self.finished), self.through)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"ids": {str(k): v for k, v in self.ids.items()}, "through": self.through,
-                "diverted": {str(k): v for k, v in self.diverted.items()}, "finished": sorted(self.finished)}
-
-    @classmethod
-    def from_json(cls, value: dict[str, Any]) -> "_Story":
-        return cls({int(k): v for k, v in value.get("ids", {}).items()},
-                   {int(k): v for k, v in value.get("diverted", {}).items()},
-                   set(value.get("finished", [])), int(value.get("through", 0)))
-
-
-def _replay_one(conn: psycopg.Connection[Any], op: str, args: dict[str, Any], at: str, story: _Story) -> None:
-    """Apply one delayed write (retried or spooled) as of `at`, unguarded: it was made under our lease.
-
-    Conflicts are not errors: a write to an entry another runner has finished meanwhile (a recovery
-    marked it interrupted) and every later write of an entry recorded as its answer (the automatic
-    revert) become `spool:late-outcome` events on that entry, so the true outcome is on record
-    without changing a finished entry or recording a healthy entry after the other runner's.
-    """
-    if op == "record":
-        written, previous = args.get("id"), args.get("previous_id")
-        if previous is not None and previous in story.diverted:
-            if written is not None:
-                story.diverted[written] = story.diverted[previous]
-            _late(conn, story.diverted[previous], op, args, at)
-            return
-        pinned = written
-        if written is not None and written < 0:
-            # Its id is taken from the sequence first and kept even if this transaction is lost
-            # (a sequence never hands a value out twice), so later writes and a spool name it for good.
-            pinned = story.ids.get(written) or conn.execute(
-                "SELECT nextval(pg_get_serial_sequence('entries', 'id')) AS id").fetchone()["id"]
-            story.ids[written] = pinned
-        _apply_record(conn, {**story.resolved(args), "id": pinned}, at)
-        return
-    written = args.get("entry_id")
-    if op != "release_lease" and written is not None:
-        if written not in story.diverted:
-            real = story.real(written)
-            row = conn.execute("SELECT status FROM entries WHERE id = %s FOR UPDATE", [real]).fetchone()
-            if row is not None and row["status"] in FINISHED and real not in story.finished:
-                story.diverted[written] = real
-        if written in story.diverted:
-            _late(conn, story.diverted[written], op, args, at)
-            return
-        if op == "set_status" and args["status"] in FINISHED:
-            story.finished.add(story.real(written))
-    _WRITES[op](conn, story.resolved(args), at)
-
-
-def _late(conn: psycopg.Connection[Any], entry_id: int, op: str, args: dict[str, Any], at: str) -> None:
-    detail = {name: value for name, value in args.items() if name not in ("entry_id", "id")}
-    _insert_event(conn, entry_id, LATE_OUTCOME, {"write": op, **detail}, at)
-
-
-def _committed(conn: psycopg.Connection[Any], xids: list[int]) -> bool:
-    """Whether one of these transactions (txid_current()) committed; `txid_status` is PostgreSQL's
-    answer to a COMMIT whose reply was lost. Raises _Undecided while one is still in progress."""
-    for xid in xids:
-        status = conn.execute("SELECT txid_status(%s) AS status", [xid]).fetchone()["status"]
-        if status == "committed":
-            return True
-        if status == "in progress":
-            raise _Undecided(f"transaction {xid} is still committing")
-    return False  # aborted, or so old the server no longer knows (NULL): replayed rather than lost
-
-
-class _Undecided(Exception):
-    """An earlier try's COMMIT is still in progress on the server: ask again later."""
-
-
-@dataclass
-class _Group:
-    """The writes of one transaction the server did not take, and the ids (txid_current()) of
-    tries of them whose COMMIT got no answer: if one committed, the group is in already."""
-
-    writes: list[dict[str, Any]]
-    unconfirmed: list[int]
-
-
-@dataclass
-class _Outage:
-    """A handle's state once a target is about to change (PostgresLedger.tolerate_outage).
-
-    Writes the server did not take wait in `backlog`, in order; while it is not empty every later
-    write joins it (the ledger must not see them out of order), each first trying once to get the
-    backlog in (_flush). `since`: monotonic time the backlog started; _RETRY_SECONDS later, or at
-    close, it goes to the spool, and so does every later write (`spooling`).
-    """
-
-    writer: str = field(default_factory=lambda: uuid.uuid4().hex)
-    since: float | None = None
-    spooling: bool = False
-    backlog: list[_Group] = field(default_factory=list)
-    tries: dict[int, tuple[_Story, int]] = field(default_factory=dict)  # unanswered flush: xid -> (story, groups)
-    story: _Story = field(default_factory=_Story)
-    seq: int = 0
-    txn: int = 0
-    last_placeholder: int = 0
-    spooled: int = 0
-    lost: int = 0
-    lost_reason: str = ""
-
-    def placeholder(self) -> int:
-        """A new negative id for an entry recorded while the server is away."""
-        self.last_placeholder -= 1
-        return self.last_placeholder
-
-
-def _gone(conn: psycopg.Connection[Any], exc: BaseException) -> bool:
-    """Whether exc says the server, or our connection to it, is gone (not that a statement was refused)."""
-    if not isinstance(exc, psycopg.OperationalError):
-        return False
-    state = exc.sqlstate
-    return conn.closed or conn.broken or state is None or state.startswith(_GONE_STATES)
+# What follows a target's change when the server is away (backlog, flush, spool, replay): rollout.ledger_outage.
 
 
 class _Transaction:
@@ -403,7 +251,7 @@ class _Transaction:
     Before the handle tolerates an outage, a lost connection anywhere in the block ends it with
     LedgerUnreachable (exit 5). After (PostgresLedger.tolerate_outage), the block's writes are
     kept as they are made; when the connection drops the block runs on without the server
-    (`offline`) and, at its end, hands them to PostgresLedger._defer: retried, then spooled.
+    (`offline`) and, at its end, hands them to the outage (rollout.ledger_outage): retried, then spooled.
     """
 
     def __init__(self, ledger: "PostgresLedger") -> None:
@@ -421,8 +269,12 @@ class _Transaction:
         ledger._txn = self
         outage = ledger._outage
         if outage is not None and outage.backlog:
-            ledger._flush(wait=False)
-        if outage is not None and (outage.spooling or outage.backlog):
+            try:
+                outage.flush(wait=False)
+            except BaseException:
+                ledger._txn = None  # a signal: no block runs, the next one is outermost again
+                raise
+        if outage is not None and outage.waiting():
             self.offline = True  # not tried: these writes must land after the waiting ones
             return ledger.conn
         try:
@@ -434,7 +286,7 @@ class _Transaction:
                 ledger._guard(conn)
         except BaseException as exc:
             self._rollback()
-            lost = isinstance(exc, LedgerUnreachable) or _gone(ledger.conn, exc)
+            lost = isinstance(exc, LedgerUnreachable) or gone(ledger.conn, exc)
             if outage is not None and lost:
                 self.offline = True
                 return ledger.conn
@@ -450,36 +302,49 @@ class _Transaction:
         ledger = self.ledger
         try:
             if exc_type is not None:
-                if not self.offline:
-                    self._rollback()
+                self._rollback_open()
                 if isinstance(exc, psycopg.errors.LockNotAvailable):
                     raise LedgerBusy(f"ledger {ledger.location} is busy: another session has held a row rollout"
                                      f" needs for over {_BUSY_SECONDS} s (lock_timeout); find it in"
                                      " pg_stat_activity and retry") from None
-                if isinstance(exc, BaseException) and _gone(ledger.conn, exc):
+                if isinstance(exc, BaseException) and gone(ledger.conn, exc):
                     raise _unreachable(ledger.url, exc) from None
                 return
             if not self.offline:
+                if self.xid is not None:
+                    # On record before COMMIT is sent, forgotten only once it is answered: a COMMIT
+                    # whose answer is lost to a dropped connection or a signal is settled by txid_status.
+                    self.unconfirmed.append(self.xid)
                 try:
                     ledger.conn.execute("COMMIT")
                     return
                 except psycopg.OperationalError as failed:
-                    if not _gone(ledger.conn, failed):
+                    if not gone(ledger.conn, failed):
                         raise
                     if ledger._outage is None:
                         raise _unreachable(ledger.url, failed) from None
-                    if self.xid is not None:
-                        self.unconfirmed.append(self.xid)  # sent, unanswered: it may have committed
+                except BaseException:
+                    if ledger._outage is not None and self.writes:
+                        ledger._outage.defer(self.writes, self.unconfirmed)  # committed or not: settled later
+                    raise
+            else:
+                # `gone` also counts an OperationalError without SQLSTATE from a connection that is in
+                # fact alive: its BEGIN must not stay open, or the next flush's BEGIN would run inside it.
+                self._rollback_open()
             if self.writes:
-                ledger._defer(self.writes, self.unconfirmed)
+                assert ledger._outage is not None
+                ledger._outage.defer(self.writes, self.unconfirmed)
         finally:
             ledger._txn = None
 
+    def _rollback_open(self) -> None:
+        """Roll back a transaction the connection still has open (no round trip when it has none or is broken)."""
+        conn = self.ledger.conn
+        if not (conn.closed or conn.broken) and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            self._rollback()
+
     def _rollback(self) -> None:
-        try:
-            self.ledger.conn.execute("ROLLBACK")
-        except psycopg.OperationalError:
-            pass  # the connection is gone: the server rolled the transaction back itself
+        rollback(self.ledger.conn)
 
 
 class PostgresLedger(SqlReads):
@@ -498,7 +363,7 @@ class PostgresLedger(SqlReads):
     def __init__(self, url: str, state_dir: str | os.PathLike[str] | None = None) -> None:
         self.url = url
         self._txn: _Transaction | None = None
-        self._outage: _Outage | None = None  # set by tolerate_outage: a target is about to change
+        self._outage: Outage | None = None  # set by tolerate_outage: a target is about to change
         self._known: dict[int, Entry] = {}  # the latest entries this handle wrote, newest last
         self.conn = self._connect()
         self._guard: Callable[[psycopg.Connection[Any]], None] | None = None
@@ -506,7 +371,7 @@ class PostgresLedger(SqlReads):
         # Where writes go when the server is away after a target changed; replayed first, here.
         self._spool = Spool(spool_path(Path(state_dir), redact(url))) if state_dir is not None else None
         if self._spool is not None and self._spool.exists():
-            self._replay_spool()
+            replay_spool(self, _WRITES)
 
     @property
     def location(self) -> str:
@@ -541,6 +406,10 @@ class PostgresLedger(SqlReads):
         """The connection, made again if the last one was lost (psycopg never reconnects by
         itself). Only between transactions: a new connection would silently drop one half done.
         Raises LedgerUnreachable when the server cannot be reached."""
+        if not self.conn.closed and self.conn.info.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
+            # Between transactions, a statement still awaiting its answer was cut short by a signal
+            # (ledger_outage: a COMMIT in flight): the connection can take nothing else.
+            self.conn.close()
         if self.conn.closed or self.conn.broken:
             self.conn = self._connect(timeout)
         return self.conn
@@ -551,7 +420,7 @@ class PostgresLedger(SqlReads):
     def close(self) -> None:
         # The last chance for writes still waiting: retried for what is left of the budget, then spooled.
         if self._outage is not None and self._outage.backlog:
-            self._flush(wait=True)
+            self._outage.flush(wait=True)
         self.conn.close()
 
     def now(self) -> float:
@@ -642,8 +511,9 @@ class PostgresLedger(SqlReads):
         """One LedgerBackend write (`op` in _WRITES) in a transaction of its own or the caller's.
 
         After tolerate_outage the write is also kept in the transaction, so that a connection lost
-        before its commit is answered by retrying or spooling it (_defer); `record` then answers
-        with the entry as it will be recorded, under a negative placeholder id if it has none yet.
+        before its commit is answered by retrying or spooling it (rollout.ledger_outage); `record` then
+        takes the id tolerate_outage reserved, so it answers with the entry as it will be recorded even
+        while the server is away (a negative placeholder id only once no reservation is left).
         """
         with self.transaction() as conn:
             txn, outage = self._txn, self._outage
@@ -652,19 +522,23 @@ class PostgresLedger(SqlReads):
             if outage is None:
                 result = _WRITES[op](conn, args, None)
             else:
+                if op == "record" and outage.reserved is not None:
+                    args["id"] = outage.new_id()  # inserted under that id now, or when the server returns
                 txn.writes.append({"op": op, "at": at, "args": args})
                 result = None
                 if not txn.offline:
                     try:
                         result = _WRITES[op](conn, outage.story.resolved(args), None)
                     except psycopg.OperationalError as exc:
-                        if not _gone(conn, exc):
+                        if not gone(conn, exc):
                             raise
                         txn.offline = True
                 if op == "record":
-                    # The id it got is kept: a retry inserts it again under that id (the identity
-                    # sequence does not hand it out twice, even though its transaction was lost).
-                    args["id"] = result.id if result is not None else outage.placeholder()
+                    # The id is kept: a retry or the spool's replay inserts it under that id (the
+                    # sequence never hands it out twice, even when its transaction was lost). Without a
+                    # reserved id a record the server did not take has only a placeholder (ledger_outage).
+                    if args.get("id") is None:
+                        args["id"] = result.id if result is not None else outage.new_id()
                     if result is None:
                         result = Entry(**args, status=PENDING, created_at=at, finished_at=None, error=None)
             self._learn(op, args, result, at)
@@ -682,7 +556,12 @@ class PostgresLedger(SqlReads):
             del self._known[next(iter(self._known))]
 
     def abandon_open_transaction(self) -> None:
-        if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        status = self.conn.info.transaction_status
+        if status == psycopg.pq.TransactionStatus.ACTIVE:
+            # A signal cut a statement short (psycopg cancels only on KeyboardInterrupt): its answer
+            # is still due, so the connection can take nothing else. Closed; the next use reconnects.
+            self.conn.close()
+        elif status != psycopg.pq.TransactionStatus.IDLE:
             _Transaction(self)._rollback()
         self._txn = None
 
@@ -700,154 +579,18 @@ class PostgresLedger(SqlReads):
     # -- the server away after a target changed (issue 13, point 6) ------------------
 
     def tolerate_outage(self) -> None:
+        # The server answers now (the orchestrator checked the lease just before): take the id the
+        # one record that can follow (the automatic revert) will need, so that it never has to be
+        # named by a placeholder. Raises LedgerUnreachable if it is gone already: nothing changed yet.
         if self._outage is None:
-            self._outage = _Outage()
+            reserved = self._one("SELECT nextval(pg_get_serial_sequence('entries', 'id')) AS id", [])["id"]
+            self._outage = Outage(self, _WRITES, reserved=reserved)
 
     def writes_waiting(self) -> bool:
-        outage = self._outage
-        return outage is not None and (outage.spooling or bool(outage.backlog))
+        return self._outage is not None and self._outage.waiting()
 
     def outage_report(self) -> str | None:
-        outage = self._outage
-        if outage is None or not (outage.spooled or outage.lost):
-            return None
-        said = f"ledger {self.location} was unreachable after targets changed:"
-        if outage.spooled and self._spool is not None:
-            said += (f" {outage.spooled} write(s) spooled to {self._spool.path}; the next rollout command"
-                     " that opens this ledger with this config replays them")
-        if outage.lost:
-            said += (f"{';' if outage.spooled else ''} {outage.lost} write(s) could not be spooled ({outage.lost_reason})"
-                     " and are lost: compare `rollout history` with what the targets run")
-        return said
-
-    def _defer(self, writes: list[dict[str, Any]], unconfirmed: list[int]) -> None:
-        """Keep a transaction's writes the server did not take, behind those already waiting;
-        spooled at once when the retry budget is spent already."""
-        outage = self._outage
-        assert outage is not None
-        outage.backlog.append(_Group(writes, unconfirmed))
-        if outage.since is None:
-            outage.since = time.monotonic()
-        if outage.spooling:
-            self._flush(wait=False)
-
-    def _flush(self, *, wait: bool) -> None:
-        """Get the waiting writes into the ledger: reconnect and apply them all in one transaction
-        (unguarded: they were made under our lease, which may have lapsed only because the server
-        was away; conflicts as _replay_one says). `wait` False: one try, with a short connect
-        timeout, so targets are never held up by the ledger; True (at close): try again every
-        _RETRY_PAUSE s. Once the backlog is _RETRY_SECONDS old it is spooled instead."""
-        outage = self._outage
-        assert outage is not None
-        while outage.backlog:
-            left = _RETRY_SECONDS - (time.monotonic() - (outage.since or time.monotonic()))
-            if outage.spooling or left <= 0:
-                outage.spooling = True
-                self._spool_backlog()
-                return
-            story, xid = outage.story.copy(), None
-            try:
-                conn = self._live(timeout=int(left) + 1 if wait else _QUICK_CONNECT)
-                self._drop_committed(conn)
-                conn.execute("BEGIN")
-                xid = conn.execute("SELECT txid_current() AS xid").fetchone()["xid"]
-                for group in outage.backlog:
-                    if not _committed(conn, group.unconfirmed):
-                        for write in group.writes:
-                            _replay_one(conn, write["op"], write["args"], write["at"], story)
-                conn.execute("COMMIT")
-                outage.story, outage.since = story, None
-                outage.backlog.clear()
-                outage.tries.clear()
-                return
-            except (LedgerUnreachable, psycopg.Error, _Undecided) as exc:
-                _Transaction(self)._rollback()
-                outage.story.ids.update(story.ids)  # ids taken from the sequence are theirs for good
-                if isinstance(exc, psycopg.Error) and not _gone(self.conn, exc):
-                    # Refused, not lost (a bug, a changed schema): kept in the spool, whose replay
-                    # by the next command says why, rather than dropped or retried for nothing.
-                    outage.spooling = True
-                    continue
-                if xid is not None:
-                    outage.tries[xid] = (story, len(outage.backlog))
-                if not wait:
-                    return
-                time.sleep(min(_RETRY_PAUSE, max(0.0, left)))  # waiting for the server to come back
-
-    def _drop_committed(self, conn: psycopg.Connection[Any]) -> None:
-        """Drop the waiting groups an earlier flush got in after all (its COMMIT unanswered)."""
-        outage = self._outage
-        assert outage is not None
-        for xid, (story, count) in list(outage.tries.items()):
-            if _committed(conn, [xid]):
-                outage.story = story
-                del outage.backlog[:count]
-                break
-        outage.tries.clear()
-
-    def _spool_backlog(self) -> None:
-        outage = self._outage
-        assert outage is not None
-        lines = []
-        for index, group in enumerate(outage.backlog):
-            outage.txn += 1
-            unless = group.unconfirmed + [xid for xid, (_, count) in outage.tries.items() if index < count]
-            for write in group.writes:
-                outage.seq += 1
-                lines.append({"v": SPOOL_VERSION, "writer": outage.writer, "seq": outage.seq, "txn": outage.txn,
-                              "unless_committed": unless, "op": write["op"], "at": write["at"],
-                              "args": {**outage.story.resolved(write["args"]),
-                                       **({"id": outage.story.real(write["args"]["id"])}
-                                          if write["op"] == "record" else {})}})
-        outage.backlog.clear()
-        outage.tries.clear()
-        if self._spool is None:
-            outage.lost, outage.lost_reason = outage.lost + len(lines), "this handle has no state directory to spool to"
-            return
-        try:
-            self._spool.append(lines)
-            outage.spooled += len(lines)
-        except OSError as exc:
-            outage.lost, outage.lost_reason = outage.lost + len(lines), f"{self._spool.path}: {one_line(exc)}"
-
-    def _replay_spool(self) -> None:
-        """Replay the writes an earlier command spooled for this ledger, in one transaction, before
-        anything else (see rollout.ledger_spool); the file is removed once they are in."""
-        assert self._spool is not None
-        try:
-            with self._spool.claimed() as lines:
-                if lines:
-                    with self.transaction() as conn:
-                        self._replay_lines(conn, lines)
-        except (psycopg.Error, _Undecided) as exc:
-            raise LedgerError(f"the ledger writes spooled in {self._spool.path} cannot be replayed into"
-                              f" {self.location} ({redact(one_line(exc))}): retry in a moment; if it persists,"
-                              " move the file away and record its content by hand") from None
-
-    def _replay_lines(self, conn: psycopg.Connection[Any], lines: list[dict[str, Any]]) -> None:
-        stories: dict[str, _Story] = {}
-        replayed: dict[str, int] = {}
-        skip: dict[tuple[str, int], bool] = {}
-        for line in lines:
-            writer = line["writer"]
-            if writer not in stories:
-                row = conn.execute("SELECT detail FROM events WHERE entry_id IS NULL AND event = %s"
-                                   " AND (detail::jsonb ->> 'writer') = %s ORDER BY id DESC LIMIT 1",
-                                   [REPLAYED, writer]).fetchone()
-                stories[writer] = _Story.from_json(json.loads(row["detail"])) if row else _Story()
-            story = stories[writer]
-            if line["seq"] <= story.through:
-                continue  # an earlier replay got it in (and died before removing the file)
-            group = (writer, line["txn"])
-            if group not in skip:
-                skip[group] = _committed(conn, line.get("unless_committed") or [])
-            if not skip[group]:
-                _replay_one(conn, line["op"], line["args"], line["at"], story)
-                replayed[writer] = replayed.get(writer, 0) + 1
-            story.through = line["seq"]
-        for writer, count in replayed.items():
-            _insert_event(conn, None, REPLAYED, {"writer": writer, "writes": count, "spool": self._spool.path.name
-                                                 if self._spool else None, **stories[writer].to_json()}, None)
+        return self._outage.report() if self._outage is not None else None
 
     # -- reading -----------------------------------------------------------------
 
@@ -857,7 +600,7 @@ class PostgresLedger(SqlReads):
             # After a target changed the server may be away, or behind what was spooled: what this
             # handle wrote is the truth about its own entries (a placeholder id is one not yet recorded).
             real = self._outage.story.real(entry_id)
-            if self._outage.spooling or self._outage.backlog or real is None or real < 0:
+            if self._outage.waiting() or real is None or real < 0:
                 return known
             try:
                 row = self._one("SELECT * FROM entries WHERE id = %s", [real])
@@ -934,16 +677,23 @@ class PostgresLedger(SqlReads):
     def dump(self) -> Generator[tuple[str, dict[str, Any]], None, None]:
         # REPEATABLE READ: one snapshot for the three tables. Server-side cursors stream the rows
         # (a client-side one would hold a 1,000,000-entry ledger in memory).
-        outermost = self.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-        if outermost:
-            self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        # Raises LedgerUnreachable (exit 5) when the server is or goes away: not a psycopg error,
+        # which rollout.ledger_copy would report as the role's fault.
+        outermost = self._txn is None
         try:
+            conn = self._live() if outermost else self.conn
+            if outermost:
+                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             for table in COPIED_TABLES:
-                with self.conn.cursor(name=f"rollout_dump_{table}") as cursor:
+                with conn.cursor(name=f"rollout_dump_{table}") as cursor:
                     cursor.itersize = 2000
                     cursor.execute(f"SELECT * FROM {table} ORDER BY id")
                     for row in cursor:
                         yield table, row
+        except psycopg.OperationalError as exc:
+            if gone(self.conn, exc):
+                raise _unreachable(self.url, exc) from None
+            raise
         finally:
             if outermost:
                 _Transaction(self)._rollback()  # read only: nothing to commit
@@ -987,7 +737,7 @@ class PostgresLedger(SqlReads):
             conn = self.conn if self._txn is not None else self._live()
             return conn.execute(sql, params)
         except psycopg.OperationalError as exc:
-            if _gone(self.conn, exc):
+            if gone(self.conn, exc):
                 raise _unreachable(self.url, exc) from None
             raise
 

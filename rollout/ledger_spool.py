@@ -1,7 +1,7 @@
 """A local spool of ledger writes that could not reach a PostgreSQL ledger (issue 13, point 6).
 
 Once a rollout has changed a target it must finish (verify, and revert on failure) whether the
-database answers or not, and what it did must reach the ledger. rollout.ledger_postgres retries
+database answers or not, and what it did must reach the ledger. rollout.ledger_outage retries
 such writes (bounded: about 30 s in all, reconnecting), then appends them here; the next command
 that opens the same ledger from the same config directory replays them first, under an exclusive
 flock so two commands never replay the same writes twice, and removes the file.
@@ -27,7 +27,7 @@ JSON object per line (UTF-8), each batch appended under the flock and fsynced:
 
 Never in it: the ledger URL or its password (only the hash of the redacted URL names the file).
 An unterminated last line is a write the process died in the middle of (its caller never saw it
-succeed): it is ignored. This module knows the file, not SQL: the replay is rollout.ledger_postgres's.
+succeed): it is ignored. This module knows the file, not SQL: the replay is rollout.ledger_outage's.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import re
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -25,7 +26,7 @@ import pytest
 from rollout.ledger import now_iso
 from support.errors import WARNING, one_line_error
 from support.images import APP_IMAGE, digest_of
-from support.pg import PASSWORD, PrivateCluster, private_cluster
+from support.pg import PASSWORD, PrivateCluster, fresh_database, private_cluster
 from support.project import STEP_TIMEOUT, Project, write_config
 from support.proxy import Fault, start_proxy
 
@@ -218,8 +219,9 @@ def test_a_failure_while_the_server_is_down_is_reverted_and_both_are_recorded_wh
     entry = wait_for_status(cluster, process, first, "verifying")
     cluster.stop("fast")
     stderr.wait_for(r"\[local\] FAILED")
-    # The revert runs without waiting for the ledger: it is recorded as #-1 until the server returns.
-    stderr.wait_for(r"reverting to #%d .* as #-1" % first)
+    # The revert runs without waiting for the ledger, under the id reserved before the first apply:
+    # the one it gets when the server returns (no placeholder reaches the user or the target).
+    announced = int(re.search(r" as #(-?\d+)$", stderr.wait_for(r"reverting to #%d .* as #" % first)).group(1))
     assert process.poll() is None, "the deploy ended before the server came back"
     cluster.start()
 
@@ -231,6 +233,7 @@ def test_a_failure_while_the_server_is_down_is_reverted_and_both_are_recorded_wh
                     (first,))
     assert [row[1:] for row in recorded] == [("deploy", "failed", None, first), ("revert", "healthy", first, entry)]
     revert = recorded[1][0]
+    assert announced == revert
     assert [event for event, _, _ in events_of(cluster, entry)][-2:] == ["target:failed", "status:failed"]
     assert [event for event, _, _ in events_of(cluster, revert)] == [
         "recorded", "status:applying", "target:applied", "status:verifying", "target:healthy", "status:healthy"]
@@ -303,3 +306,277 @@ def test_an_entry_another_runner_finished_meanwhile_gets_the_late_outcome_as_an_
     newest = max(row[0] for row in rows(cluster, "SELECT id FROM entries"))
     assert rows(cluster, "SELECT kind, status FROM entries WHERE id = %s", (newest,)) == [("revert", "healthy")]
     other.close()
+
+
+# -- in-process: signals and errors around COMMIT, on a database of the shared test server -------------
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+def new_entry() -> "NewEntry":
+    from rollout.ledger import NewEntry
+
+    return NewEntry(app="web", repository="registry.example/web", tag="1.0", digest=DIGEST)
+
+
+def names_of(url: str, entry_id: int) -> list[str]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        return [row[0] for row in conn.execute("SELECT event FROM events WHERE entry_id = %s ORDER BY id", (entry_id,))]
+
+
+def drop_connection(url: str, ledger: Any) -> None:
+    """End the ledger handle's server session, as a server restart does (the handle notices on its next use)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", (ledger.conn.info.backend_pid,))
+
+
+GATE_KEY = 7007
+
+
+@contextmanager
+def commit_gate(url: str, *, refuse: bool) -> Iterator[Any]:
+    """Every COMMIT of a transaction that inserted an event waits, in a deferred constraint trigger,
+    until the block releases the advisory lock it holds, then succeeds (or fails, while a row of
+    commit_gate says refuse). Yields the connection holding the lock; the trigger is dropped after."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE commit_gate (refuse BOOLEAN NOT NULL)")
+        conn.execute("INSERT INTO commit_gate VALUES (%s)", (refuse,))
+        conn.execute(f"""CREATE FUNCTION commit_gate() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM pg_advisory_xact_lock_shared({GATE_KEY});
+                IF EXISTS (SELECT 1 FROM commit_gate WHERE refuse) THEN RAISE EXCEPTION 'refused at commit'; END IF;
+                RETURN NULL;
+            END $$""")
+        conn.execute("CREATE CONSTRAINT TRIGGER commit_gate AFTER INSERT ON events DEFERRABLE INITIALLY DEFERRED"
+                     " FOR EACH ROW EXECUTE FUNCTION commit_gate()")
+        conn.execute("SELECT pg_advisory_lock(%s)", (GATE_KEY,))
+        try:
+            yield conn
+        finally:
+            conn.execute("SELECT pg_advisory_unlock_all()")
+            conn.execute("DROP TRIGGER commit_gate ON events")  # waits for the held COMMIT to end
+            conn.execute("DROP FUNCTION commit_gate()")
+            conn.execute("DROP TABLE commit_gate")
+
+
+def committing(url: str) -> list[int]:
+    """Backends of the database whose COMMIT waits at the gate."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        return [row[0] for row in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query = 'COMMIT'"
+            " AND state = 'active' AND pid <> pg_backend_pid()")]
+
+
+@contextmanager
+def sigterm_while_committing(url: str) -> Iterator[None]:
+    """SIGTERM raises Interrupted (as rollout's CLI has it) and is sent to this process once a COMMIT
+    of the database waits at the gate."""
+    import os
+    import signal
+
+    from rollout.errors import Interrupted
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    def send() -> None:
+        deadline = time.monotonic() + STEP_TIMEOUT
+        while not committing(url) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    sender = threading.Thread(target=send, daemon=True)
+    try:
+        sender.start()
+        yield
+    finally:
+        sender.join(timeout=STEP_TIMEOUT)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_signal_while_a_flush_commits_lands_its_writes_once(tmp_path):
+    from rollout.errors import Interrupted
+    from rollout.ledger_postgres import PostgresLedger
+
+    with fresh_database() as url:
+        ledger = PostgresLedger(url, tmp_path)
+        entry = ledger.record(new_entry())
+        ledger.tolerate_outage()
+        drop_connection(url, ledger)
+        ledger.event(entry.id, "first")  # the server dropped the session: waits in the backlog
+        assert ledger.writes_waiting()
+        with commit_gate(url, refuse=False):
+            with sigterm_while_committing(url), pytest.raises(Interrupted):
+                ledger.event(entry.id, "second")  # gets "first" in first: SIGTERM while that COMMIT waits
+        ledger.abandon_open_transaction()  # as the orchestrator does on Interrupted
+        ledger.event(entry.id, "third")
+        ledger.close()
+
+        assert names_of(url, entry.id) == ["recorded", "first", "third"]
+        assert spools_in(tmp_path) == []
+
+
+def test_a_signal_while_a_transaction_commits_keeps_its_writes_when_that_commit_failed(tmp_path):
+    import psycopg
+
+    from rollout.errors import Interrupted
+    from rollout.ledger_postgres import PostgresLedger
+
+    with fresh_database() as url:
+        ledger = PostgresLedger(url, tmp_path)
+        entry = ledger.record(new_entry())
+        ledger.tolerate_outage()
+        with commit_gate(url, refuse=True) as gate:
+            with sigterm_while_committing(url), pytest.raises(Interrupted):
+                ledger.event(entry.id, "first")
+            ledger.abandon_open_transaction()
+            gate.execute("SELECT pg_advisory_unlock_all()")
+            deadline = time.monotonic() + STEP_TIMEOUT
+            while committing(url) and time.monotonic() < deadline:
+                time.sleep(0.02)  # the server ends that COMMIT: refused, rolled back
+            assert not committing(url)
+            gate.execute("UPDATE commit_gate SET refuse = false")
+        ledger.event(entry.id, "second")
+        ledger.close()
+
+        assert names_of(url, entry.id) == ["recorded", "first", "second"]
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT count(*) FROM events WHERE event = 'first'").fetchone() == (1,)
+
+
+def spools_in(state: Path) -> list[Path]:
+    return sorted(state.glob("ledger-spool-*.jsonl"))
+
+
+def test_a_spooled_record_the_ledger_has_already_counts_as_committed(tmp_path):
+    from dataclasses import asdict
+
+    from rollout.ledger_postgres import PostgresLedger
+    from rollout.ledger_spool import Spool, spool_path
+    from rollout.ledger_url import redact
+
+    with fresh_database() as url:
+        first = PostgresLedger(url)
+        with first.transaction():
+            entry = first.record(new_entry())
+            first.event(entry.id, "noted")
+        first.close()
+        # What a writer spools when its COMMIT landed but no transaction id was kept to check it:
+        # the record (under the id it took from the sequence) and its event, then a later write.
+        line = {"v": 1, "writer": "w1", "unless_committed": [], "at": now_iso()}
+        Spool(spool_path(tmp_path, redact(url))).append([
+            {**line, "seq": 1, "txn": 1, "op": "record", "args": {**asdict(new_entry()), "id": entry.id}},
+            {**line, "seq": 2, "txn": 1, "op": "event", "args": {"entry_id": entry.id, "event": "noted", "detail": {}}},
+            {**line, "seq": 3, "txn": 2, "op": "set_status",
+             "args": {"entry_id": entry.id, "status": "applying", "error": None}},
+        ])
+
+        second = PostgresLedger(url, tmp_path)
+        assert second.get(entry.id).status == "applying"
+        second.close()
+
+        assert names_of(url, entry.id) == ["recorded", "noted", "status:applying"]
+        assert spools_in(tmp_path) == []
+
+
+def test_an_error_without_sqlstate_on_a_live_connection_rolls_the_block_back(tmp_path, monkeypatch):
+    import psycopg
+
+    from rollout import ledger_postgres as LP
+
+    with fresh_database() as url:
+        ledger = LP.PostgresLedger(url, tmp_path)
+        entry = ledger.record(new_entry())
+        ledger.tolerate_outage()
+        write_event, failed = LP._WRITES["event"], []
+
+        def once_without_sqlstate(conn: Any, args: dict[str, Any], at: str | None) -> Any:
+            if args["event"] == "b" and not failed:
+                failed.append(args)
+                # What libpq reports on its own side (no SQLSTATE), the connection staying alive.
+                raise psycopg.OperationalError("consuming input failed")
+            return write_event(conn, args, at)
+
+        monkeypatch.setitem(LP._WRITES, "event", once_without_sqlstate)
+        with ledger.transaction():
+            ledger.event(entry.id, "a")
+            ledger.event(entry.id, "b")  # taken for a lost server: the block's writes wait
+        assert failed and not ledger.conn.broken
+        ledger.event(entry.id, "c")
+        ledger.close()
+
+        assert names_of(url, entry.id) == ["recorded", "a", "b", "c"]
+
+
+def test_ledger_dump_after_the_connection_was_lost_reconnects_or_says_unreachable():
+    from rollout.errors import LedgerUnreachable
+    from rollout.ledger_postgres import PostgresLedger
+
+    with fresh_database() as url:
+        ledger = PostgresLedger(url)
+        entry = ledger.record(new_entry())
+        drop_connection(url, ledger)
+        with pytest.raises(LedgerUnreachable) as lost:
+            list(ledger.dump())
+        assert lost.value.exit_code == 5 and PASSWORD not in str(lost.value)
+        # Noticed: the next dump connects again.
+        assert [row["id"] for table, row in ledger.dump() if table == "entries"] == [entry.id]
+        ledger.close()
+
+
+# -- a network partition: packets dropped, no reset ----------------------------------------------------
+
+@contextmanager
+def packets_dropped(port: int) -> Iterator[None]:
+    """Drop every TCP packet to `port` on the loopback interface (iptables) for the block; only that rule
+    is removed afterwards."""
+    import os
+    import shutil
+
+    from support.bed import need
+
+    need(shutil.which("iptables") is not None and os.geteuid() == 0, "iptables and root (to drop packets)")
+    rule = ["INPUT", "-i", "lo", "-p", "tcp", "--dport", str(port), "-j", "DROP"]
+    subprocess.run(["iptables", "-I", *rule], check=True, capture_output=True, timeout=30)
+    try:
+        yield
+    finally:
+        subprocess.run(["iptables", "-D", *rule], check=True, capture_output=True, timeout=30)
+
+
+def test_a_partition_mid_verify_does_not_hang_the_deploy_and_its_outcome_reaches_the_ledger(outage):
+    from rollout.ledger_outage import RETRY_SECONDS
+
+    cluster, project = outage
+    first = deploy_first(project)
+    process = project.start("deploy", "web:good2")
+    stderr = Stderr(process)
+    entry = wait_for_status(cluster, process, first, "verifying")
+    with packets_dropped(cluster.port):
+        dropped = time.monotonic()
+        # libpq's tcp_user_timeout ends a write that gets no acknowledgement; every reconnection then
+        # times out; the rest waits out the retry budget and goes to the spool.
+        code, lines = stderr.finish(timeout=RETRY_SECONDS + 60)
+        took = time.monotonic() - dropped
+        # The admin connection is the socket dir's: the partition is TCP's only.
+        assert rows(cluster, "SELECT status FROM entries WHERE id = %s", (entry,)) == [("verifying",)]
+
+    assert code == 0, "\n".join(lines)
+    assert took < RETRY_SECONDS + 30, f"the deploy took {took:.0f} s after the partition"
+    assert project.version() == "good2"
+    assert len(spools(project)) == 1
+    history = project.json("history", "--json")
+    assert history[0]["id"] == entry and history[0]["status"] == "healthy"
+    assert rows(cluster, "SELECT status FROM entries WHERE id = %s", (entry,)) == [("healthy",)]
+    assert rows(cluster, "SELECT outcome FROM targets WHERE entry_id = %s", (entry,)) == [("healthy",)]
+    assert rows(cluster, "SELECT app FROM locks") == []
+    assert spools(project) == []
