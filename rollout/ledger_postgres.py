@@ -49,10 +49,10 @@ from psycopg.rows import dict_row
 
 from rollout import faults
 from rollout.errors import LeaseLost, LedgerBusy, LedgerError, LedgerUnreachable, one_line
-from rollout.ledger_url import redact
+from rollout.ledger_url import redact, scrub
 from rollout.ledger import (BUILD_PUSHED, COPIED_TABLES, FINISHED, PENDING, REBUILD, SCHEMA_VERSION, Entry,
                             Lease, LedgerBackend, NewEntry, PushedBuild, SqlReads, TargetRow, default_actor, load_batches,
-                            now_iso)
+                            new_lease_token, now_iso)
 from rollout.ledger_outage import Outage, Undecided, gone, replay_spool, rollback
 from rollout.ledger_spool import Spool, spool_path
 
@@ -112,7 +112,8 @@ CREATE TABLE IF NOT EXISTS locks (
     pid INTEGER NOT NULL,
     acquired_at TEXT NOT NULL,
     expires_at DOUBLE PRECISION NOT NULL,
-    heartbeat_at TEXT
+    heartbeat_at TEXT,
+    token TEXT
 );
 """
 
@@ -159,7 +160,10 @@ FOR EACH STATEMENT EXECUTE FUNCTION rollout_refuse('ledger events are append-onl
 # Steps from schema version N-1 to N, run in the one transaction that migrates (DDL is
 # transactional in PostgreSQL). The PostgreSQL schema starts at version 2, the SQLite
 # ledger's version when it was added; a step for N is added here and in rollout.ledger together.
-MIGRATIONS: dict[int, Callable[[psycopg.Connection[Any]], object]] = {}
+MIGRATIONS: dict[int, Callable[[psycopg.Connection[Any]], object]] = {
+    # rollout.ledger.MIGRATIONS[3]: a lease is told apart by its token, not by (host, pid).
+    3: lambda conn: conn.execute("ALTER TABLE locks ADD COLUMN IF NOT EXISTS token TEXT"),
+}
 
 # A fixed key for pg_advisory_xact_lock: concurrent first opens create the schema one at a time.
 _SCHEMA_LOCK_KEY = 0x726F6C6C6F7574  # "rollout"
@@ -168,15 +172,42 @@ _SCHEMA_LOCK_KEY = 0x726F6C6C6F7574  # "rollout"
 def _unreachable(url: str, exc: BaseException) -> LedgerUnreachable:
     # libpq's messages name host, port and user, never the password; masked anyway in case a
     # future libpq quotes the conninfo.
-    reason = redact(one_line(exc)).removeprefix("connection failed: ")
+    reason = scrub(one_line(exc), url).removeprefix("connection failed: ")
     return LedgerUnreachable(f"ledger {redact(url)} is unreachable ({reason}): check that the server runs"
                              " and accepts this user, then retry; nothing was changed")
 
 
+_TCP_LIVENESS = {"tcp_user_timeout": "10000", "keepalives": "1", "keepalives_idle": "5",
+                 "keepalives_interval": "2", "keepalives_count": "3"}
+
+# libpq's words for a login or a setting the server refused: (pattern, what to tell the user).
+_REFUSALS = (
+    (r"password authentication failed|no password supplied|authentication failed|role \".*\" does not exist"
+     r"|no pg_hba\.conf entry", "refused the login ({reason}): check the user and its password (~/.pgpass,"
+     " $PGPASSWORD or the URL) and the server's pg_hba.conf"),
+    (r"database \".*\" does not exist", "has no such database ({reason}): create it (CREATE DATABASE NAME OWNER"
+     " ROLE) or fix the URL's database name"),
+    (r"invalid \w+ value|server does not support SSL|invalid connection option|unsupported .*version",
+     "cannot be reached with these settings ({reason}): fix the URL's parameters (libpq's names and values)"),
+)
+
+
+def _refused_login(exc: BaseException, url: str) -> str | None:
+    """The message for a connection failure that is bad input (a login the server refused, a
+    database that does not exist, an invalid sslmode), or None for an outage."""
+    import re
+
+    reason = scrub(one_line(exc), url).removeprefix("connection failed: ")
+    for pattern, told in _REFUSALS:
+        if re.search(pattern, reason):
+            return told.format(reason=reason)
+    return None
+
+
 def _still_held(lease: Lease) -> Callable[[psycopg.Connection[Any]], None]:
     def guard(conn: psycopg.Connection[Any]) -> None:
-        row = conn.execute("SELECT 1 FROM locks WHERE app = %s AND pid = %s AND host = %s FOR SHARE",
-                           [lease.app, lease.pid, lease.host]).fetchone()
+        where, params = lease.matches()
+        row = conn.execute(f"SELECT 1 FROM locks WHERE {where} FOR SHARE".replace("?", "%s"), params).fetchone()
         if row is None:
             raise LeaseLost(f"another rollout took over the lock on {lease.app} while this one ran:"
                             f" stopped without changing anything more; it now decides what {lease.app} runs"
@@ -235,7 +266,8 @@ def _apply_event(conn: psycopg.Connection[Any], args: dict[str, Any], at: str | 
 
 def _apply_release_lease(conn: psycopg.Connection[Any], args: dict[str, Any], at: str | None) -> None:
     # Only our own row: a lease another rollout took since (ours expired meanwhile) is left alone.
-    conn.execute("DELETE FROM locks WHERE app = %s AND pid = %s AND host = %s", [args["app"], args["pid"], args["host"]])
+    where, params = Lease(args["app"], "", args["host"], args["pid"], "", 0.0, token=args.get("token")).matches()
+    conn.execute(f"DELETE FROM locks WHERE {where}".replace("?", "%s"), params)
 
 
 _WRITES: dict[str, Callable[[psycopg.Connection[Any], dict[str, Any], str | None], Any]] = {
@@ -381,15 +413,24 @@ class PostgresLedger(SqlReads):
     def _connect(self, timeout: int | None = None) -> psycopg.Connection[Any]:
         try:
             params = pg_conninfo.conninfo_to_dict(self.url)
-        except psycopg.ProgrammingError as exc:
-            raise LedgerError(f"[ledger] url {redact(self.url)} is not a valid PostgreSQL URL"
-                              f" ({redact(one_line(exc))}): write it as postgresql://USER@HOST:PORT/DBNAME") from None
+        except psycopg.ProgrammingError:
+            # libpq's parse errors quote the token they choke on, which may be the password: not shown.
+            raise LedgerError(f"ledger URL {redact(self.url)} is not a valid PostgreSQL URL: write it as"
+                              " postgresql://USER@HOST:PORT/DBNAME, with special characters in the password"
+                              " percent-encoded (or the password in ~/.pgpass)") from None
         for name in ("port", "connect_timeout"):
-            # libpq would refuse these only when connecting, in words that read like an outage.
+            # libpq would refuse these only when connecting, in words that read like an outage. The value
+            # is not quoted: a password holding '/' makes its start parse as the port.
             if params.get(name) and not all(part.strip().isdigit() for part in str(params[name]).split(",")):
-                raise LedgerError(f"[ledger] url {redact(self.url)}: {name} {params[name]!r} is not a number:"
-                                  " write it as postgresql://USER@HOST:PORT/DBNAME")
+                raise LedgerError(f"ledger URL {redact(self.url)}: its {name} is not a number: write it as"
+                                  " postgresql://USER@HOST:PORT/DBNAME, with special characters in the password"
+                                  " percent-encoded")
         params.setdefault("connect_timeout", str(_CONNECT_TIMEOUT))
+        # A server that vanishes without a reset (a network partition, a dead host) must be noticed in
+        # seconds, not after the kernel's ~15 minutes of retransmissions: unacknowledged data for 10 s,
+        # or an idle connection silent for 5 + 3 x 2 s, ends the connection (libpq's parameters).
+        for name, value in _TCP_LIVENESS.items():
+            params.setdefault(name, value)
         # A row lock held by a stuck session (a lease row, a guarded write) must not hang every
         # rollout behind it: give up after _BUSY_SECONDS like SQLite's busy timeout (LedgerBusy).
         # Put first, so `options` the URL sets come later and win.
@@ -400,7 +441,11 @@ class PostgresLedger(SqlReads):
         try:
             return psycopg.connect(**params, autocommit=True, row_factory=dict_row)
         except psycopg.Error as exc:
-            raise _unreachable(self.url, exc) from None
+            # Before a target changed, a login or setting the server refuses is the user's to fix
+            # (exit 2: retrying cannot help); after, every failure is an outage to ride out.
+            refused = _refused_login(exc, self.url) if getattr(self, "_outage", None) is None else None
+            raise (LedgerError(f"ledger {redact(self.url)} {refused}; nothing was changed") if refused
+                   else _unreachable(self.url, exc)) from None
 
     def _live(self, timeout: int | None = None) -> psycopg.Connection[Any]:
         """The connection, made again if the last one was lost (psycopg never reconnects by
@@ -613,14 +658,14 @@ class PostgresLedger(SqlReads):
     # -- leases ------------------------------------------------------------------
 
     def take_lease(self, app: str, lease_seconds: float) -> Lease | None:
-        holder, host, pid = default_actor(), socket.gethostname(), os.getpid()
+        holder, host, pid, token = default_actor(), socket.gethostname(), os.getpid(), new_lease_token()
         while True:
             with self.transaction() as conn:
                 row = conn.execute(
-                    "INSERT INTO locks (app, holder, host, pid, acquired_at, expires_at, heartbeat_at)"
-                    f" VALUES (%s, %s, %s, %s, {_NOW}, {_EPOCH} + %s, {_NOW})"
+                    "INSERT INTO locks (app, holder, host, pid, acquired_at, expires_at, heartbeat_at, token)"
+                    f" VALUES (%s, %s, %s, %s, {_NOW}, {_EPOCH} + %s, {_NOW}, %s)"
                     " ON CONFLICT (app) DO NOTHING RETURNING *",
-                    [app, holder, host, pid, lease_seconds]).fetchone()
+                    [app, holder, host, pid, lease_seconds, token]).fetchone()
                 if row is not None:
                     return Lease(**row)
                 # Someone holds it: lock the row, then judge it by the server's clock.
@@ -635,20 +680,20 @@ class PostgresLedger(SqlReads):
                 self._event(None, "lock:taken-over", {"app": app, "from": current.holder, "pid": current.pid})
                 row = conn.execute(
                     f"UPDATE locks SET holder = %s, host = %s, pid = %s, acquired_at = {_NOW},"
-                    f" expires_at = {_EPOCH} + %s, heartbeat_at = {_NOW} WHERE app = %s RETURNING *",
-                    [holder, host, pid, lease_seconds, app]).fetchone()
+                    f" expires_at = {_EPOCH} + %s, heartbeat_at = {_NOW}, token = %s WHERE app = %s RETURNING *",
+                    [holder, host, pid, lease_seconds, token, app]).fetchone()
                 return Lease(**row)
 
     def renew_lease(self, lease: Lease, lease_seconds: float) -> bool:
         with self.transaction() as conn:
             cursor = conn.execute(
                 f"UPDATE locks SET expires_at = {_EPOCH} + %s, heartbeat_at = {_NOW}"
-                " WHERE app = %s AND pid = %s AND host = %s", [lease_seconds, lease.app, lease.pid, lease.host])
+                f" WHERE {lease.matches()[0].replace('?', '%s')}", [lease_seconds, *lease.matches()[1]])
         return cursor.rowcount == 1
 
     def release_lease(self, lease: Lease) -> None:
         # A write like the others: after a target changed, a release the server cannot take is spooled.
-        self._write("release_lease", {"app": lease.app, "pid": lease.pid, "host": lease.host})
+        self._write("release_lease", {"app": lease.app, "pid": lease.pid, "host": lease.host, "token": lease.token})
 
     def force_release(self, app: str) -> Lease | None:
         with self.transaction() as conn:
