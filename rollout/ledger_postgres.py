@@ -53,7 +53,7 @@ from rollout.ledger_url import redact, scrub
 from rollout.ledger import (BUILD_PUSHED, COPIED_TABLES, FINISHED, PENDING, REBUILD, SCHEMA_VERSION, Entry,
                             Lease, LedgerBackend, NewEntry, PushedBuild, SqlReads, TargetRow, default_actor, load_batches,
                             new_lease_token, now_iso)
-from rollout.ledger_outage import Outage, Undecided, gone, replay_spool, rollback
+from rollout.ledger_outage import Outage, gone, replay_spool, rollback
 from rollout.ledger_spool import Spool, spool_path
 
 # The ledger's timestamp form (rollout.ledger.now_iso), from the server's clock.
