@@ -2,7 +2,7 @@
 
 The superuser connects over the cluster's socket dir without a password (it creates and
 drops databases); rollout connects as the `rollout` role over TCP with a password, as a team
-would. Names match .ci/testbed; ROLLOUT_TEST_PG_PORT moves the server.
+would. Names match .ci/testbed; ROLLOUT_TEST_PG_PORT and ROLLOUT_TEST_PG_SOCKET_DIR move the server.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from support.bed import need
 
 ROOT = Path(__file__).resolve().parents[2]
 PORT = int(os.environ.get("ROLLOUT_TEST_PG_PORT", "55432"))
-SOCKET_DIR = ROOT / ".testbed" / "pgsock"
+# Outside the checkout (.ci/testbed): every checkout on the machine shares the one test server.
+SOCKET_DIR = Path(os.environ.get("ROLLOUT_TEST_PG_SOCKET_DIR", "/run/rollout-testbed-pg"))
 USER, PASSWORD = "rollout", "rollout-test-password"
 HOST = "127.0.0.1"
 
