@@ -152,6 +152,8 @@ def status(
                      t.error or t.image or "no container"] for t in report.targets]
             console.out(head + "\n" + table(["TARGET", "DIGEST", "STATE", "IMAGE"], rows))
             for t in report.targets:
+                if t.traffic is not None:
+                    console.out(_traffic_line(t.name, t.traffic))
                 if t.warning:
                     console.warn(t.warning)
         return result.exit_code
@@ -379,3 +381,14 @@ def _run_command() -> Any:
 
 if __name__ == "__main__":
     main()
+
+
+def _traffic_line(target: str, traffic: dict[str, Any]) -> str:
+    """One line of `status` for a target behind a router (rollout.targets.Running.traffic): where its
+    traffic goes and whether that is the slot of the container under the name (else DRIFT)."""
+    to = ", ".join(traffic["upstreams"]) or "nothing"
+    where = f"{target}: traffic: {traffic['router']} {traffic['route']} -> {to}"
+    if traffic["routed"]:
+        return f"{where} (slot {traffic['slot']}, the running container)"
+    slot = f"slot {traffic['slot']}" if traffic["slot"] is not None else "no slot"
+    return f"{where}, not the running container ({slot}): DRIFT"

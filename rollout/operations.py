@@ -278,9 +278,11 @@ class AppStatus:
     recovery: Optional["Outcome"] = None
 
     def to_json(self) -> dict[str, Any]:
-        """{app, current: Entry.to_json() | None, targets: [TargetState's fields]}; `recovery` is not part of it."""
+        """{app, current: Entry.to_json() | None, targets: [TargetState's fields]}; `recovery` is not part
+        of it, nor `traffic` for a target without a router (the shape stays as before issue 14)."""
         return {"app": self.app, "current": self.current.to_json() if self.current else None,
-                "targets": [asdict(t) for t in self.targets]}
+                "targets": [{k: v for k, v in asdict(t).items() if k != "traffic" or v is not None}
+                            for t in self.targets]}
 
 
 @dataclass

@@ -233,7 +233,54 @@ def test_an_unreachable_router_refuses_the_deploy_before_anything_changes(bed, d
     live.reload()
     assert live.status == "running" and through(running) == "good1"
     assert [c.name for c in docker_client.containers.list(all=True, filters={"name": project.container})] == [live.name]
-    assert [(e["tag"], e["status"]) for e in project.history()] == [("good2", "failed"), ("good1", "healthy")]
+    # Refused while looking at the targets, before an entry is recorded.
+    assert [(e["tag"], e["status"]) for e in project.history()] == [("good1", "healthy")]
+
+
+def test_status_shows_the_slot_taking_traffic_and_a_router_elsewhere_as_drift(bed, docker_client) -> None:  # type: ignore[no-untyped-def]
+    project, running, slots = bed
+    assert deploy(project, "good1").returncode == 0
+    report = project.json("status", "--json")
+    [target] = report["targets"]
+    assert target["in_sync"] and target["traffic"] == {
+        "router": running.kind, "route": running.route, "upstreams": [f"127.0.0.1:{slots[1]}"], "slot": slots[1],
+        "routed": True}
+    human = project.run("status")
+    assert human.returncode == 0, human.stderr
+    assert f"local: traffic: {running.kind} {running.route} -> 127.0.0.1:{slots[1]} (slot {slots[1]}" in human.stdout
+    # An operator points the proxy at the other slot (where nothing of this release runs).
+    from rollout.routers import open_router
+
+    open_router(running.kind, running.admin, running.route).switch(f"127.0.0.1:{slots[0]}")
+    report = project.json("status", "--json")
+    [target] = report["targets"]
+    assert not target["in_sync"] and target["running"] and target["error"] is None
+    assert target["traffic"]["upstreams"] == [f"127.0.0.1:{slots[0]}"] and target["traffic"]["routed"] is False
+    human = project.run("status")
+    assert human.returncode == 0, human.stderr
+    assert "DRIFT" in human.stdout.splitlines()[2], human.stdout  # the target's row, like any drift
+    assert f"-> 127.0.0.1:{slots[0]}, not the running container (slot {slots[1]}): DRIFT" in human.stdout
+    # `check` reports it as drift too (exit 10), and the next deploy puts the traffic on a release it verified.
+    assert project.run("check").returncode == 10
+    assert deploy(project, "good2").returncode == 0
+    assert project.json("status", "--json")["targets"][0]["in_sync"] and through(running) == "good2"
+
+
+def test_status_reports_an_unreachable_router_on_its_target(bed, docker_client) -> None:  # type: ignore[no-untyped-def]
+    project, running, slots = bed
+    assert deploy(project, "good1").returncode == 0
+    dead = "unix:///nonexistent/admin.sock" if running.kind == "haproxy" else f"http://127.0.0.1:{free_port()}"
+    write_traffic_config(project, running, slots, admin=dead)
+    result = project.run("status", "--json")
+    assert result.returncode == 5, result.stderr
+    assert "Traceback" not in result.stderr
+    import json
+
+    [target] = json.loads(result.stdout)["targets"]
+    assert target["error"].startswith("target local: ") and "cannot be reached" in target["error"]
+    assert dead in target["error"] and not target["in_sync"]
+    human = project.run("status")
+    assert human.returncode == 5 and "UNREACHABLE" in human.stdout and "Traceback" not in human.stderr
 
 
 # -- the pieces, without an engine or a proxy ----------------------------------------------------

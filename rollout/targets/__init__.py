@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from rollout.errors import one_line
 
@@ -42,10 +42,16 @@ class Running:
     detail: str = ""
     active: bool = True  # False: the container exists but is not running
     warning: str | None = None  # something the operator should know although it runs (one line)
+    # A docker target with a traffic section (issue 14): what its router sends new requests to,
+    # {"router", "route", "upstreams": ["HOST:PORT", ...], "slot": the running container's slot or
+    # None, "routed": whether the upstreams are exactly that slot}; None without a traffic section.
+    traffic: dict[str, Any] | None = None
 
     def serves(self, digest: str) -> bool:
-        """Whether the target runs `digest` ("sha256:HEX") now: a stopped container with it does not."""
-        return self.active and self.digest == digest
+        """Whether the target runs `digest` ("sha256:HEX") now: a stopped container with it does not,
+        nor, behind a router, one the router does not send the traffic to."""
+        routed = self.traffic is None or bool(self.traffic.get("routed"))
+        return self.active and routed and self.digest == digest
 
 
 @dataclass(frozen=True)
@@ -174,6 +180,7 @@ class TargetState:
     in_sync: bool = False  # running the ledger's current digest; a stopped container is not
     error: str | None = None  # the target could not be reached or read
     warning: str | None = None  # it runs, but something needs the operator's eye (e.g. an init container)
+    traffic: dict[str, Any] | None = None  # Running.traffic: where its router sends requests (None: no router)
 
 
 def observe(app: "AppConfig", current_digest: str | None, opener: TargetFactory = open_target) -> list[TargetState]:
@@ -185,7 +192,7 @@ def observe(app: "AppConfig", current_digest: str | None, opener: TargetFactory 
         try:
             running = opener(config, app).running()
             state.image, state.digest, state.running = running.image, running.digest, running.active
-            state.warning = running.warning
+            state.warning, state.traffic = running.warning, running.traffic
             state.in_sync = current_digest is not None and running.serves(current_digest)
         except Exception as exc:  # noqa: BLE001 - any failure of one target is reported, not raised
             state.error = one_line(exc)

@@ -27,7 +27,8 @@ import docker.errors
 import requests.exceptions
 
 from rollout.config import AppConfig, TargetConfig
-from rollout.errors import EXIT_USAGE, ConfigError, NotApplied, TargetUnreachable, UserError, one_line
+from rollout.errors import (EXIT_USAGE, ConfigError, NotApplied, RouterConfigError, RouterUnreachable, TargetUnreachable,
+                            UserError, one_line)
 from rollout.faults import kill_point
 from rollout.reference import checked_digest, checked_image, repo_digests
 from rollout.routers import Router, open_router
@@ -116,10 +117,26 @@ class DockerTarget:
         digest, else rollout's label), its state; `active` only when running. Running(None, None,
         "no container", active=False) when there is none. Raises TargetUnreachable (exit 5)."""
         container = self._container(self.container_name)
+        traffic = self._traffic_view(container) if self.traffic is not None else None
         if container is None:
-            return Running(None, None, "no container", active=False)
+            return Running(None, None, "no container", active=False, traffic=traffic)
         image = self._configured_image(container)
-        return Running(image, self._digest_of(container), container.status, active=container.status == "running")
+        return Running(image, self._digest_of(container), container.status, active=container.status == "running",
+                       traffic=traffic)
+
+    def _traffic_view(self, container: Any) -> dict[str, Any]:
+        """Running.traffic: where the router sends new requests, and whether that is exactly the slot
+        of `container` (the one holding the name; None: none). A router that cannot be asked raises
+        RouterUnreachable (exit 5) or RouterConfigError (exit 2), prefixed with the target: whether
+        the release the ledger records takes the traffic cannot be known without it."""
+        assert self.traffic is not None
+        try:
+            upstreams = self.router.upstreams()
+        except (RouterUnreachable, RouterConfigError) as exc:
+            raise type(exc)(f"target {self.name}: {one_line(exc)}") from None
+        slot = _slot_of(container) if container is not None else None
+        return {"router": self.traffic.router, "route": self.traffic.route, "upstreams": upstreams, "slot": slot,
+                "routed": slot is not None and upstreams == [upstream(slot)]}
 
     @property
     def router(self) -> "Router":
@@ -366,7 +383,8 @@ class DockerTarget:
         kept container of that image created for the idle slot, started again; else a new one,
         created under a temporary name (NAME.rollout-new-*) for the idle slot (`slot_env` set to
         it, or "{port}" in `ports` replaced) and started. The idle slot is the first of `slots`
-        that neither the router sends traffic to nor the live container was created for; another
+        that neither the router sends traffic to nor the live container was created for (a routed
+        slot where no container of ours runs is idle when the live one is ours); another
         container of ours still on it is stopped first. Any error before the start is NotApplied
         (nothing the app serves changed). The traffic moves only in verification (SlotWatch).
         """
@@ -387,6 +405,10 @@ class DockerTarget:
                 container, slot, started = serving[0], _slot_of(serving[0]), False
             else:
                 taken = routed | ({_slot_of(live)} if live is not None else set())
+                if live is not None and _slot_of(live) is not None:
+                    # The router sent to a slot where nothing of ours runs (an operator's edit, a
+                    # drift `status` shows): that slot serves nothing, so it is idle.
+                    taken -= routed - {_slot_of(c) for c in ours if c.status == "running"}
                 slot = next((s for s in self.traffic.slots if s not in taken), None)
                 if slot is None:
                     raise NotApplied(f"target {self.name}: no idle slot among {list(self.traffic.slots)} (the router"
@@ -429,15 +451,18 @@ class DockerTarget:
         return settings
 
     def _switch(self) -> None:
-        """Move the traffic to the last apply's slot, then give its container the name (the one that
-        held it is set aside, still running). Called by SlotWatch once the release is ready there."""
+        """Give the last apply's container the name (the one that held it is set aside, still
+        running), then move the traffic to its slot. Called by SlotWatch once the release is ready there."""
         beside = self._beside
         assert beside is not None
+        # The name first: whatever holds it is what the ledger's checks (running(), recovery) look
+        # at, so a rollout killed between the two steps leaves the unverified release under the name
+        # (recovery reverts it) and never the router on a release no check sees (tests: SIGKILL moments).
+        self._take_name(beside.container_id)
         beside.switched = beside.upstreams != [upstream(beside.slot)]
         if beside.switched:  # already the only upstream (a revert after a switch back): no reload at all
             self.router.switch(upstream(beside.slot))
         kill_point("traffic:switched")
-        self._take_name(beside.container_id)
 
     def _take_name(self, container_id: str) -> None:
         """Give the container with that id the name, setting aside the one holding it (still running)."""

@@ -45,8 +45,8 @@ class SlotWatch:
 
     Before the switch, observe() reports "not ready yet" until the container is ready by its own
     measure (running, HEALTHCHECK healthy: the wrapped DockerWatch) and, when health.http is set,
-    that URL with "{port}" = the slot answers 2xx; then it calls `switch` (the target's: router,
-    then the container name) and reports ready. From then on every Observation carries `slot`, so
+    that URL with "{port}" = the slot answers 2xx; then it calls `switch` (the target's: the container
+    name, then the router) and reports ready. From then on every Observation carries `slot`, so
     health.verify keeps probing the same URL through the stable window. A failure of the switch is
     a failure of the release (one line, reported by every later look). Switching traffic back after
     a failed verdict is not the watch's job: the target's settle(False) does it at once.
