@@ -1,4 +1,5 @@
-"""Registry passwords and tokens never reach the ledger, its events, or anything rollout prints."""
+"""Registry passwords and tokens never reach the ledger, its events, or anything rollout prints;
+on both ledger backends, and the PostgreSQL ledger's own password neither."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import base64
 import json
 from pathlib import Path
 
+from support import pg
 from support.images import APP_IMAGE
 from support.project import Project, write_config
 from support.registry_server import start_registry
@@ -15,11 +17,19 @@ PASSWORD = "s3cret-Pa55word-for-tests"
 
 
 def all_text(project: Project, *outputs: str) -> str:
-    ledger_bytes = b"".join(p.read_bytes() for p in project.ledger.parent.glob("ledger.db*"))
-    return ledger_bytes.decode("latin-1") + "".join(outputs)
+    """Every row of the ledger (through its own dump, either backend), the bytes of every file
+    rollout keeps in state/ (a SQLite ledger, a spool), and the outputs."""
+    ledger = project.open_ledger()
+    try:
+        rows = json.dumps(list(ledger.dump()), default=str)
+    finally:
+        ledger.close()
+    state = b"".join(p.read_bytes() for p in project.ledger.parent.glob("*") if p.is_file())
+    return rows + state.decode("latin-1") + "".join(outputs)
 
 
-def test_no_password_in_ledger_events_or_output(project: Project, docker_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_no_password_in_ledger_events_or_output(ledger_project: Project, docker_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    project = ledger_project
     with start_registry(tmp_path / "registry", auth="htpasswd", users={USER: PASSWORD}) as private:
         auth = {"username": USER, "password": PASSWORD}
         repository = f"{private.host}/team/app"
@@ -51,7 +61,7 @@ def test_no_password_in_ledger_events_or_output(project: Project, docker_client,
         outputs += [result.stdout, result.stderr]
 
     text = all_text(project, *outputs)
-    for secret in (PASSWORD, encoded, wrong, f"wrong-{PASSWORD}"):
+    for secret in (PASSWORD, encoded, wrong, f"wrong-{PASSWORD}", pg.PASSWORD):
         assert secret not in text
     history = json.loads(outputs[4])
     assert [e["status"] for e in history] == ["healthy", "failed", "healthy"]
