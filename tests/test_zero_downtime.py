@@ -9,6 +9,8 @@ listener swap, see rollout.routers.caddy): those are reported (record_property),
 
 from __future__ import annotations
 
+import contextlib
+import json
 import threading
 import time
 from pathlib import Path
@@ -281,6 +283,197 @@ def test_status_reports_an_unreachable_router_on_its_target(bed, docker_client) 
     assert dead in target["error"] and not target["in_sync"]
     human = project.run("status")
     assert human.returncode == 5 and "UNREACHABLE" in human.stdout and "Traceback" not in human.stderr
+
+
+# -- SIGKILL at each step of a switch (HAProxy: its runtime API changes nothing a reload could lose) --
+
+
+@pytest.fixture
+def haproxy_bed(project: Project, tmp_path: Path) -> Iterator[tuple[Project, Proxy, list[int]]]:
+    """The project's app behind a fresh HAProxy with two slots (as `bed`, one router)."""
+    slots = [free_port(), free_port()]
+    proxy_dir = tmp_path / "proxy"
+    proxy_dir.mkdir()
+    with proxy("haproxy", proxy_dir, [f"127.0.0.1:{s}" for s in slots]) as running:
+        write_traffic_config(project, running, slots)
+        yield project, running, slots
+
+
+KILLS = [  # (kill point, recovered by, the deployed release fails after the switch)
+    pytest.param("docker:started#1", "status", False, id="started-beside-before-the-switch"),
+    pytest.param("traffic:switched#1", "status", False, id="right-after-the-switch"),
+    pytest.param("traffic:switched#1", "deploy", False, id="right-after-the-switch-recovered-by-deploy"),
+    pytest.param("traffic:switched-back#1", "status", True, id="during-a-failure-switching-back"),
+]
+
+
+@pytest.mark.parametrize("kill_at,recover_with,breaks", KILLS)
+def test_sigkill_during_a_switch_leaves_the_router_on_a_healthy_recorded_release(  # type: ignore[no-untyped-def]
+        haproxy_bed, docker_client, kill_at, recover_with, breaks) -> None:
+    from support.cli import finish
+
+    project, running, slots = haproxy_bed
+    assert deploy(project, "good1").returncode == 0
+    if breaks:
+        write_traffic_config(project, running, slots, stable=10)  # a window long enough to break the release in
+    process = project.start("deploy", "web:good2", kill_at=kill_at)
+    try:
+        if breaks:
+            deadline = time.monotonic() + WAIT
+            while time.monotonic() < deadline and process.poll() is None and through(running) != "good2":
+                time.sleep(0.02)  # polling the proxy until good2 serves, not waiting for time to pass
+            assert through(running) == "good2", "good2 never took the traffic"
+            [new] = [c for c in docker_client.containers.list(filters={"label": "rollout.tag=good2"})
+                     if c.name.startswith(project.container)]
+            new.exec_run(["rm", "/www/health"])
+        code, stderr = finish(process, timeout=WAIT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert code == -9, f"the deploy was not killed at {kill_at}: exit {code}: {stderr[-400:]}"
+
+    if recover_with == "status":
+        recovery = project.run("status", "--json")
+        assert recovery.returncode == 0, recovery.stderr
+    else:
+        recovery = project.run("deploy", "web:good3")
+        assert recovery.returncode == 0, recovery.stderr
+    assert "was interrupted" in recovery.stderr and "Traceback" not in recovery.stderr
+    report = project.json("status", "--json")
+    current, [target] = report["current"], report["targets"]
+    expected = "good1" if recover_with == "status" else "good3"
+    assert (current["tag"], current["status"]) == (expected, "healthy")
+    # The router sends everything to the slot of the container under the name, which runs the
+    # ledger's current entry and answers, directly and through the proxy.
+    live = docker_client.containers.get(project.container)
+    slot = int(live.labels["rollout.slot"])
+    assert live.status == "running" and live.labels["rollout.tag"] == expected
+    assert target["in_sync"] and target["digest"] == current["digest"] and target["traffic"]["routed"], target
+    assert routed(running) == [f"127.0.0.1:{slot}"]
+    assert http_get(f"http://127.0.0.1:{slot}/version") == expected and through(running) == expected
+    statuses = {e["id"]: e["status"] for e in project.history()}
+    assert "interrupted" in statuses.values() and "verifying" not in statuses.values()
+    # And nothing is stuck: the next deploy moves the traffic again.
+    after = "good3" if expected != "good3" else "good2"  # not the broken good2 (its kept container lacks /health)
+    assert deploy(project, after).returncode == 0 and through(running) == after
+
+
+# -- a rolling fleet: host by host, each host with its own router ------------------------------
+#
+# Two targets on the one test engine, each with its own container, HAProxy and pair of slots,
+# stand in for two docker hosts (a second engine per test is not cheap; tests/test_fleet.py runs
+# real separate engines for what does not involve a proxy). Each target's traffic table names its
+# own proxy, as each host's would.
+
+BREAKS_ON_GOOD2 = ("trap 'exit 0' TERM INT;"
+                   " if grep -q good2 /www/version; then echo 'fatal: good2 needs a newer kernel' >&2; exit 1; fi;"
+                   " httpd -f -p 127.0.0.1:$PORT -h /www & wait")
+
+
+def write_fleet_config(project: Project, proxies: list[Proxy], slots: list[list[int]], *,
+                       second_breaks_on_good2: bool = False) -> None:
+    text = f"""
+[apps.web]
+image = "{APP_IMAGE}"
+
+[apps.web.rollout]
+strategy = "rolling"
+batch_size = 1
+
+[apps.web.health]
+timeout = 20
+interval = 0.3
+stable = 1.5
+http = "http://127.0.0.1:{{port}}/health"
+
+[apps.web.traffic]
+router = "haproxy"
+admin = "{proxies[0].admin}"
+route = "{proxies[0].route}"
+slots = {slots[0]}
+slot_env = "PORT"
+drain = 0.5
+"""
+    for index, (running, pair) in enumerate(zip(proxies, slots), start=1):
+        command = f'command = ["sh", "-c", {json.dumps(BREAKS_ON_GOOD2)}]' if index == 2 and second_breaks_on_good2 else ""
+        text += f"""
+[[apps.web.targets]]
+name = "h{index}"
+kind = "docker"
+container = "{project.container}-h{index}"
+network = "host"
+traffic = {{ admin = "{running.admin}", slots = {pair} }}
+{command}
+"""
+    project.config.write_text(text)
+
+
+@pytest.fixture
+def two_hosts(project: Project, tmp_path: Path) -> Iterator[tuple[Project, list[Proxy], list[list[int]]]]:
+    """The project's app on two stand-in hosts (see above), each behind its own HAProxy with two slots."""
+    slots = [[free_port(), free_port()], [free_port(), free_port()]]
+    with contextlib.ExitStack() as stack:
+        proxies = []
+        for index, pair in enumerate(slots):
+            where = tmp_path / f"proxy{index}"
+            where.mkdir()
+            proxies.append(stack.enter_context(proxy("haproxy", where, [f"127.0.0.1:{s}" for s in pair])))
+        # h2 cannot run good2 (a fresh release there: never run before, so no kept container of it).
+        write_fleet_config(project, proxies, slots, second_breaks_on_good2=True)
+        yield project, proxies, slots
+
+
+def test_a_rolling_fleet_switches_host_by_host_and_a_failing_host_switches_every_moved_host_back(  # type: ignore[no-untyped-def]
+        two_hosts, docker_client, record_property) -> None:
+    project, proxies, slots = two_hosts
+    first = deploy(project, "good1")
+    assert first.returncode == 0, first.stderr
+    assert [through(p) for p in proxies] == ["good1", "good1"]
+    assert [routed(p) for p in proxies] == [[f"127.0.0.1:{pair[1]}"] for pair in slots]
+    # A healthy rolling upgrade: host 1 switches, then host 2, no request lost on either.
+    with Load(proxies[0].url, workers=2, path="/version") as load1, Load(proxies[1].url, workers=2, path="/version") as load2:
+        load1.wait_after(time.monotonic(), 20)
+        load2.wait_after(time.monotonic(), 20)
+        result = deploy(project, "good3")
+        assert result.returncode == 0, result.stderr
+        load1.wait_after(time.monotonic(), 20)
+        load2.wait_after(time.monotonic(), 20)
+    for running, load in zip(proxies, (load1, load2)):
+        check_failures(running, load, record_property)
+    assert result.stderr.index("batch 1/2: h1") < result.stderr.index("batch 2/2: h2"), result.stderr
+    assert [through(p) for p in proxies] == ["good3", "good3"]
+    # Host by host: h1 served good3 (its switch) while h2 still served good1.
+    first_good3 = [min(a.started for a in load.answers if a.ok and a.body.strip() == "good3") for load in (load1, load2)]
+    last_good1_h2 = max(a.started for a in load2.answers if a.ok and a.body.strip() == "good1")
+    # (h2's last good1 may start a moment after its first good3: a kept-alive connection drains.)
+    assert first_good3[0] < first_good3[1] and first_good3[0] < last_good1_h2
+
+    # A release the second host cannot run: h1 moves and switches, h2 fails, and h1 switches
+    # back, with no request lost on h1.
+    h2_before = docker_client.containers.get(f"{project.container}-h2")
+    with Load(proxies[0].url, workers=4, path="/version") as load:
+        load.wait_after(time.monotonic(), 20)
+        result = deploy(project, "good2")
+        assert result.returncode == 1, result.stderr
+        load.wait_after(time.monotonic(), 20)
+    check_failures(proxies[0], load, record_property)
+    bodies = served(load)
+    assert "good2" in bodies and bodies[-1] == "good3"  # h1 had switched, and was switched back
+    assert [through(p) for p in proxies] == ["good3", "good3"]
+    for index, (running, pair) in enumerate(zip(proxies, slots), start=1):
+        live = docker_client.containers.get(f"{project.container}-h{index}")
+        assert live.labels["rollout.tag"] == "good3" and live.status == "running"
+        assert routed(running) == [f"127.0.0.1:{live.labels['rollout.slot']}"]
+    h2_before.reload()
+    assert h2_before.status == "running" and h2_before.name == f"{project.container}-h2"  # never stopped
+    assert "fatal: good2 needs a newer kernel" in result.stderr and "Traceback" not in result.stderr
+    revert, failed = project.history()[:2]
+    assert (failed["tag"], failed["status"]) == ("good2", "failed")
+    assert (revert["kind"], revert["tag"], revert["status"]) == ("revert", "good3", "healthy")
+    status = project.json("status", "--json")
+    assert [(t["name"], t["in_sync"], t["traffic"]["routed"]) for t in status["targets"]] == [
+        ("h1", True, True), ("h2", True, True)]
 
 
 # -- the pieces, without an engine or a proxy ----------------------------------------------------
