@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from benchmarks import concurrent_deploys, docker_host, fleet, kubernetes, ledger_scale, registry_cost, startup
+from benchmarks import concurrent_deploys, docker_host, fleet, kubernetes, ledger_scale, registry_cost, startup, zero_downtime
 from benchmarks.common import ScenarioFailed, ScenarioResult, Settings, Skipped, machine_info
 from benchmarks.report import render_table
 
@@ -31,6 +31,8 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "B5": ("ledger scale (SQLite and PostgreSQL)", ledger_scale.ledger_scale),
     "B6": ("start-up", startup.start_up),
     "B7": ("fleet upgrade (3 docker engines)", fleet.fleet_upgrade),
+    "B8": ("downtime under load: stop-first vs HAProxy and Caddy", zero_downtime.downtime),
+    "B9": ("revert latency after a switch (HAProxy, Caddy)", zero_downtime.revert_latency),
     "B11": ("concurrent deploys, 2 runners, one PostgreSQL ledger", concurrent_deploys.concurrent_deploys),
 }
 
