@@ -100,7 +100,9 @@ def test_the_lease_spans_runners(runners: tuple[Project, Project]) -> None:
     assert blocked.returncode == EXIT_LOCKED, blocked.stderr
     assert f"web is locked by {lease['holder']} (pid {holding.pid}," in blocked.stderr
     assert (lease["pid"], lease["stale"]) == (holding.pid, False)
-    assert [e["id"] for e in history(a)] == [first["id"], first["id"] + 1], "B recorded nothing"
+    # PostgreSQL ids may skip the one a deploy reserves for its revert: count entries, not ids.
+    entries = history(a)
+    assert len(entries) == 2 and entries[0]["id"] == first["id"], "B recorded nothing"
 
     # A died holding the lease: B's next deploy takes it over, finishes A's rollout, then deploys.
     assert code == -signal.SIGKILL
