@@ -584,7 +584,9 @@ class DockerTarget:
             container.rename(new_name)
         except docker.errors.APIError:
             container.reload()
-            if container.status != "restarting":
+            # A crash-looping container flips between restarting and running faster than we can
+            # look: any restart policy may have bounced it between our look and the rename.
+            if container.status != "restarting" and _restart_policy(container).get("Name") in (None, "", "no"):
                 raise
             self._stop(container)  # it crashed and began restarting between our look and the rename
             container.rename(new_name)
