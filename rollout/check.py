@@ -6,10 +6,16 @@ and, for an app with a [build] table, base images that moved or a build context
 that changed since the last build (rollout.build.gather_inputs: one HEAD per base).
 Meant for cron: exit 0 nothing changed, 10 something changed, 5 something could
 not be looked at.
+
+Apps are looked at concurrently, CHECK_WORKERS at a time (a fleet's cron check takes about
+the time of its slowest apps, not of all in turn, issue 17 point 8); the ledger is read on
+the calling thread only, and every app shares the one registry client, so each registry
+is first contacted once and each token fetched once (rollout.registry.RegistryClient).
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -21,6 +27,10 @@ from rollout.ledger import Entry, LedgerBackend
 from rollout.rebuild import last_build_key
 from rollout.reference import Reference
 from rollout.targets import Target, TargetState, observe
+
+# Apps looked at at the same time: enough to hide round trips to registries and engines, few
+# enough not to look like a burst to a registry's rate limiter (Docker Hub counts per IP).
+CHECK_WORKERS = 8
 
 
 @dataclass
@@ -59,9 +69,16 @@ def check(apps: Iterable[AppConfig], *, config_path: Path | None, ledger: Ledger
     Never builds or changes anything; registry traffic is HEADs only: one for the current
     tag and one per base image. A target or registry that cannot be reached is an entry in
     the app's `errors`, not an exception; a build context or Dockerfile that is missing
-    raises ConfigError (exit 2).
+    raises ConfigError (exit 2). Reports come in the order of `apps`.
     """
-    return [_check_app(app, config_path, ledger, registry, open_target) for app in apps]
+    # The ledger is read here, on this thread (a SQLite connection belongs to the thread that
+    # opened it); only targets and registries are asked from the workers.
+    known = [(app, ledger.current(app.name), last_build_key(ledger, app.name) if app.build else (None, {}))
+             for app in apps]
+    if len(known) <= 1:
+        return [_check_app(*k, config_path, registry, open_target) for k in known]
+    with ThreadPoolExecutor(max_workers=min(CHECK_WORKERS, len(known))) as pool:
+        return list(pool.map(lambda k: _check_app(*k, config_path, registry, open_target), known))
 
 
 def check_exit_code(reports: list[AppCheck]) -> int:
@@ -72,9 +89,9 @@ def check_exit_code(reports: list[AppCheck]) -> int:
     return EXIT_CHANGED if any(r.changed for r in reports) else EXIT_OK
 
 
-def _check_app(app: AppConfig, config_path: Path | None, ledger: LedgerBackend, registry: Resolver,
-               open_target: Callable[[Any, AppConfig], Target]) -> AppCheck:
-    report = AppCheck(app.name, current=ledger.current(app.name))
+def _check_app(app: AppConfig, current: Entry | None, last_build: tuple[str | None, dict[str, str]],
+               config_path: Path | None, registry: Resolver, open_target: Callable[[Any, AppConfig], Target]) -> AppCheck:
+    report = AppCheck(app.name, current=current)
     current = report.current
     report.targets = observe(app, current.digest if current else None, open_target)
     for state in report.targets:
@@ -94,18 +111,19 @@ def _check_app(app: AppConfig, config_path: Path | None, ledger: LedgerBackend, 
         except RolloutError as exc:
             report.errors.append(one_line(exc))
     if app.build is not None:
-        _check_inputs(app, config_path, ledger, registry, report)
+        _check_inputs(app, config_path, last_build, registry, report)
     return report
 
 
-def _check_inputs(app: AppConfig, config_path: Path | None, ledger: LedgerBackend, registry: Resolver, report: AppCheck) -> None:
+def _check_inputs(app: AppConfig, config_path: Path | None, last_build: tuple[str | None, dict[str, str]],
+                  registry: Resolver, report: AppCheck) -> None:
     try:
         inputs = gather_inputs(app, config_path, registry)
     except Unreachable as exc:
         report.errors.append(one_line(exc))
         return
     report.inputs = inputs
-    key, recorded_bases = last_build_key(ledger, app.name)
+    key, recorded_bases = last_build
     report.last_build_key = key
     if key is None:
         report.changes.append("never built: a rebuild is due")

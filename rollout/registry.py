@@ -241,6 +241,7 @@ def basic_authorization(credentials: Credentials) -> str:
 
 class RegistryClient:
     """Talks to registries for one rollout command; keeps a connection pool and token cache.
+    Safe to share between threads: one client (one session) per command, whatever its threads.
 
     timeout: seconds each HTTP request may take; attempts: tries of one request on transient
     failures (at least 1; none starts after TOTAL_RETRY_BUDGET seconds); docker_config: the
@@ -269,6 +270,11 @@ class RegistryClient:
         self._challenges: dict[str, Challenge] = {}
         self._credentials: dict[str, Credentials | None] = {}
         self._lock = threading.Lock()
+        # Thread safety (check asks for many apps at once): registries contacted at least once,
+        # and the locks that make a first contact and a token fetch happen once.
+        self._contacted: set[str] = set()
+        self._contact_locks: dict[str, threading.Lock] = {}
+        self._token_locks: dict[tuple[str, str], threading.Lock] = {}
         self.request_counts: collections.Counter[tuple[str, str]] = collections.Counter()
 
     def base_url(self, registry: str) -> str:
@@ -370,7 +376,24 @@ class RegistryClient:
         )
 
     def _authorized(self, method: str, url: str, ref: Reference, kind: str) -> requests.Response:
-        """Send with the best authorization we have; on a 401 answer the challenge once."""
+        """Send with the best authorization we have; on a 401 answer the challenge once.
+
+        The first request to a registry goes alone: threads asking the same registry meanwhile
+        (`rollout check` of many apps) wait for it, then send with the challenge it learnt,
+        instead of each being refused once anonymously (a request more per image, per thread).
+        """
+        if ref.registry in self._contacted:
+            return self._authorized_request(method, url, ref, kind)
+        with self._first_contact(ref.registry):
+            answer = self._authorized_request(method, url, ref, kind)
+            self._contacted.add(ref.registry)
+            return answer
+
+    def _first_contact(self, registry: str) -> threading.Lock:
+        with self._lock:
+            return self._contact_locks.setdefault(registry, threading.Lock())
+
+    def _authorized_request(self, method: str, url: str, ref: Reference, kind: str) -> requests.Response:
         scope = f"repository:{ref.repository}:pull"
         sent = self._authorization(ref.registry, scope, challenge=None)
         response = self._send(method, url, ref.registry, kind, sent)
@@ -427,14 +450,18 @@ class RegistryClient:
         return f"user {credentials.username!r} (credentials from {credentials.source})"
 
     def _token(self, registry: str, scope: str, challenge: Challenge) -> str:
+        # One fetch per (registry, scope) at a time: threads wanting the same token wait for it.
         with self._lock:
-            cached = self._tokens.get((registry, scope))
-        if cached is not None and cached.fresh():
-            return cached.value
-        token = self._fetch_token(registry, scope, challenge)
-        with self._lock:
-            self._tokens[(registry, scope)] = token
-        return token.value
+            fetching = self._token_locks.setdefault((registry, scope), threading.Lock())
+        with fetching:
+            with self._lock:
+                cached = self._tokens.get((registry, scope))
+            if cached is not None and cached.fresh():
+                return cached.value
+            token = self._fetch_token(registry, scope, challenge)
+            with self._lock:
+                self._tokens[(registry, scope)] = token
+            return token.value
 
     def _forget_token(self, registry: str, scope: str) -> None:
         with self._lock:
@@ -492,7 +519,8 @@ class RegistryClient:
             raise RegistryUnreachable(f"registry {registry}: {type(error).__name__}") from None
 
     def _attempt(self, method: str, url: str, kind: str, headers: dict[str, str], **extra: Any) -> requests.Response:
-        self.request_counts[(method, kind)] += 1
+        with self._lock:
+            self.request_counts[(method, kind)] += 1
         response = self._session.request(
             method, url, headers=headers, timeout=self._timeout, verify=self._verify, **extra
         )
