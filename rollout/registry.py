@@ -326,6 +326,26 @@ class RegistryClient:
             response = self._manifest_request("GET", ref, wanted)
         return response.status_code != 404
 
+    def content(self, ref: Reference, digest: str, kind: str = "manifest") -> bytes:
+        """The bytes of the manifest (kind "manifest") or blob (kind "blob") `digest` in ref's repository:
+        one GET, checked to hash to digest (OCI distribution spec, "Pulling manifests" / "Pulling blobs").
+
+        Raises TagNotFound when the registry has no such content, RegistryUnreachable (exit 5) when it
+        cannot be asked or what it sends does not hash to digest.
+        """
+        path = "manifests" if kind == "manifest" else "blobs"
+        url = f"{self.base_url(ref.registry)}/v2/{ref.repository}/{path}/{digest}"
+        response = self._authorized("GET", url, ref, kind)
+        if response.status_code == 404:
+            raise TagNotFound(_not_found_message(ref, digest))
+        if response.status_code != 200:
+            raise RegistryUnreachable(f"registry {ref.registry} answered {response.status_code} {response.reason}"
+                                      f" to GET of {ref.repository} {kind} {digest}")
+        if _hash_of(response.content, _algorithm(digest)) != digest:
+            raise RegistryUnreachable(f"registry {ref.registry} served {ref.repository} {kind} {digest} with"
+                                      " content that does not hash to it")
+        return response.content
+
     def _head_manifest(self, ref: Reference, wanted: str) -> requests.Response | None:
         """The HEAD answer (200 or 404), or None when this registry refuses HEAD: then ask with GET."""
         with _head_refused_lock:
