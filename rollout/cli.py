@@ -13,6 +13,7 @@ app's lock; 5 registry or target unreachable before anything changed; 10 (`check
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -35,10 +36,22 @@ ledger_app = typer.Typer(no_args_is_help=True, help="Move the ledger to another 
 app.add_typer(ledger_app, name="ledger")
 
 
+def _print_version(wanted: bool) -> None:
+    """`rollout --version`: rollout's version and those of Python, the Docker SDK and the Kubernetes
+    client (operations.versions), one `name version` per line, then exit 0."""
+    if not wanted:
+        return
+    for name, version in operations.versions().items():
+        print(f"{name} {version or 'not installed'}")
+    raise typer.Exit(0)
+
+
 @app.callback()
 def main_options(
     ctx: typer.Context,
     config: Optional[str] = typer.Option(None, "-c", "--config", help="rollout.toml (default $ROLLOUT_CONFIG or ./rollout.toml)"),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="Print the versions of rollout, Python, the Docker SDK and the Kubernetes client."),
 ) -> None:
     """Options for every command: which rollout.toml (kept in the click context for the command)."""
     ctx.obj = config
@@ -55,6 +68,8 @@ METRICS_FILE = typer.Option(None, "--metrics-file", metavar="PATH",
 PUSHGATEWAY = typer.Option(None, "--pushgateway", metavar="URL", help="After the run, push the metrics to this Pushgateway.")
 WAIT = typer.Option(0.0, "--wait", metavar="SECONDS", help="Wait this long for another rollout's lock.")
 REASON = typer.Option(None, "--reason", help="Why: recorded in the ledger.")
+DRY_RUN = typer.Option(False, "--dry-run", help="Print the plan per target and change nothing (no entry, lock, pull or change).")
+RESULT_JSON = typer.Option(False, "--json", help="One JSON result object on stdout at the end; progress stays on stderr.")
 
 
 @app.command()
@@ -62,6 +77,9 @@ def deploy(
     ctx: typer.Context,
     release: str = typer.Argument(..., metavar="APP:TAG", help="APP:TAG, APP@DIGEST, APP:TAG@DIGEST or REGISTRY/REPO:TAG"),
     allow_retag: bool = typer.Option(False, "--allow-retag", help="Accept a tag that now resolves to another digest."),
+    force: bool = typer.Option(False, "--force", help="Deploy even when every target already runs this digest as the current healthy entry."),
+    dry_run: bool = DRY_RUN,
+    as_json: bool = RESULT_JSON,
     wait: float = WAIT,
     reason: Optional[str] = REASON,
     metrics_file: Optional[str] = METRICS_FILE,
@@ -70,11 +88,14 @@ def deploy(
     """Deploy an exact digest to every target of the app, verify health, revert automatically on failure."""
 
     def run(console: Console) -> int:
-        outcome = operations.deploy(_config(ctx), release, reporter=console, allow_retag=allow_retag, wait=wait,
-                                    reason=reason, interrupts=_signals_interrupt,
-                                    metrics=operations.MetricsOptions(metrics_file, pushgateway))
-        console.result(outcome.message)
-        return outcome.exit_code
+        with _json_errors(console, as_json, release):
+            if dry_run:
+                return _print_plan(console, operations.plan_deploy(_config(ctx), release, reporter=console,
+                                                                   allow_retag=allow_retag, force=force), as_json)
+            outcome = operations.deploy(_config(ctx), release, reporter=console, allow_retag=allow_retag, wait=wait,
+                                        reason=reason, interrupts=_signals_interrupt, force=force,
+                                        metrics=operations.MetricsOptions(metrics_file, pushgateway))
+        return _print_outcome(console, outcome, as_json)
 
     _run(run)
 
@@ -86,6 +107,8 @@ def revert(
     to: Optional[str] = typer.Option(None, "--to", metavar="'#ID'|TAG",
                                      help="Go back to entry '#ID' (or id:ID), or to the newest healthy entry with TAG"
                                           " (or tag:TAG); a bare number that is both is refused."),
+    dry_run: bool = DRY_RUN,
+    as_json: bool = RESULT_JSON,
     wait: float = WAIT,
     reason: Optional[str] = REASON,
     metrics_file: Optional[str] = METRICS_FILE,
@@ -94,11 +117,84 @@ def revert(
     """Go back to the previous healthy release (or --to a chosen one) and verify it."""
 
     def run(console: Console) -> int:
-        outcome = operations.revert(_config(ctx), app_name, reporter=console, to=to, wait=wait, reason=reason,
-                                    interrupts=_signals_interrupt,
-                                    metrics=operations.MetricsOptions(metrics_file, pushgateway))
+        with _json_errors(console, as_json, app_name):
+            if dry_run:
+                return _print_plan(console, operations.plan_revert(_config(ctx), app_name, reporter=console, to=to),
+                                   as_json)
+            outcome = operations.revert(_config(ctx), app_name, reporter=console, to=to, wait=wait, reason=reason,
+                                        interrupts=_signals_interrupt,
+                                        metrics=operations.MetricsOptions(metrics_file, pushgateway))
+        return _print_outcome(console, outcome, as_json)
+
+    _run(run)
+
+
+def _print_outcome(console: Console, outcome: Any, as_json: bool) -> int:
+    """A deploy/revert/promote result (rollout.orchestrator.Outcome): its JSON object (Outcome.to_json)
+    with --json, else its one-line message, on stdout; returns its exit code."""
+    if as_json:
+        console.json(outcome.to_json())
+    else:
         console.result(outcome.message)
-        return outcome.exit_code
+    return int(outcome.exit_code)
+
+
+def _print_plan(console: Console, plan: Any, as_json: bool) -> int:
+    """A --dry-run plan (rollout.plan.Plan) on stdout, human or JSON; exit 0."""
+    if as_json:
+        console.json(plan.to_json())
+    else:
+        console.out("\n".join(plan.lines()))
+    return 0
+
+
+@contextmanager
+def _json_errors(console: Console, as_json: bool, named: Optional[str]) -> Iterator[None]:
+    """With --json, a command ending in an error still prints one result object on stdout
+    (operations.error_json, app from what the user named) before the usual stderr line and exit code."""
+    try:
+        yield
+    except (RolloutError, Interrupted, LeaseLost) as exc:
+        if as_json:
+            match = operations.APP_NAME.match(named or "")
+            console.json(operations.error_json(match["app"] if match else None, exc))
+        raise
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    entry: str = typer.Argument(..., metavar="ID", help="The entry: '#12', id:12 or 12 (see `rollout history`)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """One ledger entry with its events in time order: who, why, timings, per-target verdicts, log tails."""
+
+    def run(console: Console) -> int:
+        shown = operations.show(_config(ctx, required=False), entry)
+        if as_json:
+            console.json(shown.to_json())
+            return 0
+        e = shown.entry
+        lines = [f"#{e.id} {e.kind} {e.app} {e.tag or '-'} {e.digest}: {e.status}",
+                 f"  who: {e.actor}", f"  why: {e.reason or '-'}",
+                 f"  created: {e.created_at}  finished: {e.finished_at or '-'}"]
+        if e.reverts_to:
+            lines.append(f"  reverts to: #{e.reverts_to}")
+        if e.error:
+            lines.append(f"  error: {' '.join(e.error.split())}")
+        if shown.durations:
+            lines.append("  timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in shown.durations.items()))
+        lines.extend(f"  target {t.target}: {t.outcome}" + (f": {' '.join(t.detail.split())}" if t.detail else "")
+                     for t in shown.targets)
+        lines.append("  events:")
+        lines.extend(f"    {ev['at'][:23].replace('T', ' ')}  {ev['event']}"
+                     + (f"  {clip(json.dumps(ev['detail'], sort_keys=True), 100)}"
+                        if ev["detail"] and ev["event"] != "log-tail" else "") for ev in shown.events)
+        for target, tail in shown.log_tails.items():
+            lines.append(f"  {target}: last {len(tail)} log lines at the failure:")
+            lines.extend(f"    | {line}" for line in tail)
+        console.out("\n".join(lines))
+        return 0
 
     _run(run)
 

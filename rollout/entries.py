@@ -37,6 +37,16 @@ class NamedEntry:
     how: str
 
 
+def parse_entry_id(text: str) -> int:
+    """The id `text` names as an entry id alone ('#12', 'id:12' or a bare '12'; `rollout show`),
+    where no app's tags are in play. Raises UserError (exit 2) for anything else, or an id beyond
+    SQLite's INTEGER."""
+    bare = next((text[len(p):] for p in ENTRY_PREFIXES if text.startswith(p)), text)
+    if _CANONICAL_ID.fullmatch(bare) is None or int(bare) > _MAX_ID:
+        raise UserError(f"{text!r} is not an entry id: give '#ID' (e.g. rollout show '#12'); see `rollout history`")
+    return int(bare)
+
+
 def name_entry(ledger: LedgerBackend, app: str, text: str, option: str = "--to") -> NamedEntry:
     """The entry of `app` that `text` names, by the rule in this module's docstring.
 

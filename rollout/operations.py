@@ -1,7 +1,7 @@
 """The use cases behind the `rollout` commands, for every front end: the CLI, a scheduler, a webhook receiver, a test.
 
 One function per command: deploy, revert, status, history, check, rebuild, init, lock_status,
-lock_release, ledger_copy. Each takes a loaded rollout.config.Config (init: the path to write) and plain
+lock_release, ledger_copy, show, versions; plan_deploy / plan_revert for `--dry-run`. Each takes a loaded rollout.config.Config (init: the path to write) and plain
 arguments, tells a Reporter its progress (rollout.output.Console is one), and returns a result
 object. Failures are raised as rollout.errors exceptions, each carrying its exit code (README,
 "Exit codes"): RolloutError subclasses (2 bad input, 4 lock held, 5 unreachable before anything
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from rollout.ledger import Entry, Lease, LedgerBackend
     from rollout.ledger_copy import CopyResult
     from rollout.orchestrator import Orchestrator, Outcome, Reporter
+    from rollout.plan import Plan
     from rollout.rebuild import RebuildResult
     from rollout.reference import Reference
     from rollout.scaffold import Draft
@@ -57,9 +58,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AppStatus", "CheckResult", "Initialised", "Interruptions", "LockState", "MetricsOptions",
-    "NotificationsInterrupted", "Status", "check", "deploy", "drain_notifications", "exit_code_of", "history",
-    "init", "ledger_copy", "lock_release", "lock_status", "no_interruptions", "parse_release", "rebuild", "revert",
-    "status",
+    "NotificationsInterrupted", "Shown", "Status", "check", "deploy", "drain_notifications", "error_json",
+    "exit_code_of", "history", "init", "ledger_copy", "lock_release", "lock_status", "no_interruptions",
+    "parse_release", "plan_deploy", "plan_revert", "rebuild", "revert", "show", "status", "versions",
 ]
 
 Interruptions = Callable[[], ContextManager[object]]
@@ -127,7 +128,7 @@ def parse_release(text: str, cfg: "Config") -> tuple["AppConfig", "Reference"]:
 
 def deploy(cfg: "Config", release: str, *, reporter: "Reporter", allow_retag: bool = False, wait: float = 0.0,
            reason: Optional[str] = None, interrupts: Interruptions = no_interruptions,
-           metrics: Optional[MetricsOptions] = None) -> "Outcome":
+           metrics: Optional[MetricsOptions] = None, force: bool = False) -> "Outcome":
     """Deploy `release` (parse_release's forms) to every target of its app, verify, revert on failure.
 
     Holds the app's lock, waiting up to `wait` seconds for it, and first finishes a rollout an
@@ -136,15 +137,63 @@ def deploy(cfg: "Config", release: str, *, reporter: "Reporter", allow_retag: bo
     the entry, its revert entry if any, and a one-line message. Raises UserError / RetagRefused /
     InvalidReference (2), LockHeld / LedgerBusy / LeaseLost (4), Unreachable / NotApplied (5 or
     2), Interrupted (130/143, after putting the last healthy release back).
+
+    Idempotent (Orchestrator.deploy): the current healthy entry's digest running on every target is
+    Outcome.unchanged, nothing recorded, unless `force`.
     """
     app, ref = parse_release(release, cfg)
 
     def run() -> "Outcome":
         with _docker_config(cfg), _ledger(cfg, reporter) as ledger:
             return _under_lock(cfg, app, ledger, reporter, wait, interrupts,
-                               lambda orchestrator: orchestrator.deploy(ref, allow_retag=allow_retag, reason=reason))
+                               lambda orchestrator: orchestrator.deploy(ref, allow_retag=allow_retag, reason=reason,
+                                                                        force=force))
 
     return _measured("deploy", app, cfg, metrics, reporter, run)
+
+
+def plan_deploy(cfg: "Config", release: str, *, reporter: "Reporter", allow_retag: bool = False,
+                force: bool = False) -> "Plan":
+    """What deploy(release) would do now (`deploy --dry-run`), changing nothing: no lock, no entry,
+    no recovery (an unfinished rollout is a note), no pull, no target touched (Orchestrator.plan_deploy).
+    Raises what deploy raises before it records anything: UserError / RetagRefused /
+    InvalidReference (2), RegistryUnreachable / TargetUnreachable (5), LedgerError (2)."""
+    app, ref = parse_release(release, cfg)
+    return _planned(cfg, app, reporter, lambda orchestrator, _: orchestrator.plan_deploy(
+        ref, allow_retag=allow_retag, force=force))
+
+
+def plan_revert(cfg: "Config", app_name: Optional[str] = None, *, reporter: "Reporter",
+                to: Optional[str] = None) -> "Plan":
+    """What revert(app_name, to=to) would do now (`revert --dry-run`), changing nothing (as
+    plan_deploy). Raises UserError (2) when there is nothing to revert to or `to` names no
+    healthy entry, TargetUnreachable (5)."""
+    from rollout.entries import name_entry
+
+    app = cfg.app(app_name)
+
+    def plan(orchestrator: "Orchestrator", ledger: "LedgerBackend") -> "Plan":
+        target_entry = None
+        if to is not None:
+            named = name_entry(ledger, app.name, to)
+            reporter.info(named.how)
+            target_entry = named.entry
+        return orchestrator.plan_revert(target_entry)
+
+    return _planned(cfg, app, reporter, plan)
+
+
+def _planned(cfg: "Config", app: "AppConfig", reporter: "Reporter",
+             plan: Callable[["Orchestrator", "LedgerBackend"], "Plan"]) -> "Plan":
+    """plan(orchestrator, ledger) on the config's ledger without the lock, plus a note for an
+    unfinished rollout (the real command would recover it first, which may change the plan)."""
+    with _docker_config(cfg), _ledger(cfg, reporter) as ledger:
+        result = plan(_orchestrator(cfg, app, ledger, reporter), ledger)
+        unfinished = ledger.unfinished(app.name)
+    if unfinished:
+        result.notes.append(f"#{', #'.join(str(e.id) for e in unfinished)} unfinished: the real command would"
+                            " first recover it (put the targets back on the current healthy entry)")
+    return result
 
 
 def revert(cfg: "Config", app_name: Optional[str] = None, *, reporter: "Reporter", to: Optional[str] = None,
@@ -387,6 +436,76 @@ def check(cfg: "Config", app_names: Optional[list[str]] = None) -> CheckResult:
     with _docker_config(cfg), _ledger(cfg) as ledger:
         return CheckResult(checking.check(apps, config_path=cfg.path, ledger=ledger, registry=_registry(cfg),
                                           open_target=open_target))
+
+
+@dataclass
+class Shown:
+    """One entry for `rollout show`: the entry, its per-target rows (rollout.ledger.TargetRow) and
+    its events in time order ({at, event, detail}). Derived: `durations` (the `timings` event's
+    seconds per phase, {} for entries recorded before it existed) and `log_tails` (target -> the
+    lines its container wrote, captured at the failure: the `log-tail` events)."""
+
+    entry: "Entry"
+    targets: list[Any]
+    events: list[dict[str, Any]]
+
+    @property
+    def durations(self) -> dict[str, float]:
+        """Seconds per phase (resolve, pull, apply, verify, revert) from the entry's `timings` event."""
+        timings = [e["detail"].get("seconds", {}) for e in self.events if e["event"] == "timings"]
+        return timings[-1] if timings else {}
+
+    @property
+    def log_tails(self) -> dict[str, list[str]]:
+        """target -> the last lines of its failed container's log, as captured at the failure."""
+        return {e["detail"]["target"]: e["detail"]["lines"] for e in self.events if e["event"] == "log-tail"}
+
+    def to_json(self) -> dict[str, Any]:
+        """The object `show --json` prints (README, "rollout show"): {entry, targets, events, durations, log_tails}."""
+        return {"entry": self.entry.to_json(), "targets": [asdict(t) for t in self.targets], "events": self.events,
+                "durations": self.durations, "log_tails": self.log_tails}
+
+
+def show(cfg: "Config", text: str) -> Shown:
+    """Entry `text` ('#12', 'id:12' or '12': rollout.entries.parse_entry_id) with its target rows and
+    events. Works without a rollout.toml. Raises UserError (2) for text that is no entry id or an id
+    the ledger does not have, LedgerError (2) / LedgerBusy (4) / LedgerUnreachable (5)."""
+    from rollout.entries import parse_entry_id
+
+    entry_id = parse_entry_id(text)
+    with _ledger(cfg) as ledger:
+        entry = ledger.find(entry_id)
+        if entry is None:
+            raise UserError(f"the ledger has no entry #{entry_id}: see `rollout history`")
+        return Shown(entry, ledger.targets(entry_id), ledger.events(entry_id))
+
+
+def versions() -> dict[str, Optional[str]]:
+    """What `rollout --version` prints: the versions of rollout, Python, the Docker SDK (`docker`) and
+    the Kubernetes client (`kubernetes`), from the installed distributions' metadata; None for a
+    client that is not installed."""
+    import importlib.metadata
+    import platform
+
+    def installed(name: str) -> Optional[str]:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {"rollout": installed("rollout"), "python": platform.python_version(),
+            "docker": installed("docker"), "kubernetes": installed("kubernetes")}
+
+
+def error_json(app: Optional[str], error: BaseException) -> dict[str, Any]:
+    """The result object a `--json` command prints when it ends in an error before any outcome
+    (bad input, lock held, unreachable, interrupted): the keys of Outcome.to_json with `entry` null,
+    `outcome` "error", `exit_code` (exit_code_of) and `error`, the same one line as stderr."""
+    from rollout.orchestrator import PHASES
+
+    return {"entry": None, "kind": None, "app": app, "tag": None, "digest": None, "repository": None,
+            "outcome": "error", "exit_code": exit_code_of(error), "message": " ".join(str(error).split()),
+            "error": " ".join(str(error).split()), "targets": [], "revert": None, "durations": dict.fromkeys(PHASES)}
 
 
 # -- locks ------------------------------------------------------------------------------------

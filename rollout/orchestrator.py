@@ -8,9 +8,11 @@ all I/O lives in rollout.registry, rollout.ledger and rollout.targets.
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from rollout import ledger as L
 from rollout.config import AppConfig, HealthPolicy, Strategy
@@ -30,7 +32,13 @@ from rollout.errors import (
 from rollout.health import Verdict
 from rollout.ledger import Entry, Ledger, NewEntry
 from rollout.reference import Reference, short_digest
+from rollout.plan import Plan, TargetPlan, preview_of
 from rollout.targets import Observation, Release, Running, Target, Watch
+
+# The phases a run is timed by (Outcome.durations, the `timings` event, README "JSON results"), in seconds.
+PHASES = ("resolve", "pull", "apply", "verify", "revert")
+LOG_TAIL_LINES = 20
+LOG_TAIL_LINE_CHARS = 400  # one line of a log tail kept in the ledger; longer lines are clipped
 
 
 class Resolver(Protocol):
@@ -77,13 +85,40 @@ class Outcome:
     exit_code: EXIT_OK (0) healthy, EXIT_REVERTED (1) failed and reverted, EXIT_UNRECOVERED (3)
     failed and not reverted (rollout.errors); entry: the entry asked for (for recover, its
     revert entry), as finally recorded; revert: the automatic revert entry, if one ran;
-    message: one line saying what happened.
+    message: one line saying what happened. unchanged: the release asked for already ran
+    everywhere as the current healthy entry, so nothing was recorded (entry is that entry).
+    targets / revert_targets: each target's last verdict {"outcome": applied|healthy|failed|
+    refused, "detail"} for entry / revert; durations: seconds per PHASES (None: not run).
     """
 
     exit_code: int
     entry: Entry
     revert: Entry | None = None
     message: str = ""
+    unchanged: bool = False
+    targets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    revert_targets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    durations: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(PHASES))
+
+    def to_json(self) -> dict[str, Any]:
+        """The result object `deploy/revert/rebuild/promote --json` print (README, "JSON results"):
+        {entry, kind, app, tag, digest, repository, outcome (the entry's status, or "unchanged"),
+        exit_code, message, targets: [{name, outcome, detail}], revert: null | {entry, kind, tag,
+        digest, outcome, targets}, durations: {resolve, pull, apply, verify, revert} in seconds
+        (null: that phase did not run)}."""
+        entry, revert = self.entry, self.revert
+        return {"entry": entry.id, "kind": entry.kind, "app": entry.app, "tag": entry.tag, "digest": entry.digest,
+                "repository": entry.repository, "outcome": "unchanged" if self.unchanged else entry.status,
+                "exit_code": self.exit_code, "message": self.message, "targets": _verdict_list(self.targets),
+                "revert": None if revert is None else {
+                    "entry": revert.id, "kind": revert.kind, "tag": revert.tag, "digest": revert.digest,
+                    "outcome": revert.status, "targets": _verdict_list(self.revert_targets)},
+                "durations": {phase: None if self.durations.get(phase) is None else round(self.durations[phase], 3)
+                              for phase in PHASES}}
+
+
+def _verdict_list(verdicts: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"name": name, **verdict} for name, verdict in verdicts.items()]
 
 
 @dataclass
@@ -93,6 +128,7 @@ class _Attempt:
     moved: list[Target] = field(default_factory=list)  # targets apply changed (or may have): a revert brings them back
     refused: list[NotApplied] = field(default_factory=list)  # targets that refused before changing anything
     failures: dict[str, str] = field(default_factory=dict)
+    verdicts: dict[str, dict[str, Any]] = field(default_factory=dict)  # target -> its last {outcome, detail}
 
     @property
     def reason(self) -> str:
@@ -124,6 +160,7 @@ class Orchestrator:
         self.strategy = app.rollout
         self._cancelled = threading.Event()
         self.listener = listener
+        self._durations: dict[str, float | None] = dict.fromkeys(PHASES)
 
     # -- public operations ---------------------------------------------------
 
@@ -153,7 +190,7 @@ class Orchestrator:
 
     def deploy(self, ref: Reference, *, allow_retag: bool = False, reason: str | None = None,
                kind: str = L.DEPLOY, build_key: str | None = None,
-               base_digests: dict[str, str] | None = None) -> Outcome:
+               base_digests: dict[str, str] | None = None, force: bool = False) -> Outcome:
         """Deploy ref to every target of the app; revert them automatically if it is not healthy.
 
         Resolves ref (`resolve`), checks that every target answers, records a `kind` entry
@@ -163,6 +200,11 @@ class Orchestrator:
         (recorded as a revert entry, verified like a deploy); 3 failed with no healthy entry to
         go back to, or the revert failed too.
 
+        Idempotent (issue 17.2; kind deploy, unless `force`): when the digest is the app's current
+        healthy entry's and every target runs it, nothing is recorded or touched (Outcome.unchanged,
+        exit 0, "already running #N TAG"); when some targets drifted from it, only those are moved,
+        recorded as a deploy whose `drift` event names them (`_to_move`).
+
         Raises, before any target changed (the entry, if recorded, is failed): UserError /
         RetagRefused (exit 2) and the resolver's errors (exit 2 or 5) from resolve;
         TargetUnreachable (exit 5), or the target's own RolloutError, when a target cannot be
@@ -170,15 +212,75 @@ class Orchestrator:
         change. Interrupted (exit 128 + signal) after putting the last healthy release back;
         LeaseLost (exit 4) when another rollout took the app's lock meanwhile.
         """
-        digest = self.resolve(ref, allow_retag=allow_retag)
-        self._check_reachable()
+        self._durations = dict.fromkeys(PHASES)
+        with self._timed("resolve"):
+            digest = self.resolve(ref, allow_retag=allow_retag)
+        running = self._check_reachable()
         current = self.ledger.current(self.app.name)
+        moving = self._to_move(digest, current, running, idempotent=kind == L.DEPLOY and not force)
+        if not moving:
+            assert current is not None  # _to_move moves every target unless current runs everywhere
+            return Outcome(EXIT_OK, current, message=f"already running #{current.id} {current.tag or '-'}",
+                           unchanged=True, durations=dict(self._durations))
+        idempotent = kind == L.DEPLOY and not force and current is not None and current.digest == digest
+        drifted = [t.name for t in moving] if idempotent else []
+        if drifted and reason is None and current is not None:
+            reason = f"bring back {', '.join(drifted)}: drifted from #{current.id}"
         entry = self.ledger.record(NewEntry(
             app=self.app.name, repository=ref.name, tag=ref.tag, digest=digest, kind=kind,
             previous_id=current.id if current else None, reason=reason,
             build_key=build_key, base_digests=base_digests,
         ))
-        return self._run(entry, f"#{entry.id} {kind} {self.app.name} {_label(entry)}")
+        if drifted:
+            self.ledger.event(entry.id, "drift", {"targets": drifted, "from_entry": current.id if current else None})
+        return self._run(entry, f"#{entry.id} {kind} {self.app.name} {_label(entry)}", moving)
+
+    def _to_move(self, digest: str, current: Entry | None, running: dict[str, Running], *,
+                 idempotent: bool) -> list[Target]:
+        """The targets a deploy of `digest` moves: all of them, unless `idempotent` and digest is the
+        current healthy entry's: then only those not running it (none: nothing to do)."""
+        if not idempotent or current is None or current.digest != digest:
+            return list(self.targets)
+        return [t for t in self.targets if not running[t.name].serves(digest)]
+
+    def plan_deploy(self, ref: Reference, *, allow_retag: bool = False, force: bool = False) -> Plan:
+        """What `deploy(ref)` would do now, changing nothing (issue 17.1): the same resolve (one HEAD),
+        target reads, idempotency rule (`_to_move`), batches (plan_batches) and revert candidate as
+        the deploy, plus each moving target's preview (rollout.plan.preview_of: pull or not, what
+        changes). Raises what deploy raises before it records an entry (exit 2 or 5)."""
+        digest = self.resolve(ref, allow_retag=allow_retag)
+        running = self._check_reachable()
+        current = self.ledger.current(self.app.name)
+        moving = self._to_move(digest, current, running, idempotent=not force)
+        release = Release(0, ref.name, ref.tag, digest, "plan")
+        return self._plan(L.DEPLOY, release, current, running, moving)
+
+    def plan_revert(self, to: Entry | None = None) -> Plan:
+        """What `revert(to)` would do now, changing nothing; raises what revert raises before it
+        records an entry (exit 2 nothing to revert to, 5 a target unreachable)."""
+        to, current = self._revert_choice(to)
+        running = self._check_reachable()
+        release = Release(0, to.repository, to.tag, to.digest, "plan")
+        return self._plan(L.REVERT, release, current, running, list(self.targets), reverts_to=to)
+
+    def _plan(self, kind: str, release: Release, current: Entry | None, running: dict[str, Running],
+              moving: list[Target], reverts_to: Entry | None = None) -> Plan:
+        previews = {}
+        for target, result in _each(lambda t: preview_of(t, release), moving, self.strategy.max_parallel):
+            if isinstance(result, RolloutError):
+                raise result
+            if isinstance(result, BaseException):
+                raise TargetUnreachable(f"target {target.name} is unreachable: {one_line(result)}") from result
+            previews[target.name] = result
+        targets = [TargetPlan(t.name, running[t.name].digest, release.digest, t.name in previews,
+                              previews[t.name].pull if t.name in previews else False,
+                              previews[t.name].changes if t.name in previews else "nothing: it runs this digest")
+                   for t in self.targets]
+        batches = [[t.name for t in batch] for batch in plan_batches(moving, self.strategy)] if moving else []
+        return Plan(kind=kind, app=self.app.name, repository=release.repository, tag=release.tag,
+                    digest=release.digest, current=current, targets=targets, batches=batches,
+                    on_failure=self.ledger.last_healthy(self.app.name, not_digest=release.digest),
+                    reverts_to=reverts_to)
 
     def revert(self, to: Entry | None = None, *, reason: str | None = None) -> Outcome:
         """Go back to `to`, or by default to the healthy entry before the current one with another digest.
@@ -188,6 +290,19 @@ class Orchestrator:
         Raises UserError (exit 2) when there is nothing to revert to, or `to` is another app's or
         was never healthy; TargetUnreachable (exit 5) and the other errors `deploy` raises.
         """
+        self._durations = dict.fromkeys(PHASES)
+        to, current = self._revert_choice(to)
+        self._check_reachable()
+        entry = self.ledger.record(NewEntry(
+            app=self.app.name, repository=to.repository, tag=to.tag, digest=to.digest, kind=L.REVERT,
+            previous_id=current.id if current else None, reverts_to=to.id,
+            reason=reason or f"revert to #{to.id} requested",
+        ))
+        return self._run(entry, f"#{entry.id} revert {self.app.name} to #{to.id} {_label(to)}")
+
+    def _revert_choice(self, to: Entry | None) -> tuple[Entry, Entry | None]:
+        """(the entry a revert goes back to, the current healthy entry): `to`, checked, or the healthy
+        entry before the current one with another digest. Raises UserError (exit 2) as `revert` says."""
         current = self.ledger.current(self.app.name)
         if to is None:
             if current is None:
@@ -199,13 +314,7 @@ class Orchestrator:
             raise UserError(f"entry #{to.id} belongs to app {to.app}, not {self.app.name}")
         elif to.status != L.HEALTHY:
             raise UserError(f"entry #{to.id} was never healthy ({to.status}): choose a healthy entry from `rollout history`")
-        self._check_reachable()
-        entry = self.ledger.record(NewEntry(
-            app=self.app.name, repository=to.repository, tag=to.tag, digest=to.digest, kind=L.REVERT,
-            previous_id=current.id if current else None, reverts_to=to.id,
-            reason=reason or f"revert to #{to.id} requested",
-        ))
-        return self._run(entry, f"#{entry.id} revert {self.app.name} to #{to.id} {_label(to)}")
+        return to, current
 
     # -- the state machine ---------------------------------------------------
 
@@ -255,13 +364,18 @@ class Orchestrator:
         self._tell("reverted", self.ledger.get(revert.id), reason=reason, interrupted_entries=interrupted)
         return Outcome(EXIT_OK, self.ledger.get(revert.id), message=f"restored #{good.id} {_label(good)}")
 
-    def _run(self, entry: Entry, announcement: str) -> Outcome:
+    def _run(self, entry: Entry, announcement: str, targets: list[Target] | None = None) -> Outcome:
         self._attempting = entry
         # The try starts right after the entry is recorded: a signal at any later moment is recovered.
         try:
             self.reporter.info(announcement)
             self._tell("started", entry)
-            return self._run_uninterrupted(entry)
+            outcome = self._run_uninterrupted(entry, self.targets if targets is None else targets)
+            outcome.durations = dict(self._durations)
+            # Read back by `rollout show` (resolve happened before the entry existed: only here).
+            self.ledger.event(entry.id, "timings", {"seconds": {k: v for k, v in outcome.durations.items()
+                                                                if v is not None}})
+            return outcome
         except Interrupted as stop:
             self._cancelled.set()
             self.ledger.abandon_open_transaction()
@@ -278,15 +392,15 @@ class Orchestrator:
                             f" {ours.status}): stopped without changing anything more; it recovers {name}"
                             f" (see `rollout status {name}`)") from None
 
-    def _run_uninterrupted(self, entry: Entry) -> Outcome:
+    def _run_uninterrupted(self, entry: Entry, targets: list[Target]) -> Outcome:
         # What a failure goes back to, asked before any target changes: afterwards the ledger's
         # server may be away (LedgerBackend.tolerate_outage). Under the lock nothing else can
         # make another entry of this app healthy meanwhile, so the answer is the same.
         good = self.ledger.last_healthy(self.app.name, not_digest=entry.digest)
-        attempt = self._attempt(entry, self.targets, settle_failure=False)
+        attempt = self._attempt(entry, targets, settle_failure=False, timed=True)
         if not attempt.failures:
             self._tell("healthy", entry)
-            return Outcome(EXIT_OK, self.ledger.get(entry.id), message=f"#{entry.id} healthy")
+            return Outcome(EXIT_OK, self.ledger.get(entry.id), message=f"#{entry.id} healthy", targets=attempt.verdicts)
         # One commit: a failed release is never on record without the revert that answers it,
         # so a rollout killed in between leaves an unfinished entry for recovery, not a silent failure.
         with self.ledger.transaction():
@@ -302,33 +416,39 @@ class Orchestrator:
                 self._quietly(target.stop)
             message = (f"#{entry.id} failed ({attempt.reason}) and there is no healthy entry to go back to:"
                        " the failed release was stopped, and what it replaced was put back as it was before")
-            return Outcome(EXIT_UNRECOVERED, failed, message=message)
+            return Outcome(EXIT_UNRECOVERED, failed, message=message, targets=attempt.verdicts)
         self.reporter.warn(f"#{entry.id} failed: {attempt.reason}; reverting to #{good.id} {_label(good)} as #{revert.id}")
         try:
-            back = self._attempt(revert, attempt.moved, ALL_AT_ONCE)
+            with self._timed("revert"):
+                back = self._attempt(revert, attempt.moved, ALL_AT_ONCE)
         except RolloutError as exc:
             back = _Attempt(failures={"revert": one_line(exc)})
         if back.failures:
             message = (f"REVERT FAILED: #{revert.id} could not restore #{good.id} ({back.reason});"
                        f" {self.app.name} is not on a healthy release: act now")
             self._tell("revert_failed", self.ledger.get(revert.id), reason=back.reason, failed_entry=entry.id)
-            return Outcome(EXIT_UNRECOVERED, failed, self.ledger.get(revert.id), message)
+            return Outcome(EXIT_UNRECOVERED, failed, self.ledger.get(revert.id), message, targets=attempt.verdicts,
+                           revert_targets=back.verdicts)
         message = f"#{entry.id} failed ({attempt.reason}); reverted to #{good.id} {_label(good)}, healthy"
         self._tell("reverted", self.ledger.get(revert.id), failed_entry=entry.id, reason=attempt.reason)
-        return Outcome(EXIT_REVERTED, failed, self.ledger.get(revert.id), message)
+        return Outcome(EXIT_REVERTED, failed, self.ledger.get(revert.id), message, targets=attempt.verdicts,
+                       revert_targets=back.verdicts)
 
     def _attempt(self, entry: Entry, targets: list[Target], strategy: "Strategy | None" = None, *,
-                 settle_failure: bool = True) -> _Attempt:
+                 settle_failure: bool = True, timed: bool = False) -> _Attempt:
         """Apply one entry to targets batch by batch and verify each batch; record every step.
 
-        Workers only touch targets; every ledger write happens here, on this thread.
+        Workers only touch targets; every ledger write happens here, on this thread. `timed`: the
+        pull (prepare), apply and verify phases count in the run's durations (not a revert's).
         """
         strategy = strategy or self.strategy
         self._attempting = entry
         attempt = _Attempt()
         release = Release(entry.id, entry.repository, entry.tag, entry.digest, _change_cause(entry))
         self.ledger.set_status(entry.id, L.APPLYING)
-        for target, error in _each(lambda t: t.prepare(release), targets, strategy.max_parallel):
+        with self._timed("pull", timed):
+            prepared = _each(lambda t: t.prepare(release), targets, strategy.max_parallel)
+        for target, error in prepared:
             if error is not None:
                 # Nothing has changed yet: fail the entry and let the caller exit 5 / 2.
                 failure = error if isinstance(error, RolloutError) else TargetUnreachable(
@@ -352,36 +472,39 @@ class Orchestrator:
             # The point of no return: from the first apply on, this rollout must finish (verify,
             # revert) and its writes must reach the ledger even if the ledger's server goes away.
             self.ledger.tolerate_outage()
-            for target, result in _each(lambda t: t.apply(release), batch, strategy.max_parallel):
+            with self._timed("apply", timed):
+                results = _each(lambda t: t.apply(release), batch, strategy.max_parallel)
+            for target, result in results:
                 if isinstance(result, NotApplied):
                     # The target is as it was: it is not among those a revert must bring back.
                     attempt.refused.append(result)
                     attempt.failures[target.name] = f"apply refused: {one_line(result)}"
-                    self.ledger.set_target(entry.id, target.name, outcome="refused",
-                                           detail=attempt.failures[target.name])
+                    self._mark(attempt, entry, target, "refused", attempt.failures[target.name])
                     continue
                 attempt.moved.append(target)
                 if isinstance(result, BaseException):
                     attempt.failures[target.name] = f"apply failed: {one_line(result)}"
-                    self.ledger.set_target(entry.id, target.name, outcome="failed", image_after=release.image,
-                                           detail=attempt.failures[target.name])
+                    self._mark(attempt, entry, target, "failed", attempt.failures[target.name],
+                               image_after=release.image)
                 else:
                     applied.append(target)
-                    self.ledger.set_target(entry.id, target.name, outcome="applied", image_before=result,
-                                           image_after=release.image)
+                    self._mark(attempt, entry, target, "applied", None, image_before=result,
+                               image_after=release.image)
             if attempt.failures:
                 break
             if number == 1:
                 self.ledger.set_status(entry.id, L.VERIFYING)
-            verdicts = self._verify_all(applied, release)
+            with self._timed("verify", timed):
+                verdicts = self._verify_all(applied, release)
             for target, verdict in zip(applied, verdicts):
                 outcome = "healthy" if verdict.healthy else "failed"
-                self.ledger.set_target(entry.id, target.name, outcome=outcome,
-                                       detail=f"{verdict.reason} after {verdict.elapsed:.1f}s")
+                self._mark(attempt, entry, target, outcome, f"{verdict.reason} after {verdict.elapsed:.1f}s")
                 self.reporter.progress(target.name, f"{outcome.upper()}: {verdict.reason} after {verdict.elapsed:.1f}s")
                 if not verdict.healthy:
                     attempt.failures[target.name] = verdict.reason
-                    self.reporter.logs(target.name, self._quietly(target.logs) or "")
+                    tail = str(self._quietly(target.logs) or "")
+                    self.reporter.logs(target.name, tail)
+                    self._keep_log_tail(entry, target.name, tail)
             if attempt.failures:
                 break
             if number < len(batches) and strategy.pause > 0:
@@ -400,6 +523,30 @@ class Orchestrator:
             self.ledger.set_status(entry.id, L.HEALTHY)
             self.reporter.info(f"#{entry.id} healthy on {', '.join(t.name for t in targets)}")
         return attempt
+
+    def _mark(self, attempt: _Attempt, entry: Entry, target: Target, outcome: str, detail: str | None,
+              **images: str | None) -> None:
+        """Record a target's outcome in the ledger and in the attempt's verdicts (Outcome.targets)."""
+        self.ledger.set_target(entry.id, target.name, outcome=outcome, detail=detail, **images)
+        attempt.verdicts[target.name] = {"outcome": outcome, "detail": detail}
+
+    def _keep_log_tail(self, entry: Entry, target: str, tail: str) -> None:
+        """Record a failed target's log tail (Target.logs, which masks what must not be shown) as the
+        entry's `log-tail` event, for `rollout show`: at most LOG_TAIL_LINES lines of at most
+        LOG_TAIL_LINE_CHARS characters. Not a `target:` event: those mirror the target rows."""
+        lines = [line[:LOG_TAIL_LINE_CHARS] for line in tail.rstrip().splitlines()[-LOG_TAIL_LINES:]]
+        if lines:
+            self.ledger.event(entry.id, "log-tail", {"target": target, "lines": lines})
+
+    @contextmanager
+    def _timed(self, phase: str, on: bool = True) -> Iterator[None]:
+        """Add the block's wall time (seconds) to the run's durations[phase] when `on`."""
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            if on:
+                self._durations[phase] = (self._durations.get(phase) or 0.0) + time.monotonic() - started
 
     def _verify_all(self, targets: list[Target], release: Release) -> list[Verdict]:
         def judge(target: Target) -> Verdict:

@@ -37,7 +37,7 @@ from rollout.errors import (
 )
 from rollout.faults import kill_point
 from rollout.ledger import Entry, Ledger, PushedBuild
-from rollout.orchestrator import Orchestrator
+from rollout.orchestrator import Orchestrator, Outcome
 from rollout.output import clip
 from rollout.reference import Reference, checked_digest, repo_digests
 from rollout.tags import render_tag
@@ -156,13 +156,16 @@ class RebuildResult:
     digest: str | None = None
     entry: Entry | None = None
     revert: Entry | None = None
+    outcome: Outcome | None = None  # the deploy's, when the rebuild deployed (issue 17.3)
 
     def to_json(self) -> dict[str, Any]:
-        """The object `rebuild --json` prints: every field, inputs and entries as their own to_json()."""
+        """The object `rebuild --json` prints: every field, inputs and entries as their own to_json();
+        when it deployed, also `result`: the deploy's Outcome.to_json() (targets, durations)."""
         return {"app": self.app, "exit_code": self.exit_code, "action": self.action, "message": self.message,
                 "inputs": self.inputs.to_json() if self.inputs else None, "tag": self.tag, "digest": self.digest,
                 "entry": self.entry.to_json() if self.entry else None,
-                "revert": self.revert.to_json() if self.revert else None}
+                "revert": self.revert.to_json() if self.revert else None,
+                "result": self.outcome.to_json() if self.outcome else None}
 
 
 def rebuild(app: AppConfig, *, config_path: Path | None, ledger: Ledger, registry: Resolver,
@@ -238,7 +241,7 @@ def _deploy(app: AppConfig, orchestrator: Orchestrator, inputs: Inputs, tag: str
                                     base_digests=inputs.base_digests, reason=reason)
     action = "deployed" if outcome.exit_code == EXIT_OK else "failed"
     return RebuildResult(app.name, outcome.exit_code, action, outcome.message, inputs, tag, digest,
-                         outcome.entry, outcome.revert)
+                         outcome.entry, outcome.revert, outcome)
 
 
 def _new_tag(app: AppConfig, inputs: Inputs, ledger: Ledger) -> str:

@@ -111,6 +111,8 @@ class Target(Protocol):
     section: rollout.targets.docker.target): healthy, the release it replaced is stopped (after
     the drain time); not healthy, the traffic goes back to that release at once and the new one
     is stopped. What it raises is reported as a warning, never changes the verdict.
+    Optional: preview(release) -> rollout.plan.Preview, read-only (no pull, no change): whether the
+    target would pull release.image and what would change; `--dry-run` calls it (issue 17.1).
 
     A revert is another prepare/apply/watch with the earlier release on a new object; stop() is
     not a revert. Every method but logs() may raise:

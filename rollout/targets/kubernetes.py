@@ -22,6 +22,7 @@ from typing import Any, Callable
 from rollout.config import AppConfig, TargetConfig
 from rollout.errors import (EXIT_UNREACHABLE, EXIT_USAGE, NotApplied, RolloutError, TargetUnreachable, UserError,
                             one_line)
+from rollout.plan import Preview
 from rollout.reference import checked_digest, checked_image, parse
 from rollout.targets import Observation, Release, Running
 
@@ -134,6 +135,13 @@ class KubernetesTarget:
         digest = drifting[0] if drifting else template_digest or (pod_digests[0] if pod_digests else None)
         detail = f"pods run {', '.join(pod_digests)}" if pod_digests else "no pods"
         return Running(image, digest, detail, warning=self._init_container_warning(deployment, container))
+
+    def preview(self, release: Release) -> Preview:
+        """What apply(release) would change, read-only (rollout.plan): the Deployment's container
+        whose image moves; pull None (each node's kubelet decides). Raises TargetUnreachable (5),
+        UserError (2) when the container cannot be chosen."""
+        container = self._pick_container(self._read())
+        return Preview(f"Deployment {self.namespace}/{self.deployment} container {container}", None)
 
     def prepare(self, release: Release) -> None:
         """Read the Deployment and choose the container; changes nothing. Raises UserError (exit 2)

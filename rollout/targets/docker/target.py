@@ -30,6 +30,7 @@ from rollout.config import AppConfig, TargetConfig
 from rollout.errors import (EXIT_USAGE, ConfigError, NotApplied, RouterConfigError, RouterUnreachable, TargetUnreachable,
                             UserError, one_line)
 from rollout.faults import kill_point
+from rollout.plan import Preview
 from rollout.reference import checked_digest, checked_image, repo_digests
 from rollout.routers import Router, open_router
 from rollout.targets import OutOfOrder, Release, Running
@@ -173,6 +174,23 @@ class DockerTarget:
         except docker.errors.ImageNotFound:
             raise TargetUnreachable(f"target {self.name}: pulling {release.image} did not produce the image") from None
 
+    def preview(self, release: Release) -> Preview:
+        """What apply(release) would change, read-only (rollout.plan): the container (and the route,
+        with a traffic section) and whether prepare() would pull: the engine is asked whether it has
+        the image (GET /images/NAME/json, no registry request). Raises TargetUnreachable (exit 5)."""
+        try:
+            engine_call(self.where, lambda: self.client.images.get(release.image))
+            pull = False
+        except docker.errors.ImageNotFound:
+            pull = True
+        except (docker.errors.APIError, requests.exceptions.ConnectionError) as exc:
+            raise TargetUnreachable(f"target {self.name}: Docker engine at {self.where}: {short_reason(exc)}") from None
+        changes = f"container {self.container_name} on {self.where}"
+        if self.traffic is not None:
+            changes += (f" (started beside it on the idle slot, then {self.traffic.router} route"
+                        f" {self.traffic.route} switches to it)")
+        return Preview(changes, pull)
+
     def apply(self, release: Release) -> str | None:
         """Move the container named `container` to release.image; return the image it ran before (None: none).
 
@@ -283,15 +301,19 @@ class DockerTarget:
         return SlotWatch(watch, self._beside.slot, self.health.http, self._switch)  # type: ignore[return-value]
 
     def logs(self, lines: int = 20) -> str:
-        """The last `lines` lines (stdout and stderr) of the container the last apply() started;
-        "" when there is none, it is gone or the engine is unreachable."""
+        """The last `lines` lines (stdout and stderr) of the container the last apply() started, with
+        the values of its environment masked (`mask_env`: an app that prints its settings at a crash
+        must not put a password on screen or in the ledger's log-tail event); "" when there is none,
+        it is gone or the engine is unreachable."""
         if self._started_id is None:
             return ""
         try:
-            raw = self.client.containers.get(self._started_id).logs(tail=lines)
+            container = self.client.containers.get(self._started_id)
+            raw = container.logs(tail=lines)
+            image_env = self._image_config(container.attrs).get("Env") or []
         except (docker.errors.NotFound, requests.exceptions.ConnectionError):
             return ""  # gone, or the engine is: what matters is said elsewhere
-        return raw.decode("utf-8", "replace")
+        return mask_env(raw.decode("utf-8", "replace"), container.attrs["Config"].get("Env") or [], image_env)
 
     def stop(self) -> None:
         """Undo the last apply (when there is no healthy release to revert to): the container it
@@ -783,6 +805,39 @@ class _Beside:
     upstreams: list[str]  # what the router sent traffic to before: where a failure switches back
     started: bool  # started by this apply (False: it already ran there)
     switched: bool = False  # the router's traffic moved to it
+
+
+MASK = "***"
+MIN_MASKED = 4  # characters: shorter values ("1", "on", "yes") would mask half the log and hide nothing
+
+
+def mask_env(text: str, env: list[str], image_env: list[str]) -> str:
+    """text with every value of the container's environment (["NAME=VALUE", ...]) replaced by ***,
+    except those the image itself sets (public: anyone who pulls it sees them, e.g. PATH) and values
+    shorter than MIN_MASKED characters. Longest first, so a value containing another is masked whole."""
+    public = set(image_env)
+    values = {item.partition("=")[2] for item in env if item not in public}
+    for value in sorted((v for v in values if len(v) >= MIN_MASKED), key=len, reverse=True):
+        text = text.replace(value, MASK)
+    return text
+
+
+_WARNED_COMPOSE: set[tuple[str, str]] = set()  # (engine, container) already warned about in this process
+
+
+def _warn_if_compose(container: Any, target: str, where: str) -> None:
+    """Warn once per process when the container a docker target moves is managed by Compose (its
+    com.docker.compose.project/service labels, which a deploy carries over): the next `docker compose
+    up` of that project recreates it from the image in the compose file, undoing the pinned digest."""
+    labels = (container.labels or {}) if container is not None else {}
+    project, service = (one_line(labels.get(f"com.docker.compose.{key}") or "", 80) for key in ("project", "service"))
+    if not project or not service or (where, container.name) in _WARNED_COMPOSE:
+        return
+    _WARNED_COMPOSE.add((where, container.name))
+    log.warning("target %s: container %s is managed by Compose (project %s, service %s): the next `docker compose"
+                " up` of that project recreates it from its compose file's image, undoing this deploy; use"
+                ' kind = "compose" with service = "%s" (README: Compose targets)', target, container.name,
+                project, service, service)
 
 
 def _slot_of(container: Any) -> int | None:
