@@ -296,6 +296,10 @@ def init(
     kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig", metavar="PATH", help="Kubeconfig for --from-deployment."),
     context: Optional[str] = typer.Option(None, "--context", help="Kubeconfig context for --from-deployment."),
     container: Optional[str] = typer.Option(None, "--container", help="Which container of the Deployment's pods."),
+    from_compose: Optional[str] = typer.Option(None, "--from-compose", metavar="SERVICE",
+                                               help="Fill a compose target from this service of a Compose project."),
+    project_dir: Optional[str] = typer.Option(None, "--project-dir", metavar="DIR",
+                                              help="The Compose project of --from-compose (default: .)."),
     app_name: Optional[str] = typer.Option(None, "--app", help="The app's name (default: from the container or Deployment)."),
     image: Optional[str] = typer.Option(None, "--image", metavar="REPOSITORY", help="The app's image repository."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
@@ -306,7 +310,7 @@ def init(
         written = operations.init(configuration.config_path(ctx.obj), from_container=from_container,
                                   host=host, from_deployment=from_deployment, namespace=namespace,
                                   kubeconfig=kubeconfig, context=context, container=container, app_name=app_name,
-                                  image=image, force=force)
+                                  image=image, force=force, from_compose=from_compose, project_dir=project_dir)
         draft = written.draft
         for note in draft.notes:
             console.info(f"note: {note}")

@@ -441,6 +441,9 @@ def _target(table: dict[str, Any], index: int, app_health: HealthPolicy, app_tra
     if not values.get("name"):
         raise S.problem(path, where, "name is missing: give every target a name")
     settings = {key: value for key, value in values.items() if key not in COMMON_KEYS}
+    for key in kind.paths:  # relative to rollout.toml, like every path in it
+        if settings.get(key):
+            settings[key] = str(_absolute(path.parent if path else Path.cwd(), settings[key], path, where + key))
     for requirement in kind.required:
         problem = requirement(settings)
         if problem:

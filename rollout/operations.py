@@ -569,23 +569,25 @@ class Initialised:
 def init(path: Path, *, from_container: Optional[str] = None, host: Optional[str] = None,
          from_deployment: Optional[str] = None, namespace: Optional[str] = None, kubeconfig: Optional[str] = None,
          context: Optional[str] = None, container: Optional[str] = None, app_name: Optional[str] = None,
-         image: Optional[str] = None, force: bool = False) -> Initialised:
+         image: Optional[str] = None, force: bool = False, from_compose: Optional[str] = None,
+         project_dir: Optional[str] = None) -> Initialised:
     """Write a commented rollout.toml at `path`, filled from a running container (on Docker host
-    `host`), a Deployment, or blank (rollout.scaffold).
+    `host`), a Deployment, a Compose service (of the project in `project_dir`), or blank (rollout.scaffold).
 
     Raises UserError (2) when both sources are given or the file exists without `force`, and what
     the scaffold raises: ConfigError (2), TargetUnreachable (5).
     """
     from rollout import scaffold
 
-    sources = {"--from-container": from_container, "--from-deployment": from_deployment}
+    sources = {"--from-container": from_container, "--from-deployment": from_deployment, "--from-compose": from_compose}
     if from_container and from_deployment:  # said before "already exists", as it always was
         raise UserError("give --from-container or --from-deployment, not both")
     if path.exists() and not force:
         raise UserError(f"{path} already exists: pass --force to overwrite it")
     # The kind that drafts from the given source is found through the registry (rollout.targets.kinds).
     draft = scaffold.draft_from(sources, {"host": host, "namespace": namespace, "kubeconfig": kubeconfig,
-                                          "context": context, "container": container}, app_name, image)
+                                          "context": context, "container": container, "project_dir": project_dir,
+                                          "config_dir": str(path.parent)}, app_name, image)
     scaffold.write(path, scaffold.render(draft), force=force)
     return Initialised(path, draft)
 

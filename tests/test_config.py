@@ -374,7 +374,7 @@ def test_a_target_kind_is_one_registered_entry(tmp_path: Path, monkeypatch: pyte
         with pytest.raises(ConfigError) as caught:
             configuration.load(str(path))
         assert str(path) in str(caught.value) and names in str(caught.value)
-    with pytest.raises(ConfigError, match="use \"docker\" or \"kubernetes\" or \"nomad\""):
+    with pytest.raises(ConfigError, match="use \"docker\" or \"kubernetes\" or \"compose\" or \"nomad\""):
         configuration.load(str(write(tmp_path, BASE_APP + '[[apps.web.targets]]\nname = "x"\nkind = "swarm"\n')))
 
 

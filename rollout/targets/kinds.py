@@ -59,6 +59,7 @@ class Kind:
         required"; a function returning an error (completing "FILE: apps.X.targets[N].") or None.
     module, implementation: where the Target class lives, imported on first use.
     scaffold: how `rollout init` drafts such a target from what runs (None: only the blank draft).
+    paths: settings that are paths relative to rollout.toml; rollout.config makes them absolute at load.
     """
 
     name: str
@@ -67,6 +68,7 @@ class Kind:
     implementation: str
     required: tuple[Callable[[dict[str, Any]], str | None], ...] = ()
     scaffold: Scaffold | None = None
+    paths: tuple[str, ...] = ()
 
     def open(self, config: "TargetConfig", app: "AppConfig") -> "Target":
         """The Target for one configured target of app (imports the kind's module on first use)."""
@@ -126,5 +128,24 @@ KUBERNETES = Kind(
                       options=("namespace", "kubeconfig", "context", "container")),
 )
 
-KINDS: dict[str, Kind] = {kind.name: kind for kind in (DOCKER, KUBERNETES)}
+COMPOSE = Kind(
+    name="compose",
+    module="rollout.targets.compose",
+    implementation="ComposeTarget",
+    settings={
+        "project_dir": S.Field(S.string),
+        "files": S.Field(S.string_list("must be an array of compose file names, relative to project_dir")),
+        # Compose's own rules (compose-go loader: service names; project names must be lower case).
+        "service": S.Field(S.matching(r"[a-zA-Z0-9][a-zA-Z0-9._-]*", "must be a Compose service name")),
+        "project_name": S.Field(S.matching(r"[a-z0-9][a-z0-9_-]*",
+                                           "must be lower-case letters, digits, _ or -, starting with a letter or digit")),
+    },
+    required=(_needs("project_dir", "the directory of the Compose project, relative to rollout.toml"),
+              _needs("service", "name the Compose service to move")),
+    scaffold=Scaffold("--from-compose", "rollout.targets.compose", "from_compose",
+                      options=("project_dir", "config_dir")),
+    paths=("project_dir",),
+)
+
+KINDS: dict[str, Kind] = {kind.name: kind for kind in (DOCKER, KUBERNETES, COMPOSE)}
 DEFAULT_KIND = "docker"

@@ -18,15 +18,22 @@ FAILURE_EVENTS = {"die", "oom", "restart", "health_status: unhealthy"}
 
 
 class DockerWatch:
-    """Health of one container, woken by the engine's event stream."""
+    """Health of one container, woken by the engine's event stream.
+
+    `events`: the queue failure events go to; several watches may share one (a scaled Compose
+    service: rollout.targets.compose.ReplicasWatch), so one wait wakes on any of them. `label`:
+    when set (a container's name), every failure this watch reports begins "LABEL: ".
+    """
 
     def __init__(self, client: docker.DockerClient, container_id: str, not_before_ns: int,
-                 where: str = "the local socket") -> None:
+                 where: str = "the local socket", events: "queue.Queue[str] | None" = None,
+                 label: str | None = None) -> None:
         self.client = client
         self.where = where
         self.container_id = container_id
         self.not_before_ns = not_before_ns
-        self.events: queue.Queue[str] = queue.Queue()
+        self.events: queue.Queue[str] = queue.Queue() if events is None else events
+        self.prefix = f"{label}: " if label else ""
         self.failure: str | None = None
         self.restart_count: int | None = None
         # Replay from a little before the start, so a crash in the first instant is not missed.
@@ -41,7 +48,7 @@ class DockerWatch:
             for event in self._stream:
                 status = event.get("status") or event.get("Action") or ""
                 if status in FAILURE_EVENTS and int(event.get("timeNano", 0)) >= self.not_before_ns:
-                    self.events.put(_describe_event(status, event))
+                    self.events.put(self.prefix + _describe_event(status, event))
         except Exception:  # noqa: BLE001 - the stream ends when closed or when the engine goes away
             self.events.put("")
 
@@ -64,6 +71,11 @@ class DockerWatch:
             self.wait(0)
         if self.failure:
             return Observation(False, self.failure)
+        look = self._look()
+        return Observation(False, self.prefix + look.failed) if look.failed else look
+
+    def _look(self) -> Observation:
+        """observe() without the failure events and the label: the engine's inspect of the container."""
         try:
             attrs = engine_call(self.where, lambda: self.client.api.inspect_container(self.container_id))
         except docker.errors.NotFound:

