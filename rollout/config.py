@@ -15,6 +15,7 @@ the build context and Dockerfile exist (`require_build`, for rebuild and check).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -38,6 +39,25 @@ DEFAULT_LEDGER = "state/ledger.db"
 
 
 @dataclass(frozen=True)
+class MetricGate:
+    """`[apps.NAME.health.prometheus]`: a PromQL query giving one number, judged against bounds.
+
+    url: the Prometheus server (its HTTP API, /api/v1/query); query: PromQL, where "{app}",
+    "{digest}" and "{entry}" stand for the release verified (rollout.metric_gate.for_release);
+    max / min: the value breaches when above max or below min (at least one is set);
+    interval: seconds between evaluations (> 0); window: seconds the release is judged after
+    the stable window too (0: only during it). How each answer counts: rollout.metric_gate.
+    """
+
+    url: str
+    query: str
+    max: float | None = None
+    min: float | None = None
+    interval: float = 5.0
+    window: float = 0.0
+
+
+@dataclass(frozen=True)
 class HealthPolicy:
     """How a release is judged ([apps.NAME.health], overridable per target key by key).
 
@@ -54,6 +74,7 @@ class HealthPolicy:
     stable: float = 5.0
     http: str | None = None
     max_restarts: int = 2
+    prometheus: MetricGate | None = None  # [health.prometheus]: a metric gate, or None
 
 
 @dataclass(frozen=True)
@@ -266,6 +287,23 @@ HEALTH_SCHEMA: S.Schema = {
     "stable": S.Field(S.seconds),
     "http": S.Field(_http_url),
     "max_restarts": S.Field(S.whole(1)),
+    "prometheus": S.Field(S.table),
+}
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise S.Invalid("must be a finite number", show_value=True)
+    return float(value)
+
+
+PROMETHEUS_SCHEMA: S.Schema = {
+    "url": S.Field(_http_url, missing='the Prometheus server, e.g. "http://127.0.0.1:9090"'),
+    "query": S.Field(S.string, missing="PromQL giving one number, e.g. an error ratio"),
+    "max": S.Field(_number),
+    "min": S.Field(_number),
+    "interval": S.Field(S.seconds),
+    "window": S.Field(S.seconds),
 }
 ROLLOUT_SCHEMA: S.Schema = {
     "strategy": S.Field(S.one_of("parallel", "rolling"), attribute="kind"),
@@ -496,7 +534,20 @@ def _health(table: dict[str, Any], defaults: HealthPolicy, path: Path, where: st
     values = S.check(table, HEALTH_SCHEMA, path, where)
     if values.get("interval") == 0:
         raise S.problem(path, where, "interval must be greater than 0")
+    if "prometheus" in values:  # a target's table replaces the app's whole
+        values["prometheus"] = _metric_gate(values["prometheus"], path, where + "prometheus.")
     return replace(defaults, **values)
+
+
+def _metric_gate(table: dict[str, Any], path: Path, where: str) -> MetricGate:
+    values = S.check(table, PROMETHEUS_SCHEMA, path, where)
+    if "max" not in values and "min" not in values:
+        raise S.problem(path, where, "max or min is missing: the bound the query's value must stay within")
+    if "max" in values and "min" in values and values["min"] > values["max"]:
+        raise S.problem(path, where, f"min = {values['min']:g} is above max = {values['max']:g}: no value can pass")
+    if values.get("interval") == 0:
+        raise S.problem(path, where, "interval must be greater than 0")
+    return MetricGate(**values)
 
 
 def _build(table: dict[str, Any], path: Path, where: str) -> BuildSettings | None:

@@ -1,8 +1,9 @@
 """Deciding whether a new release is healthy.
 
 Healthy means: the target reports ready (running, and its own health check
-passing where it has one), the optional HTTP probe answers 2xx, and both hold
-for `stable` seconds. Failure is event-driven: a target's Watch wakes the wait
+passing where it has one), the optional HTTP probe answers 2xx, the optional
+metric gate's query is within bounds (rollout.metric_gate), and all hold for
+`stable` seconds (plus the gate's `window`). Failure is event-driven: a target's Watch wakes the wait
 as soon as the engine reports a crash, so a broken release is caught in the
 time it takes to crash, not at the next poll or the timeout.
 """
@@ -16,7 +17,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Callable
 
-from rollout.config import HealthPolicy
+from rollout.config import HealthPolicy, MetricGate
+from rollout.metric_gate import Reading, evaluate
 from rollout.proxies import ProxyRoutedHandler
 from rollout.targets import Watch
 
@@ -56,7 +58,10 @@ Probe = Callable[[str, float], tuple[bool, str]]
 Progress = Callable[[str], None]
 
 
-def verify(watch: Watch, policy: HealthPolicy, *, probe: Probe = http_probe,
+Gauge = Callable[[MetricGate, float], Reading]
+
+
+def verify(watch: Watch, policy: HealthPolicy, *, probe: Probe = http_probe, gauge: Gauge = evaluate,
            clock: Callable[[], float] = time.monotonic, on_progress: Progress | None = None) -> Verdict:
     """Wait until the release on one target is healthy, fails, or runs out of time.
 
@@ -70,6 +75,12 @@ def verify(watch: Watch, policy: HealthPolicy, *, probe: Probe = http_probe,
     without a healthy verdict. Between looks it sleeps in `watch.wait`, at most
     `policy.interval` seconds, so an engine event ends the wait early.
 
+    A metric gate (`policy.prometheus`, its query already about this release:
+    rollout.metric_gate.for_release) is asked through `gauge` once the rest is ready and then
+    every `gate.interval` seconds; the release must then hold for `stable + gate.window`
+    seconds. A breach (or a query that cannot give one number) fails it at once; no data or an
+    unreachable Prometheus counts as not ready (rollout.metric_gate says why).
+
     All times are seconds on `clock` (time.monotonic unless a test passes another: a
     wall-clock step must not stretch or cut the timeout). Each HTTP probe may take
     min(2, max(interval, 0.5)) seconds. `on_progress` gets a one-line status after each look.
@@ -79,6 +90,10 @@ def verify(watch: Watch, policy: HealthPolicy, *, probe: Probe = http_probe,
     start = clock()
     deadline = start + policy.timeout
     healthy_since: float | None = None
+    gate = policy.prometheus
+    # With a metric gate the release must hold for its window after the stable window too.
+    hold = policy.stable + (gate.window if gate else 0.0)
+    gate_due, reading = start, None
     while True:
         observation = watch.observe()
         now = clock()
@@ -90,12 +105,19 @@ def verify(watch: Watch, policy: HealthPolicy, *, probe: Probe = http_probe,
             url = policy.http if observation.slot is None else policy.http.replace("{port}", str(observation.slot))
             ready, probe_detail = probe(url, min(2.0, max(policy.interval, 0.5)))
             detail = f"{detail}, {probe_detail}" if detail else probe_detail
+        if ready and gate is not None:
+            if reading is None or now >= gate_due:
+                reading, gate_due = gauge(gate, min(5.0, max(gate.interval, 1.0))), now + gate.interval
+            if reading.fatal:
+                return Verdict(False, reading.detail, clock() - start)
+            ready = reading.ok
+            detail = f"{detail}, {reading.detail}" if detail else reading.detail
         if ready:
             healthy_since = now if healthy_since is None else healthy_since
             held = now - healthy_since
-            if held >= policy.stable:
+            if held >= hold:
                 return Verdict(True, detail or "healthy", now - start)
-            detail = f"{detail}, stable {held:.1f}/{policy.stable:g}s"
+            detail = f"{detail}, stable {held:.1f}/{hold:g}s"
         else:
             healthy_since = None
         if now >= deadline:
@@ -104,5 +126,7 @@ def verify(watch: Watch, policy: HealthPolicy, *, probe: Probe = http_probe,
             on_progress(f"{detail or 'waiting'} ({now - start:.1f}s)")
         wake = min(policy.interval, deadline - now)
         if healthy_since is not None:
-            wake = min(wake, healthy_since + policy.stable - now)
+            wake = min(wake, healthy_since + hold - now)
+        if gate is not None and reading is not None:
+            wake = min(wake, gate_due - now)
         watch.wait(max(wake, 0.01))

@@ -30,6 +30,7 @@ from rollout.errors import (
     one_line,
 )
 from rollout.health import Verdict
+from rollout.metric_gate import for_release
 from rollout.ledger import Entry, Ledger, NewEntry
 from rollout.reference import Reference, short_digest
 from rollout.plan import Plan, TargetPlan, preview_of
@@ -555,8 +556,9 @@ class Orchestrator:
             except Exception as exc:  # noqa: BLE001 - a target we cannot watch is not healthy
                 return Verdict(False, f"cannot watch: {one_line(exc)}", 0.0)
             try:
-                return self.verifier(watch, self.policies[target.name],
-                                     lambda text: self.reporter.progress(target.name, text))
+                # A metric gate's query is about this release ({app}, {digest}, {entry}).
+                policy = for_release(self.policies[target.name], self.app.name, release.entry_id, release.digest)
+                return self.verifier(watch, policy, lambda text: self.reporter.progress(target.name, text))
             except Exception as exc:  # noqa: BLE001 - a target we cannot watch is not healthy
                 return Verdict(False, f"cannot verify: {one_line(exc)}", 0.0)
             finally:
