@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from benchmarks import concurrent_deploys, docker_host, fleet, kubernetes, ledger_scale, registry_cost, startup, zero_downtime
+from benchmarks.metric_verdict import metric_verdict
 from benchmarks.common import ScenarioFailed, ScenarioResult, Settings, Skipped, machine_info
 from benchmarks.report import render_table
 
@@ -34,6 +35,7 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "B8": ("downtime under load: stop-first vs HAProxy and Caddy", zero_downtime.downtime),
     "B9": ("revert latency after a switch (HAProxy, Caddy)", zero_downtime.revert_latency),
     "B11": ("concurrent deploys, 2 runners, one PostgreSQL ledger", concurrent_deploys.concurrent_deploys),
+    "B12": ("metric gate: errors reported -> failure verdict (real Prometheus)", metric_verdict),
 }
 
 # Exceptions that mean the harness's own code is wrong, not that a measurement failed.
