@@ -327,7 +327,9 @@ def revert_latency(settings: Settings, result: ScenarioResult) -> None:
                 back = all_on([a for a in load.answers if a.started >= started], old)
                 if back is None:
                     raise ScenarioFailed(f"{name}: {old} never took all the traffic back")
-                latency[name].append(back + offset - exited)
+                # 0, not below: with HAProxy's redispatch, requests that began on the dying release
+                # before its exit were retried onto the old one (answered by it, started earlier).
+                latency[name].append(max(0.0, back + offset - exited))
                 failed[name].append(failed_and_gap(load.answers, started, ended)[0])
                 detection[name].append(_failed_at(side) - exited)
     for router in ROUTERS:

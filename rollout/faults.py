@@ -26,7 +26,8 @@ def kill_point(step: str) -> None:
     per process), so a crash lands on an exact, reproducible moment. Steps in use: the
     ledger's event names (``recorded``, ``status:applying``, ``target:applied`` ...), the
     docker target's (``docker:renamed``, ``docker:stopped``, ``docker:created``,
-    ``docker:started``; with a traffic section ``traffic:switched``, ``traffic:switched-back``)
+    ``docker:started``; with a traffic section ``traffic:switched``, ``traffic:switched-back``,
+    and HAProxy's ``traffic:both-ready`` between readying the new server and draining the old)
     and rebuild's ``docker:pushed`` (pushed, ``build:pushed`` not yet recorded). With
     ``ROLLOUT_TEST_FAIL_AT="<step>#<n>"`` it raises InjectedFault there instead, so a test
     sees what an error at that moment leaves behind (the step itself is done). Unset or

@@ -30,8 +30,11 @@ import pytest
 from rollout import lock
 from rollout.ledger import FINISHED, open_ledger
 from support.cli import finish
-from support.project import STEP_TIMEOUT, Project, write_config
+from support.ports import free_port
+from support.project import STEP_TIMEOUT, Project, http_get, write_config
 from support.proxy import Fault, RegistryProxy, start_proxy
+from support.routers import Proxy, proxy
+from support.traffic import deploy, routed, through, write_traffic_config
 
 GOOD = ("good1", "good2", "good3")
 
@@ -297,3 +300,82 @@ def test_sigkill_at_every_moment_loses_nothing(ledger_project: Project, slow_pul
     assert harness.recovered == harness.tried == len(MOMENTS)
     # However often it was killed, every entry of the history ended with an outcome.
     assert {e["status"] for e in project.history()} == {"healthy", "failed", "interrupted"}
+
+
+# -- SIGKILL at each step of a zero-downtime switch (issue 14): a docker target with a traffic
+# section, behind a real proxy started per test (support.routers), SQLite ledger (the switch's
+# recovery does not depend on the backend; the moments above run on both).
+
+WAIT = 60.0  # seconds: a hang guard on what a switch test waits for, not a measurement
+
+SWITCH_KILLS = [  # (router, kill point, recovered by, the deployed release fails after the switch)
+    pytest.param("haproxy", "docker:started#1", "status", False, id="haproxy-started-beside-before-the-switch"),
+    # HAProxy's switch is two runtime API commands: killed between them, both servers take traffic.
+    pytest.param("haproxy", "traffic:both-ready#1", "status", False, id="haproxy-during-the-switch"),
+    pytest.param("haproxy", "traffic:switched#1", "status", False, id="haproxy-right-after-the-switch"),
+    pytest.param("haproxy", "traffic:switched#1", "deploy", False, id="haproxy-right-after-the-switch-recovered-by-deploy"),
+    pytest.param("haproxy", "traffic:switched-back#1", "status", True, id="haproxy-during-a-failure-switching-back"),
+    # Caddy's switch is one admin API request: before and after it are the moments there are.
+    pytest.param("caddy", "docker:started#1", "status", False, id="caddy-started-beside-before-the-switch"),
+    pytest.param("caddy", "traffic:switched#1", "status", False, id="caddy-right-after-the-switch"),
+    pytest.param("caddy", "traffic:switched-back#1", "status", True, id="caddy-during-a-failure-switching-back"),
+]
+
+
+@pytest.mark.parametrize("router,kill_at,recover_with,breaks", SWITCH_KILLS)
+def test_sigkill_during_a_switch_leaves_the_router_on_a_healthy_recorded_release(  # type: ignore[no-untyped-def]
+        project, tmp_path, docker_client, router, kill_at, recover_with, breaks) -> None:
+    slots = [free_port(), free_port()]
+    proxy_dir = tmp_path / "proxy"
+    proxy_dir.mkdir()
+    with proxy(router, proxy_dir, [f"127.0.0.1:{s}" for s in slots]) as running:
+        write_traffic_config(project, running, slots)
+        _kill_during_a_switch(project, running, slots, docker_client, kill_at, recover_with, breaks)
+
+
+def _kill_during_a_switch(project: Project, running: Proxy, slots: list[int], docker_client: Any, kill_at: str,
+                          recover_with: str, breaks: bool) -> None:
+    assert deploy(project, "good1").returncode == 0
+    if breaks:
+        write_traffic_config(project, running, slots, stable=10)  # a window long enough to break the release in
+    process = project.start("deploy", "web:good2", kill_at=kill_at)
+    try:
+        if breaks:
+            deadline = time.monotonic() + WAIT
+            while time.monotonic() < deadline and process.poll() is None and through(running) != "good2":
+                time.sleep(0.02)  # polling the proxy until good2 serves, not waiting for time to pass
+            assert through(running) == "good2", "good2 never took the traffic"
+            [new] = [c for c in docker_client.containers.list(filters={"label": "rollout.tag=good2"})
+                     if c.name.startswith(project.container)]
+            new.exec_run(["rm", "/www/health"])
+        code, stderr = finish(process, timeout=WAIT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert code == -9, f"the deploy was not killed at {kill_at}: exit {code}: {stderr[-400:]}"
+
+    if recover_with == "status":
+        recovery = project.run("status", "--json")
+        assert recovery.returncode == 0, recovery.stderr
+    else:
+        recovery = project.run("deploy", "web:good3")
+        assert recovery.returncode == 0, recovery.stderr
+    assert "was interrupted" in recovery.stderr and "Traceback" not in recovery.stderr
+    report = project.json("status", "--json")
+    current, [target] = report["current"], report["targets"]
+    expected = "good1" if recover_with == "status" else "good3"
+    assert (current["tag"], current["status"]) == (expected, "healthy")
+    # The router sends everything to the slot of the container under the name, which runs the
+    # ledger's current entry and answers, directly and through the proxy.
+    live = docker_client.containers.get(project.container)
+    slot = int(live.labels["rollout.slot"])
+    assert live.status == "running" and live.labels["rollout.tag"] == expected
+    assert target["in_sync"] and target["digest"] == current["digest"] and target["traffic"]["routed"], target
+    assert routed(running) == [f"127.0.0.1:{slot}"]
+    assert http_get(f"http://127.0.0.1:{slot}/version") == expected and through(running) == expected
+    statuses = {e["id"]: e["status"] for e in project.history()}
+    assert "interrupted" in statuses.values() and "verifying" not in statuses.values()
+    # And nothing is stuck: the next deploy moves the traffic again.
+    after = "good3" if expected != "good3" else "good2"  # not the broken good2 (its kept container lacks /health)
+    assert deploy(project, after).returncode == 0 and through(running) == after

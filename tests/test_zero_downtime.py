@@ -3,8 +3,9 @@ the real engine and registry, a real HAProxy or Caddy started per test (support.
 client load through the proxy (support.load) while rollout deploys, fails and reverts.
 
 The app is the test image on the host network; `slot_env = "PORT"` tells each release its slot.
-HAProxy must lose no request at all. Caddy 2.6 closes a few connections at each config reload (its
-listener swap, see rollout.routers.caddy): those are reported (record_property), never a 5xx.
+No request may fail through either router (Caddy needs net.ipv4.tcp_migrate_req=1, which
+.ci/testbed sets: see rollout.routers.caddy). The SIGKILL moments of a switch are in
+tests/test_crash_safety.py.
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ from rollout.reference import parse
 from rollout.targets import Observation
 from rollout.targets.docker.traffic import SlotWatch
 from rollout.orchestrator import Orchestrator
+from support.bed import need
 from support.fakes import (IMAGE, FakeClock, FakeResolver, FakeTarget, RecordingReporter, ScriptedWatch, app_config,
                            crashes, fake_digest, scripted_verifier)
 from support.images import APP_IMAGE, digest_of
 from support.load import Load
 from support.ports import free_port
-from support.project import Project, http_get
+from support.project import Project
 from support.routers import Proxy, proxy
+from support.traffic import deploy, routed, through, write_traffic_config
 
 ROUTERS = ["haproxy", "caddy"]
 WAIT = 60.0  # seconds: a hang guard on what a test waits for, not a measurement
@@ -48,44 +51,6 @@ def bed(request: pytest.FixtureRequest, project: Project, tmp_path: Path) -> Ite
         yield project, running, slots
 
 
-def write_traffic_config(project: Project, running: Proxy, slots: list[int], *, stable: float = 1.5,
-                         admin: str | None = None) -> None:
-    project.config.write_text(f"""
-[apps.web]
-image = "{APP_IMAGE}"
-
-[apps.web.health]
-timeout = 20
-interval = 0.3
-stable = {stable}
-http = "http://127.0.0.1:{{port}}/health"
-
-[apps.web.traffic]
-router = "{running.kind}"
-admin = "{admin or running.admin}"
-route = "{running.route}"
-slots = {slots}
-slot_env = "PORT"
-drain = 0.5
-
-[[apps.web.targets]]
-name = "local"
-kind = "docker"
-container = "{project.container}"
-network = "host"
-""")
-
-
-def routed(running: Proxy) -> list[str]:
-    from rollout.routers import open_router
-
-    return open_router(running.kind, running.admin, running.route).upstreams()
-
-
-def through(running: Proxy) -> str | None:
-    return http_get(f"{running.url}/version")
-
-
 def failures(load: Load) -> list[str]:
     return [a.error or f"http {a.status}: {a.body[:60]}" for a in load.answers if not a.ok]
 
@@ -96,19 +61,16 @@ def served(load: Load) -> list[str]:
 
 
 def check_failures(running: Proxy, load: Load, record_property: Any) -> None:
-    """0 failed requests through HAProxy; through Caddy the count is reported, and none is a 5xx."""
+    """0 failed requests through either router (the load opens a new connection per request; Caddy
+    needs net.ipv4.tcp_migrate_req=1 for that: tests/test_routers.py says why)."""
     failed = failures(load)
     record_property(f"{running.kind}_failed_requests", f"{len(failed)} of {len(load.answers)}")
-    print(f"{running.kind}: {len(failed)} failed of {len(load.answers)} requests", failed[:5])
-    if running.kind == "haproxy":
-        assert failed == [], f"{len(failed)} of {len(load.answers)} requests failed: {failed[:5]}"
-    else:
-        assert not [f for f in failed if f.startswith("http 5")], failed[:5]
+    if running.kind == "caddy":
+        from rollout.routers.caddy import reload_resets_queued_connections
+
+        need(not reload_resets_queued_connections(), "net.ipv4.tcp_migrate_req=1 (.ci/testbed proxies sets it)")
+    assert failed == [], f"{len(failed)} of {len(load.answers)} requests failed: {failed[:5]}"
     assert len(load.answers) - len(failed) > 20, "the load hardly ran"
-
-
-def deploy(project: Project, tag: str) -> Any:
-    return project.run("deploy", f"web:{tag}")
 
 
 def test_healthy_upgrade_moves_traffic_without_dropping_requests(bed, docker_client, record_property) -> None:  # type: ignore[no-untyped-def]
@@ -283,80 +245,6 @@ def test_status_reports_an_unreachable_router_on_its_target(bed, docker_client) 
     assert dead in target["error"] and not target["in_sync"]
     human = project.run("status")
     assert human.returncode == 5 and "UNREACHABLE" in human.stdout and "Traceback" not in human.stderr
-
-
-# -- SIGKILL at each step of a switch (HAProxy: its runtime API changes nothing a reload could lose) --
-
-
-@pytest.fixture
-def haproxy_bed(project: Project, tmp_path: Path) -> Iterator[tuple[Project, Proxy, list[int]]]:
-    """The project's app behind a fresh HAProxy with two slots (as `bed`, one router)."""
-    slots = [free_port(), free_port()]
-    proxy_dir = tmp_path / "proxy"
-    proxy_dir.mkdir()
-    with proxy("haproxy", proxy_dir, [f"127.0.0.1:{s}" for s in slots]) as running:
-        write_traffic_config(project, running, slots)
-        yield project, running, slots
-
-
-KILLS = [  # (kill point, recovered by, the deployed release fails after the switch)
-    pytest.param("docker:started#1", "status", False, id="started-beside-before-the-switch"),
-    pytest.param("traffic:switched#1", "status", False, id="right-after-the-switch"),
-    pytest.param("traffic:switched#1", "deploy", False, id="right-after-the-switch-recovered-by-deploy"),
-    pytest.param("traffic:switched-back#1", "status", True, id="during-a-failure-switching-back"),
-]
-
-
-@pytest.mark.parametrize("kill_at,recover_with,breaks", KILLS)
-def test_sigkill_during_a_switch_leaves_the_router_on_a_healthy_recorded_release(  # type: ignore[no-untyped-def]
-        haproxy_bed, docker_client, kill_at, recover_with, breaks) -> None:
-    from support.cli import finish
-
-    project, running, slots = haproxy_bed
-    assert deploy(project, "good1").returncode == 0
-    if breaks:
-        write_traffic_config(project, running, slots, stable=10)  # a window long enough to break the release in
-    process = project.start("deploy", "web:good2", kill_at=kill_at)
-    try:
-        if breaks:
-            deadline = time.monotonic() + WAIT
-            while time.monotonic() < deadline and process.poll() is None and through(running) != "good2":
-                time.sleep(0.02)  # polling the proxy until good2 serves, not waiting for time to pass
-            assert through(running) == "good2", "good2 never took the traffic"
-            [new] = [c for c in docker_client.containers.list(filters={"label": "rollout.tag=good2"})
-                     if c.name.startswith(project.container)]
-            new.exec_run(["rm", "/www/health"])
-        code, stderr = finish(process, timeout=WAIT)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert code == -9, f"the deploy was not killed at {kill_at}: exit {code}: {stderr[-400:]}"
-
-    if recover_with == "status":
-        recovery = project.run("status", "--json")
-        assert recovery.returncode == 0, recovery.stderr
-    else:
-        recovery = project.run("deploy", "web:good3")
-        assert recovery.returncode == 0, recovery.stderr
-    assert "was interrupted" in recovery.stderr and "Traceback" not in recovery.stderr
-    report = project.json("status", "--json")
-    current, [target] = report["current"], report["targets"]
-    expected = "good1" if recover_with == "status" else "good3"
-    assert (current["tag"], current["status"]) == (expected, "healthy")
-    # The router sends everything to the slot of the container under the name, which runs the
-    # ledger's current entry and answers, directly and through the proxy.
-    live = docker_client.containers.get(project.container)
-    slot = int(live.labels["rollout.slot"])
-    assert live.status == "running" and live.labels["rollout.tag"] == expected
-    assert target["in_sync"] and target["digest"] == current["digest"] and target["traffic"]["routed"], target
-    assert routed(running) == [f"127.0.0.1:{slot}"]
-    assert http_get(f"http://127.0.0.1:{slot}/version") == expected and through(running) == expected
-    statuses = {e["id"]: e["status"] for e in project.history()}
-    assert "interrupted" in statuses.values() and "verifying" not in statuses.values()
-    # And nothing is stuck: the next deploy moves the traffic again.
-    after = "good3" if expected != "good3" else "good2"  # not the broken good2 (its kept container lacks /health)
-    assert deploy(project, after).returncode == 0 and through(running) == after
 
 
 # -- a rolling fleet: host by host, each host with its own router ------------------------------

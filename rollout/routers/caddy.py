@@ -20,12 +20,31 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import socket
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 from rollout.errors import ConfigError, RouterConfigError, RouterUnreachable, one_line
 from rollout.routers import TIMEOUT, checked_upstream
+
+
+log = logging.getLogger("rollout.routers.caddy")
+_WARNED = False
+MIGRATE_SETTING = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+
+
+def reload_resets_queued_connections(setting: Path = MIGRATE_SETTING) -> bool:
+    """Whether this Linux host would reset the connections waiting in the accept queue of Caddy's
+    old listener at a config reload: Caddy 2.6 opens the new config's listener with SO_REUSEPORT and
+    closes the old one, and only with net.ipv4.tcp_migrate_req = 1 (Linux >= 5.14,
+    Documentation/networking/ip-sysctl.rst) does the kernel move them to the new listener. False
+    when the setting is 1, or absent (not Linux, or a kernel that cannot migrate: nothing to advise)."""
+    try:
+        return setting.read_text().strip() == "0"
+    except OSError:
+        return False
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -70,8 +89,16 @@ class CaddyRouter:
     # -- the Router interface ------------------------------------------------------------------
 
     def check(self) -> None:
-        """See rollout.routers.Router.check: the route exists and holds one switchable reverse_proxy."""
+        """See rollout.routers.Router.check: the route exists and holds one switchable reverse_proxy.
+        Logs a warning (once per process) when this machine's kernel would reset connections queued
+        at Caddy's reloads (see `reload_resets_queued_connections`)."""
         self._locate()
+        global _WARNED
+        if not _WARNED and reload_resets_queued_connections():
+            _WARNED = True
+            log.warning("Caddy resets connections that are queued when a switch reloads its config unless"
+                        " the kernel migrates them: run `sysctl -w net.ipv4.tcp_migrate_req=1` on this host"
+                        " (and persist it in /etc/sysctl.d) for zero-downtime switches through Caddy")
 
     def upstreams(self) -> list[str]:
         """See rollout.routers.Router.upstreams: the `dial` of each upstream of the route's

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from rollout.errors import ConfigError, RouterConfigError, RouterUnreachable, one_line
+from rollout.faults import kill_point
 from rollout.routers import TIMEOUT, checked_upstream
 
 # srv_op_state (HAProxy's include/haproxy/server-t.h): 1 starting (slowstart), 2 running.
@@ -143,6 +144,7 @@ class HAProxyRouter:
                 raise RouterConfigError(f"HAProxy backend {self.route!r}: server {target.name} ({to}) is"
                                         f" {target.state()} after `state ready`: give it a weight in its server"
                                         " line; nothing else was changed")
+        kill_point("traffic:both-ready")  # crash-safety tests: killed mid-switch, both take traffic
         for other in servers:
             if other.name != target.name and other.takes_traffic:
                 self._set(other.name, "state drain")

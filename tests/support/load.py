@@ -27,6 +27,10 @@ class Answer:
     status: int | None
     body: str
     error: str | None
+    # Sent on a kept-alive connection an earlier request used: a failure there with no answer at all
+    # is one a client may retry on a new connection (RFC 9112 section 9.3.1), as Go's net/http and
+    # browsers do; http.client does not, so the test sees it.
+    reused: bool = False
 
     @property
     def ok(self) -> bool:
@@ -75,6 +79,7 @@ class Load:
         while not self._stop.is_set():
             started = time.monotonic()
             status, body, error = None, "", None
+            reused = conn is not None
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection(self._host, self._port, timeout=REQUEST_TIMEOUT)
@@ -90,7 +95,7 @@ class Load:
                     conn.close()
                 conn = None
             with self._changed:
-                self.answers.append(Answer(started, time.monotonic(), status, body, error))
+                self.answers.append(Answer(started, time.monotonic(), status, body, error, reused))
                 self._changed.notify_all()
         if conn is not None:
             conn.close()

@@ -138,7 +138,13 @@ def haproxy(tmp: Path, servers: list[str], backend: str = "web", admin: str = "u
             f"    {socket_line}",
             "defaults",
             "    mode http",
-            "    timeout connect 5s",
+            # What README "Zero-downtime deploys" recommends: a connection refused by a release
+            # that just died is retried after min(1 s, timeout connect) (HAProxy's turn-around
+            # timer, configuration.txt "retries") on another server (redispatch on every retry),
+            # i.e. on the old release once rollout switched back, instead of a 503 after 3 s.
+            "    retries 3",
+            "    option redispatch 1",
+            "    timeout connect 100ms",
             "    timeout client 60s",
             "    timeout server 60s",
             "frontend app",
