@@ -29,6 +29,7 @@ from rollout.orchestrator import Orchestrator
 from support.bed import need
 from support.fakes import (IMAGE, FakeClock, FakeResolver, FakeTarget, RecordingReporter, ScriptedWatch, app_config,
                            crashes, fake_digest, scripted_verifier)
+from support.fleet import Engine, FleetUnavailable, start_fleet
 from support.images import APP_IMAGE, digest_of
 from support.load import Load
 from support.ports import free_port
@@ -249,17 +250,16 @@ def test_status_reports_an_unreachable_router_on_its_target(bed, docker_client) 
 
 # -- a rolling fleet: host by host, each host with its own router ------------------------------
 #
-# Two targets on the one test engine, each with its own container, HAProxy and pair of slots,
-# stand in for two docker hosts (a second engine per test is not cheap; tests/test_fleet.py runs
-# real separate engines for what does not involve a proxy). Each target's traffic table names its
-# own proxy, as each host's would.
+# Two real separate Docker engines (support.fleet), each host with its own router: h1 behind an
+# HAProxy, h2 behind a Caddy, each with its own pair of slots (the engines share this machine's
+# network, so the slots differ). Each target's traffic table names its own proxy, as each host's would.
 
 BREAKS_ON_GOOD2 = ("trap 'exit 0' TERM INT;"
                    " if grep -q good2 /www/version; then echo 'fatal: good2 needs a newer kernel' >&2; exit 1; fi;"
                    " httpd -f -p 127.0.0.1:$PORT -h /www & wait")
 
 
-def write_fleet_config(project: Project, proxies: list[Proxy], slots: list[list[int]], *,
+def write_fleet_config(project: Project, engines: list[Engine], proxies: list[Proxy], slots: list[list[int]], *,
                        second_breaks_on_good2: bool = False) -> None:
     text = f"""
 [apps.web]
@@ -289,32 +289,40 @@ drain = 0.5
 [[apps.web.targets]]
 name = "h{index}"
 kind = "docker"
-container = "{project.container}-h{index}"
+host = "{engines[index - 1].host}"
+container = "{project.container}"
 network = "host"
-traffic = {{ admin = "{running.admin}", slots = {pair} }}
+traffic = {{ router = "{running.kind}", admin = "{running.admin}", route = "{running.route}", slots = {pair} }}
 {command}
 """
     project.config.write_text(text)
 
 
 @pytest.fixture
-def two_hosts(project: Project, tmp_path: Path) -> Iterator[tuple[Project, list[Proxy], list[list[int]]]]:
-    """The project's app on two stand-in hosts (see above), each behind its own HAProxy with two slots."""
+def two_hosts(project: Project, tmp_path: Path, registry: str
+              ) -> Iterator[tuple[Project, list[Engine], list[Proxy], list[list[int]]]]:
+    """The project's app on two Docker engines (see above), h1 behind HAProxy, h2 behind Caddy,
+    each with two slots."""
+    try:
+        fleet = start_fleet(engines=2, ssh=False, images=[f"{APP_IMAGE}:{tag}" for tag in ("good1", "good2", "good3")])
+    except FleetUnavailable as exc:
+        need(False, f"two Docker engines ({exc})")
     slots = [[free_port(), free_port()], [free_port(), free_port()]]
     with contextlib.ExitStack() as stack:
+        stack.callback(fleet.close)
         proxies = []
-        for index, pair in enumerate(slots):
+        for index, (kind, pair) in enumerate(zip(("haproxy", "caddy"), slots)):
             where = tmp_path / f"proxy{index}"
             where.mkdir()
-            proxies.append(stack.enter_context(proxy("haproxy", where, [f"127.0.0.1:{s}" for s in pair])))
+            proxies.append(stack.enter_context(proxy(kind, where, [f"127.0.0.1:{s}" for s in pair])))
         # h2 cannot run good2 (a fresh release there: never run before, so no kept container of it).
-        write_fleet_config(project, proxies, slots, second_breaks_on_good2=True)
-        yield project, proxies, slots
+        write_fleet_config(project, fleet.engines, proxies, slots, second_breaks_on_good2=True)
+        yield project, fleet.engines, proxies, slots
 
 
 def test_a_rolling_fleet_switches_host_by_host_and_a_failing_host_switches_every_moved_host_back(  # type: ignore[no-untyped-def]
-        two_hosts, docker_client, record_property) -> None:
-    project, proxies, slots = two_hosts
+        two_hosts, record_property) -> None:
+    project, engines, proxies, slots = two_hosts
     first = deploy(project, "good1")
     assert first.returncode == 0, first.stderr
     assert [through(p) for p in proxies] == ["good1", "good1"]
@@ -339,7 +347,7 @@ def test_a_rolling_fleet_switches_host_by_host_and_a_failing_host_switches_every
 
     # A release the second host cannot run: h1 moves and switches, h2 fails, and h1 switches
     # back, with no request lost on h1.
-    h2_before = docker_client.containers.get(f"{project.container}-h2")
+    h2_before = engines[1].client.containers.get(project.container)
     with Load(proxies[0].url, workers=4, path="/version") as load:
         load.wait_after(time.monotonic(), 20)
         result = deploy(project, "good2")
@@ -349,12 +357,12 @@ def test_a_rolling_fleet_switches_host_by_host_and_a_failing_host_switches_every
     bodies = served(load)
     assert "good2" in bodies and bodies[-1] == "good3"  # h1 had switched, and was switched back
     assert [through(p) for p in proxies] == ["good3", "good3"]
-    for index, (running, pair) in enumerate(zip(proxies, slots), start=1):
-        live = docker_client.containers.get(f"{project.container}-h{index}")
+    for engine, running in zip(engines, proxies):
+        live = engine.client.containers.get(project.container)
         assert live.labels["rollout.tag"] == "good3" and live.status == "running"
         assert routed(running) == [f"127.0.0.1:{live.labels['rollout.slot']}"]
     h2_before.reload()
-    assert h2_before.status == "running" and h2_before.name == f"{project.container}-h2"  # never stopped
+    assert h2_before.status == "running" and h2_before.name == project.container  # never stopped
     assert "fatal: good2 needs a newer kernel" in result.stderr and "Traceback" not in result.stderr
     revert, failed = project.history()[:2]
     assert (failed["tag"], failed["status"]) == ("good2", "failed")
