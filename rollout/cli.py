@@ -129,6 +129,35 @@ def revert(
     _run(run)
 
 
+@app.command()
+def promote(
+    ctx: typer.Context,
+    app_name: str = typer.Argument(..., metavar="APP", help="The app to deploy to, e.g. web."),
+    source: Optional[str] = typer.Option(None, "--from", metavar="SOURCE_APP",
+                                         help="The app whose current healthy digest is deployed, e.g. web-staging."),
+    source_config: Optional[str] = typer.Option(None, "--from-config", metavar="OTHER.toml",
+                                                help="Take the source from another rollout.toml and its ledger (the"
+                                                     " app of the same name unless --from names one)."),
+    force: bool = typer.Option(False, "--force", help="Deploy even when every target already runs this digest as the current healthy entry."),
+    as_json: bool = RESULT_JSON,
+    wait: float = WAIT,
+    reason: Optional[str] = REASON,
+    metrics_file: Optional[str] = METRICS_FILE,
+    pushgateway: Optional[str] = PUSHGATEWAY,
+) -> None:
+    """Deploy the exact digest of another app's current healthy entry (staging -> production)."""
+
+    def run(console: Console) -> int:
+        with _json_errors(console, as_json, app_name):
+            outcome = operations.promote(_config(ctx), app_name, source_app=source, source_config=source_config,
+                                         reporter=console, wait=wait, reason=reason, force=force,
+                                         interrupts=_signals_interrupt,
+                                         metrics=operations.MetricsOptions(metrics_file, pushgateway))
+        return _print_outcome(console, outcome, as_json)
+
+    _run(run)
+
+
 def _print_outcome(console: Console, outcome: Any, as_json: bool) -> int:
     """A deploy/revert/promote result (rollout.orchestrator.Outcome): its JSON object (Outcome.to_json)
     with --json, else its one-line message, on stdout; returns its exit code."""

@@ -452,8 +452,11 @@ class Shown:
     @property
     def durations(self) -> dict[str, float]:
         """Seconds per phase (resolve, pull, apply, verify, revert) from the entry's `timings` event."""
+        from rollout.orchestrator import PHASES
+
         timings = [e["detail"].get("seconds", {}) for e in self.events if e["event"] == "timings"]
-        return timings[-1] if timings else {}
+        seconds = timings[-1] if timings else {}
+        return {phase: seconds[phase] for phase in PHASES if phase in seconds}  # in the order they run
 
     @property
     def log_tails(self) -> dict[str, list[str]]:

@@ -191,8 +191,12 @@ class Orchestrator:
 
     def deploy(self, ref: Reference, *, allow_retag: bool = False, reason: str | None = None,
                kind: str = L.DEPLOY, build_key: str | None = None,
-               base_digests: dict[str, str] | None = None, force: bool = False) -> Outcome:
+               base_digests: dict[str, str] | None = None, force: bool = False,
+               origin: dict[str, object] | None = None) -> Outcome:
         """Deploy ref to every target of the app; revert them automatically if it is not healthy.
+
+        `origin` (a promotion, operations.promote): where the digest came from, recorded as the
+        new entry's `promoted` event before any target changes.
 
         Resolves ref (`resolve`), checks that every target answers, records a `kind` entry
         (deploy, or rebuild with its build_key and base_digests), then prepares (pulls), applies
@@ -234,6 +238,8 @@ class Orchestrator:
         ))
         if drifted:
             self.ledger.event(entry.id, "drift", {"targets": drifted, "from_entry": current.id if current else None})
+        if origin is not None:
+            self.ledger.event(entry.id, "promoted", origin)
         return self._run(entry, f"#{entry.id} {kind} {self.app.name} {_label(entry)}", moving)
 
     def _to_move(self, digest: str, current: Entry | None, running: dict[str, Running], *,
