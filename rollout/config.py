@@ -95,7 +95,9 @@ class BuildSettings:
 
     context: the build directory (relative to rollout.toml in the file); dockerfile: relative
     to the context in the file (default "Dockerfile"); tag: the tag template (rollout.tags);
-    build_args: --build-arg values, numbers written as text.
+    build_args: --build-arg values, numbers written as text. builder: "docker" (the engine's
+    classic builder) or "buildah" (rollout.buildah); reproducible: buildah with fixed timestamps,
+    so the same inputs give the same image (only with builder = "buildah", checked at load).
     """
 
     context: Path
@@ -104,6 +106,8 @@ class BuildSettings:
     build_args: dict[str, str] = field(default_factory=dict)
     target: str | None = None
     platform: str | None = None
+    builder: str = "docker"
+    reproducible: bool = False
     # `context` as written, to name it in an error; not part of the settings' identity.
     context_as_written: str = field(default="", compare=False, repr=False)
 
@@ -311,6 +315,12 @@ ROLLOUT_SCHEMA: S.Schema = {
     "batch_size": S.Field(S.whole(1)),
     "pause": S.Field(S.seconds),
 }
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise S.Invalid("must be true or false")
+    return value
+
+
 BUILD_SCHEMA: S.Schema = {
     "context": S.Field(S.string, missing="the build directory, relative to this file"),
     "dockerfile": S.Field(S.string),
@@ -318,6 +328,8 @@ BUILD_SCHEMA: S.Schema = {
     "build_args": S.Field(S.table_of((str, int, float), 'must be a table of strings, e.g. { VERSION = "1" }')),
     "target": S.Field(S.string),
     "platform": S.Field(S.string),
+    "builder": S.Field(S.one_of("docker", "buildah")),
+    "reproducible": S.Field(_boolean),
 }
 NOTIFY_SCHEMA: S.Schema = {
     "urls": S.Field(S.string_list("must be an array of URL strings")),
@@ -555,11 +567,16 @@ def _build(table: dict[str, Any], path: Path, where: str) -> BuildSettings | Non
     if not table:
         return None
     values = S.check(table, BUILD_SCHEMA, path, where)
+    if values.get("reproducible") and values.get("builder", "docker") != "buildah":
+        # The classic builder stamps every build with the current time: it cannot be made reproducible.
+        raise S.problem(path, where, 'reproducible = true needs builder = "buildah" (the docker builder'
+                        " writes the current time into every image)")
     context = _absolute(path.parent, values["context"], path, where + "context")
     dockerfile = _absolute(context, values.get("dockerfile") or "Dockerfile", path, where + "dockerfile")
     return BuildSettings(context=context, dockerfile=dockerfile, tag=values.get("tag") or DEFAULT_TAG_TEMPLATE,
                          build_args={str(k): str(v) for k, v in values.get("build_args", {}).items()},
                          target=values.get("target") or None, platform=values.get("platform") or None,
+                         builder=values.get("builder", "docker"), reproducible=bool(values.get("reproducible")),
                          context_as_written=values["context"])
 
 

@@ -1,6 +1,6 @@
 """The use cases behind the `rollout` commands, for every front end: the CLI, a scheduler, a webhook receiver, a test.
 
-One function per command: deploy, revert, status, history, check, rebuild, init, lock_status,
+One function per command: deploy, revert, promote, status, history, check, rebuild, init, lock_status,
 lock_release, ledger_copy, show, versions; plan_deploy / plan_revert for `--dry-run`. Each takes a loaded rollout.config.Config (init: the path to write) and plain
 arguments, tells a Reporter its progress (rollout.output.Console is one), and returns a result
 object. Failures are raised as rollout.errors exceptions, each carrying its exit code (README,
@@ -58,9 +58,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AppStatus", "CheckResult", "Initialised", "Interruptions", "LockState", "MetricsOptions",
-    "NotificationsInterrupted", "Shown", "Status", "check", "deploy", "drain_notifications", "error_json",
+    "NotificationsInterrupted", "Promoted", "Promotion", "Shown", "Status", "check", "deploy", "drain_notifications", "error_json",
     "exit_code_of", "history", "init", "ledger_copy", "lock_release", "lock_status", "no_interruptions",
-    "parse_release", "plan_deploy", "plan_revert", "rebuild", "revert", "show", "status", "versions",
+    "parse_release", "plan_deploy", "plan_revert", "promote", "rebuild", "revert", "show", "status", "versions",
 ]
 
 Interruptions = Callable[[], ContextManager[object]]
@@ -152,6 +152,123 @@ def deploy(cfg: "Config", release: str, *, reporter: "Reporter", allow_retag: bo
     return _measured("deploy", app, cfg, metrics, reporter, run)
 
 
+@dataclass(frozen=True)
+class Promotion:
+    """Where a promoted digest comes from: the source app's current healthy entry, and its ledger
+    (shown redacted: a PostgreSQL URL's password never leaves this process)."""
+
+    app: str
+    entry_id: int
+    tag: Optional[str]
+    digest: str
+    repository: str  # the source app's image repository
+    ledger: str  # redacted; "" when it is the destination's own ledger
+
+    def to_json(self) -> dict[str, Any]:
+        """The `promoted` event's detail (and `promote --json`'s "promoted_from"): {app, entry, tag,
+        digest, repository, ledger: null for the destination's own ledger}."""
+        return {"app": self.app, "entry": self.entry_id, "tag": self.tag, "digest": self.digest,
+                "repository": self.repository, "ledger": self.ledger or None}
+
+    def describe(self) -> str:
+        """The new entry's reason: 'promoted from web-staging #12 1.0.5', plus ' in ledger L' from another ledger."""
+        where = f" in ledger {self.ledger}" if self.ledger else ""
+        return f"promoted from {self.app} #{self.entry_id} {self.tag or self.digest}{where}"
+
+
+@dataclass(frozen=True)
+class Promoted:
+    """What promote returns: the deploy's Outcome (exit code, message, entries) and its source."""
+
+    outcome: "Outcome"
+    source: Promotion
+
+    @property
+    def exit_code(self) -> int:
+        """The deploy's exit code (0 healthy or already running, 1 reverted, 3 not reverted)."""
+        return self.outcome.exit_code
+
+    @property
+    def message(self) -> str:
+        """The deploy's one-line message."""
+        return self.outcome.message
+
+    def to_json(self) -> dict[str, Any]:
+        """`promote --json`: the deploy's object (Outcome.to_json) plus "promoted_from" (Promotion.to_json)."""
+        return {**self.outcome.to_json(), "promoted_from": self.source.to_json()}
+
+
+def promote(cfg: "Config", app_name: str, *, source_app: Optional[str] = None, source_config: Optional[str] = None,
+            reporter: "Reporter", wait: float = 0.0, reason: Optional[str] = None,
+            interrupts: Interruptions = no_interruptions, metrics: Optional[MetricsOptions] = None,
+            force: bool = False) -> Promoted:
+    """Deploy to app_name the exact digest of the source app's current healthy entry (issue 17.6).
+
+    The source is `source_app` in this config's ledger, or in `source_config`'s (another
+    rollout.toml: its ledger; the app of the same name unless source_app is given). Refused
+    with UserError (exit 2), nothing recorded, when the source's newest entry is not healthy
+    (failed, or a rollout in progress) or it has none, when the source is the app itself, or
+    when the digest is not in app_name's repository (the deploy's one registry HEAD). The new
+    entry is a deploy of the digest alone, its reason names the source ("promoted from ...")
+    and its `promoted` event holds Promotion.to_json(). Otherwise as deploy (lock, recovery,
+    idempotency, exit codes, metrics); returns the deploy's Outcome with its source (Promoted).
+    """
+    from rollout.errors import TagNotFound
+    from rollout.reference import Reference
+
+    app = cfg.app(app_name)
+    origin = _promotion_source(cfg, app, source_app, source_config)
+    ref = Reference(app.registry, app.repository, digest=origin.digest)
+    reporter.info(f"{origin.describe()}: {origin.digest}")
+
+    def deploy(orchestrator: "Orchestrator") -> "Outcome":
+        try:
+            return orchestrator.deploy(ref, reason=reason or origin.describe(), force=force, origin=origin.to_json())
+        except TagNotFound:
+            raise UserError(f"{origin.digest} (#{origin.entry_id} of {origin.app}) is not in {app.image}: copy that"
+                            f" exact image there first, e.g. crane copy {origin.repository}@{origin.digest}"
+                            f" {app.image}") from None
+
+    def run() -> Promoted:
+        with _docker_config(cfg), _ledger(cfg, reporter) as ledger:
+            return Promoted(_under_lock(cfg, app, ledger, reporter, wait, interrupts, deploy), origin)
+
+    return _measured("promote", app, cfg, metrics, reporter, run)
+
+
+def _promotion_source(cfg: "Config", app: "AppConfig", source_app: Optional[str],
+                      source_config: Optional[str]) -> Promotion:
+    """The source's current healthy entry as a Promotion; UserError (2) as promote says."""
+    from rollout import config as configuration
+    from rollout import ledger as L
+    from rollout.ledger_url import redact
+
+    if source_config is not None:
+        other = configuration.load(source_config)
+        name = source_app or app.name
+        if name not in other.apps:
+            raise UserError(f"{source_config} has no app {name!r} to promote from: name it with --from")
+        source_cfg, shown, image = other, redact(str(other.ledger_location)), other.apps[name].image
+        if str(other.ledger_location) == str(cfg.ledger_location):
+            shown = ""  # the same ledger after all ($ROLLOUT_LEDGER_URL names this command's ledger)
+    elif source_app is not None:
+        name, source_cfg, shown, image = source_app, cfg, "", cfg.app(source_app).image
+    else:
+        raise UserError(f"promote from where? rollout promote {app.name} --from SOURCE_APP (or --from-config OTHER.toml)")
+    if not shown and name == app.name:
+        raise UserError(f"{app.name} cannot be promoted from itself: name another app with --from")
+    with _ledger(source_cfg) as ledger:
+        newest = ledger.history(name, 1)
+    where = f" in ledger {shown}" if shown else ""
+    if not newest:
+        raise UserError(f"{name} has no entry{where} to promote: deploy it there first")
+    entry = newest[0]
+    if entry.status != L.HEALTHY:
+        raise UserError(f"{name}'s current entry #{entry.id} ({entry.tag or entry.digest}){where} is {entry.status},"
+                        " not healthy: promote once it is healthy (see `rollout history`)")
+    return Promotion(name, entry.id, entry.tag, entry.digest, image, shown)
+
+
 def plan_deploy(cfg: "Config", release: str, *, reporter: "Reporter", allow_retag: bool = False,
                 force: bool = False) -> "Plan":
     """What deploy(release) would do now (`deploy --dry-run`), changing nothing: no lock, no entry,
@@ -224,11 +341,15 @@ def revert(cfg: "Config", app_name: Optional[str] = None, *, reporter: "Reporter
 
 def rebuild(cfg: "Config", app_name: Optional[str] = None, *, reporter: "Reporter", check_only: bool = False,
             no_deploy: bool = False, force: bool = False, wait: float = 0.0,
-            interrupts: Interruptions = no_interruptions, metrics: Optional[MetricsOptions] = None) -> "RebuildResult":
+            interrupts: Interruptions = no_interruptions, metrics: Optional[MetricsOptions] = None,
+            no_cache: bool = False, explain: bool = False) -> "RebuildResult":
     """Rebuild, push and deploy the app's image when a base image or its build context changed (rollout.rebuild).
 
     `check_only`: only say whether a rebuild is due (exit_code 10), without the lock; `no_deploy`:
-    build and push only; `force`: build even when the inputs are unchanged or failed before.
+    build and push only; `force`: build even when the inputs are unchanged or failed before;
+    `no_cache`: build even when the build key is unchanged (buildah: nothing pushed when the image
+    is already there, `build:unchanged`); `explain`: only name the layers that differ between the
+    last two builds of the same inputs (rebuild.explain), without the lock.
     Otherwise holds the app's lock for the whole run (inputs, build, push, deploy), waiting up to
     `wait` seconds, and first finishes a rollout an earlier run left unfinished (a failed
     recovery is the result, action "failed"). Sends the rebuild_skipped / rebuild_built
@@ -237,20 +358,22 @@ def rebuild(cfg: "Config", app_name: Optional[str] = None, *, reporter: "Reporte
     """
     app = cfg.app(app_name)
     return _measured("rebuild", app, cfg, metrics, reporter,
-                     lambda: _rebuild(cfg, app, reporter, check_only, no_deploy, force, wait, interrupts))
+                     lambda: _rebuild(cfg, app, reporter, check_only, no_deploy, force, wait, interrupts, no_cache, explain))
 
 
 def _rebuild(cfg: "Config", app: "AppConfig", reporter: "Reporter", check_only: bool, no_deploy: bool, force: bool,
-             wait: float, interrupts: Interruptions) -> "RebuildResult":
+             wait: float, interrupts: Interruptions, no_cache: bool = False, explain: bool = False) -> "RebuildResult":
     from rollout import lock
     from rollout import rebuild as rebuilding
 
     with _docker_config(cfg), _ledger(cfg, reporter) as ledger:
         registry = _registry(cfg)
         with interrupts():
-            if check_only:
+            if explain:
+                result = rebuilding.explain(app, ledger=ledger, registry=registry)
+            elif check_only:
                 result = rebuilding.plan(app, config_path=cfg.path, ledger=ledger, registry=registry,
-                                         force=force, no_deploy=no_deploy)
+                                         force=force, no_deploy=no_deploy, no_cache=no_cache)
             else:
                 with lock.held(ledger, app.name, wait):
                     orchestrator = functools.cache(lambda: _orchestrator(cfg, app, ledger, reporter))
@@ -261,8 +384,9 @@ def _rebuild(cfg: "Config", app: "AppConfig", reporter: "Reporter", check_only: 
                     else:
                         result = rebuilding.rebuild(
                             app, config_path=cfg.path, ledger=ledger, registry=registry, orchestrator=orchestrator,
-                            engine=rebuilding.local_engine, reporter=reporter, force=force, no_deploy=no_deploy)
-    _notify_rebuild(cfg, app, result, reporter, check_only)
+                            engine=rebuilding.local_engine, reporter=reporter, force=force, no_deploy=no_deploy,
+                            no_cache=no_cache, state_dir=_state_dir(cfg))
+    _notify_rebuild(cfg, app, result, reporter, check_only or explain)
     return result
 
 
