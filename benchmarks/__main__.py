@@ -17,7 +17,8 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from benchmarks import concurrent_deploys, docker_host, fleet, kubernetes, ledger_scale, registry_cost, startup, zero_downtime
+from benchmarks import (concurrent_deploys, docker_host, fleet, kubernetes, ledger_scale, registry_cost,
+                        reproducible_rebuild, startup, zero_downtime)
 from benchmarks.metric_verdict import metric_verdict
 from benchmarks.common import ScenarioFailed, ScenarioResult, Settings, Skipped, machine_info
 from benchmarks.report import render_table
@@ -34,6 +35,8 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "B7": ("fleet upgrade (3 docker engines)", fleet.fleet_upgrade),
     "B8": ("downtime under load: stop-first vs HAProxy and Caddy", zero_downtime.downtime),
     "B9": ("revert latency after a switch (HAProxy, Caddy)", zero_downtime.revert_latency),
+    "B10": ("scheduled rebuild of unchanged content: docker builder vs buildah reproducible",
+            reproducible_rebuild.scheduled_rebuild),
     "B11": ("concurrent deploys, 2 runners, one PostgreSQL ledger", concurrent_deploys.concurrent_deploys),
     "B12": ("metric gate: errors reported -> failure verdict (real Prometheus)", metric_verdict),
 }

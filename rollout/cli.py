@@ -293,6 +293,10 @@ def rebuild(
     check_only: bool = typer.Option(False, "--check", help="Only report: exit 0 up to date, 10 a rebuild is due."),
     no_deploy: bool = typer.Option(False, "--no-deploy", help="Build and push only."),
     force: bool = typer.Option(False, "--force", help="Build even when the inputs are unchanged or failed before."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Build even when the build key is unchanged (scheduled"
+                                  " rebuilds; buildah: nothing pushed when the image is the same)."),
+    explain: bool = typer.Option(False, "--explain", help="Only name the layers that differ between the last two"
+                                 " builds of the same inputs."),
     wait: float = WAIT,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     metrics_file: Optional[str] = METRICS_FILE,
@@ -303,7 +307,8 @@ def rebuild(
     def run(console: Console) -> int:
         result = operations.rebuild(_config(ctx), app_name, reporter=console, check_only=check_only,
                                     no_deploy=no_deploy, force=force, wait=wait, interrupts=_signals_interrupt,
-                                    metrics=operations.MetricsOptions(metrics_file, pushgateway))
+                                    metrics=operations.MetricsOptions(metrics_file, pushgateway),
+                                    no_cache=no_cache, explain=explain)
         if as_json:
             console.json(result.to_json())
         else:

@@ -323,7 +323,8 @@ def rebuild_event(result: Any, repository: str) -> tuple[str, dict[str, object]]
     (--no-deploy) never reach the orchestrator; a deploy after a build does, and
     sends started/healthy/failed/reverted itself.
     """
-    events = {"up-to-date": "rebuild_skipped", "failed-before": "rebuild_skipped", "built": "rebuild_built"}
+    events = {"up-to-date": "rebuild_skipped", "failed-before": "rebuild_skipped", "unchanged": "rebuild_skipped",
+              "built": "rebuild_built"}
     event = events.get(getattr(result, "action", ""))
     if event is None:
         return None

@@ -10,6 +10,13 @@ existing one) and deployed through the Orchestrator (health, automatic revert).
 Every push is remembered as a `build:pushed` event in the ledger (with tag,
 digest, build key and base digests), so a build whose deploy failed, or one made
 with --no-deploy, is not built again for the same inputs.
+
+`--no-cache` builds even when the build key is unchanged (what a RUN downloads is not
+an input rollout can see). With `builder = "buildah"` the image is known before any
+push (rollout.buildah): when its image ID is that of the app's current entry or of an
+earlier push of the same inputs, the run records `build:unchanged` and pushes and
+deploys nothing. `--explain` compares the last two builds of the same inputs that
+differed, layer by layer (`explain`).
 """
 
 from __future__ import annotations
@@ -39,12 +46,13 @@ from rollout.faults import kill_point
 from rollout.ledger import Entry, Ledger, PushedBuild
 from rollout.orchestrator import Orchestrator, Outcome
 from rollout.output import clip
-from rollout.reference import Reference, checked_digest, repo_digests
+from rollout.reference import Reference, checked_digest, repo_digests, short_digest
 from rollout.tags import render_tag
 
 _TERMINAL_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 BUILD_LOG_LINES = 20
 BUILD_TIMEOUT = 1800  # seconds the engine may take for one build or push
+BUILD_UNCHANGED = "build:unchanged"  # ledger event: a build gave an image already pushed; nothing pushed or deployed
 
 UP_TO_DATE = "up-to-date"  # the last build has these inputs: nothing to do
 FAILED_BEFORE = "failed-before"  # these inputs were built and their deploy failed: not again without --force
@@ -101,17 +109,18 @@ class Decision:
     entry: Entry | None = None  # its newest rebuild entry, if any
 
 
-def decide(ledger: Ledger, app: str, key: str, *, force: bool = False, no_deploy: bool = False) -> Decision:
+def decide(ledger: Ledger, app: str, key: str, *, force: bool = False, no_deploy: bool = False,
+           no_cache: bool = False) -> Decision:
     """What rebuild does for inputs whose build key is `key`, from the ledger alone (no I/O besides it).
 
-    BUILD when forced or these inputs were never built; FAILED_BEFORE when their newest
+    BUILD when forced, with `no_cache` (build again whatever the key) or when these inputs were never built; FAILED_BEFORE when their newest
     rebuild entry failed (built again only with --force); UP_TO_DATE when that entry is
     healthy and is the last build or runs now, or with `no_deploy` when a build of them was
     pushed; DEPLOY_EXISTING when a pushed build of them is not what runs (healthy earlier,
     never deployed, or its deploy did not finish). Raises only the ledger's errors.
     """
-    if force:
-        return Decision(BUILD, "--force")
+    if force or no_cache:
+        return Decision(BUILD, "--force" if force else "--no-cache")
     builds = pushed_builds(ledger, app)
     same = [b for b in builds if b.build_key == key]
     entries = rebuild_entries(ledger, app, key)
@@ -149,7 +158,7 @@ class RebuildResult:
 
     app: str
     exit_code: int
-    action: str  # up-to-date, failed-before, rebuild-due, built, deployed, failed
+    action: str  # up-to-date, failed-before, rebuild-due, built, deployed, failed, unchanged, explained
     message: str
     inputs: Inputs | None = None
     tag: str | None = None
@@ -170,30 +179,42 @@ class RebuildResult:
 
 def rebuild(app: AppConfig, *, config_path: Path | None, ledger: Ledger, registry: Resolver,
             orchestrator: Callable[[], Orchestrator], engine: Callable[[], Any], reporter: Reporter,
-            force: bool = False, no_deploy: bool = False) -> RebuildResult:
-    """Build, push and deploy app's image when its inputs changed; otherwise change nothing.
+            force: bool = False, no_deploy: bool = False, no_cache: bool = False,
+            state_dir: Path | None = None) -> RebuildResult:
+    """Build, push and deploy app's image when its inputs changed (or always, with `no_cache`); otherwise
+    change nothing. With builder = "buildah" a build whose image is already pushed (`same_image`) is
+    recorded as `build:unchanged`, and nothing is pushed or deployed. state_dir: where buildah's
+    per-build storage root goes (default: a temporary directory).
 
     Call it holding the app's lock for the whole run (inputs, build, push, deploy), with any
     unfinished rollout recovered first, as rollout.operations.rebuild does: so two overlapping
     runs never build twice (the second waits for the lock, then finds the first one's build
     up to date).
     """
-    result, inputs, decision = _plan(app, config_path, ledger, registry, force=force, no_deploy=no_deploy)
+    result, inputs, decision = _plan(app, config_path, ledger, registry, force=force, no_deploy=no_deploy,
+                                     no_cache=no_cache)
     if decision.action in (UP_TO_DATE, FAILED_BEFORE):
         return result
     if decision.action == DEPLOY_EXISTING:
         tag, digest = _existing(decision)
         reporter.info(f"{app.name}: {decision.why}: deploying it")
         return _deploy(app, orchestrator(), inputs, tag, digest, f"rebuild: {decision.why}")
-    tag = _new_tag(app, inputs, ledger)
-    digest = _earlier_push_of_this_build(engine, app, inputs, tag, registry)
-    if digest is not None:
-        reporter.info(f"{app.name}: {app.image}:{tag} is this build, pushed by a run that stopped before"
-                      " recording it: recording it now")
+    if inputs.settings.builder == "buildah":
+        built = _build_with_buildah(app, inputs, decision, ledger, registry, reporter,
+                                    state_dir or Path(tempfile.gettempdir()))
+        if isinstance(built, RebuildResult):
+            return built
+        tag, digest = built
     else:
-        reporter.info(f"{app.name}: {decision.why}: building {app.image}:{tag} ({inputs.describe()})")
-        digest = build_and_push(engine(), app, inputs, tag, reporter)
-        kill_point("docker:pushed")
+        tag = _new_tag(app, inputs, ledger)
+        digest = _earlier_push_of_this_build(engine, app, inputs, tag, registry)
+        if digest is not None:
+            reporter.info(f"{app.name}: {app.image}:{tag} is this build, pushed by a run that stopped before"
+                          " recording it: recording it now")
+        else:
+            reporter.info(f"{app.name}: {decision.why}: building {app.image}:{tag} ({inputs.describe()})")
+            digest = build_and_push(engine(), app, inputs, tag, reporter, no_cache=no_cache)
+            kill_point("docker:pushed")
     record_push(ledger, PushedBuild(app.name, app.image, tag, digest, inputs.build_key, inputs.base_digests,
                                     at=L.now_iso(), deploy=not no_deploy))
     reporter.info(f"{app.name}: pushed {app.image}:{tag} as {digest}")
@@ -204,15 +225,15 @@ def rebuild(app: AppConfig, *, config_path: Path | None, ledger: Ledger, registr
 
 
 def plan(app: AppConfig, *, config_path: Path | None, ledger: Ledger, registry: Resolver, force: bool = False,
-         no_deploy: bool = False) -> RebuildResult:
+         no_deploy: bool = False, no_cache: bool = False) -> RebuildResult:
     """`rebuild --check`: whether a rebuild is due (exit_code 10) or not (0), changing nothing; no lock needed."""
-    return _plan(app, config_path, ledger, registry, force=force, no_deploy=no_deploy)[0]
+    return _plan(app, config_path, ledger, registry, force=force, no_deploy=no_deploy, no_cache=no_cache)[0]
 
 
 def _plan(app: AppConfig, config_path: Path | None, ledger: Ledger, registry: Resolver, *,
-          force: bool, no_deploy: bool) -> tuple[RebuildResult, Inputs, Decision]:
+          force: bool, no_deploy: bool, no_cache: bool = False) -> tuple[RebuildResult, Inputs, Decision]:
     inputs = gather_inputs(app, config_path, registry)
-    decision = decide(ledger, app.name, inputs.build_key, force=force, no_deploy=no_deploy)
+    decision = decide(ledger, app.name, inputs.build_key, force=force, no_deploy=no_deploy, no_cache=no_cache)
     checked = inputs.describe()
     if decision.action == UP_TO_DATE:
         result = RebuildResult(app.name, EXIT_OK, UP_TO_DATE, f"{app.name}: up to date: {decision.why}; checked {checked}", inputs)
@@ -256,6 +277,83 @@ def _new_tag(app: AppConfig, inputs: Inputs, ledger: Ledger) -> str:
     return tag
 
 
+def _build_with_buildah(app: AppConfig, inputs: Inputs, decision: Decision, ledger: Ledger, registry: Any,
+                        reporter: Reporter, state_dir: Path) -> RebuildResult | tuple[str, str]:
+    """Build with buildah (rollout.buildah); an already pushed image of this build is `build:unchanged`
+    (a RebuildResult, nothing pushed), else push it under a new tag and return (tag, digest)."""
+    from rollout import buildah
+    from rollout.reproducible import same_image
+
+    buildah.binary()  # missing: exit 2 naming the package, before anything is said or done
+    settings = inputs.settings
+    stamp = buildah.source_date_epoch(settings.context) if settings.reproducible else None
+    labels = build_labels(app, inputs, buildah.rfc3339(stamp) if stamp is not None else None)
+    registries = {app.registry, *(ref.registry for ref, _ in inputs.bases)}
+    plain_http = [r for r in registries if registry.base_url(r).startswith("http://")]
+    repository = Reference(app.registry, app.repository)
+    reporter.info(f"{app.name}: {decision.why}: building {app.image} with buildah"
+                  f"{' (reproducible, timestamp ' + str(stamp) + ')' if stamp is not None else ''} ({inputs.describe()})")
+    with buildah.build(settings, inputs.dockerfile.pinned(inputs.base_digests), inputs.context.digest, labels=labels,
+                       timestamp=stamp, plain_http=plain_http, state_dir=state_dir, reporter=reporter) as built:
+        same = same_image(ledger, registry, app.name, repository, inputs.build_key, built.image_id)
+        if same is not None:
+            tag, digest = same
+            ledger.event(None, BUILD_UNCHANGED, {"app": app.name, "repository": app.image, "tag": tag, "digest": digest,
+                                                 "image_id": built.image_id, "build_key": inputs.build_key})
+            where = f"{app.image}:{tag}" if tag else app.image
+            return RebuildResult(app.name, EXIT_OK, "unchanged", f"{app.name}: unchanged: the build is image"
+                                 f" {built.image_id}, already pushed as {where} ({digest}): nothing pushed or deployed",
+                                 inputs, tag, digest)
+        earlier = [b for b in pushed_builds(ledger, app.name) if b.build_key == inputs.build_key]
+        if earlier:
+            reporter.info(f"{app.name}: the same inputs as build {earlier[-1].tag} gave a different image:"
+                          f" `rollout rebuild {app.name} --explain` names the layers that differ")
+        tag = _new_tag(app, inputs, ledger)
+        ref = Reference(app.registry, app.repository, tag=tag)
+        try:
+            there = registry.resolve(ref)
+        except TagNotFound:
+            there = None
+        if there is not None:
+            from rollout.reproducible import read_image
+
+            pushed = read_image(registry, repository, there)
+            if pushed is None or pushed.image_id != built.image_id:
+                raise UserError(f"{app.image}:{tag} already exists in the registry: tags are never overwritten;"
+                                f" make apps.{app.name}.build.tag unique per build (e.g. with {{n}})")
+            reporter.info(f"{app.name}: {app.image}:{tag} is this build, pushed by a run that stopped before"
+                          " recording it: recording it now")
+            return tag, there
+        digest = built.push(ref)
+        kill_point("docker:pushed")
+    return tag, digest
+
+
+def explain(app: AppConfig, *, ledger: Ledger, registry: Any) -> RebuildResult:
+    """`rebuild --explain`: the layers (and config fields) that differ between the last two pushes of the
+    same inputs (build key) whose digests differ, read back from the registry; changes nothing.
+    exit_code 0; RegistryUnreachable (exit 5) when an image cannot be read."""
+    from rollout.reproducible import differences, last_two_differing, read_image
+
+    pair = last_two_differing(pushed_builds(ledger, app.name))
+    if pair is None:
+        return RebuildResult(app.name, EXIT_OK, "explained", f"{app.name}: no two pushes of the same inputs differ:"
+                             " nothing to explain")
+    older, newer = pair
+    repository = Reference(app.registry, app.repository)
+    images = [read_image(registry, repository, build.digest) for build in pair]
+    if images[0] is None or images[1] is None:
+        gone = older if images[0] is None else newer
+        return RebuildResult(app.name, EXIT_OK, "explained", f"{app.name}: {app.image}:{gone.tag} ({gone.digest})"
+                             " is no longer in the registry: nothing to compare")
+    lines = differences(images[0], images[1]) or ["the images are the same; only their manifests differ"
+                                                  " (layers compressed differently)"]
+    head = (f"{app.name}: builds {older.tag} and {newer.tag} have the same inputs (key {short_digest(newer.build_key)})"
+            f" but differ:")
+    return RebuildResult(app.name, EXIT_OK, "explained", "\n".join([head, *("  " + line for line in lines)]),
+                         tag=newer.tag, digest=newer.digest)
+
+
 def _earlier_push_of_this_build(engine: Callable[[], Any], app: AppConfig, inputs: Inputs, tag: str,
                                 registry: Resolver) -> str | None:
     """None when app.image:tag is free; its digest when it is this very build, pushed from this
@@ -296,13 +394,13 @@ def local_engine() -> Any:
         raise Unreachable(f"the Docker engine for builds is unreachable ({one_line(exc)}): start it or set DOCKER_HOST") from None
 
 
-def build_labels(app: AppConfig, inputs: Inputs) -> dict[str, str]:
+def build_labels(app: AppConfig, inputs: Inputs, created: str | None = None) -> dict[str, str]:
     """Labels a rebuilt image carries: `rollout.build-key`, and the OCI image-spec's pre-defined
     annotation keys (image-spec annotations.md) `org.opencontainers.image.created` (RFC 3339,
-    UTC, seconds), `.base.name`/`.base.digest` of the final stage's external base, and
-    `.revision` (the context's full git commit) when known."""
+    UTC, seconds: `created`, else now), `.base.name`/`.base.digest` of the final stage's external
+    base, and `.revision` (the context's full git commit) when known."""
     labels = {"rollout.build-key": inputs.build_key,
-              "org.opencontainers.image.created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+              "org.opencontainers.image.created": created or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     base = inputs.dockerfile.final_base(inputs.settings.target)
     if base is not None:
         labels["org.opencontainers.image.base.name"] = str(base)
@@ -313,10 +411,11 @@ def build_labels(app: AppConfig, inputs: Inputs) -> dict[str, str]:
     return labels
 
 
-def build_and_push(client: Any, app: AppConfig, inputs: Inputs, tag: str, reporter: Reporter) -> str:
+def build_and_push(client: Any, app: AppConfig, inputs: Inputs, tag: str, reporter: Reporter,
+                   no_cache: bool = False) -> str:
     """Build from exactly the hashed context with pinned FROMs, push app.image:tag; return the pushed digest.
 
-    client is a docker.DockerClient (local_engine). Returns "sha256:..." as the registry named it
+    client is a docker.DockerClient (local_engine); no_cache: use no layer the engine cached. Returns "sha256:..." as the registry named it
     (checked). Raises UserError (exit 2) when the build fails or the context changed while it
     was read, RegistryUnreachable (exit 5) when the push fails or names no usable digest.
     """
@@ -334,6 +433,7 @@ def build_and_push(client: Any, app: AppConfig, inputs: Inputs, tag: str, report
             fileobj=archive, custom_context=True, dockerfile=PINNED_DOCKERFILE, tag=image,
             labels=build_labels(app, inputs), buildargs=settings.build_args or None, target=settings.target,
             platform=settings.platform, network_mode="host", rm=True, forcerm=True, pull=False, decode=True,
+            nocache=no_cache,
         )
         try:
             _follow_build(client.api.build(**options), image, reporter)

@@ -63,6 +63,7 @@ class RegistryProxy:
     upstream_host: str
     upstream_port: int
     request_counts: collections.Counter = field(default_factory=collections.Counter)
+    request_bytes: collections.Counter = field(default_factory=collections.Counter)  # body bytes sent, by (method, kind)
     faults: list[Fault] = field(default_factory=list)
     faults_applied: collections.Counter = field(default_factory=collections.Counter)
     _server: ThreadingHTTPServer | None = None
@@ -94,6 +95,7 @@ class RegistryProxy:
     def reset_counts(self) -> None:
         with self._lock:
             self.request_counts.clear()
+            self.request_bytes.clear()
             self.faults_applied.clear()
 
     def count(self, method: str, kind: str) -> int:
@@ -191,6 +193,8 @@ def _handler_for(proxy: RegistryProxy) -> type[BaseHTTPRequestHandler]:
                 body = read_chunked(self.rfile)  # `docker push` uploads layers chunked
             else:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            with proxy._lock:
+                proxy.request_bytes[(self.command, kind)] += len(body)
             fault = proxy.take_fault(self.command, kind, self.path)
             if fault is not None and fault.action == "reset":
                 return self.reset_connection()

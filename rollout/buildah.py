@@ -1,0 +1,224 @@
+"""The buildah builder (`[apps.NAME.build] builder = "buildah"`): a build whose image is known before any push.
+
+The classic docker builder stamps every build with the current time (the image config's
+`created`, each history entry, every file's mtime in a layer), so two builds of the same
+inputs never have the same image. `buildah bud --timestamp T` writes T everywhere instead:
+the same Dockerfile and context then give the same image ID (the config digest) in any
+storage root, on any machine with the same buildah, the base images pinned by digest.
+
+Each build runs in a storage root of its own (a temporary directory under the state
+directory, removed afterwards): no cache, no image left behind, nothing shared between
+two runs on one runner. Storage driver vfs and `--isolation chroot`, so it needs neither
+fuse-overlayfs nor a user namespace (it needs root, as the docker engine does).
+
+Plain HTTP is allowed only for the registries rollout itself reaches over plain HTTP
+(loopback ones and `[registry] insecure`, rollout.registry.base_url), through a
+registries.conf written for the build (containers-registries.conf(5) `insecure = true`),
+never with buildah's global `--tls-verify=false`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+from rollout.build_context import PINNED_DOCKERFILE, build_context_tar
+from rollout.errors import RegistryUnreachable, UserError, one_line
+from rollout.reference import Reference, checked_digest
+
+PACKAGE = "buildah"  # the Debian (and Fedora) package with the buildah binary
+BUILD_TIMEOUT = 1800  # seconds one `buildah bud` or `buildah push` may take
+LOG_LINES = 20  # the last lines of a failed build that are shown
+LOCAL_NAME = "localhost/rollout-build"  # the image's name in the build's own storage (never pushed as such)
+
+
+class Reporter(Protocol):
+    """Where build steps are told (rollout.rebuild.Reporter)."""
+
+    def info(self, message: str) -> None:
+        """One line: a build step."""
+        ...
+
+    def warn(self, message: str) -> None:
+        """One line that needs a look (a failed build's log)."""
+        ...
+
+
+def binary() -> str:
+    """The buildah executable's path; UserError (exit 2) naming the package when it is not installed."""
+    found = shutil.which("buildah")
+    if found is None:
+        raise UserError(f"builder = \"buildah\" needs the buildah program, which is not installed:"
+                        f" install the `{PACKAGE}` package (Debian/Ubuntu: apt-get install {PACKAGE})")
+    return found
+
+
+def source_date_epoch(context: Path) -> int:
+    """The build's timestamp, seconds since the epoch: $SOURCE_DATE_EPOCH when set (reproducible-builds.org's
+    convention), else the commit time of the context's git work tree, else 0.
+
+    Raises UserError (exit 2) for a SOURCE_DATE_EPOCH that is not a whole number >= 0.
+    """
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    if value is not None and value.strip() != "":
+        if not value.strip().isdigit():
+            raise UserError(f"SOURCE_DATE_EPOCH={value!r} is not a whole number of seconds since 1970: unset or fix it")
+        return int(value.strip())
+    try:
+        result = subprocess.run(["git", "-C", str(context), "log", "-1", "--format=%ct"], capture_output=True,
+                                text=True, timeout=10, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    text = result.stdout.strip()
+    return int(text) if result.returncode == 0 and text.isdigit() else 0
+
+
+def rfc3339(seconds: int) -> str:
+    """seconds since the epoch as RFC 3339 UTC with seconds (the OCI `created` label's form)."""
+    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def registries_conf(plain_http: list[str]) -> str:
+    """A containers-registries.conf(5) that lets buildah speak plain HTTP to exactly these registries."""
+    return "".join(f'[[registry]]\nlocation = "{registry}"\ninsecure = true\n\n' for registry in sorted(set(plain_http)))
+
+
+def auth_file() -> Path | None:
+    """Docker's config.json ($DOCKER_CONFIG or ~/.docker), which buildah reads as its --authfile; None without one."""
+    directory = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
+    path = directory / "config.json"
+    return path if path.is_file() else None
+
+
+@dataclass
+class Build:
+    """One build in its own storage root: the image ID, and pushing it."""
+
+    storage: Path
+    image_id: str  # "sha256:<64 hex>": the digest of the image config (what the image *is*)
+    env: dict[str, str]
+
+    def buildah(self, *args: str) -> list[str]:
+        """The buildah command line for args, in this build's storage root."""
+        return [binary(), "--root", str(self.storage / "root"), "--runroot", str(self.storage / "run"),
+                "--storage-driver", "vfs", *args]
+
+    def push(self, ref: Reference) -> str:
+        """Push the image to ref (registry/repository:tag); the registry's manifest digest ("sha256:...").
+
+        Blobs the registry already holds are not uploaded again (buildah asks first). Raises
+        RegistryUnreachable (exit 5) when the push fails or names no usable digest.
+        """
+        digest_file = self.storage / "pushed-digest"
+        command = self.buildah("push", "--quiet", "--format", "oci", "--digestfile", str(digest_file),
+                               *_authfile_args(), f"{LOCAL_NAME}:latest", f"docker://{ref}")
+        result = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT, env=self.env,
+                                stdin=subprocess.DEVNULL)
+        if result.returncode != 0:
+            raise RegistryUnreachable(f"pushing {ref} failed: {one_line(result.stderr or result.stdout)}")
+        text = digest_file.read_text().strip() if digest_file.is_file() else ""
+        return checked_digest(text, f"pushing {ref}: buildah reported", RegistryUnreachable)
+
+
+@contextmanager
+def build(settings: Any, pinned_dockerfile: str, context_digest: str, *, labels: dict[str, str],
+          timestamp: int | None, plain_http: list[str], state_dir: Path, reporter: Reporter) -> Iterator[Build]:
+    """Build exactly the hashed context (rollout.build_context) with `buildah bud` in a new storage root
+    under state_dir; yield the Build; remove the storage root afterwards.
+
+    settings: rollout.config.BuildSettings; timestamp: seconds since the epoch for every time in
+    the image (None: the current time, not reproducible); plain_http: registries reached over HTTP.
+    Raises UserError (exit 2) when buildah is missing, the build fails or the context changed
+    while it was read.
+    """
+    binary()  # missing: exit 2 before anything is written
+    state_dir.mkdir(parents=True, exist_ok=True)
+    storage = Path(tempfile.mkdtemp(prefix="buildah-", dir=state_dir))
+    try:
+        context = storage / "context"
+        context.mkdir()
+        with tempfile.TemporaryFile(dir=storage) as archive:
+            sent = build_context_tar(settings, pinned_dockerfile, archive)
+            if sent.digest != context_digest:
+                raise UserError(f"the build context {settings.context} changed while rollout read it: run again")
+            archive.seek(0)
+            with tarfile.open(fileobj=archive) as tar:
+                tar.extractall(context)  # our own tar of the hashed files: relative paths only
+        conf = storage / "registries.conf"
+        conf.write_text(registries_conf(plain_http))
+        env = {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(conf), "BUILDAH_FORMAT": "oci"}
+        made = Build(storage, "", env)
+        iid = storage / "image-id"
+        # --layers: a layer per step, as docker makes them, so `rebuild --explain` can name the step that differs
+        # (without it buildah squashes the Dockerfile's steps into one layer); a new storage root caches nothing.
+        args = ["bud", "--layers", "--isolation", "chroot", "--network", "host", "--format", "oci", "--identity-label=false",
+                "--pull=true", *_authfile_args(), "-f", str(context / PINNED_DOCKERFILE), "--iidfile", str(iid),
+                "-t", f"{LOCAL_NAME}:latest"]
+        if timestamp is not None:
+            args += ["--timestamp", str(timestamp)]
+        for name, value in settings.build_args.items():
+            args += ["--build-arg", f"{name}={value}"]
+        for name, value in labels.items():
+            args += ["--label", f"{name}={value}"]
+        if settings.target:
+            args += ["--target", settings.target]
+        if settings.platform:
+            args += ["--platform", settings.platform]
+        _run_build(made.buildah(*args, str(context)), env, reporter)
+        made.image_id = checked_digest("sha256:" + iid.read_text().strip().removeprefix("sha256:"),
+                                       "buildah's image ID", UserError)
+        yield made
+    finally:
+        _remove(storage, reporter)
+
+
+def _authfile_args() -> list[str]:
+    path = auth_file()
+    return ["--authfile", str(path)] if path is not None else []
+
+
+def _run_build(command: list[str], env: dict[str, str], reporter: Reporter) -> None:
+    recent: deque[str] = deque(maxlen=LOG_LINES)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                               stdin=subprocess.DEVNULL)
+    assert process.stdout is not None
+    with process:
+        for line in process.stdout:
+            line = line.rstrip()
+            if line:
+                recent.append(line)
+                if line.startswith("STEP "):
+                    reporter.info(f"[build] {line}")
+        try:
+            code = process.wait(timeout=BUILD_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise UserError(f"buildah bud took over {BUILD_TIMEOUT} s: stopped") from None
+    if code != 0:
+        for line in recent:
+            reporter.warn(f"[build] | {line}")
+        raise UserError(f"building with buildah failed (exit {code}): {one_line(recent[-1] if recent else '')}")
+
+
+def _remove(storage: Path, reporter: Reporter) -> None:
+    """Remove a build's storage root, unless something is still mounted under it (a RUN's /proc or /dev
+    left by a killed buildah): deleting through a mount would delete the host's files."""
+    try:
+        mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        mounts = []
+    inside = [line.split()[4] for line in mounts if len(line.split()) > 4
+              and (line.split()[4] + "/").startswith(str(storage) + "/")]
+    if inside:
+        reporter.warn(f"left {storage} in place: {inside[0]} is still mounted under it (unmount, then remove it)")
+        return
+    shutil.rmtree(storage, ignore_errors=True)
