@@ -293,11 +293,17 @@ def test_no_deploy_pushes_only_and_a_later_run_deploys_that_image(bed: RebuildBe
     assert bed.rebuild("--no-deploy").returncode == 0
     assert bed.pushed_builds() == 1
 
-    result = bed.rebuild()
+    result = bed.rebuild("--json")
     assert result.returncode == 0, result.stderr
     [entry] = bed.entries()
     assert (entry["tag"], entry["digest"], entry["status"]) == (report["tag"], report["digest"], "healthy")
     assert bed.pushed_builds() == 1
+    # The deploy's result object (issue 17.3): its entry, verdicts and timed phases.
+    deployed = json.loads(result.stdout)["result"]
+    assert (deployed["entry"], deployed["kind"], deployed["outcome"], deployed["exit_code"]) == (
+        entry["id"], "rebuild", "healthy", 0)
+    assert [(t["name"], t["outcome"]) for t in deployed["targets"]] == [("local", "healthy")]
+    assert deployed["durations"]["verify"] > 0 and deployed["durations"]["revert"] is None
 
 
 def test_a_rendered_tag_that_exists_in_the_registry_is_an_error(bed: RebuildBed, docker_client) -> None:  # type: ignore[no-untyped-def]
