@@ -152,7 +152,10 @@ def build(settings: Any, pinned_dockerfile: str, context_digest: str, *, labels:
                 raise UserError(f"the build context {settings.context} changed while rollout read it: run again")
             archive.seek(0)
             with tarfile.open(fileobj=archive) as tar:
-                tar.extractall(context)  # our own tar of the hashed files: relative paths only
+                # Our own tar of the hashed files (relative paths only): trusted as written, symlinks included,
+                # which the "data" filter Python 3.14 applies by default would refuse when absolute.
+                extra = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+                tar.extractall(context, **extra)
         conf = storage / "registries.conf"
         conf.write_text(registries_conf(plain_http))
         env = {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(conf), "BUILDAH_FORMAT": "oci"}
