@@ -94,10 +94,10 @@ def test_kubectl_sees_a_1_31_server_with_the_modelled_resources(sim: RunningSimu
 
 
 def test_unknown_resources_are_404_not_fake_successes(sim: RunningSimulator) -> None:
-    result = sim.kubectl("get", "statefulsets")
+    result = sim.kubectl("get", "services")
     assert result.returncode == 1
-    assert 'the server doesn\'t have a resource type "statefulsets"' in result.stderr
-    code, body = sim.request("GET", "/apis/apps/v1/namespaces/default/statefulsets")
+    assert 'the server doesn\'t have a resource type "services"' in result.stderr
+    code, body = sim.request("GET", "/api/v1/namespaces/default/services")
     assert code == 404 and body["reason"] == "NotFound"
     code, _ = sim.request("GET", "/apis/batch/v1")
     assert code == 404
@@ -341,7 +341,7 @@ def test_a_failed_request_leaves_the_connection_usable(sim: RunningSimulator) ->
     address = urllib.parse.urlsplit(sim.url)
     connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
     body = json.dumps({"metadata": {"name": "x"}})
-    connection.request("POST", "/apis/apps/v1/namespaces/default/statefulsets", body, {"Content-Type": "application/json"})
+    connection.request("POST", "/apis/batch/v1/namespaces/default/cronjobs", body, {"Content-Type": "application/json"})
     response = connection.getresponse()
     assert response.status == 404
     response.read()

@@ -14,8 +14,8 @@ from . import objects
 from .admission import load_policies
 from .authorization import load_authorizer
 from .controllers import ControllerManager
-from .kubelet import BackOff, Kubelet, Runtime, load_table
-from .resources import NAMESPACES
+from .kubelet import NODE_NAME, BackOff, Kubelet, Runtime, load_table
+from .resources import NAMESPACES, NODES
 from .server import ApiServer, Simulator
 from .store import Store
 
@@ -58,6 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--event-log-size", type=int, default=20000, help="watch history kept before 410 Gone")
     parser.add_argument("--rbac", help="JSON file of users (token, name, RBAC rules); other tokens may do anything")
     parser.add_argument("--admission", help="JSON file of validating admission webhooks (image policies)")
+    parser.add_argument("--nodes", type=int, default=1, help="how many Nodes (DaemonSets run one pod on each)")
     parser.add_argument("--conflicts", type=int, default=0,
                         help="the next N writes to Deployments that carry a resourceVersion lose the race: 409 Conflict")
     return parser.parse_args(argv)
@@ -71,11 +72,14 @@ def make_runtime(args: argparse.Namespace) -> Runtime:
     return load_table(args.table, args.rule)
 
 
-def seed(store: Store) -> None:
+def seed(store: Store, nodes: int = 1) -> None:
     for name in INITIAL_NAMESPACES:
         namespace: dict[str, Any] = {"kind": "Namespace", "apiVersion": "v1", "metadata": {"name": name}}
         objects.prepare_create(NAMESPACES, namespace)
         store.create(NAMESPACES, namespace)
+    for index in range(nodes):
+        name = NODE_NAME if index == 0 else f"{NODE_NAME}-{index + 1}"
+        store.create(NODES, objects.new_node(name))
 
 
 @dataclass
@@ -104,7 +108,7 @@ class Cluster:
 
 def build(args: argparse.Namespace) -> Cluster:
     store = Store(event_log_size=args.event_log_size)
-    seed(store)
+    seed(store, args.nodes)
     sim = Simulator(store, args.bookmark_interval, load_authorizer(args.rbac), load_policies(args.admission))
     sim.conflicts_left = args.conflicts
     server = ApiServer(("127.0.0.1", args.port), sim)

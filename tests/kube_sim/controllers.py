@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from .deletion import delete_object
-from .resources import DEPLOYMENTS, EVENTS, PODS, REPLICASETS, ResourceType
+from .resources import DAEMONSETS, DEPLOYMENTS, EVENTS, PODS, REPLICASETS, STATEFULSETS, ResourceType
 from .selectors import LabelSelector
 from .store import Obj, Store, now_rfc3339, parse_rfc3339
 
@@ -747,7 +747,7 @@ class DeploymentSync:
 
 
 class ControllerManager:
-    """Runs both controllers whenever the store changes, and at least every tick so
+    """Runs the controllers (Deployment, StatefulSet, DaemonSet, ReplicaSet: workloads.py for the middle two) whenever the store changes, and at least every tick so
     that time-based transitions (minReadySeconds, progress deadlines) happen."""
 
     def __init__(self, store: Store, tick: float = 0.25) -> None:
@@ -776,6 +776,16 @@ class ControllerManager:
                 replicasets, _ = self.store.list(REPLICASETS, d["metadata"]["namespace"])
                 pods, _ = self.store.list(PODS, d["metadata"]["namespace"])
                 DeploymentSync(self.store, current, replicasets, pods, now).run()
+            from .workloads import sync_daemonset, sync_statefulset
+
+            for rt, sync in ((STATEFULSETS, sync_statefulset), (DAEMONSETS, sync_daemonset)):
+                workloads, _ = self.store.list(rt, None)
+                for workload in workloads:
+                    current = self.store.find(rt, workload["metadata"]["namespace"], workload["metadata"]["name"])
+                    if current is None or current["metadata"].get("deletionTimestamp"):
+                        continue
+                    pods, _ = self.store.list(PODS, workload["metadata"]["namespace"])
+                    sync(self.store, current, pods, now)
             replicasets, _ = self.store.list(REPLICASETS, None)
             for rs in replicasets:
                 current = self.store.find(REPLICASETS, rs["metadata"]["namespace"], rs["metadata"]["name"])

@@ -95,7 +95,9 @@ class DockerRuntime:
 
     def start(self, pod: Obj, container: Obj, attempt: int) -> tuple[Any, str]:
         meta = pod["metadata"]
-        name = f"{self.owner}-{meta['namespace']}-{meta['name']}-{container['name']}-{attempt}"
+        # The pod's uid is in the name: a StatefulSet's replacement pod has its predecessor's name,
+        # and the predecessor's last dead container may still be there.
+        name = f"{self.owner}-{meta['namespace']}-{meta['name']}-{meta['uid'][:8]}-{container['name']}-{attempt}"
         environment = {e["name"]: e.get("value", "") for e in container.get("env") or [] if "name" in e}
         created = self.client.containers.run(
             container["image"],

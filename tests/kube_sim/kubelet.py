@@ -291,8 +291,15 @@ class PodWorker:
         raise ApiError.bad_request(f'container "{container}" in pod "{self.name}" is waiting to start: {detail}')
 
     def _schedule(self) -> None:
+        # The scheduler binds a pod to the node its required affinity names (a DaemonSet's pods,
+        # daemon/util ReplaceDaemonSetPodNodeNameNodeAffinity), else to the first node; this one
+        # kubelet serves every node.
+        from .workloads import affinity_node
+
+        node = self.pod["spec"].get("nodeName") or affinity_node(self.pod) or NODE_NAME
+
         def bind(pod: Obj) -> None:
-            pod["spec"]["nodeName"] = NODE_NAME
+            pod["spec"]["nodeName"] = node
             status = pod.setdefault("status", {})
             status["conditions"] = [self._condition("PodScheduled", True, None)]
 
@@ -301,7 +308,7 @@ class PodWorker:
         except ApiError:
             self.stop.set()
             return
-        self._event("Normal", "Scheduled", f"Successfully assigned {self.namespace}/{self.name} to {NODE_NAME}", "default-scheduler")
+        self._event("Normal", "Scheduled", f"Successfully assigned {self.namespace}/{self.name} to {node}", "default-scheduler")
 
     # -- container state machine --
 

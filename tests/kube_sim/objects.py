@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from .errors import ApiError, Cause
-from .resources import DEPLOYMENTS, NAMESPACES, PODS, REPLICASETS, ResourceType
+from .resources import DAEMONSETS, DEPLOYMENTS, NAMESPACES, PODS, REPLICASETS, STATEFULSETS, ResourceType
 from .selectors import LabelSelector
 
 Obj = dict[str, Any]
@@ -68,11 +68,50 @@ def default_replicaset(obj: Obj) -> None:
     default_template(spec.setdefault("template", {}))
 
 
+def default_statefulset(obj: Obj) -> None:
+    """SetDefaults_StatefulSet (pkg/apis/apps/v1/defaults.go): OrderedReady, RollingUpdate with
+    partition 0 (maxUnavailable only under the MaxUnavailableStatefulSet gate, off in 1.31)."""
+    spec = obj.setdefault("spec", {})
+    spec.setdefault("replicas", 1)
+    spec.setdefault("podManagementPolicy", "OrderedReady")
+    strategy = spec.setdefault("updateStrategy", {})
+    strategy.setdefault("type", "RollingUpdate")
+    if strategy["type"] == "RollingUpdate":
+        strategy.setdefault("rollingUpdate", {}).setdefault("partition", 0)
+    spec.setdefault("revisionHistoryLimit", 10)
+    spec.setdefault("persistentVolumeClaimRetentionPolicy", {"whenDeleted": "Retain", "whenScaled": "Retain"})
+    default_template(spec.setdefault("template", {}))
+
+
+def default_daemonset(obj: Obj) -> None:
+    """SetDefaults_DaemonSet (pkg/apis/apps/v1/defaults.go): RollingUpdate, maxUnavailable 1, maxSurge 0."""
+    spec = obj.setdefault("spec", {})
+    strategy = spec.setdefault("updateStrategy", {})
+    strategy.setdefault("type", "RollingUpdate")
+    if strategy["type"] == "RollingUpdate":
+        rolling = strategy.setdefault("rollingUpdate", {})
+        rolling.setdefault("maxUnavailable", 1)
+        rolling.setdefault("maxSurge", 0)
+    spec.setdefault("revisionHistoryLimit", 10)
+    default_template(spec.setdefault("template", {}))
+
+
 def default_pod(obj: Obj) -> None:
     default_pod_spec(obj.setdefault("spec", {}))
     status = obj.setdefault("status", {})
     status.setdefault("phase", "Pending")
     status.setdefault("qosClass", "BestEffort")
+
+
+def new_node(name: str) -> Obj:
+    """A Ready Node as a kubelet registers it (labels kubernetes.io/hostname and kubernetes.io/os)."""
+    return {"kind": "Node", "apiVersion": "v1",
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                                                  "kubernetes.io/arch": "amd64"}},
+            "spec": {},
+            "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                                       "message": "kubelet is posting ready status"}],
+                       "nodeInfo": {"kubeletVersion": "v1.31.0", "operatingSystem": "linux", "architecture": "amd64"}}}
 
 
 def default_namespace(obj: Obj) -> None:
@@ -84,6 +123,8 @@ def default_namespace(obj: Obj) -> None:
 DEFAULTERS = {
     DEPLOYMENTS.key: default_deployment,
     REPLICASETS.key: default_replicaset,
+    STATEFULSETS.key: default_statefulset,
+    DAEMONSETS.key: default_daemonset,
     PODS.key: default_pod,
     NAMESPACES.key: default_namespace,
 }
@@ -181,6 +222,39 @@ def _validate_deployment(obj: Obj) -> list[Cause]:
     return causes
 
 
+def _validate_update_strategy(obj: Obj, rt: ResourceType) -> list[Cause]:
+    """pkg/apis/apps/validation/validation.go (ValidateStatefulSetSpec, ValidateDaemonSetUpdateStrategy):
+    RollingUpdate or OnDelete; a partition is >= 0; OnDelete takes no rollingUpdate."""
+    strategy = (obj.get("spec") or {}).get("updateStrategy") or {}
+    kind = strategy.get("type")
+    if kind not in ("RollingUpdate", "OnDelete"):
+        return [Cause("FieldValueNotSupported", f'Unsupported value: "{kind}": supported values: "OnDelete", "RollingUpdate"',
+                      "spec.updateStrategy.type")]
+    if kind == "OnDelete" and strategy.get("rollingUpdate") is not None:
+        return [Cause("FieldValueInvalid", "Invalid value: apps.RollingUpdateStatefulSetStrategy{...}: only allowed for"
+                      " updateStrategy 'RollingUpdate'", "spec.updateStrategy.rollingUpdate")]
+    partition = (strategy.get("rollingUpdate") or {}).get("partition", 0)
+    if rt == STATEFULSETS and isinstance(partition, int) and partition < 0:
+        return [Cause("FieldValueInvalid", f"Invalid value: {partition}: must be greater than or equal to 0",
+                      "spec.updateStrategy.rollingUpdate.partition")]
+    return []
+
+
+# pkg/apis/apps/validation/validation.go (ValidateStatefulSetUpdate): the spec fields an update may change.
+STATEFULSET_MUTABLE = ("replicas", "ordinals", "template", "updateStrategy", "persistentVolumeClaimRetentionPolicy",
+                       "minReadySeconds")
+
+
+def _validate_statefulset_update(obj: Obj, old: Obj) -> list[Cause]:
+    new_rest = {k: v for k, v in (obj.get("spec") or {}).items() if k not in STATEFULSET_MUTABLE}
+    old_rest = {k: v for k, v in (old.get("spec") or {}).items() if k not in STATEFULSET_MUTABLE}
+    if new_rest == old_rest:
+        return []
+    return [Cause("FieldValueForbidden", "Forbidden: updates to statefulset spec for fields other than 'replicas',"
+                  " 'ordinals', 'template', 'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and"
+                  " 'minReadySeconds' are forbidden", "spec")]
+
+
 def validate(rt: ResourceType, obj: Obj, old: Obj | None = None) -> None:
     meta = obj.get("metadata") or {}
     causes = _validate_name(rt, meta.get("name", "")) + _validate_annotations(meta)
@@ -188,9 +262,13 @@ def validate(rt: ResourceType, obj: Obj, old: Obj | None = None) -> None:
         causes += _validate_deployment(obj)
     elif rt == REPLICASETS:
         causes += _validate_controller(obj)
+    elif rt in (STATEFULSETS, DAEMONSETS):
+        causes += _validate_controller(obj) + _validate_update_strategy(obj, rt)
+        if old is not None and rt == STATEFULSETS:
+            causes += _validate_statefulset_update(obj, old)
     elif rt == PODS:
         causes += _validate_pod_spec(obj.get("spec") or {}, "spec", only_always=False)
-    if old is not None and rt in (DEPLOYMENTS, REPLICASETS):
+    if old is not None and rt in (DEPLOYMENTS, REPLICASETS, DAEMONSETS):
         new_selector = (obj.get("spec") or {}).get("selector")
         old_selector = (old.get("spec") or {}).get("selector")
         if new_selector != old_selector:
@@ -211,7 +289,7 @@ def validate(rt: ResourceType, obj: Obj, old: Obj | None = None) -> None:
 
 # --- spec/status split and generation ------------------------------------------------
 
-HAS_GENERATION = (DEPLOYMENTS.key, REPLICASETS.key)
+HAS_GENERATION = (DEPLOYMENTS.key, REPLICASETS.key, STATEFULSETS.key, DAEMONSETS.key)
 
 
 def prepare_create(rt: ResourceType, obj: Obj) -> None:

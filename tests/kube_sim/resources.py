@@ -74,8 +74,13 @@ EVENTS = ResourceType(
 )
 DEPLOYMENTS = ResourceType("apps", "v1", "deployments", "deployment", "Deployment", True, ("deploy",), ("all",), ("status", "scale"))
 REPLICASETS = ResourceType("apps", "v1", "replicasets", "replicaset", "ReplicaSet", True, ("rs",), ("all",), ("status", "scale"), ("status.replicas",))
+STATEFULSETS = ResourceType("apps", "v1", "statefulsets", "statefulset", "StatefulSet", True, ("sts",), ("all",), ("status", "scale"))
+DAEMONSETS = ResourceType("apps", "v1", "daemonsets", "daemonset", "DaemonSet", True, ("ds",), ("all",), ("status",))
+CONTROLLERREVISIONS = ResourceType("apps", "v1", "controllerrevisions", "controllerrevision", "ControllerRevision", True)
+# Nodes exist for DaemonSets (one pod per node); all of them are served by the one kubelet.
+NODES = ResourceType("", "v1", "nodes", "node", "Node", False, ("no",), (), ("status",), ("spec.unschedulable",))
 
-RESOURCE_TYPES = (NAMESPACES, PODS, EVENTS, DEPLOYMENTS, REPLICASETS)
+RESOURCE_TYPES = (NAMESPACES, NODES, PODS, EVENTS, DEPLOYMENTS, REPLICASETS, STATEFULSETS, DAEMONSETS, CONTROLLERREVISIONS)
 GROUP_VERSIONS = {"v1": "", "apps/v1": "apps"}
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from .resources import DEPLOYMENTS, EVENTS, NAMESPACES, PODS, REPLICASETS, ResourceType
+from .resources import (CONTROLLERREVISIONS, DAEMONSETS, DEPLOYMENTS, EVENTS, NAMESPACES, NODES, PODS, REPLICASETS,
+                        STATEFULSETS, ResourceType)
 from .selectors import LabelSelector
 
 Obj = dict[str, Any]
@@ -121,6 +122,43 @@ def _pod_row(obj: Obj) -> list[Any]:
     ]
 
 
+def _statefulset_row(obj: Obj) -> list[Any]:
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    names, images = _images(obj)
+    return [obj["metadata"]["name"], f"{status.get('readyReplicas', 0)}/{spec.get('replicas', 0)}", _age(obj), names, images]
+
+
+def _daemonset_row(obj: Obj) -> list[Any]:
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    names, images = _images(obj)
+    selector = ((spec.get("template") or {}).get("spec") or {}).get("nodeSelector") or {}
+    return [
+        obj["metadata"]["name"],
+        status.get("desiredNumberScheduled", 0),
+        status.get("currentNumberScheduled", 0),
+        status.get("numberReady", 0),
+        status.get("updatedNumberScheduled", 0),
+        status.get("numberAvailable", 0),
+        ",".join(f"{k}={v}" for k, v in sorted(selector.items())) or "<none>",
+        _age(obj),
+        names,
+        images,
+        str(LabelSelector.from_api(spec.get("selector"))),
+    ]
+
+
+def _controllerrevision_row(obj: Obj) -> list[Any]:
+    owner = next((r for r in obj["metadata"].get("ownerReferences") or [] if r.get("controller")), None)
+    controller = f"{owner['kind'].lower()}.{owner['apiVersion'].split('/')[0]}/{owner['name']}" if owner else "<none>"
+    return [obj["metadata"]["name"], controller, obj.get("revision", 0), _age(obj)]
+
+
+def _node_row(obj: Obj) -> list[Any]:
+    ready = next((c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), {})
+    version = ((obj.get("status") or {}).get("nodeInfo") or {}).get("kubeletVersion", "")
+    return [obj["metadata"]["name"], "Ready" if ready.get("status") == "True" else "NotReady", "<none>", _age(obj), version]
+
+
 def _namespace_row(obj: Obj) -> list[Any]:
     return [obj["metadata"]["name"], (obj.get("status") or {}).get("phase", "Active"), _age(obj)]
 
@@ -160,6 +198,22 @@ TABLES: dict[str, tuple[list[Obj], Callable[[Obj], list[Any]]]] = {
          _column("Node", priority=1), _column("Nominated Node", priority=1), _column("Readiness Gates", priority=1)],
         _pod_row,
     ),
+    # pkg/printers/internalversion/printers.go: the columns kubectl shows for each kind.
+    STATEFULSETS.key: (
+        [_NAME, _column("Ready"), _column("Age"), _column("Containers", priority=1), _column("Images", priority=1)],
+        _statefulset_row,
+    ),
+    DAEMONSETS.key: (
+        [_NAME, _column("Desired", "integer"), _column("Current", "integer"), _column("Ready", "integer"),
+         _column("Up-to-date", "integer"), _column("Available", "integer"), _column("Node Selector"), _column("Age"),
+         _column("Containers", priority=1), _column("Images", priority=1), _column("Selector", priority=1)],
+        _daemonset_row,
+    ),
+    CONTROLLERREVISIONS.key: (
+        [_NAME, _column("Controller"), _column("Revision", "integer"), _column("Age")],
+        _controllerrevision_row,
+    ),
+    NODES.key: ([_NAME, _column("Status"), _column("Roles"), _column("Age"), _column("Version")], _node_row),
     NAMESPACES.key: ([_NAME, _column("Status"), _column("Age")], _namespace_row),
     EVENTS.key: (
         [_column("Last Seen"), _column("Type"), _column("Reason"), _column("Object"), _column("Message")],
