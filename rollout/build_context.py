@@ -20,11 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from docker.utils.build import Pattern, PatternMatcher
-from docker.utils.fnmatch import fnmatchcase
-
 from rollout.config import BuildSettings
 from rollout.errors import UserError
+from rollout.targets.docker.ssh import import_docker_without_paramiko
+
+# The SDK loaded here first (check, rebuild) must come without paramiko too, as the docker
+# target kind loads it (rollout.targets.docker.ssh): importing it costs every such command.
+import_docker_without_paramiko()
+
+from docker.utils.build import Pattern, PatternMatcher  # noqa: E402
+from docker.utils.fnmatch import fnmatchcase  # noqa: E402
 
 # The Dockerfile rollout sends, with every external FROM pinned to a digest. It is
 # listed in the sent .dockerignore, so the engine drops it after reading it and a
