@@ -238,18 +238,19 @@ class ComposeTarget:
         """Check Compose (v2) and the project (the service exists), then pull release.image by digest
         unless the engine has it; writes nothing. Raises UserError (2), TargetUnreachable (5)."""
         self.project()
+        client = self.client  # first: rollout.targets.docker loads the SDK its own way (no paramiko)
         import docker.errors
 
         try:
-            self.client.images.get(release.image)
+            client.images.get(release.image)
             return
         except docker.errors.ImageNotFound:
             pass
         except Exception as exc:  # noqa: BLE001
             raise TargetUnreachable(f"target {self.name}: the Docker engine is unreachable ({one_line(exc)})") from None
         try:
-            self.client.api.pull(release.repository, tag=release.digest)
-            self.client.images.get(release.image)
+            client.api.pull(release.repository, tag=release.digest)
+            client.images.get(release.image)
         except Exception as exc:  # noqa: BLE001 - a pull error's kind does not matter, its reason does
             raise TargetUnreachable(f"target {self.name}: cannot pull {release.image}: {one_line(exc)}") from None
 
