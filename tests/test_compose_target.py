@@ -271,13 +271,15 @@ container = "{container.name}"
 
 
 def test_init_drafts_a_compose_target_that_deploys(stack: Stack, docker_client) -> None:  # type: ignore[no-untyped-def]
-    stack.write("good1")
+    stack.write("good1", environment={"PORT": str(stack.port), "DB_PASSWORD": "s3cret-in-compose"})
     (stack.root / "rollout.toml").unlink()
     result = stack.run("init", "--from-compose", "web", "--project-dir", "stack")
     assert result.returncode == 0, result.stderr
     import tomllib
 
-    written = tomllib.loads((stack.root / "rollout.toml").read_text())
+    text = (stack.root / "rollout.toml").read_text()
+    assert "s3cret" not in text + result.stdout + result.stderr  # the env stays in the Compose files
+    written = tomllib.loads(text)
     assert written["apps"]["web"]["image"] == APP_IMAGE
     assert written["apps"]["web"]["targets"] == [{"name": "local", "kind": "compose", "project_dir": "stack",
                                                   "service": "web"}]
