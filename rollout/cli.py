@@ -326,6 +326,10 @@ def init(
     host: Optional[str] = typer.Option(None, "--host", help="Docker host of --from-container (DOCKER_HOST syntax)."),
     from_deployment: Optional[str] = typer.Option(None, "--from-deployment", metavar="NAME",
                                                   help="Fill a kubernetes target from this Deployment."),
+    from_statefulset: Optional[str] = typer.Option(None, "--from-statefulset", metavar="NAME",
+                                                   help="Fill a kubernetes target from this StatefulSet."),
+    from_daemonset: Optional[str] = typer.Option(None, "--from-daemonset", metavar="NAME",
+                                                 help="Fill a kubernetes target from this DaemonSet."),
     namespace: Optional[str] = typer.Option(None, "--namespace", help="Namespace of --from-deployment."),
     kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig", metavar="PATH", help="Kubeconfig for --from-deployment."),
     context: Optional[str] = typer.Option(None, "--context", help="Kubeconfig context for --from-deployment."),
@@ -344,7 +348,8 @@ def init(
         written = operations.init(configuration.config_path(ctx.obj), from_container=from_container,
                                   host=host, from_deployment=from_deployment, namespace=namespace,
                                   kubeconfig=kubeconfig, context=context, container=container, app_name=app_name,
-                                  image=image, force=force, from_compose=from_compose, project_dir=project_dir)
+                                  image=image, force=force, from_compose=from_compose, project_dir=project_dir,
+                                  from_statefulset=from_statefulset, from_daemonset=from_daemonset)
         draft = written.draft
         for note in draft.notes:
             console.info(f"note: {note}")

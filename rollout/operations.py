@@ -697,7 +697,8 @@ def init(path: Path, *, from_container: Optional[str] = None, host: Optional[str
          from_deployment: Optional[str] = None, namespace: Optional[str] = None, kubeconfig: Optional[str] = None,
          context: Optional[str] = None, container: Optional[str] = None, app_name: Optional[str] = None,
          image: Optional[str] = None, force: bool = False, from_compose: Optional[str] = None,
-         project_dir: Optional[str] = None) -> Initialised:
+         project_dir: Optional[str] = None, from_statefulset: Optional[str] = None,
+         from_daemonset: Optional[str] = None) -> Initialised:
     """Write a commented rollout.toml at `path`, filled from a running container (on Docker host
     `host`), a Deployment, a Compose service (of the project in `project_dir`), or blank (rollout.scaffold).
 
@@ -706,7 +707,8 @@ def init(path: Path, *, from_container: Optional[str] = None, host: Optional[str
     """
     from rollout import scaffold
 
-    sources = {"--from-container": from_container, "--from-deployment": from_deployment, "--from-compose": from_compose}
+    sources = {"--from-container": from_container, "--from-deployment": from_deployment, "--from-compose": from_compose,
+               "--from-statefulset": from_statefulset, "--from-daemonset": from_daemonset}
     if from_container and from_deployment:  # said before "already exists", as it always was
         raise UserError("give --from-container or --from-deployment, not both")
     if path.exists() and not force:

@@ -15,8 +15,9 @@ on every deploy anyway, so leaving them out loses nothing):
   credentials is beyond telling (`mysqld -phunter2`, `curl -u admin:s3cr3t`, `psql -W x`,
   `vault login s.X`, `app -k KEY`), and the deploy carries them over.
 - labels are never written (they are carried over, and may hold tokens).
-- a Deployment: only where it is (kubeconfig, context, namespace, name, container); its
-  env stays in the cluster, since the kubernetes target changes nothing but the image.
+- a Deployment, StatefulSet or DaemonSet: only where it is (kubeconfig, context, namespace,
+  workload, name, container); its env stays in the cluster, since the kubernetes target changes
+  nothing but the image.
 """
 
 from __future__ import annotations
@@ -89,9 +90,7 @@ def draft_from(sources: Mapping[str, str | None], options: Mapping[str, str | No
         raise UserError(f"give {' or '.join(given)}, not both" if len(given) == 2 else f"give one of {', '.join(given)}")
     if not given:
         return blank(app, image)
-    scaffold = registered[given[0]].scaffold
-    assert scaffold is not None  # scaffolds() lists only kinds that have one
-    return scaffold.draft(str(sources[given[0]]), options, app, image)
+    return registered[given[0]].draft(str(sources[given[0]]), options, app, image)
 
 
 def blank(app: str | None, image: str | None) -> Draft:
@@ -180,16 +179,33 @@ def from_container(name: str, host: str | None, app: str | None = None, image: s
     return draft
 
 
+def from_statefulset(name: str, namespace: str | None, kubeconfig: str | None, context: str | None,
+                     container: str | None, app: str | None = None, image: str | None = None) -> Draft:
+    """`rollout init --from-statefulset`: from_deployment for StatefulSet `name` (workload = "statefulset")."""
+    return from_deployment(name, namespace, kubeconfig, context, container, app, image, workload="statefulset")
+
+
+def from_daemonset(name: str, namespace: str | None, kubeconfig: str | None, context: str | None,
+                   container: str | None, app: str | None = None, image: str | None = None) -> Draft:
+    """`rollout init --from-daemonset`: from_deployment for DaemonSet `name` (workload = "daemonset")."""
+    return from_deployment(name, namespace, kubeconfig, context, container, app, image, workload="daemonset")
+
+
 def from_deployment(name: str, namespace: str | None, kubeconfig: str | None, context: str | None,
-                    container: str | None, app: str | None = None, image: str | None = None) -> Draft:
-    """A kubernetes target drafted from Deployment `name` (namespace: given, else the context's, else
-    "default"; kubeconfig and context as kubectl reads them): where it is and which container, never
-    its env. Raises UserError (exit 2) for no such Deployment or container, or several containers
-    without `container`; TargetUnreachable (exit 5) when the API server does not answer."""
+                    container: str | None, app: str | None = None, image: str | None = None,
+                    workload: str = "deployment") -> Draft:
+    """A kubernetes target drafted from Deployment `name` (or the StatefulSet or DaemonSet, by
+    `workload`; namespace: given, else the context's, else "default"; kubeconfig and context as
+    kubectl reads them): where it is and which container, never its env. Raises UserError (exit 2)
+    for no such object or container, or several containers without `container`; TargetUnreachable
+    (exit 5) when the API server does not answer."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
+    from rollout.targets.kube_workloads import workload as workload_kind
     from rollout.targets.kubernetes import kubeconfig_file, new_api_client
+
+    kind = workload_kind(workload, name)
 
     try:
         api_client = new_api_client(kubeconfig, context)
@@ -198,23 +214,23 @@ def from_deployment(name: str, namespace: str | None, kubeconfig: str | None, co
     config_file = kubeconfig_file(kubeconfig)
     namespace = namespace or (_context_namespace(config_file, context) if config_file else None) or "default"
     try:
-        response = client.AppsV1Api(api_client).read_namespaced_deployment(
+        response = kind.method(client.AppsV1Api(api_client), "read")(
             name, namespace, _request_timeout=30, _preload_content=False)
         deployment = json.loads(response.data)
     except ApiException as exc:
         if exc.status == 404:
-            raise UserError(f"no deployment {name!r} in namespace {namespace}: `kubectl get deployments -n {namespace}`"
+            raise UserError(f"no {workload} {name!r} in namespace {namespace}: `kubectl get {kind.plural} -n {namespace}`"
                             " lists them") from None
-        raise TargetUnreachable(f"deployment {name}: the Kubernetes API answered {exc.status} {exc.reason}") from None
+        raise TargetUnreachable(f"{kind}: the Kubernetes API answered {exc.status} {exc.reason}") from None
     except Exception as exc:  # noqa: BLE001 - urllib3 connection errors and friends
         raise TargetUnreachable(f"the Kubernetes API is unreachable ({one_line(exc, 200)})") from None
     containers = deployment["spec"]["template"]["spec"]["containers"]
     names = [c["name"] for c in containers]
     if container is None and len(containers) > 1:
-        raise UserError(f"deployment {name} has several containers ({', '.join(names)}): choose one with --container")
+        raise UserError(f"{kind} has several containers ({', '.join(names)}): choose one with --container")
     chosen = container or names[0]
     if chosen not in names:
-        raise UserError(f"deployment {name} has no container {chosen!r} (it has {', '.join(names)})")
+        raise UserError(f"{kind} has no container {chosen!r} (it has {', '.join(names)})")
     running = next(c["image"] for c in containers if c["name"] == chosen)
     settings: dict[str, Any] = {"name": _app_name(context or "cluster") or "cluster", "kind": "kubernetes"}
     if kubeconfig:
@@ -222,15 +238,20 @@ def from_deployment(name: str, namespace: str | None, kubeconfig: str | None, co
     if context:
         settings["context"] = context
     settings["namespace"] = namespace
-    settings["deployment"] = name
+    if workload != "deployment":
+        settings["workload"] = workload
+    settings[workload] = name
     settings["container"] = chosen
     app_name = _checked_app_name(app, "--app") if app else _app_name(name)
     draft = Draft(app=app_name, image=image or _repository(running, "--image"), target=settings,
-                  running=running, source=f"deployment {name} in namespace {namespace}")
+                  running=running, source=f"{kind} in namespace {namespace}")
     deadline = deployment["spec"].get("progressDeadlineSeconds")
     if deadline:
         draft.notes.append(f"the Deployment's progressDeadlineSeconds is {deadline}; rollout fails faster,"
                            " on the first crash loop or pull failure, or after health.timeout")
+    if (deployment["spec"].get("updateStrategy") or {}).get("type") == "OnDelete":
+        draft.notes.append(f"the {workload}'s updateStrategy is OnDelete: rollout refuses to deploy to it until"
+                           " it is RollingUpdate (its controller would replace no pod)")
     probes = next(c for c in containers if c["name"] == chosen)
     draft.has_healthcheck = bool(probes.get("readinessProbe"))
     return draft

@@ -59,6 +59,8 @@ class Kind:
         required"; a function returning an error (completing "FILE: apps.X.targets[N].") or None.
     module, implementation: where the Target class lives, imported on first use.
     scaffold: how `rollout init` drafts such a target from what runs (None: only the blank draft).
+    extra_scaffolds: further init options drafting the same kind from other sources (a kubernetes
+        target from a StatefulSet or a DaemonSet besides a Deployment).
     paths: settings that are paths relative to rollout.toml; rollout.config makes them absolute at load.
     """
 
@@ -68,6 +70,7 @@ class Kind:
     implementation: str
     required: tuple[Callable[[dict[str, Any]], str | None], ...] = ()
     scaffold: Scaffold | None = None
+    extra_scaffolds: tuple[Scaffold, ...] = ()
     paths: tuple[str, ...] = ()
 
     def open(self, config: "TargetConfig", app: "AppConfig") -> "Target":
@@ -76,13 +79,33 @@ class Kind:
         return cls(config, app)  # type: ignore[no-any-return]
 
 
-def scaffolds() -> dict[str, Kind]:
-    """init option ("--from-container", ...) -> the kind whose scaffold it names, in KINDS order."""
-    return {kind.scaffold.option: kind for kind in KINDS.values() if kind.scaffold is not None}
+def scaffolds() -> dict[str, Scaffold]:
+    """init option ("--from-container", ...) -> the scaffold it names, in KINDS order."""
+    found = {}
+    for kind in KINDS.values():
+        for scaffold in ((kind.scaffold,) if kind.scaffold else ()) + kind.extra_scaffolds:
+            found[scaffold.option] = scaffold
+    return found
 
 
 def _needs(key: str, hint: str) -> Callable[[dict[str, Any]], str | None]:
     return lambda settings: None if settings.get(key) else f"{key} is missing: {hint}"
+
+
+_WORKLOADS = ("deployment", "statefulset", "daemonset")  # rollout.targets.kube_workloads.WORKLOADS
+
+
+def _workload_named(settings: dict[str, Any]) -> str | None:
+    """A kubernetes target names its object under the key of its `workload` (default deployment),
+    and no other workload's key, so a StatefulSet's name is never read as a Deployment's."""
+    chosen = settings.get("workload") or "deployment"
+    if not settings.get(chosen):
+        return f"{chosen} is missing: name the {chosen.capitalize().replace('set', 'Set')} to move"
+    others = [key for key in _WORKLOADS if key != chosen and key in settings]
+    if others:
+        return (f"{others[0]} is set but workload is {chosen!r}: set workload = \"{others[0]}\" to move a"
+                f" {others[0]}, or remove {others[0]}")
+    return None
 
 
 # Numbers (and, as ever, booleans) are written as their text: env = { WORKERS = 4 }.
@@ -120,12 +143,18 @@ KUBERNETES = Kind(
         "kubeconfig": S.Field(S.string),
         "context": S.Field(S.string),
         "namespace": S.Field(S.string),
+        "workload": S.Field(S.one_of(*_WORKLOADS)),
         "deployment": S.Field(S.string),
+        "statefulset": S.Field(S.string),
+        "daemonset": S.Field(S.string),
         "container": S.Field(S.string),
     },
-    required=(_needs("deployment", "name the Deployment to move"),),
+    required=(_workload_named,),
     scaffold=Scaffold("--from-deployment", "rollout.scaffold", "from_deployment",
                       options=("namespace", "kubeconfig", "context", "container")),
+    extra_scaffolds=tuple(Scaffold(f"--from-{workload}", "rollout.scaffold", f"from_{workload}",
+                                   options=("namespace", "kubeconfig", "context", "container"))
+                          for workload in ("statefulset", "daemonset")),
 )
 
 COMPOSE = Kind(

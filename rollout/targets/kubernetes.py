@@ -1,4 +1,5 @@
-"""Kubernetes target: one container of one Deployment, moved to an exact digest.
+"""Kubernetes target: one container of one Deployment, StatefulSet or DaemonSet (the `workload`
+setting; what differs between them is rollout.targets.kube_workloads), moved to an exact digest.
 
 Apply is a strategic-merge patch of that container's image (nothing else in the
 pod template changes) plus a change-cause annotation, so `kubectl rollout history`
@@ -24,6 +25,7 @@ from rollout.errors import (EXIT_UNREACHABLE, EXIT_USAGE, NotApplied, RolloutErr
                             one_line)
 from rollout.plan import Preview
 from rollout.reference import checked_digest, checked_image, parse
+from rollout.targets.kube_workloads import DEFAULT_WORKLOAD, StatefulSetKind, owner_uids, workload
 from rollout.targets import Observation, Release, Running
 
 log = logging.getLogger(__name__)
@@ -55,16 +57,19 @@ DNS_1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 class KubernetesTarget:
-    """One container of a Kubernetes Deployment (settings: rollout.targets.kinds.KUBERNETES),
-    implementing rollout.targets.Target; only the container's image and rollout's change-cause
-    annotations are changed. Built without asking the API server."""
+    """One container of a Kubernetes Deployment, StatefulSet or DaemonSet (settings:
+    rollout.targets.kinds.KUBERNETES), implementing rollout.targets.Target; only the container's
+    image and rollout's change-cause annotations are changed (and, for a StatefulSet, pods stuck on
+    another template are deleted: _force_rollback). Built without asking the API server."""
 
     def __init__(self, config: TargetConfig, app: AppConfig) -> None:
         self.name = config.name
         self.app = app
         self.settings = config.settings
         self.namespace: str = config.settings.get("namespace") or "default"
-        self.deployment: str = config.settings["deployment"]
+        kind = config.settings.get("workload") or DEFAULT_WORKLOAD
+        self.workload = workload(kind, config.settings[kind])
+        self.deployment: str = self.workload.name  # the workload's name, whatever its kind
         self.max_restarts = config.health.max_restarts
         self._apis: tuple[Any, Any] | None = None
         self._container: str | None = None
@@ -100,7 +105,8 @@ class KubernetesTarget:
         except ApiException as exc:
             if exc.status == 404:
                 raise UserError(
-                    f"target {self.name}: {what}: not found in namespace {self.namespace}: check `deployment`/`namespace`"
+                    f"target {self.name}: {what}: not found in namespace {self.namespace}:"
+                    f" check `{self.workload.kind}`/`namespace`"
                 ) from None
             if exc.status == 409:
                 raise _Conflict() from None
@@ -116,8 +122,7 @@ class KubernetesTarget:
 
     def _read(self) -> dict[str, Any]:
         apps, _ = self.apis
-        return self._call(f"deployment {self.deployment}", apps.read_namespaced_deployment,
-                          self.deployment, self.namespace)
+        return self._call(str(self.workload), self.workload.method(apps, "read"), self.workload.name, self.namespace)
 
     # -- Target protocol -----------------------------------------------------
 
@@ -144,16 +149,13 @@ class KubernetesTarget:
         return Preview(f"Deployment {self.namespace}/{self.deployment} container {container}", None)
 
     def prepare(self, release: Release) -> None:
-        """Read the Deployment and choose the container; changes nothing. Raises UserError (exit 2)
-        for a paused Deployment, one scaled to 0, or no container to choose; TargetUnreachable (5)."""
+        """Read the workload and choose the container; changes nothing. Raises UserError (exit 2)
+        for what Workload.refusal refuses (a paused Deployment, one scaled to 0, updateStrategy
+        OnDelete, ...) or no container to choose; TargetUnreachable (5)."""
         deployment = self._read()
-        spec = deployment.get("spec", {})
-        if spec.get("paused"):
-            raise UserError(f"target {self.name}: deployment {self.deployment} is paused:"
-                            f" `kubectl rollout resume deployment/{self.deployment}` first")
-        if spec.get("replicas", 1) == 0:
-            raise UserError(f"target {self.name}: deployment {self.deployment} is scaled to 0 replicas:"
-                            " nothing would run to verify; scale it up first")
+        refusal = self.workload.refusal(deployment)
+        if refusal:
+            raise UserError(f"target {self.name}: {refusal}")
         self._container = self._pick_container(deployment)
         warning = self._init_container_warning(deployment, self._container)
         if warning and not self._warned:
@@ -188,23 +190,23 @@ class KubernetesTarget:
             # Known before the PATCH leaves, so stop() can put it back if its fate is unknown.
             self._image_before = self._image_before or before
             try:
-                patched = self._call(f"patch deployment {self.deployment}",
-                                     apps.patch_namespaced_deployment,
-                                     self.deployment, self.namespace, patch, _content_type=STRATEGIC)
+                patched = self._call(f"patch {self.workload}", self.workload.method(apps, "patch"),
+                                     self.workload.name, self.namespace, patch, _content_type=STRATEGIC)
             except _Conflict:
                 continue  # someone else changed it between our read and patch: read again
             except ApiRefusal as refusal:
                 # 422 Invalid is this Deployment's or config's to fix (2); RBAC and admission are the cluster's (5).
                 raise NotApplied(
-                    f"target {self.name}: the API server refused to patch deployment {self.deployment}"
+                    f"target {self.name}: the API server refused to patch {self.workload}"
                     f" ({refusal.status}): {refusal.explanation}; nothing was changed",
                     exit_code=EXIT_USAGE if refusal.status == 422 else EXIT_UNREACHABLE,
                 ) from None
             except (UserError, RequestNotSent) as unchanged:  # 404: deleted since the read; no connection
                 raise NotApplied(f"{unchanged}; nothing was changed", exit_code=unchanged.exit_code) from None
             self._generation = patched["metadata"].get("generation")
+            self._force_rollback(patched, container, release.image)
             return before
-        raise NotApplied(f"target {self.name}: deployment {self.deployment} changed between each read and patch"
+        raise NotApplied(f"target {self.name}: {self.workload} changed between each read and patch"
                          f" ({CONFLICT_RETRIES} times 409 Conflict): another writer keeps updating it; nothing was"
                          " changed: deploy again once it settles")
 
@@ -221,13 +223,13 @@ class KubernetesTarget:
         except RolloutError as exc:
             raise NotApplied(f"{one_line(exc)}; nothing was changed", exit_code=exc.exit_code) from None
         except (KeyError, TypeError, StopIteration) as exc:  # an answer without the fields every Deployment has
-            raise NotApplied(f"target {self.name}: deployment {self.deployment} was answered without"
+            raise NotApplied(f"target {self.name}: {self.workload} was answered without"
                              f" {one_line(repr(exc))}; nothing was changed") from None
 
-    def watch(self, release: Release) -> "DeploymentWatch":
-        """A DeploymentWatch of the rollout the last apply() started (watch streams on the
-        Deployment and its pods wake it; polling is the fallback)."""
-        return DeploymentWatch(self, release)
+    def watch(self, release: Release) -> "WorkloadWatch":
+        """A WorkloadWatch of the rollout the last apply() started (watch streams on the
+        workload and its pods wake it; polling is the fallback)."""
+        return WorkloadWatch(self, release)
 
     def logs(self, lines: int = 20) -> str:
         """The last `lines` lines the moved container of a new pod wrote: of the container that
@@ -254,12 +256,46 @@ class KubernetesTarget:
         return ""
 
     def stop(self) -> None:
-        """A first release failed: put the Deployment back on the image it ran before rollout touched it."""
-        if self._image_before:
+        """A first release failed: put the workload back on the image it ran before rollout touched it."""
+        if self._image_before and self._container:
             apps, _ = self.apis
             patch = {"spec": {"template": {"spec": {"containers": [{"name": self._container, "image": self._image_before}]}}}}
-            self._call(f"patch deployment {self.deployment}", apps.patch_namespaced_deployment,
-                       self.deployment, self.namespace, patch, _content_type=STRATEGIC)
+            patched = self._call(f"patch {self.workload}", self.workload.method(apps, "patch"),
+                                 self.workload.name, self.namespace, patch, _content_type=STRATEGIC)
+            self._force_rollback(patched, self._container, self._image_before)
+
+    def _force_rollback(self, patched: dict[str, Any], container: str, image: str) -> None:
+        """After a StatefulSet's template changed to `image`: delete its pods (ordinals at or above
+        the partition) that run another image and are not Ready, as the StatefulSet documentation's
+        "Forced rollback" says to. With podManagementPolicy OrderedReady the controller waits for
+        such a pod to become Ready before it replaces anything (stateful_set_control.go
+        processReplica), so a crash-looping pod of a bad release would block the revert for ever;
+        the controller recreates each from the new template. Other kinds: nothing to do (a
+        ReplicaSet or DaemonSet rollout replaces unavailable pods by itself). A failed delete is
+        a warning: verification then reports what the pod does."""
+        if not isinstance(self.workload, StatefulSetKind):
+            return
+        _, core = self.apis
+        try:
+            pods = self._pods(self._selector(patched))
+        except RolloutError as exc:
+            log.warning("%s", one_line(exc))
+            return
+        for pod in pods:
+            if not (self.workload.owns(patched, pod) and _counts(pod) and self.workload.counts_for_status(patched, pod)):
+                continue
+            images = [c.get("image") for c in pod.get("spec", {}).get("containers") or [] if c.get("name") == container]
+            ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                        for c in pod.get("status", {}).get("conditions") or [])
+            if images == [image] or ready:
+                continue
+            name = pod["metadata"]["name"]
+            try:
+                self._call(f"delete pod {name}", core.delete_namespaced_pod, name, self.namespace)
+                log.info("target %s: deleted pod %s (not ready, not on the new template) so that %s can replace it",
+                         self.name, name, self.workload)
+            except RolloutError as exc:
+                log.warning("%s", one_line(exc))
 
     # -- helpers -------------------------------------------------------------
 
@@ -272,7 +308,7 @@ class KubernetesTarget:
         wanted = self.settings.get("container")
         if wanted:
             if wanted not in names:
-                raise UserError(f"target {self.name}: deployment {self.deployment} has no container {wanted!r}"
+                raise UserError(f"target {self.name}: {self.workload} has no container {wanted!r}"
                                 f" (it has {', '.join(names)}): fix `container`")
             return wanted
         if len(containers) == 1:
@@ -281,7 +317,7 @@ class KubernetesTarget:
         if len(ours) == 1:
             return ours[0]
         which = (f"{' and '.join(ours)} all run" if ours else "none of them runs")
-        raise UserError(f"target {self.name}: deployment {self.deployment} has several containers"
+        raise UserError(f"target {self.name}: {self.workload} has several containers"
                         f" ({', '.join(names)}) and {which} {self.app.image}: set `container` to one of them")
 
     def _runs_app(self, container: dict[str, Any]) -> bool:
@@ -297,7 +333,7 @@ class KubernetesTarget:
         if not init:
             return None
         images = ", ".join(f"{_shown_name(c.get('name'))} ({c['image']})" for c in init)  # _runs_app parsed the image
-        return (f"target {self.name}: init container {images} of deployment {self.deployment} also runs"
+        return (f"target {self.name}: init container {images} of {self.workload} also runs"
                 f" {self.app.image}; rollout moves only container {container}, so the init container keeps its image")
 
     def _selector(self, deployment: dict[str, Any]) -> str:
@@ -326,10 +362,14 @@ class KubernetesTarget:
         return [rs for rs in sets if deployment["metadata"].get("uid") in _owner_uids(rs)]
 
     def _current_pods(self, deployment: dict[str, Any]) -> list[dict[str, Any]]:
-        """The pods that make up the Deployment now: owned by one of its ReplicaSets that is meant
-        to run pods (spec.replicas > 0), and neither terminating nor finished. Terminating pods
+        """The pods that make up the workload now: owned by one of its ReplicaSets that is meant
+        to run pods (spec.replicas > 0; StatefulSets and DaemonSets: by the workload itself, at or
+        above a StatefulSet's partition), and neither terminating nor finished. Terminating pods
         linger for their grace period and evicted or failed pods stay listed (status.phase Failed)
         on a real cluster; counting them would report drift right after a healthy deploy."""
+        if self.workload.kind != "deployment":
+            return [pod for pod in self._pods(self._selector(deployment)) if self.workload.owns(deployment, pod)
+                    and _counts(pod) and self.workload.counts_for_status(deployment, pod)]
         live = {rs["metadata"]["uid"] for rs in self._replica_sets(deployment) if rs["spec"].get("replicas", 0) > 0}
         return [pod for pod in self._pods(self._selector(deployment)) if _owner_uids(pod) & live and _counts(pod)]
 
@@ -351,7 +391,12 @@ class KubernetesTarget:
         return max(matching, key=revision) if matching else None
 
     def _new_pods(self, deployment: dict[str, Any]) -> list[dict[str, Any]]:
-        """The new ReplicaSet's pods that count (see _current_pods)."""
+        """The new ReplicaSet's pods that count (see _current_pods); StatefulSets and DaemonSets:
+        their pods that count and whose container runs the template's image."""
+        if self.workload.kind != "deployment":
+            image = _container(deployment, self._container or self._pick_container(deployment))["image"]
+            return [pod for pod in self._current_pods(deployment)
+                    if image in [c.get("image") for c in pod.get("spec", {}).get("containers") or []]]
         new = self._new_replica_set(deployment)
         if new is None:
             return []
@@ -384,8 +429,8 @@ class ApiRefusal(TargetUnreachable):
         self.explanation = explanation
 
 
-class DeploymentWatch:
-    """What `kubectl rollout status` checks, plus fast failure on pods that will not heal."""
+class WorkloadWatch:
+    """What `kubectl rollout status` checks for the workload's kind, plus fast failure on pods that will not heal."""
 
     def __init__(self, target: KubernetesTarget, release: Release) -> None:
         self.target = target
@@ -409,7 +454,7 @@ class DeploymentWatch:
         self._restarts_at_start = dict(baseline)
         self._threads = [
             threading.Thread(target=self._follow, args=(kind, selector), daemon=True, name=f"watch-{kind}")
-            for kind, selector in (("deployments", {"field_selector": f"metadata.name={target.deployment}"}),
+            for kind, selector in ((target.workload.plural, {"field_selector": f"metadata.name={target.workload.name}"}),
                                    ("pods", {"label_selector": target._selector(deployment)}))
         ]
         for thread in self._threads:
@@ -417,8 +462,7 @@ class DeploymentWatch:
 
     def _follow(self, kind: str, selector: dict[str, str]) -> None:
         apps, core = self.target.apis
-        lister = (apps.list_namespaced_deployment if kind == "deployments"
-                  else core.list_namespaced_pod)
+        lister = core.list_namespaced_pod if kind == "pods" else self.target.workload.method(apps, "list")
         resource_version = None
         while not self._stop.is_set():
             try:
@@ -452,39 +496,29 @@ class DeploymentWatch:
                 self._stop.wait(1.0)
 
     def wait(self, seconds: float) -> None:
-        """Sleep up to `seconds`, returning early when the Deployment or one of its pods changed."""
+        """Sleep up to `seconds`, returning early when the workload or one of its pods changed."""
         self._changed.wait(seconds)
         self._changed.clear()
 
     def observe(self) -> Observation:
-        """Ready when the rollout is complete as `kubectl rollout status` judges it
-        (kubectl/pkg/polymorphichelpers/rollout_status.go: observedGeneration caught up, updated,
-        available, no old replicas left); failed on a pod that will not heal (crash loop, restarts
-        beyond max_restarts counted from the rollout's start, pull errors by the pull rule) or on
-        ProgressDeadlineExceeded. Raises what reading the Deployment raises (TargetUnreachable)."""
+        """Ready when the rollout is complete as `kubectl rollout status` judges the workload's kind
+        (Workload.progress, after kubectl/pkg/polymorphichelpers/rollout_status.go: Deployments
+        observed, updated, available, no old replicas; StatefulSets ready, updatedReplicas up to
+        the partition; DaemonSets updatedNumberScheduled and numberAvailable); failed on a pod
+        that will not heal (crash loop, restarts beyond max_restarts counted from the rollout's
+        start, pull errors by the pull rule) or on a Deployment's ProgressDeadlineExceeded.
+        Raises what reading the workload raises (TargetUnreachable)."""
         target = self.target
         deployment = target._read()
-        spec, status = deployment.get("spec", {}), deployment.get("status", {})
-        generation = deployment["metadata"].get("generation", 0)
-        if status.get("observedGeneration", 0) < max(generation, target._generation or 0):
-            return Observation(False, detail="waiting for the deployment spec update to be observed")
-        for condition in status.get("conditions") or []:
-            if condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
-                return Observation(False, f"deployment {target.deployment} exceeded its progress deadline")
+        progress = target.workload.progress(deployment, target._generation or 0)
+        if progress.failure:
+            return Observation(False, progress.failure)
+        if not target.workload.observed(deployment, target._generation or 0):
+            return Observation(False, detail=progress.detail)
         failure = self._pod_failure(deployment)
         if failure:
             return Observation(False, failure)
-        replicas = spec.get("replicas", 1)
-        updated = status.get("updatedReplicas", 0)
-        total = status.get("replicas", 0)
-        available = status.get("availableReplicas", 0)
-        if updated < replicas:
-            return Observation(False, detail=f"{updated} of {replicas} updated replicas are available")
-        if total > updated:
-            return Observation(False, detail=f"{total - updated} old replicas are pending termination")
-        if available < updated:
-            return Observation(False, detail=f"{available} of {updated} updated replicas are available")
-        return Observation(True, detail=f"{available}/{replicas} replicas available")
+        return Observation(progress.done, detail=progress.detail)
 
     def _pod_failure(self, deployment: dict[str, Any]) -> str | None:
         container = self.target._container or self.target._pick_container(deployment)
@@ -535,8 +569,7 @@ class DeploymentWatch:
                 pass  # already closed: its thread has ended
 
 
-def _owner_uids(obj: dict[str, Any]) -> set[str]:
-    return {ref.get("uid") for ref in obj["metadata"].get("ownerReferences") or []}
+_owner_uids = owner_uids
 
 
 def _counts(pod: dict[str, Any]) -> bool:

@@ -13,31 +13,41 @@ from .cli import run_rollout
 from .images import APP_IMAGE
 
 
-class KubeApp:
-    """Deployment `name` (unique per test) created from pod_spec with kubectl and waited for
-    (`kubectl rollout status`), and a rollout.toml in root whose app `web` targets it.
+KINDS = {"deployment": "Deployment", "statefulset": "StatefulSet", "daemonset": "DaemonSet"}
 
-    The Deployment is labelled app=<name>; replicas, the rollout strategy and annotations are
-    the manifest's; the rollout.toml's health section is timeout/interval/stable seconds.
+
+class KubeApp:
+    """A Deployment (or, with `workload`, a StatefulSet or DaemonSet) `name` (unique per test)
+    created from pod_spec with kubectl and waited for (`kubectl rollout status`), and a
+    rollout.toml in root whose app `web` targets it.
+
+    The workload is labelled app=<name>; replicas (none for a DaemonSet), the rollout strategy
+    (`strategy`, or `updateStrategy` for the other two) and annotations are the manifest's; the
+    rollout.toml's health section is timeout/interval/stable seconds.
     """
 
     def __init__(self, root: Path, sim: Any, pod_spec: dict[str, Any], *, prefix: str = "k", replicas: int = 1,
                  strategy: dict[str, Any] | None = None, annotations: dict[str, str] | None = None,
-                 ready_within: str = "90s") -> None:
-        self.root, self.sim = root, sim
+                 ready_within: str = "90s", workload: str = "deployment") -> None:
+        self.root, self.sim, self.workload = root, sim, workload
         self.name = f"{prefix}{uuid.uuid4().hex[:8]}"
         spec: dict[str, Any] = {"replicas": replicas, "selector": {"matchLabels": {"app": self.name}},
                                 "template": {"metadata": {"labels": {"app": self.name}}, "spec": pod_spec}}
+        if workload == "daemonset":
+            del spec["replicas"]
+        if workload == "statefulset":
+            spec["serviceName"] = self.name
         if strategy is not None:
-            spec["strategy"] = strategy
+            spec["strategy" if workload == "deployment" else "updateStrategy"] = strategy
         metadata: dict[str, Any] = {"name": self.name, "labels": {"app": self.name}}
         if annotations is not None:
             metadata["annotations"] = annotations
-        manifest = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": spec}
-        path = root / "deployment.json"
+        manifest = {"apiVersion": "apps/v1", "kind": KINDS[workload], "metadata": metadata, "spec": spec}
+        path = root / f"{workload}.json"
         path.write_text(json.dumps(manifest))
         self.kubectl("create", "-f", str(path), "--validate=false")
-        self.kubectl("rollout", "status", f"deployment/{self.name}", f"--timeout={ready_within}")
+        if (strategy or {}).get("type") != "OnDelete":  # kubectl has no rollout status for OnDelete
+            self.kubectl("rollout", "status", f"{workload}/{self.name}", f"--timeout={ready_within}")
 
     @property
     def config(self) -> Path:
@@ -60,7 +70,8 @@ stable = {stable}
 name = "cluster"
 kind = "kubernetes"
 kubeconfig = "{kubeconfig or self.sim.kubeconfig}"
-deployment = "{self.name}"
+{'' if self.workload == "deployment" else f'workload = "{self.workload}"'}
+{self.workload} = "{self.name}"
 {extra}
 """)
 
@@ -75,7 +86,8 @@ deployment = "{self.name}"
         return run_rollout(*args, env={"ROLLOUT_CONFIG": str(self.config)}, bare=True, timeout=timeout)
 
     def deployment(self) -> dict[str, Any]:
-        return json.loads(self.kubectl("get", "deployment", self.name, "-o", "json"))
+        """The workload as the API server has it (a Deployment unless `workload` said otherwise)."""
+        return json.loads(self.kubectl("get", self.workload, self.name, "-o", "json"))
 
     def images(self, kind: str = "containers") -> dict[str, str]:
         """Container name -> image of the pod template (kind: "containers" or "initContainers")."""
