@@ -47,7 +47,10 @@ def test_init_finds_a_new_kinds_scaffold_through_the_registry(monkeypatch: pytes
 def test_the_built_in_kinds_register_the_init_sources() -> None:
     from rollout.targets.kinds import COMPOSE, DOCKER, KUBERNETES, scaffolds
 
-    assert scaffolds() == {"--from-container": DOCKER, "--from-deployment": KUBERNETES, "--from-compose": COMPOSE}
+    assert scaffolds() == {s.option: s for s in (DOCKER.scaffold, KUBERNETES.scaffold, *KUBERNETES.extra_scaffolds,
+                                                 COMPOSE.scaffold)}
+    assert list(scaffolds()) == ["--from-container", "--from-deployment", "--from-statefulset", "--from-daemonset",
+                                 "--from-compose"]
     # Two sources at once: the one-line error `rollout init` has always given (exit 2).
     with pytest.raises(UserError, match=r"^give --from-container or --from-deployment, not both$"):
         scaffold.draft_from({"--from-container": "web", "--from-deployment": "web"}, {})
