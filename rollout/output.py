@@ -34,9 +34,25 @@ class Console:
         self._lock = threading.Lock()
 
     def out(self, text: str) -> None:
-        """Print text on stdout: what a command answers (a table, a line, JSON)."""
+        """Print text on stdout: what a command answers (a table, a line, JSON). When the reader is
+        gone (`rollout history | head -1`), the rest goes to /dev/null and the command carries on
+        to its own end and exit code: a closed pipe must not cut a deploy short or read as a bug."""
         self._close_line()
-        print(text, file=self.stdout, flush=True)
+        try:
+            print(text, file=self.stdout, flush=True)
+        except BrokenPipeError:
+            self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        # Python's documented recipe (library/signal.html, "Note on SIGPIPE"): point the file
+        # descriptor at /dev/null, so what is still buffered, and the interpreter's last flush at
+        # exit, go nowhere instead of raising again.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # not a real file: just stop writing to it
+            self.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the console
 
     def json(self, value: Any) -> None:
         """Print value as indented JSON on stdout (keys sorted; values JSON lacks as their str())."""
