@@ -509,8 +509,9 @@ def _traffic(values: dict[str, Any], kind: str, settings: dict[str, Any], health
              where: str) -> Traffic | None:
     """One target's traffic section (the app's keys, then the target's), checked as a whole: the
     required keys, the admin address's form for its router, and how the container learns its slot
-    (slot_env, or "{port}" in the target's `ports`: one of the two). "{port}" in `ports` or in
-    health.http without a traffic section is an error too (there is no slot to stand for).
+    (slot_env, or "{port}" in the target's `ports`: one of the two), and a health.http that probes the
+    slot ("{port}"). "{port}" in `ports` or in health.http without a traffic section is an error too
+    (there is no slot to stand for).
     `where` is the dotted prefix of the table the keys came from. Raises ConfigError (exit 2)."""
     in_ports = [k for k, v in (settings.get("ports") or {}).items() if PORT_PLACEHOLDER in str(v)]
     in_http = PORT_PLACEHOLDER in (health.http or "")
@@ -528,6 +529,12 @@ def _traffic(values: dict[str, Any], kind: str, settings: dict[str, Any], health
     for key, hint in TRAFFIC_REQUIRED.items():
         if key not in values or values[key] == "":
             raise S.problem(path, where, f"traffic.{key} is missing: {hint}")
+    if health.http and not in_http:
+        # Each release runs on its own slot: a fixed port probes the live release (or nothing), so a
+        # broken new one would pass on the old one's health and take the traffic.
+        raise S.problem(path, where, f"health.http = {health.http!r} probes a fixed port, but with a traffic section"
+                        f" each release is verified on its own slot: write {PORT_PLACEHOLDER} for the port"
+                        f" (e.g. http://127.0.0.1:{PORT_PLACEHOLDER}/health)")
     if ("slot_env" in values) == bool(in_ports):
         raise S.problem(path, where, "traffic: tell the container its slot one way: slot_env = \"PORT\" (an env var)"
                         f" or a `ports` mapping to \"{PORT_PLACEHOLDER}\" (e.g. ports = {{ \"80/tcp\" ="

@@ -489,6 +489,10 @@ BAD_TRAFFIC = {
                                         "apps.web.ports: '80' maps to {port} but there is no traffic section"),
     "{port} in health.http without traffic": (
         BASE_APP + '[apps.web.health]\nhttp = "http://127.0.0.1:{port}/"\n' + TARGET, "health.http has {port}"),
+    # A fixed port is the live release's slot (or none): the new one would pass on the old one's health.
+    "health.http without {port} with traffic": (
+        BASE_APP + '[apps.web.health]\nhttp = "http://127.0.0.1:18081/health"\n' + TRAFFIC + TARGET,
+        "apps.web.health.http = 'http://127.0.0.1:18081/health' probes a fixed port"),
     "traffic on a kubernetes target": (
         BASE_APP + TRAFFIC + '[[apps.web.targets]]\nname = "k"\nkind = "kubernetes"\ndeployment = "web"\n',
         "a kubernetes target takes no traffic section"),
