@@ -10,8 +10,8 @@ whose release the exporter reports errors for, failed and reverted naming the qu
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -81,7 +81,7 @@ def test_the_window_keeps_judging_after_the_stable_window() -> None:
     clock = FakeClock()
     breach = Reading(False, True, "prometheus 'errors' = 1, above max 0.05")
     _asked, gauge = scripted_gauge(clock, [(0, OK), (5, breach)])
-    policy = HealthPolicy(timeout=30, interval=1, stable=4, prometheus=GATE.__class__(**{**GATE.__dict__, "window": 6}))
+    policy = HealthPolicy(timeout=30, interval=1, stable=4, prometheus=replace(GATE, window=6))
     verdict = verify(ScriptedWatch([(0, READY)], clock), policy, gauge=gauge, clock=clock)  # type: ignore[arg-type]
     assert not verdict.healthy and verdict.elapsed == pytest.approx(6), "4 s stable, breach seen at 6 s of 4 + 6"
 
