@@ -81,7 +81,7 @@ def test_re_deploying_what_runs_on_pods_that_restarted_before_is_healthy(cluster
     assert cluster.run("deploy", "web:good1").returncode == 0
     counts = restart_each_pod(cluster, docker_client, times=2)  # max_restarts is 2
     assert all(count >= 2 for count in counts.values())
-    result = cluster.run("deploy", "web:good1")
+    result = cluster.run("deploy", "web:good1", "--force")  # a re-deploy, not the no-op of what already runs
     assert result.returncode == 0, result.stderr
     newest = cluster.history()[0]
     assert (newest["kind"], newest["status"]) == ("deploy", "healthy")
