@@ -325,3 +325,19 @@ def test_caddy_warns_only_where_the_kernel_would_reset_queued_connections(tmp_pa
     if content is not None:
         setting.write_text(content)
     assert reload_resets_queued_connections(setting) is resets
+
+
+def test_check_refuses_a_slot_the_proxy_cannot_send_to_before_anything_changes(bed: Bed) -> None:
+    """HAProxy needs a server line per slot, so a slot without one is a config error found by
+    check (before a deploy records or starts anything); Caddy can be given any upstream."""
+    missing = f"127.0.0.1:{free_port()}"
+    bed.router.check([bed.blue.address, bed.green.address])
+    if bed.proxy.kind == "haproxy":
+        with pytest.raises(RouterConfigError) as caught:
+            bed.router.check([bed.blue.address, missing])
+        message = _one_line(caught.value)
+        assert f"no server at {missing}" in message and f"`server NAME {missing}`" in message
+        assert caught.value.exit_code == EXIT_USAGE
+    else:
+        bed.router.check([bed.blue.address, missing])
+    assert bed.router.upstreams() == [bed.blue.address]  # nothing changed

@@ -202,6 +202,27 @@ def test_an_unreachable_router_refuses_the_deploy_before_anything_changes(bed, d
     assert [(e["tag"], e["status"]) for e in project.history()] == [("good1", "healthy")]
 
 
+def test_a_slot_without_an_haproxy_server_line_refuses_the_deploy_before_anything_changes(  # type: ignore[no-untyped-def]
+        project, tmp_path, docker_client) -> None:
+    slots = [free_port(), free_port()]
+    with proxy("haproxy", tmp_path, [f"127.0.0.1:{s}" for s in slots]) as running:
+        write_traffic_config(project, running, slots)
+        assert deploy(project, "good1").returncode == 0
+        live = docker_client.containers.get(project.container)
+        unknown = free_port()  # the idle slot now has no `server` line in the backend
+        write_traffic_config(project, running, [int(live.labels["rollout.slot"]), unknown])
+        result = deploy(project, "good2")
+        assert result.returncode == 2, result.stderr
+        [error] = [line for line in result.stderr.splitlines() if line.startswith("rollout: error:")]
+        assert f"no server at 127.0.0.1:{unknown}" in error and "Traceback" not in result.stderr, result.stderr
+        live.reload()
+        assert live.status == "running" and through(running) == "good1"
+        assert [c.name for c in docker_client.containers.list(all=True, filters={"name": project.container})] == [live.name]
+        # Refused by prepare, after the entry was recorded: it fails, nothing to revert (NotApplied).
+        assert [(e["kind"], e["tag"], e["status"]) for e in project.history()] == [
+            ("deploy", "good2", "failed"), ("deploy", "good1", "healthy")]
+
+
 def test_status_shows_the_slot_taking_traffic_and_a_router_elsewhere_as_drift(bed, docker_client) -> None:  # type: ignore[no-untyped-def]
     project, running, slots = bed
     assert deploy(project, "good1").returncode == 0

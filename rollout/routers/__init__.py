@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from typing import Protocol
+from typing import Protocol, Sequence
 
 from rollout.errors import ConfigError
 
@@ -39,10 +39,11 @@ class Router(Protocol):
     admin: str  # the admin address as configured, for messages
     route: str  # Caddy: the @id of the route (or of its reverse_proxy handler); HAProxy: the backend
 
-    def check(self) -> None:
+    def check(self, upstreams: Sequence[str] = ()) -> None:
         """Return when the admin endpoint answers and the route or backend exists with something
-        rollout can switch; change nothing. Raises RouterUnreachable (exit 5) or RouterConfigError
-        (exit 2: names what is missing and what to add to the proxy's config)."""
+        rollout can switch, to each of `upstreams` ("HOST:PORT", the slots) too; change nothing.
+        Raises RouterUnreachable (exit 5) or RouterConfigError (exit 2: names what is missing and
+        what to add to the proxy's config), so a deploy is refused before it changes anything."""
 
     def upstreams(self) -> list[str]:
         """The upstreams that take new requests now, "HOST:PORT" each, in the proxy's order; more

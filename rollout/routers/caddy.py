@@ -23,7 +23,7 @@ import json
 import logging
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 from urllib.parse import quote, urlsplit
 
 from rollout.errors import ConfigError, RouterConfigError, RouterUnreachable, one_line
@@ -88,10 +88,13 @@ class CaddyRouter:
 
     # -- the Router interface ------------------------------------------------------------------
 
-    def check(self) -> None:
-        """See rollout.routers.Router.check: the route exists and holds one switchable reverse_proxy.
+    def check(self, upstreams: Sequence[str] = ()) -> None:
+        """See rollout.routers.Router.check: the route exists and holds one switchable reverse_proxy
+        (which can be given any upstream: `upstreams` are only checked for their form).
         Logs a warning (once per process) when this machine's kernel would reset connections queued
         at Caddy's reloads (see `reload_resets_queued_connections`)."""
+        for to in upstreams:
+            checked_upstream(to)
         self._locate()
         global _WARNED
         if not _WARNED and reload_resets_queued_connections():

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
+from typing import Sequence
 from urllib.parse import urlsplit
 
 from rollout.errors import ConfigError, RouterConfigError, RouterUnreachable, one_line
@@ -107,14 +108,16 @@ class HAProxyRouter:
 
     # -- the Router interface ------------------------------------------------------------------
 
-    def check(self) -> None:
+    def check(self, upstreams: Sequence[str] = ()) -> None:
         """See rollout.routers.Router.check: the socket answers at level admin (needed for
-        `set server`) and the backend exists with at least one server."""
+        `set server`), the backend exists with at least one server, and one for each of `upstreams`."""
         level = self._command("show cli level")
         if level != "admin":
             raise RouterConfigError(f"HAProxy runtime API at {self.admin} gives level {level or '?'!r},"
                                     " rollout needs `level admin` on that stats socket")
-        self.servers()
+        servers = self.servers()
+        for to in upstreams:
+            self._server_for(checked_upstream(to), servers)
 
     def upstreams(self) -> list[str]:
         """See rollout.routers.Router.upstreams: "ADDR:PORT" of each server taking new requests."""
@@ -126,13 +129,7 @@ class HAProxyRouter:
         backend has that address."""
         checked_upstream(to)
         servers = self.servers()
-        matching = [s for s in servers if to in (s.upstream, f"{s.fqdn}:{s.upstream.rsplit(':', 1)[1]}")]
-        if not matching:
-            raise RouterConfigError(
-                f"HAProxy backend {self.route!r} has no server at {to} (it has "
-                + ", ".join(f"{s.name} {s.upstream}" for s in servers)
-                + f"): add a line `server NAME {to}` for each slot to that backend")
-        target = matching[0]
+        target = self._server_for(to, servers)
         if not target.takes_traffic:
             self._set(target.name, "state ready")
             target = self._server(target.name)
@@ -150,6 +147,17 @@ class HAProxyRouter:
                 self._set(other.name, "state drain")
 
     # -- reading and commanding ----------------------------------------------------------------
+
+    def _server_for(self, to: str, servers: list[Server]) -> Server:
+        """The first of `servers` whose address (or FQDN) and port are `to`; RouterConfigError naming
+        the server line to add when there is none."""
+        matching = [s for s in servers if to in (s.upstream, f"{s.fqdn}:{s.upstream.rsplit(':', 1)[1]}")]
+        if not matching:
+            raise RouterConfigError(
+                f"HAProxy backend {self.route!r} has no server at {to} (it has "
+                + ", ".join(f"{s.name} {s.upstream}" for s in servers)
+                + f"): add a line `server NAME {to}` for each slot to that backend")
+        return matching[0]
 
     def servers(self) -> list[Server]:
         """The backend's servers in config order. Raises RouterConfigError for an unknown backend

@@ -154,7 +154,7 @@ class DockerTarget:
         Engine calls are retried for ENGINE_RETRY_SECONDS (seconds) while its socket refuses.
         Raises TargetUnreachable (exit 5) when the engine or the pull fails."""
         if self.traffic is not None:
-            self.router.check()
+            self.router.check([upstream(slot) for slot in self.traffic.slots])
             self._upstreams = self.router.upstreams()
         where = self.where
         _warn_if_compose(self._container(self.container_name), self.name, where)
@@ -821,24 +821,6 @@ def mask_env(text: str, env: list[str], image_env: list[str]) -> str:
     for value in sorted((v for v in values if len(v) >= MIN_MASKED), key=len, reverse=True):
         text = text.replace(value, MASK)
     return text
-
-
-_WARNED_COMPOSE: set[tuple[str, str]] = set()  # (engine, container) already warned about in this process
-
-
-def _warn_if_compose(container: Any, target: str, where: str) -> None:
-    """Warn once per process when the container a docker target moves is managed by Compose (its
-    com.docker.compose.project/service labels, which a deploy carries over): the next `docker compose
-    up` of that project recreates it from the image in the compose file, undoing the pinned digest."""
-    labels = (container.labels or {}) if container is not None else {}
-    project, service = (one_line(labels.get(f"com.docker.compose.{key}") or "", 80) for key in ("project", "service"))
-    if not project or not service or (where, container.name) in _WARNED_COMPOSE:
-        return
-    _WARNED_COMPOSE.add((where, container.name))
-    log.warning("target %s: container %s is managed by Compose (project %s, service %s): the next `docker compose"
-                " up` of that project recreates it from its compose file's image, undoing this deploy; use"
-                ' kind = "compose" with service = "%s" (README: Compose targets)', target, container.name,
-                project, service, service)
 
 
 _WARNED_COMPOSE: set[tuple[str, str]] = set()  # (engine, container) already warned about in this process
