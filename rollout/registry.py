@@ -402,12 +402,16 @@ class RegistryClient:
         (`rollout check` of many apps) wait for it, then send with the challenge it learnt,
         instead of each being refused once anonymously (a request more per image, per thread).
         """
-        if ref.registry in self._contacted:
-            return self._authorized_request(method, url, ref, kind)
-        with self._first_contact(ref.registry):
-            answer = self._authorized_request(method, url, ref, kind)
-            self._contacted.add(ref.registry)
-            return answer
+        if ref.registry not in self._contacted:
+            with self._first_contact(ref.registry):
+                if ref.registry not in self._contacted:  # else it was made while we waited: go at once
+                    try:
+                        return self._authorized_request(method, url, ref, kind)
+                    finally:
+                        # Failed too: the others then try at once instead of one after another
+                        # (a registry that is down would cost each of them its retry budget in turn).
+                        self._contacted.add(ref.registry)
+        return self._authorized_request(method, url, ref, kind)
 
     def _first_contact(self, registry: str) -> threading.Lock:
         with self._lock:

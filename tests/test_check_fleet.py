@@ -20,7 +20,7 @@ from rollout.config import AppConfig, HealthPolicy, TargetConfig
 from rollout.ledger import HEALTHY, Ledger, NewEntry
 from rollout.registry import RegistryClient
 from rollout.targets import Running
-from support.proxy import RegistryProxy, start_proxy
+from support.proxy import Fault, RegistryProxy, start_proxy
 from support.registry_server import RegistryProcess, push_random_image, start_registry
 from support.token_server import TokenServer, start_token_server
 
@@ -94,6 +94,42 @@ def test_many_unchanged_apps_cost_one_head_each_and_one_token_per_repository(
     assert proxy.count("GET", "manifest") == 0
     assert token.token_requests - tokens_before == APPS, "one token per repository"
     assert len(threads) > 1, "the apps were looked at from several threads"
+
+
+def test_the_registry_is_asked_for_several_apps_at_once_after_the_first_contact(
+    tmp_path: Path, fleet: tuple[TokenServer, RegistryProxy, dict[str, str]], proxy: RegistryProxy
+) -> None:
+    """Each manifest HEAD held 0.5 s by the proxy: once the first contact has learnt the challenge, the
+    workers ask together (a one-by-one check, or workers queued behind the first contact's lock,
+    would have one or two in flight)."""
+    _token, _registry, digests = fleet
+    apps, ledger = apps_and_ledger(tmp_path, proxy.host, digests)
+    proxy.inject(Fault("delay", kind="manifest", method="HEAD", times=None, delay=0.5))
+    client = RegistryClient()
+    in_flight, peak, lock = [0], [0], threading.Lock()
+    send = client._session.request  # the one session every thread shares: count requests inside it
+
+    def counted(*args: object, **kwargs: object) -> object:
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        try:
+            return send(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    client._session.request = counted  # type: ignore[method-assign]
+    running = {app.name: digests[app.repository] for app in apps}
+    try:
+        reports = checking.check(apps, config_path=None, ledger=ledger, registry=client,
+                                 open_target=lambda _c, app: RunsDigest(app.image, running[app.name]))
+    finally:
+        ledger.close()
+        proxy.clear_faults()
+    assert checking.check_exit_code(reports) == 0
+    assert checking.CHECK_WORKERS // 2 < peak[0] <= checking.CHECK_WORKERS, f"at most {peak[0]} request(s) in flight"
+    assert proxy.count("HEAD", "manifest") == APPS + 1
 
 
 def test_a_repushed_tag_and_an_unreachable_registry_are_reported_per_app_among_many(
