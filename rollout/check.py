@@ -98,6 +98,15 @@ def _check_app(app: AppConfig, current: Entry | None, last_build: tuple[str | No
         if state.error:
             report.errors.append(f"target {state.name}: {state.error}")
         elif current and not state.in_sync:
+            traffic = state.traffic
+            if state.running and state.digest == current.digest and traffic and not traffic["routed"]:
+                # The right release runs, but the proxy sends the traffic elsewhere (e.g. after a reload).
+                to = ", ".join(traffic["upstreams"]) or "nothing"
+                report.changes.append(
+                    f"target {state.name} runs #{current.id}, but {traffic['router']} route {traffic['route']} sends"
+                    f" its traffic to {to}, not to its slot {traffic['slot']}: `rollout deploy"
+                    f" {app.name}:{current.tag or current.digest}` switches it back")
+                continue
             what = (f"runs {state.image}" if state.running else
                     f"is stopped ({state.image})" if state.image else "runs nothing")
             report.changes.append(f"target {state.name} {what}, not #{current.id} {current.image}")

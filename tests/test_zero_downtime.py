@@ -247,7 +247,11 @@ def test_status_shows_the_slot_taking_traffic_and_a_router_elsewhere_as_drift(be
     assert "DRIFT" in human.stdout.splitlines()[2], human.stdout  # the target's row, like any drift
     assert f"-> 127.0.0.1:{slots[0]}, not the running container (slot {slots[1]}): DRIFT" in human.stdout
     # `check` reports it as drift too (exit 10), and the next deploy puts the traffic on a release it verified.
-    assert project.run("check").returncode == 10
+    checked = project.run("check")
+    assert checked.returncode == 10, checked.stderr
+    assert (f"target local runs #1, but {running.kind} route {running.route} sends its traffic to"
+            f" 127.0.0.1:{slots[0]}, not to its slot {slots[1]}: `rollout deploy web:good1` switches it back"
+            ) in checked.stdout + checked.stderr
     assert deploy(project, "good2").returncode == 0
     assert project.json("status", "--json")["targets"][0]["in_sync"] and through(running) == "good2"
 
