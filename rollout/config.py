@@ -509,8 +509,8 @@ def _traffic(values: dict[str, Any], kind: str, settings: dict[str, Any], health
              where: str) -> Traffic | None:
     """One target's traffic section (the app's keys, then the target's), checked as a whole: the
     required keys, the admin address's form for its router, and how the container learns its slot
-    (slot_env, or "{port}" in the target's `ports`: one of the two), and a health.http that probes the
-    slot ("{port}"). "{port}" in `ports` or in health.http without a traffic section is an error too
+    (slot_env, or "{port}" in the target's `ports`: one of the two), and a health.http (required)
+    that probes the slot ("{port}"). "{port}" in `ports` or in health.http without a traffic section is an error too
     (there is no slot to stand for).
     `where` is the dotted prefix of the table the keys came from. Raises ConfigError (exit 2)."""
     in_ports = [k for k, v in (settings.get("ports") or {}).items() if PORT_PLACEHOLDER in str(v)]
@@ -529,7 +529,12 @@ def _traffic(values: dict[str, Any], kind: str, settings: dict[str, Any], health
     for key, hint in TRAFFIC_REQUIRED.items():
         if key not in values or values[key] == "":
             raise S.problem(path, where, f"traffic.{key} is missing: {hint}")
-    if health.http and not in_http:
+    if not health.http:
+        # A container "running" is not an app listening: switched then, a slow boot is an outage.
+        raise S.problem(path, where, "health.http is missing: with a traffic section each release is verified on its"
+                        f" own slot before it takes the traffic: e.g. http = \"http://127.0.0.1:{PORT_PLACEHOLDER}/health\""
+                        " in [apps.NAME.health]")
+    if not in_http:
         # Each release runs on its own slot: a fixed port probes the live release (or nothing), so a
         # broken new one would pass on the old one's health and take the traffic.
         raise S.problem(path, where, f"health.http = {health.http!r} probes a fixed port, but with a traffic section"

@@ -69,7 +69,9 @@ def verify(watch: Watch, policy: HealthPolicy, *, probe: Probe = http_probe, gau
     if it has one; a Deployment's updated replicas all available, as `kubectl rollout status`
     judges), `policy.http`, when set, answers 2xx ("{port}" in it: the slot the observation
     names, Observation.slot), and both hold without a break for
-    `policy.stable` seconds (a break restarts the count). Failed: the watch reports a failure
+    `policy.stable` seconds (a break restarts the count; once the release has taken the traffic,
+    i.e. its observations name a slot, a break of the watch or the probe fails it at once). Failed:
+    the watch reports a failure
     (a crash, restart, OOM kill, failing HEALTHCHECK, crash loop or pull error: the target
     decides, see rollout.targets) at the first look after it, or `policy.timeout` seconds pass
     without a healthy verdict. Between looks it sleeps in `watch.wait`, at most
@@ -105,6 +107,11 @@ def verify(watch: Watch, policy: HealthPolicy, *, probe: Probe = http_probe, gau
             url = policy.http if observation.slot is None else policy.http.replace("{port}", str(observation.slot))
             ready, probe_detail = probe(url, min(2.0, max(policy.interval, 0.5)))
             detail = f"{detail}, {probe_detail}" if detail else probe_detail
+        if not ready and observation.slot is not None:
+            # The release took the traffic on its slot (rollout.targets.docker.traffic): users are
+            # on it now, so a break is a failure at once (the old release still runs: a switch back),
+            # not "not healthy yet" until the timeout.
+            return Verdict(False, f"{detail or 'not ready'} after taking the traffic", now - start)
         if ready and gate is not None:
             if reading is None or now >= gate_due:
                 reading, gate_due = gauge(gate, min(5.0, max(gate.interval, 1.0))), now + gate.interval

@@ -529,7 +529,19 @@ class Orchestrator:
         else:
             self.ledger.set_status(entry.id, L.HEALTHY)
             self.reporter.info(f"#{entry.id} healthy on {', '.join(t.name for t in targets)}")
+            # After the verdict is on record and printed: a drain wait here cannot hide it, and a
+            # signal during it cannot revert a release already verified (Target.settle).
+            settling = [t for t in targets if getattr(t, "settle", None) is not None]
+            _each(lambda t: self._settle(t, True), settling, len(settling))
         return attempt
+
+    def _settle(self, target: Target, healthy: bool) -> None:
+        """The target's optional settle(healthy) (rollout.targets); its failure is a warning: the
+        verdict stands."""
+        try:
+            target.settle(healthy)  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - the verdict stands; the operator is told
+            self.reporter.warn(f"target {target.name}: {one_line(exc)}")
 
     def _mark(self, attempt: _Attempt, entry: Entry, target: Target, outcome: str, detail: str | None,
               **images: str | None) -> None:
@@ -572,14 +584,13 @@ class Orchestrator:
 
         def one(target: Target) -> Verdict:
             verdict = judge(target)
-            # Optional Target.settle (targets/__init__.py): a target that moved traffic to the release
-            # acts on the verdict at once, here, before any ledger write (a failed one goes back first).
-            settle = getattr(target, "settle", None)
-            if settle is not None:
-                try:
-                    settle(verdict.healthy)
-                except Exception as exc:  # noqa: BLE001 - the verdict stands; the operator is told
-                    self.reporter.warn(f"target {target.name}: {one_line(exc)}")
+            # Optional Target.settle (targets/__init__.py): a target that moved traffic to a release
+            # that failed sends it back at once, here, before any ledger write. A healthy one is
+            # settled only once the whole entry is recorded healthy (end of _attempt): until then
+            # the release it replaced keeps running, so a later batch's failure or a signal
+            # reverts this target by a switch, not a cold start.
+            if not verdict.healthy:
+                self._settle(target, False)
             return verdict
 
         if len(targets) == 1:

@@ -436,15 +436,15 @@ def test_bad_ledger_url_is_one_line_without_the_password(tmp_path: Path, monkeyp
 
 # -- [apps.NAME.traffic] (issue 14) -------------------------------------------------------------
 
-TRAFFIC = ('[apps.web.traffic]\nrouter = "haproxy"\nadmin = "unix:///run/haproxy/admin.sock"\nroute = "web"\n'
-           'slots = [18081, 18082]\nslot_env = "PORT"\n')
+SLOT_HEALTH = '[apps.web.health]\nhttp = "http://127.0.0.1:{port}/health"\n'
+TRAFFIC = (SLOT_HEALTH + '[apps.web.traffic]\nrouter = "haproxy"\nadmin = "unix:///run/haproxy/admin.sock"\n'
+           'route = "web"\nslots = [18081, 18082]\nslot_env = "PORT"\n')
 
 
 def test_traffic_section_is_typed_and_a_target_overrides_it_key_by_key(tmp_path: Path) -> None:
     from rollout.config import Traffic
 
-    path = write(tmp_path, BASE_APP + '[apps.web.health]\nhttp = "http://127.0.0.1:{port}/health"\n' + TRAFFIC
-                 + 'drain = 2.5\n' + TARGET
+    path = write(tmp_path, BASE_APP + TRAFFIC + 'drain = 2.5\n' + TARGET
                  + '[[apps.web.targets]]\nname = "edge"\ncontainer = "web"\nhost = "ssh://edge"\n'
                  + 'traffic = { router = "caddy", admin = "http://127.0.0.1:2019", slots = [9001, 9002, 9003] }\n')
     local, edge = configuration.load(str(path)).apps["web"].targets
@@ -491,8 +491,11 @@ BAD_TRAFFIC = {
         BASE_APP + '[apps.web.health]\nhttp = "http://127.0.0.1:{port}/"\n' + TARGET, "health.http has {port}"),
     # A fixed port is the live release's slot (or none): the new one would pass on the old one's health.
     "health.http without {port} with traffic": (
-        BASE_APP + '[apps.web.health]\nhttp = "http://127.0.0.1:18081/health"\n' + TRAFFIC + TARGET,
+        BASE_APP + TRAFFIC.replace("{port}", "18081") + TARGET,
         "apps.web.health.http = 'http://127.0.0.1:18081/health' probes a fixed port"),
+    # "running" is not "listening": a slow boot would take the traffic before it answers.
+    "no health.http with traffic": (BASE_APP + TRAFFIC.replace(SLOT_HEALTH, "") + TARGET,
+                                    "apps.web.health.http is missing: with a traffic section"),
     "traffic on a kubernetes target": (
         BASE_APP + TRAFFIC + '[[apps.web.targets]]\nname = "k"\nkind = "kubernetes"\ndeployment = "web"\n',
         "a kubernetes target takes no traffic section"),

@@ -160,6 +160,8 @@ def test_failing_health_after_the_switch_switches_back_to_the_running_old_releas
     assert docker_client.containers.get(broken[0]).status == "exited"
     revert, failed, good = project.history()
     assert (failed["tag"], failed["status"]) == ("good2", "failed") and "http 404" in failed["error"]
+    # Failed at the first broken probe with the traffic on it, not at health.timeout (20 s).
+    assert "after taking the traffic" in failed["error"] and "not healthy within" not in failed["error"]
     assert (revert["tag"], revert["kind"], revert["status"]) == ("good1", "revert", "healthy")
 
 
@@ -372,6 +374,7 @@ def test_a_rolling_fleet_switches_host_by_host_and_a_failing_host_switches_every
 
     # A release the second host cannot run: h1 moves and switches, h2 fails, and h1 switches
     # back, with no request lost on h1.
+    h1_before = engines[0].client.containers.get(project.container)  # good3 on h1
     h2_before = engines[1].client.containers.get(project.container)
     with Load(proxies[0].url, workers=4, path="/version") as load:
         load.wait_after(time.monotonic(), 20)
@@ -388,6 +391,10 @@ def test_a_rolling_fleet_switches_host_by_host_and_a_failing_host_switches_every
         assert routed(running) == [f"127.0.0.1:{live.labels['rollout.slot']}"]
     h2_before.reload()
     assert h2_before.status == "running" and h2_before.name == project.container  # never stopped
+    # h1 went back by a switch to its good3 container, which ran throughout (not a cold start:
+    # a moved host's old release is stopped only once the whole entry is healthy).
+    h1_after = engines[0].client.containers.get(project.container)
+    assert (h1_after.id, h1_after.attrs["State"]["StartedAt"]) == (h1_before.id, h1_before.attrs["State"]["StartedAt"])
     assert "fatal: good2 needs a newer kernel" in result.stderr and "Traceback" not in result.stderr
     revert, failed = project.history()[:2]
     assert (failed["tag"], failed["status"]) == ("good2", "failed")
@@ -401,8 +408,8 @@ def test_a_rolling_fleet_switches_host_by_host_and_a_failing_host_switches_every
 
 
 class SettlingTarget(FakeTarget):
-    """A FakeTarget with the optional settle(healthy): records each call and the entry's ledger
-    status at that moment (the orchestrator must call it before it records the verdict)."""
+    """A FakeTarget with the optional settle(healthy): records each call and the newest entry's
+    ledger status at that moment."""
 
     def __init__(self, name: str, ledger: Any, fail_settle: bool = False) -> None:
         super().__init__(name)
@@ -416,7 +423,7 @@ class SettlingTarget(FakeTarget):
             raise RuntimeError("the old container would not stop")
 
 
-def test_settle_follows_every_verdict_before_the_ledger_records_it(tmp_path: Path) -> None:
+def test_settle_false_comes_before_the_failure_is_recorded_and_settle_true_after_healthy(tmp_path: Path) -> None:
     ledger = open_ledger(str(tmp_path / "ledger.db"))
     try:
         target = SettlingTarget("local", ledger)
@@ -425,10 +432,11 @@ def test_settle_follows_every_verdict_before_the_ledger_records_it(tmp_path: Pat
         run = Orchestrator(app_config(), ledger, resolver, [target], scripted_verifier, RecordingReporter())
         assert run.deploy(parse(f"{IMAGE}:good")).exit_code == 0
         assert run.deploy(parse(f"{IMAGE}:bad")).exit_code == 1
-        # good healthy; bad failed, told while its entry was still verifying (the switch back comes
-        # first); then the automatic revert to good, verified and settled like any release.
-        assert target.settled == [(fake_digest("good"), True, "verifying"), (fake_digest("bad"), False, "verifying"),
-                                  (fake_digest("good"), True, "verifying")]
+        # good: settled once its entry is recorded healthy (a signal during the drain cannot revert
+        # it); bad failed, told while its entry was still verifying (the switch back comes first);
+        # then the automatic revert to good, recorded healthy and then settled like any release.
+        assert target.settled == [(fake_digest("good"), True, "healthy"), (fake_digest("bad"), False, "verifying"),
+                                  (fake_digest("good"), True, "healthy")]
     finally:
         ledger.close()
 

@@ -106,11 +106,13 @@ class Target(Protocol):
         stop()                         only after a failed apply or a failed verification, and only
                                        when there is no healthy release to revert to
 
-    Optional: settle(healthy) is called right after each verdict on the release the last apply()
-    started, on the verifying thread, when the target has it (a docker target with a traffic
-    section: rollout.targets.docker.target): healthy, the release it replaced is stopped (after
-    the drain time); not healthy, the traffic goes back to that release at once and the new one
-    is stopped. What it raises is reported as a warning, never changes the verdict.
+    Optional: settle(healthy), when the target has it (a docker target with a traffic section:
+    rollout.targets.docker.target), on the release the last apply() started. settle(False) right
+    after a failed verdict, on the verifying thread, before any ledger write: the traffic goes back
+    to the release it replaced at once and the new one is stopped. settle(True) only once the
+    whole entry is recorded healthy (every batch): the release it replaced is stopped (after the
+    drain time), so until then a failure elsewhere reverts this target by a switch. What it raises
+    is reported as a warning, never changes the verdict.
     Optional: preview(release) -> rollout.plan.Preview, read-only (no pull, no change): whether the
     target would pull release.image and what would change; `--dry-run` calls it (issue 17.1).
 

@@ -38,7 +38,7 @@ from rollout.targets.docker.endpoint import connect, resolve_endpoint
 from rollout.targets.docker.engine import ENGINE_RETRY_SECONDS, engine_call, engine_failure, log, short_reason
 from rollout.targets.docker.ssh import ssh_destination
 from rollout.targets.docker.spec import BUILTIN_NETWORKS, ROLLOUT_LABEL_PREFIX, create_spec, restart_policy
-from rollout.targets.docker.traffic import LABEL_SLOT, SlotWatch, port_of, upstream
+from rollout.targets.docker.traffic import LABEL_SLOT, SlotWatch, port_of, slot_in_use, upstream
 from rollout.targets.docker.watch import DockerWatch
 
 KEEP_RETIRED = 3
@@ -439,6 +439,12 @@ class DockerTarget:
                 for other in ours:
                     if other is not live and _slot_of(other) == slot and other.status != "exited":
                         self._quiet(other)  # a leftover on the idle slot would hold its port
+                holder = slot_in_use(self.health.http, slot)
+                if holder:
+                    # Whatever listens there would pass the slot's probe and take the traffic.
+                    raise NotApplied(f"target {self.name}: slot {slot} is in use by something that is not this"
+                                     f" app's container ({holder}): free that port or change traffic.slots",
+                                     exit_code=EXIT_USAGE)
                 spare = next((c for c in retired if c.attrs["Config"]["Image"] == release.image
                               and _slot_of(c) == slot), None)
                 if spare is not None:
@@ -503,9 +509,13 @@ class DockerTarget:
         Healthy: the release it replaced keeps running for `drain` more seconds (the stable window
         has already passed), then is stopped as its operator configured with restart policy "no",
         and kept (a later revert starts it again on the idle slot); the oldest kept ones beyond
-        KEEP_RETIRED are pruned. Not healthy: when the traffic had moved, it goes back at once to
-        exactly what the router sent it to before (the old container, still running), the old
-        container takes the name back, and then the new one is stopped (kept for its logs).
+        KEEP_RETIRED are pruned. The orchestrator calls it once the whole entry is recorded healthy
+        (so a signal during the drain cannot revert a verified release). Not healthy (called at
+        once): when the traffic had moved and the old container still runs, it goes back at once
+        to the old container's slot, the old container takes the name back, and the new one is
+        stopped after `drain` seconds (its requests in flight finish; kept for its logs). When the
+        old container no longer runs, nothing changes here: the failed release keeps the traffic
+        until the orchestrator's revert has started the old one, verified it and switched.
         Raises what the router (RouterUnreachable, exit 5) or the engine raise; the orchestrator's
         revert then switches again.
         """
@@ -513,13 +523,25 @@ class DockerTarget:
         if beside is None:
             return
         if not healthy:
-            if beside.switched and beside.upstreams:
-                self.router.switch(beside.upstreams[0])
+            previous = self._found(beside.previous_id) if beside.previous_id is not None else None
+            if previous is not None:
+                previous.reload()
+            back = previous is not None and previous.status == "running" and _slot_of(previous) is not None
+            if beside.switched and not back:
+                # Nothing running to go back to (the old container died or is gone): switching would
+                # send everyone to a dead slot. The failed release keeps the traffic until the
+                # revert has started the old one on the idle slot, verified it and switched.
+                return
+            if beside.switched:
+                self.router.switch(upstream(_slot_of(previous)))
                 kill_point("traffic:switched-back")
-            if beside.previous_id is not None:
-                self._take_name(beside.previous_id)
+            if previous is not None:
+                self._take_name(previous.id)
             failed = self._found(beside.container_id)
             if failed is not None and beside.started:
+                assert self.traffic is not None
+                if beside.switched and self.traffic.drain > 0:
+                    threading.Event().wait(self.traffic.drain)  # its requests in flight finish
                 self._quiet(failed)
             return
         if beside.previous_id is None:

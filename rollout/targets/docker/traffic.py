@@ -11,8 +11,10 @@ the traffic on the new release and the old one still running beside it.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import replace
 from typing import Callable
+from urllib.parse import urlsplit
 
 from rollout.errors import one_line
 from rollout.config import PORT_PLACEHOLDER
@@ -33,6 +35,18 @@ def port_of(address: str) -> int | None:
     """The port of an upstream "HOST:PORT" (None when it has none a slot could be)."""
     text = address.rsplit(":", 1)[-1]
     return int(text) if text.isdigit() else None
+
+
+def slot_in_use(http: str | None, slot: int, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """What answers on `slot` before rollout started anything there: "HOST:PORT accepts
+    connections" when a TCP connection to the slot is accepted, else None. HOST is health.http's
+    (the address rollout probes the slot at), else SLOT_HOST. Never raises."""
+    host = (urlsplit(http).hostname if http else None) or SLOT_HOST
+    try:
+        with socket.create_connection((host, slot), timeout=timeout):
+            return f"{host}:{slot} accepts connections"
+    except OSError:
+        return None
 
 
 def slot_url(url: str | None, slot: int) -> str | None:
