@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import threading
 import time
 from pathlib import Path
@@ -163,6 +164,69 @@ def test_failing_health_after_the_switch_switches_back_to_the_running_old_releas
     # Failed at the first broken probe with the traffic on it, not at health.timeout (20 s).
     assert "after taking the traffic" in failed["error"] and "not healthy within" not in failed["error"]
     assert (revert["tag"], revert["kind"], revert["status"]) == ("good1", "revert", "healthy")
+
+
+def test_a_failure_after_the_old_container_died_keeps_the_traffic_until_the_revert_serves(  # type: ignore[no-untyped-def]
+        bed, docker_client, record_property) -> None:
+    """The old container is gone when the new release fails after the switch: switching back
+    would send everyone to a dead slot. The traffic stays on the failed (still answering) release
+    until the revert has started the old release again, verified it and switched: no failed request."""
+    project, running, slots = bed
+    assert deploy(project, "good1").returncode == 0
+    old = docker_client.containers.get(project.container)
+    write_traffic_config(project, running, slots, stable=10)
+    broken: list[str] = []
+
+    def kill_the_old_then_break_the_new(load: Load) -> None:
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline and "good2" not in served(load):
+            time.sleep(0.02)  # polling the load's answers, not waiting for time to pass
+        old.kill()
+        old.wait(timeout=WAIT)
+        [new] = [c for c in docker_client.containers.list(filters={"label": "rollout.tag=good2"})
+                 if c.name.startswith(project.container)]
+        new.exec_run(["rm", "/www/health"])
+        broken.append(new.id)
+
+    with Load(running.url, workers=4, path="/version") as load:
+        load.wait_after(time.monotonic(), 20)
+        breaker = threading.Thread(target=kill_the_old_then_break_the_new, args=(load,), daemon=True)
+        breaker.start()
+        result = deploy(project, "good2")
+        assert result.returncode == 1, result.stderr
+        breaker.join(WAIT)
+        load.wait_after(time.monotonic(), 20)
+    assert broken, "good2 never took the traffic"
+    check_failures(running, load, record_property)
+    assert served(load)[-1] == "good1" and through(running) == "good1"
+    live = docker_client.containers.get(project.container)
+    assert live.labels["rollout.tag"] == "good1" and live.status == "running"
+    assert routed(running) == [f"127.0.0.1:{live.labels['rollout.slot']}"]
+    assert docker_client.containers.get(broken[0]).status == "exited"  # stopped once the revert served
+    revert, failed, _ = project.history()
+    assert (failed["tag"], failed["status"]) == ("good2", "failed")
+    assert (revert["tag"], revert["kind"], revert["status"]) == ("good1", "revert", "healthy")
+
+
+def test_something_else_on_the_idle_slot_refuses_the_deploy_before_anything_changes(  # type: ignore[no-untyped-def]
+        bed, docker_client) -> None:
+    project, running, slots = bed
+    assert deploy(project, "good1").returncode == 0
+    live = docker_client.containers.get(project.container)
+    [idle] = [s for s in slots if s != int(live.labels["rollout.slot"])]
+    squatter = socket.socket()
+    try:
+        squatter.bind(("127.0.0.1", idle))
+        squatter.listen()
+        result = deploy(project, "good2")
+    finally:
+        squatter.close()
+    assert result.returncode == 2, result.stderr
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("rollout: error:")]
+    assert f"slot {idle} is in use by something" in error and "Traceback" not in result.stderr, result.stderr
+    live.reload()
+    assert live.status == "running" and through(running) == "good1"
+    assert [c.name for c in docker_client.containers.list(all=True, filters={"name": project.container})] == [live.name]
 
 
 def test_manual_revert_is_a_switch_to_the_kept_release(bed, docker_client, record_property) -> None:  # type: ignore[no-untyped-def]
