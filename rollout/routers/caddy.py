@@ -4,8 +4,9 @@ The route is found by its `@id` (`GET /id/<route>`): either a route whose handle
 one `reverse_proxy` (inside `subroute` handlers too, as the Caddyfile adapter nests them), or the
 `reverse_proxy` handler itself. A switch is ONE request, `PATCH /id/<route>/<path>/upstreams` with
 `[{"dial": "HOST:PORT"}]`: Caddy builds the new config and, only if it provisions, swaps it in;
-the listener sockets are kept (no connection refused) and the old server shuts down gracefully, so
-requests in flight on the old upstream finish on it. A refused PATCH leaves the old config running
+a new listener opens beside the old one (SO_REUSEPORT), the old one closes (connections queued on
+it are reset unless the kernel migrates them: `reload_resets_queued_connections`) and the old
+server shuts down gracefully, so requests in flight on the old upstream finish on it. A refused PATCH leaves the old config running
 (Caddy rolls back), so a failed switch changes nothing. Other fields of the old upstream objects
 (e.g. `max_requests`) are not carried over: rollout owns this route's upstream list.
 

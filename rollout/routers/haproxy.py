@@ -140,7 +140,7 @@ class HAProxyRouter:
             if not target.takes_traffic:
                 raise RouterConfigError(f"HAProxy backend {self.route!r}: server {target.name} ({to}) is"
                                         f" {target.state()} after `state ready`: give it a weight in its server"
-                                        " line; nothing else was changed")
+                                        " line; the other servers were left as they were")
         kill_point("traffic:both-ready")  # crash-safety tests: killed mid-switch, both take traffic
         for other in servers:
             if other.name != target.name and other.takes_traffic:
