@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+import docker
 import pytest
 
 from rollout import lock
@@ -220,11 +221,16 @@ class Harness:
         (another test, an earlier run) may have used to pull these images; untagging that
         name leaves the image itself (the registry's own name still holds it).
         """
-        stale = [name for image in self.engine.images.list()
-                 for name in (image.attrs.get("RepoTags") or []) + (image.attrs.get("RepoDigests") or [])
+        # One list call (the low-level API): images.list() inspects each image after listing, which
+        # fails when another test on the shared engine removes one in between.
+        stale = [name for image in self.engine.api.images()
+                 for name in (image.get("RepoTags") or []) + (image.get("RepoDigests") or [])
                  if name.startswith(f"{self.proxy.host}/")]
         for name in stale:
-            self.engine.images.remove(name)
+            try:
+                self.engine.images.remove(name)
+            except docker.errors.ImageNotFound:  # removed meanwhile by someone else: gone either way
+                pass
         self.proxy.inject(Fault("delay", kind="manifest", method=None, path_contains="/manifests/sha256:",
                                 delay=20.0, times=None))
 
