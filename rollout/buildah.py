@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -38,6 +39,7 @@ from rollout.reference import Reference, checked_digest
 PACKAGE = "buildah"  # the Debian (and Fedora) package with the buildah binary
 BUILD_TIMEOUT = 1800  # seconds one `buildah bud` or `buildah push` may take
 LOG_LINES = 20  # the last lines of a failed build that are shown
+EPOCH_MAX = 253402300799  # 9999-12-31T23:59:59Z: the last second RFC 3339 (and Python's datetime) can write
 LOCAL_NAME = "localhost/rollout-build"  # the image's name in the build's own storage (never pushed as such)
 
 
@@ -64,22 +66,58 @@ def binary() -> str:
 
 def source_date_epoch(context: Path) -> int:
     """The build's timestamp, seconds since the epoch: $SOURCE_DATE_EPOCH when set (reproducible-builds.org's
-    convention), else the commit time of the context's git work tree, else 0.
+    convention), else the time of the last commit that touched the context directory (`context_commit`;
+    a commit elsewhere in the repository changes nothing), else 0 (not in a git work tree, or no commit
+    touches it).
 
-    Raises UserError (exit 2) for a SOURCE_DATE_EPOCH that is not a whole number >= 0.
+    Raises UserError (exit 2) for a SOURCE_DATE_EPOCH that is not a whole number from 0 to EPOCH_MAX,
+    and as context_commit when git fails in a work tree.
     """
     value = os.environ.get("SOURCE_DATE_EPOCH")
     if value is not None and value.strip() != "":
-        if not value.strip().isdigit():
-            raise UserError(f"SOURCE_DATE_EPOCH={value!r} is not a whole number of seconds since 1970: unset or fix it")
+        # [0-9] and not str.isdigit(): isdigit() accepts '²', which int() refuses.
+        if not re.fullmatch(r"[0-9]+", value.strip()) or int(value.strip()) > EPOCH_MAX:
+            raise UserError(f"SOURCE_DATE_EPOCH={value!r} is not a whole number of seconds from 1970 to the year 9999:"
+                            " unset or fix it")
         return int(value.strip())
+    commit = context_commit(context)
+    return commit[0] if commit is not None else 0
+
+
+def context_commit(context: Path) -> tuple[int, str] | None:
+    """(commit time in seconds since the epoch, full commit hash) of the last commit that touched the
+    context directory (`git log -1 -- .` run in it); None when the context is in no git work tree or
+    no commit touches it.
+
+    git runs with `-c safe.directory=<the work tree>`: as root over another user's checkout git
+    otherwise refuses ("detected dubious ownership") and the timestamp would silently become 0.
+    Raises UserError (exit 2) when the context is in a work tree and git fails there (or is missing):
+    two runners would otherwise build different images for the same inputs without a word.
+    """
+    top = _work_tree(context)
+    if top is None:
+        return None
+    command = ["git", "-c", f"safe.directory={top}", "-C", str(context), "log", "-1", "--format=%ct %H", "--", "."]
     try:
-        result = subprocess.run(["git", "-C", str(context), "log", "-1", "--format=%ct"], capture_output=True,
-                                text=True, timeout=10, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    text = result.stdout.strip()
-    return int(text) if result.returncode == 0 and text.isdigit() else 0
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise UserError(f"reading the last commit of the build context {context} with git failed ({one_line(exc)}):"
+                        " install git, or set SOURCE_DATE_EPOCH") from None
+    if result.returncode != 0:
+        raise UserError(f"git cannot read the last commit of the build context {context} ({one_line(result.stderr)}):"
+                        " fix the checkout, or set SOURCE_DATE_EPOCH") from None
+    fields = result.stdout.split()
+    if len(fields) != 2 or not fields[0].isdecimal():
+        return None  # no commit touches the context (all of it untracked, or a repository without commits)
+    return int(fields[0]), fields[1]
+
+
+def _work_tree(context: Path) -> Path | None:
+    """The nearest directory at or above context holding `.git` (a directory, or a file for worktrees/submodules)."""
+    for directory in [context.resolve(), *context.resolve().parents]:
+        if (directory / ".git").exists():
+            return directory
+    return None
 
 
 def rfc3339(seconds: int) -> str:

@@ -52,6 +52,7 @@ from rollout.tags import render_tag
 _TERMINAL_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 BUILD_LOG_LINES = 20
 BUILD_TIMEOUT = 1800  # seconds the engine may take for one build or push
+REVISION_LABEL = "org.opencontainers.image.revision"
 BUILD_UNCHANGED = "build:unchanged"  # ledger event: a build gave an image already pushed; nothing pushed or deployed
 
 UP_TO_DATE = "up-to-date"  # the last build has these inputs: nothing to do
@@ -288,6 +289,13 @@ def _build_with_buildah(app: AppConfig, inputs: Inputs, decision: Decision, ledg
     settings = inputs.settings
     stamp = buildah.source_date_epoch(settings.context) if settings.reproducible else None
     labels = build_labels(app, inputs, buildah.rfc3339(stamp) if stamp is not None else None)
+    if settings.reproducible:
+        # The label is part of the image config: HEAD would make every commit anywhere in the repository
+        # (docs/, another app's directory) a new image. The last commit that touched the context instead.
+        labels.pop(REVISION_LABEL, None)
+        commit = buildah.context_commit(settings.context)
+        if commit is not None:
+            labels[REVISION_LABEL] = commit[1]
     registries = {app.registry, *(ref.registry for ref, _ in inputs.bases)}
     plain_http = [r for r in registries if registry.base_url(r).startswith("http://")]
     repository = Reference(app.registry, app.repository)
@@ -407,7 +415,7 @@ def build_labels(app: AppConfig, inputs: Inputs, created: str | None = None) -> 
         labels["org.opencontainers.image.base.digest"] = inputs.base_digests[str(base)]
     revision = git_commit(inputs.settings.context, short=False)
     if revision:
-        labels["org.opencontainers.image.revision"] = revision
+        labels[REVISION_LABEL] = revision
     return labels
 
 

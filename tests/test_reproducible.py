@@ -242,3 +242,49 @@ def test_a_runner_recognises_the_image_another_runner_pushed_through_the_shared_
             a.close()
             b.close()
             a.remove_containers(docker_client)
+
+
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+
+
+def commit(repo: Path, paths: list[str], when: int) -> None:
+    """Commit paths (relative to repo) at the time `when` (seconds since the epoch)."""
+    dates = {"GIT_COMMITTER_DATE": f"@{when} +0000", "GIT_AUTHOR_DATE": f"@{when} +0000"}
+    if not (repo / ".git").exists():
+        subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "add", *paths], check=True)
+    subprocess.run(["git", "-C", str(repo), "commit", "-q", "-m", "x"], check=True,
+                   env={**os.environ, **GIT_IDENTITY, **dates})
+
+
+def test_the_timestamp_and_revision_are_the_last_commit_touching_the_context(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "f").write_text("x")
+    commit(tmp_path, ["ctx"], 1700000000)
+    touched = buildah.context_commit(tmp_path / "ctx")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notes").write_text("y")
+    commit(tmp_path, ["docs"], 1800000000)  # a commit elsewhere in the repository
+    assert buildah.source_date_epoch(tmp_path / "ctx") == 1700000000
+    assert buildah.context_commit(tmp_path / "ctx") == touched and touched is not None and touched[0] == 1700000000
+    assert buildah.source_date_epoch(tmp_path / "docs") == 1800000000
+
+
+def test_a_commit_outside_the_context_gives_the_same_image_and_no_cache_pushes_nothing(bed: Bed) -> None:
+    root = bed.project.root
+    commit(root, ["ctx"], 1700000000)
+    first = bed.rebuild()
+    assert first.returncode == 0, first.stdout + first.stderr
+    [entry] = bed.project.history()
+    (root / "docs").mkdir()
+    (root / "docs" / "notes.md").write_text("a change to the docs\n")
+    commit(root, ["docs"], 1800000000)
+
+    bed.proxy.reset_counts()
+    again = bed.rebuild("--no-cache", "--json")
+    assert again.returncode == 0, again.stdout + again.stderr
+    report = json.loads(again.stdout)
+    assert report["action"] == "unchanged" and report["digest"] == entry["digest"], report
+    assert bed.uploads() == {}, bed.proxy.request_counts
+    assert bed.project.history() == [entry]
