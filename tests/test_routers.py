@@ -341,3 +341,20 @@ def test_check_refuses_a_slot_the_proxy_cannot_send_to_before_anything_changes(b
     else:
         bed.router.check([bed.blue.address, missing])
     assert bed.router.upstreams() == [bed.blue.address]  # nothing changed
+
+
+def test_an_haproxy_backup_server_is_neither_traffic_nor_drained(tmp_path: Path) -> None:
+    """An operator's `backup` (sorry) server takes requests only when no active server is up: it is
+    not where the traffic goes (no drift), a switch leaves it alone, and it cannot be a slot."""
+    with upstreams("blue", "green", "sorry") as (blue, green, sorry):
+        with haproxy(tmp_path, [blue.address, green.address], backup=sorry.address) as running:
+            router = open_router("haproxy", running.admin, running.route)
+            assert router.upstreams() == [blue.address]
+            router.switch(green.address)
+            assert router.upstreams() == [green.address]
+            [backup] = [s for s in router.servers() if s.name == "sorry"]  # type: ignore[attr-defined]
+            assert backup.backup and backup.state() == "UP"  # not drained by the switch
+            with pytest.raises(RouterConfigError) as caught:
+                router.switch(sorry.address)
+            assert "is a `backup` server" in _one_line(caught.value)
+            assert router.upstreams() == [green.address]

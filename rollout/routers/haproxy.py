@@ -36,7 +36,7 @@ Admin addresses: "unix:///path/to/admin.sock" and "tcp://HOST:PORT".
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 from urllib.parse import urlsplit
 
@@ -61,11 +61,13 @@ class Server:
     op_state: int  # 0 stopped (DOWN), 1 starting, 2 running, 3 stopping
     admin_state: int  # bit mask, see _ADMIN_MAINT and _ADMIN_DRAIN
     weight: int  # srv_uweight, the current user weight (0: no new requests)
+    backup: bool = False  # a `backup` server line: used only when no active server is up (not a slot)
 
     @property
     def takes_traffic(self) -> bool:
-        """Whether HAProxy balances new requests to it: UP, neither in maintenance nor draining, weight > 0."""
-        return (self.op_state in _OP_UP and not self.admin_state & (_ADMIN_MAINT | _ADMIN_DRAIN)
+        """Whether HAProxy balances new requests to it: an active (not backup) server, UP, neither
+        in maintenance nor draining, weight > 0."""
+        return (not self.backup and self.op_state in _OP_UP and not self.admin_state & (_ADMIN_MAINT | _ADMIN_DRAIN)
                 and self.weight > 0)
 
     def state(self) -> str:
@@ -130,6 +132,9 @@ class HAProxyRouter:
         checked_upstream(to)
         servers = self.servers()
         target = self._server_for(to, servers)
+        if target.backup:
+            raise RouterConfigError(f"HAProxy backend {self.route!r}: server {target.name} ({to}) is a `backup` server;"
+                                    " a slot needs an active server line (drop `backup` from it)")
         if not target.takes_traffic:
             self._set(target.name, "state ready")
             target = self._server(target.name)
@@ -191,7 +196,24 @@ class HAProxyRouter:
         if not servers:
             raise RouterConfigError(f"HAProxy backend {self.route!r} has no servers: add one `server`"
                                     " line per slot, e.g. `server s1 127.0.0.1:18081`")
-        return servers
+        backups = self._backups()
+        return [replace(server, backup=True) if server.name in backups else server for server in servers]
+
+    def _backups(self) -> set[str]:
+        """Names of the backend's `backup` servers (an operator's sorry server, say): `show servers
+        state` has no such column, `show stat` has (`bck`, management guide 9.1). They are never
+        switched to, drained or counted as where the traffic goes."""
+        answer = self._command(f"show stat {self.route} 4 -1")
+        lines = [line for line in answer.splitlines() if line.strip()]
+        if not lines or not lines[0].startswith("# "):
+            raise RouterUnreachable(f"HAProxy runtime API at {self.admin} answered `show stat {self.route} 4 -1`"
+                                    f" with {one_line(answer)!r}")
+        header = lines[0][2:].split(",")
+        if "svname" not in header or "bck" not in header:
+            raise RouterUnreachable(f"HAProxy runtime API at {self.admin}: `show stat` has no svname/bck column")
+        name, bck = header.index("svname"), header.index("bck")
+        return {fields[name] for fields in (line.split(",") for line in lines[1:])
+                if len(fields) > max(name, bck) and fields[bck] == "1"}
 
     def _server(self, name: str) -> Server:
         for server in self.servers():

@@ -119,11 +119,12 @@ def caddy(tmp: Path, upstream: str, route: str = "web", admin: str = "tcp",
 
 @contextmanager
 def haproxy(tmp: Path, servers: list[str], backend: str = "web", admin: str = "unix",
-            level: str = "admin") -> Iterator[Proxy]:
+            level: str = "admin", backup: str | None = None) -> Iterator[Proxy]:
     """An HAProxy with one frontend on a free loopback port and one backend `backend` holding one
     server line per address in `servers` (s1, s2, ...): the first enabled, the others `disabled`,
     as an operator writes the slots. The stats socket is at `level` (admin: what rollout needs):
-    `admin` "unix" (unix:///PATH) or "tcp" (tcp://127.0.0.1:PORT)."""
+    `admin` "unix" (unix:///PATH) or "tcp" (tcp://127.0.0.1:PORT); `backup`: also a backup server
+    line `sorry` at that address."""
     need(shutil.which("haproxy") is not None, "haproxy (.ci/testbed proxies)")
     listen = free_port()
     with _short_dir() as short:
@@ -133,6 +134,8 @@ def haproxy(tmp: Path, servers: list[str], backend: str = "web", admin: str = "u
             port = free_port()
             socket_line, address = f"stats socket ipv4@127.0.0.1:{port} level {level}", f"tcp://127.0.0.1:{port}"
         lines = [f"    server s{i} {server}{'' if i == 1 else ' disabled'}" for i, server in enumerate(servers, 1)]
+        if backup is not None:  # an operator's sorry server: `backup` ADDR
+            lines.append(f"    server sorry {backup} backup")
         config = "\n".join([
             "global",
             f"    {socket_line}",
