@@ -11,7 +11,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Protocol
 
 from rollout import ledger as L
@@ -502,7 +502,10 @@ class Orchestrator:
             if number == 1:
                 self.ledger.set_status(entry.id, L.VERIFYING)
             with self._timed("verify", timed):
-                verdicts = self._verify_all(applied, release)
+                # A revert (automatic, recovery or `rollout revert`) is not judged by the metric gate:
+                # an app-scoped query still counts the failed release's errors in its rate window
+                # when the good release is back, and would fail the revert that fixed it (exit 3).
+                verdicts = self._verify_all(applied, release, gated=entry.kind != L.REVERT)
             for target, verdict in zip(applied, verdicts):
                 outcome = "healthy" if verdict.healthy else "failed"
                 self._mark(attempt, entry, target, outcome, f"{verdict.reason} after {verdict.elapsed:.1f}s")
@@ -567,7 +570,9 @@ class Orchestrator:
             if on:
                 self._durations[phase] = (self._durations.get(phase) or 0.0) + time.monotonic() - started
 
-    def _verify_all(self, targets: list[Target], release: Release) -> list[Verdict]:
+    def _verify_all(self, targets: list[Target], release: Release, *, gated: bool = True) -> list[Verdict]:
+        """Verify each target against its policy, in parallel; `gated`: with its metric gate
+        (rollout.metric_gate), else without (reverts). One Verdict per target, in order."""
         def judge(target: Target) -> Verdict:
             try:
                 watch = _Cancellable(target.watch(release), self._cancelled)
@@ -575,7 +580,9 @@ class Orchestrator:
                 return Verdict(False, f"cannot watch: {one_line(exc)}", 0.0)
             try:
                 # A metric gate's query is about this release ({app}, {digest}, {entry}).
-                policy = for_release(self.policies[target.name], self.app.name, release.entry_id, release.digest)
+                policy = self.policies[target.name]
+                policy = (for_release(policy, self.app.name, release.entry_id, release.digest) if gated
+                          else replace(policy, prometheus=None))
                 return self.verifier(watch, policy, lambda text: self.reporter.progress(target.name, text))
             except Exception as exc:  # noqa: BLE001 - a target we cannot watch is not healthy
                 return Verdict(False, f"cannot verify: {one_line(exc)}", 0.0)

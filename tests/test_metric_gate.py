@@ -203,3 +203,33 @@ interval = 0.5
         [revert, second, _first] = project.history()[:3]
         assert (second["tag"], second["status"]) == ("good2", "failed") and "= 5, above max 0" in second["error"]
         assert (revert["kind"], revert["status"], revert["tag"]) == ("revert", "healthy", "good1")
+
+
+def test_an_app_scoped_breach_is_reverted_and_the_revert_is_not_gated(  # type: ignore[no-untyped-def]
+        tmp_path: Path, project, docker_client) -> None:
+    """A query about the app, not the digest, still reports the failed release's errors when the
+    good release is back: the revert is verified without the gate, so the deploy ends reverted
+    (exit 1, good1 healthy), not 'REVERT FAILED' (exit 3) (review of issue 17, P1-1)."""
+    from support.project import write_config
+
+    with exporter() as served, prometheus(tmp_path / "prom", served.address) as url:
+        served.set('rollout_test_errors_total{app="web"}', 0)
+        served.wait_scraped(times=2)
+        write_config(project, extra=f"""
+[apps.web.health.prometheus]
+url = "{url}"
+query = 'sum(rollout_test_errors_total{{app="{{app}}"}})'
+max = 0
+interval = 0.5
+""")
+        first = project.run("deploy", "web:good1")
+        assert first.returncode == 0, first.stderr
+        served.set('rollout_test_errors_total{app="web"}', 3)
+        served.wait_scraped(times=2)
+        failed = project.run("deploy", "web:good2")
+        assert failed.returncode == 1, failed.stderr
+        assert "= 3, above max 0" in failed.stderr and "REVERT FAILED" not in failed.stderr
+        assert project.version() == "good1"
+        [revert, second, _first] = project.history()[:3]
+        assert (second["tag"], second["status"]) == ("good2", "failed")
+        assert (revert["kind"], revert["status"], revert["tag"]) == ("revert", "healthy", "good1")
