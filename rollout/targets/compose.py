@@ -47,7 +47,7 @@ LABEL_ONEOFF = "com.docker.compose.oneoff"
 # The files Compose v2 reads when no -f is given, in its order of preference, then the override it
 # merges on top (checked against Compose 2.40: compose.yaml wins over docker-compose.yml, and
 # compose.override.yaml is merged). Passing -f (as every command here does, for compose.rollout.yaml)
-# turns that discovery off, so it is done here.
+# turns that discovery off, and COMPOSE_FILE with it, so both are done here (ComposeTarget._files).
 DEFAULT_FILES = ("compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml")
 DEFAULT_OVERRIDES = ("compose.override.yml", "compose.override.yaml", "docker-compose.override.yml",
                      "docker-compose.override.yaml")
@@ -142,22 +142,41 @@ class ComposeTarget:
 
     # -- running compose ---------------------------------------------------
 
-    def _files(self) -> list[str]:
-        """The -f list: `files`, else the default file Compose would find and its override; then OVERRIDE.
+    def _files(self, override: bool = True) -> list[str]:
+        """The -f list, as a plain `docker compose` in project_dir would read the project: `files`, else
+        COMPOSE_FILE (rollout's environment, else project_dir/.env; see _listed), else the default file
+        and its override. OVERRIDE is added last when it exists and is not listed (listed, it keeps its
+        place); with override=False it is left out (the project as its own files define it).
         Raises UserError (exit 2) when project_dir or a file is missing."""
         if not self.project_dir.is_dir():
             raise UserError(f"target {self.name}: project_dir {self.project_dir} is not a directory: fix project_dir")
-        files = self.files
+        files, where = (self.files, "fix `files`") if self.files else self._listed()
         if not files:
             default = next((f for f in DEFAULT_FILES if (self.project_dir / f).is_file()), None)
             if default is None:
                 raise UserError(f"target {self.name}: no {' or '.join(DEFAULT_FILES[:2])} in {self.project_dir}:"
                                 " set `files` or fix project_dir")
             files = [default] + [f for f in DEFAULT_OVERRIDES if (self.project_dir / f).is_file()][:1]
+        ours = [f for f in files if Path(f).name == OVERRIDE and (self.project_dir / f).resolve() == self.override]
         for file in files:
-            if not (self.project_dir / file).is_file():
-                raise UserError(f"target {self.name}: compose file {file} not found in {self.project_dir}: fix `files`")
-        return [*files, OVERRIDE] if self.override.is_file() else list(files)
+            if file not in ours and not (self.project_dir / file).is_file():
+                raise UserError(f"target {self.name}: compose file {file} not found in {self.project_dir}: {where}")
+        if not override or not self.override.is_file():
+            return [f for f in files if f not in ours]
+        return list(files) if ours else [*files, OVERRIDE]
+
+    def _listed(self) -> tuple[list[str], str]:
+        """COMPOSE_FILE split on COMPOSE_PATH_SEPARATOR (default ':'), each read from rollout's
+        environment, else from project_dir/.env, as Compose v2 does (compose-go cli/options.go,
+        WithConfigFileEnv after WithOsEnv and WithDotEnv: the environment wins over the .env of the
+        working directory, which is project_dir here); ([], "") when unset. The
+        second item says where to fix a wrong entry."""
+        dotenv = _dotenv(self.project_dir / ".env")
+        listed = os.environ.get("COMPOSE_FILE") or dotenv.get("COMPOSE_FILE") or ""
+        separator = os.environ.get("COMPOSE_PATH_SEPARATOR") or dotenv.get("COMPOSE_PATH_SEPARATOR") or os.pathsep
+        where = "fix COMPOSE_FILE in " + ("rollout's environment" if os.environ.get("COMPOSE_FILE")
+                                          else f"{self.project_dir / '.env'}")
+        return [f for f in listed.split(separator) if f], where
 
     def _compose(self, *args: str, timeout: float = 60) -> str:
         """Run `docker compose -f ... [-p NAME] ARGS` in project_dir; its stdout. Raises UserError (exit 2)
@@ -295,13 +314,17 @@ class ComposeTarget:
         return ReplicasWatch(self.client, self._started)
 
     def logs(self, lines: int = 20) -> str:
-        """The last `lines` lines of each replica the last apply() started, each headed by its name;
-        "" when there are none or they cannot be read."""
+        """The last `lines` lines of each replica the last apply() started, each headed by its name,
+        with the values of the replica's environment masked as the docker kind masks them
+        (rollout.targets.docker.target.masked_logs: they reach the terminal and the ledger's log-tail
+        event); "" when there are none or they cannot be read."""
+        from rollout.targets.docker.target import masked_logs
+
         out = []
         for container_id in self._started or []:
             try:
                 container = self.client.containers.get(container_id)
-                text = container.logs(tail=lines).decode("utf-8", "replace")
+                text = masked_logs(self.client, container, lines)
             except Exception:  # noqa: BLE001 - logs are a courtesy
                 continue
             out.append(text if len(self._started or []) == 1 else f"== {container.name}\n{text}")
@@ -420,6 +443,27 @@ class ReplicasWatch:
         """Close every replica's event stream; safe to call more than once."""
         for watch in self.watches:
             watch.close()
+
+
+def _dotenv(path: Path) -> dict[str, str]:
+    """The KEY=VALUE lines of a Compose .env file (`export ` prefixes, # comments and matching outer
+    quotes stripped; no interpolation: COMPOSE_FILE needs none); {} when it cannot be read."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return {}
+    found = {}
+    for line in text.splitlines():
+        line = line.strip().removeprefix("export ").strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, value = (part.strip() for part in line.split("=", 1))
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        found[key] = value
+    return found
 
 
 def _reason(stderr: str) -> str:
