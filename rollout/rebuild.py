@@ -53,6 +53,7 @@ _TERMINAL_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 BUILD_LOG_LINES = 20
 BUILD_TIMEOUT = 1800  # seconds the engine may take for one build or push
 REVISION_LABEL = "org.opencontainers.image.revision"
+BUILD_KEY_LABEL = "rollout.build-key"
 BUILD_UNCHANGED = "build:unchanged"  # ledger event: a build gave an image already pushed; nothing pushed or deployed
 
 UP_TO_DATE = "up-to-date"  # the last build has these inputs: nothing to do
@@ -116,12 +117,20 @@ def decide(ledger: Ledger, app: str, key: str, *, force: bool = False, no_deploy
 
     BUILD when forced, with `no_cache` (build again whatever the key) or when these inputs were never built; FAILED_BEFORE when their newest
     rebuild entry failed (built again only with --force); UP_TO_DATE when that entry is
-    healthy and is the last build or runs now, or with `no_deploy` when a build of them was
-    pushed; DEPLOY_EXISTING when a pushed build of them is not what runs (healthy earlier,
+    healthy and is the last build or runs now, when the app's current entry carries a
+    `build:unchanged` event with this key (buildah built these inputs into the running image), or
+    with `no_deploy` when a build of them was pushed; DEPLOY_EXISTING when a pushed build of them is not what runs (healthy earlier,
     never deployed, or its deploy did not finish). Raises only the ledger's errors.
     """
     if force or no_cache:
         return Decision(BUILD, "--force" if force else "--no-cache")
+    current = ledger.current(app)
+    if current is not None and any(e["event"] == BUILD_UNCHANGED and e["detail"].get("build_key") == key
+                                   for e in ledger.events(current.id)):
+        # A buildah build of these inputs was this very image (recorded on the entry, see _build_with_buildah):
+        # the key changed (a file the Dockerfile does not COPY, say) but the image did not.
+        return Decision(UP_TO_DATE, f"these inputs give the image of {current.tag} (#{current.id}), which runs",
+                        entry=current)
     builds = pushed_builds(ledger, app)
     same = [b for b in builds if b.build_key == key]
     entries = rebuild_entries(ledger, app, key)
@@ -136,7 +145,6 @@ def decide(ledger: Ledger, app: str, key: str, *, force: bool = False, no_deploy
                         " or pass --force to build and deploy again", build, entry)
     is_last = bool(builds) and builds[-1].build_key == key
     if entry is not None and entry.status == L.HEALTHY:
-        current = ledger.current(app)
         if is_last or (current is not None and current.digest == entry.digest):
             return Decision(UP_TO_DATE, f"build {entry.tag} (#{entry.id}) has these inputs", build, entry)
         return Decision(DEPLOY_EXISTING, f"the inputs match build {entry.tag} (#{entry.id}) again", build, entry)
@@ -293,6 +301,9 @@ def _build_with_buildah(app: AppConfig, inputs: Inputs, decision: Decision, ledg
         # The label is part of the image config: HEAD would make every commit anywhere in the repository
         # (docs/, another app's directory) a new image. The last commit that touched the context instead.
         labels.pop(REVISION_LABEL, None)
+        # The build key is in the ledger; as a label it would make a change the image does not see (a file the
+        # Dockerfile never COPYs) a new image, pushed and deployed. Only the docker builder's recovery reads it.
+        labels.pop(BUILD_KEY_LABEL, None)
         commit = buildah.context_commit(settings.context)
         if commit is not None:
             labels[REVISION_LABEL] = commit[1]
@@ -303,10 +314,12 @@ def _build_with_buildah(app: AppConfig, inputs: Inputs, decision: Decision, ledg
                   f"{' (reproducible, timestamp ' + str(stamp) + ')' if stamp is not None else ''} ({inputs.describe()})")
     with buildah.build(settings, inputs.dockerfile.pinned(inputs.base_digests), inputs.context.digest, labels=labels,
                        timestamp=stamp, plain_http=plain_http, state_dir=state_dir, reporter=reporter) as built:
+        current = ledger.current(app.name)
         same = same_image(ledger, registry, app.name, repository, inputs.build_key, built.image_id)
         if same is not None:
             tag, digest = same
-            ledger.event(None, BUILD_UNCHANGED, {"app": app.name, "repository": app.image, "tag": tag, "digest": digest,
+            # On the current entry (same_image looks there first), so decide() finds these inputs up to date next time.
+            ledger.event(current.id if current is not None and current.digest == digest else None, BUILD_UNCHANGED, {"app": app.name, "repository": app.image, "tag": tag, "digest": digest,
                                                  "image_id": built.image_id, "build_key": inputs.build_key})
             where = f"{app.image}:{tag}" if tag else app.image
             return RebuildResult(app.name, EXIT_OK, "unchanged", f"{app.name}: unchanged: the build is image"
@@ -380,7 +393,7 @@ def _earlier_push_of_this_build(engine: Callable[[], Any], app: AppConfig, input
         image = engine().images.get(f"{app.image}:{tag}")
     except docker.errors.ImageNotFound:
         image = None
-    if (image is not None and (image.labels or {}).get("rollout.build-key") == inputs.build_key
+    if (image is not None and (image.labels or {}).get(BUILD_KEY_LABEL) == inputs.build_key
             and (app.registry, app.repository, digest) in repo_digests(image.attrs.get("RepoDigests") or [])):
         return digest
     raise UserError(f"{app.image}:{tag} already exists in the registry: tags are never overwritten;"
@@ -407,7 +420,7 @@ def build_labels(app: AppConfig, inputs: Inputs, created: str | None = None) -> 
     annotation keys (image-spec annotations.md) `org.opencontainers.image.created` (RFC 3339,
     UTC, seconds: `created`, else now), `.base.name`/`.base.digest` of the final stage's external
     base, and `.revision` (the context's full git commit) when known."""
-    labels = {"rollout.build-key": inputs.build_key,
+    labels = {BUILD_KEY_LABEL: inputs.build_key,
               "org.opencontainers.image.created": created or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     base = inputs.dockerfile.final_base(inputs.settings.target)
     if base is not None:

@@ -288,3 +288,26 @@ def test_a_commit_outside_the_context_gives_the_same_image_and_no_cache_pushes_n
     assert report["action"] == "unchanged" and report["digest"] == entry["digest"], report
     assert bed.uploads() == {}, bed.proxy.request_counts
     assert bed.project.history() == [entry]
+
+
+def test_a_key_change_that_leaves_the_image_identical_is_up_to_date_afterwards(bed: Bed) -> None:
+    first = bed.rebuild()
+    assert first.returncode == 0, first.stdout + first.stderr
+    [entry] = bed.project.history()
+    (bed.project.root / "ctx" / "notes.txt").write_text("not copied into the image\n")  # a new build key
+
+    due = bed.project.run("rebuild", "--check")
+    assert due.returncode == 10, due.stdout + due.stderr
+    same = bed.rebuild("--json")
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert json.loads(same.stdout)["action"] == "unchanged"
+
+    check = bed.project.run("rebuild", "--check")
+    assert check.returncode == 0, check.stdout + check.stderr  # not "a rebuild is due" for ever
+    bed.proxy.reset_counts()
+    again = bed.rebuild("--json")
+    assert again.returncode == 0, again.stdout + again.stderr
+    report = json.loads(again.stdout)
+    assert (report["action"], report["tag"], report["digest"]) == ("up-to-date", entry["tag"], entry["digest"]), report
+    assert "[build]" not in again.stderr  # not built again
+    assert bed.project.history() == [entry] and len(bed.events("build:unchanged")) == 1
