@@ -210,9 +210,13 @@ def rebuild(app: AppConfig, *, config_path: Path | None, ledger: Ledger, registr
         return _deploy(app, orchestrator(), inputs, tag, digest, f"rebuild: {decision.why}")
     if inputs.settings.builder == "buildah":
         built = _build_with_buildah(app, inputs, decision, ledger, registry, reporter,
-                                    state_dir or Path(tempfile.gettempdir()))
+                                    state_dir or Path(tempfile.gettempdir()), force=force, no_deploy=no_deploy)
         if isinstance(built, RebuildResult):
             return built
+        if isinstance(built, Decision):
+            tag, digest = _existing(built)
+            reporter.info(f"{app.name}: {built.why}: deploying it")
+            return _deploy(app, orchestrator(), inputs, tag, digest, f"rebuild: {built.why}")
         tag, digest = built
     else:
         tag = _new_tag(app, inputs, ledger)
@@ -286,10 +290,34 @@ def _new_tag(app: AppConfig, inputs: Inputs, ledger: Ledger) -> str:
     return tag
 
 
+def _pushed_not_running(app: AppConfig, inputs: Inputs, ledger: Ledger, same: tuple[str | None, str], *,
+                        force: bool, no_deploy: bool) -> RebuildResult | Decision:
+    """A build that is an image pushed earlier (same_image) but not the one that runs: decide()'s rules for
+    it, never `unchanged`. FAILED_BEFORE (a RebuildResult) when its newest deploy failed (unless force);
+    with no_deploy an `unchanged` result (pushed, not deployed); else a DEPLOY_EXISTING Decision."""
+    tag, digest = same
+    entries = [e for e in rebuild_entries(ledger, app.name, inputs.build_key) if e.digest == digest]
+    entry = entries[0] if entries else None
+    name = f"{app.image}:{tag}" if tag else f"{app.image}@{digest}"
+    if entry is not None and entry.status == L.FAILED and not force:
+        return RebuildResult(app.name, EXIT_OK, FAILED_BEFORE, f"{app.name}: the build is {name}, whose deploy"
+                             f" #{entry.id} failed ({clip(entry.error or 'no reason recorded')}): not deploying it again;"
+                             " change an input, or pass --force", inputs, tag, digest, entry)
+    if no_deploy:
+        return RebuildResult(app.name, EXIT_OK, "unchanged", f"{app.name}: unchanged: the build is {name} ({digest}),"
+                             " already pushed, not deployed (--no-deploy): nothing pushed", inputs, tag, digest)
+    why = "the build is " + name + (f", whose deploy #{entry.id} did not finish ({entry.status})" if entry is not None
+                                    and entry.status != L.HEALTHY else ", pushed earlier but not what runs")
+    build = PushedBuild(app.name, app.image, tag or "", digest, inputs.build_key, inputs.base_digests, at="", deploy=True)
+    return Decision(DEPLOY_EXISTING, why, build, entry if entry is not None and entry.tag else None)
+
+
 def _build_with_buildah(app: AppConfig, inputs: Inputs, decision: Decision, ledger: Ledger, registry: Any,
-                        reporter: Reporter, state_dir: Path) -> RebuildResult | tuple[str, str]:
-    """Build with buildah (rollout.buildah); an already pushed image of this build is `build:unchanged`
-    (a RebuildResult, nothing pushed), else push it under a new tag and return (tag, digest)."""
+                        reporter: Reporter, state_dir: Path, *, force: bool = False,
+                        no_deploy: bool = False) -> RebuildResult | Decision | tuple[str, str]:
+    """Build with buildah (rollout.buildah). A build that is the current entry's image is `build:unchanged`
+    (a RebuildResult, nothing pushed or deployed); one that is an earlier push not running now follows
+    `_pushed_not_running`; else push it under a new tag and return (tag, digest)."""
     from rollout import buildah
     from rollout.reproducible import same_image
 
@@ -316,11 +344,14 @@ def _build_with_buildah(app: AppConfig, inputs: Inputs, decision: Decision, ledg
                        timestamp=stamp, plain_http=plain_http, state_dir=state_dir, reporter=reporter) as built:
         current = ledger.current(app.name)
         same = same_image(ledger, registry, app.name, repository, inputs.build_key, built.image_id)
+        if same is not None and (current is None or current.digest != same[1]):
+            return _pushed_not_running(app, inputs, ledger, same, force=force, no_deploy=no_deploy)
         if same is not None:
             tag, digest = same
-            # On the current entry (same_image looks there first), so decide() finds these inputs up to date next time.
-            ledger.event(current.id if current is not None and current.digest == digest else None, BUILD_UNCHANGED, {"app": app.name, "repository": app.image, "tag": tag, "digest": digest,
-                                                 "image_id": built.image_id, "build_key": inputs.build_key})
+            # On the current entry, so decide() finds these inputs up to date next time.
+            ledger.event(current.id if current is not None else None, BUILD_UNCHANGED, {
+                "app": app.name, "repository": app.image, "tag": tag, "digest": digest, "image_id": built.image_id,
+                "build_key": inputs.build_key})
             where = f"{app.image}:{tag}" if tag else app.image
             return RebuildResult(app.name, EXIT_OK, "unchanged", f"{app.name}: unchanged: the build is image"
                                  f" {built.image_id}, already pushed as {where} ({digest}): nothing pushed or deployed",

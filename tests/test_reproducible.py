@@ -311,3 +311,21 @@ def test_a_key_change_that_leaves_the_image_identical_is_up_to_date_afterwards(b
     assert (report["action"], report["tag"], report["digest"]) == ("up-to-date", entry["tag"], entry["digest"]), report
     assert "[build]" not in again.stderr  # not built again
     assert bed.project.history() == [entry] and len(bed.events("build:unchanged")) == 1
+
+
+def test_no_cache_deploys_a_same_image_that_was_pushed_but_never_deployed(bed: Bed) -> None:
+    pushed = bed.rebuild("--no-deploy", "--json")
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    built = json.loads(pushed.stdout)
+    assert built["action"] == "built" and bed.project.history() == []
+
+    bed.proxy.reset_counts()
+    again = bed.rebuild("--no-cache", "--json")
+    assert again.returncode == 0, again.stdout + again.stderr
+    report = json.loads(again.stdout)
+    assert (report["action"], report["tag"], report["digest"]) == ("deployed", built["tag"], built["digest"]), report
+    assert bed.uploads() == {}, bed.proxy.request_counts  # the pushed image is deployed, not pushed again
+    [entry] = bed.project.history()
+    assert (entry["status"], entry["tag"], entry["digest"]) == ("healthy", built["tag"], built["digest"])
+    assert http_get(f"http://127.0.0.1:{bed.project.port}/payload") == "payload one"
+    assert bed.events("build:unchanged") == []
