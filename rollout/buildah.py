@@ -23,9 +23,11 @@ import datetime as dt
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tarfile
 import tempfile
+import threading
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ from rollout.reference import Reference, checked_digest
 
 PACKAGE = "buildah"  # the Debian (and Fedora) package with the buildah binary
 BUILD_TIMEOUT = 1800  # seconds one `buildah bud` or `buildah push` may take
+STOP_GRACE = 10  # seconds a stopped build has to end after SIGTERM before SIGKILL
 LOG_LINES = 20  # the last lines of a failed build that are shown
 EPOCH_MAX = 253402300799  # 9999-12-31T23:59:59Z: the last second RFC 3339 (and Python's datetime) can write
 LOCAL_NAME = "localhost/rollout-build"  # the image's name in the build's own storage (never pushed as such)
@@ -154,13 +157,17 @@ class Build:
         """Push the image to ref (registry/repository:tag); the registry's manifest digest ("sha256:...").
 
         Blobs the registry already holds are not uploaded again (buildah asks first). Raises
-        RegistryUnreachable (exit 5) when the push fails or names no usable digest.
+        RegistryUnreachable (exit 5) when the push fails, takes over BUILD_TIMEOUT seconds or names
+        no usable digest.
         """
         digest_file = self.storage / "pushed-digest"
         command = self.buildah("push", "--quiet", "--format", "oci", "--digestfile", str(digest_file),
                                *_authfile_args(), f"{LOCAL_NAME}:latest", f"docker://{ref}")
-        result = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT, env=self.env,
-                                stdin=subprocess.DEVNULL)
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT, env=self.env,
+                                    stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:  # run() has killed buildah
+            raise RegistryUnreachable(f"pushing {ref} took over {BUILD_TIMEOUT} s: stopped") from None
         if result.returncode != 0:
             raise RegistryUnreachable(f"pushing {ref} failed: {one_line(result.stderr or result.stdout)}")
         text = digest_file.read_text().strip() if digest_file.is_file() else ""
@@ -175,8 +182,9 @@ def build(settings: Any, pinned_dockerfile: str, context_digest: str, *, labels:
 
     settings: rollout.config.BuildSettings; timestamp: seconds since the epoch for every time in
     the image (None: the current time, not reproducible); plain_http: registries reached over HTTP.
-    Raises UserError (exit 2) when buildah is missing, the build fails or the context changed
-    while it was read.
+    Raises UserError (exit 2) when buildah is missing, the build fails, takes over BUILD_TIMEOUT
+    seconds (its whole process group is stopped) or the context changed while it was read; an
+    exception while it runs (an interrupt) stops the build's process group before it propagates.
     """
     binary()  # missing: exit 2 before anything is written
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -229,25 +237,60 @@ def _authfile_args() -> list[str]:
 
 def _run_build(command: list[str], env: dict[str, str], reporter: Reporter) -> None:
     recent: deque[str] = deque(maxlen=LOG_LINES)
+    # A session of its own: the deadline and an interrupt stop buildah and every process of the build
+    # (a RUN step's too), not only the buildah process.
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                               stdin=subprocess.DEVNULL)
+                               stdin=subprocess.DEVNULL, start_new_session=True)
     assert process.stdout is not None
-    with process:
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        _stop(process)
+
+    # Reading the output blocks until buildah ends: the deadline runs beside it, not after it.
+    deadline = threading.Timer(BUILD_TIMEOUT, expire)
+    deadline.daemon = True
+    deadline.start()
+    try:
         for line in process.stdout:
             line = line.rstrip()
             if line:
                 recent.append(line)
                 if line.startswith("STEP "):
                     reporter.info(f"[build] {line}")
-        try:
-            code = process.wait(timeout=BUILD_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise UserError(f"buildah bud took over {BUILD_TIMEOUT} s: stopped") from None
+        code = process.wait()
+    except BaseException:  # an interrupt (rollout's Interrupted is a BaseException) or a failing reporter
+        _stop(process)
+        raise
+    finally:
+        deadline.cancel()
+        process.stdout.close()
+    if expired.is_set():
+        raise UserError(f"buildah bud took over {BUILD_TIMEOUT} s: stopped (a RUN step that hangs?)")
     if code != 0:
         for line in recent:
             reporter.warn(f"[build] | {line}")
         raise UserError(f"building with buildah failed (exit {code}): {one_line(recent[-1] if recent else '')}")
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    """End the build's process group: SIGTERM (buildah then unmounts what it mounted), up to STOP_GRACE
+    seconds for buildah to end, then SIGKILL for whatever of the group is left (a RUN's processes)."""
+    _signal_group(process, signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_GRACE)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal_group(process, signal.SIGKILL)
+    process.wait()
+
+
+def _signal_group(process: subprocess.Popen[str], sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass  # the whole group has ended
 
 
 def _remove(storage: Path, reporter: Reporter) -> None:

@@ -329,3 +329,58 @@ def test_no_cache_deploys_a_same_image_that_was_pushed_but_never_deployed(bed: B
     assert (entry["status"], entry["tag"], entry["digest"]) == ("healthy", built["tag"], built["digest"])
     assert http_get(f"http://127.0.0.1:{bed.project.port}/payload") == "payload one"
     assert bed.events("build:unchanged") == []
+
+
+def build_processes(storage_parent: Path) -> list[int]:
+    """Processes whose command line or root directory lies under storage_parent (buildah and a RUN's chroot)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            root = os.readlink(proc / "root")
+        except OSError:
+            continue
+        if str(storage_parent) in cmdline or root.startswith(str(storage_parent)):
+            found.append(int(proc.name))
+    return found
+
+
+def hanging_context(context: Path, proxy: RegistryProxy, payload: PayloadServer) -> BuildSettings:
+    context.mkdir(parents=True)
+    (context / "Dockerfile").write_text(f"FROM {proxy.host}/{BASE}\nRUN sleep 90 && wget -q -O /late {payload.url}-late\n")
+    return BuildSettings(context=context, dockerfile=context / "Dockerfile")
+
+
+def start_build(settings: BuildSettings, proxy: RegistryProxy, state: Path, reporter: Any) -> None:
+    dockerfile = read_dockerfile(settings.dockerfile)
+    bases = {str(b): RegistryClient().resolve(b) for b in dockerfile.bases(None)}
+    with buildah.build(settings, dockerfile.pinned(bases), hash_context(settings).digest, labels={}, timestamp=0,
+                       plain_http=[proxy.host], state_dir=state, reporter=reporter):
+        raise AssertionError("the build finished")
+
+
+def test_a_build_past_its_deadline_is_stopped_with_its_run_steps(
+        have_buildah: None, proxy: RegistryProxy, payload: PayloadServer, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    settings, state = hanging_context(tmp_path / "ctx", proxy, payload), tmp_path / "state"
+    monkeypatch.setattr(buildah, "BUILD_TIMEOUT", 20)  # the RUN sleeps 90 s
+    with pytest.raises(buildah.UserError, match="took over 20 s"):
+        start_build(settings, proxy, state, Quiet())
+    assert build_processes(state) == []  # buildah and the RUN's sleep are gone: the wget can never come
+    assert payload.paths == [] and list(state.iterdir()) == []
+
+
+class Interrupting(Quiet):
+    def info(self, message: str) -> None:
+        if "RUN sleep" in message:
+            raise KeyboardInterrupt  # as a SIGINT arriving while the RUN step runs
+
+
+def test_an_interrupt_during_a_build_stops_it_at_once(
+        have_buildah: None, proxy: RegistryProxy, payload: PayloadServer, tmp_path: Path) -> None:
+    settings, state = hanging_context(tmp_path / "ctx", proxy, payload), tmp_path / "state"
+    with pytest.raises(KeyboardInterrupt):
+        start_build(settings, proxy, state, Interrupting())
+    assert build_processes(state) == []  # not waited for: the RUN never got to its wget
+    assert payload.paths == [] and list(state.iterdir()) == []

@@ -8,14 +8,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class PayloadServer:
-    """Serves `body` (bytes, changeable at any time) at `url`; close() stops it."""
+    """Serves `body` (bytes, changeable at any time) at `url` (any path); `paths` lists the paths asked
+    for, in order; close() stops it."""
 
     def __init__(self, body: bytes) -> None:
         self.body = body
+        self.paths: list[str] = []
         served = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                served.paths.append(self.path)
                 body = served.body
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
