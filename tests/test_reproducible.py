@@ -384,3 +384,28 @@ def test_an_interrupt_during_a_build_stops_it_at_once(
         start_build(settings, proxy, state, Interrupting())
     assert build_processes(state) == []  # not waited for: the RUN never got to its wget
     assert payload.paths == [] and list(state.iterdir()) == []
+
+
+def test_another_users_checkout_gives_its_commit_time_and_a_broken_one_is_exit_2(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    checkout = tmp_path / "theirs"
+    (checkout / "ctx").mkdir(parents=True)
+    (checkout / "ctx" / "f").write_text("x")
+    commit(checkout, ["ctx"], 1700000000)
+    subprocess.run(["chown", "-R", "65534:65534", str(checkout)], check=True)  # as a CI user's checkout, rollout as root
+    assert buildah.source_date_epoch(checkout / "ctx") == 1700000000  # not 0 ("detected dubious ownership")
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / ".git").write_text(f"gitdir: {tmp_path / 'gone'}\n")  # a worktree whose repository was removed
+    with pytest.raises(buildah.UserError, match="git cannot read the last commit.*SOURCE_DATE_EPOCH") as caught:
+        buildah.source_date_epoch(broken)
+    assert caught.value.exit_code == 2
+
+    no_git = tmp_path / "bin"
+    no_git.mkdir()
+    monkeypatch.setenv("PATH", str(no_git))
+    with pytest.raises(buildah.UserError, match="install git, or set SOURCE_DATE_EPOCH"):
+        buildah.source_date_epoch(checkout / "ctx")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "42")
+    assert buildah.source_date_epoch(broken) == 42  # the way out the message names
