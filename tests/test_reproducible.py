@@ -409,3 +409,16 @@ def test_another_users_checkout_gives_its_commit_time_and_a_broken_one_is_exit_2
         buildah.source_date_epoch(checkout / "ctx")
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "42")
     assert buildah.source_date_epoch(broken) == 42  # the way out the message names
+
+
+@pytest.mark.parametrize("value", ["²", "99999999999999", "-1", "1.5"])
+def test_a_source_date_epoch_that_is_no_usable_time_is_exit_2(tmp_path: Path, monkeypatch, value: str) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", value)
+    with pytest.raises(buildah.UserError, match="SOURCE_DATE_EPOCH=.* is not a whole number") as caught:
+        buildah.source_date_epoch(tmp_path)
+    assert caught.value.exit_code == 2
+
+
+def test_the_latest_accepted_source_date_epoch_is_a_writable_time(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(buildah.EPOCH_MAX))
+    assert buildah.rfc3339(buildah.source_date_epoch(tmp_path)) == "9999-12-31T23:59:59+00:00"
