@@ -354,8 +354,14 @@ def rebuild(cfg: "Config", app_name: Optional[str] = None, *, reporter: "Reporte
     `wait` seconds, and first finishes a rollout an earlier run left unfinished (a failed
     recovery is the result, action "failed"). Sends the rebuild_skipped / rebuild_built
     notifications the orchestrator never sees. Returns the RebuildResult (its exit_code as
-    deploy's, or 10); raises as deploy, plus ConfigError (2) for a missing build context.
+    deploy's, or 10); raises as deploy, plus ConfigError (2) for a missing build context and
+    UserError (2) for `explain` with any of the other options (it would silently ignore them).
     """
+    given = [flag for flag, on in (("--check", check_only), ("--no-deploy", no_deploy), ("--force", force),
+                                   ("--no-cache", no_cache)) if on]
+    if explain and given:
+        raise UserError(f"rebuild --explain only compares two earlier builds and takes no {', '.join(given)}:"
+                        " run it without them")
     app = cfg.app(app_name)
     return _measured("rebuild", app, cfg, metrics, reporter,
                      lambda: _rebuild(cfg, app, reporter, check_only, no_deploy, force, wait, interrupts, no_cache, explain))

@@ -422,3 +422,12 @@ def test_a_source_date_epoch_that_is_no_usable_time_is_exit_2(tmp_path: Path, mo
 def test_the_latest_accepted_source_date_epoch_is_a_writable_time(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("SOURCE_DATE_EPOCH", str(buildah.EPOCH_MAX))
     assert buildah.rfc3339(buildah.source_date_epoch(tmp_path)) == "9999-12-31T23:59:59+00:00"
+
+
+@pytest.mark.parametrize("option", ["--no-cache", "--force", "--check", "--no-deploy"])
+def test_explain_refuses_the_options_it_would_ignore(project: Project, option: str) -> None:
+    write_config(project, extra='\n[apps.web.build]\ncontext = "."\n')
+    result = project.run("rebuild", "--explain", option)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"takes no {option}" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert project.history() == []
