@@ -514,7 +514,8 @@ class Orchestrator:
                     attempt.failures[target.name] = verdict.reason
                     tail = str(self._quietly(target.logs) or "")
                     self.reporter.logs(target.name, tail)
-                    self._keep_log_tail(entry, target.name, tail)
+                    if getattr(target, "keeps_log_tail", True):  # Target: False when logs() could not mask all
+                        self._keep_log_tail(entry, target.name, tail)
             if attempt.failures:
                 break
             if number < len(batches) and strategy.pause > 0:

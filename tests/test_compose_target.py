@@ -464,3 +464,25 @@ def test_compose_talks_to_the_engine_rollout_talks_to_whatever_the_docker_contex
         assert result.returncode == 0, result.stderr
         assert stack.images(docker_client) == [pinned_to(docker_client, "good2")]
         assert stack.version() == "good2"
+
+
+def test_project_name_is_written_into_the_override(stack: Stack, docker_client) -> None:  # type: ignore[no-untyped-def]
+    """With project_name (rollout's -p), an operator's `docker compose -f compose.yaml -f
+    compose.rollout.yaml up` without -p recreates the same project, not a second one next to it."""
+    stack.write("good1")
+    files_name = f"{stack.project}-files"  # the name the files give, which project_name overrides
+    compose = yaml.safe_load((stack.dir / "compose.yaml").read_text())
+    (stack.dir / "compose.yaml").write_text(yaml.safe_dump({**compose, "name": files_name}))
+    with (stack.root / "rollout.toml").open("a") as config:
+        config.write(f'project_name = "{stack.project}"\n')
+    try:
+        assert stack.run("deploy", "web:good2").returncode == 0
+        [deployed] = stack.replicas(docker_client)
+        assert yaml.safe_load((stack.dir / "compose.rollout.yaml").read_text())["name"] == stack.project
+        stack.compose("up", "-d", "--force-recreate")
+        [recreated] = stack.replicas(docker_client)
+        assert recreated.id != deployed.id and recreated.attrs["Config"]["Image"] == pinned_to(docker_client, "good2")
+        assert docker_client.containers.list(all=True, filters={"label": [f"com.docker.compose.project={files_name}"]}) == []
+    finally:
+        for container in docker_client.containers.list(all=True, filters={"label": [f"com.docker.compose.project={files_name}"]}):
+            container.remove(force=True)

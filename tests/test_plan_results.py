@@ -28,6 +28,8 @@ from support.fakes import IMAGE, FakeResolver, FakeTarget, RecordingReporter, ap
 from support.images import REGISTRY, digest_of
 from support.project import Project, write_config
 from support.proxy import RegistryProxy, start_proxy
+from test_compose_target import compose_v2, stack  # noqa: F401 - fixtures of the compose log-tail test
+from test_kubernetes_pods import kube  # noqa: F401 - the simulator whose kubelet runs pods on the engine
 
 NAMES = ("h1", "h2", "h3", "h4", "h5")
 
@@ -319,3 +321,47 @@ def test_version_names_rollout_python_and_the_clients(tmp_path: Path) -> None:
     assert result.stdout.splitlines() == [
         f"rollout {importlib.metadata.version('rollout')}", f"python {platform.python_version()}",
         f"docker {importlib.metadata.version('docker')}", f"kubernetes {importlib.metadata.version('kubernetes')}"]
+
+
+# -- log tails of the other kinds: masked, or not stored (review of issue 17, P1-2) ----------------
+
+
+def test_a_compose_replicas_log_tail_is_masked_on_stderr_and_in_the_ledger(stack: Any) -> None:
+    """A compose replica that prints a setting at its crash: the value is *** on stderr and in the
+    ledger's log-tail event, as for a docker target (the same masking)."""
+    stack.write("good1", environment={"PORT": str(stack.port), "API_TOKEN": SECRET},
+                command=["sh", "-c", "echo starting with token $$API_TOKEN; echo fatal: no database; exit 3"])
+    failed = stack.run("deploy", "web:good1")
+    assert failed.returncode == 3, failed.stderr
+    assert SECRET not in failed.stderr and "starting with token ***" in failed.stderr
+    shown = stack.run("show", "#1", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["log_tails"] == {"local": ["starting with token ***", "fatal: no database"]}
+
+
+def test_a_kubernetes_containers_log_tail_is_masked_and_not_stored_with_secret_env(kube: Any, tmp_path: Path) -> None:
+    """The crash image prints "fatal: cannot read /etc/app.conf": a literal env value equal to that
+    path is masked (stderr and ledger); once the container also takes a value from a Secret, which
+    rollout cannot mask, the tail is shown on stderr but not stored."""
+    from support.kube import KubeApp
+
+    conf = {"name": "APP_CONF", "value": "/etc/app.conf"}
+    secret = {"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}
+    for env, stored in (([conf], True), ([conf, secret], False)):
+        container = {"name": "app", "image": f"{REGISTRY}/rollout-test/app:good1",
+                     "env": [{"name": "PORT", "value": "8080"}, *env]}
+        (tmp_path / str(len(env))).mkdir()
+        cluster = KubeApp(tmp_path / str(len(env)), kube, {"terminationGracePeriodSeconds": 5,
+                                                           "containers": [container]}, prefix="lt")
+        try:
+            cluster.write_config()
+            assert cluster.run("deploy", "web:good1").returncode == 0
+            failed = cluster.run("deploy", "web:crash")
+            assert failed.returncode == 1, failed.stderr
+            assert "fatal: cannot read ***" in failed.stderr and "/etc/app.conf" not in failed.stderr
+            shown = cluster.run("show", "#2", "--json")
+            assert shown.returncode == 0, shown.stderr
+            tails = json.loads(shown.stdout)["log_tails"]
+            assert tails == ({"cluster": ["fatal: cannot read ***"]} if stored else {}), (env, tails)
+        finally:
+            cluster.kubectl("delete", "deployment", cluster.name, "--wait=false")

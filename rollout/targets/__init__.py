@@ -113,6 +113,9 @@ class Target(Protocol):
     whole entry is recorded healthy (every batch): the release it replaced is stopped (after the
     drain time), so until then a failure elsewhere reverts this target by a switch. What it raises
     is reported as a warning, never changes the verdict.
+    Optional: keeps_log_tail (bool, default True), read after logs(): False when the text logs()
+    returned may hold values it could not mask (a kubernetes container's env from Secrets): the
+    orchestrator then shows it on stderr but does not store it in the ledger's log-tail event.
     Optional: preview(release) -> rollout.plan.Preview, read-only (no pull, no change): whether the
     target would pull release.image and what would change; `--dry-run` calls it (issue 17.1).
 
@@ -145,8 +148,9 @@ class Target(Protocol):
         """A Watch of what the last apply() started; raises OutOfOrder when apply() did not succeed first."""
 
     def logs(self, lines: int = 20) -> str:
-        """The last `lines` lines the released app wrote ("" when there are none or they cannot be
-        read: logs are a courtesy for a failure report and never raise)."""
+        """The last `lines` lines the released app wrote, the values of its environment masked
+        ("" when there are none or they cannot be read: logs are a courtesy for a failure report
+        and never raise)."""
 
     def stop(self) -> None:
         """Stop what the last apply started (a first release failed and there is nothing to go back to),

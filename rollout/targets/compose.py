@@ -378,7 +378,7 @@ class ComposeTarget:
     def _pin(self, image: str) -> str | None:
         """Set services.SERVICE.image to image in the override file, keeping every other key, and drop
         (with a warning) the entries of services the project's files no longer define, which Compose
-        would run as services of their own; return its text before (None: there was none). Needs
+        would run as services of their own; top-level `name:` is project_name (none without it); return its text before (None: there was none). Needs
         project() first. Raises UserError when the file is not a mapping of services."""
         with self._locked():
             before = self.override.read_text(encoding="utf-8") if self.override.is_file() else None
@@ -394,6 +394,12 @@ class ComposeTarget:
                             self.name, ", ".join(stale), self.override)
             for name in stale:
                 del services[name]
+            # -p is rollout's alone: the project's name in the file too, so an operator's `up` with the
+            # override but without -p recreates this project instead of starting a second one.
+            if self.project_name:
+                data["name"] = self.project_name
+            else:
+                data.pop("name", None)
             entry = services.get(self.service) or {}
             if not isinstance(entry, dict):
                 raise UserError(f"target {self.name}: services.{self.service} in {self.override} is not a mapping:"

@@ -76,6 +76,7 @@ class KubernetesTarget:
         self._image_before: str | None = None
         self._generation: int | None = None
         self._warned = False  # the init-container warning is given once per command
+        self.keeps_log_tail = True  # Target.keeps_log_tail; logs() says whether it could mask everything
         # restartCount of the moved container per pod uid, read by apply just before its PATCH:
         # restarts count from the rollout's start (issue 11 item 9), not from when verification begins.
         self._restarts_before: dict[str, int] | None = None
@@ -234,14 +235,25 @@ class KubernetesTarget:
     def logs(self, lines: int = 20) -> str:
         """The last `lines` lines the moved container of a new pod wrote: of the container that
         died for a pod that restarted (pods/log `previous`), else of the current one. "" when
-        no pod has any (logs are a courtesy; the verdict already stands)."""
+        no pod has any (logs are a courtesy; the verdict already stands).
+
+        The container's literal env values are masked (mask_env, as the docker kind does). Values
+        from Secrets or ConfigMaps (env[].valueFrom, envFrom) cannot be without reading them, so a
+        container with any sets keeps_log_tail False: the tail is shown on stderr, never stored in
+        the ledger (rollout.orchestrator)."""
+        from rollout.targets.docker.target import mask_env
+
         _, core = self.apis
         try:
             deployment = self._read()
             container = self._container or self._pick_container(deployment)
             pods = self._new_pods(deployment)
+            spec = _container(deployment, container)
         except Exception:  # noqa: BLE001 - see above
             return ""
+        env = spec.get("env") or []
+        literal = [f"{item['name']}={item['value']}" for item in env if isinstance(item.get("value"), str)]
+        self.keeps_log_tail = not spec.get("envFrom") and not any("valueFrom" in item for item in env)
         for pod in pods:
             statuses = [s for s in pod.get("status", {}).get("containerStatuses") or [] if s.get("name") == container]
             restarted = bool(statuses and statuses[0].get("restartCount"))
@@ -252,7 +264,7 @@ class KubernetesTarget:
             except Exception:  # noqa: BLE001 - 400 while a container waits to start: try the next pod
                 continue
             if text.strip():
-                return text
+                return mask_env(text, literal, [])
         return ""
 
     def stop(self) -> None:

@@ -309,12 +309,9 @@ class DockerTarget:
         if self._started_id is None:
             return ""
         try:
-            container = self.client.containers.get(self._started_id)
-            raw = container.logs(tail=lines)
-            image_env = self._image_config(container.attrs).get("Env") or []
+            return masked_logs(self.client, self.client.containers.get(self._started_id), lines)
         except (docker.errors.NotFound, requests.exceptions.ConnectionError):
             return ""  # gone, or the engine is: what matters is said elsewhere
-        return mask_env(raw.decode("utf-8", "replace"), container.attrs["Config"].get("Env") or [], image_env)
 
     def stop(self) -> None:
         """Undo the last apply (when there is no healthy release to revert to): the container it
@@ -832,6 +829,18 @@ class _Beside:
 
 MASK = "***"
 MIN_MASKED = 4  # characters: shorter values ("1", "on", "yes") would mask half the log and hide nothing
+
+
+def masked_logs(client: Any, container: Any, lines: int) -> str:
+    """The last `lines` lines (stdout and stderr) of container (a Docker SDK Container) with the
+    values of its environment masked (mask_env; its image's own Env is public). The docker and
+    compose kinds' logs(). Raises what the SDK raises (NotFound: it is gone; ConnectionError)."""
+    raw = container.logs(tail=lines)
+    try:
+        image_env = (client.api.inspect_image(container.attrs["Image"]).get("Config") or {}).get("Env") or []
+    except docker.errors.ImageNotFound:
+        image_env = []  # its image is gone: mask every value, the image's own too
+    return mask_env(raw.decode("utf-8", "replace"), container.attrs["Config"].get("Env") or [], image_env)
 
 
 def mask_env(text: str, env: list[str], image_env: list[str]) -> str:
