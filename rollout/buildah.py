@@ -59,11 +59,16 @@ class Reporter(Protocol):
 
 
 def binary() -> str:
-    """The buildah executable's path; UserError (exit 2) naming the package when it is not installed."""
+    """The buildah executable's path. UserError (exit 2) naming the package when it is not installed, and
+    naming root when rollout does not run as root (vfs storage and chroot isolation need it; buildah's
+    own error for that names neither)."""
     found = shutil.which("buildah")
     if found is None:
         raise UserError(f"builder = \"buildah\" needs the buildah program, which is not installed:"
                         f" install the `{PACKAGE}` package (Debian/Ubuntu: apt-get install {PACKAGE})")
+    if os.geteuid() != 0:
+        raise UserError("builder = \"buildah\" builds as root (chroot isolation, vfs storage) and rollout runs as"
+                        f" user id {os.geteuid()}: run it as root, or use builder = \"docker\"")
     return found
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -431,3 +432,12 @@ def test_explain_refuses_the_options_it_would_ignore(project: Project, option: s
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"takes no {option}" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert project.history() == []
+
+
+def test_buildah_without_root_is_exit_2_saying_so(have_buildah: None) -> None:
+    script = ("import sys\nfrom rollout import buildah\ntry:\n    buildah.binary()\nexcept buildah.UserError as e:\n"
+              "    print(e)\n    sys.exit(e.exit_code)\n")
+    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", script],
+                            capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "as root" in result.stdout and "user id 65534" in result.stdout
