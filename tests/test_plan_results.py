@@ -365,3 +365,48 @@ def test_a_kubernetes_containers_log_tail_is_masked_and_not_stored_with_secret_e
             assert tails == ({"cluster": ["fatal: cannot read ***"]} if stored else {}), (env, tails)
         finally:
             cluster.kubectl("delete", "deployment", cluster.name, "--wait=false")
+
+
+# -- a plan refuses what the deploy would refuse, behind a router (review of issue 17, P1-3) ------
+
+
+def test_a_plan_behind_a_router_refuses_what_the_deploy_refuses(project: Project, tmp_path: Path,
+                                                                docker_client: Any) -> None:
+    """--dry-run with a traffic section runs the deploy's read-only refusals: an idle slot without a
+    HAProxy server line (2), something else listening on the idle slot (2), an unreachable admin
+    socket (5); each changes nothing."""
+    import socket
+
+    from support.ports import free_port
+    from support.routers import proxy
+    from support.traffic import deploy, write_traffic_config
+
+    slots = [free_port(), free_port()]
+    with proxy("haproxy", tmp_path, [f"127.0.0.1:{s}" for s in slots]) as running:
+        write_traffic_config(project, running, slots)
+        assert deploy(project, "good1").returncode == 0
+        live = docker_client.containers.get(project.container)
+        [idle] = [s for s in slots if s != int(live.labels["rollout.slot"])]
+
+        def plan_fails(code: int, words: str) -> None:
+            result = project.run("deploy", "web:good2", "--dry-run")
+            assert result.returncode == code, result.stderr
+            [error] = [line for line in result.stderr.splitlines() if line.startswith("rollout: error:")]
+            assert words in error and "Traceback" not in result.stderr, result.stderr
+            assert [(e["tag"], e["status"]) for e in project.history()] == [("good1", "healthy")]
+            assert [c.id for c in docker_client.containers.list(all=True, filters={"name": project.container})] == [live.id]
+
+        squatter = socket.socket()
+        try:
+            squatter.bind(("127.0.0.1", idle))
+            squatter.listen()
+            plan_fails(2, f"slot {idle} is in use by something")
+        finally:
+            squatter.close()
+        unknown = free_port()
+        write_traffic_config(project, running, [int(live.labels["rollout.slot"]), unknown])
+        plan_fails(2, f"no server at 127.0.0.1:{unknown}")
+        write_traffic_config(project, running, slots, admin="unix:///nonexistent/admin.sock")
+        plan_fails(5, "cannot be reached")
+        write_traffic_config(project, running, slots)
+        assert project.run("deploy", "web:good2", "--dry-run").returncode == 0

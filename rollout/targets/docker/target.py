@@ -175,10 +175,53 @@ class DockerTarget:
         except docker.errors.ImageNotFound:
             raise TargetUnreachable(f"target {self.name}: pulling {release.image} did not produce the image") from None
 
+    def _slot_for(self, release: Release, live: Any, ours: list[Any]) -> tuple[Any, int]:
+        """(a container of ours already running release.image on a slot, the routed one first; its
+        slot) or (None, the idle slot), as apply_beside's docstring says; reads only (self._upstreams,
+        from prepare or preview). Raises NotApplied (exit 2) when no slot is idle."""
+        assert self.traffic is not None
+        routed = {port_of(address) for address in self._upstreams}
+        serving = sorted((c for c in ours if c.status == "running" and c.attrs["Config"]["Image"] == release.image
+                          and _slot_of(c) in self.traffic.slots),
+                         key=lambda c: _slot_of(c) not in routed)
+        if serving:
+            return serving[0], _slot_of(serving[0])
+        taken = routed | ({_slot_of(live)} if live is not None else set())
+        if live is not None and _slot_of(live) is not None:
+            # The router sent to a slot where nothing of ours runs (an operator's edit, a
+            # drift `status` shows): that slot serves nothing, so it is idle.
+            taken -= routed - {_slot_of(c) for c in ours if c.status == "running"}
+        slot = next((s for s in self.traffic.slots if s not in taken), None)
+        if slot is None:
+            raise NotApplied(f"target {self.name}: no idle slot among {list(self.traffic.slots)} (the router"
+                             f" sends traffic to {', '.join(self._upstreams)}): add a slot", exit_code=EXIT_USAGE)
+        return None, slot
+
+    def _check_slot_free(self, slot: int) -> None:
+        """Raise NotApplied (exit 2) when something listens on the idle slot: it would pass the
+        slot's probe and take the traffic (traffic.slot_in_use)."""
+        holder = slot_in_use(self.health.http, slot)
+        if holder:
+            raise NotApplied(f"target {self.name}: slot {slot} is in use by something that is not this"
+                             f" app's container ({holder}): free that port or change traffic.slots",
+                             exit_code=EXIT_USAGE)
+
     def preview(self, release: Release) -> Preview:
         """What apply(release) would change, read-only (rollout.plan): the container (and the route,
         with a traffic section) and whether prepare() would pull: the engine is asked whether it has
-        the image (GET /images/NAME/json, no registry request). Raises TargetUnreachable (exit 5)."""
+        the image (GET /images/NAME/json, no registry request). With a traffic section it refuses
+        what prepare and apply would, reading only: the router's checks and where the traffic goes
+        (RouterConfigError exit 2, RouterUnreachable exit 5), no idle slot or one something else
+        listens on (NotApplied, exit 2). Raises TargetUnreachable (exit 5)."""
+        if self.traffic is not None:
+            self.router.check([upstream(slot) for slot in self.traffic.slots])
+            self._upstreams = self.router.upstreams()
+            live = self._container(self.container_name)
+            ours = ([live] if live is not None else []) + self._retired()
+            serving, slot = self._slot_for(release, live, ours)
+            # apply stops a leftover of ours on the idle slot first; anything else there is refused.
+            if serving is None and not any(_slot_of(c) == slot and c.status == "running" for c in ours):
+                self._check_slot_free(slot)
         try:
             engine_call(self.where, lambda: self.client.images.get(release.image))
             pull = False
@@ -416,32 +459,15 @@ class DockerTarget:
             retired = self._retired()
             before = self._configured_image(live) if live is not None else None
             ours = ([live] if live is not None else []) + retired
-            routed = {port_of(address) for address in self._upstreams}
-            serving = sorted((c for c in ours if c.status == "running" and c.attrs["Config"]["Image"] == release.image
-                              and _slot_of(c) in self.traffic.slots),
-                             key=lambda c: _slot_of(c) not in routed)
-            previous = live if live is not None and (not serving or serving[0].id != live.id) else None
-            if serving:
-                container, slot, started = serving[0], _slot_of(serving[0]), False
+            serving, slot = self._slot_for(release, live, ours)
+            previous = live if live is not None and (serving is None or serving.id != live.id) else None
+            if serving is not None:
+                container, started = serving, False
             else:
-                taken = routed | ({_slot_of(live)} if live is not None else set())
-                if live is not None and _slot_of(live) is not None:
-                    # The router sent to a slot where nothing of ours runs (an operator's edit, a
-                    # drift `status` shows): that slot serves nothing, so it is idle.
-                    taken -= routed - {_slot_of(c) for c in ours if c.status == "running"}
-                slot = next((s for s in self.traffic.slots if s not in taken), None)
-                if slot is None:
-                    raise NotApplied(f"target {self.name}: no idle slot among {list(self.traffic.slots)} (the router"
-                                     f" sends traffic to {', '.join(self._upstreams)}): add a slot", exit_code=EXIT_USAGE)
                 for other in ours:
                     if other is not live and _slot_of(other) == slot and other.status != "exited":
                         self._quiet(other)  # a leftover on the idle slot would hold its port
-                holder = slot_in_use(self.health.http, slot)
-                if holder:
-                    # Whatever listens there would pass the slot's probe and take the traffic.
-                    raise NotApplied(f"target {self.name}: slot {slot} is in use by something that is not this"
-                                     f" app's container ({holder}): free that port or change traffic.slots",
-                                     exit_code=EXIT_USAGE)
+                self._check_slot_free(slot)
                 spare = next((c for c in retired if c.attrs["Config"]["Image"] == release.image
                               and _slot_of(c) == slot), None)
                 if spare is not None:
