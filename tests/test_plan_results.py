@@ -410,3 +410,22 @@ def test_a_plan_behind_a_router_refuses_what_the_deploy_refuses(project: Project
         plan_fails(5, "cannot be reached")
         write_traffic_config(project, running, slots)
         assert project.run("deploy", "web:good2", "--dry-run").returncode == 0
+
+
+def test_a_plan_on_an_on_delete_statefulset_is_refused_like_the_deploy(kube: Any, tmp_path: Path) -> None:
+    """--dry-run runs the kubernetes target's refusals (Workload.refusal) as prepare does: an
+    OnDelete StatefulSet is exit 2 naming it, not a plan (review of issue 17, P1-4)."""
+    from support.kube import KubeApp
+
+    container = {"name": "app", "image": f"{REGISTRY}/rollout-test/app:good1", "env": [{"name": "PORT", "value": "8080"}]}
+    cluster = KubeApp(tmp_path, kube, {"terminationGracePeriodSeconds": 5, "containers": [container]}, prefix="od",
+                      workload="statefulset", strategy={"type": "OnDelete"})
+    try:
+        cluster.write_config()
+        plan = cluster.run("deploy", "web:good2", "--dry-run")
+        assert plan.returncode == 2, plan.stderr
+        [line] = [line for line in plan.stderr.splitlines() if line.startswith("rollout: error:")]
+        assert f"statefulset {cluster.name} has updateStrategy OnDelete" in line and "Traceback" not in plan.stderr
+        assert cluster.run("history", "--json").stdout.strip() in ("", "[]")
+    finally:
+        cluster.kubectl("delete", "statefulset", cluster.name, "--wait=false")

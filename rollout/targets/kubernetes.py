@@ -146,7 +146,11 @@ class KubernetesTarget:
         """What apply(release) would change, read-only (rollout.plan): the Deployment's container
         whose image moves; pull None (each node's kubelet decides). Raises TargetUnreachable (5),
         UserError (2) when the container cannot be chosen."""
-        container = self._pick_container(self._read())
+        obj = self._read()
+        refusal = self.workload.refusal(obj)
+        if refusal:  # the same refusal as prepare's: a plan must not promise a deploy that exits 2
+            raise UserError(f"target {self.name}: {refusal}")
+        container = self._pick_container(obj)
         return Preview(f"Deployment {self.namespace}/{self.deployment} container {container}", None)
 
     def prepare(self, release: Release) -> None:
