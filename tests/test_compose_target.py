@@ -486,3 +486,21 @@ def test_project_name_is_written_into_the_override(stack: Stack, docker_client) 
     finally:
         for container in docker_client.containers.list(all=True, filters={"label": [f"com.docker.compose.project={files_name}"]}):
             container.remove(force=True)
+
+
+def test_an_up_that_compose_fails_is_reverted_with_its_reason(stack: Stack, docker_client) -> None:  # type: ignore[no-untyped-def]
+    """`up` refused by Compose after the pin (here a bind mount whose source went away since the last
+    deploy) fails the release with Compose's reason, and the revert runs the same `up`."""
+    data = stack.dir / "data"
+    data.mkdir(parents=True)
+    stack.write("good1", volumes=[{"type": "bind", "source": "./data", "target": "/data",
+                                   "bind": {"create_host_path": False}}])
+    assert stack.run("deploy", "web:good1").returncode == 0
+    data.rmdir()
+    result = stack.run("deploy", "web:good2")
+    assert result.returncode == 1, result.stderr  # failed and reverted
+    assert "apply failed: target local: docker compose up in" in result.stderr
+    assert "bind source path does not exist" in result.stderr
+    revert, failed, _ = stack.run_json("history")
+    assert (failed["tag"], failed["status"], revert["kind"], revert["status"]) == ("good2", "failed", "revert", "healthy")
+    assert stack.version() == "good1" and stack.pinned() == pinned_to(docker_client, "good1")

@@ -308,7 +308,9 @@ class ComposeTarget:
 
         The override is rewritten under a lock on project_dir (another app's service may share the
         file). An error before `up` is NotApplied (the file is as it was); a failing `up` raises
-        TargetUnreachable and the orchestrator reverts (the containers may have been recreated)."""
+        UserError (exit 2, Compose's one-line reason: it refused to create or start a replica) or
+        TargetUnreachable (exit 5: the engine went away, or `up` took longer than COMPOSE_TIMEOUT), and
+        either way the orchestrator reverts (the containers may have been recreated)."""
         self._started = None
         try:
             project = self.project()
