@@ -240,7 +240,7 @@ class Orchestrator:
             self.ledger.event(entry.id, "drift", {"targets": drifted, "from_entry": current.id if current else None})
         if origin is not None:
             self.ledger.event(entry.id, "promoted", origin)
-        return self._run(entry, f"#{entry.id} {kind} {self.app.name} {_label(entry)}", moving)
+        return self._run(entry, f"#{entry.id} {kind} {self.app.name} {_label(entry)}", moving, repair=bool(drifted))
 
     def _to_move(self, digest: str, current: Entry | None, running: dict[str, Running], *,
                  idempotent: bool) -> list[Target]:
@@ -260,7 +260,8 @@ class Orchestrator:
         current = self.ledger.current(self.app.name)
         moving = self._to_move(digest, current, running, idempotent=not force)
         release = Release(0, ref.name, ref.tag, digest, "plan")
-        return self._plan(L.DEPLOY, release, current, running, moving)
+        repair = not force and current is not None and current.digest == digest and bool(moving)
+        return self._plan(L.DEPLOY, release, current, running, moving, repair=repair)
 
     def plan_revert(self, to: Entry | None = None) -> Plan:
         """What `revert(to)` would do now, changing nothing; raises what revert raises before it
@@ -271,7 +272,7 @@ class Orchestrator:
         return self._plan(L.REVERT, release, current, running, list(self.targets), reverts_to=to)
 
     def _plan(self, kind: str, release: Release, current: Entry | None, running: dict[str, Running],
-              moving: list[Target], reverts_to: Entry | None = None) -> Plan:
+              moving: list[Target], reverts_to: Entry | None = None, repair: bool = False) -> Plan:
         previews = {}
         for target, result in _each(lambda t: preview_of(t, release), moving, self.strategy.max_parallel):
             if isinstance(result, RolloutError):
@@ -286,8 +287,8 @@ class Orchestrator:
         batches = [[t.name for t in batch] for batch in plan_batches(moving, self.strategy)] if moving else []
         return Plan(kind=kind, app=self.app.name, repository=release.repository, tag=release.tag,
                     digest=release.digest, current=current, targets=targets, batches=batches,
-                    on_failure=self.ledger.last_healthy(self.app.name, not_digest=release.digest),
-                    reverts_to=reverts_to)
+                    on_failure=None if repair else self.ledger.last_healthy(self.app.name, not_digest=release.digest),
+                    reverts_to=reverts_to, repair=repair)
 
     def revert(self, to: Entry | None = None, *, reason: str | None = None) -> Outcome:
         """Go back to `to`, or by default to the healthy entry before the current one with another digest.
@@ -371,13 +372,16 @@ class Orchestrator:
         self._tell("reverted", self.ledger.get(revert.id), reason=reason, interrupted_entries=interrupted)
         return Outcome(EXIT_OK, self.ledger.get(revert.id), message=f"restored #{good.id} {_label(good)}")
 
-    def _run(self, entry: Entry, announcement: str, targets: list[Target] | None = None) -> Outcome:
+    def _run(self, entry: Entry, announcement: str, targets: list[Target] | None = None, *,
+             repair: bool = False) -> Outcome:
+        """Attempt entry on targets (default: all) and answer a failure (_run_uninterrupted); recover
+        on a signal. `repair`: the entry brings drifted targets back to the current entry's digest."""
         self._attempting = entry
         # The try starts right after the entry is recorded: a signal at any later moment is recovered.
         try:
             self.reporter.info(announcement)
             self._tell("started", entry)
-            outcome = self._run_uninterrupted(entry, self.targets if targets is None else targets)
+            outcome = self._run_uninterrupted(entry, self.targets if targets is None else targets, repair=repair)
             outcome.durations = dict(self._durations)
             # Read back by `rollout show` (resolve happened before the entry existed: only here).
             self.ledger.event(entry.id, "timings", {"seconds": {k: v for k, v in outcome.durations.items()
@@ -399,11 +403,13 @@ class Orchestrator:
                             f" {ours.status}): stopped without changing anything more; it recovers {name}"
                             f" (see `rollout status {name}`)") from None
 
-    def _run_uninterrupted(self, entry: Entry, targets: list[Target]) -> Outcome:
+    def _run_uninterrupted(self, entry: Entry, targets: list[Target], *, repair: bool = False) -> Outcome:
         # What a failure goes back to, asked before any target changes: afterwards the ledger's
         # server may be away (LedgerBackend.tolerate_outage). Under the lock nothing else can
         # make another entry of this app healthy meanwhile, so the answer is the same.
-        good = self.ledger.last_healthy(self.app.name, not_digest=entry.digest)
+        # A failed repair of drifted targets goes back to nothing older: the other targets still
+        # run the current entry, which must stay current (review of issue 17, P2-1).
+        good = None if repair else self.ledger.last_healthy(self.app.name, not_digest=entry.digest)
         attempt = self._attempt(entry, targets, settle_failure=False, timed=True)
         if not attempt.failures:
             self._tell("healthy", entry)
@@ -423,6 +429,10 @@ class Orchestrator:
                 self._quietly(target.stop)
             message = (f"#{entry.id} failed ({attempt.reason}) and there is no healthy entry to go back to:"
                        " the failed release was stopped, and what it replaced was put back as it was before")
+            if repair:
+                message = (f"#{entry.id} failed to bring back {', '.join(t.name for t in targets)} ({attempt.reason}):"
+                           f" not reverted to an older release; the failed release was stopped there and what it"
+                           f" replaced put back; #{entry.previous_id} stays current elsewhere: act now")
             return Outcome(EXIT_UNRECOVERED, failed, message=message, targets=attempt.verdicts)
         self.reporter.warn(f"#{entry.id} failed: {attempt.reason}; reverting to #{good.id} {_label(good)} as #{revert.id}")
         try:

@@ -56,7 +56,8 @@ class Plan:
     """What `deploy --dry-run` / `revert --dry-run` print. `kind` deploy or revert; `current` the app's
     current healthy entry; `batches` the target names per batch, in order (empty: nothing moves);
     `on_failure` the healthy entry a failure would revert to (None: the failed release would be
-    stopped and what it replaced put back); `reverts_to` the entry a revert restores; `notes`
+    stopped and what it replaced put back); `repair` the deploy only brings drifted targets back to
+    the current entry's digest (a failure then reverts to nothing older); `reverts_to` the entry a revert restores; `notes`
     lines the operations layer adds (e.g. an unfinished rollout would be recovered first)."""
 
     kind: str
@@ -69,6 +70,7 @@ class Plan:
     batches: list[list[str]]
     on_failure: "Entry | None"
     reverts_to: "Entry | None" = None
+    repair: bool = False
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -81,7 +83,7 @@ class Plan:
         return {"dry_run": True, "kind": self.kind, "app": self.app, "repository": self.repository, "tag": self.tag,
                 "digest": self.digest, "unchanged": self.unchanged, "current": _brief(self.current),
                 "reverts_to": _brief(self.reverts_to), "on_failure_reverts_to": _brief(self.on_failure),
-                "batches": self.batches, "notes": self.notes,
+                "batches": self.batches, "repair": self.repair, "notes": self.notes,
                 "targets": [{"name": t.name, "current_digest": t.current_digest, "new_digest": t.new_digest,
                              "moves": t.moves, "pull": t.pull, "changes": t.changes} for t in self.targets]}
 
@@ -109,8 +111,13 @@ class Plan:
             out.append("  batches: " + " | ".join(", ".join(batch) for batch in self.batches))
         if not self.unchanged:
             back = self.on_failure
-            out.append(f"  on failure: revert to #{back.id} {back.tag or '-'} ({short_digest(back.digest)})" if back
-                       else "  on failure: no healthy entry to revert to: the failed release would be stopped")
+            if self.repair:
+                assert self.current is not None
+                out.append(f"  on failure: no revert to an older release (a repair of drifted targets): the failed"
+                           f" release would be stopped there, #{self.current.id} stays current, exit 3")
+            else:
+                out.append(f"  on failure: revert to #{back.id} {back.tag or '-'} ({short_digest(back.digest)})" if back
+                           else "  on failure: no healthy entry to revert to: the failed release would be stopped")
         out.extend(f"  note: {note}" for note in self.notes)
         out.append("  (dry run: nothing was recorded, locked, pulled or changed)")
         return out

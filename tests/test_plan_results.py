@@ -93,6 +93,32 @@ def test_a_plan_of_what_already_runs_moves_nothing_and_force_moves_all(memory_le
     assert drifted.batches == [["h2"]] and [t.moves for t in drifted.targets] == [False, True]
 
 
+def test_a_failed_repair_of_a_drifted_target_goes_back_to_nothing_older(memory_ledger: LedgerBackend) -> None:
+    """h1, h2 run #2 (good), h2 drifted; the cron deploy of good moves h2 only and it fails there:
+    no revert to #1 (old) on h2, #2 stays current, exit 3 naming h2; the plan said so (review P2-1)."""
+    from rollout.errors import EXIT_UNRECOVERED
+
+    targets = [FakeTarget(name) for name in NAMES[:2]]
+    resolver = FakeResolver({"old": fake_digest("old"), "good": fake_digest("good")})
+    orchestrator = Orchestrator(app_config(NAMES[:2]), memory_ledger, resolver, targets, scripted_verifier,
+                                RecordingReporter())  # type: ignore[arg-type]
+    assert orchestrator.deploy(parse(f"{IMAGE}:old")).exit_code == EXIT_OK
+    current = orchestrator.deploy(parse(f"{IMAGE}:good")).entry
+    targets[1].halted = True
+    targets[1].behaviours[fake_digest("good")] = crashes()
+    plan = orchestrator.plan_deploy(parse(f"{IMAGE}:good"))
+    assert plan.repair and plan.on_failure is None
+    assert any(line.startswith("  on failure: no revert to an older release") for line in plan.lines())
+
+    outcome = orchestrator.deploy(parse(f"{IMAGE}:good"))
+
+    assert outcome.exit_code == EXIT_UNRECOVERED and outcome.revert is None
+    assert "failed to bring back h2" in outcome.message and f"#{current.id} stays current" in outcome.message
+    assert memory_ledger.current("web").id == current.id
+    assert [e.kind for e in memory_ledger.history("web")] == ["deploy", "deploy", "deploy"]
+    assert fake_digest("old") not in targets[1].applied()[2:]
+
+
 # -- the real CLI on the real engine and registry -------------------------------------------------
 
 
