@@ -223,7 +223,7 @@ def promote(cfg: "Config", app_name: str, *, source_app: Optional[str] = None, s
 
     def deploy(orchestrator: "Orchestrator") -> "Outcome":
         try:
-            return orchestrator.deploy(ref, reason=reason or origin.describe(), force=force, origin=origin.to_json())
+            return orchestrator.deploy(ref, reason=f"{origin.describe()}: {reason}" if reason else origin.describe(), force=force, origin=origin.to_json())
         except TagNotFound:
             raise UserError(f"{origin.digest} (#{origin.entry_id} of {origin.app}) is not in {app.image}: copy that"
                             f" exact image there first, e.g. crane copy {origin.repository}@{origin.digest}"

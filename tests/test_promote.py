@@ -82,6 +82,11 @@ def test_promote_deploys_the_sources_exact_digest_and_records_where_it_came_from
     assert event["detail"] == source
     again = project.run("promote", "web", "--from", "web-staging")
     assert again.returncode == 0 and "already running" in again.stdout, "a second promote changes nothing"
+    # --reason adds to the origin, never replaces it (review P3-2)
+    forced = project.run("promote", "web", "--from", "web-staging", "--force", "--reason", "ticket 42")
+    assert forced.returncode == 0, forced.stderr
+    assert project.json("history", "web", "--json")[0]["reason"] == (
+        f"promoted from web-staging #{staged['id']} good2: ticket 42")
 
 
 def test_a_source_whose_current_entry_is_not_healthy_is_refused_and_nothing_changes(  # type: ignore[no-untyped-def]
