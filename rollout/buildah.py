@@ -20,6 +20,7 @@ never with buildah's global `--tls-verify=false`.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import os
 import re
 import shutil
@@ -43,6 +44,7 @@ BUILD_TIMEOUT = 1800  # seconds one `buildah bud` or `buildah push` may take
 STOP_GRACE = 10  # seconds a stopped build has to end after SIGTERM before SIGKILL
 LOG_LINES = 20  # the last lines of a failed build that are shown
 EPOCH_MAX = 253402300799  # 9999-12-31T23:59:59Z: the last second RFC 3339 (and Python's datetime) can write
+LOCK_FILE = "lock"  # in each storage root: flock'ed while a build uses it
 LOCAL_NAME = "localhost/rollout-build"  # the image's name in the build's own storage (never pushed as such)
 
 
@@ -152,6 +154,7 @@ class Build:
     storage: Path
     image_id: str  # "sha256:<64 hex>": the digest of the image config (what the image *is*)
     env: dict[str, str]
+    lock: int  # the storage root's lock (a file descriptor), passed on to every buildah process
 
     def buildah(self, *args: str) -> list[str]:
         """The buildah command line for args, in this build's storage root."""
@@ -170,7 +173,7 @@ class Build:
                                *_authfile_args(), f"{LOCAL_NAME}:latest", f"docker://{ref}")
         try:
             result = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT, env=self.env,
-                                    stdin=subprocess.DEVNULL)
+                                    stdin=subprocess.DEVNULL, pass_fds=(self.lock,))
         except subprocess.TimeoutExpired:  # run() has killed buildah
             raise RegistryUnreachable(f"pushing {ref} took over {BUILD_TIMEOUT} s: stopped") from None
         if result.returncode != 0:
@@ -193,8 +196,13 @@ def build(settings: Any, pinned_dockerfile: str, context_digest: str, *, labels:
     """
     binary()  # missing: exit 2 before anything is written
     state_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_roots(state_dir, reporter)
     storage = Path(tempfile.mkdtemp(prefix="buildah-", dir=state_dir))
+    lock = os.open(storage / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
+        # Held as long as this run or any buildah it started lives (they inherit it): a root whose lock is
+        # free was left by a run killed before its `finally` (SIGKILL, OOM) and goes at the next build.
+        fcntl.flock(lock, fcntl.LOCK_EX)
         context = storage / "context"
         context.mkdir()
         with tempfile.TemporaryFile(dir=storage) as archive:
@@ -210,7 +218,7 @@ def build(settings: Any, pinned_dockerfile: str, context_digest: str, *, labels:
         conf = storage / "registries.conf"
         conf.write_text(registries_conf(plain_http))
         env = {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(conf), "BUILDAH_FORMAT": "oci"}
-        made = Build(storage, "", env)
+        made = Build(storage, "", env, lock)
         iid = storage / "image-id"
         # --layers: a layer per step, as docker makes them, so `rebuild --explain` can name the step that differs
         # (without it buildah squashes the Dockerfile's steps into one layer); a new storage root caches nothing.
@@ -227,12 +235,34 @@ def build(settings: Any, pinned_dockerfile: str, context_digest: str, *, labels:
             args += ["--target", settings.target]
         if settings.platform:
             args += ["--platform", settings.platform]
-        _run_build(made.buildah(*args, str(context)), env, reporter)
+        _run_build(made.buildah(*args, str(context)), env, reporter, lock)
         made.image_id = checked_digest("sha256:" + iid.read_text().strip().removeprefix("sha256:"),
                                        "buildah's image ID", UserError)
         yield made
     finally:
         _remove(storage, reporter)
+        os.close(lock)
+
+
+def remove_stale_roots(state_dir: Path, reporter: Reporter) -> None:
+    """Remove the storage roots under state_dir that no live run holds (their lock file is free): what a
+    killed run left, gigabytes each with vfs. What a killed RUN left mounted there is unmounted first."""
+    for storage in sorted(state_dir.glob("buildah-*")):
+        try:
+            lock = os.open(storage / LOCK_FILE, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            continue  # not a root of ours, or one being created this instant (it locks next)
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a build runs there
+            for mount in sorted(_mounts_under(storage), key=len, reverse=True):
+                subprocess.run(["umount", "--lazy", mount], capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+            reporter.info(f"[build] removing {storage}, left by a build that was killed")
+            _remove(storage, reporter)
+        finally:
+            os.close(lock)
 
 
 def _authfile_args() -> list[str]:
@@ -240,12 +270,12 @@ def _authfile_args() -> list[str]:
     return ["--authfile", str(path)] if path is not None else []
 
 
-def _run_build(command: list[str], env: dict[str, str], reporter: Reporter) -> None:
+def _run_build(command: list[str], env: dict[str, str], reporter: Reporter, lock: int) -> None:
     recent: deque[str] = deque(maxlen=LOG_LINES)
     # A session of its own: the deadline and an interrupt stop buildah and every process of the build
     # (a RUN step's too), not only the buildah process.
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                               stdin=subprocess.DEVNULL, start_new_session=True)
+                               stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=(lock,))
     assert process.stdout is not None
     expired = threading.Event()
 
@@ -298,15 +328,19 @@ def _signal_group(process: subprocess.Popen[str], sig: int) -> None:
         pass  # the whole group has ended
 
 
-def _remove(storage: Path, reporter: Reporter) -> None:
-    """Remove a build's storage root, unless something is still mounted under it (a RUN's /proc or /dev
-    left by a killed buildah): deleting through a mount would delete the host's files."""
+def _mounts_under(storage: Path) -> list[str]:
     try:
         mounts = Path("/proc/self/mountinfo").read_text().splitlines()
     except OSError:
         mounts = []
-    inside = [line.split()[4] for line in mounts if len(line.split()) > 4
-              and (line.split()[4] + "/").startswith(str(storage) + "/")]
+    return [line.split()[4] for line in mounts if len(line.split()) > 4
+            and (line.split()[4] + "/").startswith(str(storage) + "/")]
+
+
+def _remove(storage: Path, reporter: Reporter) -> None:
+    """Remove a build's storage root, unless something is still mounted under it (a RUN's /proc or /dev
+    left by a killed buildah): deleting through a mount would delete the host's files."""
+    inside = _mounts_under(storage)
     if inside:
         reporter.warn(f"left {storage} in place: {inside[0]} is still mounted under it (unmount, then remove it)")
         return

@@ -441,3 +441,24 @@ def test_buildah_without_root_is_exit_2_saying_so(have_buildah: None) -> None:
                             capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "as root" in result.stdout and "user id 65534" in result.stdout
+
+
+
+def test_a_storage_root_left_by_a_killed_run_goes_at_the_next_build_and_a_live_one_stays(
+        have_buildah: None, proxy: RegistryProxy, payload: PayloadServer, tmp_path: Path) -> None:
+    import fcntl
+    state = tmp_path / "state"
+    left, live = state / "buildah-killed", state / "buildah-live"
+    for root in (left, live):  # what a run killed by SIGKILL leaves: its root and a lock file nobody holds
+        (root / "root" / "vfs").mkdir(parents=True)
+        (root / buildah.LOCK_FILE).touch()
+    held = os.open(live / buildah.LOCK_FILE, os.O_RDWR)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a build running meanwhile holds it
+        context = tmp_path / "ctx"
+        write_context(context, proxy, payload)
+        build_and_push(context, proxy, state, f"{proxy.host}/rt-repro-stale-{uuid.uuid4().hex[:10]}:one")
+        assert not left.exists() and (live / "root" / "vfs").is_dir()
+        assert list(state.iterdir()) == [live]
+    finally:
+        os.close(held)
