@@ -676,10 +676,13 @@ class SqliteLedger(SqlReads):
 
     database_errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False) -> None:
         self.path = Path(path)
-        self.db = _connect(self.path)
-        _ensure_schema(self.db, self.path)
+        if read_only:
+            self.db = _connect_read_only(self.path)
+        else:
+            self.db = _connect(self.path)
+            _ensure_schema(self.db, self.path)
         # Run inside every write transaction, under SQLite's write lock: guard_writes installs
         # one that refuses the write once another rollout has taken the app's lease.
         self._guard: Callable[[sqlite3.Connection], None] | None = None
@@ -896,13 +899,17 @@ class SqliteLedger(SqlReads):
 Ledger = SqliteLedger
 
 
-def open_ledger(location: str | os.PathLike[str], state_dir: str | os.PathLike[str] | None = None) -> LedgerBackend:
+def open_ledger(location: str | os.PathLike[str], state_dir: str | os.PathLike[str] | None = None, *,
+                read_only: bool = False) -> LedgerBackend:
     """The ledger at `location`: a `postgresql://` (or `postgres://`) URL opens the PostgreSQL
     backend (rollout.ledger_postgres), anything else is a SQLite file path (created if missing).
 
     `state_dir` (PostgreSQL only): the config's state directory, where writes the server could
     not take after a target changed are spooled, and from where opening replays them first
     (rollout.ledger_spool); None: no spool (such writes are reported lost).
+    `read_only` (plans, a promotion's source: they write nothing): a SQLite file is opened with
+    mode=ro and never created or migrated (a missing file is an empty ledger in memory); a
+    PostgreSQL ledger gets no state_dir, so no spooled write is replayed.
     The one place a backend is chosen. Raises LedgerError / LedgerBusy (see SqliteLedger),
     LedgerUnreachable (exit 5) when a PostgreSQL server cannot be reached.
     """
@@ -910,8 +917,8 @@ def open_ledger(location: str | os.PathLike[str], state_dir: str | os.PathLike[s
         # Imported here: psycopg's import costs every SQLite user start-up time.
         from rollout.ledger_postgres import PostgresLedger
 
-        return PostgresLedger(location, state_dir)
-    return SqliteLedger(location)
+        return PostgresLedger(location, None if read_only else state_dir)
+    return SqliteLedger(location, read_only=read_only)
 
 
 def _still_held(lease: Lease) -> Callable[[sqlite3.Connection], None]:
@@ -977,6 +984,27 @@ def _connect(path: Path) -> sqlite3.Connection:
         return _connect(path)
     except (OSError, sqlite3.Error) as exc:
         raise LedgerError(f"cannot open ledger {path}: {one_line(exc)}: check the path and its permissions") from exc
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """path opened read-only (SQLite URI mode=ro: no file, -wal or directory is created and nothing
+    is migrated); a missing file is an empty ledger in memory. Raises LedgerError for a file that
+    cannot be read or whose schema is not this rollout's (a writing command migrates it)."""
+    if not path.exists():
+        conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        _ensure_schema(conn, path)
+        return conn
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT,
+                               isolation_level=None, check_same_thread=False)
+        version = _schema_version(conn)
+    except sqlite3.Error as exc:
+        raise LedgerError(f"cannot read ledger {path}: {one_line(exc)}: check the path and its permissions") from exc
+    if version != SCHEMA_VERSION:
+        conn.close()
+        raise LedgerError(f"ledger {path} has schema version {version}, not {SCHEMA_VERSION}: a read-only command"
+                          " does not migrate it; run `rollout status` once (it does), then again")
+    return conn
 
 
 def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:

@@ -257,7 +257,7 @@ def _promotion_source(cfg: "Config", app: "AppConfig", source_app: Optional[str]
         raise UserError(f"promote from where? rollout promote {app.name} --from SOURCE_APP (or --from-config OTHER.toml)")
     if not shown and name == app.name:
         raise UserError(f"{app.name} cannot be promoted from itself: name another app with --from")
-    with _ledger(source_cfg) as ledger:
+    with _ledger(source_cfg, read_only=source_cfg is not cfg) as ledger:
         newest = ledger.history(name, 1)
     where = f" in ledger {shown}" if shown else ""
     if not newest:
@@ -304,7 +304,7 @@ def _planned(cfg: "Config", app: "AppConfig", reporter: "Reporter",
              plan: Callable[["Orchestrator", "LedgerBackend"], "Plan"]) -> "Plan":
     """plan(orchestrator, ledger) on the config's ledger without the lock, plus a note for an
     unfinished rollout (the real command would recover it first, which may change the plan)."""
-    with _docker_config(cfg), _ledger(cfg, reporter) as ledger:
+    with _docker_config(cfg), _ledger(cfg, reporter, read_only=True) as ledger:
         result = plan(_orchestrator(cfg, app, ledger, reporter), ledger)
         unfinished = ledger.unfinished(app.name)
     if unfinished:
@@ -783,13 +783,15 @@ def _measured(command: str, app: "AppConfig", cfg: "Config", metrics: Optional[M
 
 
 @contextmanager
-def _ledger(cfg: "Config", reporter: Optional["Reporter"] = None) -> Iterator["LedgerBackend"]:
+def _ledger(cfg: "Config", reporter: Optional["Reporter"] = None, *, read_only: bool = False
+            ) -> Iterator["LedgerBackend"]:
     """The config's ledger for the block, closed after. Opening a PostgreSQL ledger first replays
     the writes an earlier command spooled in the config's state directory (rollout.ledger_spool);
-    when this command had to spool writes, the reporter gets one warning saying so."""
+    when this command had to spool writes, the reporter gets one warning saying so. `read_only`
+    (plans, a promotion's source): nothing created, migrated or replayed (open_ledger)."""
     from rollout.ledger import open_ledger
 
-    ledger = open_ledger(cfg.ledger_location, _state_dir(cfg))
+    ledger = open_ledger(cfg.ledger_location, _state_dir(cfg), read_only=read_only)
     try:
         yield ledger
     finally:

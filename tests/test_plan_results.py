@@ -393,6 +393,27 @@ def test_a_kubernetes_containers_log_tail_is_masked_and_not_stored_with_secret_e
             cluster.kubectl("delete", "deployment", cluster.name, "--wait=false")
 
 
+def test_a_plan_creates_no_ledger_and_a_plan_on_an_existing_one_writes_nothing_to_it(project: Project) -> None:
+    """--dry-run opens the ledger read-only (review P2-2): before the first deploy it creates no
+    state/ledger.db (nor the state directory); afterwards the file is byte for byte as it was and
+    its write-ahead log holds no write (SQLite's reader of a WAL database may create an empty -wal
+    and the -shm index)."""
+    write_config(project)
+    state = project.root / "state"
+    assert not state.exists()
+    plan = project.run("deploy", "web:good1", "--dry-run")
+    assert plan.returncode == 0, plan.stderr
+    assert "on failure: no healthy entry" in plan.stdout
+    assert not state.exists(), sorted(p.name for p in state.iterdir())
+    assert project.run("deploy", "web:good1").returncode == 0
+    before = (state / "ledger.db").read_bytes()
+    assert project.run("deploy", "web:good2", "--dry-run").returncode == 0
+    assert project.run("revert", "--dry-run").returncode == 2  # nothing to revert to: refused, read-only too
+    assert (state / "ledger.db").read_bytes() == before
+    wal = state / "ledger.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0
+
+
 # -- a plan refuses what the deploy would refuse, behind a router (review of issue 17, P1-3) ------
 
 
