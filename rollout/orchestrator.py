@@ -461,7 +461,8 @@ class Orchestrator:
         strategy = strategy or self.strategy
         self._attempting = entry
         attempt = _Attempt()
-        release = Release(entry.id, entry.repository, entry.tag, entry.digest, _change_cause(entry))
+        release = Release(entry.id, entry.repository, entry.tag, entry.digest, _change_cause(entry),
+                          revert=entry.kind == L.REVERT)
         self.ledger.set_status(entry.id, L.APPLYING)
         with self._timed("pull", timed):
             prepared = _each(lambda t: t.prepare(release), targets, strategy.max_parallel)

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from kube_sim.harness import RunningSimulator, running_simulator
+from kube_sim.harness import RunningSimulator, running_simulator, wait_for
 from support.cli import run_rollout
 from support.errors import one_line_error
 from support.images import APP_IMAGE, REGISTRY, digest_of
@@ -101,10 +101,61 @@ def test_a_crash_looping_release_is_caught_and_reverted(
     revert, failed, good = project.history()
     assert failed["status"] == "failed" and revert["kind"] == "revert" and revert["reverts_to"] == good["id"]
     assert revert["status"] == "healthy"
-    # For a StatefulSet the revert had to delete the crash-looping pod itself (forced rollback):
-    # the controller waits for it to become Ready before replacing anything.
+    # For a StatefulSet the revert had to delete the crash-looping pod itself (forced rollback,
+    # named in a warning): the controller waits for it to become Ready before replacing anything.
+    if workload == "statefulset":
+        assert f"deleted pod {project.name}-1 (not Ready, running the release being reverted)" in result.stderr
     assert project.images() == {"app": pinned(docker_client, "good2")}
     assert set(project.pods().values()) == {pinned(docker_client, "good2")}
+
+
+def test_a_forward_deploy_leaves_a_not_ready_pod_of_the_current_release_to_the_controller(
+        kube: RunningSimulator, tmp_path: Path, docker_client: Any) -> None:
+    # A pod that is running but not Ready (a replica replaying its log, a failing readiness probe:
+    # here a HEALTHCHECK that stays "starting") may heal: a forward deploy must not delete it, only
+    # a revert does (the crash-loop test above). The StatefulSet controller waits for it (OrderedReady).
+    project = Workload(tmp_path, kube, "statefulset")
+    assert project.run("deploy", "web:good2").returncode == 0
+    stuck = f"{project.name}-1"
+    project.kubectl("patch", "statefulset", project.name, "-p", json.dumps(
+        {"spec": {"template": {"spec": {"containers": [{"name": "app", "image": f"{APP_IMAGE}:never-ready"}]}}}}))
+
+    def stuck_pod() -> dict[str, Any] | None:
+        pods = json.loads(project.kubectl("get", "pods", "-l", f"app={project.name}", "-o", "json"))["items"]
+        pod = next((p for p in pods if p["metadata"]["name"] == stuck), None)
+        return pod if pod and not pod["metadata"].get("deletionTimestamp") else None
+
+    def started_not_ready() -> dict[str, Any] | None:
+        pod = stuck_pod()
+        if not pod or pod["spec"]["containers"][0]["image"] != f"{APP_IMAGE}:never-ready":
+            return None
+        [status] = pod["status"].get("containerStatuses") or [{}]
+        return pod if "running" in (status.get("state") or {}) and not status.get("ready") else None
+
+    before = wait_for(started_not_ready, timeout=120, what=f"{stuck} running never-ready, not Ready")
+    # Stop the deploy (SIGKILL) right after its patch, once it records the entry as verifying.
+    killed = run_rollout("deploy", "web:good3", env={"ROLLOUT_CONFIG": str(project.config),
+                                                     "ROLLOUT_TEST_KILL_AT": "status:verifying#1"}, bare=True)
+    assert killed.returncode == -9, killed.stderr
+    assert project.images() == {"app": pinned(docker_client, "good3")}  # the patch was made
+    after = stuck_pod()
+    assert after is not None, f"{stuck} was deleted by a forward deploy"
+    assert after["metadata"]["uid"] == before["metadata"]["uid"]
+    assert "deleted pod" not in killed.stderr
+    assert project.pods()[f"{project.name}-0"] == pinned(docker_client, "good2")
+
+
+@pytest.mark.parametrize("workload", WORKLOADS)
+def test_dry_run_names_the_workload_kind(kube: RunningSimulator, tmp_path: Path, workload: str) -> None:
+    project = Workload(tmp_path, kube, workload)
+    plan = project.run("deploy", "web:good2", "--dry-run", "--json")
+    assert plan.returncode == 0, plan.stderr
+    [target] = json.loads(plan.stdout)["targets"]
+    kind = {"statefulset": "StatefulSet", "daemonset": "DaemonSet"}[workload]
+    assert target["changes"] == f"{kind} default/{project.name} container app"
+    human = project.run("deploy", "web:good2", "--dry-run")
+    assert f"changes {kind} default/{project.name} container app" in human.stdout, human.stdout
+    assert project.images() == {"app": f"{APP_IMAGE}:good1"}
 
 
 @pytest.mark.parametrize("workload", WORKLOADS)

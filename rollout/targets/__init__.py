@@ -26,6 +26,10 @@ class Release:
     tag: str | None
     digest: str
     change_cause: str
+    # A revert entry (automatic, recovery or `rollout revert`): it puts back a release because the
+    # one running is bad, so a target may clear what the bad release left stuck (the kubernetes
+    # target deletes a StatefulSet's not-Ready pods of it, KubernetesTarget._force_rollback).
+    revert: bool = False
 
     @property
     def image(self) -> str:

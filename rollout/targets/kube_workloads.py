@@ -39,9 +39,11 @@ def owner_uids(obj: dict[str, Any]) -> set[str]:
 class Workload:
     """One kind of workload (subclasses: DeploymentKind, StatefulSetKind, DaemonSetKind); `name`
     is the object's name in the target's namespace. `kind` is kubectl's resource name
-    ("statefulset"), `api` the client's method suffix ("stateful_set"), `plural` the watch's name."""
+    ("statefulset"), `api` the client's method suffix ("stateful_set"), `plural` the watch's name,
+    `title` the API's Kind ("StatefulSet", as messages and the --dry-run preview name it)."""
 
     kind = "deployment"
+    title = "Deployment"
     api = "deployment"
     plural = "deployments"
 
@@ -125,6 +127,7 @@ class StatefulSetKind(Workload):
     """A StatefulSet: pods `<name>-<ordinal>`; with a partition only ordinals >= partition move."""
 
     kind = "statefulset"
+    title = "StatefulSet"
     api = "stateful_set"
     plural = "statefulsets"
 
@@ -178,6 +181,7 @@ class DaemonSetKind(Workload):
     """A DaemonSet: one pod per node it should run on."""
 
     kind = "daemonset"
+    title = "DaemonSet"
     api = "daemon_set"
     plural = "daemonsets"
 

@@ -59,8 +59,8 @@ DNS_1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 class KubernetesTarget:
     """One container of a Kubernetes Deployment, StatefulSet or DaemonSet (settings:
     rollout.targets.kinds.KUBERNETES), implementing rollout.targets.Target; only the container's
-    image and rollout's change-cause annotations are changed (and, for a StatefulSet, pods stuck on
-    another template are deleted: _force_rollback). Built without asking the API server."""
+    image and rollout's change-cause annotations are changed (and, on a revert of a StatefulSet,
+    not-Ready pods of the bad release are deleted: _force_rollback). Built without asking the API server."""
 
     def __init__(self, config: TargetConfig, app: AppConfig) -> None:
         self.name = config.name
@@ -151,7 +151,7 @@ class KubernetesTarget:
         if refusal:  # the same refusal as prepare's: a plan must not promise a deploy that exits 2
             raise UserError(f"target {self.name}: {refusal}")
         container = self._pick_container(obj)
-        return Preview(f"Deployment {self.namespace}/{self.deployment} container {container}", None)
+        return Preview(f"{self.workload.title} {self.namespace}/{self.deployment} container {container}", None)
 
     def prepare(self, release: Release) -> None:
         """Read the workload and choose the container; changes nothing. Raises UserError (exit 2)
@@ -169,7 +169,9 @@ class KubernetesTarget:
 
     def apply(self, release: Release) -> str | None:
         """Patch the container's image to release.image (plus the change-cause annotations) and
-        return the image the pod template ran before.
+        return the image the pod template ran before. On a revert (release.revert) of a
+        StatefulSet, not-Ready pods of the release being reverted are then deleted (_force_rollback);
+        a forward deploy deletes nothing: its controller replaces pods at its own pace.
 
         Raises NotApplied whenever the Deployment is certainly as it was, so the orchestrator
         reverts nothing: a failure before the PATCH is sent (the read, the container choice, the
@@ -209,7 +211,8 @@ class KubernetesTarget:
             except (UserError, RequestNotSent) as unchanged:  # 404: deleted since the read; no connection
                 raise NotApplied(f"{unchanged}; nothing was changed", exit_code=unchanged.exit_code) from None
             self._generation = patched["metadata"].get("generation")
-            self._force_rollback(patched, container, release.image)
+            if release.revert:
+                self._force_rollback(patched, container, release.image)
             return before
         raise NotApplied(f"target {self.name}: {self.workload} changed between each read and patch"
                          f" ({CONFLICT_RETRIES} times 409 Conflict): another writer keeps updating it; nothing was"
@@ -272,7 +275,8 @@ class KubernetesTarget:
         return ""
 
     def stop(self) -> None:
-        """A first release failed: put the workload back on the image it ran before rollout touched it."""
+        """A first release failed: put the workload back on the image it ran before rollout touched it
+        (a revert: a StatefulSet's not-Ready pods of the failed release are deleted, _force_rollback)."""
         if self._image_before and self._container:
             apps, _ = self.apis
             patch = {"spec": {"template": {"spec": {"containers": [{"name": self._container, "image": self._image_before}]}}}}
@@ -281,9 +285,13 @@ class KubernetesTarget:
             self._force_rollback(patched, self._container, self._image_before)
 
     def _force_rollback(self, patched: dict[str, Any], container: str, image: str) -> None:
-        """After a StatefulSet's template changed to `image`: delete its pods (ordinals at or above
-        the partition) that run another image and are not Ready, as the StatefulSet documentation's
-        "Forced rollback" says to. With podManagementPolicy OrderedReady the controller waits for
+        """After a revert changed a StatefulSet's template to `image`: delete its pods (ordinals at or
+        above the partition) that run another image and are not Ready, as the StatefulSet
+        documentation's "Forced rollback" says to. Only on a revert (Release.revert, stop()): the
+        release being reverted failed verification, so its not-Ready pods are known bad; on a forward
+        deploy a not-Ready pod may be healing (a replica replaying its log, a flapping readiness
+        probe) and deleting it would skip OrderedReady's one-pod-at-a-time guarantee. Each deletion
+        is a warning. With podManagementPolicy OrderedReady the controller waits for
         such a pod to become Ready before it replaces anything (stateful_set_control.go
         processReplica), so a crash-looping pod of a bad release would block the revert for ever;
         the controller recreates each from the new template. Other kinds: nothing to do (a
@@ -308,8 +316,8 @@ class KubernetesTarget:
             name = pod["metadata"]["name"]
             try:
                 self._call(f"delete pod {name}", core.delete_namespaced_pod, name, self.namespace)
-                log.info("target %s: deleted pod %s (not ready, not on the new template) so that %s can replace it",
-                         self.name, name, self.workload)
+                log.warning("target %s: deleted pod %s (not Ready, running the release being reverted) so that %s"
+                            " can replace it", self.name, name, self.workload)
             except RolloutError as exc:
                 log.warning("%s", one_line(exc))
 
