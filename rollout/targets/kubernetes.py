@@ -143,9 +143,10 @@ class KubernetesTarget:
         return Running(image, digest, detail, warning=self._init_container_warning(deployment, container))
 
     def preview(self, release: Release) -> Preview:
-        """What apply(release) would change, read-only (rollout.plan): the Deployment's container
-        whose image moves; pull None (each node's kubelet decides). Raises TargetUnreachable (5),
-        UserError (2) when the container cannot be chosen."""
+        """What apply(release) would change, read-only (rollout.plan): the workload's container
+        whose image moves, e.g. "StatefulSet default/db container app"; pull None (each node's
+        kubelet decides). Raises TargetUnreachable (5), UserError (2) for what prepare refuses
+        (Workload.refusal: paused, scaled to 0, OnDelete, ...) or when the container cannot be chosen."""
         obj = self._read()
         refusal = self.workload.refusal(obj)
         if refusal:  # the same refusal as prepare's: a plan must not promise a deploy that exits 2
