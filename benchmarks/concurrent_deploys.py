@@ -41,7 +41,9 @@ FINISHED_EVENTS = ("status:healthy", "status:failed", "status:interrupted")
 WAIT_SECONDS = 600
 POLL_SECONDS = 0.01
 # `hostname` inside a new UTS namespace changes only that namespace's name; exec keeps the pid.
-AS_RUNNER = 'hostname "$1" && exec "$2" deploy "$3" --wait "$4"'
+# --force: the deploys alternate tags, but one may find its tag already running (the other
+# runner's got in first), and an idempotent deploy would then record nothing (issue 17.2).
+AS_RUNNER = 'hostname "$1" && exec "$2" deploy "$3" --force --wait "$4"'
 
 
 @dataclass
