@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -123,19 +123,19 @@ def test_crash_at_start_never_takes_traffic(bed, docker_client, record_property)
     assert failed["status"] == "failed" and revert["kind"] == "revert" and revert["status"] == "healthy"
 
 
-def test_failing_health_after_the_switch_switches_back_to_the_running_old_release(bed, docker_client, record_property) -> None:  # type: ignore[no-untyped-def]
-    project, running, slots = bed
-    assert deploy(project, "good1").returncode == 0
-    old = docker_client.containers.get(project.container)
-    started_at = old.attrs["State"]["StartedAt"]
-    write_traffic_config(project, running, slots, stable=10)  # a window long enough to break the release in
+def deploy_good2_and_break_it_once_it_serves(project: Project, running: Proxy, docker_client: Any,
+                                             first: Callable[[], None] | None = None) -> tuple[Load, list[str]]:
+    """`rollout deploy web:good2` (which must exit 1) under a load through the proxy; as soon as good2
+    answers through it, run `first` (if any), then remove good2's /health (a release that fails
+    after the switch). Returns the finished load and [good2's container id] (empty: it never served)."""
     broken: list[str] = []
 
-    def break_it_once_it_serves(load: Load) -> None:
-        """As soon as good2 answers through the proxy, its /health goes away (a release that fails after the switch)."""
+    def break_it(load: Load) -> None:
         deadline = time.monotonic() + WAIT
         while time.monotonic() < deadline and "good2" not in served(load):
             time.sleep(0.02)  # polling the load's answers, not waiting for time to pass
+        if first is not None:
+            first()
         [new] = [c for c in docker_client.containers.list(filters={"label": "rollout.tag=good2"})
                  if c.name.startswith(project.container)]
         new.exec_run(["rm", "/www/health"])
@@ -143,12 +143,22 @@ def test_failing_health_after_the_switch_switches_back_to_the_running_old_releas
 
     with Load(running.url, workers=4, path="/version") as load:
         load.wait_after(time.monotonic(), 20)
-        breaker = threading.Thread(target=break_it_once_it_serves, args=(load,), daemon=True)
+        breaker = threading.Thread(target=break_it, args=(load,), daemon=True)
         breaker.start()
         result = deploy(project, "good2")
         assert result.returncode == 1, result.stderr
         breaker.join(WAIT)
         load.wait_after(time.monotonic(), 20)
+    return load, broken
+
+
+def test_failing_health_after_the_switch_switches_back_to_the_running_old_release(bed, docker_client, record_property) -> None:  # type: ignore[no-untyped-def]
+    project, running, slots = bed
+    assert deploy(project, "good1").returncode == 0
+    old = docker_client.containers.get(project.container)
+    started_at = old.attrs["State"]["StartedAt"]
+    write_traffic_config(project, running, slots, stable=10)  # a window long enough to break the release in
+    load, broken = deploy_good2_and_break_it_once_it_serves(project, running, docker_client)
     assert broken, "good2 never took the traffic"
     check_failures(running, load, record_property)
     bodies = served(load)
@@ -175,27 +185,12 @@ def test_a_failure_after_the_old_container_died_keeps_the_traffic_until_the_reve
     assert deploy(project, "good1").returncode == 0
     old = docker_client.containers.get(project.container)
     write_traffic_config(project, running, slots, stable=10)
-    broken: list[str] = []
 
-    def kill_the_old_then_break_the_new(load: Load) -> None:
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline and "good2" not in served(load):
-            time.sleep(0.02)  # polling the load's answers, not waiting for time to pass
+    def kill_the_old() -> None:
         old.kill()
         old.wait(timeout=WAIT)
-        [new] = [c for c in docker_client.containers.list(filters={"label": "rollout.tag=good2"})
-                 if c.name.startswith(project.container)]
-        new.exec_run(["rm", "/www/health"])
-        broken.append(new.id)
 
-    with Load(running.url, workers=4, path="/version") as load:
-        load.wait_after(time.monotonic(), 20)
-        breaker = threading.Thread(target=kill_the_old_then_break_the_new, args=(load,), daemon=True)
-        breaker.start()
-        result = deploy(project, "good2")
-        assert result.returncode == 1, result.stderr
-        breaker.join(WAIT)
-        load.wait_after(time.monotonic(), 20)
+    load, broken = deploy_good2_and_break_it_once_it_serves(project, running, docker_client, first=kill_the_old)
     assert broken, "good2 never took the traffic"
     check_failures(running, load, record_property)
     assert served(load)[-1] == "good1" and through(running) == "good1"
