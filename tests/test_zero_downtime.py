@@ -124,7 +124,7 @@ def test_crash_at_start_never_takes_traffic(bed, docker_client, record_property)
 
 
 def deploy_good2_and_break_it_once_it_serves(project: Project, running: Proxy, docker_client: Any,
-                                             first: Callable[[], None] | None = None) -> tuple[Load, list[str]]:
+                                             first: Callable[[Load], None] | None = None) -> tuple[Load, list[str]]:
     """`rollout deploy web:good2` (which must exit 1) under a load through the proxy; as soon as good2
     answers through it, run `first` (if any), then remove good2's /health (a release that fails
     after the switch). Returns the finished load and [good2's container id] (empty: it never served)."""
@@ -135,7 +135,7 @@ def deploy_good2_and_break_it_once_it_serves(project: Project, running: Proxy, d
         while time.monotonic() < deadline and "good2" not in served(load):
             time.sleep(0.02)  # polling the load's answers, not waiting for time to pass
         if first is not None:
-            first()
+            first(load)
         [new] = [c for c in docker_client.containers.list(filters={"label": "rollout.tag=good2"})
                  if c.name.startswith(project.container)]
         new.exec_run(["rm", "/www/health"])
@@ -186,7 +186,15 @@ def test_a_failure_after_the_old_container_died_keeps_the_traffic_until_the_reve
     old = docker_client.containers.get(project.container)
     write_traffic_config(project, running, slots, stable=10)
 
-    def kill_the_old() -> None:
+    def kill_the_old(load: Load) -> None:
+        # Once the switch is complete and the requests the old release had taken were answered (a
+        # request killed inside a process is lost whatever the router does): the old one dies idle.
+        gone = f"127.0.0.1:{old.labels['rollout.slot']}"
+        deadline = time.monotonic() + WAIT
+        while gone in routed(running) or not routed(running):
+            assert time.monotonic() < deadline, f"the traffic never left {gone}: {routed(running)}"
+            time.sleep(0.02)  # polling the router's state
+        load.wait_in_flight_before(time.monotonic())
         old.kill()
         old.wait(timeout=WAIT)
 

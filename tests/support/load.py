@@ -48,7 +48,9 @@ class Load:
         self._stop = threading.Event()
         self._changed = threading.Condition()
         self.answers: list[Answer] = []
-        self._threads = [threading.Thread(target=self._run, name=f"load-{i}", daemon=True) for i in range(workers)]
+        self._in_flight: dict[int, float] = {}  # worker index -> monotonic start of its request under way
+        self._threads = [threading.Thread(target=self._run, args=(i,), name=f"load-{i}", daemon=True)
+                         for i in range(workers)]
 
     def __enter__(self) -> "Load":
         for thread in self._threads:
@@ -74,10 +76,22 @@ class Load:
                 assert left > 0, f"fewer than {count} answers in {timeout} s since the mark"
                 self._changed.wait(left)
 
-    def _run(self) -> None:
+    def wait_in_flight_before(self, mark: float, timeout: float = 60.0) -> None:
+        """Return once no request that started before `mark` (monotonic) is still under way: what
+        was sent before a switch has been answered. AssertionError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while any(started < mark for started in self._in_flight.values()):
+                left = deadline - time.monotonic()
+                assert left > 0, f"a request begun before the mark still runs after {timeout} s"
+                self._changed.wait(left)
+
+    def _run(self, worker: int) -> None:
         conn: http.client.HTTPConnection | None = None
         while not self._stop.is_set():
             started = time.monotonic()
+            with self._changed:
+                self._in_flight[worker] = started
             status, body, error = None, "", None
             reused = conn is not None
             try:
@@ -96,6 +110,7 @@ class Load:
                 conn = None
             with self._changed:
                 self.answers.append(Answer(started, time.monotonic(), status, body, error, reused))
+                del self._in_flight[worker]
                 self._changed.notify_all()
         if conn is not None:
             conn.close()
