@@ -268,7 +268,7 @@ class Orchestrator:
         records an entry (exit 2 nothing to revert to, 5 a target unreachable)."""
         to, current = self._revert_choice(to)
         running = self._check_reachable()
-        release = Release(0, to.repository, to.tag, to.digest, "plan")
+        release = Release(0, to.repository, to.tag, to.digest, "plan", revert=True)
         return self._plan(L.REVERT, release, current, running, list(self.targets), reverts_to=to)
 
     def _plan(self, kind: str, release: Release, current: Entry | None, running: dict[str, Running],

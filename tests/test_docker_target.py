@@ -61,6 +61,30 @@ def test_upgrade_keeps_the_old_container_stopped_for_a_fast_revert(project: Proj
     assert newest["kind"] == "revert" and newest["status"] == "healthy" and newest["tag"] == "good1"
 
 
+def test_a_deploy_after_editing_the_settings_creates_anew_and_a_revert_puts_back_what_ran(  # type: ignore[no-untyped-def]
+        project: Project, docker_client) -> None:
+    """A kept container of the deployed digest is taken back by a deploy only if rollout.toml is
+    unchanged since it was created; a revert takes it back whatever the settings say now."""
+    assert deploy(project, "good1").returncode == 0
+    first_id = docker_client.containers.get(project.container).id
+    assert deploy(project, "good2").returncode == 0
+    second_id = docker_client.containers.get(project.container).id
+    # Unchanged settings: deploying good1 again takes its kept container back (no create).
+    assert deploy(project, "good1").returncode == 0
+    assert docker_client.containers.get(project.container).id == first_id
+    write_config(project, extra='labels = { edited = "yes" }')
+    assert deploy(project, "good2").returncode == 0
+    live = docker_client.containers.get(project.container)
+    # The kept good2 container had the old settings: a new one runs the edited ones.
+    assert live.id != second_id and live.labels.get("edited") == "yes"
+    assert project.version() == "good2"
+    # A revert puts back what ran: the kept good1 container, with the settings it ran with.
+    result = project.run("revert")
+    assert result.returncode == 0, result.stderr
+    back = docker_client.containers.get(project.container)
+    assert back.id == first_id and "edited" not in back.labels and project.version() == "good1"
+
+
 def test_carries_over_the_old_containers_settings(project: Project, docker_client) -> None:  # type: ignore[no-untyped-def]
     assert deploy(project, "good1").returncode == 0
     old = docker_client.containers.get(project.container)

@@ -100,6 +100,28 @@ def test_healthy_upgrade_moves_traffic_without_dropping_requests(bed, docker_cli
     assert statuses == [("good2", "healthy"), ("good1", "healthy")]
 
 
+def test_a_forced_deploy_after_editing_the_settings_starts_a_new_container_beside(  # type: ignore[no-untyped-def]
+        bed, docker_client, record_property) -> None:
+    """`deploy --force` of the digest that runs, after an edit of rollout.toml: the running
+    container was created from the old settings, so a new one runs the edited ones on the idle
+    slot and takes the traffic (README: Kept containers and edited settings)."""
+    project, running, slots = bed
+    assert deploy(project, "good1").returncode == 0
+    old = docker_client.containers.get(project.container)
+    project.config.write_text(project.config.read_text() + 'labels = { edited = "yes" }\n')  # the target's table
+    with Load(running.url, workers=4, path="/version") as load:
+        load.wait_after(time.monotonic(), 20)
+        result = project.run("deploy", "web:good1", "--force")
+        assert result.returncode == 0, result.stderr
+        load.wait_after(time.monotonic(), 20)
+    check_failures(running, load, record_property)
+    live = docker_client.containers.get(project.container)
+    assert live.id != old.id and live.labels.get("edited") == "yes" and live.labels["rollout.tag"] == "good1"
+    assert routed(running) == [f"127.0.0.1:{slots[0]}"] and through(running) == "good1"
+    old.reload()
+    assert old.status == "exited"  # retired after the drain, kept for a revert
+
+
 def test_crash_at_start_never_takes_traffic(bed, docker_client, record_property) -> None:  # type: ignore[no-untyped-def]
     project, running, slots = bed
     assert deploy(project, "good1").returncode == 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import hashlib
 import json
 import os
 import re
@@ -46,6 +47,9 @@ LABEL_ENTRY = "rollout.entry"
 LABEL_TAG = "rollout.tag"
 LABEL_DIGEST = "rollout.digest"
 LABEL_APP = "rollout.app"
+# The hash of the rollout.toml settings a container was created with (settings_hash): a forward
+# deploy takes a kept or running container back only when the settings are still the same.
+LABEL_SETTINGS = "rollout.settings"
 DEFAULT_STOP_TIMEOUT = 10  # seconds: the engine's when a container sets none (moby container.DefaultStopTimeout)
 NO_RESTART = {"Name": "no", "MaximumRetryCount": 0}
 NEW_INFIX = ".rollout-new-"  # NAME.rollout-new-<entry>-<random>: a new container before it takes the name
@@ -182,7 +186,8 @@ class DockerTarget:
         assert self.traffic is not None
         routed = {port_of(address) for address in self._upstreams}
         serving = sorted((c for c in ours if c.status == "running" and c.attrs["Config"]["Image"] == release.image
-                          and _slot_of(c) in self.traffic.slots),
+                          and _slot_of(c) in self.traffic.slots
+                          and _reusable(c, release, self._slot_settings(_slot_of(c)))),
                          key=lambda c: _slot_of(c) not in routed)
         if serving:
             return serving[0], _slot_of(serving[0])
@@ -295,7 +300,8 @@ class DockerTarget:
             replaced = _Replaced.of(old) if old is not None else None
             retired = self._retired()
             before = self._configured_image(old) if old is not None else None
-            spare = next((c for c in retired if c.attrs["Config"]["Image"] == release.image), None)
+            spare = next((c for c in retired if c.attrs["Config"]["Image"] == release.image
+                          and _reusable(c, release, self.settings)), None)
             if spare is None:
                 created = self._create_runnable(release, old)
                 kill_point("docker:created")
@@ -469,7 +475,7 @@ class DockerTarget:
                         self._quiet(other)  # a leftover on the idle slot would hold its port
                 self._check_slot_free(slot)
                 spare = next((c for c in retired if c.attrs["Config"]["Image"] == release.image
-                              and _slot_of(c) == slot), None)
+                              and _slot_of(c) == slot and _reusable(c, release, self._slot_settings(slot))), None)
                 if spare is not None:
                     container = spare
                     self._set_restart_policy(spare, _restart_policy(live) if live is not None
@@ -671,10 +677,11 @@ class DockerTarget:
         starts like a retired container's; one a killed rollout left is pruned (`_retired`).
         """
         name = f"{self.container_name}{NEW_INFIX}{release.entry_id}-{uuid.uuid4().hex[:6]}"
+        settings = self.settings if settings is None else settings
         labels = {**(labels or {}), LABEL_APP: self.app.name, LABEL_ENTRY: str(release.entry_id),
-                  LABEL_TAG: release.tag or "", LABEL_DIGEST: release.digest}
+                  LABEL_TAG: release.tag or "", LABEL_DIGEST: release.digest, LABEL_SETTINGS: settings_hash(settings)}
         old_attrs = old.attrs if old is not None else None
-        container = self._create(release.image, labels, old_attrs, self.settings if settings is None else settings, name)
+        container = self._create(release.image, labels, old_attrs, settings, name)
         try:
             missing = self._missing_networks(container)
         except Exception:
@@ -902,6 +909,23 @@ def _slot_of(container: Any) -> int | None:
     """The slot a container was created for (its rollout.slot label), None without one."""
     text = (container.labels or {}).get(LABEL_SLOT) or ""
     return int(text) if text.isascii() and text.isdigit() else None
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    """"sha256:<64 hex>" of a target's rollout.toml settings as a container is created from them
+    (slot included): the value of its LABEL_SETTINGS label. Keys in any order hash the same."""
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _reusable(container: Any, release: Release, settings: dict[str, Any]) -> bool:
+    """Whether an existing container of release.image may run the release instead of a new one.
+
+    A revert puts back what ran, as it ran (its settings too: the new ones may be what failed),
+    so any kept container will do. A forward deploy applies the current rollout.toml: only a
+    container created from these very settings (LABEL_SETTINGS; one created before that label
+    existed never matches), so an edited setting is never silently left out."""
+    return release.revert or (container.labels or {}).get(LABEL_SETTINGS) == settings_hash(settings)
 
 
 @dataclass(frozen=True)
