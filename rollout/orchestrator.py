@@ -327,15 +327,31 @@ class Orchestrator:
     # -- the state machine ---------------------------------------------------
 
     def recover(self, reason: str = "the rollout that was running it stopped before finishing") -> Outcome | None:
-        """Finish what a dead or interrupted rollout left behind. Call it holding the app's lock.
+        """Finish what a dead rollout (another process) left behind: see _recover. Call it holding the app's lock."""
+        return self._recover(reason, tidy=True)
 
-        Rule: every unfinished entry becomes `interrupted`; then each target that does not
+    def _recover(self, reason: str, *, tidy: bool) -> Outcome | None:
+        """Finish what a dead or interrupted rollout left behind. Call it holding the app's lock.
+        `tidy`: False in the interrupted process itself, where verifiers of other targets may still
+        be finishing (they stop what they started: Target.settle) and must not lose a container
+        they are giving the name to.
+
+        Rule: what an interrupted apply left beside a target's live release goes (Target.tidy);
+        every unfinished entry becomes `interrupted`; then each target that does not
         run the app's newest healthy digest is reverted to it, as a revert entry verified like
         a deploy. An unverified release is never kept, however far it got.
         """
         abandoned = self.ledger.unfinished(self.app.name)
         if not abandoned:
             return None
+        for target in self.targets if tidy else []:
+            remove_leftovers = getattr(target, "tidy", None)
+            if remove_leftovers is None:
+                continue
+            try:
+                remove_leftovers()
+            except RolloutError as exc:  # what stays behind never serves; the recovery matters more
+                self.reporter.warn(f"{target.name}: {one_line(exc)}")
         good = self.ledger.current(self.app.name)
         running = self._check_reachable() if good is not None else {}
         off = [t for t in self.targets if good is not None and not running[t.name].serves(good.digest)]
@@ -391,7 +407,7 @@ class Orchestrator:
             self._cancelled.set()
             self.ledger.abandon_open_transaction()
             self.reporter.warn(f"{stop}: stopping, putting the last healthy release back")
-            outcome = self.recover(reason=f"{stop} received")
+            outcome = self._recover(f"{stop} received", tidy=False)
             if outcome is not None:
                 self.reporter.warn(outcome.message)
             raise

@@ -377,6 +377,11 @@ def _kill_during_a_switch(project: Project, running: Proxy, slots: list[int], do
     live = docker_client.containers.get(project.container)
     slot = int(live.labels["rollout.slot"])
     assert live.status == "running" and live.labels["rollout.tag"] == expected
+    # Nothing unverified keeps running beside it (killed right after starting good2 beside good1,
+    # recovery removes that container: Target.tidy).
+    others = [c.name for c in docker_client.containers.list(filters={"name": project.container})
+              if c.name.startswith(project.container) and c.id != live.id]
+    assert others == [], f"running beside the live release after recovery: {others}"
     assert target["in_sync"] and target["digest"] == current["digest"] and target["traffic"]["routed"], target
     assert routed(running) == [f"127.0.0.1:{slot}"]
     assert http_get(f"http://127.0.0.1:{slot}/version") == expected and through(running) == expected

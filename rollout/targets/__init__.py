@@ -120,6 +120,10 @@ class Target(Protocol):
     Optional: keeps_log_tail (bool, default True), read after logs(): False when the text logs()
     returned may hold values it could not mask (a kubernetes container's env from Secrets): the
     orchestrator then shows it on stderr but does not store it in the ledger's log-tail event.
+    Optional: tidy(), called by recovery (Orchestrator.recover) on every target before anything
+    else: removes what an interrupted apply left beside the live release that never took the name
+    or the traffic (a docker target: a new container under its temporary name, which may be
+    running, unverified). Raises TargetUnreachable; recovery then warns and goes on.
     Optional: preview(release) -> rollout.plan.Preview, read-only (no pull, no change): whether the
     target would pull release.image and what would change; `--dry-run` calls it (issue 17.1).
 

@@ -584,6 +584,18 @@ class DockerTarget:
         retired = [c for c in self._retired() if c.id != beside.container_id]
         self._prune(retired[KEEP_RETIRED:])
 
+    def tidy(self) -> None:
+        """Remove the new containers an interrupted apply left under their temporary name
+        (NAME.rollout-new-*; optional Target method, called by recovery): never verified, they
+        never took the name or the traffic (with a traffic section one may be running, started
+        beside the live release: an app that also works off a queue or a schedule would keep
+        doing so with the unverified release). Raises TargetUnreachable (exit 5)."""
+        try:
+            engine_call(self.where, lambda: self._retired())
+        except (docker.errors.APIError, requests.exceptions.ConnectionError) as exc:
+            raise TargetUnreachable(f"target {self.name}: cannot remove what an interrupted deploy left:"
+                                    f" {short_reason(exc)}") from None
+
     # -- helpers -------------------------------------------------------------
 
     def _container(self, name: str) -> Any:
