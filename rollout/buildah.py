@@ -15,12 +15,23 @@ Plain HTTP is allowed only for the registries rollout itself reaches over plain 
 (loopback ones and `[registry] insecure`, rollout.registry.base_url), through a
 registries.conf written for the build (containers-registries.conf(5) `insecure = true`),
 never with buildah's global `--tls-verify=false`.
+
+Credentials and the CA bundle are the ones rollout's own registry client uses
+(rollout.registry.RegistryClient.credentials and .ca_bundle): for each registry the build
+talks to (its FROM images' and the push destination's), what rollout.credentials found
+(credHelpers, credsStore, config.json `auths` with `auth` or `username`/`password`) is
+written into a containers-auth.json(5) of the build's own (mode 0600, in its storage root,
+removed with it) passed as `--authfile`, and `[registry] ca_bundle` is copied into a
+containers-certs.d(5) directory passed as `--cert-dir`. Secrets only ever go into that file:
+never on a command line (`ps`), into the environment, the output or the ledger.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -33,10 +44,11 @@ from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator, Mapping, Protocol
 
 from rollout.build_context import PINNED_DOCKERFILE, build_context_tar
-from rollout.errors import RegistryUnreachable, UserError, one_line
+from rollout.credentials import Credentials
+from rollout.errors import ConfigError, RegistryUnreachable, UserError, one_line
 from rollout.reference import Reference, checked_digest
 
 PACKAGE = "buildah"  # the Debian (and Fedora) package with the buildah binary
@@ -46,6 +58,12 @@ LOG_LINES = 20  # the last lines of a failed build that are shown
 EPOCH_MAX = 253402300799  # 9999-12-31T23:59:59Z: the last second RFC 3339 (and Python's datetime) can write
 LOCK_FILE = "lock"  # in each storage root: flock'ed while a build uses it
 LOCAL_NAME = "localhost/rollout-build"  # the image's name in the build's own storage (never pushed as such)
+# The user name a credential helper answers with when its secret is an identity token (an OAuth2 refresh
+# token), not a password: docker/cli cli/config/credentials/native_store.go `tokenUsername`; containers/image
+# (pkg/docker/config) reads such an answer as `identitytoken` too.
+TOKEN_USERNAME = "<token>"
+AUTH_FILE = "auth.json"  # in each storage root: the build's containers-auth.json(5), mode 0600
+CERT_DIR = "certs"  # in each storage root: the build's containers-certs.d(5) directory (--cert-dir)
 
 
 class Reporter(Protocol):
@@ -141,10 +159,59 @@ def registries_conf(plain_http: list[str]) -> str:
 
 
 def auth_file() -> Path | None:
-    """Docker's config.json ($DOCKER_CONFIG or ~/.docker), which buildah reads as its --authfile; None without one."""
+    """Docker's config.json ($DOCKER_CONFIG or ~/.docker), which buildah reads as its --authfile when rollout
+    found no credentials for the build's registries (what it did before credentials were resolved, kept for
+    `auths` entries holding only an `identitytoken`, which rollout's own client does not use); None without one."""
     directory = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
     path = directory / "config.json"
     return path if path.is_file() else None
+
+
+def auth_json(credentials: Mapping[str, Credentials | None]) -> str:
+    """A containers-auth.json(5) holding credentials by registry ("host[:port]" as in image references):
+    `{"auths": {"host:5000": {"auth": base64("user:secret")}}}`, or `{"identitytoken": secret}` for a
+    credential helper's identity token (TOKEN_USERNAME). Registries mapped to None are left out."""
+    auths: dict[str, dict[str, str]] = {}
+    for registry, found in sorted(credentials.items()):
+        if found is None:
+            continue
+        if found.username == TOKEN_USERNAME:
+            auths[registry] = {"identitytoken": found.secret}
+        else:
+            auths[registry] = {"auth": base64.b64encode(f"{found.username}:{found.secret}".encode()).decode()}
+    return json.dumps({"auths": auths})
+
+
+def registry_args(storage: Path, credentials: Mapping[str, Credentials | None], ca_bundle: str | None) -> list[str]:
+    """The options giving buildah rollout's credentials and CA bundle, for `bud` and `push`: `--authfile` with
+    the build's own auth.json (written 0600 into storage) when any registry has credentials, else Docker's
+    config.json when there is one (auth_file); `--cert-dir` with a copy of ca_bundle as `ca.crt` when set.
+
+    containers/image (pkg/tlsclientconfig) adds a --cert-dir's *.crt files to the system's CA pool, as
+    requests' verify=ca_bundle trusts the bundle: a registry rollout's client verifies, buildah verifies. It
+    reads that directory instead of /etc/containers/certs.d/HOST (client certificates there are not used).
+    Raises ConfigError (exit 2) naming ca_bundle when it cannot be read.
+    """
+    args: list[str] = []
+    if any(found is not None for found in credentials.values()):
+        path = storage / AUTH_FILE
+        # Created 0600 (O_EXCL: never an existing file), so the secrets are never readable by others, not even briefly.
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "w") as written:
+            written.write(auth_json(credentials))
+        args += ["--authfile", str(path)]
+    else:
+        docker = auth_file()
+        args += ["--authfile", str(docker)] if docker is not None else []
+    if ca_bundle:
+        certs = storage / CERT_DIR
+        certs.mkdir()
+        try:
+            shutil.copyfile(ca_bundle, certs / "ca.crt")
+        except OSError as error:
+            raise ConfigError(f"[registry] ca_bundle {ca_bundle} cannot be read ({error.strerror or error}):"
+                              " fix the path in rollout.toml") from None
+        args += ["--cert-dir", str(certs)]
+    return args
 
 
 @dataclass
@@ -155,6 +222,7 @@ class Build:
     image_id: str  # "sha256:<64 hex>": the digest of the image config (what the image *is*)
     env: dict[str, str]
     lock: int  # the storage root's lock (a file descriptor), passed on to every buildah process
+    registry_args: list[str]  # --authfile / --cert-dir (registry_args): the registries' credentials and CA
 
     def buildah(self, *args: str) -> list[str]:
         """The buildah command line for args, in this build's storage root."""
@@ -170,7 +238,7 @@ class Build:
         """
         digest_file = self.storage / "pushed-digest"
         command = self.buildah("push", "--quiet", "--format", "oci", "--digestfile", str(digest_file),
-                               *_authfile_args(), f"{LOCAL_NAME}:latest", f"docker://{ref}")
+                               *self.registry_args, f"{LOCAL_NAME}:latest", f"docker://{ref}")
         try:
             result = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT, env=self.env,
                                     stdin=subprocess.DEVNULL, pass_fds=(self.lock,))
@@ -184,13 +252,17 @@ class Build:
 
 @contextmanager
 def build(settings: Any, pinned_dockerfile: str, context_digest: str, *, labels: dict[str, str],
-          timestamp: int | None, plain_http: list[str], state_dir: Path, reporter: Reporter) -> Iterator[Build]:
+          timestamp: int | None, plain_http: list[str], state_dir: Path, reporter: Reporter,
+          credentials: Mapping[str, Credentials | None] | None = None, ca_bundle: str | None = None) -> Iterator[Build]:
     """Build exactly the hashed context (rollout.build_context) with `buildah bud` in a new storage root
     under state_dir; yield the Build; remove the storage root afterwards.
 
     settings: rollout.config.BuildSettings; timestamp: seconds since the epoch for every time in
-    the image (None: the current time, not reproducible); plain_http: registries reached over HTTP.
-    Raises UserError (exit 2) when buildah is missing, the build fails, takes over BUILD_TIMEOUT
+    the image (None: the current time, not reproducible); plain_http: registries reached over HTTP;
+    credentials: by registry ("host[:port]"), what rollout's registry client uses for the FROM images'
+    registries and the push destination (None: anonymous); ca_bundle: `[registry] ca_bundle` (registry_args).
+    Raises ConfigError (exit 2) for an unreadable ca_bundle, UserError (exit 2) when buildah is missing,
+    the build fails, takes over BUILD_TIMEOUT
     seconds (its whole process group is stopped) or the context changed while it was read; an
     exception while it runs (an interrupt) stops the build's process group before it propagates.
     """
@@ -218,12 +290,12 @@ def build(settings: Any, pinned_dockerfile: str, context_digest: str, *, labels:
         conf = storage / "registries.conf"
         conf.write_text(registries_conf(plain_http))
         env = {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(conf), "BUILDAH_FORMAT": "oci"}
-        made = Build(storage, "", env, lock)
+        made = Build(storage, "", env, lock, registry_args(storage, credentials or {}, ca_bundle))
         iid = storage / "image-id"
         # --layers: a layer per step, as docker makes them, so `rebuild --explain` can name the step that differs
         # (without it buildah squashes the Dockerfile's steps into one layer); a new storage root caches nothing.
         args = ["bud", "--layers", "--isolation", "chroot", "--network", "host", "--format", "oci", "--identity-label=false",
-                "--pull=true", *_authfile_args(), "-f", str(context / PINNED_DOCKERFILE), "--iidfile", str(iid),
+                "--pull=true", *made.registry_args, "-f", str(context / PINNED_DOCKERFILE), "--iidfile", str(iid),
                 "-t", f"{LOCAL_NAME}:latest"]
         if timestamp is not None:
             args += ["--timestamp", str(timestamp)]
@@ -263,11 +335,6 @@ def remove_stale_roots(state_dir: Path, reporter: Reporter) -> None:
             _remove(storage, reporter)
         finally:
             os.close(lock)
-
-
-def _authfile_args() -> list[str]:
-    path = auth_file()
-    return ["--authfile", str(path)] if path is not None else []
 
 
 def _run_build(command: list[str], env: dict[str, str], reporter: Reporter, lock: int) -> None:

@@ -340,8 +340,12 @@ def _build_with_buildah(app: AppConfig, inputs: Inputs, decision: Decision, ledg
     repository = Reference(app.registry, app.repository)
     reporter.info(f"{app.name}: {decision.why}: building {app.image} with buildah"
                   f"{' (reproducible, timestamp ' + str(stamp) + ')' if stamp is not None else ''} ({inputs.describe()})")
+    # The credentials and CA bundle rollout's own client uses for each of these registries: a registry that
+    # `rollout deploy` reaches, buildah reaches (rollout.buildah.registry_args).
+    credentials = {r: registry.credentials(r) for r in registries}
     with buildah.build(settings, inputs.dockerfile.pinned(inputs.base_digests), inputs.context.digest, labels=labels,
-                       timestamp=stamp, plain_http=plain_http, state_dir=state_dir, reporter=reporter) as built:
+                       timestamp=stamp, plain_http=plain_http, state_dir=state_dir, reporter=reporter,
+                       credentials=credentials, ca_bundle=registry.ca_bundle) as built:
         current = ledger.current(app.name)
         same = same_image(ledger, registry, app.name, repository, inputs.build_key, built.image_id)
         if same is not None and (current is None or current.digest != same[1]):

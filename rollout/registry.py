@@ -277,6 +277,19 @@ class RegistryClient:
         self._token_locks: dict[tuple[str, str], threading.Lock] = {}
         self.request_counts: collections.Counter[tuple[str, str]] = collections.Counter()
 
+    @property
+    def ca_bundle(self) -> str | None:
+        """`[registry] ca_bundle`: the PEM file this client verifies TLS with; None: the default trust store."""
+        return self._verify if isinstance(self._verify, str) else None
+
+    def credentials(self, registry: str) -> Credentials | None:
+        """The credentials this client sends to registry (rollout.credentials.credentials_for with this
+        client's Docker config directory, asked once per registry); None: anonymous. Raises ConfigError
+        (exit 2) as credentials_for does. Also what a buildah build is given (rollout.buildah)."""
+        if registry not in self._credentials:
+            self._credentials[registry] = credentials_for(registry, self._docker_config)
+        return self._credentials[registry]
+
     def base_url(self, registry: str) -> str:
         """`http(s)://host[:port]` of the registry's API, as the module function base_url decides
         with this client's insecure list."""
@@ -456,19 +469,14 @@ class RegistryClient:
             return None
         if challenge.scheme == "bearer":
             return f"Bearer {self._token(registry, scope, challenge)}"
-        credentials = self._credentials_for(registry)
+        credentials = self.credentials(registry)
         if challenge.scheme == "basic" and credentials is not None:
             return basic_authorization(credentials)
         return None
 
-    def _credentials_for(self, registry: str) -> Credentials | None:
-        if registry not in self._credentials:
-            self._credentials[registry] = credentials_for(registry, self._docker_config)
-        return self._credentials[registry]
-
     def _who(self, registry: str) -> str:
         """Who we were, for an auth error: the user name and where it came from, never the secret."""
-        credentials = self._credentials_for(registry)
+        credentials = self.credentials(registry)
         if credentials is None:
             return f"anonymous access (no credentials for it in Docker's config.json; try docker login {registry})"
         return f"user {credentials.username!r} (credentials from {credentials.source})"
@@ -498,7 +506,7 @@ class RegistryClient:
         params = {"scope": scope}
         if challenge.params.get("service"):
             params["service"] = challenge.params["service"]
-        credentials = self._credentials_for(registry)
+        credentials = self.credentials(registry)
         auth = (credentials.username, credentials.secret) if credentials else None
         response = self._send("GET", realm, registry, "token", None, params=params, auth=auth)
         if response.status_code in (401, 403):
