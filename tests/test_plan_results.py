@@ -476,3 +476,33 @@ def test_a_plan_on_an_on_delete_statefulset_is_refused_like_the_deploy(kube: Any
         assert cluster.run("history", "--json").stdout.strip() in ("", "[]")
     finally:
         cluster.kubectl("delete", "statefulset", cluster.name, "--wait=false")
+
+
+def test_a_plan_for_a_router_that_drifted_says_it_only_switches_back(project: Project, tmp_path: Path,
+                                                                     docker_client: Any) -> None:
+    """The router was pointed at the idle slot by hand (nothing runs there): deploying the current
+    release again only switches back to the container that runs it. The plan says so (no container
+    started beside), and the deploy does exactly that (issue 14 left-alone item)."""
+    from rollout.routers import open_router
+    from support.ports import free_port
+    from support.routers import proxy
+    from support.traffic import deploy, routed, write_traffic_config
+
+    slots = [free_port(), free_port()]
+    with proxy("haproxy", tmp_path, [f"127.0.0.1:{s}" for s in slots]) as running:
+        write_traffic_config(project, running, slots)
+        assert deploy(project, "good1").returncode == 0
+        live = docker_client.containers.get(project.container)
+        slot = int(live.labels["rollout.slot"])
+        [idle] = [s for s in slots if s != slot]
+        open_router(running.kind, running.admin, running.route).switch(f"127.0.0.1:{idle}")
+        plan = project.json("deploy", "web:good1", "--dry-run", "--json")
+        [target] = plan["targets"]
+        assert target["moves"] and plan["repair"], plan
+        assert f"switches to {project.container}, which runs this release on slot {slot}" in target["changes"], target
+        assert "started beside" not in target["changes"]
+        assert routed(running) == [f"127.0.0.1:{idle}"]  # the plan changed nothing
+        result = deploy(project, "good1")
+        assert result.returncode == 0, result.stderr
+        assert routed(running) == [f"127.0.0.1:{slot}"]
+        assert [c.id for c in docker_client.containers.list(all=True, filters={"name": project.container})] == [live.id]

@@ -218,6 +218,7 @@ class DockerTarget:
         what prepare and apply would, reading only: the router's checks and where the traffic goes
         (RouterConfigError exit 2, RouterUnreachable exit 5), no idle slot or one something else
         listens on (NotApplied, exit 2). Raises TargetUnreachable (exit 5)."""
+        serving = None
         if self.traffic is not None:
             self.router.check([upstream(slot) for slot in self.traffic.slots])
             self._upstreams = self.router.upstreams()
@@ -235,7 +236,14 @@ class DockerTarget:
         except (docker.errors.APIError, requests.exceptions.ConnectionError) as exc:
             raise TargetUnreachable(f"target {self.name}: Docker engine at {self.where}: {short_reason(exc)}") from None
         changes = f"container {self.container_name} on {self.where}"
-        if self.traffic is not None:
+        if self.traffic is not None and serving is not None:
+            # apply takes the container that already runs this release (a router that drifted, a
+            # revert after a switch back): no container is created or started.
+            changes = (f"nothing on {self.where}: {serving.name} runs this release and takes the traffic"
+                       if self._upstreams == [upstream(slot)] else
+                       f"{self.traffic.router} route {self.traffic.route} on {self.where}: switches to"
+                       f" {serving.name}, which runs this release on slot {slot}")
+        elif self.traffic is not None:
             changes += (f" (started beside it on the idle slot, then {self.traffic.router} route"
                         f" {self.traffic.route} switches to it)")
         return Preview(changes, pull)
