@@ -191,6 +191,23 @@ def test_a_missing_route_or_backend_is_a_one_line_error_naming_it(bed: Bed) -> N
     assert bed.get() == (200, "blue")
 
 
+def test_caddy_admin_given_as_a_site_it_serves_names_that_mistake(tmp_path: Path) -> None:
+    """traffic.admin set to Caddy's own listener (the app answers there, not Caddy's admin API):
+    exit 2 saying where to point it, not "add @id" nor an unreachable proxy; nothing changes."""
+    with upstreams("blue", "green") as (blue, green):
+        with proxy("caddy", tmp_path, [blue.address, green.address]) as running:
+            bed = Bed(running, blue, green)
+            router = open_router("caddy", running.url, running.route)
+            for call in (router.check, router.upstreams, lambda: router.switch(green.address)):
+                with pytest.raises(RouterConfigError) as raised:
+                    call()
+                message = _one_line(raised.value)
+                assert "does not answer as Caddy's admin API" in message and "@id" not in message, message
+                assert raised.value.exit_code == EXIT_USAGE
+            assert bed.router.upstreams() == [blue.address]
+            assert bed.get() == (200, "blue")
+
+
 def test_an_unreachable_admin_endpoint_is_exit_5_and_changes_nothing(bed: Bed) -> None:
     nowhere = {"caddy": f"http://127.0.0.1:{free_port()}", "haproxy": f"tcp://127.0.0.1:{free_port()}"}
     for admin in (nowhere[bed.proxy.kind], "unix:///nonexistent/admin.sock" if bed.proxy.kind == "haproxy"
