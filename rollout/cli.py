@@ -69,6 +69,7 @@ PUSHGATEWAY = typer.Option(None, "--pushgateway", metavar="URL", help="After the
 WAIT = typer.Option(0.0, "--wait", metavar="SECONDS", help="Wait this long for another rollout's lock.")
 REASON = typer.Option(None, "--reason", help="Why: recorded in the ledger.")
 DRY_RUN = typer.Option(False, "--dry-run", help="Print the plan per target and change nothing (no entry, lock, pull or change).")
+FORCE = typer.Option(False, "--force", help="Deploy even when every target already runs this digest as the current healthy entry.")
 RESULT_JSON = typer.Option(False, "--json", help="One JSON result object on stdout at the end; progress stays on stderr.")
 
 
@@ -77,7 +78,7 @@ def deploy(
     ctx: typer.Context,
     release: str = typer.Argument(..., metavar="APP:TAG", help="APP:TAG, APP@DIGEST, APP:TAG@DIGEST or REGISTRY/REPO:TAG"),
     allow_retag: bool = typer.Option(False, "--allow-retag", help="Accept a tag that now resolves to another digest."),
-    force: bool = typer.Option(False, "--force", help="Deploy even when every target already runs this digest as the current healthy entry."),
+    force: bool = FORCE,
     dry_run: bool = DRY_RUN,
     as_json: bool = RESULT_JSON,
     wait: float = WAIT,
@@ -138,7 +139,7 @@ def promote(
     source_config: Optional[str] = typer.Option(None, "--from-config", metavar="OTHER.toml",
                                                 help="Take the source from another rollout.toml and its ledger (the"
                                                      " app of the same name unless --from names one)."),
-    force: bool = typer.Option(False, "--force", help="Deploy even when every target already runs this digest as the current healthy entry."),
+    force: bool = FORCE,
     as_json: bool = RESULT_JSON,
     wait: float = WAIT,
     reason: Optional[str] = REASON,
