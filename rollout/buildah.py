@@ -59,8 +59,8 @@ EPOCH_MAX = 253402300799  # 9999-12-31T23:59:59Z: the last second RFC 3339 (and 
 LOCK_FILE = "lock"  # in each storage root: flock'ed while a build uses it
 LOCAL_NAME = "localhost/rollout-build"  # the image's name in the build's own storage (never pushed as such)
 # The user name a credential helper answers with when its secret is an identity token (an OAuth2 refresh
-# token), not a password: docker/cli cli/config/credentials/native_store.go `tokenUsername`; containers/image
-# (pkg/docker/config) reads such an answer as `identitytoken` too.
+# token), not a password (docker/cli cli/config/credentials/native_store.go `tokenUsername`); written into the
+# build's auth.json as an `identitytoken` entry, the form docker login and containers/image store one in.
 TOKEN_USERNAME = "<token>"
 AUTH_FILE = "auth.json"  # in each storage root: the build's containers-auth.json(5), mode 0600
 CERT_DIR = "certs"  # in each storage root: the build's containers-certs.d(5) directory (--cert-dir)

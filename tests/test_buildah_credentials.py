@@ -23,6 +23,8 @@ from typing import Any, Iterator
 import pytest
 import requests
 
+from rollout import buildah
+from rollout.credentials import Credentials
 from rollout.reference import parse
 from rollout.registry import RegistryClient
 from support.bed import TLS_HOST, need
@@ -255,3 +257,15 @@ def test_an_unreadable_ca_bundle_is_exit_2_naming_it(
     assert result.returncode == 2, result.stdout + result.stderr
     assert "ca_bundle" in result.stderr and "missing.pem" in result.stderr and "Traceback" not in result.stderr
     assert bed.buildah_calls() == []  # stopped before any build
+
+
+def test_the_auth_file_holds_each_registrys_login_and_a_helpers_identity_token_as_one() -> None:
+    # containers-auth.json(5): `auth` is base64("user:secret"); a credential helper answering user "<token>"
+    # holds an identity token (docker/cli native_store.go), which containers/image reads as `identitytoken`.
+    written = json.loads(buildah.auth_json({
+        "127.0.0.1:5000": Credentials(USER, PASSWORD, "config.json auths"),
+        "ghcr.io": Credentials("<token>", "refresh-token-value", "docker-credential-test"),
+        "docker.io": None}))
+    assert written == {"auths": {
+        "127.0.0.1:5000": {"auth": base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()},
+        "ghcr.io": {"identitytoken": "refresh-token-value"}}}
