@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Protocol
 
 from rollout.build_context import PINNED_DOCKERFILE, build_context_tar
-from rollout.credentials import Credentials
+from rollout.credentials import TOKEN_USERNAME, Credentials
 from rollout.errors import ConfigError, RegistryUnreachable, UserError, one_line
 from rollout.reference import Reference, checked_digest
 
@@ -58,10 +58,6 @@ LOG_LINES = 20  # the last lines of a failed build that are shown
 EPOCH_MAX = 253402300799  # 9999-12-31T23:59:59Z: the last second RFC 3339 (and Python's datetime) can write
 LOCK_FILE = "lock"  # in each storage root: flock'ed while a build uses it
 LOCAL_NAME = "localhost/rollout-build"  # the image's name in the build's own storage (never pushed as such)
-# The user name a credential helper answers with when its secret is an identity token (an OAuth2 refresh
-# token), not a password (docker/cli cli/config/credentials/native_store.go `tokenUsername`); written into the
-# build's auth.json as an `identitytoken` entry, the form docker login and containers/image store one in.
-TOKEN_USERNAME = "<token>"
 AUTH_FILE = "auth.json"  # in each storage root: the build's containers-auth.json(5), mode 0600
 CERT_DIR = "certs"  # in each storage root: the build's containers-certs.d(5) directory (--cert-dir)
 
@@ -170,7 +166,7 @@ def auth_file() -> Path | None:
 def auth_json(credentials: Mapping[str, Credentials | None]) -> str:
     """A containers-auth.json(5) holding credentials by registry ("host[:port]" as in image references):
     `{"auths": {"host:5000": {"auth": base64("user:secret")}}}`, or `{"identitytoken": secret}` for a
-    credential helper's identity token (TOKEN_USERNAME). Registries mapped to None are left out."""
+    credential helper's identity token (rollout.credentials.TOKEN_USERNAME: the form docker login and containers/image store one in). Registries mapped to None are left out."""
     auths: dict[str, dict[str, str]] = {}
     for registry, found in sorted(credentials.items()):
         if found is None:

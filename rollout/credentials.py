@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 DOCKER_HUB_SERVER = "https://index.docker.io/v1/"
 DOCKER_HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io"}
 HELPER_TIMEOUT = 30.0
+# The user name a credential helper answers with when its secret is an identity token (an OAuth2 refresh
+# token), not a password (docker/cli cli/config/credentials/native_store.go `tokenUsername`).
+TOKEN_USERNAME = "<token>"
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,19 @@ def decode_auth_entry(entry: dict[str, Any], registry: str) -> Credentials | Non
     if entry.get("username") and entry.get("password"):
         return Credentials(str(entry["username"]), str(entry["password"]), "config.json auths")
     return None
+
+
+def engine_auth(found: Credentials | None) -> dict[str, str] | None:
+    """What the Docker Engine API takes as a pull's X-Registry-Auth (POST /images/create; the SDK's
+    auth_config): {"username", "password"}, or {"identitytoken"} for a credential helper's identity
+    token (TOKEN_USERNAME); None without credentials (the SDK then looks in config.json itself).
+    Given explicitly so the engine pulls with the credentials rollout's own registry requests used:
+    the SDK's own lookup ignores `username`/`password` entries (this module's docstring)."""
+    if found is None:
+        return None
+    if found.username == TOKEN_USERNAME:
+        return {"identitytoken": found.secret}
+    return {"username": found.username, "password": found.secret}
 
 
 def credentials_for(registry: str, config_dir: str | os.PathLike[str] | None = None) -> Credentials | None:

@@ -65,3 +65,26 @@ def test_no_password_in_ledger_events_or_output(ledger_project: Project, docker_
         assert secret not in text
     history = json.loads(outputs[4])
     assert [e["status"] for e in history] == ["healthy", "failed", "healthy"]
+
+
+def test_a_username_password_entry_in_config_json_pulls_too(project: Project, docker_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """config.json `auths` with `username`/`password` (the docker CLI reads them, types.AuthConfig):
+    rollout's HEAD used them, so the engine's pull must too. The Docker SDK's own lookup ignores
+    such entries, so the pull used to fail with "unauthorized" after a successful resolve."""
+    with start_registry(tmp_path / "registry", auth="htpasswd", users={USER: PASSWORD}) as private:
+        repository = f"{private.host}/team/app"
+        docker_client.images.get(f"{APP_IMAGE}:good1").tag(repository, "good1")
+        for line in docker_client.images.push(repository, "good1", auth_config={"username": USER, "password": PASSWORD},
+                                              stream=True, decode=True):
+            assert "error" not in line, line
+        docker_client.images.remove(f"{repository}:good1")  # the deploy must pull it
+        docker_config = tmp_path / "docker-config"
+        docker_config.mkdir()
+        (docker_config / "config.json").write_text(json.dumps({"auths": {private.host: {"username": USER, "password": PASSWORD}}}))
+        project.env["DOCKER_CONFIG"] = str(docker_config)
+        write_config(project, image=repository)
+        result = project.run("deploy", "web:good1")
+        assert result.returncode == 0, result.stderr
+        assert project.version() == "good1"
+        assert docker_client.containers.get(project.container).attrs["Config"]["Image"].startswith(f"{repository}@sha256:")
+    assert PASSWORD not in all_text(project, result.stdout, result.stderr)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import yaml
 
 from rollout.config import AppConfig, TargetConfig
+from rollout.credentials import credentials_for, engine_auth
 from rollout.errors import EXIT_UNREACHABLE, EXIT_USAGE, NotApplied, TargetUnreachable, UserError, one_line
 from rollout.reference import checked_digest, checked_image, parse, repo_digests
 from rollout.targets import Observation, OutOfOrder, Release, Running
@@ -296,8 +297,11 @@ class ComposeTarget:
             pass
         except Exception as exc:  # noqa: BLE001
             raise TargetUnreachable(f"target {self.name}: the Docker engine is unreachable ({one_line(exc)})") from None
+        # With the credentials rollout's own HEAD used (the SDK's own lookup misses some); a broken
+        # credential helper is ConfigError (exit 2), not an unreachable engine.
+        auth = engine_auth(credentials_for(parse(release.image).registry))
         try:
-            client.api.pull(release.repository, tag=release.digest)
+            client.api.pull(release.repository, tag=release.digest, auth_config=auth)
             client.images.get(release.image)
         except Exception as exc:  # noqa: BLE001 - a pull error's kind does not matter, its reason does
             raise TargetUnreachable(f"target {self.name}: cannot pull {release.image}: {one_line(exc)}") from None

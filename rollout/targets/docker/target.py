@@ -28,11 +28,12 @@ import docker.errors
 import requests.exceptions
 
 from rollout.config import AppConfig, TargetConfig
+from rollout.credentials import credentials_for, engine_auth
 from rollout.errors import (EXIT_USAGE, ConfigError, NotApplied, RouterConfigError, RouterUnreachable, TargetUnreachable,
                             UserError, one_line)
 from rollout.faults import kill_point
 from rollout.plan import Preview
-from rollout.reference import checked_digest, checked_image, repo_digests
+from rollout.reference import checked_digest, checked_image, parse, repo_digests
 from rollout.routers import Router, open_router
 from rollout.targets import OutOfOrder, Release, Running
 from rollout.targets.docker.endpoint import connect, resolve_endpoint
@@ -171,7 +172,8 @@ class DockerTarget:
             raise TargetUnreachable(f"target {self.name}: Docker engine at {where} is unreachable"
                                     f" ({engine_failure(exc)}) after {ENGINE_RETRY_SECONDS:g}s of retries") from None
         try:
-            engine_call(where, lambda: self.client.api.pull(release.repository, tag=release.digest))
+            auth = engine_auth(credentials_for(parse(release.image).registry))  # as rollout's own HEAD
+            engine_call(where, lambda: self.client.api.pull(release.repository, tag=release.digest, auth_config=auth))
         except (docker.errors.APIError, requests.exceptions.ConnectionError) as exc:
             raise TargetUnreachable(f"target {self.name}: cannot pull {release.image}: {short_reason(exc)}") from None
         try:  # errors inside the pull's progress stream do not raise: check the result
