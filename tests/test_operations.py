@@ -23,7 +23,7 @@ from rollout.errors import EXIT_LOCKED, EXIT_OK, EXIT_REVERTED, LockHeld
 from rollout.faults import KILL_AT_ENV
 from rollout.ledger import open_ledger
 from support.fakes import RecordingReporter
-from support.images import APP_IMAGE
+from support.images import push_test_image
 from support.project import Project, write_config
 from support.registry_server import start_registry
 
@@ -154,10 +154,7 @@ def test_registry_credentials_from_rollout_toml_reach_the_engines_pull(
     user, password = "deployer", f"pw-{uuid.uuid4().hex}"
     with start_registry(tmp_path / "registry", auth="htpasswd", users={user: password}) as private:
         repository = f"{private.host}/team/app"
-        docker_client.images.get(f"{APP_IMAGE}:good1").tag(repository, "good1")
-        for line in docker_client.images.push(repository, "good1", auth_config={"username": user, "password": password},
-                                              stream=True, decode=True):
-            assert "error" not in line, line
+        push_test_image(docker_client, repository, ("good1",), {"username": user, "password": password})
         digest = next(d.split("@", 1)[1] for d in docker_client.images.get(f"{repository}:good1").attrs["RepoDigests"]
                       if d.startswith(repository + "@"))
         docker_client.images.remove(f"{repository}:good1")  # so the target must pull, with credentials

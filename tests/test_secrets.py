@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from support import pg
-from support.images import APP_IMAGE
+from support.images import push_test_image
 from support.project import Project, write_config
 from support.registry_server import start_registry
 
@@ -33,10 +33,7 @@ def test_no_password_in_ledger_events_or_output(ledger_project: Project, docker_
     with start_registry(tmp_path / "registry", auth="htpasswd", users={USER: PASSWORD}) as private:
         auth = {"username": USER, "password": PASSWORD}
         repository = f"{private.host}/team/app"
-        for tag in ("good1", "crash"):
-            docker_client.images.get(f"{APP_IMAGE}:{tag}").tag(repository, tag)
-            for line in docker_client.images.push(repository, tag, auth_config=auth, stream=True, decode=True):
-                assert "error" not in line, line
+        push_test_image(docker_client, repository, ("good1", "crash"), auth)
         docker_config = tmp_path / "docker-config"
         docker_config.mkdir()
         encoded = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
@@ -73,10 +70,7 @@ def test_a_username_password_entry_in_config_json_pulls_too(project: Project, do
     such entries, so the pull used to fail with "unauthorized" after a successful resolve."""
     with start_registry(tmp_path / "registry", auth="htpasswd", users={USER: PASSWORD}) as private:
         repository = f"{private.host}/team/app"
-        docker_client.images.get(f"{APP_IMAGE}:good1").tag(repository, "good1")
-        for line in docker_client.images.push(repository, "good1", auth_config={"username": USER, "password": PASSWORD},
-                                              stream=True, decode=True):
-            assert "error" not in line, line
+        push_test_image(docker_client, repository, ("good1",), {"username": USER, "password": PASSWORD})
         docker_client.images.remove(f"{repository}:good1")  # the deploy must pull it
         docker_config = tmp_path / "docker-config"
         docker_config.mkdir()

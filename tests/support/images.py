@@ -24,3 +24,12 @@ def digest_of(docker_client: Any, tag: str, image: str = APP_IMAGE) -> str:
     except docker.errors.ImageNotFound:
         return str(docker_client.images.get_registry_data(f"{image}:{tag}").id)
     return next(d.split("@")[1] for d in pulled.attrs["RepoDigests"] if d.startswith(image + "@"))
+
+
+def push_test_image(docker_client: Any, repository: str, tags: tuple[str, ...], auth: dict[str, str]) -> None:
+    """Tag the test image's `tags` as REPOSITORY:TAG and push each with `auth` (the SDK's auth_config,
+    e.g. {"username", "password"}) to a private registry; AssertionError on a push error."""
+    for tag in tags:
+        docker_client.images.get(f"{APP_IMAGE}:{tag}").tag(repository, tag)
+        for line in docker_client.images.push(repository, tag, auth_config=auth, stream=True, decode=True):
+            assert "error" not in line, line
