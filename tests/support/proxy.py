@@ -186,6 +186,7 @@ def read_chunked(stream: Any) -> bytes:
 def _handler_for(proxy: RegistryProxy) -> type[BaseHTTPRequestHandler]:
     class ProxyHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # as the Go registry behind it: a body never waits for a delayed ACK
 
         def handle_any(self) -> None:
             kind = request_kind(self.path)
