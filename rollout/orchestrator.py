@@ -268,8 +268,9 @@ class Orchestrator:
         records an entry (exit 2 nothing to revert to, 5 a target unreachable)."""
         to, current = self._revert_choice(to)
         running = self._check_reachable()
-        release = Release(0, to.repository, to.tag, to.digest, "plan", revert=True)
-        return self._plan(L.REVERT, release, current, running, list(self.targets), reverts_to=to)
+        release = Release(0, to.repository, to.tag, to.digest, "plan", revert=True, trusted=self._trusted(to.digest))
+        moving = [] if self._already_there(to, current, running) else list(self.targets)
+        return self._plan(L.REVERT, release, current, running, moving, reverts_to=to)
 
     def _plan(self, kind: str, release: Release, current: Entry | None, running: dict[str, Running],
               moving: list[Target], reverts_to: Entry | None = None, repair: bool = False) -> Plan:
@@ -287,26 +288,54 @@ class Orchestrator:
         batches = [[t.name for t in batch] for batch in plan_batches(moving, self.strategy)] if moving else []
         return Plan(kind=kind, app=self.app.name, repository=release.repository, tag=release.tag,
                     digest=release.digest, current=current, targets=targets, batches=batches,
-                    on_failure=None if repair else self.ledger.last_healthy(self.app.name, not_digest=release.digest),
+                    on_failure=None if repair else self._fallback(release.digest),
                     reverts_to=reverts_to, repair=repair)
 
     def revert(self, to: Entry | None = None, *, reason: str | None = None) -> Outcome:
         """Go back to `to`, or by default to the healthy entry before the current one with another digest.
 
         The revert is its own entry (kind revert, reverts_to = to.id), applied to every target and
-        verified like a deploy; its Outcome's exit code is 0 healthy, 1 or 3 as for `deploy`.
+        verified like a deploy; its Outcome's exit code is 0 healthy, 1 or 3 as for `deploy`. When
+        `to` has the current healthy entry's digest and every target runs it, nothing is recorded or
+        touched (Outcome.unchanged, exit 0, "already running #N TAG"), as for an idempotent deploy.
         Raises UserError (exit 2) when there is nothing to revert to, or `to` is another app's or
         was never healthy; TargetUnreachable (exit 5) and the other errors `deploy` raises.
         """
         self._durations = dict.fromkeys(PHASES)
         to, current = self._revert_choice(to)
-        self._check_reachable()
+        running = self._check_reachable()
+        if self._already_there(to, current, running):
+            assert current is not None
+            return Outcome(EXIT_OK, current, message=f"already running #{current.id} {current.tag or '-'}",
+                           unchanged=True, durations=dict(self._durations))
         entry = self.ledger.record(NewEntry(
             app=self.app.name, repository=to.repository, tag=to.tag, digest=to.digest, kind=L.REVERT,
             previous_id=current.id if current else None, reverts_to=to.id,
             reason=reason or f"revert to #{to.id} requested",
         ))
         return self._run(entry, f"#{entry.id} revert {self.app.name} to #{to.id} {_label(to)}")
+
+    def _already_there(self, to: Entry, current: Entry | None, running: dict[str, Running]) -> bool:
+        """A revert to `to` changes nothing: its digest is the current healthy entry's and every
+        target runs it (a `revert --to` the running release is a no-op, as such a deploy is)."""
+        return current is not None and current.digest == to.digest and not self._to_move(
+            to.digest, current, running, idempotent=True)
+
+    def _fallback(self, digest: str) -> Entry | None:
+        """What a failed entry of `digest` is reverted to: the newest healthy entry with another
+        digest (two broken releases in a row still land on a good one), unless the current healthy
+        entry has this very digest: then the digest ran healthy until now and is not what failed
+        (a `deploy --force` after a settings edit, a repair), so the current entry comes back, with
+        the container it ran in (Release.trusted), not an older version."""
+        current = self.ledger.current(self.app.name)
+        if current is not None and current.digest == digest:
+            return current
+        return self.ledger.last_healthy(self.app.name, not_digest=digest)
+
+    def _trusted(self, digest: str) -> frozenset[int]:
+        """Release.trusted for a revert to `digest`: the ids of the app's healthy entries with it."""
+        return frozenset(e.id for e in self.ledger.history(self.app.name)
+                         if e.digest == digest and e.status == L.HEALTHY)
 
     def _revert_choice(self, to: Entry | None) -> tuple[Entry, Entry | None]:
         """(the entry a revert goes back to, the current healthy entry): `to`, checked, or the healthy
@@ -425,7 +454,7 @@ class Orchestrator:
         # make another entry of this app healthy meanwhile, so the answer is the same.
         # A failed repair of drifted targets goes back to nothing older: the other targets still
         # run the current entry, which must stay current (review of issue 17, P2-1).
-        good = None if repair else self.ledger.last_healthy(self.app.name, not_digest=entry.digest)
+        good = None if repair else self._fallback(entry.digest)
         attempt = self._attempt(entry, targets, settle_failure=False, timed=True)
         if not attempt.failures:
             self._tell("healthy", entry)
@@ -477,8 +506,9 @@ class Orchestrator:
         strategy = strategy or self.strategy
         self._attempting = entry
         attempt = _Attempt()
+        revert = entry.kind == L.REVERT
         release = Release(entry.id, entry.repository, entry.tag, entry.digest, _change_cause(entry),
-                          revert=entry.kind == L.REVERT)
+                          revert=revert, trusted=self._trusted(entry.digest) if revert else frozenset())
         self.ledger.set_status(entry.id, L.APPLYING)
         with self._timed("pull", timed):
             prepared = _each(lambda t: t.prepare(release), targets, strategy.max_parallel)

@@ -85,6 +85,47 @@ def test_a_deploy_after_editing_the_settings_creates_anew_and_a_revert_puts_back
     assert back.id == first_id and "edited" not in back.labels and project.version() == "good1"
 
 
+BROKEN_COMMAND = 'command = ["sh", "-c", "echo broken settings; exit 1"]'  # a settings edit that cannot run
+
+
+def test_a_failed_forced_redeploy_after_an_edit_goes_back_to_the_same_release_not_an_older_one(  # type: ignore[no-untyped-def]
+        project: Project, docker_client) -> None:
+    """The digest ran healthy until the edit, so a failure is the edit's: the current entry comes
+    back in the very container it ran in, not the release before it (a downgrade)."""
+    assert deploy(project, "good1").returncode == 0
+    assert deploy(project, "good2").returncode == 0
+    good2 = docker_client.containers.get(project.container).id
+    write_config(project, extra=BROKEN_COMMAND)
+    result = deploy(project, "good2", "--force")
+    assert result.returncode == 1, result.stderr
+    revert, failed, current, _ = project.history()
+    assert (failed["tag"], failed["status"]) == ("good2", "failed")
+    assert (revert["kind"], revert["tag"], revert["status"], revert["reverts_to"]) == ("revert", "good2", "healthy", current["id"])
+    assert project.version() == "good2" and docker_client.containers.get(project.container).id == good2
+    # Reverting to the release that runs changes nothing, as deploying it does.
+    entries = len(project.history())
+    again = project.run("revert", "--to", "good2")
+    assert again.returncode == 0 and "already running" in again.stdout, again.stderr
+    assert len(project.history()) == entries and docker_client.containers.get(project.container).id == good2
+
+
+def test_a_revert_never_takes_back_the_container_of_a_failed_entry(project: Project, docker_client) -> None:  # type: ignore[no-untyped-def]
+    """good2 ran healthy in one container; later a deploy of good2 with broken settings failed in
+    another, stopped more recently. `revert --to` the healthy good2 entry starts the first."""
+    assert deploy(project, "good1").returncode == 0
+    assert deploy(project, "good2").returncode == 0
+    healthy_good2 = docker_client.containers.get(project.container).id
+    assert deploy(project, "good1").returncode == 0
+    write_config(project, extra=BROKEN_COMMAND)
+    assert deploy(project, "good2").returncode == 1  # a new container (the settings changed), crashing
+    write_config(project)  # the operator fixes rollout.toml
+    good2_entry = next(e for e in project.history() if e["tag"] == "good2" and e["status"] == "healthy")
+    result = project.run("revert", "--to", f"#{good2_entry['id']}")
+    assert result.returncode == 0, result.stderr
+    assert project.version() == "good2" and docker_client.containers.get(project.container).id == healthy_good2
+    assert project.history()[0]["status"] == "healthy"
+
+
 def test_carries_over_the_old_containers_settings(project: Project, docker_client) -> None:  # type: ignore[no-untyped-def]
     assert deploy(project, "good1").returncode == 0
     old = docker_client.containers.get(project.container)

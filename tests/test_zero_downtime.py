@@ -100,6 +100,18 @@ def test_healthy_upgrade_moves_traffic_without_dropping_requests(bed, docker_cli
     assert statuses == [("good2", "healthy"), ("good1", "healthy")]
 
 
+def force_redeploy_after_an_edit(project: Project, running: Proxy, tag: str, setting: str, code: int) -> Load:
+    """Append `setting` (a TOML line) to the target's table, then `deploy web:TAG --force` (which
+    must exit `code`) under a load through the proxy; returns the finished load."""
+    project.config.write_text(project.config.read_text() + setting + "\n")
+    with Load(running.url, workers=4, path="/version") as load:
+        load.wait_after(time.monotonic(), 20)
+        result = project.run("deploy", f"web:{tag}", "--force")
+        assert result.returncode == code, result.stderr
+        load.wait_after(time.monotonic(), 20)
+    return load
+
+
 def test_a_forced_deploy_after_editing_the_settings_starts_a_new_container_beside(  # type: ignore[no-untyped-def]
         bed, docker_client, record_property) -> None:
     """`deploy --force` of the digest that runs, after an edit of rollout.toml: the running
@@ -108,18 +120,32 @@ def test_a_forced_deploy_after_editing_the_settings_starts_a_new_container_besid
     project, running, slots = bed
     assert deploy(project, "good1").returncode == 0
     old = docker_client.containers.get(project.container)
-    project.config.write_text(project.config.read_text() + 'labels = { edited = "yes" }\n')  # the target's table
-    with Load(running.url, workers=4, path="/version") as load:
-        load.wait_after(time.monotonic(), 20)
-        result = project.run("deploy", "web:good1", "--force")
-        assert result.returncode == 0, result.stderr
-        load.wait_after(time.monotonic(), 20)
+    load = force_redeploy_after_an_edit(project, running, "good1", 'labels = { edited = "yes" }', 0)
     check_failures(running, load, record_property)
     live = docker_client.containers.get(project.container)
     assert live.id != old.id and live.labels.get("edited") == "yes" and live.labels["rollout.tag"] == "good1"
     assert routed(running) == [f"127.0.0.1:{slots[0]}"] and through(running) == "good1"
     old.reload()
     assert old.status == "exited"  # retired after the drain, kept for a revert
+
+
+def test_a_forced_redeploy_with_broken_settings_leaves_the_release_serving(  # type: ignore[no-untyped-def]
+        bed, docker_client, record_property) -> None:
+    """good2 serves; an edit breaks the command and `deploy web:good2 --force` crashes on the idle
+    slot: the traffic never moves, and the failure goes back to good2 (the running container), not
+    to good1: no request ever sees another version."""
+    project, running, slots = bed
+    assert deploy(project, "good1").returncode == 0
+    assert deploy(project, "good2").returncode == 0
+    live = docker_client.containers.get(project.container)
+    upstreams = routed(running)
+    load = force_redeploy_after_an_edit(project, running, "good2", 'command = ["sh", "-c", "echo broken; exit 1"]', 1)
+    check_failures(running, load, record_property)
+    assert set(served(load)) == {"good2"}
+    assert routed(running) == upstreams and docker_client.containers.get(project.container).id == live.id
+    revert, failed, current, _ = project.history()
+    assert (failed["tag"], failed["status"]) == ("good2", "failed")
+    assert (revert["tag"], revert["status"], revert["reverts_to"]) == ("good2", "healthy", current["id"])
 
 
 def test_crash_at_start_never_takes_traffic(bed, docker_client, record_property) -> None:  # type: ignore[no-untyped-def]

@@ -30,6 +30,10 @@ class Release:
     # one running is bad, so a target may clear what the bad release left stuck (the kubernetes
     # target deletes a StatefulSet's not-Ready pods of it, KubernetesTarget._force_rollback).
     revert: bool = False
+    # For a revert: the ids of the app's healthy entries with this digest. A kept container created
+    # by one of them ran this release healthy and may be taken back; one a failed entry created may
+    # not (its settings may be what failed: a `deploy --force` of the same digest after an edit).
+    trusted: frozenset[int] = frozenset()
 
     @property
     def image(self) -> str:
@@ -197,6 +201,8 @@ class TargetState:
     error: str | None = None  # the target could not be reached or read
     warning: str | None = None  # it runs, but something needs the operator's eye (e.g. an init container)
     traffic: dict[str, Any] | None = None  # Running.traffic: where its router sends requests (None: no router)
+    # not in sync because a live rollout of the app is changing it (rollout.progress.mark): not drift
+    deploying: bool = False
 
 
 def observe(app: "AppConfig", current_digest: str | None, opener: TargetFactory = open_target) -> list[TargetState]:

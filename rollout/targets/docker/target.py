@@ -943,11 +943,17 @@ def settings_hash(settings: dict[str, Any]) -> str:
 def _reusable(container: Any, release: Release, settings: dict[str, Any]) -> bool:
     """Whether an existing container of release.image may run the release instead of a new one.
 
-    A revert puts back what ran, as it ran (its settings too: the new ones may be what failed),
-    so any kept container will do. A forward deploy applies the current rollout.toml: only a
-    container created from these very settings (LABEL_SETTINGS; one created before that label
-    existed never matches), so an edited setting is never silently left out."""
-    return release.revert or (container.labels or {}).get(LABEL_SETTINGS) == settings_hash(settings)
+    A revert puts back what ran, as it ran (its settings too: the new ones may be what failed):
+    a container created by one of the healthy entries of that digest (release.trusted, by its
+    LABEL_ENTRY), never one a failed entry created; with none, a new one from the current
+    rollout.toml. A forward deploy applies the current rollout.toml: only a container created
+    from these very settings (LABEL_SETTINGS; one created before that label existed never
+    matches), so an edited setting is never silently left out."""
+    labels = container.labels or {}
+    if release.revert:
+        entry = labels.get(LABEL_ENTRY) or ""
+        return entry.isascii() and entry.isdigit() and int(entry) in release.trusted
+    return labels.get(LABEL_SETTINGS) == settings_hash(settings)
 
 
 @dataclass(frozen=True)
