@@ -225,6 +225,9 @@ class Orchestrator:
         moving = self._to_move(digest, current, running, idempotent=kind == L.DEPLOY and not force)
         if not moving:
             assert current is not None  # _to_move moves every target unless current runs everywhere
+            for name, seen in running.items():
+                if seen.warning:  # e.g. rollout.toml edited since: the no-op must not hide it
+                    self.reporter.warn(f"{name}: {seen.warning}")
             return Outcome(EXIT_OK, current, message=f"already running #{current.id} {current.tag or '-'}",
                            unchanged=True, durations=dict(self._durations))
         idempotent = kind == L.DEPLOY and not force and current is not None and current.digest == digest

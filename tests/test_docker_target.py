@@ -85,6 +85,22 @@ def test_a_deploy_after_editing_the_settings_creates_anew_and_a_revert_puts_back
     assert back.id == first_id and "edited" not in back.labels and project.version() == "good1"
 
 
+def test_an_edit_of_rollout_toml_is_flagged_not_hidden_by_an_idempotent_deploy(project: Project) -> None:
+    """After a settings edit, deploying the tag that runs is still a no-op, but it and `status` say
+    the settings changed and how to apply them; once applied, the warning is gone."""
+    assert deploy(project, "good1").returncode == 0
+    assert "changed since" not in project.run("status").stderr
+    write_config(project, extra='labels = { edited = "yes" }')
+    again = deploy(project, "good1")
+    assert again.returncode == 0 and "already running" in again.stdout, again.stderr
+    assert "settings for local changed since" in again.stderr and "deploy web:good1 --force" in again.stderr
+    status = project.run("status")
+    assert status.returncode == 0 and "deploy web:good1 --force" in status.stdout + status.stderr
+    assert project.json("status", "--json")["targets"][0]["warning"].startswith("rollout.toml's settings for local")
+    assert deploy(project, "good1", "--force").returncode == 0
+    assert project.json("status", "--json")["targets"][0]["warning"] is None
+
+
 BROKEN_COMMAND = 'command = ["sh", "-c", "echo broken settings; exit 1"]'  # a settings edit that cannot run
 
 

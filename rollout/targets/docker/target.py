@@ -128,7 +128,21 @@ class DockerTarget:
             return Running(None, None, "no container", active=False, traffic=traffic)
         image = self._configured_image(container)
         return Running(image, self._digest_of(container), container.status, active=container.status == "running",
-                       traffic=traffic)
+                       traffic=traffic, warning=self._settings_changed(container))
+
+    def _settings_changed(self, container: Any) -> str | None:
+        """Running.warning when rollout.toml's settings for this target are no longer those the
+        container was created from (its LABEL_SETTINGS; None without one: a container rollout did
+        not create, or created before the label). A deploy of the digest that runs is a no-op, so
+        only `--force` applies such an edit (or the next release)."""
+        created = (container.labels or {}).get(LABEL_SETTINGS)
+        slot = _slot_of(container)
+        wanted = self._slot_settings(slot) if self.traffic is not None and slot is not None else self.settings
+        if created is None or created == settings_hash(wanted):
+            return None
+        tag = (container.labels or {}).get(LABEL_TAG) or "TAG"
+        return (f"rollout.toml's settings for {self.name} changed since {container.name} was created: `rollout deploy"
+                f" {self.app.name}:{tag} --force` applies them")
 
     def _traffic_view(self, container: Any) -> dict[str, Any]:
         """Running.traffic: where the router sends new requests, and whether that is exactly the slot
