@@ -273,13 +273,16 @@ def status(
             current = report.current
             head = (f"{report.app}: #{current.id} {current.tag or '-'} {current.digest}"
                     if current else f"{report.app}: no healthy entry yet")
+            if report.in_progress is not None:
+                head += f"\n{report.app}: rollout in progress: {report.in_progress.describe()}"
             rows = [[t.name, short_digest(t.digest) if t.digest else "-",
-                     "in sync" if t.in_sync else ("UNREACHABLE" if t.error else "DRIFT" if t.running else "STOPPED"),
+                     "in sync" if t.in_sync else ("UNREACHABLE" if t.error else "DEPLOYING" if t.deploying
+                                                  else "DRIFT" if t.running else "STOPPED"),
                      t.error or t.image or "no container"] for t in report.targets]
             console.out(head + "\n" + table(["TARGET", "DIGEST", "STATE", "IMAGE"], rows))
             for t in report.targets:
                 if t.traffic is not None:
-                    console.out(_traffic_line(t.name, t.traffic))
+                    console.out(_traffic_line(t.name, t.traffic, deploying=t.deploying))
                 if t.warning:
                     console.warn(t.warning)
         return result.exit_code
@@ -367,7 +370,8 @@ def check(
     app_names: Optional[list[str]] = typer.Argument(None, metavar="[APP...]"),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Report drift, re-pushed tags and changed build inputs; never builds. Exit 0 unchanged, 10 changed, 5 unreachable."""
+    """Report drift, re-pushed tags and changed build inputs; never builds. Exit 0 unchanged (or a rollout in
+    progress), 10 changed, 5 unreachable."""
 
     def run(console: Console) -> int:
         result = operations.check(_config(ctx), app_names)
@@ -375,8 +379,11 @@ def check(
             console.json(result.to_json())
         for report in result.apps:
             if not as_json:
-                state = "CHANGED" if report.changed else ("UNREACHABLE" if report.errors else "unchanged")
+                state = "CHANGED" if report.changed else ("UNREACHABLE" if report.errors else
+                                                          "IN PROGRESS" if report.in_progress else "unchanged")
                 console.out(f"{report.app}: {state}")
+                if report.in_progress is not None:
+                    console.out(f"{report.app}:   rollout in progress: {report.in_progress.describe()}")
                 for line in report.changes:
                     console.out(f"{report.app}:   {line}")
             for line in report.errors:
@@ -523,12 +530,13 @@ if __name__ == "__main__":
     main()
 
 
-def _traffic_line(target: str, traffic: dict[str, Any]) -> str:
+def _traffic_line(target: str, traffic: dict[str, Any], *, deploying: bool = False) -> str:
     """One line of `status` for a target behind a router (rollout.targets.Running.traffic): where its
-    traffic goes and whether that is the slot of the container under the name (else DRIFT)."""
+    traffic goes and whether that is the slot of the container under the name (else DRIFT, or
+    DEPLOYING while a live rollout switches it: TargetState.deploying)."""
     to = ", ".join(traffic["upstreams"]) or "nothing"
     where = f"{target}: traffic: {traffic['router']} {traffic['route']} -> {to}"
     if traffic["routed"]:
         return f"{where} (slot {traffic['slot']}, the running container)"
     slot = f"slot {traffic['slot']}" if traffic["slot"] is not None else "no slot"
-    return f"{where}, not the running container ({slot}): DRIFT"
+    return f"{where}, not the running container ({slot}): {'DEPLOYING' if deploying else 'DRIFT'}"

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from rollout.ledger_copy import CopyResult
     from rollout.orchestrator import Orchestrator, Outcome, Reporter
     from rollout.plan import Plan
+    from rollout.progress import InProgress
     from rollout.rebuild import RebuildResult
     from rollout.reference import Reference
     from rollout.scaffold import Draft
@@ -447,21 +448,25 @@ def _recover_first(ledger: "LedgerBackend", app: "AppConfig", orchestrator: Call
 class AppStatus:
     """One app for `status`: the ledger's current entry (None: no healthy entry yet) and what each target runs.
 
-    `recovery` is the failed Outcome of a recovery status ran first (REVERT FAILED), else None.
-    to_json() is the shape `status --json` prints: {app, current: entry|null, targets: [...]}.
+    `recovery` is the failed Outcome of a recovery status ran first (REVERT FAILED), else None;
+    `in_progress` the rollout of the app running now (rollout.progress), else None.
+    to_json() is the shape `status --json` prints: {app, current: entry|null, targets: [...], in_progress}.
     """
 
     app: str
     current: Optional["Entry"]
     targets: list["TargetState"]
     recovery: Optional["Outcome"] = None
+    in_progress: Optional["InProgress"] = None
 
     def to_json(self) -> dict[str, Any]:
-        """{app, current: Entry.to_json() | None, targets: [TargetState's fields]}; `recovery` is not part
-        of it, nor `traffic` for a target without a router (the shape stays as before issue 14)."""
+        """{app, current: Entry.to_json() | None, targets: [TargetState's fields], in_progress:
+        InProgress.to_json() | None}; `recovery` is not part of it, nor `traffic` for a target without a
+        router (the shape stays as before issue 14)."""
         return {"app": self.app, "current": self.current.to_json() if self.current else None,
                 "targets": [{k: v for k, v in asdict(t).items() if k != "traffic" or v is not None}
-                            for t in self.targets]}
+                            for t in self.targets],
+                "in_progress": self.in_progress.to_json() if self.in_progress else None}
 
 
 @dataclass
@@ -486,11 +491,13 @@ def status(cfg: "Config", app_name: Optional[str] = None, *, reporter: "Reporter
     """What the ledger says should run and what each target runs, for one app (or every app).
 
     `app_name` None: the only app, or all of them when several are configured. An app with an
-    unfinished entry is recovered first unless a live rollout holds its lock; a recovery that
-    cannot run is a warning, one that fails is the app's `recovery`. Targets are asked
+    unfinished entry is recovered first unless a live rollout holds its lock: then that rollout is
+    the app's `in_progress` and its targets not in sync are `deploying`, not drift (rollout.progress);
+    a recovery that cannot run is a warning, one that fails is the app's `recovery`. Targets are asked
     concurrently; one that cannot be read is its TargetState.error, not an exception. Raises
     ConfigError / UserError (2) for a bad config or an unknown app, LedgerError (2) / LedgerBusy (4).
     """
+    from rollout import progress
     from rollout.targets import observe
 
     apps = [cfg.app(app_name)] if app_name or len(cfg.apps) == 1 else list(cfg.apps.values())
@@ -498,8 +505,12 @@ def status(cfg: "Config", app_name: Optional[str] = None, *, reporter: "Reporter
     with _docker_config(cfg), _ledger(cfg, reporter) as ledger:
         for app in apps:
             recovery = _recover_if_abandoned(cfg, app, ledger, reporter, interrupts)
+            # Read before `current`: a rollout that ends meanwhile then shows its targets in sync
+            # (or deploying), never as drift from the entry it just replaced.
+            running = progress.in_progress(ledger, app.name)
             current = ledger.current(app.name)
-            result.apps.append(AppStatus(app.name, current, observe(app, current.digest if current else None), recovery))
+            targets = progress.mark(observe(app, current.digest if current else None), running)
+            result.apps.append(AppStatus(app.name, current, targets, recovery, running))
     return result
 
 

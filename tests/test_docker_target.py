@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from support.cli import finish
 from support.errors import one_line_error
 from support.images import APP_IMAGE, digest_of
 from support.ports import free_port
@@ -35,7 +36,8 @@ def test_first_deploy_runs_the_exact_digest_and_records_it(project: Project, doc
     status = project.json("status", "--json")
     assert status["current"]["id"] == entry["id"]
     assert status["targets"] == [{"name": "local", "image": f"{APP_IMAGE}@{digest}", "digest": digest, "running": True,
-                                  "in_sync": True, "error": None, "warning": None}]
+                                  "in_sync": True, "error": None, "warning": None, "deploying": False}]
+    assert status["in_progress"] is None
     # A stopped container is not "in sync", whatever digest it has.
     container.stop(timeout=1)
     stopped = project.json("status", "--json")["targets"][0]
@@ -342,6 +344,56 @@ def test_drift_is_reported(project: Project, docker_client) -> None:  # type: ig
     assert target["digest"] == digest_of(docker_client, "good2") and target["in_sync"] is False
     human = project.run("status")
     assert human.returncode == 0 and "DRIFT" in human.stdout, human.stderr
+
+
+def test_a_deploy_in_progress_is_shown_as_such_not_as_drift(ledger_project: Project, docker_client) -> None:  # type: ignore[no-untyped-def]
+    """While a deploy verifies, its target runs a digest the ledger does not call current yet: `status`
+    and `check` name the rollout (entry, holder, pid) and show the target DEPLOYING, not DRIFT, and a
+    cron `check` exits 0, not 10; once the deploy is over, everything is in sync again."""
+    project = ledger_project
+    write_config(project, timeout=60)
+    assert deploy(project, "good1").returncode == 0
+    good = project.history()[0]
+    # A long stable window: every command below runs while good2 is being verified.
+    write_config(project, timeout=60, stable=25)
+    process = project.start("deploy", "web:good2")
+    try:
+        assert project.wait_for_entry(process, good["id"], "deploy", "verifying"), process.communicate()
+        [entry] = [e for e in project.history() if e["id"] > good["id"]]
+        new_digest = digest_of(docker_client, "good2")
+        said = f"rollout in progress: #{entry['id']} deploy good2 (verifying) by {entry['actor']} (pid {process.pid}), started "
+
+        status = project.json("status", "--json")
+        assert status["current"]["id"] == good["id"]
+        assert status["in_progress"]["entry"]["id"] == entry["id"]
+        assert status["in_progress"]["lock"]["pid"] == process.pid
+        [target] = status["targets"]
+        assert (target["digest"], target["in_sync"], target["deploying"]) == (new_digest, False, True)
+        human = project.run("status")
+        assert human.returncode == 0, human.stderr
+        assert f"web: {said}" in human.stdout and "DEPLOYING" in human.stdout, human.stdout
+        assert "DRIFT" not in human.stdout
+
+        checked = project.run("check")
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        first, second = checked.stdout.splitlines()[:2]
+        assert first == "web: IN PROGRESS" and second.startswith(f"web:   {said}"), checked.stdout
+        [report] = project.json("check", "--json")
+        assert (report["changed"], report["changes"], report["errors"]) == (False, [], [])
+        assert report["in_progress"]["entry"]["id"] == entry["id"] and report["targets"][0]["deploying"] is True
+        # All of it happened during the rollout, not after it.
+        assert project.ledger_rows("SELECT status FROM entries WHERE id = ?", (entry["id"],)) == [("verifying",)]
+    finally:
+        returncode, stderr = finish(process, timeout=180)
+    assert returncode == 0, stderr
+
+    status = project.json("status", "--json")
+    assert status["current"]["id"] == entry["id"] and status["in_progress"] is None
+    assert (status["targets"][0]["in_sync"], status["targets"][0]["deploying"]) == (True, False)
+    human = project.run("status")
+    assert "in progress" not in human.stdout and "in sync" in human.stdout, human.stdout
+    checked = project.run("check")
+    assert (checked.returncode, checked.stdout) == (0, "web: unchanged\n"), checked.stderr
 
 
 def test_ledger_is_private_and_immutable(project: Project) -> None:
