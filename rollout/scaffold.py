@@ -42,7 +42,8 @@ SECRET_NAME = re.compile(r"PASS|PWD|SECRET|TOKEN|KEY|CREDENTIAL|AUTH|PRIVATE|CER
 # secret) may be one.
 HARMLESS_VALUE = re.compile(
     r"-?[0-9]{1,10}(\.[0-9]{1,6})?"
-    r"|(?i:true|false|yes|no|on|off|production|development|staging|test|debug|info|warn|warning|error|critical|trace)"
+    r"|(?i:true|false|yes|no|on|off|production|prod|development|dev|staging|stage|preprod|qa|uat|test|local|sandbox"
+    r"|debug|info|warn|warning|error|critical|trace)"
     r"|(/[A-Za-z0-9_.-]+)+/?"
     r"|[A-Za-z0-9.-]+:[0-9]{1,5}"
 )

@@ -199,7 +199,7 @@ def test_init_writes_no_secret_from_a_container_and_the_deploy_keeps_them(tmp_pa
 
 @pytest.mark.parametrize(("name", "value", "written"), [
     ("PORT", "18604", True), ("LOG_LEVEL", "debug", True), ("DATA_DIR", "/var/lib/app", True),
-    ("DB_ADDR", "db:5432", True), ("DEBUG", "", True),
+    ("DB_ADDR", "db:5432", True), ("DEBUG", "", True), ("MODE", "prod", True), ("ENV", "uat", True),
     ("DATABASE_URL", "postgres://u:s3cr3t@db/app", False), ("API_KEY", "abc123", False),
     ("SLACK_HOOK", "https://hooks.slack.com/services/T0/B0/XXXX", False), ("MODE", "hunter2", False),
     ("DB_PASSWORD", "1234", False), ("ACCOUNT", "12345678901234", False),
