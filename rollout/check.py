@@ -5,7 +5,9 @@ the current entry's tag re-pushed with other content or gone (one registry HEAD)
 and, for an app with a [build] table, base images that moved or a build context
 that changed since the last build (rollout.build.gather_inputs: one HEAD per base).
 Meant for cron: exit 0 nothing changed, 10 something changed, 5 something could
-not be looked at.
+not be looked at. An app a live rollout is changing right now (rollout.progress) is reported
+as `in_progress`; its targets not in sync are that rollout's work, not drift, so they change
+nothing in the exit code (its re-pushed tag or changed build inputs still do).
 
 Apps are looked at concurrently, CHECK_WORKERS at a time (a fleet's cron check takes about
 the time of its slowest apps, not of all in turn, issue 17 point 8); the ledger is read on
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from rollout.config import AppConfig
 from rollout.errors import EXIT_CHANGED, EXIT_OK, EXIT_UNREACHABLE, RolloutError, TagNotFound, Unreachable, one_line
 from rollout.ledger import Entry, LedgerBackend
+from rollout.progress import InProgress, in_progress, mark
 from rollout.reference import Reference
 from rollout.targets import Target, TargetState, observe
 
@@ -40,7 +43,8 @@ CHECK_WORKERS = 8
 class AppCheck:
     """One app's check: what runs, what the registry and the build inputs say, and what differs.
 
-    `changes` and `errors` are one line each; to_json() is the shape `check --json` prints.
+    `changes` and `errors` are one line each; `in_progress` the rollout changing its targets now
+    (None: none); to_json() is the shape `check --json` prints.
     """
 
     app: str
@@ -51,6 +55,7 @@ class AppCheck:
     last_build_key: str | None = None
     changes: list[str] = field(default_factory=list)  # one line each: what differs from the ledger
     errors: list[str] = field(default_factory=list)  # what could not be looked at
+    in_progress: InProgress | None = None
 
     @property
     def changed(self) -> bool:
@@ -62,7 +67,8 @@ class AppCheck:
         return {"app": self.app, "changed": self.changed, "changes": self.changes, "errors": self.errors,
                 "current": self.current.to_json() if self.current else None,
                 "targets": [asdict(t) for t in self.targets], "tag_digest": self.tag_digest,
-                "build": self.inputs.to_json() if self.inputs else None, "last_build_key": self.last_build_key}
+                "build": self.inputs.to_json() if self.inputs else None, "last_build_key": self.last_build_key,
+                "in_progress": self.in_progress.to_json() if self.in_progress else None}
 
 
 def check(apps: Iterable[AppConfig], *, config_path: Path | None, ledger: LedgerBackend, registry: Resolver,
@@ -76,7 +82,8 @@ def check(apps: Iterable[AppConfig], *, config_path: Path | None, ledger: Ledger
     """
     # The ledger is read here, on this thread (a SQLite connection belongs to the thread that
     # opened it); only targets and registries are asked from the workers.
-    known = [(app, ledger.current(app.name), _last_build(ledger, app)) for app in apps]
+    # A rollout in progress is read before `current`, as `status` does (operations.status).
+    known = [(app, in_progress(ledger, app.name), ledger.current(app.name), _last_build(ledger, app)) for app in apps]
     if len(known) <= 1:
         return [_check_app(*k, config_path, registry, open_target) for k in known]
     with ThreadPoolExecutor(max_workers=min(CHECK_WORKERS, len(known))) as pool:
@@ -85,7 +92,8 @@ def check(apps: Iterable[AppConfig], *, config_path: Path | None, ledger: Ledger
 
 def check_exit_code(reports: list[AppCheck]) -> int:
     """The exit code of `rollout check`: 5 (EXIT_UNREACHABLE) when something could not be looked at,
-    else 10 (EXIT_CHANGED) when something changed, else 0."""
+    else 10 (EXIT_CHANGED) when something changed, else 0: an app whose only difference is a rollout
+    in progress is 0 (a cron check must not alert on every deploy; `in_progress` says it)."""
     if any(r.errors for r in reports):
         return EXIT_UNREACHABLE
     return EXIT_CHANGED if any(r.changed for r in reports) else EXIT_OK
@@ -99,15 +107,16 @@ def _last_build(ledger: LedgerBackend, app: AppConfig) -> tuple[str | None, dict
     return last_build_key(ledger, app.name)
 
 
-def _check_app(app: AppConfig, current: Entry | None, last_build: tuple[str | None, dict[str, str]],
-               config_path: Path | None, registry: Resolver, open_target: Callable[[Any, AppConfig], Target]) -> AppCheck:
-    report = AppCheck(app.name, current=current)
+def _check_app(app: AppConfig, running: InProgress | None, current: Entry | None,
+               last_build: tuple[str | None, dict[str, str]], config_path: Path | None, registry: Resolver,
+               open_target: Callable[[Any, AppConfig], Target]) -> AppCheck:
+    report = AppCheck(app.name, current=current, in_progress=running)
     current = report.current
-    report.targets = observe(app, current.digest if current else None, open_target)
+    report.targets = mark(observe(app, current.digest if current else None, open_target), running)
     for state in report.targets:
         if state.error:
             report.errors.append(f"target {state.name}: {state.error}")
-        elif current and not state.in_sync:
+        elif current and not state.in_sync and not state.deploying:
             traffic = state.traffic
             if state.running and state.digest == current.digest and traffic and not traffic["routed"]:
                 # The right release runs, but the proxy sends the traffic elsewhere (e.g. after a reload).
