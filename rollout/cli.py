@@ -140,6 +140,7 @@ def promote(
                                                 help="Take the source from another rollout.toml and its ledger (the"
                                                      " app of the same name unless --from names one)."),
     force: bool = FORCE,
+    dry_run: bool = DRY_RUN,
     as_json: bool = RESULT_JSON,
     wait: float = WAIT,
     reason: Optional[str] = REASON,
@@ -150,6 +151,10 @@ def promote(
 
     def run(console: Console) -> int:
         with _json_errors(console, as_json, app_name):
+            if dry_run:
+                return _print_plan(console, operations.plan_promote(_config(ctx), app_name, source_app=source,
+                                                                    source_config=source_config, reporter=console,
+                                                                    force=force), as_json)
             outcome = operations.promote(_config(ctx), app_name, source_app=source, source_config=source_config,
                                          reporter=console, wait=wait, reason=reason, force=force,
                                          interrupts=_signals_interrupt,

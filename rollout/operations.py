@@ -1,7 +1,7 @@
 """The use cases behind the `rollout` commands, for every front end: the CLI, a scheduler, a webhook receiver, a test.
 
 One function per command: deploy, revert, promote, status, history, check, rebuild, init, lock_status,
-lock_release, ledger_copy, show, versions; plan_deploy / plan_revert for `--dry-run`. Each takes a loaded rollout.config.Config (init: the path to write) and plain
+lock_release, ledger_copy, show, versions; plan_deploy / plan_revert / plan_promote for `--dry-run`. Each takes a loaded rollout.config.Config (init: the path to write) and plain
 arguments, tells a Reporter its progress (rollout.output.Console is one), and returns a result
 object. Failures are raised as rollout.errors exceptions, each carrying its exit code (README,
 "Exit codes"): RolloutError subclasses (2 bad input, 4 lock held, 5 unreachable before anything
@@ -61,7 +61,7 @@ __all__ = [
     "AppStatus", "CheckResult", "Initialised", "Interruptions", "LockState", "MetricsOptions",
     "NotificationsInterrupted", "Promoted", "Promotion", "Shown", "Status", "check", "deploy", "drain_notifications", "error_json",
     "exit_code_of", "history", "init", "ledger_copy", "lock_release", "lock_status", "no_interruptions",
-    "parse_release", "plan_deploy", "plan_revert", "promote", "rebuild", "revert", "show", "status", "versions",
+    "parse_release", "plan_deploy", "plan_promote", "plan_revert", "promote", "rebuild", "revert", "show", "status", "versions",
 ]
 
 Interruptions = Callable[[], ContextManager[object]]
@@ -104,9 +104,11 @@ class MetricsOptions:
 
 def parse_release(text: str, cfg: "Config") -> tuple["AppConfig", "Reference"]:
     """The app and image reference `text` names: APP:TAG, APP@DIGEST, APP:TAG@DIGEST, or a full
-    REGISTRY/REPO:TAG of a configured app's repository.
+    REGISTRY/REPO:TAG of the repository of exactly one configured app.
 
-    Raises UserError (exit 2) when no tag or digest is given or no configured app matches, and
+    Raises UserError (exit 2) when no tag or digest is given, no configured app matches, or a
+    full reference's repository is shared by several apps (e.g. web and web-staging, the setup
+    `rollout promote` is for: which one is meant cannot be guessed; name it, APP:TAG), and
     InvalidReference (exit 2) for text that is no image reference (Docker's reference grammar).
     """
     from rollout.reference import parse
@@ -118,11 +120,17 @@ def parse_release(text: str, cfg: "Config") -> tuple["AppConfig", "Reference"]:
             raise UserError(f"give a tag or digest: rollout deploy {app_cfg.name}:TAG")
         return app_cfg, parse(app_cfg.image + match["rest"])
     ref = parse(text)
-    for app_cfg in cfg.apps.values():
-        if app_cfg.image == ref.name:
-            if "@" not in text and ":" not in text.rsplit("/", 1)[-1]:
-                raise UserError(f"give a tag or digest: rollout deploy {app_cfg.name}:TAG")
-            return app_cfg, ref
+    given = "@" in text or ":" in text.rsplit("/", 1)[-1]  # parse() adds :latest to a bare name
+    owners = [app_cfg for app_cfg in cfg.apps.values() if app_cfg.image == ref.name]
+    if len(owners) > 1:
+        suffix = (f":{ref.tag}" if ref.tag else "") + (f"@{ref.digest}" if ref.digest else "") if given else ":TAG"
+        names = " and ".join(", ".join(a.name for a in owners).rsplit(", ", 1))
+        raise UserError(f"{ref.name} is the repository of apps {names}: name the app, APP:TAG,"
+                        f" e.g. rollout deploy {owners[0].name}{suffix}")
+    if owners:
+        if not given:
+            raise UserError(f"give a tag or digest: rollout deploy {owners[0].name}:TAG")
+        return owners[0], ref
     known = ", ".join(f"{a.name} ({a.image})" for a in cfg.apps.values()) or "none"
     raise UserError(f"{text!r} names no configured app: configured apps are {known}")
 
@@ -209,26 +217,20 @@ def promote(cfg: "Config", app_name: str, *, source_app: Optional[str] = None, s
     rollout.toml: its ledger; the app of the same name unless source_app is given). Refused
     with UserError (exit 2), nothing recorded, when the source's newest entry is not healthy
     (failed, or a rollout in progress) or it has none, when the source is the app itself, or
-    when the digest is not in app_name's repository (the deploy's one registry HEAD). The new
-    entry is a deploy of the digest alone, its reason names the source ("promoted from ...")
-    and its `promoted` event holds Promotion.to_json(). Otherwise as deploy (lock, recovery,
-    idempotency, exit codes, metrics); returns the deploy's Outcome with its source (Promoted).
+    when the digest is not in app_name's repository (registry HEADs, no GET). The new entry is
+    a deploy of the digest with the source entry's tag when _promoted_ref finds that safe (else
+    no tag), its reason names the source ("promoted from ...") and its `promoted` event holds
+    Promotion.to_json(). Otherwise as deploy (lock, recovery, idempotency, exit codes, metrics);
+    returns the deploy's Outcome with its source (Promoted).
     """
-    from rollout.errors import TagNotFound
-    from rollout.reference import Reference
-
     app = cfg.app(app_name)
     origin = _promotion_source(cfg, app, source_app, source_config)
-    ref = Reference(app.registry, app.repository, digest=origin.digest)
     reporter.info(f"{origin.describe()}: {origin.digest}")
 
     def deploy(orchestrator: "Orchestrator") -> "Outcome":
-        try:
+        with _promotable(app, origin):
+            ref = _promoted_ref(orchestrator, app, origin, reporter)
             return orchestrator.deploy(ref, reason=f"{origin.describe()}: {reason}" if reason else origin.describe(), force=force, origin=origin.to_json())
-        except TagNotFound:
-            raise UserError(f"{origin.digest} (#{origin.entry_id} of {origin.app}) is not in {app.image}: copy that"
-                            f" exact image there first, e.g. crane copy {origin.repository}@{origin.digest}"
-                            f" {app.image}") from None
 
     def run() -> Promoted:
         with _docker_config(cfg), _ledger(cfg, reporter) as ledger:
@@ -237,9 +239,72 @@ def promote(cfg: "Config", app_name: str, *, source_app: Optional[str] = None, s
     return _measured("promote", app, cfg, metrics, reporter, run)
 
 
+def plan_promote(cfg: "Config", app_name: str, *, source_app: Optional[str] = None,
+                 source_config: Optional[str] = None, reporter: "Reporter", force: bool = False) -> "Plan":
+    """What promote(...) would do now (`promote --dry-run`), changing nothing, as plan_deploy: the
+    plan of deploying the source's digest (with the tag promote would record), plus a note naming
+    the source. Both ledgers are opened read-only. Raises what promote raises before it records
+    anything: UserError (2: no healthy source, the digest not in app_name's repository, ...),
+    RegistryUnreachable / TargetUnreachable (5)."""
+    app = cfg.app(app_name)
+    origin = _promotion_source(cfg, app, source_app, source_config, read_only=True)
+    reporter.info(f"{origin.describe()}: {origin.digest}")
+
+    def plan(orchestrator: "Orchestrator", _: "LedgerBackend") -> "Plan":
+        with _promotable(app, origin):
+            return orchestrator.plan_deploy(_promoted_ref(orchestrator, app, origin, reporter), force=force)
+
+    result = _planned(cfg, app, reporter, plan)
+    result.notes.insert(0, origin.describe())
+    return result
+
+
+@contextmanager
+def _promotable(app: "AppConfig", origin: Promotion) -> Iterator[None]:
+    """The registry's "no such manifest" for the promoted digest as promote's UserError (exit 2)."""
+    from rollout.errors import TagNotFound
+
+    try:
+        yield
+    except TagNotFound:
+        raise UserError(f"{origin.digest} (#{origin.entry_id} of {origin.app}) is not in {app.image}: copy that"
+                        f" exact image there first, e.g. crane copy {origin.repository}@{origin.digest}"
+                        f" {app.image}") from None
+
+
+def _promoted_ref(orchestrator: "Orchestrator", app: "AppConfig", origin: Promotion, reporter: "Reporter") -> "Reference":
+    """What a promotion deploys: app's repository @ the source's digest, with the source entry's tag
+    only when that tag means this digest for app as well, so that recording it never makes a later
+    `deploy APP:TAG` refuse as a re-pushed tag (Orchestrator.resolve, digests_for_tag) or name other
+    content than `revert --to TAG` restores: TAG in app's repository points at the digest now (one
+    registry HEAD; absent or elsewhere, e.g. another registry holding only the copied digest), and
+    app's ledger has no other digest for TAG. Otherwise the digest alone (the entry has no tag),
+    said through the reporter. Raises RegistryUnreachable / RegistryAuthError (5) from that HEAD."""
+    from rollout.errors import TagNotFound
+    from rollout.reference import Reference
+
+    ref = Reference(app.registry, app.repository, digest=origin.digest)
+    if origin.tag is None:
+        return ref
+    tagged = ref.with_tag(origin.tag)  # checked: the tag comes from a ledger, maybe another config's
+    try:
+        now: Optional[str] = orchestrator.resolver.resolve(Reference(app.registry, app.repository, tag=tagged.tag))
+    except TagNotFound:
+        now = None
+    if now != origin.digest:
+        why = f"{app.image}:{origin.tag} {'points at ' + now if now else 'does not exist'}"
+    elif orchestrator.ledger.digests_for_tag(app.name, origin.tag) - {origin.digest}:
+        why = f"{app.name} recorded tag {origin.tag} with another digest"
+    else:
+        return tagged
+    reporter.warn(f"recorded without tag {origin.tag}: {why}; the entry is the digest alone")
+    return ref
+
+
 def _promotion_source(cfg: "Config", app: "AppConfig", source_app: Optional[str],
-                      source_config: Optional[str]) -> Promotion:
-    """The source's current healthy entry as a Promotion; UserError (2) as promote says."""
+                      source_config: Optional[str], read_only: bool = False) -> Promotion:
+    """The source's current healthy entry as a Promotion; UserError (2) as promote says. `read_only`:
+    open this config's own ledger read-only too (a dry run; another config's always is)."""
     from rollout import config as configuration
     from rollout import ledger as L
     from rollout.ledger_url import redact
@@ -258,7 +323,7 @@ def _promotion_source(cfg: "Config", app: "AppConfig", source_app: Optional[str]
         raise UserError(f"promote from where? rollout promote {app.name} --from SOURCE_APP (or --from-config OTHER.toml)")
     if not shown and name == app.name:
         raise UserError(f"{app.name} cannot be promoted from itself: name another app with --from")
-    with _ledger(source_cfg, read_only=source_cfg is not cfg) as ledger:
+    with _ledger(source_cfg, read_only=read_only or source_cfg is not cfg) as ledger:
         newest = ledger.history(name, 1)
     where = f" in ledger {shown}" if shown else ""
     if not newest:
