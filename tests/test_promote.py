@@ -5,7 +5,10 @@ second config with its own ledger (a PostgreSQL one whose URL holds a password) 
 `--from-config`. Promotion deploys the exact digest of the source's current healthy entry,
 records where it came from (the entry's reason, a `promoted` event) and is refused, with
 nothing recorded, when the source is not healthy or the digest is not in the destination's
-repository (one HEAD, counted by the proxy in front of the registry).
+repository (HEADs only, counted by the proxy in front of the registry). The promoted entry carries
+the source's tag only where that tag means the same digest to the destination; `promote
+--dry-run` plans it and changes nothing. A full reference to the repository both apps share is
+refused (operations.parse_release), never deployed to the first app.
 """
 
 from __future__ import annotations
@@ -116,7 +119,7 @@ def test_a_source_whose_current_entry_is_not_healthy_is_refused_and_nothing_chan
     assert entries(project) == before and project.version() == "good1"
 
 
-def test_a_digest_absent_from_the_destination_repository_is_refused_after_one_head(  # type: ignore[no-untyped-def]
+def test_a_digest_absent_from_the_destination_repository_is_refused_after_heads_only(  # type: ignore[no-untyped-def]
         two_apps: tuple[Project, int], registry: str) -> None:
     project, _ = two_apps
     assert project.run("deploy", "web-staging:good1").returncode == 0
