@@ -400,6 +400,10 @@ class LedgerBackend(Protocol):
         """Every entry of the app recorded with that tag, whatever its kind and status, newest first."""
         ...
 
+    def healthy_ids(self, app: str, digest: str) -> frozenset[int]:
+        """The ids of the app's healthy entries with that digest (rollout.targets.Release.trusted)."""
+        ...
+
     def digests_for_tag(self, app: str, tag: str) -> set[str]:
         """Every digest ever recorded for app:tag, whatever the outcome (a retag is refused)."""
         ...
@@ -588,6 +592,10 @@ class SqlReads(LedgerBackend):
         """The app's newest healthy entry: what should be running now."""
         row = self._one("SELECT * FROM entries WHERE app = ? AND status = 'healthy' ORDER BY id DESC LIMIT 1", [app])
         return Entry.from_row(row) if row else None
+
+    def healthy_ids(self, app: str, digest: str) -> frozenset[int]:
+        rows = self._rows("SELECT id FROM entries WHERE app = ? AND digest = ? AND status = 'healthy'", [app, digest])
+        return frozenset(int(row["id"]) for row in rows)
 
     def last_healthy(self, app: str, *, not_digest: str | None = None, before_id: int | None = None) -> Entry | None:
         sql = "SELECT * FROM entries WHERE app = ? AND status = 'healthy'"

@@ -262,7 +262,7 @@ class Orchestrator:
         running = self._check_reachable()
         current = self.ledger.current(self.app.name)
         moving = self._to_move(digest, current, running, idempotent=not force)
-        release = Release(0, ref.name, ref.tag, digest, "plan")
+        release = Release(0, ref.name, ref.tag, digest, "plan", trusted=self._trusted(digest))
         repair = not force and current is not None and current.digest == digest and bool(moving)
         return self._plan(L.DEPLOY, release, current, running, moving, repair=repair)
 
@@ -320,9 +320,12 @@ class Orchestrator:
 
     def _already_there(self, to: Entry, current: Entry | None, running: dict[str, Running]) -> bool:
         """A revert to `to` changes nothing: its digest is the current healthy entry's and every
-        target runs it (a `revert --to` the running release is a no-op, as such a deploy is)."""
-        return current is not None and current.digest == to.digest and not self._to_move(
-            to.digest, current, running, idempotent=True)
+        target runs it (a `revert --to` the running release is a no-op, as such a deploy is): in
+        a container `to` created or took back, unless `to` is the current entry itself (a revert
+        to an older entry of the same digest puts back its own container and settings)."""
+        if current is None or current.digest != to.digest or self._to_move(to.digest, current, running, idempotent=True):
+            return False
+        return to.id == current.id or all(seen.made_by(frozenset({to.id})) for seen in running.values())
 
     def _fallback(self, digest: str) -> Entry | None:
         """What a failed entry of `digest` is reverted to: the newest healthy entry with another
@@ -336,9 +339,8 @@ class Orchestrator:
         return self.ledger.last_healthy(self.app.name, not_digest=digest)
 
     def _trusted(self, digest: str) -> frozenset[int]:
-        """Release.trusted for a revert to `digest`: the ids of the app's healthy entries with it."""
-        return frozenset(e.id for e in self.ledger.history(self.app.name)
-                         if e.digest == digest and e.status == L.HEALTHY)
+        """Release.trusted for `digest`: the ids of the app's healthy entries with it."""
+        return self.ledger.healthy_ids(self.app.name, digest)
 
     def _revert_choice(self, to: Entry | None) -> tuple[Entry, Entry | None]:
         """(the entry a revert goes back to, the current healthy entry): `to`, checked, or the healthy
@@ -386,7 +388,11 @@ class Orchestrator:
                 self.reporter.warn(f"{target.name}: {one_line(exc)}")
         good = self.ledger.current(self.app.name)
         running = self._check_reachable() if good is not None else {}
-        off = [t for t in self.targets if good is not None and not running[t.name].serves(good.digest)]
+        trusted = self._trusted(good.digest) if good is not None else frozenset()
+        # A target also counts as off when what holds its name was created by an entry that never
+        # turned healthy, even with the good digest (a killed `deploy --force` after a settings edit).
+        off = [t for t in self.targets if good is not None and not (running[t.name].serves(good.digest)
+                                                                    and running[t.name].made_by(trusted))]
         # One commit: entries are never marked interrupted without the revert that answers them,
         # so a recovery that is itself killed half way leaves them unfinished for the next one.
         with self.ledger.transaction():
@@ -409,7 +415,7 @@ class Orchestrator:
         # A new flag: verifiers of the interrupted attempt keep seeing theirs set, and stop.
         self._cancelled = threading.Event()
         try:
-            back = self._attempt(revert, off, ALL_AT_ONCE)
+            back = self._attempt(revert, off, ALL_AT_ONCE, trusted=trusted)
         except RolloutError as exc:  # the revert could not even start on a target: it failed
             back = _Attempt(failures={"revert": one_line(exc)})
         interrupted = [e.id for e in abandoned]
@@ -458,7 +464,10 @@ class Orchestrator:
         # A failed repair of drifted targets goes back to nothing older: the other targets still
         # run the current entry, which must stay current (review of issue 17, P2-1).
         good = None if repair else self._fallback(entry.digest)
-        attempt = self._attempt(entry, targets, settle_failure=False, timed=True)
+        # Read here too: Release.trusted of the entry and of its revert (the ledger may be away later).
+        trusted = self._trusted(entry.digest)
+        trusted_good = self._trusted(good.digest) if good is not None else frozenset()
+        attempt = self._attempt(entry, targets, settle_failure=False, timed=True, trusted=trusted)
         if not attempt.failures:
             self._tell("healthy", entry)
             return Outcome(EXIT_OK, self.ledger.get(entry.id), message=f"#{entry.id} healthy", targets=attempt.verdicts)
@@ -485,7 +494,7 @@ class Orchestrator:
         self.reporter.warn(f"#{entry.id} failed: {attempt.reason}; reverting to #{good.id} {_label(good)} as #{revert.id}")
         try:
             with self._timed("revert"):
-                back = self._attempt(revert, attempt.moved, ALL_AT_ONCE)
+                back = self._attempt(revert, attempt.moved, ALL_AT_ONCE, trusted=trusted_good)
         except RolloutError as exc:
             back = _Attempt(failures={"revert": one_line(exc)})
         if back.failures:
@@ -500,7 +509,7 @@ class Orchestrator:
                        revert_targets=back.verdicts)
 
     def _attempt(self, entry: Entry, targets: list[Target], strategy: "Strategy | None" = None, *,
-                 settle_failure: bool = True, timed: bool = False) -> _Attempt:
+                 settle_failure: bool = True, timed: bool = False, trusted: frozenset[int] | None = None) -> _Attempt:
         """Apply one entry to targets batch by batch and verify each batch; record every step.
 
         Workers only touch targets; every ledger write happens here, on this thread. `timed`: the
@@ -509,9 +518,9 @@ class Orchestrator:
         strategy = strategy or self.strategy
         self._attempting = entry
         attempt = _Attempt()
-        revert = entry.kind == L.REVERT
         release = Release(entry.id, entry.repository, entry.tag, entry.digest, _change_cause(entry),
-                          revert=revert, trusted=self._trusted(entry.digest) if revert else frozenset())
+                          revert=entry.kind == L.REVERT,
+                          trusted=self._trusted(entry.digest) if trusted is None else trusted)
         self.ledger.set_status(entry.id, L.APPLYING)
         with self._timed("pull", timed):
             prepared = _each(lambda t: t.prepare(release), targets, strategy.max_parallel)

@@ -127,6 +127,41 @@ def test_a_failed_forced_redeploy_after_an_edit_goes_back_to_the_same_release_no
     assert len(project.history()) == entries and docker_client.containers.get(project.container).id == good2
 
 
+def test_a_killed_forced_redeploy_after_an_edit_is_not_kept_by_recovery(project: Project, docker_client) -> None:  # type: ignore[no-untyped-def]
+    """`deploy --force` of the running digest after an edit, SIGKILLed once its new container runs
+    under the name: that container was never verified, so recovery puts back the one the healthy
+    entry ran in, although both run the same digest (an unverified release is never kept)."""
+    from support.cli import finish
+
+    assert deploy(project, "good1").returncode == 0
+    healthy = docker_client.containers.get(project.container).id
+    write_config(project, extra='labels = { edited = "yes" }')
+    process = project.start("deploy", "web:good1", "--force", kill_at="docker:started#1")
+    code, stderr = finish(process, timeout=120)
+    assert code == -9, f"not killed at docker:started: {code}: {stderr[-300:]}"
+    assert docker_client.containers.get(project.container).id != healthy  # the unverified one holds the name
+    recovery = project.run("status")
+    assert recovery.returncode == 0 and "was interrupted" in recovery.stderr, recovery.stderr
+    live = docker_client.containers.get(project.container)
+    assert live.id == healthy and live.status == "running" and "edited" not in live.labels
+    assert [(e["kind"], e["status"]) for e in project.history()[:2]] == [("revert", "healthy"), ("deploy", "interrupted")]
+
+
+def test_a_revert_to_an_older_entry_of_the_same_digest_puts_back_its_container(project: Project, docker_client) -> None:  # type: ignore[no-untyped-def]
+    """good1 ran healthy (#1); an edit then `deploy --force` ran it healthy in a new container (#2).
+    `revert --to #1` is not "already running": it puts back #1's container and settings."""
+    assert deploy(project, "good1").returncode == 0
+    first = docker_client.containers.get(project.container).id
+    write_config(project, extra='labels = { edited = "yes" }')
+    assert deploy(project, "good1", "--force").returncode == 0
+    assert docker_client.containers.get(project.container).id != first
+    [_, original] = project.history()
+    result = project.run("revert", "--to", f"#{original['id']}")
+    assert result.returncode == 0 and "already running" not in result.stdout, result.stdout + result.stderr
+    live = docker_client.containers.get(project.container)
+    assert live.id == first and "edited" not in live.labels
+
+
 def test_a_revert_never_takes_back_the_container_of_a_failed_entry(project: Project, docker_client) -> None:  # type: ignore[no-untyped-def]
     """good2 ran healthy in one container; later a deploy of good2 with broken settings failed in
     another, stopped more recently. `revert --to` the healthy good2 entry starts the first."""

@@ -25,7 +25,7 @@ from rollout.reference import parse
 from support.cli import run_rollout
 from support.fakes import IMAGE, FakeResolver, FakeTarget, RecordingReporter, app_config, crashes, fake_digest, \
     scripted_verifier
-from support.images import REGISTRY, digest_of
+from support.images import APP_IMAGE, REGISTRY, digest_of
 from support.project import Project, write_config
 from support.proxy import RegistryProxy, start_proxy
 from test_compose_target import compose_v2, stack  # noqa: F401 - fixtures of the compose log-tail test
@@ -268,11 +268,16 @@ def test_json_results_of_deploy_and_revert(project: Project, docker_client: Any)
         assert durations["revert"] > 0 and durations["apply"] > 0
         assert "#2 deploy web crash" in crashed.stderr  # progress stays on stderr
 
+        assert project.run("deploy", "web:good2").returncode == 0
         back = project.run("revert", "--json", "--to", "#1")
         assert back.returncode == 0, back.stderr
         reverted = json.loads(back.stdout)
         assert (reverted["kind"], reverted["outcome"], reverted["revert"], reverted["durations"]["resolve"]) \
             == ("revert", "healthy", None, None)
+        # Again: #1's release already runs (in #1's own container): nothing to do, nothing recorded.
+        again = project.run("revert", "--json", "--to", "#1")
+        assert again.returncode == 0, again.stderr
+        assert (json.loads(again.stdout)["outcome"], json.loads(again.stdout)["entry"]) == ("unchanged", reverted["entry"])
 
         refused = project.run("deploy", "web:no-such-tag", "--json")
         assert refused.returncode == 2
@@ -496,7 +501,11 @@ def test_a_plan_for_a_router_that_drifted_says_it_only_switches_back(project: Pr
         slot = int(live.labels["rollout.slot"])
         [idle] = [s for s in slots if s != slot]
         open_router(running.kind, running.admin, running.route).switch(f"127.0.0.1:{idle}")
+        # What looks like another rollout's new container (a plan holds no lock): a plan must not remove it.
+        theirs = docker_client.containers.create(f"{APP_IMAGE}:good1", name=f"{project.container}.rollout-new-99-abcdef",
+                                                 network_mode="host", environment={"PORT": str(free_port())})
         plan = project.json("deploy", "web:good1", "--dry-run", "--json")
+        theirs.reload()  # NotFound when the plan removed it
         [target] = plan["targets"]
         assert target["moves"] and plan["repair"], plan
         assert f"switches to {project.container}, which runs this release on slot {slot}" in target["changes"], target

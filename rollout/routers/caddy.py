@@ -151,9 +151,9 @@ class CaddyRouter:
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         """One admin API request; the decoded JSON answer (None when empty). A 4xx is the proxy's
         config (RouterConfigError: no such @id, a refused change, a Host/Origin Caddy does not
-        allow), and so is an answer that is not the admin API's (not JSON, or an error without
-        Caddy's {"error": ...}: traffic.admin names a site, exit 2); no answer in time or a 5xx is
-        RouterUnreachable."""
+        allow), and so is a 2xx-4xx answer that is not the admin API's (not JSON, or an error
+        without Caddy's {"error": ...}: traffic.admin names a site, exit 2); no answer in time or
+        a 5xx is RouterUnreachable."""
         conn = self._connection()
         try:
             conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
@@ -180,14 +180,17 @@ class CaddyRouter:
         # Caddy's admin API answers JSON, and every error as {"error": "..."} (caddy admin.go,
         # APIError); anything else at that address is not it: most often a site Caddy serves
         # (the proxy's own listener) given as traffic.admin.
-        if answer is None and raw.strip() or status >= 400 and not (isinstance(answer, dict) and "error" in answer):
+        # A 5xx stays "unreachable" (a proxy in front of the admin API, a Caddy in trouble).
+        if status < 500 and (answer is None and raw.strip() or status >= 400 and not (isinstance(answer, dict)
+                                                                                       and "error" in answer)):
             raise RouterConfigError(f"{self.admin} does not answer as Caddy's admin API ({method} {path}: HTTP"
                                     f" {status}, {one_line(raw.decode(errors='replace')) or 'empty'}): set"
                                     " traffic.admin to Caddy's `admin` address (default localhost:2019), not a"
                                     " site it serves")
         if 200 <= status < 300:
             return answer
-        reason = one_line(answer.get("error") or f"HTTP {status}")
+        reason = answer.get("error") if isinstance(answer, dict) else raw.decode(errors="replace")
+        reason = one_line(reason or f"HTTP {status}")
         if status == 404 and path == self._id_path():
             raise RouterConfigError(f"Caddy at {self.admin} has no object with @id {self.route!r}: add"
                                     f" \"@id\": \"{self.route}\" to the route in Caddy's JSON config"

@@ -30,9 +30,9 @@ class Release:
     # one running is bad, so a target may clear what the bad release left stuck (the kubernetes
     # target deletes a StatefulSet's not-Ready pods of it, KubernetesTarget._force_rollback).
     revert: bool = False
-    # For a revert: the ids of the app's healthy entries with this digest. A kept container created
-    # by one of them ran this release healthy and may be taken back; one a failed entry created may
-    # not (its settings may be what failed: a `deploy --force` of the same digest after an edit).
+    # The ids of the app's healthy entries with this digest. A kept container created by one of them
+    # ran this release healthy and may be taken back; one a failed entry created may not (its
+    # settings may be what failed: a `deploy --force` of the same digest after an edit).
     trusted: frozenset[int] = frozenset()
 
     @property
@@ -54,6 +54,12 @@ class Running:
     # {"router", "route", "upstreams": ["HOST:PORT", ...], "slot": the running container's slot or
     # None, "routed": whether the upstreams are exactly that slot}; None without a traffic section.
     traffic: dict[str, Any] | None = None
+    entry: int | None = None  # the ledger entry that created what runs (a container's rollout.entry); None: unknown
+
+    def made_by(self, entries: frozenset[int]) -> bool:
+        """Whether what runs was created by one of these ledger entries; True when that cannot be
+        told (`entry` None: a target kind that does not say, or a container rollout did not create)."""
+        return self.entry is None or self.entry in entries
 
     def serves(self, digest: str) -> bool:
         """Whether the target runs `digest` ("sha256:HEX") now: a stopped container with it does not,

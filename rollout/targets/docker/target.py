@@ -128,7 +128,7 @@ class DockerTarget:
             return Running(None, None, "no container", active=False, traffic=traffic)
         image = self._configured_image(container)
         return Running(image, self._digest_of(container), container.status, active=container.status == "running",
-                       traffic=traffic, warning=self._settings_changed(container))
+                       traffic=traffic, warning=self._settings_changed(container), entry=_entry_of(container))
 
     def _settings_changed(self, container: Any) -> str | None:
         """Running.warning when rollout.toml's settings for this target are no longer those the
@@ -239,7 +239,7 @@ class DockerTarget:
             self.router.check([upstream(slot) for slot in self.traffic.slots])
             self._upstreams = self.router.upstreams()
             live = self._container(self.container_name)
-            ours = ([live] if live is not None else []) + self._retired()
+            ours = ([live] if live is not None else []) + self._retired(prune=False)
             serving, slot = self._slot_for(release, live, ours)
             # apply stops a leftover of ours on the idle slot first; anything else there is refused.
             if serving is None and not any(_slot_of(c) == slot and c.status == "running" for c in ours):
@@ -653,13 +653,15 @@ class DockerTarget:
         # An image pulled under another name only (a mirror): its digest is still the content's.
         return next(iter(ours or [digest for _, _, digest in known]), None)
 
-    def _retired(self, keep: str | None = None) -> list[Any]:
+    def _retired(self, keep: str | None = None, prune: bool = True) -> list[Any]:
         """The retired containers NAME.rollout-*, most recently retired (stopped) first.
 
         A new container a killed or failed rollout left under its temporary name
-        (NAME.rollout-new-*) is removed here instead: it never served, so it has no revert value,
-        and it must not be taken back as a kept container. `keep`: the id of one that is not such a
-        leftover (a release beside the live one, about to take the name) and is left alone.
+        (NAME.rollout-new-*) is removed here instead (stopped first, as its operator configured):
+        it never served, so it has no revert value, and it must not be taken back as a kept
+        container. `keep`: the id of one that is not such a leftover (a release beside the live
+        one, about to take the name) and is left alone. `prune=False` (a read-only look: a plan,
+        which holds no lock, so such a container may be another rollout's, verifying): none removed.
         """
         prefix = f"{self.container_name}.rollout-"
         containers = self.client.containers.list(all=True, filters={"name": prefix})
@@ -668,7 +670,9 @@ class DockerTarget:
         retired = []
         for container in containers:
             if container.name.startswith(self.container_name + NEW_INFIX):
-                if container.id != keep:
+                if prune and container.id != keep:
+                    if container.status in ("running", "restarting", "paused"):
+                        self._stop(container)  # an app working off a queue gets its stop signal, not a SIGKILL
                     container.remove(force=True)
             elif container.name.startswith(prefix):
                 retired.append(container)
@@ -949,25 +953,34 @@ def _slot_of(container: Any) -> int | None:
 
 def settings_hash(settings: dict[str, Any]) -> str:
     """"sha256:<64 hex>" of a target's rollout.toml settings as a container is created from them
-    (slot included): the value of its LABEL_SETTINGS label. Keys in any order hash the same."""
-    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    (slot included): the value of its LABEL_SETTINGS label. Keys in any order hash the same;
+    `host` is left out (where the engine is, not what the container is: the same engine spelled
+    two ways must not count as an edit)."""
+    what = {key: value for key, value in settings.items() if key != "host"}
+    text = json.dumps(what, sort_keys=True, separators=(",", ":"), default=str)
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def _reusable(container: Any, release: Release, settings: dict[str, Any]) -> bool:
     """Whether an existing container of release.image may run the release instead of a new one.
 
-    A revert puts back what ran, as it ran (its settings too: the new ones may be what failed):
-    a container created by one of the healthy entries of that digest (release.trusted, by its
-    LABEL_ENTRY), never one a failed entry created; with none, a new one from the current
-    rollout.toml. A forward deploy applies the current rollout.toml: only a container created
-    from these very settings (LABEL_SETTINGS; one created before that label existed never
-    matches), so an edited setting is never silently left out."""
+    Only a container created by one of the healthy entries of that digest (release.trusted, by its
+    LABEL_ENTRY), never one a failed entry created. A revert puts back what ran, as it ran (its
+    settings too: the new ones may be what failed); with no such container, a new one from the
+    current rollout.toml. A forward deploy applies the current rollout.toml: only a container
+    created from these very settings (LABEL_SETTINGS; one created before that label existed is
+    taken as it is, since its settings cannot be compared), so an edit is never left out."""
     labels = container.labels or {}
-    if release.revert:
-        entry = labels.get(LABEL_ENTRY) or ""
-        return entry.isascii() and entry.isdigit() and int(entry) in release.trusted
-    return labels.get(LABEL_SETTINGS) == settings_hash(settings)
+    if _entry_of(container) not in release.trusted:
+        return False
+    # A container created before the settings label existed: its settings cannot be compared.
+    return release.revert or labels.get(LABEL_SETTINGS) in (None, settings_hash(settings))
+
+
+def _entry_of(container: Any) -> int | None:
+    """The ledger entry that created container (its rollout.entry label), None without one."""
+    text = (container.labels or {}).get(LABEL_ENTRY) or ""
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 @dataclass(frozen=True)
