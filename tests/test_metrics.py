@@ -56,9 +56,10 @@ def test_a_healthy_deploy_writes_its_run_and_the_current_digest(project: Project
 def test_after_a_revert_the_file_shows_the_outcome_and_counts_it(project: Project, tmp_path: Path) -> None:
     metrics = tmp_path / "rollout.prom"
     assert project.run("deploy", "web:good1", "--metrics-file", str(metrics)).returncode == 0
+    assert project.run("deploy", "web:good2", "--metrics-file", str(metrics)).returncode == 0
     result = project.run("deploy", "web:crash", "--metrics-file", str(metrics))
     assert result.returncode == 1, result.stderr
-    revert, failed, good = project.history()
+    revert, failed, good, _ = project.history()
 
     parsed = read(metrics)
     run = {"app": "web", "command": "deploy"}
@@ -66,15 +67,17 @@ def test_after_a_revert_the_file_shows_the_outcome_and_counts_it(project: Projec
     assert value(parsed, "rollout_last_run_success", **run) == 0
     assert value(parsed, "rollout_last_run_outcome", **run, outcome="reverted") == 1
     assert value(parsed, "rollout_last_run_outcome", **run, outcome="ok") == 0
-    # Current is the revert entry: good1's digest again, and only one current series.
+    # Current is the revert entry: good2's digest again, and only one current series.
     current = [labels for (name, labels), v in parsed.items() if name == "rollout_current_info"]
-    assert current == [frozenset({"app": "web", "tag": "good1", "digest": good["digest"]}.items())]
+    assert current == [frozenset({"app": "web", "tag": "good2", "digest": good["digest"]}.items())]
     assert value(parsed, "rollout_current_entry", app="web") == revert["id"]
     assert value(parsed, "rollout_reverts_total", app="web") == 1
     assert value(parsed, "rollout_entries_total", app="web", kind="deploy", status="failed") == 1
 
-    # A manual revert is another command: its series join the deploy's, which stay as they were.
+    # A manual revert (to good1, not running) is another command: its series join the deploy's,
+    # which stay as they were.
     result = project.run("revert", "--to", "good1", "--metrics-file", str(metrics))
+    assert result.returncode == 0, result.stderr
     parsed = read(metrics)
     assert value(parsed, "rollout_last_run_exit_code", app="web", command="revert") == result.returncode
     assert value(parsed, "rollout_last_run_exit_code", **run) == 1
