@@ -114,7 +114,7 @@ def test_unknown_resources_are_404_not_fake_successes(sim: RunningSimulator) -> 
 def test_create_from_file_defaults_like_the_api_server_and_rolls_out(sim: RunningSimulator, tmp_path: Path) -> None:
     out = create(sim, tmp_path, deployment_manifest("created", f"{IMAGE}:v1", replicas=3))
     assert out.strip() == "deployment.apps/created created"
-    status = sim.kubectl("rollout", "status", "deployment/created", "--timeout=20s")
+    status = sim.kubectl("rollout", "status", "deployment/created", "--timeout=60s")
     assert status.returncode == 0, status.stderr
     assert 'deployment "created" successfully rolled out' in status.stdout
     deployment = get_json(sim, "deployment", "created")
@@ -163,7 +163,7 @@ def test_create_deployment_command_names_the_container_after_the_image(sim: Runn
     deployment = get_json(sim, "deployment", "quick")
     assert deployment["spec"]["selector"] == {"matchLabels": {"app": "quick"}}
     assert deployment["spec"]["template"]["spec"]["containers"][0]["name"] == "app"
-    status = sim.kubectl("rollout", "status", "deployment/quick", "--timeout=20s")
+    status = sim.kubectl("rollout", "status", "deployment/quick", "--timeout=60s")
     assert status.returncode == 0, status.stderr
     table = sim.kubectl("get", "deployment", "quick")
     assert table.returncode == 0
@@ -175,7 +175,7 @@ def test_create_deployment_command_names_the_container_after_the_image(sim: Runn
 
 def test_set_image_history_and_undo(sim: RunningSimulator, tmp_path: Path) -> None:
     create(sim, tmp_path, deployment_manifest("web", f"{IMAGE}:v1", replicas=3))
-    assert sim.kubectl("rollout", "status", "deployment/web", "--timeout=20s").returncode == 0
+    assert sim.kubectl("rollout", "status", "deployment/web", "--timeout=60s").returncode == 0
     set_image = sim.kubectl("set", "image", "deployment/web", f"app={IMAGE}:slow-v2")
     assert set_image.returncode == 0, set_image.stderr
     assert set_image.stdout.strip() == "deployment.apps/web image updated"
@@ -209,7 +209,7 @@ def test_set_image_history_and_undo(sim: RunningSimulator, tmp_path: Path) -> No
 
 def test_crashlooping_rollout_exceeds_its_progress_deadline(sim: RunningSimulator, tmp_path: Path) -> None:
     create(sim, tmp_path, deployment_manifest("crashy", f"{IMAGE}:v1", progressDeadlineSeconds=3))
-    assert sim.kubectl("rollout", "status", "deployment/crashy", "--timeout=20s").returncode == 0
+    assert sim.kubectl("rollout", "status", "deployment/crashy", "--timeout=60s").returncode == 0
     assert sim.kubectl("set", "image", "deployment/crashy", f"app={IMAGE}:crash").returncode == 0
     status = sim.kubectl("rollout", "status", "deployment/crashy", "--timeout=60s")
     assert status.returncode == 1
@@ -268,7 +268,7 @@ def test_scale_changes_replicas_and_pods_follow(sim: RunningSimulator, tmp_path:
     result = sim.kubectl("scale", "deployment/scaled", "--replicas=4")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "deployment.apps/scaled scaled"
-    assert sim.kubectl("rollout", "status", "deployment/scaled", "--timeout=20s").returncode == 0
+    assert sim.kubectl("rollout", "status", "deployment/scaled", "--timeout=60s").returncode == 0
     assert len(pods_of(sim, "scaled")) == 4
     assert sim.kubectl("scale", "deployment/scaled", "--replicas=1").returncode == 0
     wait_for(lambda: len(pods_of(sim, "scaled")) == 1, what="scale down to 1 pod")
@@ -282,7 +282,7 @@ def test_scale_changes_replicas_and_pods_follow(sim: RunningSimulator, tmp_path:
 
 def test_pause_holds_the_rollout_and_resume_releases_it(sim: RunningSimulator, tmp_path: Path) -> None:
     create(sim, tmp_path, deployment_manifest("paused", f"{IMAGE}:v1", replicas=1))
-    assert sim.kubectl("rollout", "status", "deployment/paused", "--timeout=20s").returncode == 0
+    assert sim.kubectl("rollout", "status", "deployment/paused", "--timeout=60s").returncode == 0
     assert sim.kubectl("rollout", "pause", "deployment/paused").returncode == 0
     assert sim.kubectl("set", "image", "deployment/paused", f"app={IMAGE}:v2").returncode == 0
     wait_for(
@@ -295,7 +295,7 @@ def test_pause_holds_the_rollout_and_resume_releases_it(sim: RunningSimulator, t
     assert undo.returncode == 1
     assert "you cannot rollback a paused deployment" in undo.stderr
     assert sim.kubectl("rollout", "resume", "deployment/paused").returncode == 0
-    assert sim.kubectl("rollout", "status", "deployment/paused", "--timeout=20s").returncode == 0
+    assert sim.kubectl("rollout", "status", "deployment/paused", "--timeout=60s").returncode == 0
     wait_for(lambda: images_of_pods(sim, "paused") == {f"{IMAGE}:v2"}, what="the replaced pods to go")
 
 
@@ -303,7 +303,7 @@ def test_revision_history_limit_removes_the_oldest_replicasets(sim: RunningSimul
     create(sim, tmp_path, deployment_manifest("limited", f"{IMAGE}:v1", replicas=1, revisionHistoryLimit=1))
     for tag in ("v2", "v3", "v4"):
         assert sim.kubectl("set", "image", "deployment/limited", f"app={IMAGE}:{tag}").returncode == 0
-        assert sim.kubectl("rollout", "status", "deployment/limited", "--timeout=20s").returncode == 0
+        assert sim.kubectl("rollout", "status", "deployment/limited", "--timeout=60s").returncode == 0
     wait_for(lambda: len(get_json(sim, "replicasets", "-l", "app=limited")["items"]) == 2, what="history cleanup")
     history = sim.kubectl("rollout", "history", "deployment/limited")
     assert [line.split()[0] for line in history.stdout.splitlines()[2:] if line.strip()] == ["3", "4"]
@@ -311,9 +311,9 @@ def test_revision_history_limit_removes_the_oldest_replicasets(sim: RunningSimul
 
 def test_recreate_scales_the_old_replicaset_down_before_the_new_one_up(sim: RunningSimulator, tmp_path: Path) -> None:
     create(sim, tmp_path, deployment_manifest("recreated", f"{IMAGE}:v1", replicas=2, strategy={"type": "Recreate"}))
-    assert sim.kubectl("rollout", "status", "deployment/recreated", "--timeout=20s").returncode == 0
+    assert sim.kubectl("rollout", "status", "deployment/recreated", "--timeout=60s").returncode == 0
     assert sim.kubectl("set", "image", "deployment/recreated", f"app={IMAGE}:v2").returncode == 0
-    assert sim.kubectl("rollout", "status", "deployment/recreated", "--timeout=20s").returncode == 0
+    assert sim.kubectl("rollout", "status", "deployment/recreated", "--timeout=60s").returncode == 0
     wait_for(lambda: images_of_pods(sim, "recreated") == {f"{IMAGE}:v2"}, what="the replaced pods to go")
     events = get_json(sim, "events", "--field-selector", "involvedObject.name=recreated")["items"]
     scaling = [e["message"] for e in sorted(events, key=lambda e: e["metadata"]["name"]) if e["reason"] == "ScalingReplicaSet"]
@@ -326,7 +326,7 @@ def test_without_history_the_revision_still_counts_up(sim: RunningSimulator, tmp
     create(sim, tmp_path, deployment_manifest("nohistory", f"{IMAGE}:v1", replicas=1, revisionHistoryLimit=0))
     for tag in ("v2", "v3"):
         assert sim.kubectl("set", "image", "deployment/nohistory", f"app={IMAGE}:{tag}").returncode == 0
-        assert sim.kubectl("rollout", "status", "deployment/nohistory", "--timeout=20s").returncode == 0
+        assert sim.kubectl("rollout", "status", "deployment/nohistory", "--timeout=60s").returncode == 0
     wait_for(lambda: len(get_json(sim, "replicasets", "-l", "app=nohistory")["items"]) == 1, what="old ReplicaSets removed")
     deployment = get_json(sim, "deployment", "nohistory")
     assert deployment["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "3"
@@ -366,7 +366,7 @@ def test_strategic_merge_patch_merges_containers_by_name(sim: RunningSimulator, 
     containers = get_json(sim, "deployment", "sidecar")["spec"]["template"]["spec"]["containers"]
     assert [(c["name"], c["image"]) for c in containers] == [("app", f"{IMAGE}:v2"), ("proxy", f"{IMAGE}:proxy")]
     # Once the rollout settles nothing else writes the object, so the same patch is a no-op.
-    assert sim.kubectl("rollout", "status", "deployment/sidecar", "--timeout=20s").returncode == 0
+    assert sim.kubectl("rollout", "status", "deployment/sidecar", "--timeout=60s").returncode == 0
     again = sim.kubectl("patch", "deployment", "sidecar", "-p", json.dumps(patch))
     assert again.stdout.strip() == "deployment.apps/sidecar patched (no change)"
     merge = sim.kubectl("patch", "deployment", "sidecar", "--type=merge", "-p", json.dumps(patch))
@@ -477,7 +477,7 @@ def test_label_and_field_selectors(sim: RunningSimulator, tmp_path: Path) -> Non
 
 def test_deleting_a_deployment_removes_its_replicasets_and_pods(sim: RunningSimulator, tmp_path: Path) -> None:
     create(sim, tmp_path, deployment_manifest("doomed", f"{IMAGE}:v1", replicas=2))
-    assert sim.kubectl("rollout", "status", "deployment/doomed", "--timeout=20s").returncode == 0
+    assert sim.kubectl("rollout", "status", "deployment/doomed", "--timeout=60s").returncode == 0
     result = sim.kubectl("delete", "deployment", "doomed")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == 'deployment.apps "doomed" deleted'
@@ -489,7 +489,7 @@ def test_deleting_a_deployment_removes_its_replicasets_and_pods(sim: RunningSimu
 
 def test_events_record_what_the_controllers_and_kubelet_did(sim: RunningSimulator, tmp_path: Path) -> None:
     create(sim, tmp_path, deployment_manifest("noisy", f"{IMAGE}:v1", replicas=1))
-    assert sim.kubectl("rollout", "status", "deployment/noisy", "--timeout=20s").returncode == 0
+    assert sim.kubectl("rollout", "status", "deployment/noisy", "--timeout=60s").returncode == 0
     events = get_json(sim, "events", "--field-selector", "involvedObject.name=noisy")["items"]
     assert any(e["reason"] == "ScalingReplicaSet" and "Scaled up replica set noisy-" in e["message"] for e in events)
 
@@ -776,7 +776,7 @@ def test_kubectl_logs_reads_the_current_and_the_previous_container(sim: RunningS
     assert (code, body["message"]) == (400, f"container nope is not valid for pod {name}")
 
     create(sim, tmp_path, deployment_manifest("fresh", f"{IMAGE}:v1", replicas=1))
-    assert sim.kubectl("rollout", "status", "deployment/fresh", "--timeout=20s").returncode == 0
+    assert sim.kubectl("rollout", "status", "deployment/fresh", "--timeout=60s").returncode == 0
     fresh = pods_of(sim, "fresh")[0]["metadata"]["name"]
     assert "started (ready)" in sim.kubectl("logs", f"deployment/fresh").stdout
     none = sim.kubectl("logs", fresh, "--previous")
@@ -790,7 +790,7 @@ def test_kubectl_logs_reads_the_current_and_the_previous_container(sim: RunningS
 
 def test_a_deleted_pod_is_terminating_for_its_grace_period(sim: RunningSimulator, tmp_path: Path) -> None:
     create(sim, tmp_path, deployment_manifest("graceful", f"{IMAGE}:termdeaf", replicas=1))
-    assert sim.kubectl("rollout", "status", "deployment/graceful", "--timeout=20s").returncode == 0
+    assert sim.kubectl("rollout", "status", "deployment/graceful", "--timeout=60s").returncode == 0
     name = pods_of(sim, "graceful")[0]["metadata"]["name"]
     # A grace period long enough that the pod is still Terminating when the next kubectl runs on a
     # loaded machine (3 s was not: the pod was already gone).
@@ -812,7 +812,7 @@ def test_a_deleted_pod_is_terminating_for_its_grace_period(sim: RunningSimulator
 
 def test_a_finalizer_holds_a_deleted_object_until_it_is_removed(sim: RunningSimulator, tmp_path: Path) -> None:
     create(sim, tmp_path, deployment_manifest("held", f"{IMAGE}:v1", replicas=1))
-    assert sim.kubectl("rollout", "status", "deployment/held", "--timeout=20s").returncode == 0
+    assert sim.kubectl("rollout", "status", "deployment/held", "--timeout=60s").returncode == 0
     name = pods_of(sim, "held")[0]["metadata"]["name"]
     assert sim.kubectl("patch", "pod", name, "--type=merge", "-p", '{"metadata":{"finalizers":["example.com/hold"]}}').returncode == 0
     # Clients cannot delete by writing deletionTimestamp (rest/update.go, objectmeta.go).
