@@ -198,7 +198,11 @@ def cleanup_images(project: Project, docker_client) -> Iterator[list[str]]:  # t
     project.remove_containers(docker_client)
     for host in hosts:
         for image in docker_client.images.list(filters={"reference": f"{host}/*/*"}):
-            docker_client.images.remove(image.id, force=True)
+            # By name, not id: a reproducible build gives the same image id in other tests, whose
+            # containers (another xdist worker's) may run it; untagging never touches those.
+            for name in image.tags + image.attrs.get("RepoDigests", []):
+                if name.startswith(f"{host}/"):
+                    docker_client.images.remove(name, noprune=False)
 
 
 def test_a_creds_store_login_builds_pulls_pushes_and_deploys_without_showing_the_password(
