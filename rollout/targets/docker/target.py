@@ -686,9 +686,9 @@ class DockerTarget:
         "sandbox ... not found". So a restarting container is stopped first; stopping it through
         the API cancels its restart manager (daemon/kill.go, ExitOnNext), so it stays down.
         """
-        entry = container.labels.get(LABEL_ENTRY) or ""
+        entry = _entry_of(container)
         # A label is the engine's answer, and anyone may set it: only a ledger id goes into a name.
-        new_name = f"{self.container_name}.rollout-{entry if entry.isascii() and entry.isdigit() else container.short_id}"
+        new_name = f"{self.container_name}.rollout-{entry if entry is not None else container.short_id}"
         if new_name in taken:
             new_name = f"{new_name}-{container.short_id}"
         container.reload()
