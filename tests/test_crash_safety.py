@@ -25,7 +25,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-import docker
 import pytest
 
 from rollout import lock
@@ -169,8 +168,7 @@ class Harness:
         last_id = project.ledger_rows("SELECT coalesce(max(id), 0) FROM entries")[0][0]
         tag = other_good(project) if moment.tag == "good" else moment.tag
         if moment.during_pull:
-            self.hold_the_pull()
-            write_config(project, image=f"{self.proxy.host}/rollout-test/app", timeout=4, stable=1)
+            write_config(project, image=self.hold_the_pull(), timeout=4, stable=1)
         if moment.after is not None:
             # Windows wide enough that a busy machine's slow poll cannot see them close before the kill.
             write_config(project, timeout=10, stable=4)
@@ -187,7 +185,7 @@ class Harness:
                 while not self.proxy.faults_applied["delay"] and process.poll() is None and time.monotonic() < deadline:
                     time.sleep(0.02)
                 if process.poll() is not None or not self.proxy.faults_applied["delay"]:
-                    return "the engine never started pulling"
+                    return self.no_pull(process)
                 # The held request must be the engine's pull (prepare runs once the entry is
                 # `applying`), not one of rollout's own registry requests.
                 if not project.ledger_rows("SELECT 1 FROM entries WHERE id > ? AND kind = 'deploy' AND status = 'applying'",
@@ -208,31 +206,34 @@ class Harness:
             return f"the deploy was not killed there: exit {code}: {stderr.strip()[-300:]}"
         return None
 
-    def hold_the_pull(self) -> None:
-        """Make the engine's next pull through the proxy hang (20 s) until the test kills the deploy.
+    def no_pull(self, process: Any) -> str:
+        """Why the engine never asked the proxy for the manifest: what rollout said, what the proxy saw."""
+        ended = "still running after %gs" % STEP_TIMEOUT
+        if process.poll() is not None:
+            code, stderr = finish(process)
+            ended = f"rollout exited {code}: {stderr.strip()[-1500:]!r}"
+        held = sorted(name for image in self.engine.api.images()
+                      for name in (image.get("RepoTags") or []) + (image.get("RepoDigests") or [])
+                      if name.startswith(f"{self.proxy.host}/"))
+        return (f"the engine never started pulling ({ended}; proxy requests {dict(self.proxy.request_counts)};"
+                f" engine names under the proxy {held})")
+
+    def hold_the_pull(self) -> str:
+        """Make the engine's next pull through the proxy hang (20 s) until the test kills the deploy;
+        the image name (no tag) to deploy for it.
 
         Held: any request for a manifest by digest, HEAD or GET (rollout itself asks for the
         tag). Docker 20.10 GETs a manifest it has never pulled and only HEADs one its content
         store kept from an earlier pull: the test images are built and pushed, never pulled, so
         on a fresh machine the first pull is a GET, which a HEAD-only hold let through, and the
         deploy ran to its end ("the engine never started pulling"; a rerun passed).
-        And the engine must have nothing under the proxy's name, or rollout finds the image
-        and pulls nothing: the proxy listens on an ephemeral port, which an earlier proxy
-        (another test, an earlier run) may have used to pull these images; untagging that
-        name leaves the image itself (the registry's own name still holds it).
+        The name is one no engine pulled from (RegistryProxy.unseen_name): under the proxy's own name
+        an earlier proxy on the same port may have left the manifest in Docker's content store, and the
+        deploy ran to its end without a manifest request (the clean-clone CI at 3ea309f).
         """
-        # One list call (the low-level API): images.list() inspects each image after listing, which
-        # fails when another test on the shared engine removes one in between.
-        stale = [name for image in self.engine.api.images()
-                 for name in (image.get("RepoTags") or []) + (image.get("RepoDigests") or [])
-                 if name.startswith(f"{self.proxy.host}/")]
-        for name in stale:
-            try:
-                self.engine.images.remove(name)
-            except docker.errors.ImageNotFound:  # removed meanwhile by someone else: gone either way
-                pass
         self.proxy.inject(Fault("delay", kind="manifest", method=None, path_contains="/manifests/sha256:",
                                 delay=20.0, times=None))
+        return self.proxy.unseen_name("rollout-test/app")
 
     def recover(self, moment: Moment, interrupted_ids: list[int]) -> str | None:
         """Run the next command and check the app is back on a healthy recorded digest; None when it is."""

@@ -146,13 +146,9 @@ def test_server_lost_while_the_engine_pulls_is_exit_5_and_no_target_changed(outa
     before = docker_client.containers.get(project.container)
     with start_proxy(registry) as proxy:
         # The engine pulls through the proxy, which holds the manifest by digest for 10 s: the
-        # entry is recorded and `applying`, no target has changed yet. The engine must not have the
-        # image under the proxy's name already (an earlier proxy on the same port), or it pulls nothing.
-        for image in docker_client.images.list():
-            for name in (image.attrs.get("RepoTags") or []) + (image.attrs.get("RepoDigests") or []):
-                if name.startswith(f"{proxy.host}/"):
-                    docker_client.images.remove(name)
-        write_config(project, image=f"{proxy.host}/rollout-test/app")
+        # entry is recorded and `applying`, no target has changed yet. Under a name no engine pulled
+        # from, or the engine may use a manifest it kept and ask nothing (RegistryProxy.unseen_name).
+        write_config(project, image=proxy.unseen_name("rollout-test/app"))
         proxy.inject(Fault("delay", kind="manifest", method=None, path_contains="/manifests/sha256:", delay=10.0,
                            times=None))
         process = project.start("deploy", "web:good2")

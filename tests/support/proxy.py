@@ -7,6 +7,7 @@ apply to the next matching requests: a TCP reset, an error status (optionally
 with Retry-After), a delay longer than the client's timeout, a truncated body,
 a response stripped of Docker-Content-Digest, or one whose Docker-Content-Digest is
 replaced by `Fault.digest` (a lying registry, or something on the way to a plain-HTTP one).
+`aliases` serve an upstream repository under other names (pulls only: bodies are not rewritten).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import re
 import socket
 import struct
 import threading
+import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
@@ -66,6 +68,7 @@ class RegistryProxy:
     request_bytes: collections.Counter = field(default_factory=collections.Counter)  # body bytes sent, by (method, kind)
     faults: list[Fault] = field(default_factory=list)
     faults_applied: collections.Counter = field(default_factory=collections.Counter)
+    aliases: dict[str, str] = field(default_factory=dict)  # repository name clients use -> the upstream's
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stopping: threading.Event = field(default_factory=threading.Event)
@@ -115,6 +118,25 @@ class RegistryProxy:
                     self.faults_applied[fault.action] += 1
                     return fault
         return None
+
+    def unseen_name(self, repository: str) -> str:
+        """A new image name (host/alias, no tag) for the upstream's `repository`, which no engine has
+        pulled from. An engine pull of it must ask this proxy for the manifest: Docker 20.10 keeps a
+        manifest in its content store labelled with the registry host and repository it came from, and
+        pulls that digest from that source again with no manifest request (a /v2/ ping only), even
+        after every name was untagged. This proxy's ephemeral port may have been an earlier proxy's
+        (another test, an earlier run) that pulled the same images (checked by hand: a second proxy on
+        a reused port saw only the ping for rollout-test/app, and a HEAD for an alias)."""
+        alias = f"unseen-{uuid.uuid4().hex[:12]}/{repository.rpartition('/')[2]}"
+        self.aliases[alias] = repository
+        return f"{self.host}/{alias}"
+
+    def upstream_path(self, path: str) -> str:
+        """path with an aliased repository name replaced by the upstream's."""
+        for alias, repository in self.aliases.items():
+            if path.startswith(f"/v2/{alias}/"):
+                return f"/v2/{repository}/" + path.removeprefix(f"/v2/{alias}/")
+        return path
 
     def start(self) -> "RegistryProxy":
         server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
@@ -204,7 +226,7 @@ def _handler_for(proxy: RegistryProxy) -> type[BaseHTTPRequestHandler]:
             if fault is not None and fault.action == "delay":
                 if proxy._stopping.wait(min(fault.delay, MAX_DELAY)):
                     return self.reset_connection()
-            upstream = forward(proxy, self.command, self.path, list(self.headers.items()), body)
+            upstream = forward(proxy, self.command, proxy.upstream_path(self.path), list(self.headers.items()), body)
             self.relay(upstream, fault)
 
         def relay(self, upstream: Upstream, fault: Fault | None) -> None:
