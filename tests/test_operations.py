@@ -153,7 +153,9 @@ def test_registry_credentials_from_rollout_toml_reach_the_engines_pull(
     monkeypatch.delenv("DOCKER_CONFIG", raising=False)
     user, password = "deployer", f"pw-{uuid.uuid4().hex}"
     with start_registry(tmp_path / "registry", auth="htpasswd", users={user: password}) as private:
-        repository = f"{private.host}/team/app"
+        # A repository new to this engine: from a source it pulled before (an earlier registry on this
+        # free port) Docker 20.10 may take the manifest from its content store and send no request.
+        repository = f"{private.host}/team/app-{uuid.uuid4().hex[:8]}"
         push_test_image(docker_client, repository, ("good1",), {"username": user, "password": password})
         digest = next(d.split("@", 1)[1] for d in docker_client.images.get(f"{repository}:good1").attrs["RepoDigests"]
                       if d.startswith(repository + "@"))

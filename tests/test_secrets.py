@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from pathlib import Path
 
 from support import pg
@@ -69,7 +70,8 @@ def test_a_username_password_entry_in_config_json_pulls_too(project: Project, do
     rollout's HEAD used them, so the engine's pull must too. The Docker SDK's own lookup ignores
     such entries, so the pull used to fail with "unauthorized" after a successful resolve."""
     with start_registry(tmp_path / "registry", auth="htpasswd", users={USER: PASSWORD}) as private:
-        repository = f"{private.host}/team/app"
+        # New to this engine, or it may pull from its content store without asking (see test_operations).
+        repository = f"{private.host}/team/app-{uuid.uuid4().hex[:8]}"
         push_test_image(docker_client, repository, ("good1",), {"username": USER, "password": PASSWORD})
         docker_client.images.remove(f"{repository}:good1")  # the deploy must pull it
         docker_config = tmp_path / "docker-config"
