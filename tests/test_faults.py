@@ -334,3 +334,53 @@ def test_engine_that_stays_away_ends_in_exit_3_with_the_state_recorded(
     result = project.run("deploy", "web:good1")
     assert result.returncode == 0, result.stderr
     assert project.version() == "good1"
+
+
+def test_every_docker_target_step_after_the_engine_left_is_exit_5_naming_target_and_engine(
+        tmp_path: Path, private_engine: PrivateEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whichever engine call first meets the gone socket, the step fails as TargetUnreachable (or
+    NotApplied, exit 5) naming the target and the engine: never requests' ConnectionError, which
+    the orchestrator could only record as "cannot prepare ...: ('Connection aborted.', ...)" (the
+    clean-clone CI at a336cb0: the revert's prepare asked for the container before the image)."""
+    from rollout import config
+    from rollout.errors import RolloutError
+    from rollout.targets import Release, open_target
+    from rollout.targets.docker import engine
+
+    monkeypatch.setattr(engine, "ENGINE_RETRY_SECONDS", 0.5)  # the retries themselves: test_engine_stopped_...
+    path = tmp_path / "rollout.toml"
+    path.write_text(f"""
+[apps.web]
+image = "{APP_IMAGE}"
+
+[[apps.web.targets]]
+name = "local"
+kind = "docker"
+container = "rt-gone-{os.getpid()}"
+host = "{private_engine.socket}"
+""")
+    app = config.load(str(path)).apps["web"]
+    release = Release(7, APP_IMAGE, "good1", "sha256:" + "ab" * 32, "rollout test")
+    steps = {
+        "running": lambda t: t.running(),
+        "preview": lambda t: t.preview(release),
+        "prepare": lambda t: t.prepare(release),
+        "apply": lambda t: t.apply(release),
+        "tidy": lambda t: t.tidy(),
+    }
+    targets = {step: open_target(app.targets[0], app) for step in steps}
+    for target in targets.values():
+        target.client.ping()  # connected while the engine answers, as a rollout is before verify
+    private_engine.stop()
+    try:
+        failures = {}
+        for step, call in steps.items():
+            with pytest.raises(RolloutError) as raised:
+                call(targets[step])
+            failures[step] = (raised.value.exit_code, str(raised.value))
+    finally:
+        private_engine.start()
+    for step, (exit_code, message) in failures.items():
+        assert exit_code == 5, (step, message)
+        assert re.match(rf"target local: .*Docker engine at {re.escape(private_engine.socket)} is unreachable"
+                        r" \((its socket is gone|connection lost|connection refused)\)", message), (step, message)

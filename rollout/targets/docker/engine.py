@@ -9,17 +9,27 @@ import docker.errors
 import requests.exceptions
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from rollout.errors import one_line
+from rollout.errors import TargetUnreachable, one_line
 
 ENGINE_RETRY_SECONDS = 20.0  # a restarting dockerd is back within seconds; longer is an outage
 T = TypeVar("T")
 log = logging.getLogger("rollout.targets.docker")
 
 
+class EngineUnreachable(TargetUnreachable):
+    """The engine's socket refused or dropped every connection for ENGINE_RETRY_SECONDS (exit 5).
+    `reason` is engine_failure's few words; the message names the engine (`where`), not the target."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"Docker engine at {where} is unreachable ({reason}) after {ENGINE_RETRY_SECONDS:g}s of retries")
+        self.reason = reason
+
+
 def engine_call(where: str, call: Callable[[], T]) -> T:
     """call(), retried with back-off for up to ENGINE_RETRY_SECONDS (seconds) while the engine's socket
-    refuses or drops the connection; then the last requests.exceptions.ConnectionError is raised.
-    Other errors (docker.errors.APIError, NotFound) are raised at once."""
+    refuses or drops the connection (requests.exceptions.ConnectionError); then EngineUnreachable is
+    raised. Other errors (docker.errors.APIError, NotFound) are raised at once. Only for calls that
+    may be sent twice: reads, and changes whose repeat is harmless."""
 
     def say_so(state: Any) -> None:
         if state.attempt_number == 1:
@@ -29,7 +39,10 @@ def engine_call(where: str, call: Callable[[], T]) -> T:
     retrying = Retrying(stop=stop_after_delay(ENGINE_RETRY_SECONDS), wait=wait_exponential(multiplier=0.25, max=2),
                         retry=retry_if_exception_type(requests.exceptions.ConnectionError), before_sleep=say_so,
                         reraise=True)
-    return retrying(call)
+    try:
+        return retrying(call)
+    except requests.exceptions.ConnectionError as exc:
+        raise EngineUnreachable(where, engine_failure(exc)) from exc
 
 
 def engine_failure(exc: BaseException) -> str:

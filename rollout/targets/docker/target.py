@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -21,7 +22,7 @@ import re
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import docker
 import docker.errors
@@ -37,7 +38,7 @@ from rollout.reference import checked_digest, checked_image, parse, repo_digests
 from rollout.routers import Router, open_router
 from rollout.targets import OutOfOrder, Release, Running
 from rollout.targets.docker.endpoint import connect, resolve_endpoint
-from rollout.targets.docker.engine import ENGINE_RETRY_SECONDS, engine_call, engine_failure, log, short_reason
+from rollout.targets.docker.engine import EngineUnreachable, engine_call, engine_failure, log, short_reason
 from rollout.targets.docker.ssh import ssh_destination
 from rollout.targets.docker.spec import BUILTIN_NETWORKS, ROLLOUT_LABEL_PREFIX, create_spec, restart_policy
 from rollout.targets.docker.traffic import LABEL_SLOT, SlotWatch, port_of, slot_in_use, upstream
@@ -54,6 +55,24 @@ LABEL_SETTINGS = "rollout.settings"
 DEFAULT_STOP_TIMEOUT = 10  # seconds: the engine's when a container sets none (moby container.DefaultStopTimeout)
 NO_RESTART = {"Name": "no", "MaximumRetryCount": 0}
 NEW_INFIX = ".rollout-new-"  # NAME.rollout-new-<entry>-<random>: a new container before it takes the name
+T = TypeVar("T")
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def _engine_lost(method: Method) -> Method:
+    """A DockerTarget method whose engine connection fails outside engine_call (a change, which is
+    not sent twice) raises TargetUnreachable naming the target and the engine (exit 5), not requests'
+    ConnectionError: the orchestrator records and prints what it raises."""
+
+    @functools.wraps(method)
+    def guarded(self: "DockerTarget", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except requests.exceptions.ConnectionError as exc:
+            raise TargetUnreachable(f"target {self.name}: Docker engine at {self.where} is unreachable"
+                                    f" ({engine_failure(exc)})") from None
+
+    return guarded  # type: ignore[return-value]
 
 
 class DockerTarget:
@@ -118,6 +137,7 @@ class DockerTarget:
 
     # -- Target protocol ---------------------------------------------------
 
+    @_engine_lost
     def running(self) -> Running:
         """The container holding the name: its configured image, the digest behind it (its repo
         digest, else rollout's label), its state; `active` only when running. Running(None, None,
@@ -166,6 +186,7 @@ class DockerTarget:
             self._router = open_router(self.traffic.router, self.traffic.admin, self.traffic.route)
         return self._router
 
+    @_engine_lost
     def prepare(self, release: Release) -> None:
         """Pull release.image (by digest) unless the engine has it; changes no container. With a
         traffic section, first ask the router where the traffic goes (RouterUnreachable, exit 5, or
@@ -175,23 +196,19 @@ class DockerTarget:
         if self.traffic is not None:
             self.router.check([upstream(slot) for slot in self.traffic.slots])
             self._upstreams = self.router.upstreams()
-        where = self.where
-        _warn_if_compose(self._container(self.container_name), self.name, where)
+        _warn_if_compose(self._container(self.container_name), self.name, self.where)
         try:
-            engine_call(where, lambda: self.client.images.get(release.image))
+            self._engine(lambda: self.client.images.get(release.image))
             return
         except docker.errors.ImageNotFound:
             pass
-        except requests.exceptions.ConnectionError as exc:
-            raise TargetUnreachable(f"target {self.name}: Docker engine at {where} is unreachable"
-                                    f" ({engine_failure(exc)}) after {ENGINE_RETRY_SECONDS:g}s of retries") from None
         try:
             auth = engine_auth(credentials_for(parse(release.image).registry))  # as rollout's own HEAD
-            engine_call(where, lambda: self.client.api.pull(release.repository, tag=release.digest, auth_config=auth))
-        except (docker.errors.APIError, requests.exceptions.ConnectionError) as exc:
+            self._engine(lambda: self.client.api.pull(release.repository, tag=release.digest, auth_config=auth))
+        except docker.errors.APIError as exc:
             raise TargetUnreachable(f"target {self.name}: cannot pull {release.image}: {short_reason(exc)}") from None
         try:  # errors inside the pull's progress stream do not raise: check the result
-            self.client.images.get(release.image)
+            self._engine(lambda: self.client.images.get(release.image))
         except docker.errors.ImageNotFound:
             raise TargetUnreachable(f"target {self.name}: pulling {release.image} did not produce the image") from None
 
@@ -227,6 +244,7 @@ class DockerTarget:
                              f" app's container ({holder}): free that port or change traffic.slots",
                              exit_code=EXIT_USAGE)
 
+    @_engine_lost
     def preview(self, release: Release) -> Preview:
         """What apply(release) would change, read-only (rollout.plan): the container (and the route,
         with a traffic section) and whether prepare() would pull: the engine is asked whether it has
@@ -245,11 +263,11 @@ class DockerTarget:
             if serving is None and not any(_slot_of(c) == slot and c.status == "running" for c in ours):
                 self._check_slot_free(slot)
         try:
-            engine_call(self.where, lambda: self.client.images.get(release.image))
+            self._engine(lambda: self.client.images.get(release.image))
             pull = False
         except docker.errors.ImageNotFound:
             pull = True
-        except (docker.errors.APIError, requests.exceptions.ConnectionError) as exc:
+        except docker.errors.APIError as exc:
             raise TargetUnreachable(f"target {self.name}: Docker engine at {self.where}: {short_reason(exc)}") from None
         changes = f"container {self.container_name} on {self.where}"
         if self.traffic is not None and serving is not None:
@@ -264,6 +282,7 @@ class DockerTarget:
                         f" {self.traffic.route} switches to it)")
         return Preview(changes, pull)
 
+    @_engine_lost
     def apply(self, release: Release) -> str | None:
         """Move the container named `container` to release.image; return the image it ran before (None: none).
 
@@ -363,6 +382,7 @@ class DockerTarget:
         return NotApplied(f"target {self.name}: cannot prepare the new container on the Docker engine at"
                           f" {self.where}: {reason}; {left}")
 
+    @_engine_lost
     def watch(self, release: Release) -> "DockerWatch":
         """A DockerWatch of the container the last apply() started, from the moment it started.
         Raises OutOfOrder when no apply() succeeded first."""
@@ -386,6 +406,7 @@ class DockerTarget:
         except (docker.errors.NotFound, requests.exceptions.ConnectionError):
             return ""  # gone, or the engine is: what matters is said elsewhere
 
+    @_engine_lost
     def stop(self) -> None:
         """Undo the last apply (when there is no healthy release to revert to): the container it
         replaced is back under its name, in the state it was in before that apply.
@@ -451,7 +472,7 @@ class DockerTarget:
         image = attrs["Image"]
         reference = attrs["Config"]["Image"]
         try:
-            if self.client.api.inspect_image(reference)["Id"] == image:
+            if self._engine(lambda: self.client.api.inspect_image(reference))["Id"] == image:
                 image = reference
         except docker.errors.ImageNotFound:
             pass
@@ -461,7 +482,7 @@ class DockerTarget:
     def _found(self, container_id: str) -> Any:
         """The container with that id, or None when it is gone."""
         try:
-            return self.client.containers.get(container_id)
+            return self._engine(lambda: self.client.containers.get(container_id))
         except docker.errors.NotFound:
             return None
 
@@ -556,6 +577,7 @@ class DockerTarget:
             self._set_aside(holder, taken={c.name for c in self._retired(keep=container_id)})
         container.rename(self.container_name)
 
+    @_engine_lost
     def settle(self, healthy: bool) -> None:
         """After the verdict on the last apply's release (optional Target method; stop-first: nothing).
 
@@ -608,6 +630,7 @@ class DockerTarget:
         retired = [c for c in self._retired() if c.id != beside.container_id]
         self._prune(retired[KEEP_RETIRED:])
 
+    @_engine_lost
     def tidy(self) -> None:
         """Remove the new containers an interrupted apply left under their temporary name
         (NAME.rollout-new-*; optional Target method, called by recovery): never verified, they
@@ -615,16 +638,24 @@ class DockerTarget:
         beside the live release: an app that also works off a queue or a schedule would keep
         doing so with the unverified release). Raises TargetUnreachable (exit 5)."""
         try:
-            engine_call(self.where, lambda: self._retired())
-        except (docker.errors.APIError, requests.exceptions.ConnectionError) as exc:
+            self._retired()
+        except docker.errors.APIError as exc:
             raise TargetUnreachable(f"target {self.name}: cannot remove what an interrupted deploy left:"
                                     f" {short_reason(exc)}") from None
 
     # -- helpers -------------------------------------------------------------
 
+    def _engine(self, call: Callable[[], T]) -> T:
+        """engine_call on this target's engine (for calls that may be sent twice); raises
+        TargetUnreachable naming the target (exit 5) when the engine stays unreachable."""
+        try:
+            return engine_call(self.where, call)
+        except EngineUnreachable as exc:
+            raise TargetUnreachable(f"target {self.name}: {exc}") from None
+
     def _container(self, name: str) -> Any:
         try:
-            return engine_call(self.where, lambda: self.client.containers.get(name))
+            return self._engine(lambda: self.client.containers.get(name))
         except docker.errors.NotFound:
             return None
         except docker.errors.APIError as exc:
@@ -644,7 +675,7 @@ class DockerTarget:
                                   f"target {self.name}: the digest in container {container.name}'s image",
                                   TargetUnreachable)
         try:
-            names = self.client.images.get(container.attrs["Image"]).attrs.get("RepoDigests") or []
+            names = self._engine(lambda: self.client.images.get(container.attrs["Image"])).attrs.get("RepoDigests") or []
         except docker.errors.ImageNotFound:
             return None
         known = sorted(repo_digests(names))
@@ -664,7 +695,7 @@ class DockerTarget:
         which holds no lock, so such a container may be another rollout's, verifying): none removed.
         """
         prefix = f"{self.container_name}.rollout-"
-        containers = self.client.containers.list(all=True, filters={"name": prefix})
+        containers = self._engine(lambda: self.client.containers.list(all=True, filters={"name": prefix}))
         # The name filter matches substrings: keep exact prefix matches; a container started
         # again by a revert and retired later counts as new.
         retired = []
@@ -743,7 +774,7 @@ class DockerTarget:
         missing = []
         for name in sorted(names - BUILTIN_NETWORKS):
             try:
-                self.client.networks.get(name)
+                self._engine(lambda: self.client.networks.get(name))
             except docker.errors.NotFound:
                 missing.append(name)
         return missing
@@ -810,7 +841,7 @@ class DockerTarget:
         # Remove the digest references we pulled, not image IDs: an image the operator also
         # tagged or runs elsewhere stays; one that only we referenced goes. One listing (no
         # inspect per container) says which references containers still use.
-        in_use = {summary.get("Image") for summary in self.client.api.containers(all=True)}
+        in_use = {summary.get("Image") for summary in self._engine(lambda: self.client.api.containers(all=True))}
         for pulled in {c.attrs["Config"]["Image"] for c in containers} - in_use:
             if "@sha256:" not in pulled or not _is_image(pulled):
                 continue  # not a digest reference we pulled, or not one at all: never a path to DELETE
@@ -860,7 +891,7 @@ class DockerTarget:
         if container is None:
             return {}
         try:
-            return self.client.api.inspect_image(container["Image"]).get("Config") or {}
+            return self._engine(lambda: self.client.api.inspect_image(container["Image"])).get("Config") or {}
         except docker.errors.ImageNotFound:
             return {}
 
@@ -868,7 +899,7 @@ class DockerTarget:
         """The engine's host name, which a `--network host` container has as hostname unless told otherwise."""
         if container is None or container["HostConfig"].get("NetworkMode") != "host":
             return None
-        return self.client.api.info().get("Name")
+        return self._engine(lambda: self.client.api.info()).get("Name")
 
 
 @dataclass(frozen=True)

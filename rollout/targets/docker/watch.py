@@ -8,10 +8,9 @@ from typing import Any
 
 import docker
 import docker.errors
-import requests.exceptions
 
 from rollout.targets import Observation
-from rollout.targets.docker.engine import engine_call, engine_failure
+from rollout.targets.docker.engine import EngineUnreachable, engine_call
 
 # Engine events that fail a release at once (moby events: container die/oom/restart/health_status).
 FAILURE_EVENTS = {"die", "oom", "restart", "health_status: unhealthy"}
@@ -80,8 +79,8 @@ class DockerWatch:
             attrs = engine_call(self.where, lambda: self.client.api.inspect_container(self.container_id))
         except docker.errors.NotFound:
             return Observation(False, "container was removed")
-        except requests.exceptions.ConnectionError as exc:
-            return Observation(False, f"Docker engine at {self.where} is unreachable ({engine_failure(exc)})")
+        except EngineUnreachable as exc:
+            return Observation(False, f"Docker engine at {self.where} is unreachable ({exc.reason})")
         state = attrs["State"]
         restarts = attrs.get("RestartCount", 0)
         if self.restart_count is None:
