@@ -13,6 +13,9 @@ from rollout.errors import TargetUnreachable, one_line
 
 ENGINE_RETRY_SECONDS = 20.0  # a restarting dockerd is back within seconds; longer is an outage
 T = TypeVar("T")
+# A connection to the engine refused or dropped (requests wraps urllib3's ProtocolError), or a
+# response cut off inside its chunked body (the engine exited while it answered).
+ENGINE_LOST = (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError)
 log = logging.getLogger("rollout.targets.docker")
 
 
@@ -27,7 +30,7 @@ class EngineUnreachable(TargetUnreachable):
 
 def engine_call(where: str, call: Callable[[], T]) -> T:
     """call(), retried with back-off for up to ENGINE_RETRY_SECONDS (seconds) while the engine's socket
-    refuses or drops the connection (requests.exceptions.ConnectionError); then EngineUnreachable is
+    refuses or drops the connection (ENGINE_LOST); then EngineUnreachable is
     raised. Other errors (docker.errors.APIError, NotFound) are raised at once. Only for calls that
     may be sent twice: reads, and changes whose repeat is harmless."""
 
@@ -37,11 +40,11 @@ def engine_call(where: str, call: Callable[[], T]) -> T:
                         engine_failure(state.outcome.exception()), ENGINE_RETRY_SECONDS)
 
     retrying = Retrying(stop=stop_after_delay(ENGINE_RETRY_SECONDS), wait=wait_exponential(multiplier=0.25, max=2),
-                        retry=retry_if_exception_type(requests.exceptions.ConnectionError), before_sleep=say_so,
+                        retry=retry_if_exception_type(ENGINE_LOST), before_sleep=say_so,
                         reraise=True)
     try:
         return retrying(call)
-    except requests.exceptions.ConnectionError as exc:
+    except ENGINE_LOST as exc:
         raise EngineUnreachable(where, engine_failure(exc)) from exc
 
 

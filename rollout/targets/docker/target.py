@@ -38,7 +38,7 @@ from rollout.reference import checked_digest, checked_image, parse, repo_digests
 from rollout.routers import Router, open_router
 from rollout.targets import OutOfOrder, Release, Running
 from rollout.targets.docker.endpoint import connect, resolve_endpoint
-from rollout.targets.docker.engine import EngineUnreachable, engine_call, engine_failure, log, short_reason
+from rollout.targets.docker.engine import ENGINE_LOST, EngineUnreachable, engine_call, engine_failure, log, short_reason
 from rollout.targets.docker.ssh import ssh_destination
 from rollout.targets.docker.spec import BUILTIN_NETWORKS, ROLLOUT_LABEL_PREFIX, create_spec, restart_policy
 from rollout.targets.docker.traffic import LABEL_SLOT, SlotWatch, port_of, slot_in_use, upstream
@@ -62,15 +62,14 @@ Method = TypeVar("Method", bound=Callable[..., Any])
 def _engine_lost(method: Method) -> Method:
     """A DockerTarget method whose engine connection fails outside engine_call (a change, which is
     not sent twice) raises TargetUnreachable naming the target and the engine (exit 5), not requests'
-    ConnectionError: the orchestrator records and prints what it raises."""
+    ConnectionError (ENGINE_LOST): the orchestrator records and prints what it raises."""
 
     @functools.wraps(method)
     def guarded(self: "DockerTarget", *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
-        except requests.exceptions.ConnectionError as exc:
-            raise TargetUnreachable(f"target {self.name}: Docker engine at {self.where} is unreachable"
-                                    f" ({engine_failure(exc)})") from None
+        except ENGINE_LOST as exc:
+            raise TargetUnreachable(f"target {self.name}: {self._lost(exc)}") from None
 
     return guarded  # type: ignore[return-value]
 
@@ -375,7 +374,9 @@ class DockerTarget:
             return NotApplied(f"{one_line(exc)}; {left}", exit_code=EXIT_USAGE)
         if isinstance(exc, TargetUnreachable):
             return NotApplied(f"{one_line(exc)}; {left}")
-        if isinstance(exc, (docker.errors.APIError, requests.exceptions.ConnectionError)):
+        if isinstance(exc, ENGINE_LOST):
+            return NotApplied(f"target {self.name}: {self._lost(exc)}; {left}")
+        if isinstance(exc, docker.errors.APIError):
             reason = short_reason(exc)
         else:
             reason = f"{type(exc).__name__}: {one_line(exc)}"
@@ -403,7 +404,7 @@ class DockerTarget:
             return ""
         try:
             return masked_logs(self.client, self.client.containers.get(self._started_id), lines)
-        except (docker.errors.NotFound, requests.exceptions.ConnectionError):
+        except (docker.errors.NotFound, *ENGINE_LOST):
             return ""  # gone, or the engine is: what matters is said elsewhere
 
     @_engine_lost
@@ -420,7 +421,8 @@ class DockerTarget:
         if it was up before (running, restarting, paused: a paused one comes back running, since
         the stop ended the processes the pause had frozen); exited or created, it stays so. When
         the engine removed it (`--rm`) it is created again from its inspected settings, without
-        `--rm`. Raises docker.errors.APIError when the engine fails.
+        `--rm`. Raises docker.errors.APIError when the engine fails, TargetUnreachable (exit 5) when it
+        is unreachable (its reads are retried for ENGINE_RETRY_SECONDS first).
         """
         replaced, new_id = self._replaced, self._started_id
         if new_id is None:
@@ -553,6 +555,7 @@ class DockerTarget:
             settings["ports"] = {k: str(v).replace("{port}", str(slot)) for k, v in (settings.get("ports") or {}).items()}
         return settings
 
+    @_engine_lost
     def _switch(self) -> None:
         """Give the last apply's container the name (the one that held it is set aside, still
         running), then move the traffic to its slot. Called by SlotWatch once the release is ready there."""
@@ -639,11 +642,20 @@ class DockerTarget:
         doing so with the unverified release). Raises TargetUnreachable (exit 5)."""
         try:
             self._retired()
+            return
         except docker.errors.APIError as exc:
-            raise TargetUnreachable(f"target {self.name}: cannot remove what an interrupted deploy left:"
-                                    f" {short_reason(exc)}") from None
+            reason = short_reason(exc)
+        except ENGINE_LOST as exc:
+            reason = self._lost(exc)
+        except TargetUnreachable as exc:
+            reason = str(exc).removeprefix(f"target {self.name}: ")
+        raise TargetUnreachable(f"target {self.name}: cannot remove what an interrupted deploy left: {reason}")
 
     # -- helpers -------------------------------------------------------------
+
+    def _lost(self, exc: BaseException) -> str:
+        """Why this target's engine is unreachable, for a message: "Docker engine at WHERE is unreachable (REASON)"."""
+        return f"Docker engine at {self.where} is unreachable ({engine_failure(exc)})"
 
     def _engine(self, call: Callable[[], T]) -> T:
         """engine_call on this target's engine (for calls that may be sent twice); raises
