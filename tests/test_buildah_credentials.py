@@ -28,7 +28,7 @@ from rollout.credentials import Credentials
 from rollout.reference import parse
 from rollout.registry import RegistryClient
 from support.bed import TLS_HOST, need
-from support.images import REGISTRY
+from support.images import REGISTRY, image_names
 from support.project import Project, http_get, write_config
 from support.registry_server import RegistryProcess, start_registry, upload_blob
 from support.token_server import make_self_signed
@@ -197,12 +197,10 @@ def cleanup_images(project: Project, docker_client) -> Iterator[list[str]]:  # t
     yield hosts
     project.remove_containers(docker_client)
     for host in hosts:
-        for image in docker_client.images.list(filters={"reference": f"{host}/*/*"}):
-            # By name, not id: a reproducible build gives the same image id in other tests, whose
-            # containers (another xdist worker's) may run it; untagging never touches those.
-            for name in image.tags + image.attrs.get("RepoDigests", []):
-                if name.startswith(f"{host}/"):
-                    docker_client.images.remove(name, noprune=False)
+        # By name, not id: a reproducible build gives the same image id in other tests, whose
+        # containers (another xdist worker's) may run it; untagging never touches those.
+        for name in image_names(docker_client, f"{host}/"):
+            docker_client.images.remove(name, noprune=False)
 
 
 def test_a_creds_store_login_builds_pulls_pushes_and_deploys_without_showing_the_password(

@@ -30,6 +30,7 @@ import pytest
 from rollout import lock
 from rollout.ledger import FINISHED, open_ledger
 from support.cli import finish
+from support.images import image_names
 from support.ports import free_port
 from support.project import STEP_TIMEOUT, Project, http_get, write_config
 from support.proxy import Fault, RegistryProxy, start_proxy
@@ -212,9 +213,7 @@ class Harness:
         if process.poll() is not None:
             code, stderr = finish(process)
             ended = f"rollout exited {code}: {stderr.strip()[-1500:]!r}"
-        held = sorted(name for image in self.engine.api.images()
-                      for name in (image.get("RepoTags") or []) + (image.get("RepoDigests") or [])
-                      if name.startswith(f"{self.proxy.host}/"))
+        held = sorted(image_names(self.engine, f"{self.proxy.host}/"))
         return (f"the engine never started pulling ({ended}; proxy requests {dict(self.proxy.request_counts)};"
                 f" engine names under the proxy {held})")
 

@@ -25,7 +25,7 @@ from rollout.reference import parse
 from support.cli import run_rollout
 from support.fakes import IMAGE, FakeResolver, FakeTarget, RecordingReporter, app_config, crashes, fake_digest, \
     scripted_verifier
-from support.images import APP_IMAGE, REGISTRY, digest_of
+from support.images import APP_IMAGE, REGISTRY, digest_of, image_names
 from support.project import Project, write_config
 from support.proxy import RegistryProxy, start_proxy
 from test_compose_target import compose_v2, stack  # noqa: F401 - fixtures of the compose log-tail test
@@ -134,7 +134,7 @@ def engine_state(docker_client: Any, project: Project, prefix: str) -> dict[str,
     """`docker inspect` of every container of the project, and the engine's image names under prefix
     (the test's own registry name: other tests pull other names meanwhile)."""
     containers = {c.id: c.attrs for c in docker_client.containers.list(all=True, filters={"name": project.container})}
-    images = sorted(name for name in image_names(docker_client) if name.startswith(prefix))
+    images = sorted(image_names(docker_client, prefix))
     return {"containers": containers, "images": images}
 
 
@@ -147,16 +147,8 @@ def proxy(registry: str) -> Iterator[RegistryProxy]:
 def forget_proxy_names(docker_client: Any, proxy: RegistryProxy) -> None:
     """Untag whatever the engine holds under the proxy's name (an earlier proxy on the same ephemeral
     port may have pulled through it), so a pull through this proxy would really ask it."""
-    for name in image_names(docker_client):
-        if name.startswith(f"{proxy.host}/"):
-            docker_client.images.remove(name)
-
-
-def image_names(docker_client: Any) -> list[str]:
-    """Every tag and digest name the engine holds, from one list call: images.list() inspects each
-    image after listing, and fails when another test removes one in between (a shared engine)."""
-    return [name for image in docker_client.api.images()
-            for name in (image.get("RepoTags") or []) + (image.get("RepoDigests") or []) if name != "<none>:<none>"]
+    for name in image_names(docker_client, f"{proxy.host}/"):
+        docker_client.images.remove(name)
 
 
 def test_dry_run_deploy_and_revert_change_nothing_and_pull_nothing(ledger_project: Project, proxy: RegistryProxy,

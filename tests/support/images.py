@@ -9,6 +9,15 @@ REGISTRY = os.environ.get("ROLLOUT_TEST_REGISTRY", "127.0.0.1:5000")
 APP_IMAGE = f"{REGISTRY}/rollout-test/app"  # tags good1, good2, good3, checked, crash, unhealthy-http, ...
 
 
+def image_names(docker_client: Any, prefix: str = "") -> list[str]:
+    """Every tag and digest name the engine holds that begins with `prefix`, from one list call:
+    images.list() inspects each image after listing, and fails when another test removes one in
+    between (a shared engine)."""
+    return [name for image in docker_client.api.images()
+            for name in (image.get("RepoTags") or []) + (image.get("RepoDigests") or [])
+            if name != "<none>:<none>" and name.startswith(prefix)]
+
+
 def digest_of(docker_client: Any, tag: str, image: str = APP_IMAGE) -> str:
     """The registry digest (`sha256:<64 hex>`) of IMAGE:TAG, with the engine as the oracle.
 
