@@ -24,7 +24,7 @@ class EngineUnreachable(TargetUnreachable):
     `reason` is engine_failure's few words; the message names the engine (`where`), not the target."""
 
     def __init__(self, where: str, reason: str) -> None:
-        super().__init__(f"Docker engine at {where} is unreachable ({reason}) after {ENGINE_RETRY_SECONDS:g}s of retries")
+        super().__init__(f"{unreachable(where, reason)} after {ENGINE_RETRY_SECONDS:g}s of retries")
         self.reason = reason
 
 
@@ -36,8 +36,8 @@ def engine_call(where: str, call: Callable[[], T]) -> T:
 
     def say_so(state: Any) -> None:
         if state.attempt_number == 1:
-            log.warning("Docker engine at %s is unreachable (%s); retrying for up to %gs", where,
-                        engine_failure(state.outcome.exception()), ENGINE_RETRY_SECONDS)
+            log.warning("%s; retrying for up to %gs", unreachable(where, engine_failure(state.outcome.exception())),
+                        ENGINE_RETRY_SECONDS)
 
     retrying = Retrying(stop=stop_after_delay(ENGINE_RETRY_SECONDS), wait=wait_exponential(multiplier=0.25, max=2),
                         retry=retry_if_exception_type(ENGINE_LOST), before_sleep=say_so,
@@ -46,6 +46,11 @@ def engine_call(where: str, call: Callable[[], T]) -> T:
         return retrying(call)
     except ENGINE_LOST as exc:
         raise EngineUnreachable(where, engine_failure(exc)) from exc
+
+
+def unreachable(where: str, reason: str) -> str:
+    """The words for an engine that cannot be reached: "Docker engine at WHERE is unreachable (REASON)"."""
+    return f"Docker engine at {where} is unreachable ({reason})"
 
 
 def engine_failure(exc: BaseException) -> str:

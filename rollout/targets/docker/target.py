@@ -38,7 +38,8 @@ from rollout.reference import checked_digest, checked_image, parse, repo_digests
 from rollout.routers import Router, open_router
 from rollout.targets import OutOfOrder, Release, Running
 from rollout.targets.docker.endpoint import connect, resolve_endpoint
-from rollout.targets.docker.engine import ENGINE_LOST, EngineUnreachable, engine_call, engine_failure, log, short_reason
+from rollout.targets.docker.engine import (ENGINE_LOST, EngineUnreachable, engine_call, engine_failure, log, short_reason,
+                                           unreachable)
 from rollout.targets.docker.ssh import ssh_destination
 from rollout.targets.docker.spec import BUILTIN_NETWORKS, ROLLOUT_LABEL_PREFIX, create_spec, restart_policy
 from rollout.targets.docker.traffic import LABEL_SLOT, SlotWatch, port_of, slot_in_use, upstream
@@ -130,7 +131,7 @@ class DockerTarget:
                         reason = "ssh closed the connection; its own message, if any, is above"
                     hint = f"check that `ssh {ssh_destination(self.endpoint.host)} docker version` works"
                 raise TargetUnreachable(
-                    f"target {self.name}: Docker engine at {where} is unreachable ({reason}): {hint}"
+                    f"target {self.name}: {unreachable(where, reason)}: {hint}"
                 ) from None
         return self._client
 
@@ -655,7 +656,7 @@ class DockerTarget:
 
     def _lost(self, exc: BaseException) -> str:
         """Why this target's engine is unreachable, for a message: "Docker engine at WHERE is unreachable (REASON)"."""
-        return f"Docker engine at {self.where} is unreachable ({engine_failure(exc)})"
+        return unreachable(self.where, engine_failure(exc))
 
     def _engine(self, call: Callable[[], T]) -> T:
         """engine_call on this target's engine (for calls that may be sent twice); raises

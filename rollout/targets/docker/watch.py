@@ -10,7 +10,7 @@ import docker
 import docker.errors
 
 from rollout.targets import Observation
-from rollout.targets.docker.engine import EngineUnreachable, engine_call
+from rollout.targets.docker.engine import EngineUnreachable, engine_call, unreachable
 
 # Engine events that fail a release at once (moby events: container die/oom/restart/health_status).
 FAILURE_EVENTS = {"die", "oom", "restart", "health_status: unhealthy"}
@@ -80,7 +80,7 @@ class DockerWatch:
         except docker.errors.NotFound:
             return Observation(False, "container was removed")
         except EngineUnreachable as exc:
-            return Observation(False, f"Docker engine at {self.where} is unreachable ({exc.reason})")
+            return Observation(False, unreachable(self.where, exc.reason))
         state = attrs["State"]
         restarts = attrs.get("RestartCount", 0)
         if self.restart_count is None:
